@@ -1,0 +1,57 @@
+// Command mcpctl is the operator's and firmware author's tool for mcpd:
+// it speaks MCPFrame the way a device does.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+)
+
+var version = "dev"
+
+const usage = `mcpctl — talk MCPFrame to mcpd the way a microcontroller does
+
+Usage:
+  mcpctl <command> [flags]
+
+Commands:
+  loopback   run a simulated device against a protocol peer over loopback UDP
+  version    print the version
+
+Run 'mcpctl <command> -h' for a command's flags.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(os.Stderr, "mcpctl:", err)
+		}
+		os.Exit(2)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return flag.ErrHelp
+	}
+	switch args[0] {
+	case "loopback":
+		return runLoopback(ctx, args[1:], stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "mcpctl", version)
+		return nil
+	case "-h", "-help", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprint(stderr, usage)
+	return fmt.Errorf("unknown command %q", args[0])
+}

@@ -1,0 +1,3 @@
+module github.com/mcpd-project/mcpd
+
+go 1.26

@@ -1,0 +1,174 @@
+package serialproto
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// ErrIdle is returned by Decoder.Next when the reader returned no bytes and
+// no error — what go.bug.st/serial does when its read timeout expires on a
+// quiet line. The decoder has abandoned any incomplete frame candidate (the
+// line went quiet in the middle of it, so it was garbage or truncated) and
+// keeps its state: call Next again.
+var ErrIdle = errors.New("serialproto: line idle")
+
+// ReadError is a non-fatal decoding error: the decoder has already resumed
+// scanning one byte after the false magic, so the caller logs or counts it
+// (a byte-stream link answers a bad CRC with a NACK) and calls Next again.
+type ReadError struct {
+	Err    error // ErrBadCRC or ErrTooLong
+	Offset int64 // stream offset of the rejected magic byte
+}
+
+func (e *ReadError) Error() string {
+	return fmt.Sprintf("serialproto: stream offset %d: %v", e.Offset, e.Err)
+}
+
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// DecoderStats counts what a Decoder saw. Every byte read is in exactly one
+// of: a returned frame, Skipped, or the decoder's pending buffer.
+type DecoderStats struct {
+	Bytes     int64 // bytes read from the reader
+	Frames    int64 // frames returned
+	Skipped   int64 // bytes discarded while resynchronising
+	BadCRC    int64 // candidates rejected for their CRC
+	TooLong   int64 // candidates rejected for a length field > 256
+	Abandoned int64 // incomplete candidates dropped at idle or EOF
+}
+
+// decoderBufSize holds several maximal frames so that a read fetches many
+// small frames at once and the rescan after a false magic never needs more
+// bytes than the buffer holds.
+const decoderBufSize = 4 * MaxFrameLen
+
+// Decoder reads frames from a byte stream (serial line, pty, pipe) and
+// resynchronises after garbage. The resync rule (docs/protocol.md §7.1):
+// scan for the magic, bound-check the length, verify the CRC; on any failure
+// restart the scan at the byte after that magic, so a real frame that starts
+// inside a false one is never lost.
+//
+// A Decoder is not safe for concurrent use; it starts no goroutines.
+type Decoder struct {
+	r          io.Reader
+	buf        []byte
+	start, end int   // pending bytes are buf[start:end]
+	base       int64 // stream offset of buf[0]
+	eof        error // sticky error from the reader, reported once the buffer drains
+	stats      DecoderStats
+}
+
+// NewDecoder returns a Decoder reading from r.
+func NewDecoder(r io.Reader) *Decoder {
+	return &Decoder{r: r, buf: make([]byte, decoderBufSize)}
+}
+
+// Stats returns the counters so far.
+func (d *Decoder) Stats() DecoderStats { return d.stats }
+
+// Buffered returns how many bytes wait in the decoder, not yet classified.
+func (d *Decoder) Buffered() int { return d.end - d.start }
+
+// Next returns the next frame whose structure and CRC are sound. Its Data
+// aliases the decoder's buffer until the next call. Errors:
+//   - *ReadError: a rejected candidate; non-fatal, call again;
+//   - ErrIdle: the reader returned (0, nil); non-fatal, call again;
+//   - the reader's error (io.EOF, a closed port) once no complete frame is
+//     left in the buffer; bytes still pending then are counted as skipped.
+func (d *Decoder) Next() (Frame, error) {
+	for {
+		// 1. Find the magic; everything before it is line noise.
+		if i := bytes.IndexByte(d.buf[d.start:d.end], Magic); i < 0 {
+			d.skip(d.end - d.start)
+		} else {
+			d.skip(i)
+		}
+		avail := d.end - d.start
+		if avail >= HeaderLen {
+			n := int(binary.BigEndian.Uint16(d.buf[d.start+2:]))
+			if n > MaxData {
+				d.stats.TooLong++
+				return Frame{}, d.reject(fmt.Errorf("%w: %d", ErrTooLong, n))
+			}
+			if total := Overhead + n; avail >= total {
+				f, _, err := decodePrefix(d.buf[d.start : d.start+total])
+				if err != nil { // only ErrBadCRC is possible here
+					d.stats.BadCRC++
+					return Frame{}, d.reject(err)
+				}
+				d.start += total
+				d.stats.Frames++
+				return f, nil
+			}
+		}
+		// 2. The candidate (if any) is incomplete: read more.
+		if d.eof != nil {
+			if avail > 0 { // a truncated candidate at the end: rescan inside it
+				d.stats.Abandoned++
+				d.skip(1)
+				continue
+			}
+			return Frame{}, d.eof
+		}
+		d.compact()
+		n, err := d.r.Read(d.buf[d.end:])
+		d.end += n
+		d.stats.Bytes += int64(n)
+		switch {
+		case err != nil:
+			d.eof = err
+		case n == 0:
+			if avail > 0 { // the line went quiet inside a candidate
+				d.stats.Abandoned++
+				d.skip(1)
+				if d.completeFrameAhead() {
+					continue
+				}
+			}
+			return Frame{}, ErrIdle
+		}
+	}
+}
+
+// completeFrameAhead reports whether, after an abandoned candidate, a magic
+// with a complete frame behind it waits in the buffer (so Next should go on
+// rather than report idle).
+func (d *Decoder) completeFrameAhead() bool {
+	p := d.buf[d.start:d.end]
+	for i := bytes.IndexByte(p, Magic); i >= 0 && len(p)-i >= MinFrameLen; {
+		if _, _, err := decodePrefix(p[i:]); err == nil {
+			return true
+		}
+		j := bytes.IndexByte(p[i+1:], Magic)
+		if j < 0 {
+			break
+		}
+		i += 1 + j
+	}
+	return false
+}
+
+// reject drops the magic of a failed candidate and reports it.
+func (d *Decoder) reject(err error) error {
+	e := &ReadError{Err: err, Offset: d.base + int64(d.start)}
+	d.skip(1)
+	return e
+}
+
+func (d *Decoder) skip(n int) {
+	d.start += n
+	d.stats.Skipped += int64(n)
+}
+
+// compact moves pending bytes to the front so a read has room.
+func (d *Decoder) compact() {
+	if d.start == 0 {
+		return
+	}
+	d.base += int64(d.start)
+	d.end = copy(d.buf, d.buf[d.start:d.end])
+	d.start = 0
+}
