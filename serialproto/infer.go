@@ -1,0 +1,212 @@
+package serialproto
+
+import (
+	"encoding/binary"
+	"fmt"
+	"unicode/utf8"
+)
+
+// OptionType is the type byte of an INFER option (docs/protocol.md §11.4).
+// Types 0x80..0xFF are critical: a receiver that does not know one rejects
+// the INFER; unknown types below 0x80 are skipped.
+type OptionType uint8
+
+// INFER options.
+const (
+	OptModel         OptionType = 0x01
+	OptMaxTokens     OptionType = 0x02
+	OptTemperature   OptionType = 0x03
+	OptSeed          OptionType = 0x04
+	OptTopK          OptionType = 0x05
+	OptTopP          OptionType = 0x06
+	OptMinP          OptionType = 0x07
+	OptRepeatPenalty OptionType = 0x08
+	OptNewChat       OptionType = 0x09
+	OptSystem        OptionType = 0x0A
+	OptDeadlineMS    OptionType = 0x0B
+	OptContext       OptionType = 0x0C
+	optKnownLimit    OptionType = 0x0D
+	optCritical      OptionType = 0x80
+)
+
+// optionSize is the fixed value size of each known option; -1 marks the
+// variable-length strings.
+var optionSize = [optKnownLimit]int8{
+	OptModel: -1, OptMaxTokens: 2, OptTemperature: 2, OptSeed: 4, OptTopK: 2, OptTopP: 2,
+	OptMinP: 2, OptRepeatPenalty: 2, OptNewChat: 0, OptSystem: -1, OptDeadlineMS: 4, OptContext: 4,
+}
+
+// Infer is a prompt with its options. Set records which options are
+// present: an absent option means "the daemon's default", which differs from
+// an explicit zero (TEMPERATURE 0 means greedy).
+type Infer struct {
+	Set           OptionSet
+	Model         string
+	MaxTokens     uint16
+	Temperature   uint16 // × 1/1000
+	Seed          uint32
+	TopK          uint16
+	TopP          uint16 // × 1/1000
+	MinP          uint16 // × 1/1000
+	RepeatPenalty uint16 // × 1/1000
+	System        string
+	DeadlineMS    uint32
+	Context       uint32
+	Prompt        string
+}
+
+// OptionSet is a bit set of option types below 0x20.
+type OptionSet uint32
+
+// Has reports whether t is in the set.
+func (s OptionSet) Has(t OptionType) bool { return t < 32 && s&(1<<t) != 0 }
+
+// With returns the set with t added.
+func (s OptionSet) With(t OptionType) OptionSet { return s | 1<<t }
+
+func (*Infer) Command() Command { return CmdInfer }
+
+func (m *Infer) AppendBody(dst []byte) ([]byte, error) {
+	if m.Prompt == "" {
+		return dst, malformed(CmdInfer, "empty prompt")
+	}
+	if !utf8.ValidString(m.Prompt) {
+		return dst, malformed(CmdInfer, "prompt is not UTF-8")
+	}
+	start := len(dst)
+	dst = append(dst, 0) // opt_len, patched below
+	for t := OptionType(1); t < optKnownLimit; t++ {
+		if !m.Set.Has(t) {
+			continue
+		}
+		var err error
+		if dst, err = m.appendOption(dst, t); err != nil {
+			return dst[:start], err
+		}
+	}
+	optLen := len(dst) - start - 1
+	if optLen > 255 {
+		return dst[:start], malformed(CmdInfer, "options take %d bytes, at most 255", optLen)
+	}
+	dst[start] = byte(optLen)
+	return append(dst, m.Prompt...), nil
+}
+
+func (m *Infer) appendOption(dst []byte, t OptionType) ([]byte, error) {
+	str := func(s string, max int) ([]byte, error) {
+		if len(s) == 0 || len(s) > max || !utf8.ValidString(s) {
+			return dst, malformed(CmdInfer, "option %#02x: want 1..%d bytes of UTF-8", uint8(t), max)
+		}
+		return append(append(dst, byte(t), byte(len(s))), s...), nil
+	}
+	u16 := func(v uint16) ([]byte, error) {
+		return binary.BigEndian.AppendUint16(append(dst, byte(t), 2), v), nil
+	}
+	u32 := func(v uint32) ([]byte, error) {
+		return binary.BigEndian.AppendUint32(append(dst, byte(t), 4), v), nil
+	}
+	switch t {
+	case OptModel:
+		return str(m.Model, MaxModelLen)
+	case OptSystem:
+		return str(m.System, MaxSystemLen)
+	case OptMaxTokens:
+		return u16(m.MaxTokens)
+	case OptTemperature:
+		return u16(m.Temperature)
+	case OptTopK:
+		return u16(m.TopK)
+	case OptTopP:
+		return u16(m.TopP)
+	case OptMinP:
+		return u16(m.MinP)
+	case OptRepeatPenalty:
+		return u16(m.RepeatPenalty)
+	case OptSeed:
+		return u32(m.Seed)
+	case OptDeadlineMS:
+		return u32(m.DeadlineMS)
+	case OptContext:
+		return u32(m.Context)
+	case OptNewChat:
+		return append(dst, byte(t), 0), nil
+	}
+	return dst, fmt.Errorf("serialproto: option %#02x has no encoder", uint8(t))
+}
+
+func (m *Infer) UnmarshalBody(b []byte) error {
+	*m = Infer{}
+	if len(b) < 2 {
+		return malformed(CmdInfer, "%d bytes, need options length and a prompt", len(b))
+	}
+	optEnd := 1 + int(b[0])
+	if optEnd >= len(b) {
+		return malformed(CmdInfer, "options length %d leaves no prompt", b[0])
+	}
+	for opts := b[1:optEnd]; len(opts) > 0; {
+		if len(opts) < 2 || len(opts) < 2+int(opts[1]) {
+			return malformed(CmdInfer, "option list truncated")
+		}
+		t, v := OptionType(opts[0]), opts[2:2+int(opts[1])]
+		opts = opts[2+len(v):]
+		if t >= optKnownLimit || t == 0 {
+			if t&optCritical != 0 {
+				return fmt.Errorf("%w: %#02x", ErrUnsupportedOption, uint8(t))
+			}
+			continue // an unknown hint
+		}
+		if m.Set.Has(t) {
+			return malformed(CmdInfer, "option %#02x repeated", uint8(t))
+		}
+		m.Set = m.Set.With(t)
+		if err := m.setOption(t, v); err != nil {
+			return err
+		}
+	}
+	m.Prompt = string(b[optEnd:])
+	if !utf8.ValidString(m.Prompt) {
+		return malformed(CmdInfer, "prompt is not UTF-8")
+	}
+	return nil
+}
+
+func (m *Infer) setOption(t OptionType, v []byte) error {
+	size := int(optionSize[t])
+	if size >= 0 && len(v) != size {
+		return malformed(CmdInfer, "option %#02x has %d bytes, want %d", uint8(t), len(v), size)
+	}
+	switch t {
+	case OptModel, OptSystem:
+		max := MaxModelLen
+		if t == OptSystem {
+			max = MaxSystemLen
+		}
+		if len(v) == 0 || len(v) > max || !utf8.Valid(v) {
+			return malformed(CmdInfer, "option %#02x: want 1..%d bytes of UTF-8", uint8(t), max)
+		}
+		if t == OptModel {
+			m.Model = string(v)
+		} else {
+			m.System = string(v)
+		}
+	case OptMaxTokens:
+		m.MaxTokens = binary.BigEndian.Uint16(v)
+	case OptTemperature:
+		m.Temperature = binary.BigEndian.Uint16(v)
+	case OptTopK:
+		m.TopK = binary.BigEndian.Uint16(v)
+	case OptTopP:
+		m.TopP = binary.BigEndian.Uint16(v)
+	case OptMinP:
+		m.MinP = binary.BigEndian.Uint16(v)
+	case OptRepeatPenalty:
+		m.RepeatPenalty = binary.BigEndian.Uint16(v)
+	case OptSeed:
+		m.Seed = binary.BigEndian.Uint32(v)
+	case OptDeadlineMS:
+		m.DeadlineMS = binary.BigEndian.Uint32(v)
+	case OptContext:
+		m.Context = binary.BigEndian.Uint32(v)
+	}
+	return nil
+}
