@@ -69,6 +69,10 @@ func NewDecoder(r io.Reader) *Decoder {
 // Stats returns the counters so far.
 func (d *Decoder) Stats() DecoderStats { return d.stats }
 
+// Offset is the stream offset of the first byte not yet consumed: right
+// after Next returns frame f, f began at Offset() − f.Len().
+func (d *Decoder) Offset() int64 { return d.base + int64(d.start) }
+
 // Buffered returns how many bytes wait in the decoder, not yet classified.
 func (d *Decoder) Buffered() int { return d.end - d.start }
 

@@ -53,7 +53,7 @@ var (
 	ErrTooLong      = errors.New("serialproto: length field exceeds 256")
 	ErrBadCRC       = errors.New("serialproto: frame CRC-8 mismatch")
 	ErrTrailing     = errors.New("serialproto: bytes after the frame in a datagram")
-	ErrBadCommand   = errors.New("serialproto: command outside 0x01..0x3f")
+	ErrBadCommand   = errors.New("serialproto: command above 0x3f")
 	ErrBadFlags     = errors.New("serialproto: flags outside the two high bits")
 	ErrDataTooLarge = errors.New("serialproto: data exceeds 256 bytes")
 )
@@ -81,7 +81,9 @@ func AppendFrame(dst []byte, f Frame) ([]byte, error) {
 	if len(f.Data) > MaxData {
 		return dst, fmt.Errorf("%w: %d", ErrDataTooLarge, len(f.Data))
 	}
-	if f.Cmd == 0 || f.Cmd&^cmdCommandMask != 0 {
+	// Any six-bit command encodes, known or not (a receiver answers unknown
+	// ones with ERROR UNKNOWN_COMMAND, so tests must be able to send them).
+	if f.Cmd&^cmdCommandMask != 0 {
 		return dst, fmt.Errorf("%w: %#02x", ErrBadCommand, uint8(f.Cmd))
 	}
 	if f.Flags&^cmdFlagsMask != 0 {

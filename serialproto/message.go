@@ -259,8 +259,8 @@ type Token struct {
 func (*Token) Command() Command { return CmdToken }
 
 func (m *Token) AppendBody(dst []byte) ([]byte, error) {
-	if len(m.Text) == 0 {
-		return dst, malformed(CmdToken, "empty text")
+	if len(m.Text) == 0 || !utf8.Valid(m.Text) {
+		return dst, malformed(CmdToken, "text must be complete UTF-8, at least one byte")
 	}
 	dst = binary.BigEndian.AppendUint16(dst, m.Chunk)
 	return append(dst, m.Text...), nil
@@ -508,8 +508,8 @@ func (m *StatusReply) AppendBody(dst []byte) ([]byte, error) {
 }
 
 func (m *StatusReply) UnmarshalBody(b []byte) error {
-	if len(b) < 4 || len(b) < 4+int(b[3]) {
-		return malformed(CmdStatusReply, "%d bytes, shorter than its fields", len(b))
+	if len(b) < 4 || len(b) < 4+int(b[3]) || len(b) > MaxData {
+		return malformed(CmdStatusReply, "%d bytes, outside its fields' 4..%d", len(b), MaxData)
 	}
 	n := 4 + int(b[3])
 	*m = StatusReply{State: b[0], LoadPct: b[1], Queue: b[2], Backend: string(b[4:n]), Model: string(b[n:])}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,7 +20,33 @@ type vector struct {
 	order  []string
 }
 
-func parseVectors(t *testing.T, file []byte) []vector {
+func mustReadVectors(t testing.TB) []byte {
+	b, err := os.ReadFile(vectorsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func parseVectors(t *testing.T, file []byte) []vector { return parseVectorsTB(t, file) }
+
+func (v vector) hexTB(t testing.TB, k string) []byte {
+	b, err := hex.DecodeString(v.fields[k])
+	if err != nil {
+		t.Fatalf("%s: field %s: %v", v.fields["name"], k, err)
+	}
+	return b
+}
+
+func (v vector) intTB(t testing.TB, k string) int {
+	n, err := strconv.Atoi(v.fields[k])
+	if err != nil {
+		t.Fatalf("%s: field %s: %v", v.fields["name"], k, err)
+	}
+	return n
+}
+
+func parseVectorsTB(t testing.TB, file []byte) []vector {
 	var out []vector
 	sc := bufio.NewScanner(bytes.NewReader(file))
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
@@ -43,13 +70,7 @@ func parseVectors(t *testing.T, file []byte) []vector {
 	return out
 }
 
-func (v vector) hex(t *testing.T, k string) []byte {
-	b, err := hex.DecodeString(v.fields[k])
-	if err != nil {
-		t.Fatalf("%s: field %s: %v", v.fields["name"], k, err)
-	}
-	return b
-}
+func (v vector) hex(t *testing.T, k string) []byte { return v.hexTB(t, k) }
 
 func (v vector) hexList(t *testing.T, k string) [][]byte {
 	var out [][]byte
@@ -66,13 +87,7 @@ func (v vector) hexList(t *testing.T, k string) [][]byte {
 	return out
 }
 
-func (v vector) int(t *testing.T, k string) int {
-	n, err := strconv.Atoi(v.fields[k])
-	if err != nil {
-		t.Fatalf("%s: field %s: %v", v.fields["name"], k, err)
-	}
-	return n
-}
+func (v vector) int(t *testing.T, k string) int { return v.intTB(t, k) }
 
 // frameErrClass maps decoding errors to the vector file's error classes.
 func frameErrClass(err error) string {
