@@ -25,6 +25,9 @@ const (
 	CRC32CLen         = 4
 	// DefaultMaxMessage is the daemon's default limit on a message body.
 	DefaultMaxMessage = 16 * 1024
+	// MaxMessageLimit is the largest body fragmentation can carry:
+	// 255 fragments of 254 bytes, less the CRC-32C.
+	MaxMessageLimit = MaxFragments*(MaxData-FragmentHeaderLen) - CRC32CLen
 )
 
 // PieceSize is the largest piece P a fragment can carry to a receiver that
@@ -81,7 +84,7 @@ func Fragments(body []byte, pieceSize int) (datas [][]byte, fragmented bool, err
 
 // ReassemblerConfig bounds a Reassembler. Zero fields take the defaults.
 type ReassemblerConfig struct {
-	MaxMessage int           // largest body; default 16 KiB, at most 65,535
+	MaxMessage int           // largest body; default 16 KiB, at most MaxMessageLimit
 	MaxPending int           // messages in reassembly at once; default 2
 	Timeout    time.Duration // discard a message without progress; default 10 s
 }
@@ -117,7 +120,7 @@ func NewReassembler(cfg ReassemblerConfig) *Reassembler {
 	if cfg.MaxMessage <= 0 {
 		cfg.MaxMessage = DefaultMaxMessage
 	}
-	cfg.MaxMessage = min(cfg.MaxMessage, 65535)
+	cfg.MaxMessage = min(cfg.MaxMessage, MaxMessageLimit)
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = 2
 	}

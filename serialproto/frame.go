@@ -100,17 +100,20 @@ func AppendFrame(dst []byte, f Frame) ([]byte, error) {
 // decodes as long as its structure and CRC are sound: what an unknown
 // version or command means is decided above the codec (§3, §4).
 func Decode(p []byte) (Frame, error) {
-	f, n, err := decodePrefix(p)
-	if err != nil {
-		return Frame{}, err
+	// Structure before CRC: a datagram with extra bytes is "trailing"
+	// whatever its CRC says.
+	if len(p) >= HeaderLen && p[0] == Magic {
+		if n := Overhead + int(binary.BigEndian.Uint16(p[2:4])); n <= MaxFrameLen && len(p) > n {
+			return Frame{}, fmt.Errorf("%w: %d", ErrTrailing, len(p)-n)
+		}
 	}
-	if n != len(p) {
-		return Frame{}, fmt.Errorf("%w: %d", ErrTrailing, len(p)-n)
-	}
-	return f, nil
+	f, _, err := decodePrefix(p)
+	return f, err
 }
 
 // decodePrefix decodes the frame at the start of p and returns its length.
+// Checks run in the order of docs/protocol.md §2.1: size, magic, length,
+// size again, then the CRC.
 func decodePrefix(p []byte) (Frame, int, error) {
 	if len(p) < MinFrameLen {
 		return Frame{}, 0, ErrShortFrame

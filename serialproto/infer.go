@@ -143,6 +143,9 @@ func (m *Infer) UnmarshalBody(b []byte) error {
 	if optEnd >= len(b) {
 		return malformed(CmdInfer, "options length %d leaves no prompt", b[0])
 	}
+	// A malformed body is MALFORMED even when it also carries an unknown
+	// critical option: the structure is checked to the end first.
+	var unsupported error
 	for opts := b[1:optEnd]; len(opts) > 0; {
 		if len(opts) < 2 || len(opts) < 2+int(opts[1]) {
 			return malformed(CmdInfer, "option list truncated")
@@ -150,10 +153,10 @@ func (m *Infer) UnmarshalBody(b []byte) error {
 		t, v := OptionType(opts[0]), opts[2:2+int(opts[1])]
 		opts = opts[2+len(v):]
 		if t >= optKnownLimit || t == 0 {
-			if t&optCritical != 0 {
-				return fmt.Errorf("%w: %#02x", ErrUnsupportedOption, uint8(t))
+			if t&optCritical != 0 && unsupported == nil {
+				unsupported = fmt.Errorf("%w: %#02x", ErrUnsupportedOption, uint8(t))
 			}
-			continue // an unknown hint
+			continue // an unknown hint, skipped
 		}
 		if m.Set.Has(t) {
 			return malformed(CmdInfer, "option %#02x repeated", uint8(t))
@@ -167,7 +170,7 @@ func (m *Infer) UnmarshalBody(b []byte) error {
 	if !utf8.ValidString(m.Prompt) {
 		return malformed(CmdInfer, "prompt is not UTF-8")
 	}
-	return nil
+	return unsupported
 }
 
 func (m *Infer) setOption(t OptionType, v []byte) error {

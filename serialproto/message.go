@@ -91,7 +91,7 @@ const (
 	MaxNackIndexes = 64
 	MaxPingData    = 8
 	MaxModelLen    = 128
-	MaxSystemLen   = 255
+	MaxSystemLen   = 253 // the whole options block is at most 255 bytes
 )
 
 // Hello opens a session (device → daemon).
@@ -209,6 +209,8 @@ func (m *Welcome) validate() error {
 		return malformed(CmdWelcome, "version 0")
 	case m.MaxData < MinDataLimit || m.MaxData > MaxData:
 		return malformed(CmdWelcome, "max_data %d outside %d..%d", m.MaxData, MinDataLimit, MaxData)
+	case m.MaxMessage > MaxMessageLimit:
+		return malformed(CmdWelcome, "max_message %d above %d", m.MaxMessage, MaxMessageLimit)
 	}
 	return nil
 }
@@ -500,8 +502,9 @@ type StatusReply struct {
 func (*StatusReply) Command() Command { return CmdStatusReply }
 
 func (m *StatusReply) AppendBody(dst []byte) ([]byte, error) {
-	if len(m.Backend) > 255 || 4+len(m.Backend)+len(m.Model) > MaxData {
-		return dst, malformed(CmdStatusReply, "backend and model names too long")
+	if len(m.Backend) > 255 || 4+len(m.Backend)+len(m.Model) > MaxData || m.LoadPct > 100 ||
+		!utf8.ValidString(m.Backend) || !utf8.ValidString(m.Model) {
+		return dst, malformed(CmdStatusReply, "load ≤ 100 and UTF-8 names of ≤ %d bytes in all", MaxData-4)
 	}
 	dst = append(dst, m.State, m.LoadPct, m.Queue, byte(len(m.Backend)))
 	return append(append(dst, m.Backend...), m.Model...), nil
@@ -515,6 +518,9 @@ func (m *StatusReply) UnmarshalBody(b []byte) error {
 	*m = StatusReply{State: b[0], LoadPct: b[1], Queue: b[2], Backend: string(b[4:n]), Model: string(b[n:])}
 	if m.LoadPct > 100 {
 		return malformed(CmdStatusReply, "load %d%% above 100", m.LoadPct)
+	}
+	if !utf8.ValidString(m.Backend) || !utf8.ValidString(m.Model) {
+		return malformed(CmdStatusReply, "names are not UTF-8")
 	}
 	return nil
 }

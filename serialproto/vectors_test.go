@@ -223,6 +223,9 @@ func generateVectors(t *testing.T) []byte {
 		{"trailing_byte", "trailing", append(bytes.Clone(ping), 0)},
 		{"two_frames_in_one_datagram", "trailing", append(bytes.Clone(ping), ping...)},
 		{"bad_magic", "magic", append([]byte{0xAA}, ping[1:]...)},
+		{"short_and_bad_magic", "short", []byte{0xAA, 1, 0, 0, 3}},
+		{"trailing_and_bad_crc", "trailing", append(bytes.Clone(badCRC), 0)},
+		{"length_257_and_trailing", "length", append(bytes.Clone(tooLong), 0)},
 	}
 	for _, v := range invalid {
 		w.line("frame", "name="+v.name, "ok=0", "err="+v.err, "hex="+hx(v.b))
@@ -286,6 +289,8 @@ func generateVectors(t *testing.T) []byte {
 		body  []byte
 	}{
 		{"fits_one_frame", 10, PieceSize(128, false), inferBody(t, strings.Repeat("a", 120))},
+		{"exactly_p_plus_2_fits", 10, 30, inferBody(t, strings.Repeat("b", 32-5))},
+		{"p_plus_3_fragments", 10, 30, inferBody(t, strings.Repeat("b", 33-5))},
 		{"three_fragments_max_data_128", 11, PieceSize(128, false), inferBody(t, strings.Repeat("Tell me a story. ", 15))},
 		{"small_pieces_32", 12, 30, inferBody(t, "Why is the sky blue? Answer briefly.")},
 		{"signed_piece_size", 13, PieceSize(256, true), inferBody(t, strings.Repeat("xyz", 100))},
@@ -435,6 +440,8 @@ func invalidBodies() []badBody {
 		{"infer_option_wrong_size", "malformed", CmdInfer, []byte{3, 2, 1, 16, 'h', 'i'}},
 		{"infer_option_repeated", "malformed", CmdInfer, []byte{8, 2, 2, 0, 16, 2, 2, 0, 16, 'h'}},
 		{"infer_critical_unknown_option", "unsupported_option", CmdInfer, []byte{3, 0x80, 1, 0, 'h', 'i'}},
+		{"infer_critical_and_malformed", "malformed", CmdInfer, []byte{6, 0x80, 1, 0, 2, 1, 16, 'h', 'i'}},
+		{"infer_model_not_utf8", "malformed", CmdInfer, []byte{3, 1, 1, 0xFF, 'h', 'i'}},
 		{"infer_prompt_not_utf8", "malformed", CmdInfer, []byte{0, 0xC3, 0x28}},
 		{"token_split_utf8", "malformed", CmdToken, []byte{0, 0, 0xE2, 0x82}},
 		{"token_empty_text", "malformed", CmdToken, []byte{0, 0}},
@@ -443,6 +450,10 @@ func invalidBodies() []badBody {
 		{"ack_long", "malformed", CmdAck, []byte{0, 1, 2, 3}},
 		{"nack_unknown_reason", "malformed", CmdNack, []byte{9}},
 		{"nack_missing_unsorted", "malformed", CmdNack, []byte{2, 5, 3}},
+		{"nack_missing_empty", "malformed", CmdNack, []byte{2}},
+		{"nack_bad_frame_with_indexes", "malformed", CmdNack, []byte{1, 4}},
+		{"status_reply_load_101", "malformed", CmdStatusReply, []byte{0, 101, 0, 0}},
+		{"status_reply_model_not_utf8", "malformed", CmdStatusReply, []byte{0, 0, 0, 0, 0xC3}},
 		{"cancel_with_body", "malformed", CmdCancel, []byte{0}},
 		{"status_reply_backend_overrun", "malformed", CmdStatusReply, []byte{0, 0, 0, 9, 'x'}},
 	}

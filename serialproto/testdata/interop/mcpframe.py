@@ -232,8 +232,7 @@ def decode_body(cmd, body):
         _need(set(rest) <= DEVICE_ID_CHARS, "device_id outside [A-Za-z0-9._:-]")
         _need(32 <= f["max_data"] <= 256, f"max_data {f['max_data']} not 32..256")
         _need(1 <= f["window"] <= 255, f"window {f['window']} not 1..255")
-        # Not stated in §11.1; the reference rejects a reversed range (vectors).
-        _need(f["min_version"] <= f["max_version"], "min_version > max_version")
+        _need(1 <= f["min_version"] <= f["max_version"], "need 1 <= min_version <= max_version")
         f["device_id"] = rest
     elif cmd in ("PING", "PONG"):
         _need(len(rest) <= 8, f"{len(rest)} bytes > 8")
@@ -245,13 +244,14 @@ def decode_body(cmd, body):
         _need(len(rest) <= 64, f"text of {len(rest)} bytes > 64")
         f["text"] = _utf8(rest, "text")
     elif cmd == "NACK":
-        # §11.10 lists reasons 1..3; the reference rejects others (vectors).
         _need(1 <= f["reason"] <= 3, f"unknown NACK reason {f['reason']}")
         _need(len(rest) <= 64, f"{len(rest)} indexes > 64")
+        _need(rest or f["reason"] != 2, "MISSING without indexes")
         _need(not rest or f["reason"] == 2, "indexes after a reason other than MISSING")
         _need(all(a < b for a, b in zip(rest, rest[1:])), "indexes not ascending")
         f["indexes"] = list(rest)
     elif cmd == "STATUS_REPLY":
+        _need(f["load"] <= 100, f"load {f['load']} > 100")
         n = rest[0] if rest else 0
         _need(len(rest) >= 1 + n, f"backend_len {n} past the body")
         f["backend"] = _utf8(rest[1:1 + n], "backend")
@@ -273,12 +273,12 @@ def _decode_infer(body):
         _need(i + 2 + ln <= len(opts), f"option {typ:#04x} value past opt_len")
         val = opts[i + 2:i + 2 + ln]
         i += 2 + ln
-        _need(typ not in seen, f"option {typ:#04x} repeated")
-        seen.add(typ)
         if typ not in _OPTION_BY_TYPE:
             if typ >= 0x80 and critical is None:
                 critical = typ
             continue  # unknown hints (< 0x80) are skipped
+        _need(typ not in seen, f"option {typ:#04x} repeated")  # known types only (§11.4)
+        seen.add(typ)
         name, kind = _OPTION_BY_TYPE[typ]
         if kind == "":
             _need(ln == 0, f"{name} with {ln} value bytes")
