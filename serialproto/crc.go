@@ -10,9 +10,12 @@ const (
 	crc8XorOut = 0xFF
 )
 
-// crc8Table is computed once and never written again.
-var crc8Table = func() (t [256]byte) {
-	for i := range t {
+// crc8Tables are computed once and never written again. crc8Tables[0] is
+// the classic byte-at-a-time table; crc8Tables[k][x] is the register after
+// x is followed by k zero bytes, which lets crc8Update fold eight bytes per
+// step with independent lookups ("slicing-by-8").
+var crc8Tables = func() (t [8][256]byte) {
+	for i := range t[0] {
 		c := byte(i)
 		for range 8 {
 			if c&0x80 != 0 {
@@ -21,7 +24,12 @@ var crc8Table = func() (t [256]byte) {
 				c <<= 1
 			}
 		}
-		t[i] = c
+		t[0][i] = c
+	}
+	for k := 1; k < 8; k++ {
+		for i := range t[k] {
+			t[k][i] = t[0][t[k-1][i]]
+		}
 	}
 	return t
 }()
@@ -33,8 +41,14 @@ func CRC8(p []byte) byte {
 
 // crc8Update feeds p into a running (not yet finalised) CRC register.
 func crc8Update(c byte, p []byte) byte {
+	t := &crc8Tables
+	for len(p) >= 8 {
+		c = t[7][c^p[0]] ^ t[6][p[1]] ^ t[5][p[2]] ^ t[4][p[3]] ^
+			t[3][p[4]] ^ t[2][p[5]] ^ t[1][p[6]] ^ t[0][p[7]]
+		p = p[8:]
+	}
 	for _, b := range p {
-		c = crc8Table[c^b]
+		c = t[0][c^b]
 	}
 	return c
 }

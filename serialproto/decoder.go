@@ -95,7 +95,7 @@ func (d *Decoder) Next() (Frame, error) {
 			n := int(binary.BigEndian.Uint16(d.buf[d.start+2:]))
 			if n > MaxData {
 				d.stats.TooLong++
-				return Frame{}, d.reject(fmt.Errorf("%w: %d", ErrTooLong, n))
+				return Frame{}, d.reject(ErrTooLong)
 			}
 			if total := Overhead + n; avail >= total {
 				f, _, err := decodePrefix(d.buf[d.start : d.start+total])
