@@ -1,0 +1,120 @@
+// Package backends puts the inference engines mcpd can use — the
+// in-process llama.cpp engine and a local Ollama server — behind one
+// interface, and chooses between them.
+//
+// The daemon talks only to Backend. An engine streams its output through a
+// callback on the caller's goroutine, so the daemon controls pacing (a slow
+// UART slows the callback, and through it the engine) and cancellation
+// (through ctx) without extra goroutines or channels per token.
+package backends
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors an engine returns, wrapped with detail; test with errors.Is. The
+// daemon maps them to protocol error codes.
+var (
+	// ErrModelNotFound: the named model is not available to this engine.
+	ErrModelNotFound = errors.New("backends: model not found")
+	// ErrUnavailable: the engine cannot take requests now (not loaded,
+	// unreachable, circuit open). Retryable elsewhere or later.
+	ErrUnavailable = errors.New("backends: engine unavailable")
+	// ErrBusy: the engine's own queue is full. Retryable.
+	ErrBusy = errors.New("backends: engine busy")
+	// ErrPromptTooLong: the prompt does not fit the context.
+	ErrPromptTooLong = errors.New("backends: prompt exceeds the context")
+	// ErrFailed: the engine failed mid-request (stream cut, decode error).
+	ErrFailed = errors.New("backends: engine failed")
+	// ErrClosed: the engine was closed.
+	ErrClosed = errors.New("backends: engine closed")
+)
+
+// Role of a chat message.
+type Role string
+
+const (
+	RoleSystem    Role = "system"
+	RoleUser      Role = "user"
+	RoleAssistant Role = "assistant"
+)
+
+// Message is one turn of a conversation.
+type Message struct {
+	Role    Role
+	Content string
+}
+
+// Options tune one generation. Zero values mean "the engine's default",
+// except where a Set flag says the zero is meant (temperature 0 = greedy).
+type Options struct {
+	MaxTokens      int     // 0: engine default
+	Temperature    float32 // used when TemperatureSet; 0 = greedy
+	TemperatureSet bool
+	TopK           int     // 0: off/default
+	TopP           float32 // 0: off/default
+	MinP           float32 // 0: off/default
+	RepeatPenalty  float32 // 0: off/default (1 = none)
+	Seed           uint32
+	SeedSet        bool
+	Stop           []string
+	ContextSize    int // 0: engine default
+}
+
+// Request is one generation: the conversation so far (the last message is
+// the new user turn) and its options.
+type Request struct {
+	Model    string // "" = the engine's default model
+	Messages []Message
+	Options  Options
+}
+
+// StopReason says why generation ended.
+type StopReason uint8
+
+const (
+	StopEOS     StopReason = iota // the model ended its answer
+	StopLength                    // MaxTokens reached
+	StopContext                   // the context is full
+	StopString                    // a stop sequence matched
+)
+
+// Result is what a finished generation reports.
+type Result struct {
+	Tokens       int           // tokens generated
+	PromptTokens int           // prompt tokens evaluated
+	TTFT         time.Duration // from the call to the first piece
+	Duration     time.Duration // from the call to the last piece
+	Stop         StopReason
+}
+
+// Emit receives generated text in order. Pieces never split a UTF-8
+// character. Returning an error stops generation; Generate then returns
+// that error.
+type Emit func(piece []byte) error
+
+// ModelInfo describes a model an engine can run.
+type ModelInfo struct {
+	Name          string
+	ContextLength int
+	Parameters    int64
+	Quantization  string
+}
+
+// Backend is an inference engine.
+type Backend interface {
+	// Name is a short, stable identifier ("llama.cpp", "ollama").
+	Name() string
+	// Generate runs req, calling emit for each piece of output, and returns
+	// when generation ends, ctx is done, or emit fails. It returns ctx's
+	// error promptly (within one decode step) after cancellation.
+	Generate(ctx context.Context, req Request, emit Emit) (Result, error)
+	// Model describes a model; "" is the default model.
+	Model(ctx context.Context, name string) (ModelInfo, error)
+	// Healthy reports nil when the engine can take requests.
+	Healthy(ctx context.Context) error
+	// Close releases the engine; later calls return ErrClosed.
+	Close() error
+}
