@@ -21,6 +21,7 @@ Usage:
 
 Commands:
   loopback   run a simulated device against a protocol peer over loopback UDP
+  decode     explain frames given in hex, or a captured serial byte stream
   version    print the version
 
 Run 'mcpctl <command> -h' for a command's flags.
@@ -29,7 +30,7 @@ Run 'mcpctl <command> -h' for a command's flags.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
+	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(os.Stderr, "mcpctl:", err)
 		}
@@ -37,7 +38,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return flag.ErrHelp
@@ -45,6 +46,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "loopback":
 		return runLoopback(ctx, args[1:], stdout, stderr)
+	case "decode":
+		return runDecode(args[1:], stdin, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mcpctl", version)
 		return nil
