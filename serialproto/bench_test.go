@@ -121,9 +121,11 @@ func BenchmarkVerify(b *testing.B) {
 	raw, _ := NewSigner(key, DeviceToDaemon, MakeNonce(1, 2), 0, 0).AppendSigned(nil, Frame{Version: 1, Cmd: CmdToken, Data: make([]byte, 64)})
 	f, _ := Decode(raw)
 	v := NewVerifier(key, DeviceToDaemon, MakeNonce(1, 2))
+	w := &ReplayWindow{}
+	v.windows[0] = w
 	b.ReportAllocs()
 	for b.Loop() {
-		v.windows[0] = &ReplayWindow{} // accept the same counter each time
+		*w = ReplayWindow{} // accept the same counter each time
 		if _, _, _, err := v.Verify(f); err != nil {
 			b.Fatal(err)
 		}
