@@ -179,7 +179,7 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 	if s := d.session(p.Key()); s != nil && !s.allowNack(time.Now()) {
 		return
 	}
-	d.send(p, sp.Version1, 0, &sp.Nack{Reason: sp.NackBadFrame})
+	d.send(p, 0, &sp.Nack{Reason: sp.NackBadFrame})
 }
 
 // HandleFrame is the entry point of every sound frame.
@@ -187,13 +187,13 @@ func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
 	d.stats.FramesIn.Add(1)
 	switch {
 	case f.Version != sp.Version1:
-		d.send(p, sp.Version1, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
+		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
 		return
 	case f.Flags&sp.FlagSigned != 0:
-		d.send(p, sp.Version1, f.Seq, sp.NewError(sp.CodeAuthFailed, "no signing key configured"))
+		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "no signing key configured"))
 		return
 	case !f.Cmd.Known():
-		d.send(p, sp.Version1, f.Seq, sp.NewError(sp.CodeUnknownCommand, f.Cmd.String()))
+		d.send(p, f.Seq, sp.NewError(sp.CodeUnknownCommand, f.Cmd.String()))
 		return
 	case f.Cmd == sp.CmdHello:
 		d.hello(p, f)
@@ -202,9 +202,9 @@ func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
 	s := d.session(p.Key())
 	if s == nil {
 		if f.Cmd == sp.CmdBye {
-			d.send(p, f.Version, f.Seq, &sp.Bye{})
+			d.send(p, f.Seq, &sp.Bye{})
 		} else {
-			d.send(p, f.Version, f.Seq, sp.NewError(sp.CodeNoSession, "send HELLO first"))
+			d.send(p, f.Seq, sp.NewError(sp.CodeNoSession, "send HELLO first"))
 		}
 		return
 	}
@@ -221,15 +221,15 @@ func (d *Daemon) session(key string) *session {
 func (d *Daemon) hello(p Peer, f sp.Frame) {
 	var h sp.Hello
 	if f.Flags&sp.FlagFragment != 0 {
-		d.send(p, f.Version, f.Seq, sp.NewError(sp.CodeMalformed, "HELLO cannot be fragmented"))
+		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, "HELLO cannot be fragmented"))
 		return
 	}
 	if err := h.UnmarshalBody(f.Data); err != nil {
-		d.send(p, f.Version, f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
 		return
 	}
 	if h.MinVersion > sp.Version1 {
-		d.send(p, sp.Version1, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
+		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
 		return
 	}
 	key := p.Key()
@@ -239,17 +239,17 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		d.mu.Unlock()
 		d.stats.Duplicates.Add(1)
 		old.touch()
-		d.send(p, sp.Version1, f.Seq, old.welcome()) // a retransmitted HELLO
+		d.send(p, f.Seq, old.welcome()) // a retransmitted HELLO
 		return
 	}
 	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
 		d.mu.Unlock()
-		d.send(p, sp.Version1, f.Seq, sp.NewError(sp.CodeBusy, "too many sessions"))
+		d.send(p, f.Seq, sp.NewError(sp.CodeBusy, "too many sessions"))
 		return
 	}
 	if d.draining.Load() {
 		d.mu.Unlock()
-		d.send(p, sp.Version1, f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
+		d.send(p, f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
 		return
 	}
 	s := newSession(d, d.linkCtx, p, &h, randomNonce())
@@ -261,7 +261,7 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		d.stats.Sessions.Add(1)
 	}
 	d.log.Info("session opened", "device", h.DeviceID, "peer", key, "max_data", h.MaxData, "window", h.Window)
-	d.send(p, sp.Version1, f.Seq, s.welcome())
+	d.send(p, f.Seq, s.welcome())
 }
 
 func (d *Daemon) removeSession(s *session) {
@@ -288,15 +288,26 @@ func (d *Daemon) admit() bool {
 
 func (d *Daemon) release() { d.admitted.Add(-1) }
 
-// send encodes m in one frame to p. Errors are logged, not returned: a
-// device that vanished is handled by session expiry.
-func (d *Daemon) send(p Peer, version, seq uint8, m sp.Message) {
+// send answers a peer that has no session (yet): its data limit is
+// unknown, so the smallest one any device may have is assumed.
+func (d *Daemon) send(p Peer, seq uint8, m sp.Message) { d.sendTo(p, seq, sp.MinDataLimit, m) }
+
+// sendTo encodes m in one frame to p, cutting texts to fit the peer's data
+// limit. Errors are logged, not returned: a device that vanished is
+// handled by session expiry.
+func (d *Daemon) sendTo(p Peer, seq uint8, limit int, m sp.Message) {
+	switch m := m.(type) {
+	case *sp.Error:
+		m.Fit(sp.BodyLimit(limit, false))
+	case *sp.StatusReply:
+		m.Fit(sp.BodyLimit(limit, false))
+	}
 	body, err := m.AppendBody(make([]byte, 0, 64))
 	if err != nil {
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return
 	}
-	frame, err := sp.AppendFrame(make([]byte, 0, sp.Overhead+len(body)), sp.Frame{Version: version, Cmd: m.Command(), Seq: seq, Data: body})
+	frame, err := sp.AppendFrame(make([]byte, 0, sp.Overhead+len(body)), sp.Frame{Version: sp.Version1, Cmd: m.Command(), Seq: seq, Data: body})
 	if err != nil {
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return
@@ -342,11 +353,8 @@ func (d *Daemon) status() *sp.StatusReply {
 	if info, err := d.backend.Model(d.linkCtx, ""); err == nil {
 		model = info.Name
 	}
-	r := &sp.StatusReply{
+	return &sp.StatusReply{
 		State: state, LoadPct: uint8(100 * running / d.cfg.MaxConcurrent), Queue: uint8(min(queued, 255)),
 		Backend: d.backend.Name(), Model: model,
 	}
-	r.Backend = truncate(r.Backend, 64)
-	r.Model = truncate(r.Model, sp.MaxData-4-len(r.Backend)) // keep the reply in one frame
-	return r
 }

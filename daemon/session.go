@@ -62,7 +62,7 @@ func (s *session) welcome() *sp.Welcome {
 func (s *session) touch()              { s.seen.Store(time.Now().UnixNano()) }
 func (s *session) lastSeen() time.Time { return time.Unix(0, s.seen.Load()) }
 
-func (s *session) send(seq uint8, m sp.Message) { s.d.send(s.peer, sp.Version1, seq, m) }
+func (s *session) send(seq uint8, m sp.Message) { s.d.sendTo(s.peer, seq, s.maxData, m) }
 
 // close ends the session and everything running in it.
 func (s *session) close(cause error) {

@@ -102,6 +102,10 @@ type pending struct {
 	last      time.Time // last progress
 }
 
+// forgotten marks a cleared slot of the done ring: no frame can carry
+// command 0xFF (commands are six bits).
+var forgotten = fragKey{cmd: 0xFF}
+
 // recentDone is how many reassembled messages a Reassembler remembers so a
 // late duplicate fragment is recognised instead of starting a new message.
 const recentDone = 8
@@ -146,6 +150,7 @@ func (r *Reassembler) Pending() int { return len(r.pending) }
 func (r *Reassembler) Add(now time.Time, cmd Command, seq uint8, data []byte) (body, missing []byte, err error) {
 	key := fragKey{cmd, seq}
 	if len(data) < FragmentHeaderLen+1 {
+		r.drop(key)
 		return nil, nil, malformed(cmd, "fragment of %d bytes", len(data))
 	}
 	index, count, piece := int(data[0]), int(data[1]), data[2:]
@@ -263,8 +268,8 @@ func (r *Reassembler) Forget(cmd Command, seq uint8) {
 	key := fragKey{cmd, seq}
 	r.drop(key)
 	for i := range r.done {
-		if r.done[i] == key { // the zero key (command 0) matches no message
-			r.done[i] = fragKey{}
+		if r.done[i] == key {
+			r.done[i] = forgotten
 		}
 	}
 }

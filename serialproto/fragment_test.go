@@ -167,16 +167,24 @@ func TestReassemblerRejects(t *testing.T) {
 		r := NewReassembler(ReassemblerConfig{})
 		_, _, _ = r.Add(t0, CmdInfer, 2, datas[0])
 		_, _, err := r.Add(t0, CmdInfer, 2, datas[1][:20])
-		if !errors.Is(err, ErrMalformed) {
-			t.Fatalf("err %v", err)
+		if !errors.Is(err, ErrMalformed) || r.Pending() != 0 {
+			t.Fatalf("err %v, pending %d", err, r.Pending())
 		}
 	})
 	t.Run("last piece too long", func(t *testing.T) {
 		r := NewReassembler(ReassemblerConfig{})
 		_, _, _ = r.Add(t0, CmdInfer, 2, []byte{0, 3, 'a', 'b'})
 		_, _, err := r.Add(t0, CmdInfer, 2, []byte{2, 3, 'a', 'b', 'c'})
-		if !errors.Is(err, ErrMalformed) {
-			t.Fatalf("err %v", err)
+		if !errors.Is(err, ErrMalformed) || r.Pending() != 0 {
+			t.Fatalf("err %v, pending %d", err, r.Pending())
+		}
+	})
+	t.Run("empty piece discards the message", func(t *testing.T) {
+		r := NewReassembler(ReassemblerConfig{})
+		_, _, _ = r.Add(t0, CmdInfer, 2, datas[0])
+		_, _, err := r.Add(t0, CmdInfer, 2, []byte{1, byte(len(datas))})
+		if !errors.Is(err, ErrMalformed) || r.Pending() != 0 {
+			t.Fatalf("err %v, pending %d", err, r.Pending())
 		}
 	})
 	t.Run("index beyond count", func(t *testing.T) {

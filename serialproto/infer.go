@@ -29,13 +29,6 @@ const (
 	optCritical      OptionType = 0x80
 )
 
-// optionSize is the fixed value size of each known option; -1 marks the
-// variable-length strings.
-var optionSize = [optKnownLimit]int8{
-	OptModel: -1, OptMaxTokens: 2, OptTemperature: 2, OptSeed: 4, OptTopK: 2, OptTopP: 2,
-	OptMinP: 2, OptRepeatPenalty: 2, OptNewChat: 0, OptSystem: -1, OptDeadlineMS: 4, OptContext: 4,
-}
-
 // Infer is a prompt with its options. Set records which options are
 // present: an absent option means "the daemon's default", which differs from
 // an explicit zero (TEMPERATURE 0 means greedy).
@@ -183,10 +176,17 @@ func (m *Infer) UnmarshalBody(b []byte) error {
 }
 
 func (m *Infer) setOption(t OptionType, v []byte) error {
-	if size := int(optionSize[t]); size >= 0 && len(v) != size {
+	str, limit, u16, u32 := m.field(t)
+	size := 0
+	switch {
+	case u16 != nil:
+		size = 2
+	case u32 != nil:
+		size = 4
+	}
+	if str == nil && len(v) != size {
 		return malformed(CmdInfer, "option %#02x has %d bytes, want %d", uint8(t), len(v), size)
 	}
-	str, limit, u16, u32 := m.field(t)
 	switch {
 	case str != nil:
 		if len(v) == 0 || len(v) > limit || !utf8.Valid(v) {

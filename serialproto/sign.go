@@ -18,6 +18,7 @@ var (
 	ErrStale     = errors.New("serialproto: signature counter below the replay window")
 	ErrKeyLength = errors.New("serialproto: key must be 16..64 bytes")
 	ErrCounter   = errors.New("serialproto: signature counter exhausted (48 bits)")
+	ErrNoKey     = errors.New("serialproto: no key: signing needs a key of 16..64 bytes")
 )
 
 const (
@@ -110,9 +111,13 @@ type Signer struct {
 	mac     macState
 }
 
-// NewSigner returns a Signer for key.
-func NewSigner(key Key, dir Direction, nonce SessionNonce, linkID uint8, lastCounter uint64) *Signer {
-	return &Signer{Dir: dir, Nonce: nonce, LinkID: linkID, Counter: lastCounter, mac: newMACState(key)}
+// NewSigner returns a Signer for key. A zero Key is refused: an HMAC with
+// an empty key is one anybody can compute.
+func NewSigner(key Key, dir Direction, nonce SessionNonce, linkID uint8, lastCounter uint64) (*Signer, error) {
+	if key.IsZero() {
+		return nil, ErrNoKey
+	}
+	return &Signer{Dir: dir, Nonce: nonce, LinkID: linkID, Counter: lastCounter, mac: newMACState(key)}, nil
 }
 
 // AppendSigned appends the wire encoding of f, signed: FlagSigned is set
@@ -125,16 +130,16 @@ func (s *Signer) AppendSigned(dst []byte, f Frame) ([]byte, error) {
 	if s.Counter >= maxCounter {
 		return dst, ErrCounter
 	}
-	s.Counter++
 	f.Flags |= FlagSigned
 	n := len(f.Data) + SignatureLen
 	start := len(dst)
-	// Encode header and data first so AppendFrame validates cmd and flags;
-	// the signature block is written in place afterwards.
+	// Encode header and data first so AppendFrame validates cmd and flags
+	// (before a counter is spent); the signature block follows in place.
 	dst, err := AppendFrame(dst, Frame{Version: f.Version, Cmd: f.Cmd, Flags: f.Flags, Seq: f.Seq, Data: f.Data})
 	if err != nil {
 		return dst[:start], err
 	}
+	s.Counter++
 	dst = dst[:len(dst)-1] // drop the provisional crc
 	binary.BigEndian.PutUint16(dst[start+2:], uint16(n))
 	dst = append(dst, s.LinkID)
@@ -155,9 +160,13 @@ type Verifier struct {
 	windows map[uint8]*ReplayWindow
 }
 
-// NewVerifier returns a Verifier for key, for frames travelling dir.
-func NewVerifier(key Key, dir Direction, nonce SessionNonce) *Verifier {
-	return &Verifier{Dir: dir, Nonce: nonce, mac: newMACState(key), windows: make(map[uint8]*ReplayWindow)}
+// NewVerifier returns a Verifier for key, for frames travelling dir. A zero
+// Key is refused, as by NewSigner.
+func NewVerifier(key Key, dir Direction, nonce SessionNonce) (*Verifier, error) {
+	if key.IsZero() {
+		return nil, ErrNoKey
+	}
+	return &Verifier{Dir: dir, Nonce: nonce, mac: newMACState(key), windows: make(map[uint8]*ReplayWindow)}, nil
 }
 
 // Verify checks f's signature and counter. On success it returns f with the

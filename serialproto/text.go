@@ -40,11 +40,13 @@ func (t *TextBuffer) compact() {
 // Len is the number of raw bytes not yet handed out.
 func (t *TextBuffer) Len() int { return len(t.buf) - t.off }
 
-// Next appends to dst at most max bytes of complete, valid UTF-8 taken from
+// Next appends to dst at most limit bytes of complete, valid UTF-8 taken from
 // the front of the buffer. Unless final is set, an incomplete character at
-// the end stays buffered; with final set it is flushed as U+FFFD. max must
-// be at least 4 (one character).
-func (t *TextBuffer) Next(dst []byte, max int, final bool) []byte {
+// the end stays buffered; with final set it is flushed as U+FFFD. The
+// limit must be at least 4 (one character); smaller values are raised to 4 so the
+// buffer always drains.
+func (t *TextBuffer) Next(dst []byte, limit int, final bool) []byte {
+	limit = max(limit, utf8.UTFMax)
 	pending := t.buf[t.off:]
 	used, i := 0, 0
 	for i < len(pending) {
@@ -56,7 +58,7 @@ func (t *TextBuffer) Next(dst []byte, max int, final bool) []byte {
 			}
 			out = len(replacement)
 		}
-		if used+out > max {
+		if used+out > limit {
 			break
 		}
 		if out == size {

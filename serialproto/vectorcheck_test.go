@@ -235,7 +235,8 @@ func checkVectorFile(t *testing.T, file []byte) {
 			}
 			var nonce SessionNonce
 			copy(nonce[:], v.hex(t, "nonce"))
-			ver := NewVerifier(key, Direction(v.int(t, "dir")), nonce)
+			ver := mustVerifier(t, key, Direction(v.int(t, "dir")), nonce)
+			signed := v.hex(t, "signed")
 			if after := v.fields["after"]; after != "" {
 				w := new(ReplayWindow)
 				for _, c := range strings.Split(after, ",") {
@@ -245,9 +246,10 @@ func checkVectorFile(t *testing.T, file []byte) {
 					}
 					_ = w.Accept(n)
 				}
-				ver.windows[0] = w
+				// The window of the signed frame's link id (§15).
+				ver.windows[signed[len(signed)-1-SignatureLen]] = w
 			}
-			f, err := Decode(v.hex(t, "signed"))
+			f, err := Decode(signed)
 			if err != nil {
 				t.Fatalf("sign %s: %v", name, err)
 			}

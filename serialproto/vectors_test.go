@@ -327,7 +327,7 @@ func generateVectors(t *testing.T) []byte {
 		{"token_daemon", DaemonToDevice, nonce, 0, 1 << 40, Frame{Version: 1, Cmd: CmdToken, Seq: 2, Data: mustBody(t, &Token{Chunk: 0, Text: []byte("Hi")})}},
 	} {
 		unsigned := mustFrame(t, v.f)
-		s := NewSigner(key, v.dir, v.nonce, v.link, v.counter-1)
+		s := mustSigner(t, key, v.dir, v.nonce, v.link, v.counter-1)
 		signed, err := s.AppendSigned(nil, v.f)
 		if err != nil {
 			t.Fatal(err)
@@ -336,7 +336,7 @@ func generateVectors(t *testing.T) []byte {
 			"link="+itoa(v.link), "counter="+strconv.FormatUint(v.counter, 10), "unsigned="+hx(unsigned), "signed="+hx(signed))
 	}
 	// Rejections: a tampered tag, a replay, a stale counter, an unsigned frame.
-	s := NewSigner(key, DeviceToDaemon, nonce, 0, 99)
+	s := mustSigner(t, key, DeviceToDaemon, nonce, 0, 99)
 	good, _ := s.AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing, Seq: 5})
 	tampered := bytes.Clone(good)
 	tampered[len(tampered)-2] ^= 0x01
@@ -433,6 +433,7 @@ func invalidBodies() []badBody {
 		{"hello_max_data_16", "malformed", CmdHello, []byte{1, 1, 0, 16, 0, 0, 2, 0, 0, 0, 1, 'x'}},
 		{"hello_versions_reversed", "malformed", CmdHello, []byte{2, 1, 0, 128, 0, 0, 2, 0, 0, 0, 1, 'x'}},
 		{"hello_device_id_space", "malformed", CmdHello, []byte{1, 1, 0, 128, 0, 0, 2, 0, 0, 0, 1, 'a', ' ', 'b'}},
+		{"hello_signed_max_data_32", "malformed", CmdHello, []byte{1, 1, 0, 32, 0, 1, 2, 0, 0, 0, 1, 'x'}},
 		{"welcome_short", "malformed", CmdWelcome, []byte{1, 1, 0}},
 		{"ping_9_bytes", "malformed", CmdPing, make([]byte, 9)},
 		{"infer_no_prompt", "malformed", CmdInfer, []byte{0}},

@@ -154,7 +154,10 @@ func (d *device) ask(ctx context.Context, prompt string, maxData uint16, window 
 			continue
 		}
 		switch m := m.(type) {
-		case *sp.Ack: // the INFER was accepted
+		case *sp.Ack: // the INFER was accepted: next counts its fragments
+			if int(m.Next) != len(datas) {
+				return fmt.Errorf("ACK of the INFER says %d fragments, sent %d", m.Next, len(datas))
+			}
 		case *sp.Token:
 			if m.Chunk != next {
 				continue // go-back-N: the peer repeats from next
@@ -242,13 +245,12 @@ func (p *echoPeer) serve() {
 		if err != nil {
 			continue
 		}
-		var body []byte
+		body, fragments := f.Data, 1
 		if f.Flags&sp.FlagFragment != 0 {
 			if body, _, err = reasm.Add(time.Now(), f.Cmd, f.Seq, f.Data); err != nil || body == nil {
 				continue
 			}
-		} else {
-			body = f.Data
+			fragments = int(f.Data[1])
 		}
 		m, err := sp.ParseBody(f.Cmd, body)
 		if err != nil {
@@ -260,7 +262,7 @@ func (p *echoPeer) serve() {
 			maxData, window = int(m.MaxData), int(m.Window)
 			sendMsg(f.Seq, &sp.Welcome{Version: 1, MaxData: sp.MaxData, Window: 255, HeartbeatMS: 5000, MaxMessage: sp.DefaultMaxMessage, DaemonNonce: 1})
 		case *sp.Infer:
-			sendMsg(f.Seq, &sp.Ack{Next: 1})
+			sendMsg(f.Seq, &sp.Ack{Next: uint16(fragments)}) // §11.9: the fragment count
 			st = &stream{seq: f.Seq, chunks: echoChunks(m.Prompt, maxData), window: window}
 			pump()
 		case *sp.Ack:

@@ -232,6 +232,7 @@ def decode_body(cmd, body):
         _need(set(rest) <= DEVICE_ID_CHARS, "device_id outside [A-Za-z0-9._:-]")
         _need(32 <= f["max_data"] <= 256, f"max_data {f['max_data']} not 32..256")
         _need(1 <= f["window"] <= 255, f"window {f['window']} not 1..255")
+        _need(not f["features"] & 1 or f["max_data"] >= 48, "SIGN needs max_data >= 48")
         _need(1 <= f["min_version"] <= f["max_version"], "need 1 <= min_version <= max_version")
         f["device_id"] = rest
     elif cmd in ("PING", "PONG"):
