@@ -1,3 +1,9 @@
 module github.com/mcpd-project/mcpd
 
 go 1.26
+
+require (
+	github.com/creack/pty v1.1.24
+	go.bug.st/serial v1.8.0
+	golang.org/x/sys v0.43.0
+)

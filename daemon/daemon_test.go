@@ -20,11 +20,7 @@ import (
 // startDaemon runs a daemon with engine e on a loopback UDP port.
 func startDaemon(t *testing.T, cfg Config, e *testEngine) (*Daemon, string) {
 	t.Helper()
-	log := slog.New(slog.DiscardHandler)
-	if os.Getenv("MCPD_TEST_LOG") != "" {
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	d, err := New(cfg, e, log)
+	d, err := New(cfg, e, testLogger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,6 +43,14 @@ func startDaemon(t *testing.T, cfg Config, e *testEngine) (*Daemon, string) {
 		}
 	})
 	return d, l.Addr().String()
+}
+
+// testLogger discards logs unless MCPD_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("MCPD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
 }
 
 func dial(t *testing.T, addr string, cfg device.Config) *device.Client {

@@ -122,9 +122,10 @@ func (s *stream) run(ctx context.Context) error {
 			s.sent++
 			s.lastSend = now
 			s.mu.Unlock()
-			if err := s.peer.Send(frame); err != nil {
-				return err
-			}
+			// A failed send is a lost frame (an unplugged UART, a full
+			// socket buffer): retransmission repairs it or the retry
+			// budget ends the stream.
+			_ = s.peer.Send(frame)
 			if s.onSend != nil {
 				s.onSend(sp.Command(frame[4] & 0x3F))
 			}
