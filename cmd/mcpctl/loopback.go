@@ -48,12 +48,12 @@ func runLoopback(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	defer conn.Close()
-	d := &device{conn: conn, trace: *trace, log: stderr}
+	d := &simDevice{conn: conn, trace: *trace, log: stderr}
 	return d.ask(ctx, *prompt, uint16(*maxData), uint8(*window), stdout)
 }
 
-// device is the simulated microcontroller.
-type device struct {
+// simDevice is the simulated microcontroller of the loopback demo.
+type simDevice struct {
 	conn  *net.UDPConn
 	trace bool
 	log   io.Writer
@@ -62,7 +62,7 @@ type device struct {
 	in    [sp.MaxFrameLen + 1]byte
 }
 
-func (d *device) send(f sp.Frame) error {
+func (d *simDevice) send(f sp.Frame) error {
 	var err error
 	if d.out, err = sp.AppendFrame(d.out[:0], f); err != nil {
 		return err
@@ -74,7 +74,7 @@ func (d *device) send(f sp.Frame) error {
 	return err
 }
 
-func (d *device) sendMsg(seq uint8, m sp.Message) error {
+func (d *simDevice) sendMsg(seq uint8, m sp.Message) error {
 	body, err := m.AppendBody(nil)
 	if err != nil {
 		return err
@@ -83,7 +83,7 @@ func (d *device) sendMsg(seq uint8, m sp.Message) error {
 }
 
 // recv waits for the next frame with a deadline, parsing its body.
-func (d *device) recv(ctx context.Context) (sp.Frame, sp.Message, error) {
+func (d *simDevice) recv(ctx context.Context) (sp.Frame, sp.Message, error) {
 	deadline := time.Now().Add(2 * time.Second)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
@@ -104,7 +104,7 @@ func (d *device) recv(ctx context.Context) (sp.Frame, sp.Message, error) {
 	return f, m, err
 }
 
-func (d *device) ask(ctx context.Context, prompt string, maxData uint16, window uint8, stdout io.Writer) error {
+func (d *simDevice) ask(ctx context.Context, prompt string, maxData uint16, window uint8, stdout io.Writer) error {
 	start := time.Now()
 	hello := &sp.Hello{MinVersion: 1, MaxVersion: 1, MaxData: maxData, Window: window, BootNonce: uint32(start.UnixNano()), DeviceID: "sim-device-1"}
 	if err := d.sendMsg(d.seq, hello); err != nil {
