@@ -447,3 +447,76 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// recorder keeps every frame the device receives.
+type recorder struct {
+	device.Transport
+	mu     sync.Mutex
+	frames []sp.Frame
+}
+
+func (r *recorder) Recv(deadline time.Time) (sp.Frame, error) {
+	f, err := r.Transport.Recv(deadline)
+	if err == nil {
+		c := f
+		c.Data = append([]byte(nil), f.Data...)
+		r.mu.Lock()
+		r.frames = append(r.frames, c)
+		r.mu.Unlock()
+	}
+	return f, err
+}
+
+// TestStreamInvariant: on a clean link every accepted INFER is answered by
+// TOKEN chunks 0..n-1, each exactly once and in order, then exactly one
+// final chunk n — and nothing after it.
+func TestStreamInvariant(t *testing.T) {
+	_, addr := startDaemon(t, Config{DefaultMaxTokens: 1000}, &testEngine{})
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr, err := device.DialUDP(addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer tr.Close()
+			rec := &recorder{Transport: tr}
+			c := device.New(rec, device.Config{DeviceID: fmt.Sprintf("inv-%d", i), MaxData: 40, Window: uint8(1 + i%3)})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := c.Hello(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			for q := range 3 {
+				if _, err := c.Ask(ctx, &sp.Infer{Prompt: strings.Repeat(fmt.Sprintf("q%d ", q), 30)}, func([]byte) error { return nil }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // anything sent after a final chunk would arrive now
+			streams := map[uint8][]sp.Frame{}
+			for _, f := range rec.frames {
+				if f.Cmd == sp.CmdToken || f.Cmd == sp.CmdDone || f.Cmd == sp.CmdError {
+					streams[f.Seq] = append(streams[f.Seq], f)
+				}
+			}
+			if len(streams) != 3 {
+				t.Errorf("device %d: %d streams, want 3", i, len(streams))
+			}
+			for seq, fs := range streams {
+				for k, f := range fs {
+					chunk := int(f.Data[0])<<8 | int(f.Data[1])
+					last := k == len(fs)-1
+					if chunk != k || (f.Cmd == sp.CmdToken) == last {
+						t.Errorf("device %d seq %d: frame %d is %s chunk %d", i, seq, k, f.Cmd, chunk)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
