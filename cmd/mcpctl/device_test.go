@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -78,5 +79,20 @@ func TestAskExitCodeIsTheErrorCode(t *testing.T) {
 	}
 	if _, _, err := runCmd(t, "", "ask", "--udp", "127.0.0.1:1", "--timeout", "300ms", "hello"); err == nil {
 		t.Fatal("no daemon, yet no error")
+	}
+}
+
+func TestBench(t *testing.T) {
+	addr := startDaemon(t, wordEngine{})
+	out, errOut, err := runCmd(t, "", "bench", "--udp", addr, "--devices", "3", "--duration", "5s", "--requests", "30", "--json")
+	if err != nil {
+		t.Fatalf("%v %s", err, errOut)
+	}
+	var rep benchReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if rep.Requests != 30 || len(rep.Errors) != 0 || rep.TTFTp50 <= 0 || rep.TTFTp99 < rep.TTFTp50 || rep.Tokens == 0 {
+		t.Fatalf("report %+v", rep)
 	}
 }

@@ -23,6 +23,7 @@ Commands:
   ask        send a prompt to mcpd as a device, print the streamed answer
   ping       measure round trips to mcpd
   status     show mcpd's backend, model and load
+  bench      N simulated devices for a bounded time: TTFT percentiles, tokens/s
   loopback   run a simulated device against a protocol peer over loopback UDP
   decode     explain frames given in hex, or a captured serial byte stream
   version    print the version
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runPing(ctx, args[1:], stdout, stderr)
 	case "status":
 		return runStatus(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mcpctl", version)
 		return nil
