@@ -227,6 +227,16 @@ func TestEngineFailureEndsStreamWithError(t *testing.T) {
 	}
 }
 
+// inferFrame wraps an INFER body as a message of one fragment (§6).
+func inferFrame(t *testing.T, seq uint8, body []byte) sp.Frame {
+	t.Helper()
+	datas, err := sp.Fragments(body, sp.PieceSize(sp.MaxData, false))
+	if err != nil || len(datas) != 1 {
+		t.Fatalf("inferFrame: %v", err)
+	}
+	return sp.Frame{Version: 1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: datas[0]}
+}
+
 // TestRetransmittedInferRunsOnce sends the same INFER frame three times:
 // the engine must run once and every copy is answered.
 func TestRetransmittedInferRunsOnce(t *testing.T) {
@@ -242,7 +252,7 @@ func TestRetransmittedInferRunsOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	body, _ := (&sp.Infer{Prompt: "once"}).AppendBody(nil)
-	frame, _ := sp.AppendFrame(nil, sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 9, Data: body})
+	frame, _ := sp.AppendFrame(nil, inferFrame(t, 9, body))
 	acks := 0
 	for range 3 {
 		_ = tr.Send(frame)
@@ -309,8 +319,9 @@ func TestProtocolErrors(t *testing.T) {
 		f    sp.Frame
 		want sp.ErrorCode
 	}{
-		{sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 20, Data: []byte{0}}, sp.CodeMalformed},
-		{sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 21, Data: []byte{3, 0x90, 1, 0, 'h'}}, sp.CodeUnsupportedOption},
+		{inferFrame(t, 20, []byte{0}), sp.CodeMalformed},
+		{inferFrame(t, 21, []byte{3, 0x90, 1, 0, 'h'}), sp.CodeUnsupportedOption},
+		{sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 24, Data: []byte{0, 'h', 'i'}}, sp.CodeMalformed}, // not a message (§6)
 		{sp.Frame{Version: 1, Cmd: sp.CmdToken, Seq: 22, Data: []byte{0, 0, 'x'}}, sp.CodeUnexpected},
 		{sp.Frame{Version: 1, Cmd: sp.CmdCancel, Seq: 23}, sp.CodeUnknownRequest},
 	} {

@@ -2,6 +2,9 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +15,7 @@ import (
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/internal/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
+	"go.bug.st/serial"
 	"golang.org/x/sys/unix"
 )
 
@@ -209,3 +213,96 @@ func TestUnplugMidStream(t *testing.T) {
 		t.Fatalf("engine calls %d, sessions %d", e.calls.Load(), d.Stats().Sessions.Load())
 	}
 }
+
+// lineShim joins two pty masters like a UART cable: it paces bytes at
+// bytesPerSec each way and flips each bit with probability ber, from a
+// seeded RNG. It stops when ctx ends.
+func lineShim(ctx context.Context, a, b *os.File, bytesPerSec float64, ber float64, seed uint64) {
+	pump := func(src, dst *os.File, seed uint64) {
+		r := rand.New(rand.NewPCG(seed, 5))
+		buf := make([]byte, 256)
+		perByte := time.Duration(float64(time.Second) / bytesPerSec)
+		var next time.Time // when the next byte may go out
+		for ctx.Err() == nil {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			for i := range buf[:n] {
+				for bit := range 8 {
+					if r.Float64() < ber {
+						buf[i] ^= 1 << bit
+					}
+				}
+			}
+			for _, c := range buf[:n] {
+				if now := time.Now(); next.Before(now) {
+					next = now // the line was idle: no credit for the quiet time
+				}
+				next = next.Add(perByte)
+				time.Sleep(time.Until(next))
+				if _, err := dst.Write([]byte{c}); err != nil {
+					return
+				}
+			}
+		}
+	}
+	go pump(a, b, seed)
+	go pump(b, a, seed+1)
+}
+
+// TestNoisyPacedUART runs requests over a UART paced at 115200 baud that
+// flips bits at a 1e-3 error rate: the resync rule, NACK BAD_FRAME and
+// retransmission must deliver every answer exactly — or, for the rare frame
+// whose corruption the CRC-8 misses, the device's CRC-32C check must catch
+// it. Nothing may be silently wrong.
+func TestNoisyPacedUART(t *testing.T) {
+	if testing.Short() {
+		t.Skip("paced serial line: slow")
+	}
+	daemonSide, daemonPath := openPty(t)
+	deviceSide, devicePath := openPty(t)
+	e := &testEngine{}
+	d := startSerialDaemon(t, Config{DefaultMaxTokens: 1000}, e, daemonPath)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lineShim(ctx, daemonSide, deviceSide, 11520, berForTest, 42)
+
+	port, err := serial.Open(devicePath, &serial.Mode{BaudRate: 115200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = port.SetReadTimeout(20 * time.Millisecond)
+	tr := device.NewStream(port)
+	defer tr.Close()
+	c := device.New(tr, device.Config{DeviceID: "noisy", MaxData: 128, Window: 2, RTO: 300 * time.Millisecond, Retries: 20})
+	if err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exact, caught := 0, 0
+	for i := range 6 {
+		prompt := fmt.Sprintf("reading %d: ", i) + strings.Repeat("soil 31 % air 24.5 C ", 8)
+		var text strings.Builder
+		t0 := time.Now()
+		_, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
+		t.Logf("request %d: %v, %v", i, time.Since(t0).Round(time.Millisecond), err)
+		switch {
+		case err == nil && text.String() == answerFor(prompt):
+			exact++
+		case errors.Is(err, device.ErrChecksum):
+			caught++ // a corruption the frame CRC missed, caught end to end
+		case err == nil:
+			t.Fatalf("request %d: DONE with a wrong answer and a matching checksum:\n%q", i, text.String())
+		default:
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	st := d.Stats()
+	t.Logf("6 requests over a 115200-baud line with BER 1e-3: %d exact, %d caught by CRC-32C; daemon saw %d bad frames",
+		exact, caught, st.BadFrames.Load())
+	if exact < 4 {
+		t.Fatalf("only %d of 6 answers exact", exact)
+	}
+}
+
+var berForTest = 1e-3

@@ -159,35 +159,36 @@ func (s *session) cancelRequest(seq uint8) {
 
 // infer takes an INFER frame or fragment (docs/protocol.md §6, §7.3).
 func (s *session) infer(f sp.Frame) {
-	body, count := f.Data, 1
-	if f.Flags&sp.FlagFragment != 0 {
-		s.mu.Lock()
-		whole, missing, err := s.reasm.Add(time.Now(), f.Cmd, f.Seq, f.Data)
-		s.mu.Unlock()
-		switch {
-		case errors.Is(err, sp.ErrDuplicate):
-			s.repeatAck(f.Seq)
-			return
-		case errors.Is(err, sp.ErrBusy):
-			s.send(f.Seq, sp.NewError(sp.CodeBusy, "too many messages in reassembly"))
-			return
-		case errors.Is(err, sp.ErrTooLarge):
-			s.send(f.Seq, sp.NewError(sp.CodeTooLarge, "message above max_message"))
-			return
-		case errors.Is(err, sp.ErrBadChecksum):
-			s.send(f.Seq, &sp.Nack{Reason: sp.NackBadChecksum})
-			return
-		case err != nil:
-			s.send(f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
-			return
-		case missing != nil:
-			s.send(f.Seq, &sp.Nack{Reason: sp.NackMissing, Missing: missing})
-			return
-		case whole == nil:
-			return // more fragments to come
-		}
-		body, count = whole, int(f.Data[1])
+	if f.Flags&sp.FlagFragment == 0 {
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, "INFER must be a message of fragments (§6)"))
+		return
 	}
+	s.mu.Lock()
+	body, missing, err := s.reasm.Add(time.Now(), f.Cmd, f.Seq, f.Data)
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, sp.ErrDuplicate):
+		s.repeatAck(f.Seq)
+		return
+	case errors.Is(err, sp.ErrBusy):
+		s.send(f.Seq, sp.NewError(sp.CodeBusy, "too many messages in reassembly"))
+		return
+	case errors.Is(err, sp.ErrTooLarge):
+		s.send(f.Seq, sp.NewError(sp.CodeTooLarge, "message above max_message"))
+		return
+	case errors.Is(err, sp.ErrBadChecksum):
+		s.send(f.Seq, &sp.Nack{Reason: sp.NackBadChecksum})
+		return
+	case err != nil:
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		return
+	case missing != nil:
+		s.send(f.Seq, &sp.Nack{Reason: sp.NackMissing, Missing: missing})
+		return
+	case body == nil:
+		return // more fragments to come
+	}
+	count := int(f.Data[1])
 	if s.repeatAck(f.Seq) {
 		return
 	}

@@ -139,7 +139,7 @@ func BenchmarkFragmentReassemble4KiB(b *testing.B) {
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		datas, _, err := Fragments(body, PieceSize(MaxData, false))
+		datas, err := Fragments(body, PieceSize(MaxData, false))
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -214,8 +214,7 @@ func checkVectorFile(t *testing.T, file []byte) {
 					t.Fatalf("frag %s: frame %d: %v", name, i, err)
 				}
 				if f.Flags&FlagFragment == 0 {
-					body = f.Data
-					continue
+					t.Fatalf("frag %s: frame %d lacks the FRAGMENT flag", name, i)
 				}
 				b, _, err := r.Add(time.Unix(0, 0), f.Cmd, f.Seq, f.Data)
 				if err != nil {

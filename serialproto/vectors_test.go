@@ -288,25 +288,21 @@ func generateVectors(t *testing.T) []byte {
 		piece int
 		body  []byte
 	}{
-		{"fits_one_frame", 10, PieceSize(128, false), inferBody(t, strings.Repeat("a", 120))},
-		{"exactly_p_plus_2_fits", 10, 30, inferBody(t, strings.Repeat("b", 32-5))},
-		{"p_plus_3_fragments", 10, 30, inferBody(t, strings.Repeat("b", 33-5))},
+		{"short_prompt_one_fragment", 10, PieceSize(128, false), inferBody(t, "Hi")},
+		{"exactly_one_full_fragment", 10, 30, inferBody(t, strings.Repeat("b", 30-4-5))},
+		{"one_byte_over_two_fragments", 10, 30, inferBody(t, strings.Repeat("b", 31-4-5))},
 		{"three_fragments_max_data_128", 11, PieceSize(128, false), inferBody(t, strings.Repeat("Tell me a story. ", 15))},
 		{"small_pieces_32", 12, 30, inferBody(t, "Why is the sky blue? Answer briefly.")},
 		{"signed_piece_size", 13, PieceSize(256, true), inferBody(t, strings.Repeat("xyz", 100))},
 		{"crc_split_across_last_two", 14, 30, inferBody(t, strings.Repeat("q", 56))},
 	} {
-		datas, fragmented, err := Fragments(v.body, v.piece)
+		datas, err := Fragments(v.body, v.piece)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var frames []string
 		for _, d := range datas {
-			f := Frame{Version: 1, Cmd: CmdInfer, Seq: v.seq, Data: d}
-			if fragmented {
-				f.Flags = FlagFragment
-			}
-			frames = append(frames, hx(mustFrame(t, f)))
+			frames = append(frames, hx(mustFrame(t, Frame{Version: 1, Cmd: CmdInfer, Flags: FlagFragment, Seq: v.seq, Data: d})))
 		}
 		w.line("frag", "name="+v.name, "cmd=INFER", "seq="+itoa(v.seq), "piece="+strconv.Itoa(v.piece), "body="+hx(v.body), "frames="+strings.Join(frames, ","))
 	}

@@ -126,15 +126,12 @@ func (d *simDevice) ask(ctx context.Context, prompt string, maxData uint16, wind
 	if err != nil {
 		return err
 	}
-	datas, fragmented, err := sp.Fragments(body, sp.PieceSize(int(welcome.MaxData), false))
+	datas, err := sp.Fragments(body, sp.PieceSize(int(welcome.MaxData), false))
 	if err != nil {
 		return err
 	}
 	for _, data := range datas {
-		f := sp.Frame{Version: welcome.Version, Cmd: sp.CmdInfer, Seq: d.seq, Data: data}
-		if fragmented {
-			f.Flags = sp.FlagFragment
-		}
+		f := sp.Frame{Version: welcome.Version, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: d.seq, Data: data}
 		if err := d.send(f); err != nil {
 			return err
 		}
@@ -246,7 +243,7 @@ func (p *echoPeer) serve() {
 			continue
 		}
 		body, fragments := f.Data, 1
-		if f.Flags&sp.FlagFragment != 0 {
+		if f.Flags&sp.FlagFragment != 0 { // an INFER message (§6)
 			if body, _, err = reasm.Add(time.Now(), f.Cmd, f.Seq, f.Data); err != nil || body == nil {
 				continue
 			}

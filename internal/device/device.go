@@ -34,6 +34,7 @@ type Config struct {
 	DeviceID string
 	MaxData  uint16        // largest data field it accepts; default 256
 	Window   uint8         // chunks it buffers; default 4
+	MaxSend  int           // largest data field it sends (smaller frames survive a noisy line); default: the daemon's limit
 	RTO      time.Duration // retransmission timeout; default 250 ms
 	Retries  int           // retransmissions before giving up; default 8
 }
@@ -137,6 +138,14 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			}
 			continue
 		}
+		if f.Cmd == sp.CmdNack && len(f.Data) == 1 && f.Data[0] == sp.NackBadFrame {
+			// The daemon saw a corrupt frame (serial, §7.1): likely ours, so
+			// repeat now rather than wait for the timer. Not an attempt.
+			if err := resend(max(attempt, 1)); err != nil {
+				return err
+			}
+			continue
+		}
 		if f.Seq != seq {
 			continue // a late answer to an earlier request
 		}
@@ -218,16 +227,17 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 	if err != nil {
 		return nil, err
 	}
-	datas, fragmented, err := sp.Fragments(body, sp.PieceSize(int(c.welcome.MaxData), false))
+	piece := sp.PieceSize(int(c.welcome.MaxData), false)
+	if c.cfg.MaxSend > 0 {
+		piece = min(piece, sp.PieceSize(c.cfg.MaxSend, false))
+	}
+	datas, err := sp.Fragments(body, piece)
 	if err != nil {
 		return nil, err
 	}
 	frames := make([][]byte, len(datas))
 	for i, d := range datas {
-		f := sp.Frame{Version: sp.Version1, Cmd: sp.CmdInfer, Seq: seq, Data: d}
-		if fragmented {
-			f.Flags = sp.FlagFragment
-		}
+		f := sp.Frame{Version: sp.Version1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: d}
 		if frames[i], err = sp.AppendFrame(nil, f); err != nil {
 			return nil, err
 		}

@@ -20,7 +20,8 @@ type Stream struct {
 	mu  sync.Mutex
 	err error // why the reader stopped
 
-	writeMu sync.Mutex
+	writeMu  sync.Mutex
+	lastNack time.Time // only the reader goroutine touches it
 }
 
 // NewStream starts reading rw. A reader that returns (0, nil) or timeout
@@ -45,7 +46,9 @@ func (s *Stream) read() {
 			case s.frames <- raw:
 			default: // a device that does not keep up loses frames, as on a UART
 			}
-		case errors.As(err, &rerr), errors.Is(err, sp.ErrIdle):
+		case errors.As(err, &rerr):
+			s.nackBadFrame()
+		case errors.Is(err, sp.ErrIdle):
 		default:
 			s.mu.Lock()
 			s.err = err
@@ -53,6 +56,18 @@ func (s *Stream) read() {
 			return
 		}
 	}
+}
+
+// nackBadFrame tells the daemon a frame arrived corrupt, so it retransmits
+// now instead of at its timeout (§7.1) — at most once per 50 ms.
+func (s *Stream) nackBadFrame() {
+	if time.Since(s.lastNack) < 50*time.Millisecond {
+		return
+	}
+	s.lastNack = time.Now()
+	body, _ := (&sp.Nack{Reason: sp.NackBadFrame}).AppendBody(nil)
+	frame, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdNack, Data: body})
+	_ = s.Send(frame)
 }
 
 func (s *Stream) Send(frame []byte) error {
