@@ -30,7 +30,7 @@ runs like a real one (same shapes, same speed) but writes nonsense: use it
 for tests and benchmarks, not answers.
 
 Shapes:
-  tiny   ≈95k params: 2 layers, dim 64, 4 heads / 2 KV heads, FF 128, vocab 320, F32
+  tiny   ≈116k params: 2 layers, dim 64, 4 heads / 2 KV heads, FF 128, vocab 320, untied, F32
   135m   ≈134M params: 12 layers, dim 768, 12 heads, FF 2048, vocab 32000, untied, Q8_0
          (the project's benchmark shape)
   360m   ≈360M params: 32 layers, dim 960, 15 / 5 heads, FF 2560, vocab 49152, tied, Q8_0

@@ -41,7 +41,7 @@ func TestWriteModelDeterministic(t *testing.T) {
 // that changes them also changes every golden token sequence downstream.
 func TestTinyModelGolden(t *testing.T) {
 	b := modelBytes(t, TinySpec(1))
-	const want = "901ee857ba966d004e83e053381f593b412c88f50f4eb5463ded8a12ce39e7c5"
+	const want = "dba92f69c9736fccb9bc0a9847de9c4214348dfa1a03e617f5701cac768a203c"
 	if got := sha256.Sum256(b); hexs(got[:]) != want {
 		t.Fatalf("tiny model sha256 = %s (size %d), want %s", hexs(got[:]), len(b), want)
 	}
@@ -66,7 +66,7 @@ func TestTinyModelShape(t *testing.T) {
 	if got, want := info.Params(), s.Params(); got != want {
 		t.Fatalf("params: file %d, spec %d", got, want)
 	}
-	if p := info.Params(); p < 80_000 || p > 120_000 {
+	if p := info.Params(); p < 80_000 || p > 130_000 {
 		t.Fatalf("tiny model has %d params, want ≈100k", p)
 	}
 	if n := info.KV["tokenizer.ggml.tokens"].Len; n != 320 {
