@@ -26,6 +26,11 @@ type ContextParams struct {
 	// Threads decode single tokens; ThreadsBatch decode prompts
 	// (0: the CPU count).
 	Threads, ThreadsBatch int
+	// Unified shares all ContextSize cells among the sequences; otherwise
+	// each sequence owns ContextSize/Sequences cells, so one long request
+	// can never starve the others (and attention skips other sequences'
+	// cells, which llama.cpp recommends for unrelated sequences).
+	Unified bool
 }
 
 // Context is a KV cache and compute state on a Model. It decodes batches
@@ -39,6 +44,7 @@ type Context struct {
 	abort   *C.mcpd_abort // C memory: ggml threads read it during a decode
 	model   *Model
 	nCtx    int
+	nCtxSeq int
 	nBatch  int
 	nSeq    int
 	outputs []bool // batch indices of the last Decode that have logits
@@ -80,16 +86,14 @@ func (m *Model) NewContext(p ContextParams) (*Context, error) {
 	if abort == nil {
 		return nil, fmt.Errorf("%w: out of memory", ErrInvalid)
 	}
-	// A unified KV cache lets sequences share the whole context instead
-	// of each getting ContextSize/Sequences cells: requests differ wildly
-	// in length.
 	ptr := C.mcpd_init_context(m.ptr, C.uint32_t(p.ContextSize), C.uint32_t(p.BatchSize), C.uint32_t(p.Sequences),
-		C.int32_t(p.Threads), C.int32_t(p.ThreadsBatch), C.bool(true), abort)
+		C.int32_t(p.Threads), C.int32_t(p.ThreadsBatch), C.bool(p.Unified), abort)
 	if ptr == nil {
 		C.free(unsafe.Pointer(abort))
 		return nil, fmt.Errorf("%w: llama.cpp could not create a context of %d tokens", ErrModel, p.ContextSize)
 	}
-	c := &Context{ptr: ptr, abort: abort, model: m, nCtx: int(C.llama_n_ctx(ptr)), nBatch: p.BatchSize, nSeq: p.Sequences}
+	c := &Context{ptr: ptr, abort: abort, model: m, nCtx: int(C.llama_n_ctx(ptr)), nCtxSeq: int(C.llama_n_ctx_seq(ptr)),
+		nBatch: p.BatchSize, nSeq: p.Sequences}
 	c.batch = C.llama_batch_init(C.int32_t(p.BatchSize), 0, 1)
 	m.contexts[c] = struct{}{}
 	return c, nil
@@ -97,6 +101,9 @@ func (m *Model) NewContext(p ContextParams) (*Context, error) {
 
 // Size is the context size in tokens.
 func (c *Context) Size() int { return c.nCtx }
+
+// SequenceSize is the most positions one sequence can hold.
+func (c *Context) SequenceSize() int { return c.nCtxSeq }
 
 // BatchSize is the most tokens one Decode takes.
 func (c *Context) BatchSize() int { return c.nBatch }
@@ -200,7 +207,7 @@ func (c *Context) Decode(ctx context.Context, b *Batch) error {
 		if b.seq[i] < 0 || int(b.seq[i]) >= c.nSeq {
 			return fmt.Errorf("%w: sequence %d", ErrInvalid, b.seq[i])
 		}
-		if b.pos[i] < 0 || int(b.pos[i]) >= c.nCtx {
+		if b.pos[i] < 0 || int(b.pos[i]) >= c.nCtxSeq {
 			return fmt.Errorf("%w: position %d", ErrInvalid, b.pos[i])
 		}
 	}

@@ -262,3 +262,60 @@ func (m *Model) Detokenize(tokens []Token, removeSpecial, unparseSpecial bool) (
 	})
 	return out, err
 }
+
+// ChatMessage is one turn for ApplyTemplate.
+type ChatMessage struct {
+	Role, Content string
+}
+
+// ApplyTemplate formats msgs with a chat template, ending with the cue for
+// the assistant's turn. llama.cpp recognises well-known templates (ChatML,
+// Llama 2/3, Mistral, Gemma, ...) by their text without running Jinja;
+// an unrecognised template gives an error, and callers fall back to a plain
+// format. tmpl "" means the model's own template.
+func (m *Model) ApplyTemplate(tmpl string, msgs []ChatMessage) (string, error) {
+	var out string
+	err := m.read(func() error {
+		if tmpl == "" {
+			p := C.llama_model_chat_template(m.ptr, nil)
+			if p == nil {
+				return fmt.Errorf("%w: model has no chat template", ErrInvalid)
+			}
+			tmpl = C.GoString(p)
+		}
+		ctmpl := C.CString(tmpl)
+		defer C.free(unsafe.Pointer(ctmpl))
+		if len(msgs) == 0 {
+			return fmt.Errorf("%w: no messages", ErrInvalid)
+		}
+		// C strings in Go memory: allowed, the slice holds no Go pointers.
+		cmsgs := make([]C.struct_llama_chat_message, len(msgs))
+		total := 0
+		for i, msg := range msgs {
+			cmsgs[i].role = C.CString(msg.Role)
+			cmsgs[i].content = C.CString(msg.Content)
+			total += len(msg.Role) + len(msg.Content)
+		}
+		defer func() {
+			for _, cm := range cmsgs {
+				C.free(unsafe.Pointer(cm.role))
+				C.free(unsafe.Pointer(cm.content))
+			}
+		}()
+		buf := make([]byte, 2*total+256)
+		for range 2 {
+			n := C.llama_chat_apply_template(ctmpl, &cmsgs[0], C.size_t(len(cmsgs)), C.bool(true),
+				(*C.char)(unsafe.Pointer(&buf[0])), C.int32_t(len(buf)))
+			if n < 0 {
+				return fmt.Errorf("%w: chat template not recognised by llama.cpp", ErrInvalid)
+			}
+			if int(n) <= len(buf) {
+				out = string(buf[:n])
+				return nil
+			}
+			buf = make([]byte, n)
+		}
+		return fmt.Errorf("%w: chat template output did not fit", ErrInvalid)
+	})
+	return out, err
+}

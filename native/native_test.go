@@ -304,7 +304,7 @@ func TestDecodeRejects(t *testing.T) {
 		"token":    func(b *Batch) { b.Add(Token(m.VocabSize()), 0, 0, true) },
 		"negative": func(b *Batch) { b.Add(-1, 0, 0, true) },
 		"sequence": func(b *Batch) { b.Add(5, 0, 2, true) },
-		"position": func(b *Batch) { b.Add(5, c.Size(), 0, true) },
+		"position": func(b *Batch) { b.Add(5, c.SequenceSize(), 0, true) },
 		"too many": func(b *Batch) {
 			for i := range 9 {
 				b.Add(5, i, 0, false)
