@@ -8,14 +8,31 @@ BENCHTIME ?= 1s
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build run test test-short bench fuzz lint fmt vet help clean
+# llama.cpp (native/) is C/C++ compiled by cgo, and these flags decide its
+# speed: ggml built without -march runs baseline x86-64 (SSE2), 3–14× slower.
+# x86-64-v3 = AVX2, FMA, F16C, BMI2 (Haswell and later); native.CheckCPU
+# refuses older CPUs at start. Never -march=native: a build machine may
+# advertise instructions (AMX) the machines it runs on cannot execute.
+# Go's build cache keys on these flags: keep them stable or llama.cpp
+# rebuilds from scratch (~2–3 min). Override with NATIVE_CFLAGS=...
+ifeq ($(shell $(GO) env GOARCH),amd64)
+NATIVE_CFLAGS ?= -O3 -march=x86-64-v3
+else
+NATIVE_CFLAGS ?= -O3
+endif
+export CGO_ENABLED := 1
+export CGO_CFLAGS := $(NATIVE_CFLAGS)
+export CGO_CXXFLAGS := $(NATIVE_CFLAGS)
+export GO
+
+.PHONY: all build run test test-short bench bench-native fuzz lint fmt vet help clean native-headers models
 
 all: build
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build every package and the commands into ./bin
+build: native-headers ## build every package and the commands into ./bin
 	$(GO) build $(PKGS)
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
@@ -23,16 +40,16 @@ build: ## build every package and the commands into ./bin
 run: build ## the main job: a simulated device talks MCPFrame to a peer over loopback UDP
 	$(BIN)/mcpctl loopback
 
-test: lint ## vet, gofmt and the whole test suite with the race detector
+test: native-headers lint ## vet, gofmt and the whole test suite with the race detector
 	$(GO) test -race -count=1 $(PKGS)
 
-test-short: ## quick tests without the race detector
+test-short: native-headers ## quick tests without the race detector
 	$(GO) test -short -count=1 $(PKGS)
 
-bench: ## run every benchmark (set BENCHTIME, PKGS to narrow)
+bench: native-headers ## run every benchmark (set BENCHTIME, PKGS to narrow)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)
 
-fuzz: ## a short fuzz pass over every fuzz target (FUZZTIME each)
+fuzz: native-headers ## a short fuzz pass over every fuzz target (FUZZTIME each)
 	@set -euo pipefail; \
 	for pkg in $$($(GO) list $(PKGS)); do \
 	  for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
@@ -45,11 +62,26 @@ lint: vet ## gofmt check + go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null; git ls-files --others --exclude-standard '*.go' 2>/dev/null)); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-vet:
+vet: native-headers
 	$(GO) vet $(PKGS)
 
 fmt: ## apply gofmt
 	gofmt -w $$(git ls-files '*.go'; git ls-files --others --exclude-standard '*.go')
 
+# The llama.cpp/ggml headers from the pinned module, copied (not committed)
+# into native/include; rewritten only when they differ.
+native-headers: ## copy the llama.cpp headers native/ compiles against
+	@sh native/copy-headers.sh
+
+MODELS ?= testdata/models
+models: ## write the generated models (tiny, 135M Q8_0) into $(MODELS)
+	@mkdir -p $(MODELS)
+	$(GO) run ./cmd/mcpd-mkmodel -shape tiny -o $(MODELS)/tiny.gguf
+	$(GO) run ./cmd/mcpd-mkmodel -shape 135m -o $(MODELS)/bench-135m-q8_0.gguf
+
+bench-native: native-headers models ## llama.cpp engine benchmarks on the 135M Q8_0 model, 2 threads
+	MCPD_BENCH_MODEL=$(abspath $(MODELS)/bench-135m-q8_0.gguf) MCPD_BENCH_THREADS=2 \
+	  $(GO) test -run '^$$' -bench 'Native' -benchtime $(BENCHTIME) -count 1 ./backends/
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) native/include $(MODELS)

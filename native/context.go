@@ -1,0 +1,310 @@
+package native
+
+/*
+#include <stdlib.h>
+#include "mcpd_native.h"
+*/
+import "C"
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"unsafe"
+)
+
+// ContextParams size a Context.
+type ContextParams struct {
+	// ContextSize is the KV cache size in tokens, shared by all sequences
+	// (0: min(model's training context, 4096)).
+	ContextSize int
+	// BatchSize is the most tokens one Decode takes (0: 512).
+	BatchSize int
+	// Sequences is the number of independent sequences (0: 1).
+	Sequences int
+	// Threads decode single tokens; ThreadsBatch decode prompts
+	// (0: the CPU count).
+	Threads, ThreadsBatch int
+	// Unified shares all ContextSize cells among the sequences; otherwise
+	// each sequence owns ContextSize/Sequences cells, so one long request
+	// can never starve the others (and attention skips other sequences'
+	// cells, which llama.cpp recommends for unrelated sequences).
+	Unified bool
+}
+
+// Context is a KV cache and compute state on a Model. It decodes batches
+// of tokens from up to Sequences independent sequences. Methods are safe
+// for concurrent use but serialize: llama.cpp contexts are single-threaded.
+type Context struct {
+	mu      sync.Mutex // serializes all use of ptr
+	amu     sync.Mutex // guards abort's memory; see setAbort
+	ptr     *C.struct_llama_context
+	batch   C.struct_llama_batch
+	abort   *C.mcpd_abort // C memory: ggml threads read it during a decode
+	model   *Model
+	nCtx    int
+	nCtxSeq int
+	nBatch  int
+	nSeq    int
+	outputs []bool // batch indices of the last Decode that have logits
+}
+
+// NewContext creates a context on m.
+func (m *Model) NewContext(p ContextParams) (*Context, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.ptr == nil {
+		return nil, fmt.Errorf("model: %w", ErrClosed)
+	}
+	if p.ContextSize == 0 {
+		p.ContextSize = min(int(C.llama_model_n_ctx_train(m.ptr)), 4096)
+	}
+	if p.BatchSize == 0 {
+		p.BatchSize = 512
+	}
+	if p.Sequences == 0 {
+		p.Sequences = 1
+	}
+	if p.Threads == 0 {
+		p.Threads = runtime.NumCPU()
+	}
+	if p.ThreadsBatch == 0 {
+		p.ThreadsBatch = p.Threads
+	}
+	switch {
+	case p.ContextSize < 8 || p.ContextSize > 1<<20:
+		return nil, fmt.Errorf("%w: context size %d", ErrInvalid, p.ContextSize)
+	case p.BatchSize < 1 || p.BatchSize > p.ContextSize:
+		return nil, fmt.Errorf("%w: batch size %d (context %d)", ErrInvalid, p.BatchSize, p.ContextSize)
+	case p.Sequences < 1 || p.Sequences > 256:
+		return nil, fmt.Errorf("%w: %d sequences", ErrInvalid, p.Sequences)
+	case p.Threads < 1 || p.Threads > 512 || p.ThreadsBatch < 1 || p.ThreadsBatch > 512:
+		return nil, fmt.Errorf("%w: threads %d/%d", ErrInvalid, p.Threads, p.ThreadsBatch)
+	}
+	abort := (*C.mcpd_abort)(C.calloc(1, C.size_t(unsafe.Sizeof(C.mcpd_abort{}))))
+	if abort == nil {
+		return nil, fmt.Errorf("%w: out of memory", ErrInvalid)
+	}
+	ptr := C.mcpd_init_context(m.ptr, C.uint32_t(p.ContextSize), C.uint32_t(p.BatchSize), C.uint32_t(p.Sequences),
+		C.int32_t(p.Threads), C.int32_t(p.ThreadsBatch), C.bool(p.Unified), abort)
+	if ptr == nil {
+		C.free(unsafe.Pointer(abort))
+		return nil, fmt.Errorf("%w: llama.cpp could not create a context of %d tokens", ErrModel, p.ContextSize)
+	}
+	c := &Context{ptr: ptr, abort: abort, model: m, nCtx: int(C.llama_n_ctx(ptr)), nCtxSeq: int(C.llama_n_ctx_seq(ptr)),
+		nBatch: p.BatchSize, nSeq: p.Sequences}
+	c.batch = C.llama_batch_init(C.int32_t(p.BatchSize), 0, 1)
+	m.contexts[c] = struct{}{}
+	return c, nil
+}
+
+// Size is the context size in tokens.
+func (c *Context) Size() int { return c.nCtx }
+
+// SequenceSize is the most positions one sequence can hold.
+func (c *Context) SequenceSize() int { return c.nCtxSeq }
+
+// BatchSize is the most tokens one Decode takes.
+func (c *Context) BatchSize() int { return c.nBatch }
+
+// Sequences is the number of sequences.
+func (c *Context) Sequences() int { return c.nSeq }
+
+// Close frees the context. Closing the Model closes it too.
+func (c *Context) Close() error {
+	m := c.model
+	m.mu.Lock()
+	if m.contexts != nil {
+		delete(m.contexts, c)
+	}
+	m.mu.Unlock()
+	if !c.free() {
+		return fmt.Errorf("context: %w", ErrClosed)
+	}
+	return nil
+}
+
+// free releases the C side once; it reports whether this call did it.
+func (c *Context) free() bool {
+	// Stop a decode in progress so Close does not wait for a long prompt.
+	c.setAbort()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr == nil {
+		return false
+	}
+	C.llama_batch_free(c.batch)
+	C.llama_free(c.ptr)
+	c.amu.Lock()
+	C.free(unsafe.Pointer(c.abort))
+	c.ptr, c.abort = nil, nil
+	c.amu.Unlock()
+	c.batch = C.struct_llama_batch{}
+	return true
+}
+
+// setAbort raises the abort flag if the context is alive. It must not take
+// c.mu, which a decode holds; amu guards the flag's memory instead.
+func (c *Context) setAbort() {
+	c.amu.Lock()
+	defer c.amu.Unlock()
+	if c.abort != nil {
+		C.mcpd_abort_set(c.abort, 1)
+	}
+}
+
+// Batch collects tokens for one Decode. The zero value is ready to use.
+type Batch struct {
+	tokens []Token
+	pos    []int32
+	seq    []int32
+	logits []int8
+}
+
+// Add appends token t at position pos of sequence seq; logits asks for its
+// output (needed to sample the next token after it).
+func (b *Batch) Add(t Token, pos, seq int, logits bool) {
+	b.tokens = append(b.tokens, t)
+	b.pos = append(b.pos, int32(pos))
+	b.seq = append(b.seq, int32(seq))
+	var l int8
+	if logits {
+		l = 1
+	}
+	b.logits = append(b.logits, l)
+}
+
+// Len is the number of tokens in the batch.
+func (b *Batch) Len() int { return len(b.tokens) }
+
+// Reset empties the batch, keeping its memory.
+func (b *Batch) Reset() {
+	b.tokens, b.pos, b.seq, b.logits = b.tokens[:0], b.pos[:0], b.seq[:0], b.logits[:0]
+}
+
+// Decode evaluates b. It returns ctx's error promptly if ctx is done,
+// aborting the computation in progress; the KV cache of the batch's
+// sequences is then undefined past their previous length: clear them.
+func (c *Context) Decode(ctx context.Context, b *Batch) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr == nil {
+		return fmt.Errorf("context: %w", ErrClosed)
+	}
+	n := b.Len()
+	if n == 0 || n > c.nBatch {
+		return fmt.Errorf("%w: batch of %d tokens (1..%d)", ErrInvalid, n, c.nBatch)
+	}
+	nv := c.model.nVocab
+	for i := range n {
+		if b.tokens[i] < 0 || int(b.tokens[i]) >= nv {
+			return fmt.Errorf("%w: token %d", ErrInvalid, b.tokens[i])
+		}
+		if b.seq[i] < 0 || int(b.seq[i]) >= c.nSeq {
+			return fmt.Errorf("%w: sequence %d", ErrInvalid, b.seq[i])
+		}
+		if b.pos[i] < 0 || int(b.pos[i]) >= c.nCtxSeq {
+			return fmt.Errorf("%w: position %d", ErrInvalid, b.pos[i])
+		}
+	}
+	c.outputs = c.outputs[:0]
+	// Raise the abort flag from whatever goroutine sees ctx end; wait for
+	// that callback before lowering it, so it cannot abort the next decode.
+	fired := make(chan struct{})
+	abort := c.abort
+	stop := context.AfterFunc(ctx, func() {
+		C.mcpd_abort_set(abort, 1)
+		close(fired)
+	})
+	ret := C.mcpd_decode(c.ptr, &c.batch, C.int32_t(n),
+		(*C.int32_t)(unsafe.Pointer(&b.tokens[0])), (*C.int32_t)(unsafe.Pointer(&b.pos[0])),
+		(*C.int32_t)(unsafe.Pointer(&b.seq[0])), (*C.int8_t)(unsafe.Pointer(&b.logits[0])))
+	if !stop() {
+		<-fired
+	}
+	C.mcpd_abort_set(abort, 0)
+	switch ret {
+	case 0:
+		for i := range n {
+			c.outputs = append(c.outputs, b.logits[i] != 0)
+		}
+		return nil
+	case 1:
+		return fmt.Errorf("%w: no KV slot for %d tokens", ErrContextFull, n)
+	case 2:
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		return fmt.Errorf("%w: aborted", ErrDecode)
+	}
+	return fmt.Errorf("%w: llama_decode returned %d", ErrDecode, int(ret))
+}
+
+// Logits copies the output of batch index i of the last Decode.
+func (c *Context) Logits(i int) ([]float32, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err := c.checkOutput(i); err != nil {
+		return nil, err
+	}
+	p := C.llama_get_logits_ith(c.ptr, C.int32_t(i))
+	if p == nil {
+		return nil, fmt.Errorf("%w: no logits at %d", ErrInvalid, i)
+	}
+	return append([]float32(nil), unsafe.Slice((*float32)(unsafe.Pointer(p)), c.model.nVocab)...), nil
+}
+
+// checkOutput rejects indices llama.cpp would abort on. Caller holds c.mu.
+func (c *Context) checkOutput(i int) error {
+	if c.ptr == nil {
+		return fmt.Errorf("context: %w", ErrClosed)
+	}
+	if i < 0 || i >= len(c.outputs) || !c.outputs[i] {
+		return fmt.Errorf("%w: batch index %d has no output", ErrInvalid, i)
+	}
+	return nil
+}
+
+// ClearSequence drops sequence seq from the KV cache.
+func (c *Context) ClearSequence(seq int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr == nil {
+		return fmt.Errorf("context: %w", ErrClosed)
+	}
+	if seq < 0 || seq >= c.nSeq {
+		return fmt.Errorf("%w: sequence %d", ErrInvalid, seq)
+	}
+	C.llama_memory_seq_rm(C.llama_get_memory(c.ptr), C.llama_seq_id(seq), -1, -1)
+	return nil
+}
+
+// Clear empties the whole KV cache.
+func (c *Context) Clear() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr == nil {
+		return fmt.Errorf("context: %w", ErrClosed)
+	}
+	C.llama_memory_clear(C.llama_get_memory(c.ptr), C.bool(true))
+	c.outputs = c.outputs[:0]
+	return nil
+}
+
+// SetThreads changes the thread counts.
+func (c *Context) SetThreads(threads, threadsBatch int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr == nil {
+		return fmt.Errorf("context: %w", ErrClosed)
+	}
+	if threads < 1 || threadsBatch < 1 || threads > 512 || threadsBatch > 512 {
+		return fmt.Errorf("%w: threads %d/%d", ErrInvalid, threads, threadsBatch)
+	}
+	C.llama_set_n_threads(c.ptr, C.int32_t(threads), C.int32_t(threadsBatch))
+	return nil
+}

@@ -1,0 +1,93 @@
+#include "mcpd_native.h"
+#include "_cgo_export.h"
+
+static void mcpd_log_cb(enum ggml_log_level level, const char * text, void * user_data) {
+	(void) user_data;
+	mcpdLog((int) level, (char *) text);
+}
+
+void mcpd_log_to_go(void) {
+	llama_log_set(mcpd_log_cb, NULL);
+}
+
+int mcpd_built_x86_64_v3(void) {
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+	return 1;
+#else
+	return 0;
+#endif
+}
+
+bool mcpd_abort_cb(void * data) {
+	return __atomic_load_n(&((mcpd_abort *) data)->flag, __ATOMIC_RELAXED) != 0;
+}
+
+void mcpd_abort_set(mcpd_abort * a, int v) {
+	__atomic_store_n(&a->flag, v, __ATOMIC_RELAXED);
+}
+
+struct llama_model * mcpd_load_model(const char * path, int32_t n_gpu_layers, bool use_mmap) {
+	struct llama_model_params p = llama_model_default_params();
+	p.n_gpu_layers = n_gpu_layers;
+	p.use_mmap = use_mmap;
+	return llama_model_load_from_file(path, p);
+}
+
+struct llama_context * mcpd_init_context(struct llama_model * model, uint32_t n_ctx,
+		uint32_t n_batch, uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
+		bool kv_unified, mcpd_abort * abort) {
+	struct llama_context_params p = llama_context_default_params();
+	p.n_ctx = n_ctx;
+	p.n_batch = n_batch;
+	p.n_ubatch = n_batch;
+	p.n_seq_max = n_seq_max;
+	p.n_threads = n_threads;
+	p.n_threads_batch = n_threads_batch;
+	p.kv_unified = kv_unified;
+	p.no_perf = true;
+	p.abort_callback = mcpd_abort_cb;
+	p.abort_callback_data = abort;
+	return llama_init_from_model(model, p);
+}
+
+int32_t mcpd_decode(struct llama_context * ctx, struct llama_batch * batch, int32_t n,
+		const int32_t * tokens, const int32_t * pos, const int32_t * seq, const int8_t * logits) {
+	for (int32_t i = 0; i < n; i++) {
+		batch->token[i] = tokens[i];
+		batch->pos[i] = pos[i];
+		batch->n_seq_id[i] = 1;
+		batch->seq_id[i][0] = seq[i];
+		batch->logits[i] = logits[i];
+	}
+	batch->n_tokens = n;
+	return llama_decode(ctx, *batch);
+}
+
+struct llama_sampler * mcpd_sampler(bool greedy, float temp, int32_t top_k, float top_p,
+		float min_p, float repeat_penalty, int32_t repeat_last_n, uint32_t seed) {
+	struct llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+	cp.no_perf = true;
+	struct llama_sampler * chain = llama_sampler_chain_init(cp);
+	if (chain == NULL) {
+		return NULL;
+	}
+	if (repeat_penalty > 0 && repeat_penalty != 1.0f) {
+		llama_sampler_chain_add(chain, llama_sampler_init_penalties(repeat_last_n, repeat_penalty, 0.0f, 0.0f));
+	}
+	if (greedy) {
+		llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+		return chain;
+	}
+	if (top_k > 0) {
+		llama_sampler_chain_add(chain, llama_sampler_init_top_k(top_k));
+	}
+	if (top_p > 0 && top_p < 1.0f) {
+		llama_sampler_chain_add(chain, llama_sampler_init_top_p(top_p, 1));
+	}
+	if (min_p > 0) {
+		llama_sampler_chain_add(chain, llama_sampler_init_min_p(min_p, 1));
+	}
+	llama_sampler_chain_add(chain, llama_sampler_init_temp(temp));
+	llama_sampler_chain_add(chain, llama_sampler_init_dist(seed));
+	return chain;
+}

@@ -1,0 +1,104 @@
+package native
+
+/*
+#include "mcpd_native.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"math"
+	"sync"
+)
+
+// SamplerParams choose how the next token is picked. The zero value is
+// greedy (argmax) with no penalty.
+type SamplerParams struct {
+	Temperature   float32 // <= 0: greedy
+	TopK          int     // 0: off
+	TopP          float32 // 0 or >= 1: off
+	MinP          float32 // 0: off
+	RepeatPenalty float32 // 0 or 1: off
+	RepeatLastN   int     // tokens the penalty looks back over (0: 64)
+	Seed          uint32
+}
+
+// Sampler is a llama.cpp sampler chain. It keeps per-sequence state (the
+// repeat-penalty window, the random stream), so use one per sequence.
+type Sampler struct {
+	mu  sync.Mutex
+	ptr *C.struct_llama_sampler
+}
+
+// NewSampler builds a sampler chain: repeat penalty, then either greedy or
+// top-k → top-p → min-p → temperature → a draw seeded with Seed.
+func NewSampler(p SamplerParams) (*Sampler, error) {
+	bad := func(f float32) bool { return math.IsNaN(float64(f)) || math.IsInf(float64(f), 0) }
+	switch {
+	case bad(p.Temperature) || bad(p.TopP) || bad(p.MinP) || bad(p.RepeatPenalty):
+		return nil, fmt.Errorf("%w: sampler parameter is NaN or infinite", ErrInvalid)
+	case p.TopK < 0 || p.TopP < 0 || p.MinP < 0 || p.MinP > 1 || p.RepeatPenalty < 0 || p.RepeatLastN < 0:
+		return nil, fmt.Errorf("%w: negative sampler parameter", ErrInvalid)
+	}
+	if p.RepeatLastN == 0 {
+		p.RepeatLastN = 64
+	}
+	ptr := C.mcpd_sampler(C.bool(p.Temperature <= 0), C.float(p.Temperature), C.int32_t(p.TopK), C.float(p.TopP),
+		C.float(p.MinP), C.float(p.RepeatPenalty), C.int32_t(p.RepeatLastN), C.uint32_t(p.Seed))
+	if ptr == nil {
+		return nil, fmt.Errorf("%w: sampler", ErrInvalid)
+	}
+	return &Sampler{ptr: ptr}, nil
+}
+
+// Sample picks a token from the logits at batch index i of c's last Decode
+// and records it in the sampler's history.
+func (s *Sampler) Sample(c *Context, i int) (Token, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ptr == nil {
+		return 0, fmt.Errorf("sampler: %w", ErrClosed)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// llama.cpp aborts on an index without logits: check first.
+	if err := c.checkOutput(i); err != nil {
+		return 0, err
+	}
+	return Token(C.llama_sampler_sample(s.ptr, c.ptr, C.int32_t(i))), nil
+}
+
+// Accept records t (e.g. a prompt token) in the sampler's history, which
+// the repeat penalty looks at.
+func (s *Sampler) Accept(t Token) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ptr == nil {
+		return fmt.Errorf("sampler: %w", ErrClosed)
+	}
+	C.llama_sampler_accept(s.ptr, C.llama_token(t))
+	return nil
+}
+
+// Reset clears the history and restarts the random stream.
+func (s *Sampler) Reset() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ptr == nil {
+		return fmt.Errorf("sampler: %w", ErrClosed)
+	}
+	C.llama_sampler_reset(s.ptr)
+	return nil
+}
+
+// Close frees the sampler.
+func (s *Sampler) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ptr == nil {
+		return fmt.Errorf("sampler: %w", ErrClosed)
+	}
+	C.llama_sampler_free(s.ptr)
+	s.ptr = nil
+	return nil
+}
