@@ -24,6 +24,7 @@ Commands:
   ping       measure round trips to mcpd
   status     show mcpd's backend, model and load
   bench      N simulated devices for a bounded time: TTFT percentiles, tokens/s
+  demo       start mcpd on loopback UDP and a pty "UART", ask over each (make run)
   loopback   run a simulated device against a protocol peer over loopback UDP
   decode     explain frames given in hex, or a captured serial byte stream
   version    print the version
@@ -65,6 +66,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runStatus(ctx, args[1:], stdout, stderr)
 	case "bench":
 		return runBench(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mcpctl", version)
 		return nil
