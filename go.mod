@@ -8,3 +8,5 @@ require (
 	go.bug.st/serial v1.8.0
 	golang.org/x/sys v0.50.0
 )
+
+require github.com/BurntSushi/toml v1.6.0

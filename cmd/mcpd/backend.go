@@ -5,33 +5,42 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
-// openBackend starts the engine the configuration names. "auto" is the
-// in-process llama.cpp engine today; the Ollama backend and GPU-aware
-// selection come with issue 5.
-func openBackend(ctx context.Context, cfg fileConfig, log *slog.Logger) (backends.Backend, error) {
+// checkBackend validates the backend settings without starting anything.
+// "auto" is the in-process llama.cpp engine today; the Ollama backend and
+// GPU-aware selection come with issue 5.
+func checkBackend(cfg config) error {
 	switch cfg.Backend {
 	case "auto", "native":
 		if cfg.Model == "" {
-			return nil, errors.New("--model: the native engine needs a GGUF file (make models writes a small one to testdata/models/tiny.gguf)")
+			return errors.New("model: the native engine needs a GGUF file (make models writes a small one to testdata/models/tiny.gguf)")
 		}
-		if _, err := os.Stat(cfg.Model); err != nil {
-			return nil, fmt.Errorf("--model: %w", err)
+		if _, err := gguf.ValidateFile(cfg.Model); err != nil {
+			return fmt.Errorf("model: %w", err)
 		}
+		return nil
+	case "ollama":
+		return errors.New("backend ollama: not in this build yet (the Ollama backend is issue 5); use native")
+	}
+	return fmt.Errorf("backend %q: want auto, native or ollama", cfg.Backend)
+}
+
+// openBackend starts the engine; call checkBackend first.
+func openBackend(ctx context.Context, cfg config, log *slog.Logger) (backends.Backend, error) {
+	switch cfg.Backend {
+	case "auto", "native":
 		log.Info("loading model", "path", cfg.Model)
 		return backends.NewLlama(ctx, backends.LlamaConfig{
 			ModelPath:       cfg.Model,
-			Threads:         cfg.Threads,
-			SequenceContext: cfg.ContextSize,
-			Parallel:        max(cfg.MaxConcurrent, 0),
+			Threads:         cfg.Engine.Threads,
+			SequenceContext: cfg.Engine.ContextSize,
+			Parallel:        max(cfg.Limits.MaxConcurrent, 0),
 			Logger:          log,
 		})
-	case "ollama":
-		return nil, errors.New("--backend ollama: not in this build yet (the Ollama backend is issue 5); use --backend native")
 	}
-	return nil, fmt.Errorf("--backend %q: want auto, native or ollama", cfg.Backend)
+	return nil, checkBackend(cfg)
 }

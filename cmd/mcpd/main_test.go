@@ -54,8 +54,8 @@ func tinyModel(t *testing.T) string {
 
 func TestBadInvocations(t *testing.T) {
 	dir := t.TempDir()
-	badJSON := filepath.Join(dir, "bad.json")
-	_ = os.WriteFile(badJSON, []byte(`{"listen_udp": ["127.0.0.1:0"], "colour": "blue"}`), 0o644)
+	badTOML := filepath.Join(dir, "bad.toml")
+	_ = os.WriteFile(badTOML, []byte("listen_udp = [\"127.0.0.1:0\"]\ncolour = \"blue\"\n"), 0o644)
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -64,12 +64,13 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--backend", "native"}, "needs a GGUF file"},
 		{[]string{"--model", filepath.Join(dir, "missing.gguf")}, "no such file"},
 		{[]string{"--serial", "/dev/ttyS0:fast"}, "baud"},
-		{[]string{"--config", badJSON}, `unknown field "colour"`},
-		{[]string{"--log-level", "chatty"}, "--log-level"},
+		{[]string{"--config", badTOML}, `unknown keys: colour`},
+		{[]string{"--config", filepath.Join(dir, "absent.toml")}, "no such file"},
+		{[]string{"--log-level", "chatty"}, "log level"},
 		{[]string{"stray"}, "unexpected argument"},
 	} {
-		var stderr syncBuffer
-		err := run(context.Background(), append([]string{"--listen-udp", "127.0.0.1:0"}, tc.args...), &stderr)
+		var out syncBuffer
+		err := run(context.Background(), append([]string{"--listen-udp", "127.0.0.1:0"}, tc.args...), noEnv, &out, &out)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: got %v, want an error containing %q", tc.args, err, tc.want)
 		}
@@ -106,7 +107,7 @@ func TestEndToEndNative(t *testing.T) {
 	dctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(dctx, []string{"--model", model, "--threads", "1", "--listen-udp", addr, "--log-level", "debug"}, &logs)
+		done <- run(dctx, []string{"--model", model, "--threads", "1", "--listen-udp", addr, "--log-level", "debug"}, noEnv, &logs, &logs)
 	}()
 	defer func() {
 		stop()
@@ -142,6 +143,37 @@ func TestEndToEndNative(t *testing.T) {
 		if d.Tokens != 32 || d.Reason != sp.StopLength {
 			t.Fatalf("DONE %+v", d)
 		}
+	}
+}
+
+func noEnv(string) string { return "" }
+
+// TestConfigPrecedence: file < environment < flags, checked with
+// --check-config, which validates without starting anything.
+func TestConfigPrecedence(t *testing.T) {
+	model := tinyModel(t)
+	path := filepath.Join(t.TempDir(), "mcpd.toml")
+	conf := "listen_udp = [\"127.0.0.1:7701\"]\nbackend = \"native\"\nmodel = \"" + model + "\"\n" +
+		"[limits]\nmax_concurrent = 3\nmax_queue = 5\nheartbeat = \"2s\"\n"
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"MCPD_MAX_QUEUE": "9", "MCPD_LISTEN_UDP": "127.0.0.1:7702,127.0.0.1:7703"}
+	var out syncBuffer
+	err := run(context.Background(), []string{"--config", path, "--check-config", "--max-concurrent", "4"},
+		func(k string) string { return env[k] }, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"udp [127.0.0.1:7702 127.0.0.1:7703]", "MaxConcurrent:4", "MaxQueue:9", "Heartbeat:2s"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--check-config output lacks %q:\n%s", want, out.String())
+		}
+	}
+	// The shipped example configuration parses (with a model that exists).
+	example := filepath.Join("mcpd.toml")
+	if err := run(context.Background(), []string{"--config", example, "--check-config", "--model", model}, noEnv, &out, &out); err != nil {
+		t.Fatalf("%s: %v", example, err)
 	}
 }
 

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultConfigPath is read when --config is not given and the file exists.
+const DefaultConfigPath = "/etc/mcpd/mcpd.toml"
+
+// config is everything mcpd can be told. Precedence, lowest first: the
+// defaults, the TOML file, MCPD_* environment variables, command-line flags.
+type config struct {
+	ListenUDP []string `toml:"listen_udp"`
+	Serial    []string `toml:"serial"`
+	Backend   string   `toml:"backend"`
+	Model     string   `toml:"model"`
+	LogLevel  string   `toml:"log_level"`
+	Engine    struct {
+		Threads     int `toml:"threads"`
+		ContextSize int `toml:"context_size"`
+	} `toml:"engine"`
+	Limits struct {
+		MaxSessions    int      `toml:"max_sessions"`
+		MaxConcurrent  int      `toml:"max_concurrent"`
+		MaxQueue       int      `toml:"max_queue"`
+		Heartbeat      duration `toml:"heartbeat"`
+		RequestTimeout duration `toml:"request_timeout"`
+	} `toml:"limits"`
+}
+
+// duration reads "5s", "2m" from TOML.
+type duration struct{ time.Duration }
+
+func (d *duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	d.Duration = v
+	return nil
+}
+
+func defaultConfig() config {
+	var c config
+	c.Backend, c.LogLevel = "auto", "info"
+	return c
+}
+
+// loadFile merges a TOML file into c. Unknown keys are errors: a typo in a
+// config nobody reads again must not be silently ignored.
+func (c *config) loadFile(path string, required bool) error {
+	md, err := toml.DecodeFile(path, c)
+	if errors.Is(err, fs.ErrNotExist) && !required {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		keys := make([]string, len(und))
+		for i, k := range und {
+			keys[i] = k.String()
+		}
+		return fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+	}
+	return nil
+}
+
+// loadEnv applies MCPD_* variables (lists are comma-separated).
+func (c *config) loadEnv(getenv func(string) string) error {
+	list := func(k string, dst *[]string) {
+		if v := getenv(k); v != "" {
+			*dst = strings.Split(v, ",")
+		}
+	}
+	str := func(k string, dst *string) {
+		if v := getenv(k); v != "" {
+			*dst = v
+		}
+	}
+	num := func(k string, dst *int) error {
+		if v := getenv(k); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("%s=%q: not a number", k, v)
+			}
+			*dst = n
+		}
+		return nil
+	}
+	list("MCPD_LISTEN_UDP", &c.ListenUDP)
+	list("MCPD_SERIAL", &c.Serial)
+	str("MCPD_BACKEND", &c.Backend)
+	str("MCPD_MODEL", &c.Model)
+	str("MCPD_LOG_LEVEL", &c.LogLevel)
+	return errors.Join(
+		num("MCPD_THREADS", &c.Engine.Threads),
+		num("MCPD_MAX_CONCURRENT", &c.Limits.MaxConcurrent),
+		num("MCPD_MAX_QUEUE", &c.Limits.MaxQueue),
+		num("MCPD_MAX_SESSIONS", &c.Limits.MaxSessions),
+	)
+}
+
+func getenvFromOS(k string) string { return os.Getenv(k) }
