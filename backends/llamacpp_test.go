@@ -133,6 +133,14 @@ func TestLlamaBatchedMatchesAlone(t *testing.T) {
 	}
 	alone.Close()
 	batched := newEngine(t, path, LlamaConfig{Threads: 2, Parallel: 8, PromptChunk: 4})
+	defer func() {
+		// The point of the test: sequences really shared decode steps.
+		st := batched.Stats()
+		t.Logf("%d steps, %.2f sequences sampled per step", st.Steps, float64(st.Outputs)/float64(st.Steps))
+		if float64(st.Outputs)/float64(st.Steps) < 2 {
+			t.Errorf("requests were not batched: %+v", st)
+		}
+	}()
 	for round := range 3 {
 		got := make([]string, len(prompts))
 		errs := make([]error, len(prompts))
