@@ -98,8 +98,8 @@ func (m *Model) read(fn func() error) error {
 	return fn()
 }
 
-// Info is the validated GGUF metadata (nil after Close is never returned:
-// the info stays valid, it is plain Go data).
+// Info is the validated GGUF metadata. It is plain Go data, so it stays
+// valid after Close.
 func (m *Model) Info() *gguf.Info { return m.info }
 
 // Path is the file the model was loaded from.

@@ -235,11 +235,11 @@ func TestCloseAndUseAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16})
+	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16})
+	c2, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +293,7 @@ func TestCloseAndUseAfterClose(t *testing.T) {
 
 func TestDecodeRejects(t *testing.T) {
 	m := load(t, tinyModel(t))
-	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 8, Sequences: 2})
+	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 8, Sequences: 2, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
