@@ -417,3 +417,55 @@ func TestTextStream(t *testing.T) {
 		t.Fatalf("stop: %q", got)
 	}
 }
+
+// TestLlamaJoinAndLeave: a request that arrives while another generates
+// joins the running batch, finishes first, and neither output changes.
+func TestLlamaJoinAndLeave(t *testing.T) {
+	path := writeModel(t, gguf.TinySpec(1))
+	e := newEngine(t, path, LlamaConfig{Parallel: 2})
+	longAlone, _, err := collect(t, e, context.Background(), greedyReq("the quick brown fox", 200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortAlone, _, err := collect(t, e, context.Background(), greedyReq("zzz", 8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := make(chan struct{})
+	shortDone := make(chan string, 1)
+	var long strings.Builder
+	pieces := 0
+	_, err = e.Generate(context.Background(), greedyReq("the quick brown fox", 200), func(p []byte) error {
+		long.Write(p)
+		pieces++
+		if pieces == 10 {
+			go func() {
+				close(joined)
+				text, _, err := collect(t, e, context.Background(), greedyReq("zzz", 8))
+				if err != nil {
+					t.Error(err)
+				}
+				shortDone <- text
+			}()
+		}
+		if pieces == 150 {
+			select {
+			case s := <-shortDone: // the short one left while we ran
+				shortDone <- s
+			case <-time.After(10 * time.Second):
+				t.Error("short request did not finish while the long one ran")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-joined
+	if got := <-shortDone; got != shortAlone {
+		t.Errorf("short: %q, alone %q", got, shortAlone)
+	}
+	if long.String() != longAlone {
+		t.Errorf("long output changed when another request joined")
+	}
+}
