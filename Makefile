@@ -5,6 +5,7 @@ BIN      ?= bin
 PKGS     ?= ./...
 FUZZTIME ?= 10s
 BENCHTIME ?= 1s
+MODELS   ?= testdata/models
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -s -w -X main.version=$(VERSION)
 
@@ -37,8 +38,8 @@ build: native-headers ## build every package and the commands into ./bin
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
-run: build ## the main job: a simulated device talks MCPFrame to a peer over loopback UDP
-	$(BIN)/mcpctl loopback
+run: build $(MODELS)/tiny.gguf ## the main job: mcpd (llama.cpp, generated model) answers a device over UDP and over a pty UART
+	$(BIN)/mcpctl demo --mcpd $(BIN)/mcpd --model $(MODELS)/tiny.gguf
 
 test: native-headers lint ## vet, gofmt and the whole test suite with the race detector
 	$(GO) test -race -count=1 $(PKGS)
@@ -73,7 +74,10 @@ fmt: ## apply gofmt
 native-headers: ## copy the llama.cpp headers native/ compiles against
 	@sh native/copy-headers.sh
 
-MODELS ?= testdata/models
+$(MODELS)/tiny.gguf: ## the tiny generated model (seed 1) that make run serves
+	@mkdir -p $(MODELS)
+	$(GO) run ./cmd/mcpd-mkmodel -shape tiny -o $@
+
 models: ## write the generated models (tiny, 135M Q8_0) into $(MODELS)
 	@mkdir -p $(MODELS)
 	$(GO) run ./cmd/mcpd-mkmodel -shape tiny -o $(MODELS)/tiny.gguf

@@ -6,13 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // ErrIdle is returned by Decoder.Next when the reader returned no bytes and
 // no error — what go.bug.st/serial does when its read timeout expires on a
-// quiet line. The decoder has abandoned any incomplete frame candidate (the
-// line went quiet in the middle of it, so it was garbage or truncated) and
-// keeps its state: call Next again.
+// quiet line — or a timeout error (a net.Conn's read deadline). The decoder
+// has abandoned every incomplete frame candidate (the line went quiet in
+// the middle of it, so it was garbage or truncated), delivered any complete
+// frame found behind them, and keeps its state: call Next again.
 var ErrIdle = errors.New("serialproto: line idle")
 
 // ReadError is a non-fatal decoding error: the decoder has already resumed
@@ -58,6 +60,7 @@ type Decoder struct {
 	start, end int   // pending bytes are buf[start:end]
 	base       int64 // stream offset of buf[0]
 	eof        error // sticky error from the reader, reported once the buffer drains
+	idle       bool  // the last read brought nothing: drain candidates, then report ErrIdle
 	stats      DecoderStats
 }
 
@@ -108,51 +111,42 @@ func (d *Decoder) Next() (Frame, error) {
 				return f, nil
 			}
 		}
-		// 2. The candidate (if any) is incomplete: read more.
-		if d.eof != nil {
-			if avail > 0 { // a truncated candidate at the end: rescan inside it
+		// 2. The candidate (if any) is incomplete. At the end of the input or
+		// on a quiet line no more bytes are coming for it: abandon it and
+		// rescan from the byte after its magic, until the buffer holds no
+		// candidate (§7.1 step 5).
+		if d.eof != nil || d.idle {
+			if avail > 0 {
 				d.stats.Abandoned++
 				d.skip(1)
 				continue
 			}
-			return Frame{}, d.eof
+			if d.eof != nil {
+				return Frame{}, d.eof
+			}
+			d.idle = false
+			return Frame{}, ErrIdle
 		}
 		d.compact()
 		n, err := d.r.Read(d.buf[d.end:])
 		d.end += n
 		d.stats.Bytes += int64(n)
 		switch {
+		case err != nil && isTimeout(err):
+			d.idle = true // a read deadline on a quiet line, as from a net.Conn
 		case err != nil:
 			d.eof = err
 		case n == 0:
-			if avail > 0 { // the line went quiet inside a candidate
-				d.stats.Abandoned++
-				d.skip(1)
-				if d.completeFrameAhead() {
-					continue
-				}
-			}
-			return Frame{}, ErrIdle
+			d.idle = true
 		}
 	}
 }
 
-// completeFrameAhead reports whether, after an abandoned candidate, a magic
-// with a complete frame behind it waits in the buffer (so Next should go on
-// rather than report idle).
-func (d *Decoder) completeFrameAhead() bool {
-	p := d.buf[d.start:d.end]
-	for i := bytes.IndexByte(p, Magic); i >= 0 && len(p)-i >= MinFrameLen; {
-		if _, _, err := decodePrefix(p[i:]); err == nil {
-			return true
-		}
-		j := bytes.IndexByte(p[i+1:], Magic)
-		if j < 0 {
-			break
-		}
-		i += 1 + j
-	}
-	return false
+// isTimeout reports a read that ended for its deadline, which means a quiet
+// line, not a broken one.
+func isTimeout(err error) bool {
+	var t interface{ Timeout() bool }
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &t) && t.Timeout()
 }
 
 // reject drops the magic of a failed candidate and reports it.

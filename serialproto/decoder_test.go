@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"testing"
 	"testing/iotest"
 )
@@ -162,31 +163,82 @@ func (r *idleReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// TestDecoderIdleAbandonsFalseCandidate: a false magic claiming 200 data
-// bytes sits in front of a real frame; when the line goes quiet the decoder
-// must not wait for 200 more bytes but deliver the real frame now.
-func TestDecoderIdleAbandonsFalseCandidate(t *testing.T) {
+// TestDecoderIdleAbandonsFalseCandidates: false magics claiming 200 data
+// bytes sit in front of a real frame; when the line goes quiet the decoder
+// must not wait for 200 more bytes but deliver the real frame now, without
+// another read, however many false candidates are nested.
+func TestDecoderIdleAbandonsFalseCandidates(t *testing.T) {
 	real := mustFrame(t, Frame{Version: 1, Cmd: CmdAck, Seq: 9, Data: []byte{0, 1, 0}})
-	r := &idleReader{chunks: [][]byte{cat([]byte{0x55, 0x01, 0x00, 0xC8, 0x0A, 0x00}, real), {}}}
-	d := NewDecoder(r)
-	f, err := d.Next()
-	if err != nil {
-		t.Fatalf("Next: %v", err)
+	ping := mustFrame(t, Frame{Version: 1, Cmd: CmdPing, Seq: 10})
+	falseHeader := []byte{0x55, 0x01, 0x00, 0xC8, 0x0A, 0x00}
+	for nested := 1; nested <= 3; nested++ {
+		var prefix []byte
+		for range nested {
+			prefix = append(prefix, falseHeader...)
+		}
+		r := &idleReader{chunks: [][]byte{cat(prefix, real), {}, ping}}
+		d := NewDecoder(r)
+		f, err := d.Next()
+		if err != nil || f.Cmd != CmdAck || f.Seq != 9 {
+			t.Fatalf("nested %d: got %v, %v", nested, f, err)
+		}
+		if len(r.chunks) != 1 {
+			t.Fatalf("nested %d: the frame waited for another read", nested)
+		}
+		if st := d.Stats(); st.Abandoned != int64(nested) || st.Skipped != int64(len(prefix)) {
+			t.Fatalf("nested %d: stats %+v", nested, st)
+		}
+		if _, err := d.Next(); !errors.Is(err, ErrIdle) { // the drain is over
+			t.Fatalf("nested %d: want ErrIdle, got %v", nested, err)
+		}
+		if f, err := d.Next(); err != nil || f.Cmd != CmdPing {
+			t.Fatalf("nested %d: after idle: %v %v", nested, f, err)
+		}
 	}
-	if f.Cmd != CmdAck || f.Seq != 9 {
-		t.Fatalf("got %v", f)
+}
+
+// deadlineReader returns os.ErrDeadlineExceeded between chunks, as a
+// net.Conn with a read deadline does.
+type deadlineReader struct{ chunks [][]byte }
+
+func (r *deadlineReader) Read(p []byte) (int, error) {
+	if len(r.chunks) == 0 {
+		return 0, io.EOF
 	}
-	if st := d.Stats(); st.Abandoned != 1 || st.Skipped != 6 {
-		t.Fatalf("stats %+v", st)
+	c := r.chunks[0]
+	r.chunks = r.chunks[1:]
+	if c == nil {
+		return 0, os.ErrDeadlineExceeded
 	}
-	// A quiet line with nothing pending reports ErrIdle and keeps going.
-	r.chunks = [][]byte{{}, real}
-	if _, err := d.Next(); !errors.Is(err, ErrIdle) {
-		t.Fatalf("want ErrIdle, got %v", err)
+	return copy(p, c), nil
+}
+
+func TestDecoderSurvivesReadDeadlines(t *testing.T) {
+	a := mustFrame(t, Frame{Version: 1, Cmd: CmdPing, Seq: 1})
+	d := NewDecoder(&deadlineReader{chunks: [][]byte{a[:3], nil, a[3:], a, nil, a}})
+	var frames, idles int
+	for range 20 {
+		_, err := d.Next()
+		switch {
+		case err == nil:
+			frames++
+		case errors.Is(err, ErrIdle):
+			idles++
+		case errors.Is(err, io.EOF):
+			if idles != 2 {
+				t.Fatalf("%d idles, want 2", idles)
+			}
+			// The first frame was cut by the deadline and abandoned; the
+			// decoder carried on rather than failing for good.
+			if frames != 2 {
+				t.Fatalf("%d frames, want 2", frames)
+			}
+			return
+		default:
+			t.Fatalf("a read deadline was fatal: %v", err)
+		}
 	}
-	if f, err := d.Next(); err != nil || f.Seq != 9 {
-		t.Fatalf("after idle: %v %v", f, err)
-	}
+	t.Fatal("no EOF")
 }
 
 // TestDecoderReaderError: an unplugged port's error comes out once the

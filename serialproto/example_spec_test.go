@@ -20,9 +20,16 @@ const (
 func specExchange(t testing.TB) string {
 	var b strings.Builder
 	add := func(dir, what string, seq uint8, m Message) {
-		body := mustBody(t, m)
-		raw := mustFrame(t, Frame{Version: Version1, Cmd: m.Command(), Seq: seq, Data: body})
-		fmt.Fprintf(&b, "%s %-12s seq=%d  %s\n", dir, m.Command(), seq, what)
+		f := Frame{Version: Version1, Cmd: m.Command(), Seq: seq, Data: mustBody(t, m)}
+		if m.Command() == CmdInfer { // a message of one fragment (§6)
+			datas, err := Fragments(f.Data, PieceSize(MaxData, false))
+			if err != nil || len(datas) != 1 {
+				t.Fatalf("INFER example: %v", err)
+			}
+			f.Flags, f.Data = FlagFragment, datas[0]
+		}
+		raw := mustFrame(t, f)
+		fmt.Fprintf(&b, "%s %-12s seq=%d  %s\n", dir, f.Cmd, seq, what)
 		for i := 0; i < len(raw); i += exampleWrapCol {
 			fmt.Fprintf(&b, "    % x\n", raw[i:min(i+exampleWrapCol, len(raw))])
 		}
@@ -31,7 +38,7 @@ func specExchange(t testing.TB) string {
 	add("D→M", "device esp32-kitchen, versions 1..1, max_data 128, window 2, boot nonce a1b2c3d4", 0, exampleHello())
 	add("M→D", "version 1, max_data 256, heartbeat 5000 ms, max_message 16384, daemon nonce 01020304", 0,
 		&Welcome{Version: 1, MaxData: 256, Window: 255, HeartbeatMS: 5000, MaxMessage: DefaultMaxMessage, DaemonNonce: 0x01020304})
-	add("D→M", `MAX_TOKENS 16, TEMPERATURE 0 (greedy), SEED 42, prompt "Hi"`, 1,
+	add("D→M", `FRAGMENT flag, fragment 0 of 1: MAX_TOKENS 16, TEMPERATURE 0 (greedy), SEED 42, prompt "Hi", CRC-32C`, 1,
 		&Infer{Set: OptionSet(0).With(OptMaxTokens).With(OptTemperature).With(OptSeed), MaxTokens: 16, Seed: 42, Prompt: "Hi"})
 	add("M→D", "accepted: 1 fragment received", 1, &Ack{Next: 1, Window: 0})
 	add("M→D", `chunk 0 "Hello"`, 1, &Token{Chunk: 0, Text: []byte("Hello")})

@@ -55,8 +55,8 @@ func ExampleDecoder() {
 func ExampleFragments() {
 	infer := &serialproto.Infer{Prompt: string(bytes.Repeat([]byte("Why? "), 100))}
 	body, _ := infer.AppendBody(nil)
-	datas, fragmented, _ := serialproto.Fragments(body, serialproto.PieceSize(128, false))
-	fmt.Println(len(body), "bytes in", len(datas), "fragments:", fragmented)
+	datas, _ := serialproto.Fragments(body, serialproto.PieceSize(128, false))
+	fmt.Println(len(body), "bytes in", len(datas), "fragments")
 
 	r := serialproto.NewReassembler(serialproto.ReassemblerConfig{})
 	for _, d := range datas {
@@ -67,6 +67,6 @@ func ExampleFragments() {
 		}
 	}
 	// Output:
-	// 501 bytes in 5 fragments: true
+	// 501 bytes in 5 fragments
 	// reassembled prompt of 500 bytes
 }

@@ -40,7 +40,7 @@ func PieceSize(maxData int, signed bool) int {
 	return p
 }
 
-// BodyLimit is the largest data field an unfragmented body may use.
+// BodyLimit is the largest body a single-frame command may carry.
 func BodyLimit(maxData int, signed bool) int {
 	n := min(maxData, MaxData)
 	if signed {
@@ -49,37 +49,33 @@ func BodyLimit(maxData int, signed bool) int {
 	return n
 }
 
-// Fragments cuts body into the data fields of the frames that carry it, each
-// piece at most pieceSize bytes (use PieceSize). A body of at most
-// pieceSize+2 bytes fits one frame: Fragments returns it whole and
-// fragmented=false, and the frame goes without FlagFragment. Otherwise every
-// returned data field starts with the fragment header, the pieces carry
-// body ‖ CRC-32C(body), and the frames get FlagFragment. The result shares
-// one allocation.
-func Fragments(body []byte, pieceSize int) (datas [][]byte, fragmented bool, err error) {
+// Fragments cuts a message body (an INFER's) into the data fields of the
+// frames that carry it (docs/protocol.md §6): each starts with the fragment
+// header, the pieces of at most pieceSize bytes (use PieceSize) carry
+// body ‖ CRC-32C(body), and every frame gets FlagFragment — even when the
+// message is a single fragment, so every prompt is guarded by the CRC-32C.
+// The result shares one allocation.
+func Fragments(body []byte, pieceSize int) ([][]byte, error) {
 	if pieceSize < 1 || pieceSize > MaxData-FragmentHeaderLen {
-		return nil, false, fmt.Errorf("%w: %d", ErrBadPieceSize, pieceSize)
-	}
-	if len(body) <= pieceSize+FragmentHeaderLen {
-		return [][]byte{body}, false, nil
+		return nil, fmt.Errorf("%w: %d", ErrBadPieceSize, pieceSize)
 	}
 	total := len(body) + CRC32CLen
 	count := (total + pieceSize - 1) / pieceSize
 	if count > MaxFragments {
-		return nil, false, fmt.Errorf("%w: %d bytes need %d fragments of %d, at most %d",
+		return nil, fmt.Errorf("%w: %d bytes need %d fragments of %d, at most %d",
 			ErrTooLarge, len(body), count, pieceSize, MaxFragments)
 	}
 	whole := make([]byte, 0, total)
 	whole = binary.BigEndian.AppendUint32(append(whole, body...), CRC32C(body))
 	buf := make([]byte, 0, total+count*FragmentHeaderLen)
-	datas = make([][]byte, count)
+	datas := make([][]byte, count)
 	for i := range count {
 		piece := whole[i*pieceSize : min((i+1)*pieceSize, total)]
 		start := len(buf)
 		buf = append(append(buf, byte(i), byte(count)), piece...)
 		datas[i] = buf[start:len(buf):len(buf)]
 	}
-	return datas, true, nil
+	return datas, nil
 }
 
 // ReassemblerConfig bounds a Reassembler. Zero fields take the defaults.
@@ -101,6 +97,10 @@ type pending struct {
 	pieces    [][]byte
 	last      time.Time // last progress
 }
+
+// forgotten marks a cleared slot of the done ring: no frame can carry
+// command 0xFF (commands are six bits).
+var forgotten = fragKey{cmd: 0xFF}
 
 // recentDone is how many reassembled messages a Reassembler remembers so a
 // late duplicate fragment is recognised instead of starting a new message.
@@ -146,10 +146,11 @@ func (r *Reassembler) Pending() int { return len(r.pending) }
 func (r *Reassembler) Add(now time.Time, cmd Command, seq uint8, data []byte) (body, missing []byte, err error) {
 	key := fragKey{cmd, seq}
 	if len(data) < FragmentHeaderLen+1 {
+		r.drop(key)
 		return nil, nil, malformed(cmd, "fragment of %d bytes", len(data))
 	}
 	index, count, piece := int(data[0]), int(data[1]), data[2:]
-	if count < 2 || index >= count {
+	if count == 0 || index >= count {
 		r.drop(key)
 		return nil, nil, malformed(cmd, "fragment %d of %d", index, count)
 	}
@@ -206,7 +207,7 @@ func (r *Reassembler) finish(key fragKey, p *pending) ([]byte, []byte, error) {
 	for _, pc := range p.pieces {
 		size += len(pc)
 	}
-	if size < CRC32CLen+1 {
+	if size < CRC32CLen {
 		return nil, nil, malformed(key.cmd, "message of %d bytes cannot hold its checksum", size)
 	}
 	whole := make([]byte, 0, size)
@@ -263,8 +264,8 @@ func (r *Reassembler) Forget(cmd Command, seq uint8) {
 	key := fragKey{cmd, seq}
 	r.drop(key)
 	for i := range r.done {
-		if r.done[i] == key { // the zero key (command 0) matches no message
-			r.done[i] = fragKey{}
+		if r.done[i] == key {
+			r.done[i] = forgotten
 		}
 	}
 }

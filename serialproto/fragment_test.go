@@ -15,48 +15,56 @@ func TestFragmentsSizes(t *testing.T) {
 	for _, tc := range []struct {
 		body, piece, wantCount int
 	}{
-		{body: 254, piece: 254, wantCount: 1}, // fits: P + 2 = 256
-		{body: 256, piece: 254, wantCount: 1},
-		{body: 257, piece: 254, wantCount: 2},
+		{body: 2, piece: 254, wantCount: 1}, // a short prompt: one fragment, still with its CRC-32C
+		{body: 250, piece: 254, wantCount: 1},
+		{body: 251, piece: 254, wantCount: 2}, // 255 bytes with the CRC
 		{body: 16384, piece: 254, wantCount: 65},
 		{body: 100, piece: 30, wantCount: 4}, // 104 bytes with the CRC
 		{body: 116, piece: 30, wantCount: 4}, // exactly 120
 		{body: 117, piece: 30, wantCount: 5},
 	} {
 		body := bytes.Repeat([]byte{'z'}, tc.body)
-		datas, fragmented, err := Fragments(body, tc.piece)
+		datas, err := Fragments(body, tc.piece)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(datas) != tc.wantCount || fragmented != (tc.wantCount > 1) {
-			t.Errorf("body %d piece %d: %d frames (fragmented %v), want %d", tc.body, tc.piece, len(datas), fragmented, tc.wantCount)
+		if len(datas) != tc.wantCount {
+			t.Errorf("body %d piece %d: %d frames, want %d", tc.body, tc.piece, len(datas), tc.wantCount)
 			continue
 		}
 		for i, d := range datas {
 			if len(d) > MaxData {
 				t.Errorf("data field %d is %d bytes", i, len(d))
 			}
-			if fragmented && (int(d[0]) != i || int(d[1]) != len(datas)) {
+			if int(d[0]) != i || int(d[1]) != len(datas) {
 				t.Errorf("fragment %d header %d/%d", i, d[0], d[1])
 			}
-			if fragmented && i < len(datas)-1 && len(d)-2 != tc.piece {
+			if i < len(datas)-1 && len(d)-2 != tc.piece {
 				t.Errorf("piece %d has %d bytes", i, len(d)-2)
 			}
 		}
+		r := NewReassembler(ReassemblerConfig{MaxMessage: MaxMessageLimit})
+		var got []byte
+		for _, d := range datas {
+			got, _, err = r.Add(t0, CmdInfer, 1, d)
+		}
+		if err != nil || !bytes.Equal(got, body) {
+			t.Errorf("body %d piece %d: reassembled %d bytes, %v", tc.body, tc.piece, len(got), err)
+		}
 	}
-	if _, _, err := Fragments(make([]byte, 255*254), 254); !errors.Is(err, ErrTooLarge) {
+	if _, err := Fragments(make([]byte, 255*254), 254); !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("oversize body: %v", err)
 	}
-	if _, _, err := Fragments([]byte("x"), 0); !errors.Is(err, ErrBadPieceSize) {
+	if _, err := Fragments([]byte("x"), 0); !errors.Is(err, ErrBadPieceSize) {
 		t.Fatalf("piece 0: %v", err)
 	}
 }
 
 func fragmentsOf(t *testing.T, body []byte, piece int) [][]byte {
 	t.Helper()
-	datas, fragmented, err := Fragments(body, piece)
-	if err != nil || !fragmented {
-		t.Fatalf("Fragments: %v fragmented=%v", err, fragmented)
+	datas, err := Fragments(body, piece)
+	if err != nil || len(datas) < 2 {
+		t.Fatalf("Fragments: %v, %d fragments", err, len(datas))
 	}
 	return datas
 }
@@ -167,16 +175,24 @@ func TestReassemblerRejects(t *testing.T) {
 		r := NewReassembler(ReassemblerConfig{})
 		_, _, _ = r.Add(t0, CmdInfer, 2, datas[0])
 		_, _, err := r.Add(t0, CmdInfer, 2, datas[1][:20])
-		if !errors.Is(err, ErrMalformed) {
-			t.Fatalf("err %v", err)
+		if !errors.Is(err, ErrMalformed) || r.Pending() != 0 {
+			t.Fatalf("err %v, pending %d", err, r.Pending())
 		}
 	})
 	t.Run("last piece too long", func(t *testing.T) {
 		r := NewReassembler(ReassemblerConfig{})
 		_, _, _ = r.Add(t0, CmdInfer, 2, []byte{0, 3, 'a', 'b'})
 		_, _, err := r.Add(t0, CmdInfer, 2, []byte{2, 3, 'a', 'b', 'c'})
-		if !errors.Is(err, ErrMalformed) {
-			t.Fatalf("err %v", err)
+		if !errors.Is(err, ErrMalformed) || r.Pending() != 0 {
+			t.Fatalf("err %v, pending %d", err, r.Pending())
+		}
+	})
+	t.Run("empty piece discards the message", func(t *testing.T) {
+		r := NewReassembler(ReassemblerConfig{})
+		_, _, _ = r.Add(t0, CmdInfer, 2, datas[0])
+		_, _, err := r.Add(t0, CmdInfer, 2, []byte{1, byte(len(datas))})
+		if !errors.Is(err, ErrMalformed) || r.Pending() != 0 {
+			t.Fatalf("err %v, pending %d", err, r.Pending())
 		}
 	})
 	t.Run("index beyond count", func(t *testing.T) {
@@ -184,8 +200,8 @@ func TestReassemblerRejects(t *testing.T) {
 		if _, _, err := r.Add(t0, CmdInfer, 2, []byte{3, 3, 'a'}); !errors.Is(err, ErrMalformed) {
 			t.Fatalf("err %v", err)
 		}
-		if _, _, err := r.Add(t0, CmdInfer, 2, []byte{0, 1, 'a'}); !errors.Is(err, ErrMalformed) {
-			t.Fatalf("count 1: err %v", err)
+		if _, _, err := r.Add(t0, CmdInfer, 2, []byte{0, 0, 'a'}); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("count 0: err %v", err)
 		}
 	})
 	t.Run("too large is refused at the first fragment", func(t *testing.T) {

@@ -29,13 +29,6 @@ const (
 	optCritical      OptionType = 0x80
 )
 
-// optionSize is the fixed value size of each known option; -1 marks the
-// variable-length strings.
-var optionSize = [optKnownLimit]int8{
-	OptModel: -1, OptMaxTokens: 2, OptTemperature: 2, OptSeed: 4, OptTopK: 2, OptTopP: 2,
-	OptMinP: 2, OptRepeatPenalty: 2, OptNewChat: 0, OptSystem: -1, OptDeadlineMS: 4, OptContext: 4,
-}
-
 // Infer is a prompt with its options. Set records which options are
 // present: an absent option means "the daemon's default", which differs from
 // an explicit zero (TEMPERATURE 0 means greedy).
@@ -92,46 +85,55 @@ func (m *Infer) AppendBody(dst []byte) ([]byte, error) {
 	return append(dst, m.Prompt...), nil
 }
 
-func (m *Infer) appendOption(dst []byte, t OptionType) ([]byte, error) {
-	str := func(s string, max int) ([]byte, error) {
-		if len(s) == 0 || len(s) > max || !utf8.ValidString(s) {
-			return dst, malformed(CmdInfer, "option %#02x: want 1..%d bytes of UTF-8", uint8(t), max)
-		}
-		return append(append(dst, byte(t), byte(len(s))), s...), nil
-	}
-	u16 := func(v uint16) ([]byte, error) {
-		return binary.BigEndian.AppendUint16(append(dst, byte(t), 2), v), nil
-	}
-	u32 := func(v uint32) ([]byte, error) {
-		return binary.BigEndian.AppendUint32(append(dst, byte(t), 4), v), nil
-	}
+// field returns where option t lives in m: a string with its size limit, a
+// u16 or a u32 (exactly one non-nil), or all nil for the flag NEW_CHAT. One
+// table serves encoding and decoding, so the two can't disagree.
+func (m *Infer) field(t OptionType) (str *string, limit int, u16 *uint16, u32 *uint32) {
 	switch t {
 	case OptModel:
-		return str(m.Model, MaxModelLen)
+		return &m.Model, MaxModelLen, nil, nil
 	case OptSystem:
-		return str(m.System, MaxSystemLen)
+		return &m.System, MaxSystemLen, nil, nil
 	case OptMaxTokens:
-		return u16(m.MaxTokens)
+		return nil, 0, &m.MaxTokens, nil
 	case OptTemperature:
-		return u16(m.Temperature)
+		return nil, 0, &m.Temperature, nil
 	case OptTopK:
-		return u16(m.TopK)
+		return nil, 0, &m.TopK, nil
 	case OptTopP:
-		return u16(m.TopP)
+		return nil, 0, &m.TopP, nil
 	case OptMinP:
-		return u16(m.MinP)
+		return nil, 0, &m.MinP, nil
 	case OptRepeatPenalty:
-		return u16(m.RepeatPenalty)
+		return nil, 0, &m.RepeatPenalty, nil
 	case OptSeed:
-		return u32(m.Seed)
+		return nil, 0, nil, &m.Seed
 	case OptDeadlineMS:
-		return u32(m.DeadlineMS)
+		return nil, 0, nil, &m.DeadlineMS
 	case OptContext:
-		return u32(m.Context)
-	case OptNewChat:
-		return append(dst, byte(t), 0), nil
+		return nil, 0, nil, &m.Context
 	}
-	return dst, fmt.Errorf("serialproto: option %#02x has no encoder", uint8(t))
+	return nil, 0, nil, nil // OptNewChat: presence is the value
+}
+
+func badString(t OptionType, limit int) error {
+	return malformed(CmdInfer, "option %#02x: want 1..%d bytes of UTF-8", uint8(t), limit)
+}
+
+func (m *Infer) appendOption(dst []byte, t OptionType) ([]byte, error) {
+	str, limit, u16, u32 := m.field(t)
+	switch {
+	case str != nil:
+		if len(*str) == 0 || len(*str) > limit || !utf8.ValidString(*str) {
+			return dst, badString(t, limit)
+		}
+		return append(append(dst, byte(t), byte(len(*str))), *str...), nil
+	case u16 != nil:
+		return binary.BigEndian.AppendUint16(append(dst, byte(t), 2), *u16), nil
+	case u32 != nil:
+		return binary.BigEndian.AppendUint32(append(dst, byte(t), 4), *u32), nil
+	}
+	return append(dst, byte(t), 0), nil
 }
 
 func (m *Infer) UnmarshalBody(b []byte) error {
@@ -174,42 +176,27 @@ func (m *Infer) UnmarshalBody(b []byte) error {
 }
 
 func (m *Infer) setOption(t OptionType, v []byte) error {
-	size := int(optionSize[t])
-	if size >= 0 && len(v) != size {
+	str, limit, u16, u32 := m.field(t)
+	size := 0
+	switch {
+	case u16 != nil:
+		size = 2
+	case u32 != nil:
+		size = 4
+	}
+	if str == nil && len(v) != size {
 		return malformed(CmdInfer, "option %#02x has %d bytes, want %d", uint8(t), len(v), size)
 	}
-	switch t {
-	case OptModel, OptSystem:
-		max := MaxModelLen
-		if t == OptSystem {
-			max = MaxSystemLen
+	switch {
+	case str != nil:
+		if len(v) == 0 || len(v) > limit || !utf8.Valid(v) {
+			return badString(t, limit)
 		}
-		if len(v) == 0 || len(v) > max || !utf8.Valid(v) {
-			return malformed(CmdInfer, "option %#02x: want 1..%d bytes of UTF-8", uint8(t), max)
-		}
-		if t == OptModel {
-			m.Model = string(v)
-		} else {
-			m.System = string(v)
-		}
-	case OptMaxTokens:
-		m.MaxTokens = binary.BigEndian.Uint16(v)
-	case OptTemperature:
-		m.Temperature = binary.BigEndian.Uint16(v)
-	case OptTopK:
-		m.TopK = binary.BigEndian.Uint16(v)
-	case OptTopP:
-		m.TopP = binary.BigEndian.Uint16(v)
-	case OptMinP:
-		m.MinP = binary.BigEndian.Uint16(v)
-	case OptRepeatPenalty:
-		m.RepeatPenalty = binary.BigEndian.Uint16(v)
-	case OptSeed:
-		m.Seed = binary.BigEndian.Uint32(v)
-	case OptDeadlineMS:
-		m.DeadlineMS = binary.BigEndian.Uint32(v)
-	case OptContext:
-		m.Context = binary.BigEndian.Uint32(v)
+		*str = string(v)
+	case u16 != nil:
+		*u16 = binary.BigEndian.Uint16(v)
+	case u32 != nil:
+		*u32 = binary.BigEndian.Uint32(v)
 	}
 	return nil
 }

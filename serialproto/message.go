@@ -85,13 +85,16 @@ const (
 
 // Limits of the message layer.
 const (
-	MinDataLimit   = 32 // smallest max_data a peer may announce
-	MaxDeviceIDLen = 64
-	MaxErrorText   = 64
-	MaxNackIndexes = 64
-	MaxPingData    = 8
-	MaxModelLen    = 128
-	MaxSystemLen   = 253 // the whole options block is at most 255 bytes
+	MinDataLimit = 32 // smallest max_data a peer may announce
+	// MinSignedDataLimit is the smallest max_data with signing: a signed
+	// DONE takes 27 + 15 bytes.
+	MinSignedDataLimit = 48
+	MaxDeviceIDLen     = 64
+	MaxErrorText       = 64
+	MaxNackIndexes     = 64
+	MaxPingData        = 8
+	MaxModelLen        = 128
+	MaxSystemLen       = 253 // the whole options block is at most 255 bytes
 )
 
 // Hello opens a session (device → daemon).
@@ -141,6 +144,8 @@ func (m *Hello) validate() error {
 		return malformed(CmdHello, "max_data %d outside %d..%d", m.MaxData, MinDataLimit, MaxData)
 	case m.Window == 0:
 		return malformed(CmdHello, "window 0")
+	case m.Features&FeatureSign != 0 && m.MaxData < MinSignedDataLimit:
+		return malformed(CmdHello, "max_data %d too small for signed frames (at least %d)", m.MaxData, MinSignedDataLimit)
 	case !ValidDeviceID(m.DeviceID):
 		return malformed(CmdHello, "device id %q: 1..64 of [A-Za-z0-9._:-]", m.DeviceID)
 	}
@@ -347,6 +352,24 @@ func NewError(code ErrorCode, text string) *Error {
 
 func (*Error) Command() Command { return CmdError }
 
+// Fit cuts the text, at a character boundary, so the body fits limit bytes
+// (use BodyLimit of the receiver's max_data). docs/protocol.md §11.7.
+func (m *Error) Fit(limit int) { m.Text = cutUTF8(m.Text, limit-4) }
+
+// cutUTF8 returns s cut to at most n bytes without splitting a character.
+func cutUTF8(s string, n int) string {
+	if n <= 0 {
+		return ""
+	}
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
 // Retryable reports the RETRYABLE flag.
 func (m *Error) Retryable() bool { return m.Flags&ErrorFlagRetryable != 0 }
 
@@ -500,6 +523,13 @@ type StatusReply struct {
 }
 
 func (*StatusReply) Command() Command { return CmdStatusReply }
+
+// Fit cuts the backend and model names, at character boundaries, so the
+// body fits limit bytes. docs/protocol.md §11.11.
+func (m *StatusReply) Fit(limit int) {
+	m.Backend = cutUTF8(m.Backend, min(255, limit-4))
+	m.Model = cutUTF8(m.Model, limit-4-len(m.Backend))
+}
 
 func (m *StatusReply) AppendBody(dst []byte) ([]byte, error) {
 	if len(m.Backend) > 255 || 4+len(m.Backend)+len(m.Model) > MaxData || m.LoadPct > 100 ||

@@ -18,6 +18,7 @@ var (
 	ErrStale     = errors.New("serialproto: signature counter below the replay window")
 	ErrKeyLength = errors.New("serialproto: key must be 16..64 bytes")
 	ErrCounter   = errors.New("serialproto: signature counter exhausted (48 bits)")
+	ErrNoKey     = errors.New("serialproto: no key: signing needs a key of 16..64 bytes")
 )
 
 const (
@@ -69,23 +70,33 @@ func MakeNonce(bootNonce, daemonNonce uint32) SessionNonce {
 	return n
 }
 
-// mac computes the 8-byte tag of a frame whose data (signature block
-// included, tag excluded) is data.
-func mac(h hash.Hash, dir Direction, nonce SessionNonce, version uint8, cmdByte, seq uint8, dataLen int, dataNoTag []byte) [tagLen]byte {
-	h.Reset()
-	var pre [4 + 1 + 8 + 5]byte
-	copy(pre[:], macDomain)
-	pre[4] = byte(dir)
-	copy(pre[5:], nonce[:])
-	pre[13] = version
-	binary.BigEndian.PutUint16(pre[14:], uint16(dataLen))
-	pre[16] = cmdByte
-	pre[17] = seq
-	h.Write(pre[:])
-	h.Write(dataNoTag)
-	var sum [sha256.Size]byte
+// macState computes tags. Its scratch arrays live in the struct because
+// slices handed to a hash.Hash interface escape: keeping them here makes
+// signing and verifying allocation-free.
+type macState struct {
+	h   hash.Hash
+	pre [4 + 1 + 8 + 5]byte
+	sum [sha256.Size]byte
+}
+
+func newMACState(key Key) macState { return macState{h: hmac.New(sha256.New, key.b)} }
+
+// tag computes the 8-byte tag of a frame (docs/protocol.md §9.1);
+// dataNoTag is its data up to and including the counter, dataLen its
+// length field.
+func (s *macState) tag(dir Direction, nonce SessionNonce, version, cmdByte, seq uint8, dataLen int, dataNoTag []byte) [tagLen]byte {
+	s.h.Reset()
+	copy(s.pre[:], macDomain)
+	s.pre[4] = byte(dir)
+	copy(s.pre[5:], nonce[:])
+	s.pre[13] = version
+	binary.BigEndian.PutUint16(s.pre[14:], uint16(dataLen))
+	s.pre[16] = cmdByte
+	s.pre[17] = seq
+	s.h.Write(s.pre[:])
+	s.h.Write(dataNoTag)
 	var tag [tagLen]byte
-	copy(tag[:], h.Sum(sum[:0]))
+	copy(tag[:], s.h.Sum(s.sum[:0]))
 	return tag
 }
 
@@ -97,12 +108,16 @@ type Signer struct {
 	Nonce   SessionNonce
 	LinkID  uint8
 	Counter uint64 // the last counter used
-	h       hash.Hash
+	mac     macState
 }
 
-// NewSigner returns a Signer for key.
-func NewSigner(key Key, dir Direction, nonce SessionNonce, linkID uint8, lastCounter uint64) *Signer {
-	return &Signer{Dir: dir, Nonce: nonce, LinkID: linkID, Counter: lastCounter, h: hmac.New(sha256.New, key.b)}
+// NewSigner returns a Signer for key. A zero Key is refused: an HMAC with
+// an empty key is one anybody can compute.
+func NewSigner(key Key, dir Direction, nonce SessionNonce, linkID uint8, lastCounter uint64) (*Signer, error) {
+	if key.IsZero() {
+		return nil, ErrNoKey
+	}
+	return &Signer{Dir: dir, Nonce: nonce, LinkID: linkID, Counter: lastCounter, mac: newMACState(key)}, nil
 }
 
 // AppendSigned appends the wire encoding of f, signed: FlagSigned is set
@@ -115,21 +130,21 @@ func (s *Signer) AppendSigned(dst []byte, f Frame) ([]byte, error) {
 	if s.Counter >= maxCounter {
 		return dst, ErrCounter
 	}
-	s.Counter++
 	f.Flags |= FlagSigned
 	n := len(f.Data) + SignatureLen
 	start := len(dst)
-	// Encode header and data first so AppendFrame validates cmd and flags;
-	// the signature block is written in place afterwards.
+	// Encode header and data first so AppendFrame validates cmd and flags
+	// (before a counter is spent); the signature block follows in place.
 	dst, err := AppendFrame(dst, Frame{Version: f.Version, Cmd: f.Cmd, Flags: f.Flags, Seq: f.Seq, Data: f.Data})
 	if err != nil {
 		return dst[:start], err
 	}
+	s.Counter++
 	dst = dst[:len(dst)-1] // drop the provisional crc
 	binary.BigEndian.PutUint16(dst[start+2:], uint16(n))
 	dst = append(dst, s.LinkID)
 	dst = append(dst, byte(s.Counter>>40), byte(s.Counter>>32), byte(s.Counter>>24), byte(s.Counter>>16), byte(s.Counter>>8), byte(s.Counter))
-	tag := mac(s.h, s.Dir, s.Nonce, f.Version, dst[start+4], f.Seq, n, dst[start+HeaderLen:])
+	tag := s.mac.tag(s.Dir, s.Nonce, f.Version, dst[start+4], f.Seq, n, dst[start+HeaderLen:])
 	dst = append(dst, tag[:]...)
 	return append(dst, CRC8(dst[start+1:])), nil
 }
@@ -141,13 +156,17 @@ func (s *Signer) AppendSigned(dst []byte, f Frame) ([]byte, error) {
 type Verifier struct {
 	Dir     Direction
 	Nonce   SessionNonce
-	h       hash.Hash
+	mac     macState
 	windows map[uint8]*ReplayWindow
 }
 
-// NewVerifier returns a Verifier for key, for frames travelling dir.
-func NewVerifier(key Key, dir Direction, nonce SessionNonce) *Verifier {
-	return &Verifier{Dir: dir, Nonce: nonce, h: hmac.New(sha256.New, key.b), windows: make(map[uint8]*ReplayWindow)}
+// NewVerifier returns a Verifier for key, for frames travelling dir. A zero
+// Key is refused, as by NewSigner.
+func NewVerifier(key Key, dir Direction, nonce SessionNonce) (*Verifier, error) {
+	if key.IsZero() {
+		return nil, ErrNoKey
+	}
+	return &Verifier{Dir: dir, Nonce: nonce, mac: newMACState(key), windows: make(map[uint8]*ReplayWindow)}, nil
 }
 
 // Verify checks f's signature and counter. On success it returns f with the
@@ -163,7 +182,7 @@ func (v *Verifier) Verify(f Frame) (Frame, uint8, uint64, error) {
 	}
 	n := len(f.Data)
 	block := f.Data[n-SignatureLen:]
-	want := mac(v.h, v.Dir, v.Nonce, f.Version, byte(f.Cmd)|byte(f.Flags), f.Seq, n, f.Data[:n-tagLen])
+	want := v.mac.tag(v.Dir, v.Nonce, f.Version, byte(f.Cmd)|byte(f.Flags), f.Seq, n, f.Data[:n-tagLen])
 	if !hmac.Equal(want[:], block[7:]) {
 		return f, 0, 0, ErrBadTag
 	}

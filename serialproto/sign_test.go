@@ -9,11 +9,38 @@ import (
 	"testing"
 )
 
+func mustSigner(t testing.TB, key Key, dir Direction, nonce SessionNonce, link uint8, last uint64) *Signer {
+	t.Helper()
+	s, err := NewSigner(key, dir, nonce, link, last)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func mustVerifier(t testing.TB, key Key, dir Direction, nonce SessionNonce) *Verifier {
+	t.Helper()
+	v, err := NewVerifier(key, dir, nonce)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestZeroKeyRefused(t *testing.T) {
+	if _, err := NewSigner(Key{}, DeviceToDaemon, SessionNonce{}, 0, 0); !errors.Is(err, ErrNoKey) {
+		t.Fatalf("signer with no key: %v", err)
+	}
+	if _, err := NewVerifier(Key{}, DeviceToDaemon, SessionNonce{}); !errors.Is(err, ErrNoKey) {
+		t.Fatalf("verifier with no key: %v", err)
+	}
+}
+
 func TestSignVerifyRoundTrip(t *testing.T) {
 	key := vectorKey(t)
 	nonce := MakeNonce(1, 2)
-	s := NewSigner(key, DeviceToDaemon, nonce, 3, 0)
-	v := NewVerifier(key, DeviceToDaemon, nonce)
+	s := mustSigner(t, key, DeviceToDaemon, nonce, 3, 0)
+	v := mustVerifier(t, key, DeviceToDaemon, nonce)
 	for i, data := range [][]byte{nil, []byte("x"), bytes.Repeat([]byte{7}, MaxData-SignatureLen)} {
 		raw, err := s.AppendSigned(nil, Frame{Version: 1, Cmd: CmdInfer, Seq: uint8(i), Data: data})
 		if err != nil {
@@ -38,7 +65,7 @@ func TestSignVerifyRoundTrip(t *testing.T) {
 func TestVerifyRejectsEveryTamperedByte(t *testing.T) {
 	key := vectorKey(t)
 	nonce := MakeNonce(1, 2)
-	raw, _ := NewSigner(key, DeviceToDaemon, nonce, 0, 0).AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing, Seq: 1, Data: []byte("abc")})
+	raw, _ := mustSigner(t, key, DeviceToDaemon, nonce, 0, 0).AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing, Seq: 1, Data: []byte("abc")})
 	for i := 1; i < len(raw)-1; i++ {
 		bad := bytes.Clone(raw)
 		bad[i] ^= 0x01
@@ -47,7 +74,7 @@ func TestVerifyRejectsEveryTamperedByte(t *testing.T) {
 		if err != nil {
 			continue // a changed length byte no longer frames
 		}
-		if _, _, _, err := NewVerifier(key, DeviceToDaemon, nonce).Verify(f); err == nil {
+		if _, _, _, err := mustVerifier(t, key, DeviceToDaemon, nonce).Verify(f); err == nil {
 			t.Fatalf("flipping byte %d went unnoticed", i)
 		}
 	}
@@ -57,12 +84,12 @@ func TestVerifyBindsDirectionNonceAndKey(t *testing.T) {
 	key := vectorKey(t)
 	other, _ := NewKey(bytes.Repeat([]byte{9}, 32))
 	nonce := MakeNonce(1, 2)
-	raw, _ := NewSigner(key, DeviceToDaemon, nonce, 0, 0).AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing, Seq: 1})
+	raw, _ := mustSigner(t, key, DeviceToDaemon, nonce, 0, 0).AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing, Seq: 1})
 	f, _ := Decode(raw)
 	for name, v := range map[string]*Verifier{
-		"reflected":     NewVerifier(key, DaemonToDevice, nonce),
-		"other session": NewVerifier(key, DeviceToDaemon, MakeNonce(1, 3)),
-		"other key":     NewVerifier(other, DeviceToDaemon, nonce),
+		"reflected":     mustVerifier(t, key, DaemonToDevice, nonce),
+		"other session": mustVerifier(t, key, DeviceToDaemon, MakeNonce(1, 3)),
+		"other key":     mustVerifier(t, other, DeviceToDaemon, nonce),
 	} {
 		if _, _, _, err := v.Verify(f); !errors.Is(err, ErrBadTag) {
 			t.Errorf("%s: %v", name, err)
@@ -91,9 +118,9 @@ func TestReplayWindow(t *testing.T) {
 func TestVerifierWindowsPerLink(t *testing.T) {
 	key := vectorKey(t)
 	nonce := MakeNonce(1, 2)
-	v := NewVerifier(key, DeviceToDaemon, nonce)
-	uart := NewSigner(key, DeviceToDaemon, nonce, 0, 500)
-	wifi := NewSigner(key, DeviceToDaemon, nonce, 1, 0)
+	v := mustVerifier(t, key, DeviceToDaemon, nonce)
+	uart := mustSigner(t, key, DeviceToDaemon, nonce, 0, 500)
+	wifi := mustSigner(t, key, DeviceToDaemon, nonce, 1, 0)
 	for _, s := range []*Signer{uart, wifi, uart, wifi} {
 		raw, _ := s.AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing})
 		f, _ := Decode(raw)
@@ -141,7 +168,7 @@ func TestKeyNeverPrinted(t *testing.T) {
 }
 
 func TestSignerCounterExhausted(t *testing.T) {
-	s := NewSigner(vectorKey(t), DeviceToDaemon, SessionNonce{}, 0, maxCounter)
+	s := mustSigner(t, vectorKey(t), DeviceToDaemon, SessionNonce{}, 0, maxCounter)
 	if _, err := s.AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing}); !errors.Is(err, ErrCounter) {
 		t.Fatalf("want ErrCounter, got %v", err)
 	}

@@ -10,51 +10,68 @@ var replacement = []byte{0xEF, 0xBF, 0xBD}
 // trailing sequence waits for its continuation bytes, and bytes that can
 // never be valid UTF-8 become U+FFFD. The zero value is ready to use.
 type TextBuffer struct {
-	pending []byte
+	buf []byte // pending bytes are buf[off:]
+	off int
 }
 
 // Write appends p; it never fails.
 func (t *TextBuffer) Write(p []byte) (int, error) {
-	t.pending = append(t.pending, p...)
+	t.compact()
+	t.buf = append(t.buf, p...)
 	return len(p), nil
 }
 
 // WriteString appends s.
 func (t *TextBuffer) WriteString(s string) (int, error) {
-	t.pending = append(t.pending, s...)
+	t.compact()
+	t.buf = append(t.buf, s...)
 	return len(s), nil
 }
 
-// Len is the number of raw bytes not yet handed out.
-func (t *TextBuffer) Len() int { return len(t.pending) }
+// compact reclaims the consumed front once it is most of the buffer, so
+// draining in small chunks stays linear.
+func (t *TextBuffer) compact() {
+	if t.off > 0 && t.off >= len(t.buf)/2 {
+		t.buf = t.buf[:copy(t.buf, t.buf[t.off:])]
+		t.off = 0
+	}
+}
 
-// Next appends to dst at most max bytes of complete, valid UTF-8 taken from
+// Len is the number of raw bytes not yet handed out.
+func (t *TextBuffer) Len() int { return len(t.buf) - t.off }
+
+// Next appends to dst at most limit bytes of complete, valid UTF-8 taken from
 // the front of the buffer. Unless final is set, an incomplete character at
-// the end stays buffered; with final set it is flushed as U+FFFD. max must
-// be at least 4 (one character).
-func (t *TextBuffer) Next(dst []byte, max int, final bool) []byte {
+// the end stays buffered; with final set it is flushed as U+FFFD. The
+// limit must be at least 4 (one character); smaller values are raised to 4 so the
+// buffer always drains.
+func (t *TextBuffer) Next(dst []byte, limit int, final bool) []byte {
+	limit = max(limit, utf8.UTFMax)
+	pending := t.buf[t.off:]
 	used, i := 0, 0
-	for i < len(t.pending) {
-		r, size := utf8.DecodeRune(t.pending[i:])
+	for i < len(pending) {
+		r, size := utf8.DecodeRune(pending[i:])
 		out := size
 		if r == utf8.RuneError && size == 1 {
-			if !final && !utf8.FullRune(t.pending[i:]) {
+			if !final && !utf8.FullRune(pending[i:]) {
 				break // the start of a character whose rest has not arrived
 			}
 			out = len(replacement)
 		}
-		if used+out > max {
+		if used+out > limit {
 			break
 		}
 		if out == size {
-			dst = append(dst, t.pending[i:i+size]...)
+			dst = append(dst, pending[i:i+size]...)
 		} else {
 			dst = append(dst, replacement...)
 		}
 		used += out
 		i += size
 	}
-	// Shift the rest to the front; the buffer's capacity is reused.
-	t.pending = t.pending[:copy(t.pending, t.pending[i:])]
+	t.off += i
+	if t.off == len(t.buf) { // drained: reuse the whole buffer
+		t.buf, t.off = t.buf[:0], 0
+	}
 	return dst
 }

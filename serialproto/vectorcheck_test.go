@@ -214,8 +214,7 @@ func checkVectorFile(t *testing.T, file []byte) {
 					t.Fatalf("frag %s: frame %d: %v", name, i, err)
 				}
 				if f.Flags&FlagFragment == 0 {
-					body = f.Data
-					continue
+					t.Fatalf("frag %s: frame %d lacks the FRAGMENT flag", name, i)
 				}
 				b, _, err := r.Add(time.Unix(0, 0), f.Cmd, f.Seq, f.Data)
 				if err != nil {
@@ -235,7 +234,8 @@ func checkVectorFile(t *testing.T, file []byte) {
 			}
 			var nonce SessionNonce
 			copy(nonce[:], v.hex(t, "nonce"))
-			ver := NewVerifier(key, Direction(v.int(t, "dir")), nonce)
+			ver := mustVerifier(t, key, Direction(v.int(t, "dir")), nonce)
+			signed := v.hex(t, "signed")
 			if after := v.fields["after"]; after != "" {
 				w := new(ReplayWindow)
 				for _, c := range strings.Split(after, ",") {
@@ -245,9 +245,10 @@ func checkVectorFile(t *testing.T, file []byte) {
 					}
 					_ = w.Accept(n)
 				}
-				ver.windows[0] = w
+				// The window of the signed frame's link id (§15).
+				ver.windows[signed[len(signed)-1-SignatureLen]] = w
 			}
-			f, err := Decode(v.hex(t, "signed"))
+			f, err := Decode(signed)
 			if err != nil {
 				t.Fatalf("sign %s: %v", name, err)
 			}

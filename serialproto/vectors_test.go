@@ -288,25 +288,21 @@ func generateVectors(t *testing.T) []byte {
 		piece int
 		body  []byte
 	}{
-		{"fits_one_frame", 10, PieceSize(128, false), inferBody(t, strings.Repeat("a", 120))},
-		{"exactly_p_plus_2_fits", 10, 30, inferBody(t, strings.Repeat("b", 32-5))},
-		{"p_plus_3_fragments", 10, 30, inferBody(t, strings.Repeat("b", 33-5))},
+		{"short_prompt_one_fragment", 10, PieceSize(128, false), inferBody(t, "Hi")},
+		{"exactly_one_full_fragment", 10, 30, inferBody(t, strings.Repeat("b", 30-4-5))},
+		{"one_byte_over_two_fragments", 10, 30, inferBody(t, strings.Repeat("b", 31-4-5))},
 		{"three_fragments_max_data_128", 11, PieceSize(128, false), inferBody(t, strings.Repeat("Tell me a story. ", 15))},
 		{"small_pieces_32", 12, 30, inferBody(t, "Why is the sky blue? Answer briefly.")},
 		{"signed_piece_size", 13, PieceSize(256, true), inferBody(t, strings.Repeat("xyz", 100))},
 		{"crc_split_across_last_two", 14, 30, inferBody(t, strings.Repeat("q", 56))},
 	} {
-		datas, fragmented, err := Fragments(v.body, v.piece)
+		datas, err := Fragments(v.body, v.piece)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var frames []string
 		for _, d := range datas {
-			f := Frame{Version: 1, Cmd: CmdInfer, Seq: v.seq, Data: d}
-			if fragmented {
-				f.Flags = FlagFragment
-			}
-			frames = append(frames, hx(mustFrame(t, f)))
+			frames = append(frames, hx(mustFrame(t, Frame{Version: 1, Cmd: CmdInfer, Flags: FlagFragment, Seq: v.seq, Data: d})))
 		}
 		w.line("frag", "name="+v.name, "cmd=INFER", "seq="+itoa(v.seq), "piece="+strconv.Itoa(v.piece), "body="+hx(v.body), "frames="+strings.Join(frames, ","))
 	}
@@ -327,7 +323,7 @@ func generateVectors(t *testing.T) []byte {
 		{"token_daemon", DaemonToDevice, nonce, 0, 1 << 40, Frame{Version: 1, Cmd: CmdToken, Seq: 2, Data: mustBody(t, &Token{Chunk: 0, Text: []byte("Hi")})}},
 	} {
 		unsigned := mustFrame(t, v.f)
-		s := NewSigner(key, v.dir, v.nonce, v.link, v.counter-1)
+		s := mustSigner(t, key, v.dir, v.nonce, v.link, v.counter-1)
 		signed, err := s.AppendSigned(nil, v.f)
 		if err != nil {
 			t.Fatal(err)
@@ -336,7 +332,7 @@ func generateVectors(t *testing.T) []byte {
 			"link="+itoa(v.link), "counter="+strconv.FormatUint(v.counter, 10), "unsigned="+hx(unsigned), "signed="+hx(signed))
 	}
 	// Rejections: a tampered tag, a replay, a stale counter, an unsigned frame.
-	s := NewSigner(key, DeviceToDaemon, nonce, 0, 99)
+	s := mustSigner(t, key, DeviceToDaemon, nonce, 0, 99)
 	good, _ := s.AppendSigned(nil, Frame{Version: 1, Cmd: CmdPing, Seq: 5})
 	tampered := bytes.Clone(good)
 	tampered[len(tampered)-2] ^= 0x01
@@ -433,6 +429,7 @@ func invalidBodies() []badBody {
 		{"hello_max_data_16", "malformed", CmdHello, []byte{1, 1, 0, 16, 0, 0, 2, 0, 0, 0, 1, 'x'}},
 		{"hello_versions_reversed", "malformed", CmdHello, []byte{2, 1, 0, 128, 0, 0, 2, 0, 0, 0, 1, 'x'}},
 		{"hello_device_id_space", "malformed", CmdHello, []byte{1, 1, 0, 128, 0, 0, 2, 0, 0, 0, 1, 'a', ' ', 'b'}},
+		{"hello_signed_max_data_32", "malformed", CmdHello, []byte{1, 1, 0, 32, 0, 1, 2, 0, 0, 0, 1, 'x'}},
 		{"welcome_short", "malformed", CmdWelcome, []byte{1, 1, 0}},
 		{"ping_9_bytes", "malformed", CmdPing, make([]byte, 9)},
 		{"infer_no_prompt", "malformed", CmdInfer, []byte{0}},

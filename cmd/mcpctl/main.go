@@ -20,7 +20,13 @@ Usage:
   mcpctl <command> [flags]
 
 Commands:
+  ask        send a prompt to mcpd as a device, print the streamed answer
+  ping       measure round trips to mcpd
+  status     show mcpd's backend, model and load
+  bench      N simulated devices for a bounded time: TTFT percentiles, tokens/s
+  demo       start mcpd on loopback UDP and a pty "UART", ask over each (make run)
   loopback   run a simulated device against a protocol peer over loopback UDP
+  decode     explain frames given in hex, or a captured serial byte stream
   version    print the version
 
 Run 'mcpctl <command> -h' for a command's flags.
@@ -29,15 +35,20 @@ Run 'mcpctl <command> -h' for a command's flags.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "mcpctl:", err)
+	if err := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(2)
 		}
-		os.Exit(2)
+		fmt.Fprintln(os.Stderr, "mcpctl:", err)
+		var coded interface{ ExitCode() int }
+		if errors.As(err, &coded) {
+			os.Exit(coded.ExitCode())
+		}
+		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return flag.ErrHelp
@@ -45,6 +56,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "loopback":
 		return runLoopback(ctx, args[1:], stdout, stderr)
+	case "decode":
+		return runDecode(args[1:], stdin, stdout, stderr)
+	case "ask":
+		return runAsk(ctx, args[1:], stdout, stderr)
+	case "ping":
+		return runPing(ctx, args[1:], stdout, stderr)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
+	case "demo":
+		return runDemo(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mcpctl", version)
 		return nil

@@ -232,6 +232,7 @@ def decode_body(cmd, body):
         _need(set(rest) <= DEVICE_ID_CHARS, "device_id outside [A-Za-z0-9._:-]")
         _need(32 <= f["max_data"] <= 256, f"max_data {f['max_data']} not 32..256")
         _need(1 <= f["window"] <= 255, f"window {f['window']} not 1..255")
+        _need(not f["features"] & 1 or f["max_data"] >= 48, "SIGN needs max_data >= 48")
         _need(1 <= f["min_version"] <= f["max_version"], "need 1 <= min_version <= max_version")
         f["device_id"] = rest
     elif cmd in ("PING", "PONG"):
@@ -337,17 +338,14 @@ def encode_body(cmd, fields):
 def fragment(cmd_byte, seq, body, piece, ver=VERSION):
     """Cut a message body into frames (wire bytes) with piece size `piece`.
 
-    A body of at most piece + 2 bytes goes in one frame without FRAGMENT
-    and without CRC-32C. Otherwise body ‖ crc32c(body) is cut into pieces
-    of `piece` bytes, the last holding the rest, each behind an
-    (index, count) header. cmd_byte may carry SIGNED; the caller then
+    Every message — even a short one — is body ‖ crc32c(body) cut into
+    pieces of `piece` bytes, the last holding the rest, each behind an
+    (index, count) header with FRAGMENT set (§6). cmd_byte may carry SIGNED; the caller then
     signs each frame and must have chosen piece 15 bytes smaller.
     """
     body = bytes(body)
     if not 1 <= piece <= MAX_DATA - 2:
         raise ValueError(f"piece size {piece} not 1..254")
-    if len(body) <= piece + 2:
-        return [encode_frame(cmd_byte & ~FRAGMENT, seq, body, ver)]
     blob = body + struct.pack(">I", crc32c(body))
     pieces = [blob[i:i + piece] for i in range(0, len(blob), piece)]
     if len(pieces) > 255:
@@ -382,7 +380,7 @@ class Reassembler:
     def _add(self, key, data):
         _need(len(data) >= 3, "fragment without a piece")
         index, count, piece = data[0], data[1], data[2:]
-        _need(count >= 2, f"fragment count {count} < 2")
+        _need(count >= 1, "fragment count 0")
         _need(index < count, f"fragment index {index} >= count {count}")
         m = self.pending.setdefault(key, {"count": count, "size": None, "last": None, "pieces": {}})
         _need(count == m["count"], f"fragment count {count}, first said {m['count']}")

@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/native/gguf"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// syncBuffer is a bytes.Buffer safe for the daemon's logger and the test.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func tinyModel(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "tiny.gguf")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestBadInvocations(t *testing.T) {
+	dir := t.TempDir()
+	badJSON := filepath.Join(dir, "bad.json")
+	_ = os.WriteFile(badJSON, []byte(`{"listen_udp": ["127.0.0.1:0"], "colour": "blue"}`), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--backend", "gpu-magic"}, `want auto, native or ollama`},
+		{[]string{"--backend", "native"}, "needs a GGUF file"},
+		{[]string{"--model", filepath.Join(dir, "missing.gguf")}, "no such file"},
+		{[]string{"--serial", "/dev/ttyS0:fast"}, "baud"},
+		{[]string{"--config", badJSON}, `unknown field "colour"`},
+		{[]string{"--log-level", "chatty"}, "--log-level"},
+		{[]string{"stray"}, "unexpected argument"},
+	} {
+		var stderr syncBuffer
+		err := run(context.Background(), append([]string{"--listen-udp", "127.0.0.1:0"}, tc.args...), &stderr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: got %v, want an error containing %q", tc.args, err, tc.want)
+		}
+	}
+}
+
+// TestEndToEndNative runs the real daemon command with the real llama.cpp
+// engine on a generated model: the text a device reassembles over UDP must
+// equal, byte for byte, what the engine produces for the same greedy
+// request called directly.
+func TestEndToEndNative(t *testing.T) {
+	model := tinyModel(t)
+	const prompt = "Which bed needs water?"
+	opts := backends.Options{MaxTokens: 32, TemperatureSet: true}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	direct, err := backends.NewLlama(ctx, backends.LlamaConfig{ModelPath: model, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want bytes.Buffer
+	if _, err := direct.Generate(ctx, backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}}, Options: opts},
+		func(b []byte) error { want.Write(b); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	direct.Close()
+	if want.Len() == 0 {
+		t.Fatal("the engine produced nothing")
+	}
+
+	addr := "127.0.0.1:" + freePort(t)
+	var logs syncBuffer
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(dctx, []string{"--model", model, "--threads", "1", "--listen-udp", addr, "--log-level", "debug"}, &logs)
+	}()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("mcpd: %v\n%s", err, logs.String())
+		}
+	}()
+
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := device.New(tr, device.Config{DeviceID: "e2e", MaxData: 48, Window: 2})
+	for ctx.Err() == nil { // the model may still be loading
+		hctx, hcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		err = c.Hello(hctx)
+		hcancel()
+		if err == nil {
+			break
+		}
+	}
+	for i := range 2 { // twice: greedy output is the same every time
+		var got bytes.Buffer
+		m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: 32, Prompt: prompt}
+		d, err := c.Ask(ctx, m, func(b []byte) error { got.Write(b); return nil })
+		if err != nil {
+			t.Fatalf("ask %d: %v\n%s", i, err, logs.String())
+		}
+		if !bytes.Equal(got.Bytes(), want.Bytes()) {
+			t.Fatalf("ask %d: the device got %q, the engine produced %q", i, got.Bytes(), want.Bytes())
+		}
+		if d.Tokens != 32 || d.Reason != sp.StopLength {
+			t.Fatalf("DONE %+v", d)
+		}
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	addr, err := freeUDP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+func freeUDP() (string, error) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	return strconv.Itoa(c.LocalAddr().(*net.UDPAddr).Port), nil
+}

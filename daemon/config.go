@@ -1,0 +1,67 @@
+package daemon
+
+import (
+	"fmt"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Config bounds the daemon. Zero fields take the defaults of WithDefaults.
+type Config struct {
+	MaxSessions       int           // sessions at once; a HELLO beyond it gets ERROR BUSY
+	MaxConcurrent     int           // requests running in the engine at once
+	MaxQueue          int           // accepted requests waiting for the engine, beyond it ERROR BUSY; negative: none
+	MaxHistory        int           // chat messages kept per session (user + assistant)
+	MaxMessage        int           // largest reassembled INFER body
+	Heartbeat         time.Duration // announced in WELCOME; a session expires after 3 missed
+	RequestTimeout    time.Duration // deadline of a request unless INFER's DEADLINE_MS is shorter
+	FlushInterval     time.Duration // longest wait before a partly filled TOKEN frame goes out
+	MaxRetransmits    int           // retransmissions of one chunk before the request is dropped
+	DefaultMaxTokens  int           // when INFER has no MAX_TOKENS
+	ShutdownDrain     time.Duration // how long in-flight requests may finish on shutdown
+	MaxPendingPerPeer int           // fragmented messages in reassembly per session
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	defDur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.MaxSessions, 256)
+	def(&c.MaxConcurrent, 2)
+	switch {
+	case c.MaxQueue == 0:
+		c.MaxQueue = 16
+	case c.MaxQueue < 0:
+		c.MaxQueue = 0
+	}
+	def(&c.MaxHistory, 16)
+	def(&c.MaxMessage, sp.DefaultMaxMessage)
+	def(&c.MaxRetransmits, 8)
+	def(&c.DefaultMaxTokens, 128)
+	def(&c.MaxPendingPerPeer, 2)
+	defDur(&c.Heartbeat, 5*time.Second)
+	defDur(&c.RequestTimeout, 2*time.Minute)
+	defDur(&c.FlushInterval, 20*time.Millisecond)
+	defDur(&c.ShutdownDrain, 10*time.Second)
+	return c
+}
+
+// Validate reports the first impossible setting.
+func (c Config) Validate() error {
+	switch {
+	case c.MaxMessage > sp.MaxMessageLimit:
+		return fmt.Errorf("daemon: max message %d above the protocol's %d", c.MaxMessage, sp.MaxMessageLimit)
+	case c.Heartbeat > 65535*time.Millisecond:
+		return fmt.Errorf("daemon: heartbeat %v above 65.535 s", c.Heartbeat)
+	}
+	return nil
+}

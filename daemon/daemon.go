@@ -1,0 +1,360 @@
+// Package daemon is mcpd's service: links (UDP, serial) carry MCPFrames from
+// devices, sessions hold each device's state, and requests are dispatched
+// to a backends.Backend whose output streams back under the protocol's
+// flow control (docs/protocol.md).
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/mcpd-project/mcpd/backends"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Causes of a request's cancellation, mapped to protocol error codes.
+var (
+	errCancelledByDevice = errors.New("daemon: cancelled by the device")
+	errSessionClosed     = errors.New("daemon: session closed")
+	errShuttingDown      = errors.New("daemon: shutting down")
+)
+
+// Stats are the daemon's counters.
+type Stats struct {
+	FramesIn, FramesOut, BadFrames         atomic.Int64
+	Sessions                               atomic.Int64 // open now
+	Accepted, Busy, Done, Failed, Canceled atomic.Int64
+	Duplicates                             atomic.Int64 // retransmitted requests answered again
+}
+
+// Daemon dispatches devices' requests to a backend.
+type Daemon struct {
+	cfg     Config
+	backend backends.Backend
+	log     *slog.Logger
+	stats   Stats
+
+	slots    chan struct{} // one token per running request
+	admitted atomic.Int64  // accepted requests not yet finished (running + queued)
+	draining atomic.Bool
+
+	mu       sync.Mutex
+	sessions map[string]*session
+	linkCtx  context.Context // lives until the drain is over
+}
+
+// New returns a daemon serving through b.
+func New(cfg Config, b backends.Backend, log *slog.Logger) (*Daemon, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if b == nil {
+		return nil, errors.New("daemon: no backend")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Daemon{
+		cfg: cfg, backend: b, log: log,
+		slots:    make(chan struct{}, cfg.MaxConcurrent),
+		sessions: make(map[string]*session),
+	}, nil
+}
+
+// Stats returns the live counters.
+func (d *Daemon) Stats() *Stats { return &d.stats }
+
+// Run serves the links until ctx is done, then drains: new requests are
+// refused with SHUTTING_DOWN, in-flight ones may finish for ShutdownDrain,
+// the rest end with ERROR SHUTTING_DOWN. It returns the first link error
+// that is not caused by the shutdown.
+func (d *Daemon) Run(ctx context.Context, links ...Link) error {
+	if len(links) == 0 {
+		return errors.New("daemon: no links to serve")
+	}
+	linkCtx, stopLinks := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLinks()
+	d.mu.Lock()
+	d.linkCtx = linkCtx
+	d.mu.Unlock()
+
+	errc := make(chan error, len(links))
+	for _, l := range links {
+		go func() {
+			err := l.Run(linkCtx, d)
+			if err != nil {
+				d.log.Error("link failed", "link", l.Name(), "err", err)
+			}
+			errc <- err
+		}()
+		d.log.Info("link up", "link", l.Name())
+	}
+	go d.janitor(linkCtx)
+
+	var linkErr error
+	select {
+	case <-ctx.Done():
+	case linkErr = <-errc:
+	}
+	d.drain()
+	stopLinks()
+	return linkErr
+}
+
+// drain refuses new work and gives in-flight requests time to finish.
+func (d *Daemon) drain() {
+	d.draining.Store(true)
+	if d.waitIdle(d.cfg.ShutdownDrain) {
+		return
+	}
+	d.log.Warn("drain deadline passed; ending the remaining requests", "requests", d.admitted.Load())
+	d.mu.Lock()
+	for _, s := range d.sessions {
+		s.cancelRequests(errShuttingDown)
+	}
+	d.mu.Unlock()
+	d.waitIdle(time.Second) // a moment for the final ERROR frames to go out
+}
+
+// waitIdle polls until no request is in flight or the timeout passes; a
+// shutdown is rare enough that polling beats more shared state.
+func (d *Daemon) waitIdle(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for d.admitted.Load() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// janitor expires silent sessions and stale reassembly state.
+func (d *Daemon) janitor(ctx context.Context) {
+	tick := time.NewTicker(max(d.cfg.Heartbeat/4, 50*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.mu.Lock()
+			for _, s := range d.sessions {
+				s.close(errSessionClosed)
+			}
+			d.mu.Unlock()
+			return
+		case now := <-tick.C:
+			var expired []*session
+			d.mu.Lock()
+			for _, s := range d.sessions {
+				if now.Sub(s.lastSeen()) > 3*d.cfg.Heartbeat {
+					expired = append(expired, s)
+				} else {
+					s.expireFragments(now)
+				}
+			}
+			d.mu.Unlock()
+			for _, s := range expired {
+				d.log.Info("session expired", "device", s.deviceID, "peer", s.peer.Key())
+				s.close(errSessionClosed)
+			}
+		}
+	}
+}
+
+// HandleBadFrame counts a rejected frame; on a serial line the sender
+// learns of it through NACK BAD_FRAME (docs/protocol.md §7.1).
+func (d *Daemon) HandleBadFrame(p Peer, err error) {
+	d.stats.BadFrames.Add(1)
+	if !p.ByteStream() {
+		return
+	}
+	if s := d.session(p.Key()); s != nil && !s.allowNack(time.Now()) {
+		return
+	}
+	d.send(p, 0, &sp.Nack{Reason: sp.NackBadFrame})
+}
+
+// HandleFrame is the entry point of every sound frame.
+func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
+	d.stats.FramesIn.Add(1)
+	switch {
+	case f.Version != sp.Version1:
+		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
+		return
+	case f.Flags&sp.FlagSigned != 0:
+		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "no signing key configured"))
+		return
+	case !f.Cmd.Known():
+		d.send(p, f.Seq, sp.NewError(sp.CodeUnknownCommand, f.Cmd.String()))
+		return
+	case f.Cmd == sp.CmdHello:
+		d.hello(p, f)
+		return
+	}
+	s := d.session(p.Key())
+	if s == nil {
+		if f.Cmd == sp.CmdBye {
+			d.send(p, f.Seq, &sp.Bye{})
+		} else {
+			d.send(p, f.Seq, sp.NewError(sp.CodeNoSession, "send HELLO first"))
+		}
+		return
+	}
+	s.handle(f)
+}
+
+func (d *Daemon) session(key string) *session {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sessions[key]
+}
+
+// hello opens, repeats or replaces a session (docs/protocol.md §10).
+func (d *Daemon) hello(p Peer, f sp.Frame) {
+	var h sp.Hello
+	if f.Flags&sp.FlagFragment != 0 {
+		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, "HELLO cannot be fragmented"))
+		return
+	}
+	if err := h.UnmarshalBody(f.Data); err != nil {
+		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		return
+	}
+	if h.MinVersion > sp.Version1 {
+		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
+		return
+	}
+	key := p.Key()
+	d.mu.Lock()
+	old := d.sessions[key]
+	if old != nil && old.bootNonce == h.BootNonce && old.deviceID == h.DeviceID {
+		d.mu.Unlock()
+		d.stats.Duplicates.Add(1)
+		old.touch()
+		d.send(p, f.Seq, old.welcome()) // a retransmitted HELLO
+		return
+	}
+	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
+		d.mu.Unlock()
+		d.send(p, f.Seq, sp.NewError(sp.CodeBusy, "too many sessions"))
+		return
+	}
+	if d.draining.Load() {
+		d.mu.Unlock()
+		d.send(p, f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
+		return
+	}
+	s := newSession(d, d.linkCtx, p, &h, randomNonce())
+	d.sessions[key] = s
+	d.mu.Unlock()
+	if old != nil {
+		old.close(errSessionClosed)
+	} else {
+		d.stats.Sessions.Add(1)
+	}
+	d.log.Info("session opened", "device", h.DeviceID, "peer", key, "max_data", h.MaxData, "window", h.Window)
+	d.send(p, f.Seq, s.welcome())
+}
+
+func (d *Daemon) removeSession(s *session) {
+	d.mu.Lock()
+	if d.sessions[s.peer.Key()] == s {
+		delete(d.sessions, s.peer.Key())
+		d.stats.Sessions.Add(-1)
+	}
+	d.mu.Unlock()
+}
+
+// admit reserves a place for a request, or reports that the daemon is full.
+func (d *Daemon) admit() bool {
+	for {
+		n := d.admitted.Load()
+		if n >= int64(d.cfg.MaxConcurrent+d.cfg.MaxQueue) {
+			return false
+		}
+		if d.admitted.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (d *Daemon) release() { d.admitted.Add(-1) }
+
+// send answers a peer that has no session (yet): its data limit is
+// unknown, so the smallest one any device may have is assumed.
+func (d *Daemon) send(p Peer, seq uint8, m sp.Message) { d.sendTo(p, seq, sp.MinDataLimit, m) }
+
+// sendTo encodes m in one frame to p, cutting texts to fit the peer's data
+// limit. Errors are logged, not returned: a device that vanished is
+// handled by session expiry.
+func (d *Daemon) sendTo(p Peer, seq uint8, limit int, m sp.Message) {
+	switch m := m.(type) {
+	case *sp.Error:
+		m.Fit(sp.BodyLimit(limit, false))
+	case *sp.StatusReply:
+		m.Fit(sp.BodyLimit(limit, false))
+	}
+	body, err := m.AppendBody(make([]byte, 0, 64))
+	if err != nil {
+		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
+		return
+	}
+	frame, err := sp.AppendFrame(make([]byte, 0, sp.Overhead+len(body)), sp.Frame{Version: sp.Version1, Cmd: m.Command(), Seq: seq, Data: body})
+	if err != nil {
+		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
+		return
+	}
+	if err := p.Send(frame); err != nil {
+		d.log.Debug("send failed", "peer", p.Key(), "err", err)
+		return
+	}
+	d.stats.FramesOut.Add(1)
+}
+
+func randomNonce() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go ≥ 1.24)
+	return binary.BigEndian.Uint32(b[:])
+}
+
+// truncate cuts s to at most n bytes without splitting a UTF-8 character.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// errText fits an error into an ERROR body's 64 bytes.
+func errText(err error) string { return truncate(err.Error(), sp.MaxErrorText) }
+
+// status answers STATUS (docs/protocol.md §11.11).
+func (d *Daemon) status() *sp.StatusReply {
+	state := sp.StateReady
+	if d.draining.Load() {
+		state = sp.StateDraining
+	} else if err := d.backend.Healthy(d.linkCtx); err != nil {
+		state = sp.StateUnavailable
+	}
+	running := len(d.slots)
+	queued := max(int(d.admitted.Load())-running, 0)
+	model := ""
+	if info, err := d.backend.Model(d.linkCtx, ""); err == nil {
+		model = info.Name
+	}
+	return &sp.StatusReply{
+		State: state, LoadPct: uint8(100 * running / d.cfg.MaxConcurrent), Queue: uint8(min(queued, 255)),
+		Backend: d.backend.Name(), Model: model,
+	}
+}

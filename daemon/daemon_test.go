@@ -1,0 +1,533 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/internal/device"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// startDaemon runs a daemon with engine e on a loopback UDP port.
+func startDaemon(t *testing.T, cfg Config, e *testEngine) (*Daemon, string) {
+	t.Helper()
+	d, err := New(cfg, e, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("daemon: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	})
+	return d, l.Addr().String()
+}
+
+// testLogger discards logs unless MCPD_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("MCPD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func dial(t *testing.T, addr string, cfg device.Config) *device.Client {
+	t.Helper()
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	c := device.New(tr, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Hello(ctx); err != nil {
+		t.Fatalf("HELLO: %v", err)
+	}
+	return c
+}
+
+func ask(t *testing.T, c *device.Client, prompt string, opts ...func(*sp.Infer)) (string, *sp.Done, error) {
+	t.Helper()
+	m := &sp.Infer{Prompt: prompt}
+	for _, o := range opts {
+		o(m)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var text strings.Builder
+	done, err := c.Ask(ctx, m, func(b []byte) error { text.Write(b); return nil })
+	return text.String(), done, err
+}
+
+func TestAskOverUDP(t *testing.T) {
+	e := &testEngine{}
+	d, addr := startDaemon(t, Config{DefaultMaxTokens: 10000}, e)
+	for _, tc := range []struct {
+		name    string
+		maxData uint16
+		window  uint8
+		prompt  string
+	}{
+		{"short", 256, 4, "What is the soil moisture?"},
+		{"utf8", 32, 1, "Grüße 🌱 — how are the tomatoes? " + strings.Repeat("ä€🌍", 20)},
+		{"fragmented 4 KiB prompt", 64, 2, strings.Repeat("a long sensor log line; ", 170)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dial(t, addr, device.Config{DeviceID: "dev-" + strings.ReplaceAll(tc.name, " ", "-"), MaxData: tc.maxData, Window: tc.window})
+			text, done, err := ask(t, c, tc.prompt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if text != answerFor(tc.prompt) {
+				t.Fatalf("answer %q", text)
+			}
+			if done.Reason != sp.StopEOS || done.Tokens == 0 {
+				t.Fatalf("DONE %+v", done)
+			}
+		})
+	}
+	if d.Stats().Done.Load() != 3 {
+		t.Fatalf("done %d", d.Stats().Done.Load())
+	}
+}
+
+func TestChatHistory(t *testing.T) {
+	e := &testEngine{}
+	_, addr := startDaemon(t, Config{MaxHistory: 4}, e)
+	c := dial(t, addr, device.Config{DeviceID: "chat"})
+	for _, p := range []string{"one", "two", "three"} {
+		if _, _, err := ask(t, c, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := ask(t, c, "fresh", func(m *sp.Infer) { m.Set = m.Set.With(sp.OptNewChat) }); err != nil {
+		t.Fatal(err)
+	}
+	reqs := e.requests()
+	// The third request carries the last two turns (MaxHistory 4 messages).
+	third := reqs[2].Messages
+	if len(third) != 5 || third[0].Content != "one" || third[1].Content != answerFor("one") || third[4].Content != "three" {
+		t.Fatalf("third request history: %+v", third)
+	}
+	if fourth := reqs[3].Messages; len(fourth) != 1 {
+		t.Fatalf("NEW_CHAT kept history: %+v", fourth)
+	}
+}
+
+func TestManyDevicesConcurrently(t *testing.T) {
+	e := &testEngine{delay: time.Millisecond}
+	d, addr := startDaemon(t, Config{MaxConcurrent: 2, MaxQueue: 64}, e)
+	var wg sync.WaitGroup
+	errs := make(chan error, 32)
+	for i := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := dial(t, addr, device.Config{DeviceID: fmt.Sprintf("sensor-%d", i), Window: uint8(1 + i%4), MaxData: uint16(32 + 7*i)})
+			prompt := fmt.Sprintf("device %d says hello %s", i, strings.Repeat("x", i*10))
+			text, _, err := ask(t, c, prompt)
+			if err == nil && text != answerFor(prompt) {
+				err = fmt.Errorf("device %d: answer %q", i, text)
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if got := d.Stats().Done.Load(); got != 32 {
+		t.Fatalf("%d requests done, want 32", got)
+	}
+}
+
+func TestBusyIsImmediateAndRetryable(t *testing.T) {
+	e := &testEngine{release: make(chan struct{})}
+	d, addr := startDaemon(t, Config{MaxConcurrent: 1, MaxQueue: -1}, e)
+	first := dial(t, addr, device.Config{DeviceID: "first"})
+	second := dial(t, addr, device.Config{DeviceID: "second"})
+	result := make(chan error, 1)
+	go func() { _, _, err := ask(t, first, "hold the engine"); result <- err }()
+	waitFor(t, func() bool { return e.calls.Load() == 1 })
+
+	start := time.Now()
+	_, _, err := ask(t, second, "me too")
+	var perr *sp.Error
+	if !errors.As(err, &perr) || perr.Code != sp.CodeBusy || !perr.Retryable() {
+		t.Fatalf("want ERROR BUSY (retryable), got %v", err)
+	}
+	if el := time.Since(start); el > time.Second {
+		t.Fatalf("BUSY took %v: it must be immediate", el)
+	}
+	close(e.release)
+	if err := <-result; err != nil {
+		t.Fatal(err)
+	}
+	if d.Stats().Busy.Load() != 1 || e.calls.Load() != 1 {
+		t.Fatalf("busy %d, engine calls %d", d.Stats().Busy.Load(), e.calls.Load())
+	}
+}
+
+func TestCancelStopsTheEngine(t *testing.T) {
+	e := &testEngine{delay: 50 * time.Millisecond}
+	d, addr := startDaemon(t, Config{}, e)
+	c := dial(t, addr, device.Config{DeviceID: "impatient"})
+	ctx, cancel := context.WithCancel(context.Background())
+	var got int
+	_, err := c.Ask(ctx, &sp.Infer{Prompt: strings.Repeat("word ", 100)}, func(b []byte) error {
+		got++
+		if got == 3 {
+			cancel()
+		}
+		return nil
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
+	waitFor(t, func() bool { return d.Stats().Canceled.Load() == 1 && e.cancelled.Load() == 1 })
+}
+
+func TestEngineFailureEndsStreamWithError(t *testing.T) {
+	e := &testEngine{failAfter: 3}
+	_, addr := startDaemon(t, Config{}, e)
+	c := dial(t, addr, device.Config{DeviceID: "unlucky", MaxData: 32})
+	text, _, err := ask(t, c, "one two three four five")
+	var perr *sp.Error
+	if !errors.As(err, &perr) || perr.Code != sp.CodeBackendFailed || !perr.Stream() || !perr.Retryable() {
+		t.Fatalf("want a streamed ERROR BACKEND_FAILED, got %v", err)
+	}
+	if text != "echo: one two " { // the tokens produced before the crash
+		t.Fatalf("text before the error: %q", text)
+	}
+}
+
+// inferFrame wraps an INFER body as a message of one fragment (§6).
+func inferFrame(t *testing.T, seq uint8, body []byte) sp.Frame {
+	t.Helper()
+	datas, err := sp.Fragments(body, sp.PieceSize(sp.MaxData, false))
+	if err != nil || len(datas) != 1 {
+		t.Fatalf("inferFrame: %v", err)
+	}
+	return sp.Frame{Version: 1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: datas[0]}
+}
+
+// TestRetransmittedInferRunsOnce sends the same INFER frame three times:
+// the engine must run once and every copy is answered.
+func TestRetransmittedInferRunsOnce(t *testing.T) {
+	e := &testEngine{}
+	_, addr := startDaemon(t, Config{}, e)
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := device.New(tr, device.Config{DeviceID: "dup"})
+	if err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := (&sp.Infer{Prompt: "once"}).AppendBody(nil)
+	frame, _ := sp.AppendFrame(nil, inferFrame(t, 9, body))
+	acks := 0
+	for range 3 {
+		_ = tr.Send(frame)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		f, err := tr.Recv(deadline)
+		if err != nil {
+			break
+		}
+		if f.Cmd == sp.CmdAck && f.Seq == 9 {
+			acks++
+		}
+		if f.Cmd == sp.CmdDone {
+			ackBody, _ := (&sp.Ack{Next: 2, Window: 4}).AppendBody(nil)
+			ack, _ := sp.AppendFrame(nil, sp.Frame{Version: 1, Cmd: sp.CmdAck, Seq: 9, Data: ackBody})
+			_ = tr.Send(ack)
+		}
+	}
+	if e.calls.Load() != 1 || acks != 3 {
+		t.Fatalf("engine ran %d times, %d ACKs", e.calls.Load(), acks)
+	}
+}
+
+func TestProtocolErrors(t *testing.T) {
+	_, addr := startDaemon(t, Config{}, &testEngine{})
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	roundTrip := func(f sp.Frame) *sp.Error {
+		t.Helper()
+		raw, _ := sp.AppendFrame(nil, f)
+		_ = tr.Send(raw)
+		got, err := tr.Recv(time.Now().Add(2 * time.Second))
+		if err != nil {
+			t.Fatalf("no answer to %v: %v", f, err)
+		}
+		var e sp.Error
+		if got.Cmd != sp.CmdError || e.UnmarshalBody(got.Data) != nil || got.Seq != f.Seq {
+			t.Fatalf("answer to %v: %v", f, got)
+		}
+		return &e
+	}
+	for _, tc := range []struct {
+		f    sp.Frame
+		want sp.ErrorCode
+	}{
+		{sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 1, Data: []byte{0, 'h', 'i'}}, sp.CodeNoSession},
+		{sp.Frame{Version: 1, Cmd: 0x2A, Seq: 2}, sp.CodeUnknownCommand},
+		{sp.Frame{Version: 7, Cmd: sp.CmdPing, Seq: 3}, sp.CodeUnsupportedVersion},
+		{sp.Frame{Version: 1, Cmd: sp.CmdHello, Seq: 4, Data: []byte{1, 1, 0, 8}}, sp.CodeMalformed},
+	} {
+		if e := roundTrip(tc.f); e.Code != tc.want {
+			t.Errorf("%v: got %s, want %s", tc.f, e.Code, tc.want)
+		}
+	}
+	c := device.New(tr, device.Config{DeviceID: "proto"})
+	if err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		f    sp.Frame
+		want sp.ErrorCode
+	}{
+		{inferFrame(t, 20, []byte{0}), sp.CodeMalformed},
+		{inferFrame(t, 21, []byte{3, 0x90, 1, 0, 'h'}), sp.CodeUnsupportedOption},
+		{sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 24, Data: []byte{0, 'h', 'i'}}, sp.CodeMalformed}, // not a message (§6)
+		{sp.Frame{Version: 1, Cmd: sp.CmdToken, Seq: 22, Data: []byte{0, 0, 'x'}}, sp.CodeUnexpected},
+		{sp.Frame{Version: 1, Cmd: sp.CmdCancel, Seq: 23}, sp.CodeUnknownRequest},
+	} {
+		if e := roundTrip(tc.f); e.Code != tc.want {
+			t.Errorf("%v: got %s, want %s", tc.f, e.Code, tc.want)
+		}
+	}
+}
+
+// TestGarbageDoesNotDisturbOthers: bursts of random datagrams from many
+// sources while a device is served.
+func TestGarbageDoesNotDisturbOthers(t *testing.T) {
+	d, addr := startDaemon(t, Config{}, &testEngine{delay: time.Millisecond})
+	ua, _ := net.ResolveUDPAddr("udp", addr)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(g), 1))
+			conn, err := net.DialUDP("udp", nil, ua)
+			if err != nil {
+				return
+			}
+			defer conn.Close()
+			buf := make([]byte, 300)
+			for i := 0; i < 5000; i++ { // bounded in count and time
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := r.IntN(len(buf))
+				for j := range n {
+					buf[j] = byte(r.IntN(256))
+				}
+				if n > 0 && r.IntN(2) == 0 {
+					buf[0] = sp.Magic
+				}
+				_, _ = conn.Write(buf[:n])
+			}
+		}()
+	}
+	c := dial(t, addr, device.Config{DeviceID: "steady"})
+	for i := range 5 {
+		prompt := fmt.Sprintf("question %d", i)
+		text, _, err := ask(t, c, prompt)
+		if err != nil || text != answerFor(prompt) {
+			t.Fatalf("served device: %q %v", text, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if d.Stats().BadFrames.Load() == 0 {
+		t.Fatal("no bad frames counted")
+	}
+}
+
+func TestSessionExpiry(t *testing.T) {
+	d, addr := startDaemon(t, Config{Heartbeat: 100 * time.Millisecond}, &testEngine{})
+	dial(t, addr, device.Config{DeviceID: "sleepy"})
+	if d.Stats().Sessions.Load() != 1 {
+		t.Fatal("no session")
+	}
+	waitFor(t, func() bool { return d.Stats().Sessions.Load() == 0 })
+}
+
+// lossyTransport drops and duplicates frames in both directions with a
+// seeded RNG, as Wi-Fi does.
+type lossyTransport struct {
+	device.Transport
+	r          *rand.Rand
+	loss, dupl float64
+}
+
+func (l *lossyTransport) Send(frame []byte) error {
+	if l.r.Float64() < l.loss {
+		return nil
+	}
+	if l.r.Float64() < l.dupl {
+		_ = l.Transport.Send(frame)
+	}
+	return l.Transport.Send(frame)
+}
+
+func (l *lossyTransport) Recv(deadline time.Time) (sp.Frame, error) {
+	for {
+		f, err := l.Transport.Recv(deadline)
+		if err != nil || l.r.Float64() >= l.loss {
+			return f, err
+		}
+	}
+}
+
+func TestExactAnswerOverLossyLink(t *testing.T) {
+	e := &testEngine{}
+	_, addr := startDaemon(t, Config{}, e)
+	for seed := range uint64(3) {
+		tr, err := device.DialUDP(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lossy := &lossyTransport{Transport: tr, r: rand.New(rand.NewPCG(seed, 99)), loss: 0.1, dupl: 0.05}
+		c := device.New(lossy, device.Config{DeviceID: fmt.Sprintf("wifi-%d", seed), MaxData: 48, Window: 2, RTO: 50 * time.Millisecond, Retries: 20})
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if err := c.Hello(ctx); err != nil {
+			t.Fatal(err)
+		}
+		prompt := strings.Repeat(fmt.Sprintf("lossy link %d ", seed), 40)
+		var text strings.Builder
+		_, err = c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
+		cancel()
+		tr.Close()
+		if err != nil {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		if text.String() != answerFor(prompt) {
+			t.Fatalf("seed %d: answer differs", seed)
+		}
+	}
+	if e.calls.Load() != 3 {
+		t.Fatalf("engine ran %d times for 3 requests", e.calls.Load())
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached within 5 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// recorder keeps every frame the device receives.
+type recorder struct {
+	device.Transport
+	mu     sync.Mutex
+	frames []sp.Frame
+}
+
+func (r *recorder) Recv(deadline time.Time) (sp.Frame, error) {
+	f, err := r.Transport.Recv(deadline)
+	if err == nil {
+		c := f
+		c.Data = append([]byte(nil), f.Data...)
+		r.mu.Lock()
+		r.frames = append(r.frames, c)
+		r.mu.Unlock()
+	}
+	return f, err
+}
+
+// TestStreamInvariant: on a clean link every accepted INFER is answered by
+// TOKEN chunks 0..n-1, each exactly once and in order, then exactly one
+// final chunk n — and nothing after it.
+func TestStreamInvariant(t *testing.T) {
+	_, addr := startDaemon(t, Config{DefaultMaxTokens: 1000}, &testEngine{})
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr, err := device.DialUDP(addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer tr.Close()
+			rec := &recorder{Transport: tr}
+			c := device.New(rec, device.Config{DeviceID: fmt.Sprintf("inv-%d", i), MaxData: 40, Window: uint8(1 + i%3)})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := c.Hello(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			for q := range 3 {
+				if _, err := c.Ask(ctx, &sp.Infer{Prompt: strings.Repeat(fmt.Sprintf("q%d ", q), 30)}, func([]byte) error { return nil }); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // anything sent after a final chunk would arrive now
+			streams := map[uint8][]sp.Frame{}
+			for _, f := range rec.frames {
+				if f.Cmd == sp.CmdToken || f.Cmd == sp.CmdDone || f.Cmd == sp.CmdError {
+					streams[f.Seq] = append(streams[f.Seq], f)
+				}
+			}
+			if len(streams) != 3 {
+				t.Errorf("device %d: %d streams, want 3", i, len(streams))
+			}
+			for seq, fs := range streams {
+				for k, f := range fs {
+					chunk := int(f.Data[0])<<8 | int(f.Data[1])
+					last := k == len(fs)-1
+					if chunk != k || (f.Cmd == sp.CmdToken) == last {
+						t.Errorf("device %d seq %d: frame %d is %s chunk %d", i, seq, k, f.Cmd, chunk)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}

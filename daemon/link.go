@@ -1,0 +1,42 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Link is one transport endpoint — a UDP socket or a serial port — in the
+// spirit of gomavlib's endpoints: the dispatcher never knows which kind a
+// session came from, only its Peer.
+type Link interface {
+	// Name identifies the link in logs and status ("udp:127.0.0.1:7700").
+	Name() string
+	// Run reads frames until ctx is done (then it returns nil) or the link
+	// fails for good. It calls h from its own goroutine, one frame at a
+	// time; Frame.Data is valid only during the call.
+	Run(ctx context.Context, h Handler) error
+}
+
+// Handler receives what a link reads.
+type Handler interface {
+	HandleFrame(p Peer, f sp.Frame)
+	// HandleBadFrame reports a rejected frame (bad CRC, bad length, a
+	// datagram that is not exactly one frame).
+	HandleBadFrame(p Peer, err error)
+}
+
+// Peer is the far end of a link: a UDP address or the device on a serial
+// port.
+type Peer interface {
+	// Key identifies the peer for sessions: link name plus address.
+	Key() string
+	// Send writes one encoded frame. Safe for concurrent use.
+	Send(frame []byte) error
+	// ByteStream is true for serial links: corrupt frames are answered with
+	// NACK BAD_FRAME there (docs/protocol.md §7.1), never on UDP.
+	ByteStream() bool
+	// RTO is the initial retransmission timeout for this peer (§7).
+	RTO() time.Duration
+}

@@ -1,0 +1,243 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+	"go.bug.st/serial"
+)
+
+// SerialConfig is one configured serial port, or a glob of them
+// ("/dev/ttyUSB*") so a device plugged in later is picked up.
+type SerialConfig struct {
+	Path     string
+	Baud     int           // default 115200
+	DataBits int           // default 8
+	Parity   serial.Parity // default none
+	StopBits serial.StopBits
+}
+
+// ParseSerial reads "PATH[:BAUD[:FRAMING]]", FRAMING like 8N1, 7E1, 8O2.
+func ParseSerial(spec string) (SerialConfig, error) {
+	parts := strings.Split(spec, ":")
+	c := SerialConfig{Path: parts[0], Baud: 115200, DataBits: 8}
+	if c.Path == "" || len(parts) > 3 {
+		return c, fmt.Errorf("daemon: serial %q: want PATH[:BAUD[:8N1]]", spec)
+	}
+	if len(parts) > 1 {
+		b, err := strconv.Atoi(parts[1])
+		if err != nil || b < 50 || b > 4_000_000 {
+			return c, fmt.Errorf("daemon: serial %q: baud %q is not a rate between 50 and 4000000", spec, parts[1])
+		}
+		c.Baud = b
+	}
+	if len(parts) > 2 {
+		f := strings.ToUpper(parts[2])
+		if len(f) != 3 || f[0] < '5' || f[0] > '8' || !strings.ContainsRune("NOE", rune(f[1])) || (f[2] != '1' && f[2] != '2') {
+			return c, fmt.Errorf("daemon: serial %q: framing %q, want e.g. 8N1", spec, parts[2])
+		}
+		c.DataBits = int(f[0] - '0')
+		c.Parity = map[byte]serial.Parity{'N': serial.NoParity, 'O': serial.OddParity, 'E': serial.EvenParity}[f[1]]
+		if f[2] == '2' {
+			c.StopBits = serial.TwoStopBits
+		}
+	}
+	if _, err := filepath.Match(c.Path, ""); err != nil {
+		return c, fmt.Errorf("daemon: serial %q: bad pattern: %w", spec, err)
+	}
+	return c, nil
+}
+
+// SerialLink serves the device on one port — or on every port a glob
+// matches — and survives unplugging: a vanished port is closed and reopened
+// with backoff when it returns, without touching other links.
+type SerialLink struct {
+	cfg  SerialConfig
+	log  *slog.Logger
+	scan time.Duration // how often a glob is re-read
+
+	mu    sync.Mutex
+	peers map[string]*serialPeer // one per path, kept across replugs
+}
+
+// NewSerialLink returns a link for cfg.
+func NewSerialLink(cfg SerialConfig, log *slog.Logger) *SerialLink {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &SerialLink{cfg: cfg, log: log, scan: time.Second, peers: map[string]*serialPeer{}}
+}
+
+// peer returns the path's peer. It outlives the port's handle: a session
+// (and a stream in flight) survives unplugging and continues through
+// retransmission once the port is back.
+func (l *SerialLink) peer(path string) *serialPeer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p := l.peers[path]
+	if p == nil {
+		p = &serialPeer{name: "serial:" + path, rto: serialRTO(l.cfg.Baud)}
+		l.peers[path] = p
+	}
+	return p
+}
+
+func (l *SerialLink) Name() string { return "serial:" + l.cfg.Path }
+
+func isGlob(p string) bool { return strings.ContainsAny(p, "*?[") }
+
+// Run serves until ctx is done.
+func (l *SerialLink) Run(ctx context.Context, h Handler) error {
+	if !isGlob(l.cfg.Path) {
+		l.keepOpen(ctx, l.cfg.Path, h)
+		return nil
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	active := map[string]bool{}
+	var mu sync.Mutex
+	tick := time.NewTicker(l.scan)
+	defer tick.Stop()
+	for {
+		matches, _ := filepath.Glob(l.cfg.Path) // the pattern was checked by ParseSerial
+		for _, path := range matches {
+			mu.Lock()
+			if active[path] {
+				mu.Unlock()
+				continue
+			}
+			active[path] = true
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l.serve(ctx, path, h) // until unplugged: the next scan reopens it
+				mu.Lock()
+				delete(active, path)
+				mu.Unlock()
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// keepOpen serves one fixed path, reopening it with backoff (50 ms doubling
+// to 2 s) whenever it disappears.
+func (l *SerialLink) keepOpen(ctx context.Context, path string, h Handler) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		if l.serve(ctx, path, h) {
+			backoff = 50 * time.Millisecond // it worked for a while: retry fast
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// serve opens path and reads frames until the port fails or ctx ends. It
+// reports whether the port was opened at all.
+func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
+	port, err := serial.Open(path, &serial.Mode{BaudRate: l.cfg.Baud, DataBits: l.cfg.DataBits, Parity: l.cfg.Parity, StopBits: l.cfg.StopBits})
+	if err != nil {
+		l.log.Debug("serial port not available", "port", path, "err", err)
+		return false
+	}
+	// A short read timeout lets the decoder see a quiet line (§7.1 step 5);
+	// 20 ms also covers USB-serial bridges' latency timers.
+	if err := port.SetReadTimeout(max(20*time.Millisecond, 50*time.Duration(float64(time.Second)/float64(l.cfg.Baud)))); err != nil {
+		port.Close()
+		l.log.Warn("serial port refuses a read timeout", "port", path, "err", err)
+		return true
+	}
+	p := l.peer(path)
+	p.attach(port)
+	stop := context.AfterFunc(ctx, func() { p.detach(port) })
+	defer stop()
+	defer p.detach(port)
+	l.log.Info("serial port open", "port", path, "baud", l.cfg.Baud)
+	dec := sp.NewDecoder(port)
+	for {
+		f, err := dec.Next()
+		var rerr *sp.ReadError
+		switch {
+		case err == nil:
+			h.HandleFrame(p, f)
+		case errors.As(err, &rerr):
+			h.HandleBadFrame(p, rerr)
+		case errors.Is(err, sp.ErrIdle):
+		default:
+			if ctx.Err() == nil {
+				l.log.Warn("serial port lost; will reopen", "port", path, "err", err)
+			}
+			return true
+		}
+	}
+}
+
+// serialRTO is docs/protocol.md §7.1's 2 × window × T(263) + 100 ms for a
+// window of 2.
+func serialRTO(baud int) time.Duration {
+	frame := time.Duration(float64(sp.MaxFrameLen*10) / float64(baud) * float64(time.Second))
+	return 2*2*frame + 100*time.Millisecond
+}
+
+type serialPeer struct {
+	name string
+	rto  time.Duration
+
+	writeMu sync.Mutex // one frame at a time on the wire
+	mu      sync.Mutex // guards port
+	port    serial.Port
+}
+
+func (p *serialPeer) Key() string        { return p.name }
+func (p *serialPeer) ByteStream() bool   { return true }
+func (p *serialPeer) RTO() time.Duration { return p.rto }
+
+var errUnplugged = errors.New("daemon: serial port is not connected")
+
+func (p *serialPeer) Send(frame []byte) error {
+	p.mu.Lock()
+	port := p.port
+	p.mu.Unlock()
+	if port == nil {
+		return errUnplugged // lost; the stream retransmits after the replug
+	}
+	p.writeMu.Lock()
+	defer p.writeMu.Unlock()
+	_, err := port.Write(frame)
+	return err
+}
+
+func (p *serialPeer) attach(port serial.Port) {
+	p.mu.Lock()
+	p.port = port
+	p.mu.Unlock()
+}
+
+// detach closes port (once) and forgets it. It never waits for a writer:
+// closing is what unblocks a write stuck on a dead line.
+func (p *serialPeer) detach(port serial.Port) {
+	p.mu.Lock()
+	if p.port == port {
+		p.port = nil
+	}
+	p.mu.Unlock()
+	_ = port.Close() // closing twice returns an error, harmlessly
+}

@@ -1,0 +1,308 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/mcpd-project/mcpd/internal/device"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+	"go.bug.st/serial"
+	"golang.org/x/sys/unix"
+)
+
+// openPty returns a pseudo-terminal pair with the terminal side raw, as a
+// UART is: no echo, no line editing. The daemon opens the terminal side by
+// its path through go.bug.st/serial; the test's device uses the master.
+func openPty(t *testing.T) (master *os.File, ttyPath string) {
+	t.Helper()
+	m, tty, err := pty.Open()
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tio.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
+	tio.Oflag &^= unix.OPOST
+	tio.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
+	tio.Cflag = tio.Cflag&^(unix.CSIZE|unix.PARENB) | unix.CS8
+	if err := unix.IoctlSetTermios(int(tty.Fd()), unix.TCSETS, tio); err != nil {
+		t.Fatal(err)
+	}
+	// Keep our terminal fd open for the test's life: with no terminal fd
+	// open, reading the master fails with EIO (a pty "hangup").
+	t.Cleanup(func() { tty.Close() })
+	return m, tty.Name()
+}
+
+func startSerialDaemon(t *testing.T, cfg Config, e *testEngine, path string) *Daemon {
+	t.Helper()
+	log := testLogger()
+	d, err := New(cfg, e, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := ParseSerial(path + ":115200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, NewSerialLink(sc, log)) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	})
+	return d
+}
+
+func TestAskOverPty(t *testing.T) {
+	master, path := openPty(t)
+	e := &testEngine{}
+	startSerialDaemon(t, Config{DefaultMaxTokens: 1000}, e, path)
+	tr := device.NewStream(master)
+	defer tr.Close()
+	// Line noise before the device speaks: the daemon's decoder resyncs.
+	_, _ = master.Write([]byte{0x00, 0x55, 0xFF, 0x13, 0x55, 0x01})
+	c := device.New(tr, device.Config{DeviceID: "uart-dev", MaxData: 64, Window: 2, RTO: 300 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	prompt := "Soil 31 %, air 24.5 °C 🌱 " + strings.Repeat("reading ", 60)
+	var text strings.Builder
+	if _, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if text.String() != answerFor(prompt) {
+		t.Fatalf("answer %q", text.String())
+	}
+}
+
+func TestParseSerial(t *testing.T) {
+	for _, tc := range []struct {
+		spec    string
+		ok      bool
+		baud    int
+		databit int
+	}{
+		{"/dev/ttyUSB0", true, 115200, 8},
+		{"/dev/ttyACM*:9600", true, 9600, 8},
+		{"/dev/ttyS1:19200:7E2", true, 19200, 7},
+		{"/dev/ttyS1:fast", false, 0, 0},
+		{"/dev/ttyS1:9600:9Q1", false, 0, 0},
+		{":9600", false, 0, 0},
+		{"/dev/tty[:9600", false, 0, 0},
+	} {
+		c, err := ParseSerial(tc.spec)
+		if (err == nil) != tc.ok || (tc.ok && (c.Baud != tc.baud || c.DataBits != tc.databit)) {
+			t.Errorf("%q: %+v, %v", tc.spec, c, err)
+		}
+	}
+}
+
+// replugTransport is the device's side of a cable that can be pulled: it
+// forwards to the current stream and sees nothing while unplugged.
+type replugTransport struct {
+	mu sync.Mutex
+	s  *device.Stream
+}
+
+func (r *replugTransport) cur() *device.Stream {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.s
+}
+
+func (r *replugTransport) Send(f []byte) error {
+	if s := r.cur(); s != nil {
+		return s.Send(f)
+	}
+	return nil // into the void, like a UART with no cable
+}
+
+func (r *replugTransport) Recv(deadline time.Time) (sp.Frame, error) {
+	for {
+		s := r.cur()
+		if s == nil {
+			if time.Now().After(deadline) {
+				return sp.Frame{}, os.ErrDeadlineExceeded
+			}
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		step := time.Now().Add(20 * time.Millisecond)
+		if deadline.Before(step) {
+			step = deadline
+		}
+		f, err := s.Recv(step)
+		if err == nil || time.Now().After(deadline) {
+			return f, err
+		}
+	}
+}
+
+func (r *replugTransport) Close() error { return nil }
+
+// TestUnplugMidStream pulls the cable in the middle of an answer and plugs
+// it back: the port is reopened, the session survives, retransmission
+// fills the gap, and the device gets the exact answer.
+func TestUnplugMidStream(t *testing.T) {
+	dir := t.TempDir()
+	link := filepath.Join(dir, "ttyMCU") // like a udev /dev/serial/by-id link
+	master, path := openPty(t)
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	e := &testEngine{delay: 10 * time.Millisecond}
+	d := startSerialDaemon(t, Config{DefaultMaxTokens: 1000}, e, link)
+	rt := &replugTransport{s: device.NewStream(master)}
+	c := device.New(rt, device.Config{DeviceID: "unplugged", MaxData: 48, Window: 2, RTO: 200 * time.Millisecond, Retries: 30})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	prompt := strings.Repeat("measure ", 80)
+	var text strings.Builder
+	var once sync.Once
+	_, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error {
+		text.Write(b)
+		once.Do(func() {
+			go func() { // unplug, wait, plug a new pty in at the same link
+				rt.mu.Lock()
+				old := rt.s
+				rt.s = nil
+				rt.mu.Unlock()
+				old.Close()
+				os.Remove(link)
+				time.Sleep(300 * time.Millisecond)
+				m2, p2 := openPty(t)
+				if err := os.Symlink(p2, link); err != nil {
+					t.Error(err)
+				}
+				rt.mu.Lock()
+				rt.s = device.NewStream(m2)
+				rt.mu.Unlock()
+			}()
+		})
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after the replug: %v", err)
+	}
+	if text.String() != answerFor(prompt) {
+		t.Fatalf("answer differs after the replug:\n%q", text.String())
+	}
+	if e.calls.Load() != 1 || d.Stats().Sessions.Load() != 1 {
+		t.Fatalf("engine calls %d, sessions %d", e.calls.Load(), d.Stats().Sessions.Load())
+	}
+}
+
+// lineShim joins two pty masters like a UART cable: it paces bytes at
+// bytesPerSec each way and flips each bit with probability ber, from a
+// seeded RNG. It stops when ctx ends.
+func lineShim(ctx context.Context, a, b *os.File, bytesPerSec float64, ber float64, seed uint64) {
+	pump := func(src, dst *os.File, seed uint64) {
+		r := rand.New(rand.NewPCG(seed, 5))
+		buf := make([]byte, 256)
+		perByte := time.Duration(float64(time.Second) / bytesPerSec)
+		var next time.Time // when the next byte may go out
+		for ctx.Err() == nil {
+			n, err := src.Read(buf)
+			if err != nil {
+				return
+			}
+			for i := range buf[:n] {
+				for bit := range 8 {
+					if r.Float64() < ber {
+						buf[i] ^= 1 << bit
+					}
+				}
+			}
+			for _, c := range buf[:n] {
+				if now := time.Now(); next.Before(now) {
+					next = now // the line was idle: no credit for the quiet time
+				}
+				next = next.Add(perByte)
+				time.Sleep(time.Until(next))
+				if _, err := dst.Write([]byte{c}); err != nil {
+					return
+				}
+			}
+		}
+	}
+	go pump(a, b, seed)
+	go pump(b, a, seed+1)
+}
+
+// TestNoisyPacedUART runs requests over a UART paced at 115200 baud that
+// flips bits at a 1e-3 error rate: the resync rule, NACK BAD_FRAME and
+// retransmission must deliver every answer exactly — or, for the rare frame
+// whose corruption the CRC-8 misses, the device's CRC-32C check must catch
+// it. Nothing may be silently wrong.
+func TestNoisyPacedUART(t *testing.T) {
+	if testing.Short() {
+		t.Skip("paced serial line: slow")
+	}
+	daemonSide, daemonPath := openPty(t)
+	deviceSide, devicePath := openPty(t)
+	e := &testEngine{}
+	d := startSerialDaemon(t, Config{DefaultMaxTokens: 1000}, e, daemonPath)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	lineShim(ctx, daemonSide, deviceSide, 11520, berForTest, 42)
+
+	port, err := serial.Open(devicePath, &serial.Mode{BaudRate: 115200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = port.SetReadTimeout(20 * time.Millisecond)
+	tr := device.NewStream(port)
+	defer tr.Close()
+	c := device.New(tr, device.Config{DeviceID: "noisy", MaxData: 128, Window: 2, RTO: 300 * time.Millisecond, Retries: 20})
+	if err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exact, caught := 0, 0
+	for i := range 6 {
+		prompt := fmt.Sprintf("reading %d: ", i) + strings.Repeat("soil 31 % air 24.5 C ", 8)
+		var text strings.Builder
+		t0 := time.Now()
+		_, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
+		t.Logf("request %d: %v, %v", i, time.Since(t0).Round(time.Millisecond), err)
+		switch {
+		case err == nil && text.String() == answerFor(prompt):
+			exact++
+		case errors.Is(err, device.ErrChecksum):
+			caught++ // a corruption the frame CRC missed, caught end to end
+		case err == nil:
+			t.Fatalf("request %d: DONE with a wrong answer and a matching checksum:\n%q", i, text.String())
+		default:
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	st := d.Stats()
+	t.Logf("6 requests over a 115200-baud line with BER 1e-3: %d exact, %d caught by CRC-32C; daemon saw %d bad frames",
+		exact, caught, st.BadFrames.Load())
+	if exact < 4 {
+		t.Fatalf("only %d of 6 answers exact", exact)
+	}
+}
+
+var berForTest = 1e-3

@@ -1,0 +1,425 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// rememberedRequests is how many INFER seqs a session remembers so that a
+// retransmitted INFER is answered again instead of running twice
+// (docs/protocol.md §5).
+const rememberedRequests = 32
+
+// session is one device on one link (docs/protocol.md §10).
+type session struct {
+	d           *Daemon
+	peer        Peer
+	deviceID    string
+	bootNonce   uint32
+	daemonNonce uint32
+	maxData     int // the device's
+	window      int
+	ctx         context.Context
+	cancel      context.CancelCauseFunc
+	seen        atomic.Int64 // unix nanoseconds of the last frame
+
+	mu       sync.Mutex
+	reasm    *sp.Reassembler
+	requests map[uint8]*request
+	order    []uint8 // seqs of requests, oldest first
+	history  []backends.Message
+	lastNack time.Time
+}
+
+func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, nonce uint32) *session {
+	ctx, cancel := context.WithCancelCause(parent)
+	s := &session{
+		d: d, peer: p, deviceID: h.DeviceID, bootNonce: h.BootNonce, daemonNonce: nonce,
+		maxData: int(h.MaxData), window: int(h.Window),
+		ctx: ctx, cancel: cancel,
+		reasm:    sp.NewReassembler(sp.ReassemblerConfig{MaxMessage: d.cfg.MaxMessage, MaxPending: d.cfg.MaxPendingPerPeer}),
+		requests: make(map[uint8]*request),
+	}
+	s.touch()
+	return s
+}
+
+func (s *session) welcome() *sp.Welcome {
+	return &sp.Welcome{
+		Version: sp.Version1, MaxData: sp.MaxData, Window: 255,
+		HeartbeatMS: uint16(s.d.cfg.Heartbeat / time.Millisecond),
+		MaxMessage:  uint16(s.d.cfg.MaxMessage), DaemonNonce: s.daemonNonce,
+	}
+}
+
+func (s *session) touch()              { s.seen.Store(time.Now().UnixNano()) }
+func (s *session) lastSeen() time.Time { return time.Unix(0, s.seen.Load()) }
+
+func (s *session) send(seq uint8, m sp.Message) { s.d.sendTo(s.peer, seq, s.maxData, m) }
+
+// close ends the session and everything running in it.
+func (s *session) close(cause error) {
+	s.cancel(cause)
+	s.d.removeSession(s)
+}
+
+func (s *session) cancelRequests(cause error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, r := range s.requests {
+		r.cancel(cause)
+	}
+}
+
+func (s *session) expireFragments(now time.Time) {
+	s.mu.Lock()
+	s.reasm.Expire(now)
+	s.mu.Unlock()
+}
+
+// allowNack rate-limits NACK BAD_FRAME to one per quarter RTO.
+func (s *session) allowNack(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.lastNack) < s.peer.RTO()/4 {
+		return false
+	}
+	s.lastNack = now
+	return true
+}
+
+// handle serves one frame of an open session.
+func (s *session) handle(f sp.Frame) {
+	s.touch()
+	if f.Cmd == sp.CmdInfer {
+		s.infer(f)
+		return
+	}
+	if f.Flags&sp.FlagFragment != 0 {
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, f.Cmd.String()+" cannot be fragmented"))
+		return
+	}
+	m, err := sp.ParseBody(f.Cmd, f.Data)
+	if err != nil {
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		return
+	}
+	switch m := m.(type) {
+	case *sp.Ack:
+		if r := s.request(f.Seq); r != nil {
+			r.st.ack(int(m.Next), int(m.Window))
+		}
+	case *sp.Cancel:
+		s.cancelRequest(f.Seq)
+	case *sp.Ping:
+		s.send(f.Seq, &sp.Pong{Data: m.Data})
+	case *sp.Pong:
+	case *sp.Status:
+		s.send(f.Seq, s.d.status())
+	case *sp.Bye:
+		s.send(f.Seq, &sp.Bye{})
+		s.close(errSessionClosed)
+	case *sp.Nack:
+		if m.Reason == sp.NackBadFrame { // the device saw a corrupt frame: resend now
+			s.mu.Lock()
+			for _, r := range s.requests {
+				r.st.rewind()
+			}
+			s.mu.Unlock()
+		}
+	case *sp.Error:
+		s.d.log.Info("device reported an error", "device", s.deviceID, "code", m.Code, "text", m.Text)
+	default: // WELCOME, TOKEN, DONE, STATUS_REPLY travel the other way
+		s.send(f.Seq, sp.NewError(sp.CodeUnexpected, f.Cmd.String()+" is sent by the daemon"))
+	}
+}
+
+func (s *session) request(seq uint8) *request {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests[seq]
+}
+
+func (s *session) cancelRequest(seq uint8) {
+	r := s.request(seq)
+	if r == nil {
+		s.send(seq, sp.NewError(sp.CodeUnknownRequest, "no such request"))
+		return
+	}
+	r.cancel(errCancelledByDevice)
+	r.st.resendFinal() // if the stream already ended, its final chunk answers the CANCEL
+}
+
+// infer takes an INFER frame or fragment (docs/protocol.md §6, §7.3).
+func (s *session) infer(f sp.Frame) {
+	if f.Flags&sp.FlagFragment == 0 {
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, "INFER must be a message of fragments (§6)"))
+		return
+	}
+	s.mu.Lock()
+	body, missing, err := s.reasm.Add(time.Now(), f.Cmd, f.Seq, f.Data)
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, sp.ErrDuplicate):
+		s.repeatAck(f.Seq)
+		return
+	case errors.Is(err, sp.ErrBusy):
+		s.send(f.Seq, sp.NewError(sp.CodeBusy, "too many messages in reassembly"))
+		return
+	case errors.Is(err, sp.ErrTooLarge):
+		s.send(f.Seq, sp.NewError(sp.CodeTooLarge, "message above max_message"))
+		return
+	case errors.Is(err, sp.ErrBadChecksum):
+		s.send(f.Seq, &sp.Nack{Reason: sp.NackBadChecksum})
+		return
+	case err != nil:
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		return
+	case missing != nil:
+		s.send(f.Seq, &sp.Nack{Reason: sp.NackMissing, Missing: missing})
+		return
+	case body == nil:
+		return // more fragments to come
+	}
+	count := int(f.Data[1])
+	if s.repeatAck(f.Seq) {
+		return
+	}
+	var m sp.Infer
+	if err := m.UnmarshalBody(body); err != nil {
+		code := sp.CodeMalformed
+		if errors.Is(err, sp.ErrUnsupportedOption) {
+			code = sp.CodeUnsupportedOption
+		}
+		s.send(f.Seq, sp.NewError(code, errText(err)))
+		return
+	}
+	if !s.d.admit() {
+		s.d.stats.Busy.Add(1)
+		s.send(f.Seq, sp.NewError(sp.CodeBusy, "request queue full"))
+		return
+	}
+	if s.d.draining.Load() { // checked after admit: drain waits for admitted requests
+		s.d.release()
+		s.send(f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
+		return
+	}
+	r := s.newRequest(f.Seq, count, &m)
+	s.d.stats.Accepted.Add(1)
+	s.send(f.Seq, &sp.Ack{Next: uint16(count)})
+	go r.run()
+}
+
+// repeatAck answers a retransmitted INFER whose request is known.
+func (s *session) repeatAck(seq uint8) bool {
+	r := s.request(seq)
+	if r == nil {
+		return false
+	}
+	s.d.stats.Duplicates.Add(1)
+	s.send(seq, &sp.Ack{Next: uint16(r.fragments)})
+	return true
+}
+
+func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer) *request {
+	deadline := s.d.cfg.RequestTimeout
+	if m.Set.Has(sp.OptDeadlineMS) && m.DeadlineMS > 0 {
+		deadline = min(deadline, time.Duration(m.DeadlineMS)*time.Millisecond)
+	}
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, deadline)
+	r := &request{
+		s: s, seq: seq, fragments: fragments, infer: m,
+		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout,
+		st: newStream(s.peer, sp.Version1, seq, s.maxData, s.window, s.d.cfg.FlushInterval, s.d.cfg.MaxRetransmits),
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m.Set.Has(sp.OptNewChat) {
+		s.history = nil
+	}
+	if len(s.order) >= rememberedRequests {
+		delete(s.requests, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.requests[seq] = r
+	s.order = append(s.order, seq)
+	return r
+}
+
+// conversation is the history plus the new prompt, for the engine.
+func (s *session) conversation(m *sp.Infer) []backends.Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	msgs := make([]backends.Message, 0, len(s.history)+2)
+	if m.System != "" {
+		msgs = append(msgs, backends.Message{Role: backends.RoleSystem, Content: m.System})
+	}
+	msgs = append(msgs, s.history...)
+	return append(msgs, backends.Message{Role: backends.RoleUser, Content: m.Prompt})
+}
+
+func (s *session) remember(prompt, answer string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.history = append(s.history,
+		backends.Message{Role: backends.RoleUser, Content: prompt},
+		backends.Message{Role: backends.RoleAssistant, Content: answer})
+	if extra := len(s.history) - s.d.cfg.MaxHistory; extra > 0 {
+		s.history = append(s.history[:0:0], s.history[extra+extra%2:]...) // drop whole turns
+	}
+}
+
+// request is one accepted INFER.
+type request struct {
+	s             *session
+	seq           uint8
+	fragments     int
+	infer         *sp.Infer
+	ctx           context.Context
+	cancelCause   context.CancelCauseFunc
+	cancelTimeout context.CancelFunc
+	st            *stream
+}
+
+func (r *request) cancel(cause error) { r.cancelCause(cause) }
+
+// run waits for an engine slot, generates, and streams the answer; every
+// accepted request ends in exactly one final chunk (DONE or ERROR).
+func (r *request) run() {
+	d := r.s.d
+	defer d.release()
+	defer r.cancelTimeout()
+	sent := make(chan error, 1)
+	go func() { sent <- r.st.run(r.s.ctx) }()
+
+	var answer strings.Builder
+	res, err := r.generate(&answer)
+	// Account before the final chunk exists: the device may send its next
+	// INFER the moment it sees DONE, and that one must see this turn.
+	switch {
+	case err == nil:
+		d.stats.Done.Add(1)
+		r.s.remember(r.infer.Prompt, answer.String())
+	case errors.Is(context.Cause(r.ctx), errCancelledByDevice):
+		d.stats.Canceled.Add(1)
+	default:
+		d.stats.Failed.Add(1)
+	}
+	r.st.finish(r.final(res, err))
+	if err := <-sent; err != nil {
+		r.cancel(err)
+		d.log.Info("stream ended early", "device", r.s.deviceID, "seq", r.seq, "err", err)
+	}
+}
+
+func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
+	d := r.s.d
+	select {
+	case d.slots <- struct{}{}:
+	case <-r.ctx.Done():
+		return backends.Result{}, context.Cause(r.ctx)
+	}
+	defer func() { <-d.slots }()
+	req := backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.cfg.DefaultMaxTokens)}
+	res, err := d.backend.Generate(r.ctx, req, func(piece []byte) error {
+		answer.Write(piece)
+		return r.st.write(piece)
+	})
+	if err == nil && r.ctx.Err() != nil {
+		err = context.Cause(r.ctx)
+	}
+	return res, err
+}
+
+// final builds the stream's last chunk from the outcome.
+func (r *request) final(res backends.Result, err error) finalFunc {
+	if err == nil {
+		return func(chunk uint16, n, crc uint32) sp.Message {
+			return &sp.Done{
+				Chunk: chunk, Reason: stopReason(res.Stop),
+				Tokens: uint32(res.Tokens), PromptTokens: uint32(res.PromptTokens),
+				TTFTMS: uint32(res.TTFT.Milliseconds()), DurationMS: uint32(res.Duration.Milliseconds()),
+				TextBytes: n, TextCRC32C: crc,
+			}
+		}
+	}
+	code := errorCode(err, context.Cause(r.ctx))
+	text := errText(err)
+	return func(chunk uint16, _, _ uint32) sp.Message {
+		e := sp.NewError(code, text)
+		e.Flags |= sp.ErrorFlagStream
+		e.Chunk = chunk
+		return e
+	}
+}
+
+func stopReason(s backends.StopReason) uint8 {
+	switch s {
+	case backends.StopLength:
+		return sp.StopLength
+	case backends.StopContext:
+		return sp.StopContext
+	}
+	return sp.StopEOS
+}
+
+// errorCode maps an engine error, or the reason the request's context
+// ended, to a protocol error code (docs/protocol.md §12).
+func errorCode(err, cause error) sp.ErrorCode {
+	switch {
+	case errors.Is(cause, errCancelledByDevice), errors.Is(cause, errSessionClosed):
+		return sp.CodeCancelled
+	case errors.Is(cause, errShuttingDown):
+		return sp.CodeShuttingDown
+	case errors.Is(cause, context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
+		return sp.CodeTimeout
+	case errors.Is(err, backends.ErrModelNotFound):
+		return sp.CodeModelNotFound
+	case errors.Is(err, backends.ErrUnavailable), errors.Is(err, backends.ErrClosed):
+		return sp.CodeBackendUnavailable
+	case errors.Is(err, backends.ErrBusy):
+		return sp.CodeBusy
+	case errors.Is(err, backends.ErrPromptTooLong):
+		return sp.CodeTooLarge
+	}
+	return sp.CodeBackendFailed
+}
+
+// options maps INFER options to the engine's.
+func options(m *sp.Infer, defaultMaxTokens int) backends.Options {
+	o := backends.Options{MaxTokens: defaultMaxTokens}
+	milli := func(v uint16) float32 { return float32(v) / 1000 }
+	if m.Set.Has(sp.OptMaxTokens) && m.MaxTokens > 0 {
+		o.MaxTokens = int(m.MaxTokens)
+	}
+	if m.Set.Has(sp.OptTemperature) {
+		o.Temperature, o.TemperatureSet = milli(m.Temperature), true
+	}
+	if m.Set.Has(sp.OptSeed) {
+		o.Seed, o.SeedSet = m.Seed, true
+	}
+	if m.Set.Has(sp.OptTopK) {
+		o.TopK = int(m.TopK)
+	}
+	if m.Set.Has(sp.OptTopP) {
+		o.TopP = milli(m.TopP)
+	}
+	if m.Set.Has(sp.OptMinP) {
+		o.MinP = milli(m.MinP)
+	}
+	if m.Set.Has(sp.OptRepeatPenalty) {
+		o.RepeatPenalty = milli(m.RepeatPenalty)
+	}
+	if m.Set.Has(sp.OptContext) {
+		o.ContextSize = int(m.Context)
+	}
+	return o
+}

@@ -1,0 +1,248 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// errGaveUp: the device stopped acknowledging the stream.
+var errGaveUp = errors.New("daemon: device stopped acknowledging; stream abandoned")
+
+// finalFunc builds the final chunk (DONE or ERROR) once the text is all
+// sent: it gets the chunk index and the stream's byte count and CRC-32C.
+type finalFunc func(chunk uint16, textBytes, textCRC uint32) sp.Message
+
+// stream sends one request's answer (docs/protocol.md §8): TOKEN chunks cut
+// from the engine's text only when the device's credit window has room, so
+// a slow link gets full frames and a fast one gets low latency; then the
+// final chunk. It retransmits go-back-N on timeout or on two duplicate
+// ACKs, and gives up after maxRetransmits timeouts without progress.
+type stream struct {
+	peer           Peer
+	version        uint8
+	seq            uint8
+	limit          int // text bytes per TOKEN frame
+	flush          time.Duration
+	rto            time.Duration
+	maxRetransmits int
+	onSend         func(sp.Command) // metrics hook; may be nil
+
+	wake chan struct{}
+
+	mu           sync.Mutex
+	text         sp.TextBuffer
+	pendingSince time.Time // arrival of the oldest text not yet cut
+	final        finalFunc // set when the engine is done
+	finalCut     bool
+	frames       [][]byte // wire bytes of every chunk cut so far
+	textBytes    uint32
+	textCRC      uint32
+	acked        int // the device's "next"
+	window       int
+	sent         int // next chunk to transmit
+	dupAcks      int
+	retries      int
+	lastSend     time.Time
+}
+
+func newStream(p Peer, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
+	return &stream{
+		peer: p, version: version, seq: seq,
+		limit:          sp.BodyLimit(maxData, false) - 2,
+		flush:          flush,
+		rto:            p.RTO(),
+		maxRetransmits: maxRetransmits,
+		window:         window,
+		wake:           make(chan struct{}, 1),
+	}
+}
+
+func (s *stream) notify() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// write takes a piece of engine output; it never blocks on the device.
+func (s *stream) write(piece []byte) error {
+	s.mu.Lock()
+	if s.text.Len() == 0 {
+		s.pendingSince = time.Now()
+	}
+	_, _ = s.text.Write(piece)
+	s.mu.Unlock()
+	s.notify()
+	return nil
+}
+
+// finish records how the stream ends; the final chunk follows the text.
+func (s *stream) finish(f finalFunc) {
+	s.mu.Lock()
+	s.final = f
+	s.mu.Unlock()
+	s.notify()
+}
+
+// ack applies the device's cumulative acknowledgement.
+func (s *stream) ack(next, window int) {
+	s.mu.Lock()
+	switch {
+	case next > len(s.frames):
+		// Acknowledges chunks never sent: ignore (a confused or hostile peer).
+	case next > s.acked:
+		s.acked, s.dupAcks, s.retries = next, 0, 0
+		s.sent = max(s.sent, next)
+	case next == s.acked && s.acked < s.sent:
+		s.dupAcks++
+		if s.dupAcks >= 2 { // fast retransmit (§8.2)
+			s.sent, s.dupAcks = s.acked, 0
+		}
+	}
+	s.window = window
+	s.mu.Unlock()
+	s.notify()
+}
+
+// run transmits until the final chunk is acknowledged, the device stops
+// answering, or ctx ends.
+func (s *stream) run(ctx context.Context) error {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		now := time.Now()
+		s.cut(now)
+		for s.sent < len(s.frames) && s.sent < s.acked+s.window {
+			frame := s.frames[s.sent]
+			s.sent++
+			s.lastSend = now
+			s.mu.Unlock()
+			// A failed send is a lost frame (an unplugged UART, a full
+			// socket buffer): retransmission repairs it or the retry
+			// budget ends the stream.
+			_ = s.peer.Send(frame)
+			if s.onSend != nil {
+				s.onSend(sp.Command(frame[4] & 0x3F))
+			}
+			s.mu.Lock()
+		}
+		if s.finalCut && s.acked == len(s.frames) {
+			s.mu.Unlock()
+			return nil
+		}
+		wait := time.Hour
+		if s.acked < s.sent || (s.window == 0 && s.acked > 0) {
+			wait = min(wait, s.lastSend.Add(s.backoff()).Sub(now))
+		}
+		if s.text.Len() > 0 && len(s.frames) < s.acked+s.window {
+			wait = min(wait, s.pendingSince.Add(s.flush).Sub(now))
+		}
+		s.mu.Unlock()
+		timer.Reset(max(wait, time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.wake:
+		case <-timer.C:
+			if err := s.timeout(time.Now()); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// backoff is the current RTO: doubled per retransmission, at most 4 s.
+func (s *stream) backoff() time.Duration {
+	return min(s.rto<<min(s.retries, 5), 4*time.Second)
+}
+
+// timeout handles an expired retransmission timer: go back to the oldest
+// unacknowledged chunk; with the window closed, repeat the last chunk sent
+// so the device re-sends its ACK (a duplicate chunk is re-acknowledged).
+func (s *stream) timeout(now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.lastSend) < s.backoff() {
+		return nil
+	}
+	switch {
+	case s.acked < s.sent:
+		s.sent = s.acked
+	case s.window == 0 && s.acked > 0:
+		s.sent = s.acked - 1
+		s.window = 1 // one probe, until the device's ACK says otherwise
+	default:
+		return nil
+	}
+	s.retries++
+	if s.retries > s.maxRetransmits {
+		return errGaveUp
+	}
+	return nil
+}
+
+// cut turns buffered text into TOKEN frames while the window has room,
+// and appends the final chunk once the text is out. Called with mu held.
+func (s *stream) cut(now time.Time) {
+	for !s.finalCut && len(s.frames) < s.acked+s.window {
+		n := s.text.Len()
+		done := s.final != nil
+		if n == 0 {
+			if done {
+				s.appendFrame(s.final(uint16(len(s.frames)), s.textBytes, s.textCRC))
+				s.finalCut = true
+			}
+			return
+		}
+		if n < s.limit && !done && now.Sub(s.pendingSince) < s.flush {
+			return // wait for more text to fill the frame
+		}
+		text := s.text.Next(nil, s.limit, done)
+		if len(text) == 0 {
+			return // an incomplete UTF-8 character waits for its rest
+		}
+		s.textBytes += uint32(len(text))
+		s.textCRC = sp.UpdateCRC32C(s.textCRC, text)
+		s.appendFrame(&sp.Token{Chunk: uint16(len(s.frames)), Text: text})
+		if s.text.Len() > 0 {
+			s.pendingSince = now
+		}
+	}
+}
+
+func (s *stream) appendFrame(m sp.Message) {
+	body, err := m.AppendBody(nil)
+	if err != nil { // our own message: a bug, but never send garbage
+		body, _ = sp.NewError(sp.CodeInternal, "encoding failed").AppendBody(nil)
+	}
+	frame, _ := sp.AppendFrame(make([]byte, 0, sp.Overhead+len(body)), sp.Frame{Version: s.version, Cmd: m.Command(), Seq: s.seq, Data: body})
+	s.frames = append(s.frames, frame)
+}
+
+// rewind retransmits from the oldest unacknowledged chunk now (the device
+// reported a corrupt frame: NACK BAD_FRAME).
+func (s *stream) rewind() {
+	s.mu.Lock()
+	s.sent = s.acked
+	s.mu.Unlock()
+	s.notify()
+}
+
+// resendFinal repeats the final chunk of a stream that has ended and been
+// acknowledged: the answer to a CANCEL that crossed it.
+func (s *stream) resendFinal() {
+	s.mu.Lock()
+	var frame []byte
+	if s.finalCut && s.acked == len(s.frames) {
+		frame = s.frames[len(s.frames)-1]
+	}
+	s.mu.Unlock()
+	if frame != nil {
+		_ = s.peer.Send(frame)
+	}
+}

@@ -1,0 +1,358 @@
+// Package device is the device side of MCPFrame in Go: what a
+// microcontroller's firmware does, for mcpctl and for tests. It follows
+// docs/protocol.md: HELLO, fragmented INFER with retransmission, the answer
+// stream with cumulative ACKs and a credit window, and the DONE checksum.
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// ErrTimeout: the daemon did not answer within the retransmission budget.
+var ErrTimeout = errors.New("device: no answer from the daemon")
+
+// ErrChecksum: the reassembled answer does not match DONE's size or CRC-32C.
+var ErrChecksum = errors.New("device: answer checksum mismatch")
+
+// Transport carries frames to and from the daemon.
+type Transport interface {
+	Send(frame []byte) error
+	// Recv returns the next sound frame before deadline, or an error
+	// wrapping os.ErrDeadlineExceeded. Frame.Data is valid until the next
+	// call.
+	Recv(deadline time.Time) (sp.Frame, error)
+	Close() error
+}
+
+// Config describes the simulated device.
+type Config struct {
+	DeviceID string
+	MaxData  uint16        // largest data field it accepts; default 256
+	Window   uint8         // chunks it buffers; default 4
+	MaxSend  int           // largest data field it sends (smaller frames survive a noisy line); default: the daemon's limit
+	RTO      time.Duration // retransmission timeout; default 250 ms
+	Retries  int           // retransmissions before giving up; default 8
+}
+
+// Client is one device's session with the daemon. Not safe for concurrent
+// use: a microcontroller does one thing at a time.
+type Client struct {
+	t       Transport
+	cfg     Config
+	seq     uint8
+	welcome sp.Welcome
+	out     []byte
+	nonce   uint32
+}
+
+// New returns a client speaking over t.
+func New(t Transport, cfg Config) *Client {
+	if cfg.MaxData == 0 {
+		cfg.MaxData = sp.MaxData
+	}
+	if cfg.Window == 0 {
+		cfg.Window = 4
+	}
+	if cfg.RTO <= 0 {
+		cfg.RTO = 250 * time.Millisecond
+	}
+	if cfg.Retries <= 0 {
+		cfg.Retries = 8
+	}
+	if cfg.DeviceID == "" {
+		cfg.DeviceID = "mcpctl"
+	}
+	return &Client{t: t, cfg: cfg, nonce: uint32(time.Now().UnixNano())}
+}
+
+// keepaliveInterval is how often a waiting device shows it is alive: well
+// inside the daemon's heartbeat (a session expires after 3 missed).
+func (c *Client) keepaliveInterval() time.Duration {
+	hb := time.Duration(c.welcome.HeartbeatMS) * time.Millisecond
+	if hb <= 0 {
+		hb = 5 * time.Second
+	}
+	return max(hb/2, c.cfg.RTO)
+}
+
+// Welcome is what the daemon granted.
+func (c *Client) Welcome() sp.Welcome { return c.welcome }
+
+func (c *Client) frame(seq uint8, flags sp.Flags, m sp.Message) ([]byte, error) {
+	body, err := m.AppendBody(nil)
+	if err != nil {
+		return nil, err
+	}
+	return sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: m.Command(), Flags: flags, Seq: seq, Data: body})
+}
+
+func (c *Client) sendMsg(seq uint8, m sp.Message) error {
+	f, err := c.frame(seq, 0, m)
+	if err != nil {
+		return err
+	}
+	return c.t.Send(f)
+}
+
+// exchange sends frames and waits for an answer with the request's seq,
+// retransmitting (resend(attempt)) on every RTO. handle returns done=true
+// when the answer is complete.
+//
+// keepalive, when it returns true, makes a timeout not count as a failed
+// attempt: while the daemon streams an answer it is the one retransmitting,
+// and the device only has to stay alive (a slow engine is not a dead link).
+func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt int) error, handle func(f sp.Frame, m sp.Message) (bool, error), keepalive func() bool) error {
+	if err := resend(0); err != nil {
+		return err
+	}
+	for attempt := 1; ; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		wait := c.cfg.RTO << min(attempt-1, 4)
+		if keepalive != nil && keepalive() {
+			wait = min(c.keepaliveInterval(), wait)
+		}
+		deadline := time.Now().Add(wait)
+		if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+			deadline = dl
+		}
+		f, err := c.t.Recv(deadline)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if attempt > c.cfg.Retries && (keepalive == nil || !keepalive()) {
+				return fmt.Errorf("%w (%d retransmissions): %v", ErrTimeout, c.cfg.Retries, err)
+			}
+			if err := resend(attempt); err != nil {
+				return err
+			}
+			if keepalive == nil || !keepalive() {
+				attempt++
+			}
+			continue
+		}
+		if f.Cmd == sp.CmdNack && len(f.Data) == 1 && f.Data[0] == sp.NackBadFrame {
+			// The daemon saw a corrupt frame (serial, §7.1): likely ours, so
+			// repeat now rather than wait for the timer. Not an attempt.
+			if err := resend(max(attempt, 1)); err != nil {
+				return err
+			}
+			continue
+		}
+		if f.Seq != seq {
+			continue // a late answer to an earlier request
+		}
+		m, err := sp.ParseBody(f.Cmd, f.Data)
+		if err != nil {
+			return fmt.Errorf("device: daemon sent a bad %s: %w", f.Cmd, err)
+		}
+		done, err := handle(f, m)
+		if done || err != nil {
+			return err
+		}
+	}
+}
+
+// Hello opens the session.
+func (c *Client) Hello(ctx context.Context) error {
+	c.seq++
+	c.nonce++
+	hello := &sp.Hello{MinVersion: 1, MaxVersion: 1, MaxData: c.cfg.MaxData, Window: c.cfg.Window, BootNonce: c.nonce, DeviceID: c.cfg.DeviceID}
+	frame, err := c.frame(c.seq, 0, hello)
+	if err != nil {
+		return err
+	}
+	return c.exchange(ctx, c.seq, func(int) error { return c.t.Send(frame) }, func(f sp.Frame, m sp.Message) (bool, error) {
+		switch m := m.(type) {
+		case *sp.Welcome:
+			c.welcome = *m
+			return true, nil
+		case *sp.Error:
+			return true, m
+		}
+		return false, nil
+	}, nil)
+}
+
+// Ping measures a round trip.
+func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
+	c.seq++
+	start := time.Now()
+	err := c.exchange(ctx, c.seq, func(int) error { return c.sendMsg(c.seq, &sp.Ping{Data: []byte("mcpd")}) },
+		func(f sp.Frame, m sp.Message) (bool, error) {
+			if e, ok := m.(*sp.Error); ok {
+				return true, e
+			}
+			return f.Cmd == sp.CmdPong, nil
+		}, nil)
+	return time.Since(start), err
+}
+
+// Status asks for the daemon's state.
+func (c *Client) Status(ctx context.Context) (*sp.StatusReply, error) {
+	c.seq++
+	var reply *sp.StatusReply
+	err := c.exchange(ctx, c.seq, func(int) error { return c.sendMsg(c.seq, &sp.Status{}) },
+		func(f sp.Frame, m sp.Message) (bool, error) {
+			switch m := m.(type) {
+			case *sp.StatusReply:
+				reply = m
+				return true, nil
+			case *sp.Error:
+				return true, m
+			}
+			return false, nil
+		}, nil)
+	return reply, err
+}
+
+// Ask sends a prompt and streams the answer to onText, which sees each
+// TOKEN's text once, in order. It returns DONE, or the daemon's *sp.Error
+// (usable with errors.As). If ctx ends mid-answer, Ask sends CANCEL and
+// waits briefly for the stream's end.
+func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error) (*sp.Done, error) {
+	if c.welcome.Version == 0 {
+		return nil, errors.New("device: Ask before Hello")
+	}
+	c.seq++
+	seq := c.seq
+	body, err := m.AppendBody(nil)
+	if err != nil {
+		return nil, err
+	}
+	piece := sp.PieceSize(int(c.welcome.MaxData), false)
+	if c.cfg.MaxSend > 0 {
+		piece = min(piece, sp.PieceSize(c.cfg.MaxSend, false))
+	}
+	datas, err := sp.Fragments(body, piece)
+	if err != nil {
+		return nil, err
+	}
+	frames := make([][]byte, len(datas))
+	for i, d := range datas {
+		f := sp.Frame{Version: sp.Version1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: d}
+		if frames[i], err = sp.AppendFrame(nil, f); err != nil {
+			return nil, err
+		}
+	}
+	var (
+		accepted bool
+		next     uint16
+		crc      uint32
+		size     uint32
+		done     *sp.Done
+		missing  []byte
+	)
+	ack := func() error { return c.sendMsg(seq, &sp.Ack{Next: next, Window: c.cfg.Window}) }
+	resend := func(attempt int) error {
+		switch {
+		case attempt == 0: // the whole message
+			for _, f := range frames {
+				if err := c.t.Send(f); err != nil {
+					return err
+				}
+			}
+		case missing != nil: // what the daemon asked for
+			for _, i := range missing {
+				if int(i) < len(frames) {
+					if err := c.t.Send(frames[i]); err != nil {
+						return err
+					}
+				}
+			}
+			missing = nil
+		case !accepted: // probe with the last fragment (§6)
+			return c.t.Send(frames[len(frames)-1])
+		default: // streaming: repeat our ACK in case it was lost
+			return ack()
+		}
+		return nil
+	}
+	err = c.exchange(ctx, seq, resend, func(f sp.Frame, msg sp.Message) (bool, error) {
+		switch msg := msg.(type) {
+		case *sp.Ack:
+			accepted = true
+		case *sp.Nack:
+			switch msg.Reason {
+			case sp.NackMissing:
+				missing = append([]byte(nil), msg.Missing...)
+				return false, resend(1)
+			case sp.NackBadChecksum, sp.NackBadFrame:
+				return false, resend(0)
+			}
+		case *sp.Token:
+			accepted = true
+			if msg.Chunk != next { // duplicate or a gap: go-back-N
+				return false, ack()
+			}
+			next++
+			size += uint32(len(msg.Text))
+			crc = sp.UpdateCRC32C(crc, msg.Text)
+			if err := onText(msg.Text); err != nil {
+				return true, err
+			}
+			return false, ack()
+		case *sp.Done:
+			if msg.Chunk != next {
+				return false, ack()
+			}
+			next++
+			done = msg
+			return true, ack()
+		case *sp.Error:
+			if msg.Stream() {
+				if msg.Chunk != next {
+					return false, ack()
+				}
+				next++
+				_ = ack()
+			}
+			return true, msg
+		}
+		return false, nil
+	}, func() bool { return accepted })
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		c.cancel(seq)
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	if done.TextBytes != size || done.TextCRC32C != crc {
+		return done, fmt.Errorf("%w: DONE says %d bytes crc %08x, received %d bytes crc %08x", ErrChecksum, done.TextBytes, done.TextCRC32C, size, crc)
+	}
+	return done, nil
+}
+
+// cancel tells the daemon to stop request seq and waits a little for the
+// stream's final chunk, acknowledging it so the daemon can let go.
+func (c *Client) cancel(seq uint8) {
+	ctx, stop := context.WithTimeout(context.Background(), 4*c.cfg.RTO)
+	defer stop()
+	_ = c.exchange(ctx, seq, func(int) error { return c.sendMsg(seq, &sp.Cancel{}) }, func(f sp.Frame, m sp.Message) (bool, error) {
+		switch m := m.(type) {
+		case *sp.Done:
+			return true, c.sendMsg(seq, &sp.Ack{Next: m.Chunk + 1, Window: c.cfg.Window})
+		case *sp.Error:
+			if m.Stream() {
+				return true, c.sendMsg(seq, &sp.Ack{Next: m.Chunk + 1, Window: c.cfg.Window})
+			}
+			return true, nil
+		}
+		return false, nil
+	}, nil)
+}
+
+// Bye closes the session.
+func (c *Client) Bye(ctx context.Context) error {
+	c.seq++
+	return c.exchange(ctx, c.seq, func(int) error { return c.sendMsg(c.seq, &sp.Bye{}) },
+		func(f sp.Frame, _ sp.Message) (bool, error) { return f.Cmd == sp.CmdBye, nil }, nil)
+}

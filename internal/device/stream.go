@@ -1,0 +1,100 @@
+package device
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Stream is a Transport over a byte stream — a serial port, a pty — decoded
+// with the resync rule by a reader goroutine.
+type Stream struct {
+	rw     io.ReadWriteCloser
+	frames chan []byte
+	done   chan struct{}
+
+	mu  sync.Mutex
+	err error // why the reader stopped
+
+	writeMu  sync.Mutex
+	lastNack time.Time // only the reader goroutine touches it
+}
+
+// NewStream starts reading rw. A reader that returns (0, nil) or timeout
+// errors when the line is quiet (go.bug.st/serial with a read timeout) is
+// fine: the decoder treats that as idle.
+func NewStream(rw io.ReadWriteCloser) *Stream {
+	s := &Stream{rw: rw, frames: make(chan []byte, 64), done: make(chan struct{})}
+	go s.read()
+	return s
+}
+
+func (s *Stream) read() {
+	defer close(s.done)
+	dec := sp.NewDecoder(s.rw)
+	for {
+		f, err := dec.Next()
+		var rerr *sp.ReadError
+		switch {
+		case err == nil:
+			raw, _ := sp.AppendFrame(nil, f) // a copy: the decoder reuses its buffer
+			select {
+			case s.frames <- raw:
+			default: // a device that does not keep up loses frames, as on a UART
+			}
+		case errors.As(err, &rerr):
+			s.nackBadFrame()
+		case errors.Is(err, sp.ErrIdle):
+		default:
+			s.mu.Lock()
+			s.err = err
+			s.mu.Unlock()
+			return
+		}
+	}
+}
+
+// nackBadFrame tells the daemon a frame arrived corrupt, so it retransmits
+// now instead of at its timeout (§7.1) — at most once per 50 ms.
+func (s *Stream) nackBadFrame() {
+	if time.Since(s.lastNack) < 50*time.Millisecond {
+		return
+	}
+	s.lastNack = time.Now()
+	body, _ := (&sp.Nack{Reason: sp.NackBadFrame}).AppendBody(nil)
+	frame, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdNack, Data: body})
+	_ = s.Send(frame)
+}
+
+func (s *Stream) Send(frame []byte) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	_, err := s.rw.Write(frame)
+	return err
+}
+
+func (s *Stream) Recv(deadline time.Time) (sp.Frame, error) {
+	select { // frames already read come before the reader's end
+	case raw := <-s.frames:
+		return sp.Decode(raw)
+	default:
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case raw := <-s.frames:
+		return sp.Decode(raw)
+	case <-s.done:
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return sp.Frame{}, s.err
+	case <-timer.C:
+		return sp.Frame{}, os.ErrDeadlineExceeded
+	}
+}
+
+func (s *Stream) Close() error { return s.rw.Close() }

@@ -1,0 +1,59 @@
+package device
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// UDP is a Transport over a connected UDP socket.
+type UDP struct {
+	conn *net.UDPConn
+	buf  [sp.MaxFrameLen + 1]byte
+}
+
+// DialUDP connects to the daemon at addr ("127.0.0.1:7700").
+func DialUDP(addr string) (*UDP, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("device: %w", err)
+	}
+	conn, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		return nil, fmt.Errorf("device: %w", err)
+	}
+	return &UDP{conn: conn}, nil
+}
+
+func (u *UDP) Send(frame []byte) error {
+	_, err := u.conn.Write(frame)
+	return err
+}
+
+// Recv skips datagrams that are not one sound frame, as a device must.
+func (u *UDP) Recv(deadline time.Time) (sp.Frame, error) {
+	if err := u.conn.SetReadDeadline(deadline); err != nil {
+		return sp.Frame{}, err
+	}
+	for {
+		n, err := u.conn.Read(u.buf[:])
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && !ne.Timeout() && !errors.Is(err, net.ErrClosed) {
+				continue // ICMP port unreachable while the daemon restarts; the deadline still ends the wait
+			}
+			return sp.Frame{}, err
+		}
+		if f, err := sp.Decode(u.buf[:n]); err == nil {
+			return f, nil
+		}
+	}
+}
+
+func (u *UDP) Close() error { return u.conn.Close() }
+
+// LocalAddr is the device's own address.
+func (u *UDP) LocalAddr() net.Addr { return u.conn.LocalAddr() }
