@@ -41,11 +41,19 @@ build: native-headers ## build every package and the commands into ./bin
 run: build $(MODELS)/tiny.gguf ## the main job: mcpd (llama.cpp, generated model) answers a device over UDP and over a pty UART
 	$(BIN)/mcpctl demo --mcpd $(BIN)/mcpd --model $(MODELS)/tiny.gguf
 
+# Test binaries are compiled in parallel (llama.cpp's cold build needs both
+# cores), then run one package at a time (-p 1): ggml's worker threads spin
+# at barriers, so two packages running multi-threaded llama.cpp on 2 cores
+# at once slow each other down ~200× (measured: 0.15 s → 28 s per test).
+# A failed compile is rerun to show its errors.
+TESTRUN = $(GO) test $(1) -count=1 -run '^$$' $(PKGS) >/dev/null || $(GO) test $(1) -count=1 -run '^$$' $(PKGS); \
+	$(GO) test $(1) -count=1 -p 1 $(PKGS)
+
 test: native-headers lint ## vet, gofmt and the whole test suite with the race detector
-	$(GO) test -race -count=1 $(PKGS)
+	@set -e; $(call TESTRUN,-race)
 
 test-short: native-headers ## quick tests without the race detector
-	$(GO) test -short -count=1 $(PKGS)
+	@set -e; $(call TESTRUN,-short)
 
 bench: native-headers ## run every benchmark (set BENCHTIME, PKGS to narrow)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $(PKGS)

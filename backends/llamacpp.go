@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -117,6 +118,22 @@ type Llama struct {
 	closing chan struct{} // closed by Close
 	done    chan struct{} // closed when the scheduler has exited
 	once    sync.Once
+
+	// Scheduler counters, for benchmarks and diagnostics.
+	steps       atomic.Int64 // llama_decode calls
+	stepTokens  atomic.Int64 // tokens decoded in them
+	stepOutputs atomic.Int64 // of which sampled (generated-token rows)
+}
+
+// Stats are the scheduler's counters since start.
+type LlamaStats struct {
+	Steps, Tokens, Outputs int64
+}
+
+// Stats returns the scheduler's counters; Outputs/Steps is the mean number
+// of sequences batched per decode step.
+func (e *Llama) Stats() LlamaStats {
+	return LlamaStats{Steps: e.steps.Load(), Tokens: e.stepTokens.Load(), Outputs: e.stepOutputs.Load()}
 }
 
 var _ Backend = (*Llama)(nil)
@@ -659,6 +676,15 @@ func (e *Llama) run() {
 			}
 			continue
 		}
+		outputs := 0
+		for _, s := range slots {
+			if s != nil && s.out >= 0 {
+				outputs++
+			}
+		}
+		e.steps.Add(1)
+		e.stepTokens.Add(int64(batch.Len()))
+		e.stepOutputs.Add(int64(outputs))
 		if err := e.nctx.Decode(life, &batch); err != nil {
 			if life.Err() != nil {
 				return

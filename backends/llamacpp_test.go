@@ -33,8 +33,15 @@ func writeModel(t testing.TB, s gguf.Spec) string {
 	return p
 }
 
+// newEngine starts an engine on path. Tests use one thread unless they
+// compare thread counts: ggml's worker threads spin while waiting, and
+// packages' tests run in parallel on a 2-core CI machine, where
+// oversubscribed spinning threads slow everything down many times over.
 func newEngine(t testing.TB, path string, cfg LlamaConfig) *Llama {
 	t.Helper()
+	if cfg.Threads == 0 {
+		cfg.Threads = 1
+	}
 	cfg.ModelPath = path
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -122,7 +129,7 @@ func TestLlamaGreedyGolden(t *testing.T) {
 // sequences of one context, give the same text as each request alone.
 func TestLlamaBatchedMatchesAlone(t *testing.T) {
 	path := writeModel(t, gguf.TinySpec(1))
-	alone := newEngine(t, path, LlamaConfig{Threads: 2, Parallel: 1})
+	alone := newEngine(t, path, LlamaConfig{Threads: 1, Parallel: 1})
 	want := make([]string, len(prompts))
 	for i, p := range prompts {
 		text, _, err := collect(t, alone, context.Background(), greedyReq(p, 32))
@@ -132,7 +139,15 @@ func TestLlamaBatchedMatchesAlone(t *testing.T) {
 		want[i] = text
 	}
 	alone.Close()
-	batched := newEngine(t, path, LlamaConfig{Threads: 2, Parallel: 8, PromptChunk: 4})
+	batched := newEngine(t, path, LlamaConfig{Threads: 1, Parallel: 8, PromptChunk: 4})
+	defer func() {
+		// The point of the test: sequences really shared decode steps.
+		st := batched.Stats()
+		t.Logf("%d steps, %.2f sequences sampled per step", st.Steps, float64(st.Outputs)/float64(st.Steps))
+		if float64(st.Outputs)/float64(st.Steps) < 2 {
+			t.Errorf("requests were not batched: %+v", st)
+		}
+	}()
 	for round := range 3 {
 		got := make([]string, len(prompts))
 		errs := make([]error, len(prompts))
@@ -155,7 +170,7 @@ func TestLlamaBatchedMatchesAlone(t *testing.T) {
 }
 
 func TestLlamaCancelMidGeneration(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 2, Parallel: 2})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 2})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pieces := 0
@@ -195,7 +210,7 @@ func TestLlamaCancelMidGeneration(t *testing.T) {
 }
 
 func TestLlamaEmitErrorAndLimits(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 2, Parallel: 2, SequenceContext: 64})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 2, SequenceContext: 64})
 	boom := errors.New("uart gone")
 	n := 0
 	_, err := e.Generate(context.Background(), greedyReq("Hello, world", 100), func([]byte) error {
@@ -231,7 +246,7 @@ func TestLlamaEmitErrorAndLimits(t *testing.T) {
 }
 
 func TestLlamaStopString(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 2, Parallel: 1})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 1})
 	full, _, err := collect(t, e, context.Background(), greedyReq("Hello, world", 24))
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +268,7 @@ func TestLlamaStopString(t *testing.T) {
 }
 
 func TestLlamaSampledSeed(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 2, Parallel: 2})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 2})
 	req := Request{Messages: []Message{{RoleUser, "Hello"}}, Options: Options{
 		TemperatureSet: true, Temperature: 1.2, TopK: 50, TopP: 0.9, MinP: 0.02, RepeatPenalty: 1.3, Seed: 42, SeedSet: true, MaxTokens: 16}}
 	a, _, err := collect(t, e, context.Background(), req)
@@ -291,7 +306,7 @@ func TestLlamaBadModels(t *testing.T) {
 }
 
 func TestLlamaCloseAndBusy(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 2, Parallel: 1, Queue: 1})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 1, Queue: 1})
 	// Hold the only sequence with a blocked emit, fill the queue, then
 	// one more is refused.
 	release := make(chan struct{})
@@ -348,7 +363,7 @@ func TestLlamaCloseAndBusy(t *testing.T) {
 func TestLlamaChatTemplate(t *testing.T) {
 	s := gguf.TinySpec(1)
 	s.ChatTemplate = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-	e := newEngine(t, writeModel(t, s), LlamaConfig{Threads: 2, Parallel: 1})
+	e := newEngine(t, writeModel(t, s), LlamaConfig{Threads: 1, Parallel: 1})
 	if e.tmpl == "" {
 		t.Fatal("ChatML template not used")
 	}
@@ -357,7 +372,7 @@ func TestLlamaChatTemplate(t *testing.T) {
 	}
 	s.ChatTemplate = "{{ something nobody knows }}"
 	s.Name = "odd"
-	e2 := newEngine(t, writeModel(t, s), LlamaConfig{Threads: 2, Parallel: 1})
+	e2 := newEngine(t, writeModel(t, s), LlamaConfig{Threads: 1, Parallel: 1})
 	if e2.tmpl != "" {
 		t.Fatal("unknown template used")
 	}
@@ -400,5 +415,57 @@ func TestTextStream(t *testing.T) {
 	}
 	if got != "abcSTxy" {
 		t.Fatalf("stop: %q", got)
+	}
+}
+
+// TestLlamaJoinAndLeave: a request that arrives while another generates
+// joins the running batch, finishes first, and neither output changes.
+func TestLlamaJoinAndLeave(t *testing.T) {
+	path := writeModel(t, gguf.TinySpec(1))
+	e := newEngine(t, path, LlamaConfig{Parallel: 2})
+	longAlone, _, err := collect(t, e, context.Background(), greedyReq("the quick brown fox", 200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shortAlone, _, err := collect(t, e, context.Background(), greedyReq("zzz", 8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := make(chan struct{})
+	shortDone := make(chan string, 1)
+	var long strings.Builder
+	pieces := 0
+	_, err = e.Generate(context.Background(), greedyReq("the quick brown fox", 200), func(p []byte) error {
+		long.Write(p)
+		pieces++
+		if pieces == 10 {
+			go func() {
+				close(joined)
+				text, _, err := collect(t, e, context.Background(), greedyReq("zzz", 8))
+				if err != nil {
+					t.Error(err)
+				}
+				shortDone <- text
+			}()
+		}
+		if pieces == 150 {
+			select {
+			case s := <-shortDone: // the short one left while we ran
+				shortDone <- s
+			case <-time.After(10 * time.Second):
+				t.Error("short request did not finish while the long one ran")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-joined
+	if got := <-shortDone; got != shortAlone {
+		t.Errorf("short: %q, alone %q", got, shortAlone)
+	}
+	if long.String() != longAlone {
+		t.Errorf("long output changed when another request joined")
 	}
 }

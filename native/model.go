@@ -9,6 +9,8 @@ import "C"
 import (
 	"context"
 	"fmt"
+	"os"
+	"runtime"
 	"sync"
 	"unsafe"
 
@@ -44,12 +46,33 @@ func Load(ctx context.Context, path string, p ModelParams) (*Model, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	info, err := gguf.ValidateFile(path)
+	// Validate the open file, and on Linux let llama.cpp open that same
+	// file through /proc/self/fd: a file swapped or rewritten after
+	// validation never reaches C.
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrModel, err)
 	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrModel, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrModel, path)
+	}
+	info, err := gguf.Validate(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrModel, path, err)
+	}
+	loadPath := path
+	if runtime.GOOS == "linux" {
+		if p := fmt.Sprintf("/proc/self/fd/%d", f.Fd()); fileExists(p) {
+			loadPath = p
+		}
+	}
 	setup()
-	cpath := C.CString(path)
+	cpath := C.CString(loadPath)
 	defer C.free(unsafe.Pointer(cpath))
 	ptr := C.mcpd_load_model(cpath, C.int32_t(p.GPULayers), C.bool(!p.NoMmap))
 	if ptr == nil {
@@ -98,8 +121,8 @@ func (m *Model) read(fn func() error) error {
 	return fn()
 }
 
-// Info is the validated GGUF metadata (nil after Close is never returned:
-// the info stays valid, it is plain Go data).
+// Info is the validated GGUF metadata. It is plain Go data, so it stays
+// valid after Close.
 func (m *Model) Info() *gguf.Info { return m.info }
 
 // Path is the file the model was loaded from.
@@ -318,4 +341,9 @@ func (m *Model) ApplyTemplate(tmpl string, msgs []ChatMessage) (string, error) {
 		return fmt.Errorf("%w: chat template output did not fit", ErrInvalid)
 	})
 	return out, err
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

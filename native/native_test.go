@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
@@ -235,11 +236,11 @@ func TestCloseAndUseAfterClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16})
+	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c2, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16})
+	c2, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -293,7 +294,7 @@ func TestCloseAndUseAfterClose(t *testing.T) {
 
 func TestDecodeRejects(t *testing.T) {
 	m := load(t, tinyModel(t))
-	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 8, Sequences: 2})
+	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 8, Sequences: 2, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,4 +458,72 @@ func TestLogRouted(t *testing.T) {
 		t.Fatal("no llama.cpp log lines reached slog")
 	}
 	t.Logf("%d lines, first %q", len(capture.msgs), capture.msgs[0])
+}
+
+// TestDecodeAbort: cancelling ctx stops a long prompt decode part-way (the
+// abort flag ggml polls), and Close does the same for a decode running on
+// another goroutine.
+func TestDecodeAbort(t *testing.T) {
+	s := gguf.TinySpec(2)
+	s.Name, s.Layers, s.Dim, s.Heads, s.KVHeads, s.FF, s.Context = "mid", 4, 256, 4, 4, 1024, 1024
+	m := load(t, writeModel(t, s))
+	newCtx := func() *Context {
+		c, err := m.NewContext(ContextParams{ContextSize: 1024, BatchSize: 1024, Threads: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	var b Batch
+	for i := range 1000 {
+		b.Add(Token(3+i%300), i, 0, i == 999)
+	}
+	c := newCtx()
+	defer c.Close()
+	start := time.Now()
+	if err := c.Decode(context.Background(), &b); err != nil {
+		t.Fatal(err)
+	}
+	full := time.Since(start)
+	t.Logf("full decode of 1000 tokens: %v", full)
+	if full < 40*time.Millisecond {
+		t.Skipf("decode too fast (%v) to cancel part-way", full)
+	}
+	if err := c.ClearSequence(0); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), full/10)
+	defer cancel()
+	start = time.Now()
+	err := c.Decode(ctx, &b)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("cancelled decode: %v", err)
+	}
+	if d := time.Since(start); d > full/2 {
+		t.Fatalf("cancelled decode took %v of a %v decode", d, full)
+	}
+	// The context still works after an abort (once the sequence is cleared).
+	if err := c.ClearSequence(0); err != nil {
+		t.Fatal(err)
+	}
+	var one Batch
+	one.Add(1, 0, 0, true)
+	if err := c.Decode(context.Background(), &one); err != nil {
+		t.Fatalf("decode after abort: %v", err)
+	}
+	// Close from another goroutine aborts a running decode.
+	c2 := newCtx()
+	done := make(chan error, 1)
+	go func() { done <- c2.Decode(context.Background(), &b) }()
+	time.Sleep(full / 10)
+	start = time.Now()
+	if err := c2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > full/2 {
+		t.Fatalf("Close waited %v for a %v decode", d, full)
+	}
+	if err := <-done; err == nil {
+		t.Log("decode finished before Close (slow scheduling); no abort observed")
+	}
 }

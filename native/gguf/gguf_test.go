@@ -72,7 +72,7 @@ func TestTinyModelShape(t *testing.T) {
 	if n := info.KV["tokenizer.ggml.tokens"].Len; n != 320 {
 		t.Fatalf("vocab %d", n)
 	}
-	if got := info.String("general.architecture"); got != "llama" {
+	if got := info.StringValue("general.architecture"); got != "llama" {
 		t.Fatalf("architecture %q", got)
 	}
 	if info.DataOffset%32 != 0 {

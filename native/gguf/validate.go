@@ -77,8 +77,8 @@ type Info struct {
 	Tensors    []TensorInfo
 }
 
-// String returns the string metadata value for key, or "".
-func (in *Info) String(key string) string {
+// StringValue returns the string metadata value for key, or "".
+func (in *Info) StringValue(key string) string {
 	if v, ok := in.KV[key]; ok && v.Type == TypeString {
 		return v.Str
 	}
