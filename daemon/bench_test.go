@@ -3,6 +3,9 @@ package daemon
 import (
 	"context"
 	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,7 +50,7 @@ func BenchmarkUDPEchoBaseline(b *testing.B) {
 
 // BenchmarkDaemonPing: PING → PONG through the daemon's session path.
 func BenchmarkDaemonPing(b *testing.B) {
-	_, addr := startBenchDaemon(b, &testEngine{})
+	_, addr := startBenchDaemon(b, Config{}, &testEngine{})
 	c := benchClient(b, addr)
 	for b.Loop() {
 		if _, err := c.Ping(context.Background()); err != nil {
@@ -59,7 +62,7 @@ func BenchmarkDaemonPing(b *testing.B) {
 // BenchmarkDaemonRequest: a whole INFER with an instant engine — ACK, a
 // TOKEN, DONE and the device's ACKs — the daemon's overhead per request.
 func BenchmarkDaemonRequest(b *testing.B) {
-	_, addr := startBenchDaemon(b, &testEngine{})
+	_, addr := startBenchDaemon(b, Config{}, &testEngine{})
 	c := benchClient(b, addr)
 	m := &sp.Infer{Prompt: "hi"}
 	b.ReportAllocs()
@@ -70,8 +73,8 @@ func BenchmarkDaemonRequest(b *testing.B) {
 	}
 }
 
-func startBenchDaemon(b *testing.B, e *testEngine) (*Daemon, string) {
-	d, err := New(Config{}, e, nil)
+func startBenchDaemon(b *testing.B, cfg Config, e *testEngine) (*Daemon, string) {
+	d, err := New(cfg, e, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -97,4 +100,115 @@ func benchClient(b *testing.B, addr string) *device.Client {
 		b.Fatal(err)
 	}
 	return c
+}
+
+// percentiles of durations, in microseconds.
+func percentiles(d []time.Duration) (p50, p99 float64) {
+	if len(d) == 0 {
+		return 0, 0
+	}
+	slices.Sort(d)
+	at := func(p int) float64 { return float64(d[min(len(d)-1, len(d)*p/100)].Microseconds()) }
+	return at(50), at(99)
+}
+
+// loadDevices runs n concurrent workers until total operations are done,
+// each timing op; it returns every operation's latency.
+func loadDevices(b *testing.B, n, total int, op func(worker int) (time.Duration, error)) []time.Duration {
+	var (
+		mu   sync.Mutex
+		lats = make([]time.Duration, 0, total)
+		left = int64(total)
+		wg   sync.WaitGroup
+	)
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for atomic.AddInt64(&left, -1) >= 0 {
+				lat, err := op(w)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				mu.Lock()
+				lats = append(lats, lat)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return lats
+}
+
+// Benchmark64Devices measures what the daemon adds at 64 concurrent
+// devices: the time from sending an INFER to the first TOKEN frame, with
+// an instant engine, against the round trip of a bare UDP echo under the
+// same load, both in this run. Metrics: p50/p99 of each and their ratio.
+func Benchmark64Devices(b *testing.B) {
+	const devices = 64
+	total := max(b.N, devices*20)
+
+	// Baseline: 64 clients against a bare echo server.
+	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer srv.Close()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, addr, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = srv.WriteToUDPAddrPort(buf[:n], addr)
+		}
+	}()
+	conns := make([]*net.UDPConn, devices)
+	for i := range conns {
+		if conns[i], err = net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr)); err != nil {
+			b.Fatal(err)
+		}
+		defer conns[i].Close()
+	}
+	echo := loadDevices(b, devices, total, func(w int) (time.Duration, error) {
+		buf := make([]byte, 64)
+		t0 := time.Now()
+		if _, err := conns[w].Write(buf[:40]); err != nil {
+			return 0, err
+		}
+		_ = conns[w].SetReadDeadline(time.Now().Add(2 * time.Second))
+		_, err := conns[w].Read(buf)
+		return time.Since(t0), err
+	})
+
+	// The daemon: 64 devices, INFER → first TOKEN.
+	_, addr := startBenchDaemon(b, Config{MaxQueue: devices}, &testEngine{})
+	clients := make([]*device.Client, devices)
+	for i := range clients {
+		clients[i] = benchClient(b, addr)
+	}
+	m := &sp.Infer{Prompt: "hi"}
+	b.ResetTimer()
+	ttft := loadDevices(b, devices, total, func(w int) (time.Duration, error) {
+		t0 := time.Now()
+		var first time.Duration
+		_, err := clients[w].Ask(context.Background(), m, func([]byte) error {
+			if first == 0 {
+				first = time.Since(t0)
+			}
+			return nil
+		})
+		return first, err
+	})
+	b.StopTimer()
+	e50, e99 := percentiles(echo)
+	d50, d99 := percentiles(ttft)
+	b.ReportMetric(e50, "echo-p50-µs")
+	b.ReportMetric(e99, "echo-p99-µs")
+	b.ReportMetric(d50, "ttft-p50-µs")
+	b.ReportMetric(d99, "ttft-p99-µs")
+	b.ReportMetric(d99/max(e99, 1), "p99-ratio")
+	b.ReportMetric(0, "ns/op")
 }

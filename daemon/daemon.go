@@ -41,9 +41,10 @@ type Daemon struct {
 	log     *slog.Logger
 	stats   Stats
 
-	slots    chan struct{} // one token per running request
-	admitted atomic.Int64  // accepted requests not yet finished (running + queued)
-	draining atomic.Bool
+	slots     chan struct{} // one token per running request
+	admitted  atomic.Int64  // accepted requests still queued or generating
+	streaming atomic.Int64  // requests whose answer is still being delivered
+	draining  atomic.Bool
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -128,7 +129,7 @@ func (d *Daemon) drain() {
 // shutdown is rare enough that polling beats more shared state.
 func (d *Daemon) waitIdle(timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
-	for d.admitted.Load() > 0 {
+	for d.admitted.Load() > 0 || d.streaming.Load() > 0 {
 		if time.Now().After(deadline) {
 			return false
 		}

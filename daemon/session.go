@@ -295,13 +295,18 @@ func (r *request) cancel(cause error) { r.cancelCause(cause) }
 // accepted request ends in exactly one final chunk (DONE or ERROR).
 func (r *request) run() {
 	d := r.s.d
-	defer d.release()
+	d.streaming.Add(1)
+	defer d.streaming.Add(-1)
 	defer r.cancelTimeout()
 	sent := make(chan error, 1)
 	go func() { sent <- r.st.run(r.s.ctx) }()
 
 	var answer strings.Builder
 	res, err := r.generate(&answer)
+	// The engine's work is done: the admission ends here, not when a slow
+	// device has acknowledged the last chunk, so one device's next request
+	// never waits on (or counts twice against) the queue bound.
+	d.release()
 	// Account before the final chunk exists: the device may send its next
 	// INFER the moment it sees DONE, and that one must see this turn.
 	switch {
