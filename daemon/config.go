@@ -21,6 +21,7 @@ type Config struct {
 	DefaultMaxTokens  int           // when INFER has no MAX_TOKENS
 	ShutdownDrain     time.Duration // how long in-flight requests may finish on shutdown
 	MaxPendingPerPeer int           // fragmented messages in reassembly per session
+	MaxPerSession     int           // accepted requests one device may have at once
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -48,6 +49,7 @@ func (c Config) WithDefaults() Config {
 	def(&c.MaxRetransmits, 8)
 	def(&c.DefaultMaxTokens, 128)
 	def(&c.MaxPendingPerPeer, 2)
+	def(&c.MaxPerSession, 4)
 	defDur(&c.Heartbeat, 5*time.Second)
 	defDur(&c.RequestTimeout, 2*time.Minute)
 	defDur(&c.FlushInterval, 20*time.Millisecond)

@@ -10,6 +10,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,10 +148,11 @@ func (d *Daemon) janitor(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			d.mu.Lock()
-			for _, s := range d.sessions {
+			open := slices.Collect(maps.Values(d.sessions))
+			d.mu.Unlock()
+			for _, s := range open { // close takes d.mu itself
 				s.close(errSessionClosed)
 			}
-			d.mu.Unlock()
 			return
 		case now := <-tick.C:
 			var expired []*session
@@ -253,7 +256,7 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		d.send(p, f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
 		return
 	}
-	s := newSession(d, d.linkCtx, p, &h, randomNonce())
+	s := newSession(d, d.linkCtx, p, &h, f.Seq, randomNonce())
 	d.sessions[key] = s
 	d.mu.Unlock()
 	if old != nil {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -34,11 +35,13 @@ type session struct {
 	reasm    *sp.Reassembler
 	requests map[uint8]*request
 	order    []uint8 // seqs of requests, oldest first
+	newest   uint8   // the newest request seq seen (§5); starts at the HELLO's
+	active   int     // accepted requests not yet finished
 	history  []backends.Message
 	lastNack time.Time
 }
 
-func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, nonce uint32) *session {
+func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq uint8, nonce uint32) *session {
 	ctx, cancel := context.WithCancelCause(parent)
 	s := &session{
 		d: d, peer: p, deviceID: h.DeviceID, bootNonce: h.BootNonce, daemonNonce: nonce,
@@ -46,9 +49,28 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, nonce ui
 		ctx: ctx, cancel: cancel,
 		reasm:    sp.NewReassembler(sp.ReassemblerConfig{MaxMessage: d.cfg.MaxMessage, MaxPending: d.cfg.MaxPendingPerPeer}),
 		requests: make(map[uint8]*request),
+		newest:   helloSeq,
 	}
 	s.touch()
 	return s
+}
+
+// advance notes a request seq (§5). A seq after the newest one starts a new
+// request, so whatever an old request with the same seq (256 requests ago,
+// PINGs included) left behind is forgotten: it must run, not be mistaken
+// for a retransmission.
+func (s *session) advance(seq uint8) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !sp.SeqAfter(seq, s.newest) {
+		return
+	}
+	s.newest = seq
+	if r := s.requests[seq]; r != nil {
+		delete(s.requests, seq)
+		s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
+	}
+	s.reasm.Forget(sp.CmdInfer, seq)
 }
 
 func (s *session) welcome() *sp.Welcome {
@@ -98,6 +120,10 @@ func (s *session) allowNack(now time.Time) bool {
 // handle serves one frame of an open session.
 func (s *session) handle(f sp.Frame) {
 	s.touch()
+	switch f.Cmd {
+	case sp.CmdPing, sp.CmdStatus, sp.CmdInfer, sp.CmdBye:
+		s.advance(f.Seq) // requests the device originates
+	}
 	if f.Cmd == sp.CmdInfer {
 		s.infer(f)
 		return
@@ -127,7 +153,10 @@ func (s *session) handle(f sp.Frame) {
 		s.send(f.Seq, &sp.Bye{})
 		s.close(errSessionClosed)
 	case *sp.Nack:
-		if m.Reason == sp.NackBadFrame { // the device saw a corrupt frame: resend now
+		// The device saw a corrupt frame: resend now. Only on a byte stream
+		// (§7.2): on UDP one spoofed datagram would make us resend whole
+		// answers to its victim.
+		if m.Reason == sp.NackBadFrame && s.peer.ByteStream() && s.allowNack(time.Now()) {
 			s.mu.Lock()
 			for _, r := range s.requests {
 				r.st.rewind()
@@ -192,29 +221,63 @@ func (s *session) infer(f sp.Frame) {
 	if s.repeatAck(f.Seq) {
 		return
 	}
+	// A refused INFER leaves no trace, so its retransmission (the ERROR may
+	// have been lost) is judged again and answered again, never met with
+	// silence.
+	refuse := func(e *sp.Error) {
+		s.mu.Lock()
+		s.reasm.Forget(sp.CmdInfer, f.Seq)
+		s.mu.Unlock()
+		s.send(f.Seq, e)
+	}
 	var m sp.Infer
 	if err := m.UnmarshalBody(body); err != nil {
 		code := sp.CodeMalformed
 		if errors.Is(err, sp.ErrUnsupportedOption) {
 			code = sp.CodeUnsupportedOption
 		}
-		s.send(f.Seq, sp.NewError(code, errText(err)))
+		refuse(sp.NewError(code, errText(err)))
+		return
+	}
+	if !s.reserve() {
+		s.d.stats.Busy.Add(1)
+		refuse(sp.NewError(sp.CodeBusy, "this device has too many requests"))
 		return
 	}
 	if !s.d.admit() {
+		s.unreserve()
 		s.d.stats.Busy.Add(1)
-		s.send(f.Seq, sp.NewError(sp.CodeBusy, "request queue full"))
+		refuse(sp.NewError(sp.CodeBusy, "request queue full"))
 		return
 	}
 	if s.d.draining.Load() { // checked after admit: drain waits for admitted requests
 		s.d.release()
-		s.send(f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
+		s.unreserve()
+		refuse(sp.NewError(sp.CodeShuttingDown, "shutting down"))
 		return
 	}
 	r := s.newRequest(f.Seq, count, &m)
 	s.d.stats.Accepted.Add(1)
 	s.send(f.Seq, &sp.Ack{Next: uint16(count)})
 	go r.run()
+}
+
+// reserve takes one of the session's request places: one device may not
+// fill the whole queue and starve the others.
+func (s *session) reserve() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active >= s.d.cfg.MaxPerSession {
+		return false
+	}
+	s.active++
+	return true
+}
+
+func (s *session) unreserve() {
+	s.mu.Lock()
+	s.active--
+	s.mu.Unlock()
 }
 
 // repeatAck answers a retransmitted INFER whose request is known.
@@ -297,9 +360,17 @@ func (r *request) run() {
 	d := r.s.d
 	d.streaming.Add(1)
 	defer d.streaming.Add(-1)
+	defer r.s.unreserve()
+	defer r.cancelCause(nil) // release the context (a no-op if already cancelled)
 	defer r.cancelTimeout()
 	sent := make(chan error, 1)
-	go func() { sent <- r.st.run(r.s.ctx) }()
+	go func() {
+		err := r.st.run(r.s.ctx)
+		if err != nil {
+			r.cancel(err) // the device is gone: stop the engine now, not at the deadline
+		}
+		sent <- err
+	}()
 
 	var answer strings.Builder
 	res, err := r.generate(&answer)
@@ -320,7 +391,6 @@ func (r *request) run() {
 	}
 	r.st.finish(r.final(res, err))
 	if err := <-sent; err != nil {
-		r.cancel(err)
 		d.log.Info("stream ended early", "device", r.s.deviceID, "seq", r.seq, "err", err)
 	}
 }

@@ -58,6 +58,7 @@ func newStream(p Peer, version, seq uint8, maxData, window int, flush time.Durat
 		maxRetransmits: maxRetransmits,
 		window:         window,
 		wake:           make(chan struct{}, 1),
+		lastSend:       time.Now(), // the clock for a window closed from the start
 	}
 }
 
@@ -136,7 +137,7 @@ func (s *stream) run(ctx context.Context) error {
 			return nil
 		}
 		wait := time.Hour
-		if s.acked < s.sent || (s.window == 0 && s.acked > 0) {
+		if s.acked < s.sent || s.window == 0 {
 			wait = min(wait, s.lastSend.Add(s.backoff()).Sub(now))
 		}
 		if s.text.Len() > 0 && len(s.frames) < s.acked+s.window {
@@ -149,8 +150,12 @@ func (s *stream) run(ctx context.Context) error {
 			return ctx.Err()
 		case <-s.wake:
 		case <-timer.C:
-			if err := s.timeout(time.Now()); err != nil {
+			probe, err := s.timeout(time.Now())
+			if err != nil {
 				return err
+			}
+			if probe != nil {
+				_ = s.peer.Send(probe)
 			}
 		}
 	}
@@ -162,28 +167,33 @@ func (s *stream) backoff() time.Duration {
 }
 
 // timeout handles an expired retransmission timer: go back to the oldest
-// unacknowledged chunk; with the window closed, repeat the last chunk sent
-// so the device re-sends its ACK (a duplicate chunk is re-acknowledged).
-func (s *stream) timeout(now time.Time) error {
+// unacknowledged chunk. With the window closed it returns a probe to send:
+// the last chunk the device acknowledged, which it answers with its current
+// ACK (§8.2) — sent outside the window, never opening it. Probes count as
+// retransmissions: a device that keeps its window shut for the whole retry
+// budget (about 25 s on UDP) is given up, so it cannot park answers here.
+func (s *stream) timeout(now time.Time) (probe []byte, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now.Sub(s.lastSend) < s.backoff() {
-		return nil
+		return nil, nil
 	}
 	switch {
 	case s.acked < s.sent:
 		s.sent = s.acked
-	case s.window == 0 && s.acked > 0:
-		s.sent = s.acked - 1
-		s.window = 1 // one probe, until the device's ACK says otherwise
+	case s.window == 0:
+		if s.acked > 0 {
+			probe = s.frames[s.acked-1]
+		}
+		s.lastSend = now
 	default:
-		return nil
+		return nil, nil
 	}
 	s.retries++
 	if s.retries > s.maxRetransmits {
-		return errGaveUp
+		return nil, errGaveUp
 	}
-	return nil
+	return probe, nil
 }
 
 // cut turns buffered text into TOKEN frames while the window has room,

@@ -64,13 +64,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start mcpd: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	// exited is closed when mcpd ends (every waiter sees it); waitErr then
+	// holds how it ended.
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	stop := func() error {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		select {
-		case err := <-exited:
-			return err
+		case <-exited:
+			return waitErr
 		case <-time.After(15 * time.Second):
 			_ = cmd.Process.Kill()
 			return errors.New("mcpd did not stop on SIGTERM")
@@ -83,7 +86,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		c := device.New(t, cfg)
 		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
-		if err := helloWhenReady(ctx, c, exited); err != nil {
+		if err := helloWhenReady(ctx, c, exited, &waitErr); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
 		fmt.Fprintf(stdout, "\n[%s] device %q asks: %s\n[%s] answer: ", name, cfg.DeviceID, *question, name)
@@ -114,11 +117,11 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // helloWhenReady says HELLO until mcpd answers: it may still be loading
 // the model.
-func helloWhenReady(ctx context.Context, c *device.Client, exited <-chan error) error {
+func helloWhenReady(ctx context.Context, c *device.Client, exited <-chan struct{}, waitErr *error) error {
 	for {
 		select {
-		case err := <-exited:
-			return fmt.Errorf("mcpd exited: %v", err)
+		case <-exited:
+			return fmt.Errorf("mcpd exited: %v", *waitErr)
 		default:
 		}
 		hctx, cancel := context.WithTimeout(ctx, time.Second)

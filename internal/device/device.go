@@ -110,38 +110,60 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 	if err := resend(0); err != nil {
 		return err
 	}
-	for attempt := 1; ; {
+	streaming := func() bool { return keepalive != nil && keepalive() }
+	attempt, heard := 1, time.Now()
+	// Each attempt's deadline is fixed when it starts: frames of other
+	// requests must not push our retransmission back.
+	next := func() time.Time {
+		wait := c.cfg.RTO << min(attempt-1, 4)
+		if streaming() {
+			wait = min(c.keepaliveInterval(), wait)
+		}
+		return time.Now().Add(wait)
+	}
+	deadline := next()
+	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		wait := c.cfg.RTO << min(attempt-1, 4)
-		if keepalive != nil && keepalive() {
-			wait = min(c.keepaliveInterval(), wait)
+		dl := deadline
+		if cdl, ok := ctx.Deadline(); ok && cdl.Before(dl) {
+			dl = cdl
 		}
-		deadline := time.Now().Add(wait)
-		if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
-			deadline = dl
-		}
-		f, err := c.t.Recv(deadline)
+		f, err := c.t.Recv(dl)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if attempt > c.cfg.Retries && (keepalive == nil || !keepalive()) {
+			if streaming() {
+				// The daemon retransmits a stream; if nothing at all comes
+				// for three heartbeats it has given up or gone.
+				if time.Since(heard) > 6*c.keepaliveInterval() { // three heartbeats
+					return fmt.Errorf("%w: silent for %v", ErrTimeout, time.Since(heard).Round(time.Second))
+				}
+			} else if attempt > c.cfg.Retries {
 				return fmt.Errorf("%w (%d retransmissions): %v", ErrTimeout, c.cfg.Retries, err)
 			}
 			if err := resend(attempt); err != nil {
 				return err
 			}
-			if keepalive == nil || !keepalive() {
+			if !streaming() {
 				attempt++
 			}
+			deadline = next()
 			continue
 		}
 		if f.Cmd == sp.CmdNack && len(f.Data) == 1 && f.Data[0] == sp.NackBadFrame {
 			// The daemon saw a corrupt frame (serial, §7.1): likely ours, so
-			// repeat now rather than wait for the timer. Not an attempt.
-			if err := resend(max(attempt, 1)); err != nil {
+			// repeat now rather than wait for the timer — counted, so a
+			// line that corrupts everything still ends in ErrTimeout.
+			if !streaming() {
+				if attempt > c.cfg.Retries {
+					return fmt.Errorf("%w: every frame arrives corrupt", ErrTimeout)
+				}
+				attempt++
+			}
+			if err := resend(max(attempt-1, 1)); err != nil {
 				return err
 			}
 			continue
@@ -149,6 +171,7 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 		if f.Seq != seq {
 			continue // a late answer to an earlier request
 		}
+		heard = time.Now()
 		m, err := sp.ParseBody(f.Cmd, f.Data)
 		if err != nil {
 			return fmt.Errorf("device: daemon sent a bad %s: %w", f.Cmd, err)
@@ -249,6 +272,7 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 		size     uint32
 		done     *sp.Done
 		missing  []byte
+		nacks    int
 	)
 	ack := func() error { return c.sendMsg(seq, &sp.Ack{Next: next, Window: c.cfg.Window}) }
 	resend := func(attempt int) error {
@@ -280,6 +304,9 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 		case *sp.Ack:
 			accepted = true
 		case *sp.Nack:
+			if nacks++; nacks > c.cfg.Retries {
+				return true, fmt.Errorf("%w: the daemon keeps asking for the prompt again (%d NACKs)", ErrTimeout, nacks)
+			}
 			switch msg.Reason {
 			case sp.NackMissing:
 				missing = append([]byte(nil), msg.Missing...)
@@ -319,7 +346,7 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 		return false, nil
 	}, func() bool { return accepted })
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		c.cancel(seq)
+		c.cancel(seq, next)
 		return nil, err
 	}
 	if err != nil {
@@ -332,12 +359,19 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 }
 
 // cancel tells the daemon to stop request seq and waits a little for the
-// stream's final chunk, acknowledging it so the daemon can let go.
-func (c *Client) cancel(seq uint8) {
-	ctx, stop := context.WithTimeout(context.Background(), 4*c.cfg.RTO)
+// stream's final chunk. It keeps acknowledging the TOKENs still arriving
+// (next is the chunk expected), or a closed window would hold the final
+// chunk back, and acknowledges the final chunk so the daemon can let go.
+func (c *Client) cancel(seq uint8, next uint16) {
+	ctx, stop := context.WithTimeout(context.Background(), 8*c.cfg.RTO)
 	defer stop()
 	_ = c.exchange(ctx, seq, func(int) error { return c.sendMsg(seq, &sp.Cancel{}) }, func(f sp.Frame, m sp.Message) (bool, error) {
 		switch m := m.(type) {
+		case *sp.Token:
+			if m.Chunk == next {
+				next++
+			}
+			return false, c.sendMsg(seq, &sp.Ack{Next: next, Window: c.cfg.Window})
 		case *sp.Done:
 			return true, c.sendMsg(seq, &sp.Ack{Next: m.Chunk + 1, Window: c.cfg.Window})
 		case *sp.Error:

@@ -1,0 +1,161 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/internal/device"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// TestSeqWrapRunsTheNewRequest: after 256 requests (PINGs as heartbeats
+// count) a device's seq comes round again; an INFER on a seq an old INFER
+// used is a new request and must run, not be answered as a retransmission.
+func TestSeqWrapRunsTheNewRequest(t *testing.T) {
+	e := &testEngine{}
+	_, addr := startDaemon(t, Config{}, e)
+	c := dial(t, addr, device.Config{DeviceID: "heartbeat"})
+	if _, _, err := ask(t, c, "first"); err != nil {
+		t.Fatal(err)
+	}
+	for range 255 {
+		if _, err := c.Ping(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	text, _, err := ask(t, c, "second") // the seq "first" had
+	if err != nil || text != answerFor("second") {
+		t.Fatalf("after the wrap: %q %v", text, err)
+	}
+	if e.calls.Load() != 2 {
+		t.Fatalf("engine ran %d times, want 2", e.calls.Load())
+	}
+}
+
+// TestRefusedInferIsAnsweredAgain: a retransmitted INFER whose ERROR was
+// lost gets an answer again, never silence.
+func TestRefusedInferIsAnsweredAgain(t *testing.T) {
+	e := &testEngine{release: make(chan struct{})}
+	_, addr := startDaemon(t, Config{MaxConcurrent: 1, MaxQueue: -1}, e)
+	hog := dial(t, addr, device.Config{DeviceID: "hog"})
+	hogDone := make(chan struct{})
+	go func() { _, _, _ = ask(t, hog, "hold"); close(hogDone) }()
+	defer func() { close(e.release); <-hogDone }()
+	waitFor(t, func() bool { return e.calls.Load() == 1 })
+
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	c := device.New(tr, device.Config{DeviceID: "refused"})
+	if err := c.Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := (&sp.Infer{Prompt: "me"}).AppendBody(nil)
+	frame, _ := sp.AppendFrame(nil, inferFrame(t, 42, body))
+	for i := range 2 {
+		_ = tr.Send(frame)
+		f, err := tr.Recv(time.Now().Add(2 * time.Second))
+		var e sp.Error
+		if err != nil || f.Cmd != sp.CmdError || e.UnmarshalBody(f.Data) != nil || e.Code != sp.CodeBusy {
+			t.Fatalf("copy %d: %v %v", i, f, err)
+		}
+	}
+}
+
+// TestShutdownReleasesTheDaemon: after Run returns, the daemon's lock is
+// free (the janitor used to close sessions while holding it).
+func TestShutdownReleasesTheDaemon(t *testing.T) {
+	d, err := New(Config{}, &testEngine{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, l) }()
+	dial(t, l.Addr().String(), device.Config{DeviceID: "open"})
+	cancel()
+	<-done
+	time.Sleep(100 * time.Millisecond) // the janitor's exit path
+	free := make(chan struct{})
+	go func() { d.mu.Lock(); d.mu.Unlock(); close(free) }()
+	select {
+	case <-free:
+	case <-time.After(2 * time.Second):
+		t.Fatal("the daemon's lock is still held after shutdown")
+	}
+}
+
+// TestCancelWithClosedWindow: a device with a one-frame window cancels
+// while TOKENs are still coming; the stream must end promptly.
+func TestCancelWithClosedWindow(t *testing.T) {
+	e := &testEngine{}
+	d, addr := startDaemon(t, Config{DefaultMaxTokens: 1000}, e)
+	c := dial(t, addr, device.Config{DeviceID: "tiny-window", MaxData: 32, Window: 1})
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := c.Ask(ctx, &sp.Infer{Prompt: strings.Repeat("long answer ", 200)}, func([]byte) error { cancel(); return nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("want context.Canceled, got %v", err)
+	}
+	waitFor(t, func() bool { return d.streaming.Load() == 0 })
+}
+
+type recordPeer struct {
+	mu   sync.Mutex
+	sent [][]byte
+}
+
+func (p *recordPeer) Key() string        { return "rec" }
+func (p *recordPeer) ByteStream() bool   { return false }
+func (p *recordPeer) RTO() time.Duration { return 10 * time.Millisecond }
+func (p *recordPeer) Send(f []byte) error {
+	p.mu.Lock()
+	p.sent = append(p.sent, append([]byte(nil), f...))
+	p.mu.Unlock()
+	return nil
+}
+
+func (p *recordPeer) chunks() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []int
+	for _, raw := range p.sent {
+		f, _ := sp.Decode(raw)
+		out = append(out, int(f.Data[0])<<8|int(f.Data[1]))
+	}
+	return out
+}
+
+// TestWindowZeroProbeStaysInTheWindow: with the window closed the daemon
+// probes with the last acknowledged chunk and sends nothing new.
+func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
+	p := &recordPeer{}
+	st := newStream(p, 1, 7, 32, 2, time.Millisecond, 3)
+	for range 10 {
+		_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz"))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) >= 2 })
+	st.ack(2, 0)  // two chunks in, and the device is full
+	err := <-errc // probes count as retransmissions: given up after 3
+	if !errors.Is(err, errGaveUp) {
+		t.Fatalf("want errGaveUp, got %v", err)
+	}
+	for _, c := range p.chunks()[2:] {
+		if c != 1 {
+			t.Fatalf("sent chunk %d with the window closed (chunks %v)", c, p.chunks())
+		}
+	}
+}
