@@ -133,6 +133,10 @@ func (s *stream) run(ctx context.Context) error {
 			s.mu.Lock()
 		}
 		if s.finalCut && s.acked == len(s.frames) {
+			// Only the final chunk can be asked for again (a CANCEL that
+			// crossed it); the text is delivered and need not be kept for
+			// the 32 requests a session remembers.
+			clear(s.frames[:len(s.frames)-1])
 			s.mu.Unlock()
 			return nil
 		}
@@ -140,8 +144,11 @@ func (s *stream) run(ctx context.Context) error {
 		if s.acked < s.sent || s.window == 0 {
 			wait = min(wait, s.lastSend.Add(s.backoff()).Sub(now))
 		}
-		if s.text.Len() > 0 && len(s.frames) < s.acked+s.window {
-			wait = min(wait, s.pendingSince.Add(s.flush).Sub(now))
+		// Wake for the flush deadline only while it lies ahead: once passed,
+		// cut has flushed what it could, and what remains (the first bytes of
+		// a character) waits for the engine's next write.
+		if flushAt := s.pendingSince.Add(s.flush); s.text.Len() > 0 && len(s.frames) < s.acked+s.window && now.Before(flushAt) {
+			wait = min(wait, flushAt.Sub(now))
 		}
 		s.mu.Unlock()
 		timer.Reset(max(wait, time.Millisecond))
