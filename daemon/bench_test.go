@@ -16,12 +16,13 @@ import (
 // BenchmarkUDPEchoBaseline is a bare UDP echo on loopback — the floor any
 // request/response over these sockets pays — measured in the same run as
 // the daemon benchmarks so their figures can be read as ratios.
-func BenchmarkUDPEchoBaseline(b *testing.B) {
+// startEcho runs a bare UDP echo server on loopback until the benchmark ends.
+func startEcho(b *testing.B) *net.UDPAddr {
 	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer srv.Close()
+	b.Cleanup(func() { srv.Close() })
 	go func() {
 		buf := make([]byte, 512)
 		for {
@@ -32,7 +33,11 @@ func BenchmarkUDPEchoBaseline(b *testing.B) {
 			_, _ = srv.WriteToUDPAddrPort(buf[:n], addr)
 		}
 	}()
-	c, err := net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr))
+	return srv.LocalAddr().(*net.UDPAddr)
+}
+
+func BenchmarkUDPEchoBaseline(b *testing.B) {
+	c, err := net.DialUDP("udp", nil, startEcho(b))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -150,24 +155,11 @@ func Benchmark64Devices(b *testing.B) {
 	total := max(b.N, devices*20)
 
 	// Baseline: 64 clients against a bare echo server.
-	srv, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer srv.Close()
-	go func() {
-		buf := make([]byte, 512)
-		for {
-			n, addr, err := srv.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			_, _ = srv.WriteToUDPAddrPort(buf[:n], addr)
-		}
-	}()
+	echoAddr := startEcho(b)
 	conns := make([]*net.UDPConn, devices)
 	for i := range conns {
-		if conns[i], err = net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr)); err != nil {
+		var err error
+		if conns[i], err = net.DialUDP("udp", nil, echoAddr); err != nil {
 			b.Fatal(err)
 		}
 		defer conns[i].Close()

@@ -227,6 +227,31 @@ func TestEngineFailureEndsStreamWithError(t *testing.T) {
 	}
 }
 
+// rawSession opens a session whose frames the test sends and reads itself.
+func rawSession(t *testing.T, addr, id string) *device.UDP {
+	t.Helper()
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	if err := device.New(tr, device.Config{DeviceID: id}).Hello(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return tr
+}
+
+// rawInfer is the wire bytes of an INFER of prompt with seq.
+func rawInfer(t *testing.T, seq uint8, prompt string) []byte {
+	t.Helper()
+	body, _ := (&sp.Infer{Prompt: prompt}).AppendBody(nil)
+	frame, err := sp.AppendFrame(nil, inferFrame(t, seq, body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return frame
+}
+
 // inferFrame wraps an INFER body as a message of one fragment (§6).
 func inferFrame(t *testing.T, seq uint8, body []byte) sp.Frame {
 	t.Helper()
@@ -242,17 +267,8 @@ func inferFrame(t *testing.T, seq uint8, body []byte) sp.Frame {
 func TestRetransmittedInferRunsOnce(t *testing.T) {
 	e := &testEngine{}
 	_, addr := startDaemon(t, Config{}, e)
-	tr, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	c := device.New(tr, device.Config{DeviceID: "dup"})
-	if err := c.Hello(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	body, _ := (&sp.Infer{Prompt: "once"}).AppendBody(nil)
-	frame, _ := sp.AppendFrame(nil, inferFrame(t, 9, body))
+	tr := rawSession(t, addr, "dup")
+	frame := rawInfer(t, 9, "once")
 	acks := 0
 	for range 3 {
 		_ = tr.Send(frame)

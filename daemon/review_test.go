@@ -47,17 +47,8 @@ func TestRefusedInferIsAnsweredAgain(t *testing.T) {
 	defer func() { close(e.release); <-hogDone }()
 	waitFor(t, func() bool { return e.calls.Load() == 1 })
 
-	tr, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	c := device.New(tr, device.Config{DeviceID: "refused"})
-	if err := c.Hello(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	body, _ := (&sp.Infer{Prompt: "me"}).AppendBody(nil)
-	frame, _ := sp.AppendFrame(nil, inferFrame(t, 42, body))
+	tr := rawSession(t, addr, "refused")
+	frame := rawInfer(t, 42, "me")
 	for i := range 2 {
 		_ = tr.Send(frame)
 		f, err := tr.Recv(time.Now().Add(2 * time.Second))
