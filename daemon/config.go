@@ -22,6 +22,9 @@ type Config struct {
 	ShutdownDrain     time.Duration // how long in-flight requests may finish on shutdown
 	MaxPendingPerPeer int           // fragmented messages in reassembly per session
 	MaxPerSession     int           // accepted requests one device may have at once
+	// Keys holds each signing device's pre-shared key by device id: such a
+	// device must sign every frame, and so does the daemon (§9).
+	Keys map[string]sp.Key
 }
 
 // WithDefaults returns c with every zero field set to its default.

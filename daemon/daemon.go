@@ -31,6 +31,7 @@ var (
 // Stats are the daemon's counters.
 type Stats struct {
 	FramesIn, FramesOut, BadFrames         atomic.Int64
+	AuthFailures                           atomic.Int64 // unsigned, bad tag, replayed or stale frames
 	Sessions                               atomic.Int64 // open now
 	Accepted, Busy, Done, Failed, Canceled atomic.Int64
 	Duplicates                             atomic.Int64 // retransmitted requests answered again
@@ -48,9 +49,10 @@ type Daemon struct {
 	streaming atomic.Int64  // requests whose answer is still being delivered
 	draining  atomic.Bool
 
-	mu       sync.Mutex
-	sessions map[string]*session
-	linkCtx  context.Context // lives until the drain is over
+	mu         sync.Mutex
+	sessions   map[string]*session
+	bootNonces map[string][]uint32 // per keyed device, its last 16 HELLO boot nonces (§9.3)
+	linkCtx    context.Context     // lives until the drain is over
 }
 
 // New returns a daemon serving through b.
@@ -67,8 +69,9 @@ func New(cfg Config, b backends.Backend, log *slog.Logger) (*Daemon, error) {
 	}
 	return &Daemon{
 		cfg: cfg, backend: b, log: log,
-		slots:    make(chan struct{}, cfg.MaxConcurrent),
-		sessions: make(map[string]*session),
+		slots:      make(chan struct{}, cfg.MaxConcurrent),
+		sessions:   make(map[string]*session),
+		bootNonces: make(map[string][]uint32),
 	}, nil
 }
 
@@ -193,9 +196,6 @@ func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
 	case f.Version != sp.Version1:
 		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
 		return
-	case f.Flags&sp.FlagSigned != 0:
-		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "no signing key configured"))
-		return
 	case !f.Cmd.Known():
 		d.send(p, f.Seq, sp.NewError(sp.CodeUnknownCommand, f.Cmd.String()))
 		return
@@ -221,29 +221,74 @@ func (d *Daemon) session(key string) *session {
 	return d.sessions[key]
 }
 
-// hello opens, repeats or replaces a session (docs/protocol.md §10).
+// hello opens, repeats or replaces a session (docs/protocol.md §10), and
+// applies the device's key (§9.4).
 func (d *Daemon) hello(p Peer, f sp.Frame) {
 	var h sp.Hello
 	if f.Flags&sp.FlagFragment != 0 {
 		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, "HELLO cannot be fragmented"))
 		return
 	}
-	if err := h.UnmarshalBody(f.Data); err != nil {
+	signed := f.Flags&sp.FlagSigned != 0
+	body := f.Data
+	if signed {
+		if len(body) < sp.SignatureLen {
+			d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, "signed HELLO without a signature block"))
+			return
+		}
+		body = body[:len(body)-sp.SignatureLen]
+	}
+	if err := h.UnmarshalBody(body); err != nil {
 		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
 		return
+	}
+	key, keyed := d.cfg.Keys[h.DeviceID]
+	switch {
+	case keyed && !signed:
+		d.stats.AuthFailures.Add(1)
+		d.send(p, f.Seq, sp.NewError(sp.CodeAuthRequired, "this device must sign"))
+		return
+	case signed && !keyed:
+		d.stats.AuthFailures.Add(1)
+		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "no key for this device"))
+		return
+	case signed:
+		// The HELLO's own MAC uses boot_nonce ‖ 0 (§9.1); its body is
+		// trusted only once that checks out.
+		v, err := sp.NewVerifier(key, sp.DeviceToDaemon, sp.MakeNonce(h.BootNonce, 0))
+		if err == nil {
+			_, _, _, err = v.Verify(f)
+		}
+		if err == nil && h.Features&sp.FeatureSign == 0 {
+			err = errors.New("signed HELLO without the SIGN feature")
+		}
+		if err != nil {
+			d.stats.AuthFailures.Add(1)
+			d.log.Info("HELLO rejected", "device", h.DeviceID, "reason", err)
+			d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "HELLO signature rejected"))
+			return
+		}
 	}
 	if h.MinVersion > sp.Version1 {
 		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
 		return
 	}
-	key := p.Key()
+	peerKey := p.Key()
 	d.mu.Lock()
-	old := d.sessions[key]
+	old := d.sessions[peerKey]
 	if old != nil && old.bootNonce == h.BootNonce && old.deviceID == h.DeviceID {
 		d.mu.Unlock()
 		d.stats.Duplicates.Add(1)
 		old.touch()
-		d.send(p, f.Seq, old.welcome()) // a retransmitted HELLO
+		old.send(f.Seq, old.welcome()) // a retransmitted HELLO
+		return
+	}
+	if keyed && d.seenBootNonce(h.DeviceID, h.BootNonce) {
+		// An older HELLO of this device, recorded and played back: it must
+		// not tear down the live session (§9.3).
+		d.mu.Unlock()
+		d.stats.AuthFailures.Add(1)
+		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "replayed HELLO"))
 		return
 	}
 	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
@@ -256,16 +301,37 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		d.send(p, f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
 		return
 	}
-	s := newSession(d, d.linkCtx, p, &h, f.Seq, randomNonce())
-	d.sessions[key] = s
+	s, err := newSession(d, d.linkCtx, p, &h, f.Seq, randomNonce(), key)
+	if err != nil {
+		d.mu.Unlock()
+		d.send(p, f.Seq, sp.NewError(sp.CodeInternal, errText(err)))
+		return
+	}
+	d.sessions[peerKey] = s
 	d.mu.Unlock()
 	if old != nil {
 		old.close(errSessionClosed)
 	} else {
 		d.stats.Sessions.Add(1)
 	}
-	d.log.Info("session opened", "device", h.DeviceID, "peer", key, "max_data", h.MaxData, "window", h.Window)
-	d.send(p, f.Seq, s.welcome())
+	d.log.Info("session opened", "device", h.DeviceID, "peer", peerKey, "max_data", h.MaxData, "window", h.Window, "signed", keyed)
+	s.send(f.Seq, s.welcome())
+}
+
+// seenBootNonce reports whether a keyed device used boot nonce n in one of
+// its last 16 HELLOs, and records it. Called with d.mu held; the map holds
+// only configured devices.
+func (d *Daemon) seenBootNonce(id string, n uint32) bool {
+	ring := d.bootNonces[id]
+	if slices.Contains(ring, n) {
+		return true
+	}
+	ring = append(ring, n)
+	if len(ring) > 16 {
+		ring = ring[1:]
+	}
+	d.bootNonces[id] = ring
+	return false
 }
 
 func (d *Daemon) removeSession(s *session) {
@@ -293,25 +359,26 @@ func (d *Daemon) admit() bool {
 func (d *Daemon) release() { d.admitted.Add(-1) }
 
 // send answers a peer that has no session (yet): its data limit is
-// unknown, so the smallest one any device may have is assumed.
-func (d *Daemon) send(p Peer, seq uint8, m sp.Message) { d.sendTo(p, seq, sp.MinDataLimit, m) }
+// unknown, so the smallest one any device may have is assumed, and there is
+// no session to sign in (§9.2).
+func (d *Daemon) send(p Peer, seq uint8, m sp.Message) { d.sendTo(p, seq, sp.MinDataLimit, nil, m) }
 
 // sendTo encodes m in one frame to p, cutting texts to fit the peer's data
 // limit. Errors are logged, not returned: a device that vanished is
 // handled by session expiry.
-func (d *Daemon) sendTo(p Peer, seq uint8, limit int, m sp.Message) {
+func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m sp.Message) {
 	switch m := m.(type) {
 	case *sp.Error:
-		m.Fit(sp.BodyLimit(limit, false))
+		m.Fit(sp.BodyLimit(limit, seal.signed()))
 	case *sp.StatusReply:
-		m.Fit(sp.BodyLimit(limit, false))
+		m.Fit(sp.BodyLimit(limit, seal.signed()))
 	}
 	body, err := m.AppendBody(make([]byte, 0, 64))
 	if err != nil {
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return
 	}
-	frame, err := sp.AppendFrame(make([]byte, 0, sp.Overhead+len(body)), sp.Frame{Version: sp.Version1, Cmd: m.Command(), Seq: seq, Data: body})
+	frame, err := seal.seal(sp.Frame{Version: sp.Version1, Cmd: m.Command(), Seq: seq, Data: body})
 	if err != nil {
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return

@@ -130,7 +130,7 @@ func (p *recordPeer) chunks() []int {
 // probes with the last acknowledged chunk and sends nothing new.
 func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(p, 1, 7, 32, 2, time.Millisecond, 3)
+	st := newStream(p, nil, 1, 7, 32, 2, time.Millisecond, 3)
 	for range 10 {
 		_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz"))
 	}

@@ -30,6 +30,9 @@ type session struct {
 	ctx         context.Context
 	cancel      context.CancelCauseFunc
 	seen        atomic.Int64 // unix nanoseconds of the last frame
+	seal        *sealer      // signs what we send when the device has a key
+	verifier    *sp.Verifier // checks what it sends; nil in an unsigned session
+	lastAuthErr time.Time    // AUTH_FAILED answers are rate-limited (§9.2)
 
 	mu       sync.Mutex
 	reasm    *sp.Reassembler
@@ -41,7 +44,7 @@ type session struct {
 	lastNack time.Time
 }
 
-func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq uint8, nonce uint32) *session {
+func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq uint8, nonce uint32, key sp.Key) (*session, error) {
 	ctx, cancel := context.WithCancelCause(parent)
 	s := &session{
 		d: d, peer: p, deviceID: h.DeviceID, bootNonce: h.BootNonce, daemonNonce: nonce,
@@ -51,8 +54,47 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq
 		requests: make(map[uint8]*request),
 		newest:   helloSeq,
 	}
+	if !key.IsZero() {
+		n := sp.MakeNonce(h.BootNonce, nonce)
+		signer, err := sp.NewSigner(key, sp.DaemonToDevice, n, 0, 0)
+		if err != nil {
+			return nil, err
+		}
+		if s.verifier, err = sp.NewVerifier(key, sp.DeviceToDaemon, n); err != nil {
+			return nil, err
+		}
+		s.seal = &sealer{signer: signer}
+	}
 	s.touch()
-	return s
+	return s, nil
+}
+
+// open checks a frame's signature in a signed session and strips it; in an
+// unsigned session it refuses signed frames. Failures are counted and
+// answered with AUTH_FAILED at most once a second.
+func (s *session) open(f sp.Frame) (sp.Frame, bool) {
+	var err error
+	s.mu.Lock()
+	switch {
+	case s.verifier != nil:
+		f, _, _, err = s.verifier.Verify(f)
+	case f.Flags&sp.FlagSigned != 0:
+		err = sp.ErrBadTag // no key: a signature can't be right
+	}
+	answer := err != nil && time.Since(s.lastAuthErr) >= time.Second
+	if answer {
+		s.lastAuthErr = time.Now()
+	}
+	s.mu.Unlock()
+	if err == nil {
+		return f, true
+	}
+	s.d.stats.AuthFailures.Add(1)
+	s.d.log.Info("frame rejected", "device", s.deviceID, "reason", err)
+	if answer {
+		s.send(f.Seq, sp.NewError(sp.CodeAuthFailed, "frame signature rejected"))
+	}
+	return f, false
 }
 
 // advance notes a request seq (§5). A seq after the newest one starts a new
@@ -74,8 +116,12 @@ func (s *session) advance(seq uint8) {
 }
 
 func (s *session) welcome() *sp.Welcome {
+	var features uint16
+	if s.verifier != nil {
+		features = sp.FeatureSign
+	}
 	return &sp.Welcome{
-		Version: sp.Version1, MaxData: sp.MaxData, Window: 255,
+		Version: sp.Version1, MaxData: sp.MaxData, Window: 255, Features: features,
 		HeartbeatMS: uint16(s.d.cfg.Heartbeat / time.Millisecond),
 		MaxMessage:  uint16(s.d.cfg.MaxMessage), DaemonNonce: s.daemonNonce,
 	}
@@ -84,7 +130,7 @@ func (s *session) welcome() *sp.Welcome {
 func (s *session) touch()              { s.seen.Store(time.Now().UnixNano()) }
 func (s *session) lastSeen() time.Time { return time.Unix(0, s.seen.Load()) }
 
-func (s *session) send(seq uint8, m sp.Message) { s.d.sendTo(s.peer, seq, s.maxData, m) }
+func (s *session) send(seq uint8, m sp.Message) { s.d.sendTo(s.peer, seq, s.maxData, s.seal, m) }
 
 // close ends the session and everything running in it.
 func (s *session) close(cause error) {
@@ -119,6 +165,10 @@ func (s *session) allowNack(now time.Time) bool {
 
 // handle serves one frame of an open session.
 func (s *session) handle(f sp.Frame) {
+	f, ok := s.open(f)
+	if !ok {
+		return
+	}
 	s.touch()
 	switch f.Cmd {
 	case sp.CmdPing, sp.CmdStatus, sp.CmdInfer, sp.CmdBye:
@@ -301,7 +351,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer) *request {
 	r := &request{
 		s: s, seq: seq, fragments: fragments, infer: m,
 		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout,
-		st: newStream(s.peer, sp.Version1, seq, s.maxData, s.window, s.d.cfg.FlushInterval, s.d.cfg.MaxRetransmits),
+		st: newStream(s.peer, s.seal, sp.Version1, seq, s.maxData, s.window, s.d.cfg.FlushInterval, s.d.cfg.MaxRetransmits),
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

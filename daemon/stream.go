@@ -30,6 +30,7 @@ type stream struct {
 	rto            time.Duration
 	maxRetransmits int
 	onSend         func(sp.Command) // metrics hook; may be nil
+	seal           *sealer          // encodes (and signs) each transmission
 
 	wake chan struct{}
 
@@ -38,7 +39,7 @@ type stream struct {
 	pendingSince time.Time // arrival of the oldest text not yet cut
 	final        finalFunc // set when the engine is done
 	finalCut     bool
-	frames       [][]byte // wire bytes of every chunk cut so far
+	frames       []sp.Frame // every chunk cut so far, encoded at each transmission (a signed retransmission is a new frame, §9.2)
 	textBytes    uint32
 	textCRC      uint32
 	acked        int // the device's "next"
@@ -49,10 +50,10 @@ type stream struct {
 	lastSend     time.Time
 }
 
-func newStream(p Peer, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
+func newStream(p Peer, seal *sealer, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
 	return &stream{
-		peer: p, version: version, seq: seq,
-		limit:          sp.BodyLimit(maxData, false) - 2,
+		peer: p, seal: seal, version: version, seq: seq,
+		limit:          sp.BodyLimit(maxData, seal.signed()) - 2,
 		flush:          flush,
 		rto:            p.RTO(),
 		maxRetransmits: maxRetransmits,
@@ -126,9 +127,11 @@ func (s *stream) run(ctx context.Context) error {
 			// A failed send is a lost frame (an unplugged UART, a full
 			// socket buffer): retransmission repairs it or the retry
 			// budget ends the stream.
-			_ = s.peer.Send(frame)
+			if raw, err := s.seal.seal(frame); err == nil {
+				_ = s.peer.Send(raw)
+			}
 			if s.onSend != nil {
-				s.onSend(sp.Command(frame[4] & 0x3F))
+				s.onSend(frame.Cmd)
 			}
 			s.mu.Lock()
 		}
@@ -136,7 +139,7 @@ func (s *stream) run(ctx context.Context) error {
 			// Only the final chunk can be asked for again (a CANCEL that
 			// crossed it); the text is delivered and need not be kept for
 			// the 32 requests a session remembers.
-			clear(s.frames[:len(s.frames)-1])
+			clear(s.frames[:len(s.frames)-1]) // drops the text; the Frame headers are tiny
 			s.mu.Unlock()
 			return nil
 		}
@@ -162,7 +165,9 @@ func (s *stream) run(ctx context.Context) error {
 				return err
 			}
 			if probe != nil {
-				_ = s.peer.Send(probe)
+				if raw, err := s.seal.seal(*probe); err == nil {
+					_ = s.peer.Send(raw)
+				}
 			}
 		}
 	}
@@ -179,7 +184,7 @@ func (s *stream) backoff() time.Duration {
 // ACK (§8.2) — sent outside the window, never opening it. Probes count as
 // retransmissions: a device that keeps its window shut for the whole retry
 // budget (about 25 s on UDP) is given up, so it cannot park answers here.
-func (s *stream) timeout(now time.Time) (probe []byte, err error) {
+func (s *stream) timeout(now time.Time) (probe *sp.Frame, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now.Sub(s.lastSend) < s.backoff() {
@@ -190,7 +195,7 @@ func (s *stream) timeout(now time.Time) (probe []byte, err error) {
 		s.sent = s.acked
 	case s.window == 0:
 		if s.acked > 0 {
-			probe = s.frames[s.acked-1]
+			probe = &s.frames[s.acked-1]
 		}
 		s.lastSend = now
 	default:
@@ -234,11 +239,12 @@ func (s *stream) cut(now time.Time) {
 
 func (s *stream) appendFrame(m sp.Message) {
 	body, err := m.AppendBody(nil)
+	cmd := m.Command()
 	if err != nil { // our own message: a bug, but never send garbage
+		cmd = sp.CmdError
 		body, _ = sp.NewError(sp.CodeInternal, "encoding failed").AppendBody(nil)
 	}
-	frame, _ := sp.AppendFrame(make([]byte, 0, sp.Overhead+len(body)), sp.Frame{Version: s.version, Cmd: m.Command(), Seq: s.seq, Data: body})
-	s.frames = append(s.frames, frame)
+	s.frames = append(s.frames, sp.Frame{Version: s.version, Cmd: cmd, Seq: s.seq, Data: body})
 }
 
 // rewind retransmits from the oldest unacknowledged chunk now (the device
@@ -254,12 +260,30 @@ func (s *stream) rewind() {
 // acknowledged: the answer to a CANCEL that crossed it.
 func (s *stream) resendFinal() {
 	s.mu.Lock()
-	var frame []byte
+	var raw []byte
 	if s.finalCut && s.acked == len(s.frames) {
-		frame = s.frames[len(s.frames)-1]
+		raw, _ = s.seal.seal(s.frames[len(s.frames)-1])
 	}
 	s.mu.Unlock()
-	if frame != nil {
-		_ = s.peer.Send(frame)
+	if raw != nil {
+		_ = s.peer.Send(raw)
 	}
+}
+
+// sealer encodes one session's outgoing frames: plainly, or signed with the
+// session's key and nonce (docs/protocol.md §9). A nil sealer is plain.
+type sealer struct {
+	mu     sync.Mutex // a Signer's counter is not safe for concurrent use
+	signer *sp.Signer
+}
+
+func (z *sealer) signed() bool { return z != nil && z.signer != nil }
+
+func (z *sealer) seal(f sp.Frame) ([]byte, error) {
+	if !z.signed() {
+		return sp.AppendFrame(make([]byte, 0, sp.Overhead+len(f.Data)), f)
+	}
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.signer.AppendSigned(make([]byte, 0, sp.Overhead+sp.SignatureLen+len(f.Data)), f)
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +23,7 @@ type linkFlags struct {
 	maxData  int
 	window   int
 	timeout  time.Duration
+	key      string
 }
 
 func (l *linkFlags) register(fs *flag.FlagSet) {
@@ -32,6 +34,7 @@ func (l *linkFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&l.maxData, "max-data", 256, "largest data field this device accepts (32..256)")
 	fs.IntVar(&l.window, "window", 4, "TOKEN frames this device buffers (1..255)")
 	fs.DurationVar(&l.timeout, "timeout", 2*time.Minute, "give up after this long")
+	fs.StringVar(&l.key, "key", "", "this device's signing key in hex (the daemon's [keys] entry); empty: unsigned")
 }
 
 // connect opens the link and says HELLO.
@@ -65,7 +68,18 @@ func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error)
 		t.Close()
 		return nil, nil, fmt.Errorf("--max-data must be %d..%d and --window 1..255", sp.MinDataLimit, sp.MaxData)
 	}
-	c := device.New(t, device.Config{DeviceID: l.deviceID, MaxData: uint16(l.maxData), Window: uint8(l.window), RTO: rto})
+	var key sp.Key
+	if l.key != "" {
+		b, err := hex.DecodeString(l.key)
+		if err == nil {
+			key, err = sp.NewKey(b)
+		}
+		if err != nil {
+			t.Close()
+			return nil, nil, fmt.Errorf("--key: want 16..64 bytes in hex")
+		}
+	}
+	c := device.New(t, device.Config{DeviceID: l.deviceID, MaxData: uint16(l.maxData), Window: uint8(l.window), RTO: rto, Key: key})
 	if err := c.Hello(ctx); err != nil {
 		t.Close()
 		return nil, nil, fmt.Errorf("HELLO: %w", err)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 
 // DefaultConfigPath is read when --config is not given and the file exists.
@@ -27,6 +29,10 @@ type config struct {
 		Threads     int `toml:"threads"`
 		ContextSize int `toml:"context_size"`
 	} `toml:"engine"`
+	// Keys maps a device id to its pre-shared signing key, 32 bytes in hex
+	// (16..64 allowed). A listed device must sign. Keep the file readable
+	// by mcpd only.
+	Keys   map[string]string `toml:"keys"`
 	Limits struct {
 		MaxSessions    int      `toml:"max_sessions"`
 		MaxConcurrent  int      `toml:"max_concurrent"`
@@ -110,3 +116,21 @@ func (c *config) loadEnv(getenv func(string) string) error {
 }
 
 func getenvFromOS(k string) string { return os.Getenv(k) }
+
+// deviceKeys decodes the [keys] table. Errors name the device, never the key.
+func (c *config) deviceKeys() (map[string]sp.Key, error) {
+	keys := make(map[string]sp.Key, len(c.Keys))
+	for id, h := range c.Keys {
+		if !sp.ValidDeviceID(id) {
+			return nil, fmt.Errorf("keys: %q is not a device id", id)
+		}
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			return nil, fmt.Errorf("keys: device %s: the key is not hex", id)
+		}
+		if keys[id], err = sp.NewKey(b); err != nil {
+			return nil, fmt.Errorf("keys: device %s: %w", id, err)
+		}
+	}
+	return keys, nil
+}

@@ -122,7 +122,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("log level %q: want debug, info, warn or error", cfg.LogLevel)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	keys, err := cfg.deviceKeys()
+	if err != nil {
+		return err
+	}
 	dcfg := daemon.Config{
+		Keys:          keys,
 		MaxConcurrent: cfg.Limits.MaxConcurrent, MaxQueue: cfg.Limits.MaxQueue, MaxSessions: cfg.Limits.MaxSessions,
 		Heartbeat: cfg.Limits.Heartbeat.Duration, RequestTimeout: cfg.Limits.RequestTimeout.Duration,
 	}
@@ -141,8 +146,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if *checkConfig {
-		fmt.Fprintf(stdout, "configuration ok: udp %v, serial %v, backend %s, model %q, limits %+v\n",
-			cfg.ListenUDP, cfg.Serial, cfg.Backend, cfg.Model, dcfg.WithDefaults())
+		lim := dcfg.WithDefaults()
+		lim.Keys = nil // printed as a count: keys never reach output
+		fmt.Fprintf(stdout, "configuration ok: udp %v, serial %v, backend %s, model %q, %d device keys, limits %+v\n",
+			cfg.ListenUDP, cfg.Serial, cfg.Backend, cfg.Model, len(keys), lim)
 		return nil
 	}
 

@@ -194,3 +194,26 @@ func freeUDP() (string, error) {
 	defer c.Close()
 	return strconv.Itoa(c.LocalAddr().(*net.UDPAddr).Port), nil
 }
+
+// TestConfigKeys: device keys come from the [keys] table, are counted but
+// never printed, and a bad one is reported by device, not by value.
+func TestConfigKeys(t *testing.T) {
+	model := tinyModel(t)
+	dir := t.TempDir()
+	secret := strings.Repeat("ab", 32)
+	good := filepath.Join(dir, "good.toml")
+	_ = os.WriteFile(good, []byte("model = \""+model+"\"\n[keys]\nesp32-kitchen = \""+secret+"\"\n"), 0o600)
+	var out syncBuffer
+	if err := run(context.Background(), []string{"--config", good, "--check-config"}, noEnv, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "1 device keys") || strings.Contains(out.String(), secret) {
+		t.Fatalf("--check-config output: %s", out.String())
+	}
+	bad := filepath.Join(dir, "bad.toml")
+	_ = os.WriteFile(bad, []byte("model = \""+model+"\"\n[keys]\nesp32-kitchen = \"abcd\"\n"), 0o600)
+	err := run(context.Background(), []string{"--config", bad, "--check-config"}, noEnv, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "esp32-kitchen") || strings.Contains(err.Error(), "abcd") {
+		t.Fatalf("a short key: %v", err)
+	}
+}

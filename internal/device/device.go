@@ -36,6 +36,8 @@ type Config struct {
 	Window   uint8         // chunks it buffers; default 4
 	MaxSend  int           // largest data field it sends (smaller frames survive a noisy line); default: the daemon's limit
 	RTO      time.Duration // retransmission timeout; default 250 ms
+	Key      sp.Key        // the device's signing key; zero: an unsigned session
+	LinkID   uint8         // this link's id in signatures (0 UART, 1 Wi-Fi, ...)
 	Retries  int           // retransmissions before giving up; default 8
 }
 
@@ -48,6 +50,22 @@ type Client struct {
 	welcome sp.Welcome
 	out     []byte
 	nonce   uint32
+
+	// Signing (docs/protocol.md §9): the session's signer and verifier,
+	// created from the WELCOME's daemon nonce.
+	signer   *sp.Signer
+	verifier *sp.Verifier
+}
+
+func (c *Client) signing() bool { return !c.cfg.Key.IsZero() }
+
+// encode puts a frame on the wire format: signed in a signed session, so a
+// retransmission is a new frame with a new counter (§9.2).
+func (c *Client) encode(f sp.Frame) ([]byte, error) {
+	if c.signer != nil {
+		return c.signer.AppendSigned(nil, f)
+	}
+	return sp.AppendFrame(nil, f)
 }
 
 // New returns a client speaking over t.
@@ -88,7 +106,7 @@ func (c *Client) frame(seq uint8, flags sp.Flags, m sp.Message) ([]byte, error) 
 	if err != nil {
 		return nil, err
 	}
-	return sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: m.Command(), Flags: flags, Seq: seq, Data: body})
+	return c.encode(sp.Frame{Version: sp.Version1, Cmd: m.Command(), Flags: flags, Seq: seq, Data: body})
 }
 
 func (c *Client) sendMsg(seq uint8, m sp.Message) error {
@@ -172,6 +190,16 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			continue // a late answer to an earlier request
 		}
 		heard = time.Now()
+		if c.verifier != nil {
+			var err error
+			if f, _, _, err = c.verifier.Verify(f); err != nil {
+				continue // unsigned, forged or replayed: not from our daemon
+			}
+		} else if f.Flags&sp.FlagSigned != 0 && len(f.Data) >= sp.SignatureLen {
+			// The signed WELCOME: its body holds the nonce its tag needs;
+			// Hello verifies it before trusting it.
+			f.Data = f.Data[:len(f.Data)-sp.SignatureLen]
+		}
 		m, err := sp.ParseBody(f.Cmd, f.Data)
 		if err != nil {
 			return fmt.Errorf("device: daemon sent a bad %s: %w", f.Cmd, err)
@@ -188,13 +216,29 @@ func (c *Client) Hello(ctx context.Context) error {
 	c.seq++
 	c.nonce++
 	hello := &sp.Hello{MinVersion: 1, MaxVersion: 1, MaxData: c.cfg.MaxData, Window: c.cfg.Window, BootNonce: c.nonce, DeviceID: c.cfg.DeviceID}
+	c.signer, c.verifier = nil, nil
+	if c.signing() {
+		hello.Features |= sp.FeatureSign
+		// The HELLO is signed with boot_nonce ‖ 0 (§9.1).
+		s, err := sp.NewSigner(c.cfg.Key, sp.DeviceToDaemon, sp.MakeNonce(c.nonce, 0), c.cfg.LinkID, 0)
+		if err != nil {
+			return err
+		}
+		c.signer = s
+	}
 	frame, err := c.frame(c.seq, 0, hello)
+	c.signer = nil
 	if err != nil {
 		return err
 	}
 	return c.exchange(ctx, c.seq, func(int) error { return c.t.Send(frame) }, func(f sp.Frame, m sp.Message) (bool, error) {
 		switch m := m.(type) {
 		case *sp.Welcome:
+			if c.signing() {
+				if err := c.startSigning(f, m); err != nil {
+					return false, nil // not our daemon's WELCOME: keep waiting
+				}
+			}
 			c.welcome = *m
 			return true, nil
 		case *sp.Error:
@@ -202,6 +246,31 @@ func (c *Client) Hello(ctx context.Context) error {
 		}
 		return false, nil
 	}, nil)
+}
+
+// startSigning checks the signed WELCOME w (frame f, its signature block
+// still in the frame it came in) and sets up the session's signer and
+// verifier from the nonce it carries.
+func (c *Client) startSigning(f sp.Frame, w *sp.Welcome) error {
+	if f.Flags&sp.FlagSigned == 0 || w.Features&sp.FeatureSign == 0 {
+		return errors.New("device: the daemon did not grant signing")
+	}
+	nonce := sp.MakeNonce(c.nonce, w.DaemonNonce)
+	v, err := sp.NewVerifier(c.cfg.Key, sp.DaemonToDevice, nonce)
+	if err != nil {
+		return err
+	}
+	whole := f
+	whole.Data = f.Data[:len(f.Data)+sp.SignatureLen] // the block exchange set aside
+	if _, _, _, err := v.Verify(whole); err != nil {
+		return err
+	}
+	s, err := sp.NewSigner(c.cfg.Key, sp.DeviceToDaemon, nonce, c.cfg.LinkID, 0)
+	if err != nil {
+		return err
+	}
+	c.signer, c.verifier = s, v
+	return nil
 }
 
 // Ping measures a round trip.
@@ -250,20 +319,24 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 	if err != nil {
 		return nil, err
 	}
-	piece := sp.PieceSize(int(c.welcome.MaxData), false)
+	piece := sp.PieceSize(int(c.welcome.MaxData), c.signer != nil)
 	if c.cfg.MaxSend > 0 {
-		piece = min(piece, sp.PieceSize(c.cfg.MaxSend, false))
+		piece = min(piece, sp.PieceSize(c.cfg.MaxSend, c.signer != nil))
 	}
 	datas, err := sp.Fragments(body, piece)
 	if err != nil {
 		return nil, err
 	}
-	frames := make([][]byte, len(datas))
+	frames := make([]sp.Frame, len(datas))
 	for i, d := range datas {
-		f := sp.Frame{Version: sp.Version1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: d}
-		if frames[i], err = sp.AppendFrame(nil, f); err != nil {
-			return nil, err
+		frames[i] = sp.Frame{Version: sp.Version1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: d}
+	}
+	send := func(f sp.Frame) error { // encoded (and signed) anew each time
+		raw, err := c.encode(f)
+		if err != nil {
+			return err
 		}
+		return c.t.Send(raw)
 	}
 	var (
 		accepted bool
@@ -279,21 +352,21 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 		switch {
 		case attempt == 0: // the whole message
 			for _, f := range frames {
-				if err := c.t.Send(f); err != nil {
+				if err := send(f); err != nil {
 					return err
 				}
 			}
 		case missing != nil: // what the daemon asked for
 			for _, i := range missing {
 				if int(i) < len(frames) {
-					if err := c.t.Send(frames[i]); err != nil {
+					if err := send(frames[i]); err != nil {
 						return err
 					}
 				}
 			}
 			missing = nil
 		case !accepted: // probe with the last fragment (§6)
-			return c.t.Send(frames[len(frames)-1])
+			return send(frames[len(frames)-1])
 		default: // streaming: repeat our ACK in case it was lost
 			return ack()
 		}
