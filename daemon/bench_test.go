@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -203,4 +204,24 @@ func Benchmark64Devices(b *testing.B) {
 	b.ReportMetric(d99, "ttft-p99-µs")
 	b.ReportMetric(d99/max(e99, 1), "p99-ratio")
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkDaemonStream: one device, answers of 200 tokens from an instant
+// engine; reports allocations per token and frames per second (run with
+// -cpu 1 for "through one core").
+func BenchmarkDaemonStream(b *testing.B) {
+	d, addr := startBenchDaemon(b, Config{DefaultMaxTokens: 1000}, &testEngine{})
+	c := benchClient(b, addr)
+	m := &sp.Infer{Prompt: strings.Repeat("w ", 199)} // the engine answers "echo: " + 199 words = 200 tokens
+	b.ReportAllocs()
+	start := time.Now()
+	framesBefore := d.Stats().FramesIn.Load() + d.Stats().FramesOut.Load()
+	for b.Loop() {
+		if _, err := c.Ask(context.Background(), m, func([]byte) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	frames := d.Stats().FramesIn.Load() + d.Stats().FramesOut.Load() - framesBefore
+	b.ReportMetric(float64(frames)/time.Since(start).Seconds(), "frames/s")
+	b.ReportMetric(200, "tokens/op")
 }
