@@ -45,20 +45,9 @@ func TestSignedSession(t *testing.T) {
 	key := testKey(t, 0x5A)
 	var logs syncBuf
 	e := &testEngine{}
-	d, err := New(Config{Keys: map[string]sp.Key{"locked": key}, DefaultMaxTokens: 1000}, e,
+	d, addr := startDaemonLogging(t, Config{Keys: map[string]sp.Key{"locked": key}, DefaultMaxTokens: 1000}, e,
 		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, l) }()
-	defer func() { cancel(); <-done }()
-	addr := l.Addr().String()
+	ctx := context.Background()
 
 	// The right key: an exact answer, frames signed both ways.
 	tr, err := device.DialUDP(addr)

@@ -20,7 +20,14 @@ import (
 // startDaemon runs a daemon with engine e on a loopback UDP port.
 func startDaemon(t *testing.T, cfg Config, e *testEngine) (*Daemon, string) {
 	t.Helper()
-	d, err := New(cfg, e, testLogger())
+	return startDaemonLogging(t, cfg, e, testLogger())
+}
+
+// startDaemonLogging is startDaemon with the daemon's logger given; the
+// daemon stops (and must stop) when the test ends.
+func startDaemonLogging(t *testing.T, cfg Config, e *testEngine, log *slog.Logger) (*Daemon, string) {
+	t.Helper()
+	d, err := New(cfg, e, log)
 	if err != nil {
 		t.Fatal(err)
 	}

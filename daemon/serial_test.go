@@ -16,7 +16,6 @@ import (
 	"github.com/mcpd-project/mcpd/internal/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 	"go.bug.st/serial"
-	"golang.org/x/sys/unix"
 )
 
 // openPty returns a pseudo-terminal pair with the terminal side raw, as a
@@ -28,15 +27,7 @@ func openPty(t *testing.T) (master *os.File, ttyPath string) {
 	if err != nil {
 		t.Skipf("no pseudo-terminals here: %v", err)
 	}
-	tio, err := unix.IoctlGetTermios(int(tty.Fd()), unix.TCGETS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tio.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
-	tio.Oflag &^= unix.OPOST
-	tio.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
-	tio.Cflag = tio.Cflag&^(unix.CSIZE|unix.PARENB) | unix.CS8
-	if err := unix.IoctlSetTermios(int(tty.Fd()), unix.TCSETS, tio); err != nil {
+	if err := device.MakeRaw(tty); err != nil {
 		t.Fatal(err)
 	}
 	// Keep our terminal fd open for the test's life: with no terminal fd

@@ -15,7 +15,6 @@ import (
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/internal/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
-	"golang.org/x/sys/unix"
 )
 
 // runDemo is `make run`: it starts mcpd on a loopback UDP port and on a
@@ -48,7 +47,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer master.Close()
 	defer tty.Close() // kept open so the master never sees a hangup
-	if err := makeRaw(tty); err != nil {
+	if err := device.MakeRaw(tty); err != nil {
 		return err
 	}
 	addr, err := freeUDPAddr()
@@ -143,17 +142,4 @@ func freeUDPAddr() (string, error) {
 	}
 	defer c.Close()
 	return c.LocalAddr().String(), nil
-}
-
-// makeRaw puts a terminal into raw mode: no echo, no line editing, 8 bits.
-func makeRaw(f *os.File) error {
-	tio, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	if err != nil {
-		return err
-	}
-	tio.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
-	tio.Oflag &^= unix.OPOST
-	tio.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
-	tio.Cflag = tio.Cflag&^(unix.CSIZE|unix.PARENB) | unix.CS8
-	return unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, tio)
 }
