@@ -15,7 +15,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/mcpd-project/mcpd/backends"
 	sp "github.com/mcpd-project/mcpd/serialproto"
@@ -239,7 +238,7 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		body = body[:len(body)-sp.SignatureLen]
 	}
 	if err := h.UnmarshalBody(body); err != nil {
-		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, err.Error()))
 		return
 	}
 	key, keyed := d.cfg.Keys[h.DeviceID]
@@ -304,7 +303,7 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 	s, err := newSession(d, d.linkCtx, p, &h, f.Seq, randomNonce(), key)
 	if err != nil {
 		d.mu.Unlock()
-		d.send(p, f.Seq, sp.NewError(sp.CodeInternal, errText(err)))
+		d.send(p, f.Seq, sp.NewError(sp.CodeInternal, err.Error()))
 		return
 	}
 	d.sessions[peerKey] = s
@@ -395,20 +394,6 @@ func randomNonce() uint32 {
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go ≥ 1.24)
 	return binary.BigEndian.Uint32(b[:])
 }
-
-// truncate cuts s to at most n bytes without splitting a UTF-8 character.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
-}
-
-// errText fits an error into an ERROR body's 64 bytes.
-func errText(err error) string { return truncate(err.Error(), sp.MaxErrorText) }
 
 // status answers STATUS (docs/protocol.md §11.11).
 func (d *Daemon) status() *sp.StatusReply {

@@ -150,3 +150,27 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestFinalErrorFitsTheDevice: the ERROR that ends a stream is cut to the
+// device's data limit like every other frame it gets.
+func TestFinalErrorFitsTheDevice(t *testing.T) {
+	p := &recordPeer{}
+	st := newStream(p, nil, 1, 7, 32, 2, time.Millisecond, 3)
+	st.finish(func(chunk uint16, _, _ uint32) sp.Message {
+		e := sp.NewError(sp.CodeBackendFailed, strings.Repeat("engine error ", 4)) // 52 bytes: legal, but not in 32
+		e.Flags |= sp.ErrorFlagStream
+		e.Chunk = chunk
+		return e
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == 1 })
+	p.mu.Lock()
+	f, err := sp.Decode(p.sent[0])
+	p.mu.Unlock()
+	var e sp.Error
+	if err != nil || f.Cmd != sp.CmdError || len(f.Data) > 32 || e.UnmarshalBody(f.Data) != nil || e.Code != sp.CodeBackendFailed {
+		t.Fatalf("final frame %v (%d data bytes), %v", f, len(f.Data), err)
+	}
+}

@@ -184,7 +184,7 @@ func (s *session) handle(f sp.Frame) {
 	}
 	m, err := sp.ParseBody(f.Cmd, f.Data)
 	if err != nil {
-		s.send(f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, err.Error()))
 		return
 	}
 	switch m := m.(type) {
@@ -259,7 +259,7 @@ func (s *session) infer(f sp.Frame) {
 		s.send(f.Seq, &sp.Nack{Reason: sp.NackBadChecksum})
 		return
 	case err != nil:
-		s.send(f.Seq, sp.NewError(sp.CodeMalformed, errText(err)))
+		s.send(f.Seq, sp.NewError(sp.CodeMalformed, err.Error()))
 		return
 	case missing != nil:
 		s.send(f.Seq, &sp.Nack{Reason: sp.NackMissing, Missing: missing})
@@ -286,7 +286,7 @@ func (s *session) infer(f sp.Frame) {
 		if errors.Is(err, sp.ErrUnsupportedOption) {
 			code = sp.CodeUnsupportedOption
 		}
-		refuse(sp.NewError(code, errText(err)))
+		refuse(sp.NewError(code, err.Error()))
 		return
 	}
 	if !s.reserve() {
@@ -477,7 +477,7 @@ func (r *request) final(res backends.Result, err error) finalFunc {
 		}
 	}
 	code := errorCode(err, context.Cause(r.ctx))
-	text := errText(err)
+	text := err.Error()
 	return func(chunk uint16, _, _ uint32) sp.Message {
 		e := sp.NewError(code, text)
 		e.Flags |= sp.ErrorFlagStream

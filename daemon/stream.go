@@ -238,6 +238,9 @@ func (s *stream) cut(now time.Time) {
 }
 
 func (s *stream) appendFrame(m sp.Message) {
+	if e, ok := m.(*sp.Error); ok {
+		e.Fit(s.limit + 2) // the final ERROR fits the device's frames like the TOKENs
+	}
 	body, err := m.AppendBody(nil)
 	cmd := m.Command()
 	if err != nil { // our own message: a bug, but never send garbage

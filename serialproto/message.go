@@ -352,9 +352,10 @@ func NewError(code ErrorCode, text string) *Error {
 
 func (*Error) Command() Command { return CmdError }
 
-// Fit cuts the text, at a character boundary, so the body fits limit bytes
-// (use BodyLimit of the receiver's max_data). docs/protocol.md §11.7.
-func (m *Error) Fit(limit int) { m.Text = cutUTF8(m.Text, limit-4) }
+// Fit cuts the text, at a character boundary, to the protocol's 64 bytes
+// and so the body fits limit bytes (use BodyLimit of the receiver's
+// max_data). docs/protocol.md §11.7.
+func (m *Error) Fit(limit int) { m.Text = cutUTF8(m.Text, min(limit-4, MaxErrorText)) }
 
 // cutUTF8 returns s cut to at most n bytes without splitting a character.
 func cutUTF8(s string, n int) string {
