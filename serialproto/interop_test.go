@@ -3,6 +3,7 @@ package serialproto
 import (
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -33,14 +34,6 @@ func TestInteropCleanRoom(t *testing.T) {
 }
 
 func lastLine(b []byte) string {
-	s := string(b)
-	for len(s) > 0 && s[len(s)-1] == '\n' {
-		s = s[:len(s)-1]
-	}
-	for i := len(s) - 1; i >= 0; i-- {
-		if s[i] == '\n' {
-			return s[i+1:]
-		}
-	}
-	return s
+	s := strings.TrimRight(string(b), "\n")
+	return s[strings.LastIndexByte(s, '\n')+1:]
 }

@@ -87,6 +87,18 @@ func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error)
 	return c, func() { _ = c.Bye(ctx); t.Close() }, nil
 }
 
+// session applies --timeout to ctx and connects; callers defer both
+// returned functions (cancel first registered, so it runs last).
+func (l *linkFlags) session(ctx context.Context) (context.Context, context.CancelFunc, *device.Client, func(), error) {
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	c, closeFn, err := l.connect(ctx)
+	if err != nil {
+		cancel()
+		return nil, nil, nil, nil, err
+	}
+	return ctx, cancel, c, closeFn, nil
+}
+
 // protocolExit makes a daemon ERROR the process's exit status: the
 // protocol's error code (docs/protocol.md §12).
 type protocolExit struct{ e *sp.Error }
@@ -143,12 +155,11 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *newChat {
 		m.Set = m.Set.With(sp.OptNewChat)
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
-	defer cancel()
-	c, closeFn, err := l.connect(ctx)
+	ctx, cancel, c, closeFn, err := l.session(ctx)
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	defer closeFn()
 	start := time.Now()
 	var first time.Duration
@@ -189,12 +200,11 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
-	defer cancel()
-	c, closeFn, err := l.connect(ctx)
+	ctx, cancel, c, closeFn, err := l.session(ctx)
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	defer closeFn()
 	for i := range *count {
 		rtt, err := c.Ping(ctx)
@@ -214,12 +224,11 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
-	defer cancel()
-	c, closeFn, err := l.connect(ctx)
+	ctx, cancel, c, closeFn, err := l.session(ctx)
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	defer closeFn()
 	st, err := c.Status(ctx)
 	if err != nil {
