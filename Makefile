@@ -26,7 +26,7 @@ export CGO_CFLAGS := $(NATIVE_CFLAGS)
 export CGO_CXXFLAGS := $(NATIVE_CFLAGS)
 export GO
 
-.PHONY: all build run test test-short bench bench-native fuzz lint fmt vet help clean native-headers models
+.PHONY: all build run test test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models
 
 all: build
 
@@ -49,7 +49,7 @@ run: build $(MODELS)/tiny.gguf ## the main job: mcpd (llama.cpp, generated model
 TESTRUN = $(GO) test $(1) -count=1 -run '^$$' $(PKGS) >/dev/null || $(GO) test $(1) -count=1 -run '^$$' $(PKGS); \
 	$(GO) test $(1) -count=1 -p 1 $(PKGS)
 
-test: native-headers lint ## vet, gofmt and the whole test suite with the race detector
+test: native-headers lint lint-units ## vet, gofmt, unit-file lint and the whole test suite with the race detector
 	@set -e; $(call TESTRUN,-race)
 
 test-short: native-headers ## quick tests without the race detector
@@ -70,6 +70,9 @@ fuzz: native-headers ## a short fuzz pass over every fuzz target (FUZZTIME each)
 lint: vet ## gofmt check + go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null; git ls-files --others --exclude-standard '*.go' 2>/dev/null)); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+lint-units: ## systemd-analyze verify + exposure threshold on systemd/*.service, *.socket
+	@systemd/verify-units.sh
 
 vet: native-headers
 	$(GO) vet $(PKGS)
