@@ -19,6 +19,7 @@ type testEngine struct {
 	delay     time.Duration
 	failAfter int           // 0: never fail
 	release   chan struct{} // non-nil: block before the first token until closed
+	hold      chan struct{} // non-nil: block after the first token until closed
 	calls     atomic.Int64
 	cancelled atomic.Int64
 
@@ -71,6 +72,14 @@ func (e *testEngine) Generate(ctx context.Context, req backends.Request, emit ba
 		}
 		if i == 0 {
 			res.TTFT = time.Since(start)
+			if e.hold != nil {
+				select {
+				case <-e.hold:
+				case <-ctx.Done():
+					e.cancelled.Add(1)
+					return res, ctx.Err()
+				}
+			}
 		}
 		res.Tokens++
 	}

@@ -221,8 +221,8 @@ func (s *stream) cut(now time.Time) {
 			}
 			return
 		}
-		if n < s.limit && !done && now.Sub(s.pendingSince) < s.flush {
-			return // wait for more text to fill the frame
+		if n < s.limit && !done && now.Sub(s.pendingSince) < s.flush && s.inFlight() >= s.nagle() {
+			return // the link is busy: wait for more text to fill the frame
 		}
 		text := s.text.Next(nil, s.limit, done)
 		if len(text) == 0 {
@@ -236,6 +236,17 @@ func (s *stream) cut(now time.Time) {
 		}
 	}
 }
+
+// inFlight counts the chunks cut but not yet acknowledged. Called with mu held.
+func (s *stream) inFlight() int { return len(s.frames) - s.acked }
+
+// nagle is how many unacknowledged chunks the stream allows before it holds
+// a partly filled frame back for more text (§8.3): half the device's
+// window, rounded up. Below it the link is keeping up and text goes out at
+// once, so the first token never waits for the flush interval; at it, the
+// device has not yet acknowledged — as it SHOULD once half its window is
+// free (§8.2) — and waiting fills frames. A window of 1 allows one chunk.
+func (s *stream) nagle() int { return (s.window + 1) / 2 }
 
 func (s *stream) appendFrame(m sp.Message) {
 	if e, ok := m.(*sp.Error); ok {

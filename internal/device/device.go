@@ -413,6 +413,14 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 				}
 				next++
 				_ = ack()
+				return true, msg
+			}
+			if accepted && msg.Code != sp.CodeNoSession {
+				// Only the stream's own final chunk ends an accepted INFER
+				// (§11.7). This ERROR answers another frame of ours — an ACK
+				// the line mangled into an unknown command or version that
+				// still passed the CRC-8 — and the stream goes on.
+				return false, nil
 			}
 			return true, msg
 		}
