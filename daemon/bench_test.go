@@ -206,6 +206,106 @@ func Benchmark64Devices(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
+// Benchmark64DevicesPaced is Benchmark64Devices with each device asking at
+// its own pace, as devices do, instead of back to back: 64 devices, each
+// sending a request every interval (offset by a random phase) for a fixed
+// number of rounds, against a bare echo paced the same way in the same
+// run. Back to back, 64 clients in this process saturate both cores and
+// the latency measures the queue (Little's law), not the daemon; paced
+// below saturation, it measures what the daemon adds to one request while
+// 63 other devices are active. Each interval is a sub-benchmark.
+func Benchmark64DevicesPaced(b *testing.B) {
+	for _, interval := range []time.Duration{50 * time.Millisecond, 20 * time.Millisecond, 10 * time.Millisecond} {
+		b.Run(interval.String(), func(b *testing.B) { bench64Paced(b, interval) })
+	}
+}
+
+func bench64Paced(b *testing.B, interval time.Duration) {
+	const (
+		devices = 64
+		rounds  = 40 // per device: 2,560 requests, at most 40 intervals of wall time
+	)
+	paced := func(op func(w int) (time.Duration, error)) []time.Duration {
+		var (
+			mu   sync.Mutex
+			lats = make([]time.Duration, 0, devices*rounds)
+			wg   sync.WaitGroup
+		)
+		start := time.Now()
+		for w := range devices {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				phase := time.Duration(w) * interval / devices
+				for r := range rounds {
+					if wait := time.Until(start.Add(phase + time.Duration(r)*interval)); wait > 0 {
+						time.Sleep(wait)
+					}
+					lat, err := op(w)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					mu.Lock()
+					lats = append(lats, lat)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return lats
+	}
+
+	echoAddr := startEcho(b)
+	conns := make([]*net.UDPConn, devices)
+	for i := range conns {
+		var err error
+		if conns[i], err = net.DialUDP("udp", nil, echoAddr); err != nil {
+			b.Fatal(err)
+		}
+		defer conns[i].Close()
+	}
+	_, addr := startBenchDaemon(b, Config{MaxQueue: devices}, &testEngine{})
+	clients := make([]*device.Client, devices)
+	for i := range clients {
+		clients[i] = benchClient(b, addr)
+	}
+	m := &sp.Infer{Prompt: "hi"}
+	var echo, ttft []time.Duration
+	for b.Loop() {
+		echo = append(echo, paced(func(w int) (time.Duration, error) {
+			buf := make([]byte, 64)
+			t0 := time.Now()
+			if _, err := conns[w].Write(buf[:40]); err != nil {
+				return 0, err
+			}
+			_ = conns[w].SetReadDeadline(time.Now().Add(2 * time.Second))
+			_, err := conns[w].Read(buf)
+			return time.Since(t0), err
+		})...)
+		ttft = append(ttft, paced(func(w int) (time.Duration, error) {
+			t0 := time.Now()
+			var first time.Duration
+			_, err := clients[w].Ask(context.Background(), m, func([]byte) error {
+				if first == 0 {
+					first = time.Since(t0)
+				}
+				return nil
+			})
+			return first, err
+		})...)
+	}
+	e50, e99 := percentiles(echo)
+	d50, d99 := percentiles(ttft)
+	b.ReportMetric(e50, "echo-p50-µs")
+	b.ReportMetric(e99, "echo-p99-µs")
+	b.ReportMetric(d50, "ttft-p50-µs")
+	b.ReportMetric(d99, "ttft-p99-µs")
+	b.ReportMetric(d99-e99, "added-p99-µs")
+	b.ReportMetric(float64(devices)/interval.Seconds(), "req/s")
+	b.ReportMetric(0, "ns/op")
+}
+
 // BenchmarkDaemonStream: one device, answers of 200 tokens from an instant
 // engine; reports allocations per token and frames per second (run with
 // -cpu 1 for "through one core").
