@@ -42,6 +42,7 @@ type Daemon struct {
 	backend backends.Backend
 	log     *slog.Logger
 	stats   Stats
+	obs     Observer // nil: nothing observes (observe.go)
 
 	slots     chan struct{} // one token per running request
 	admitted  atomic.Int64  // accepted requests still queued or generating
@@ -52,6 +53,8 @@ type Daemon struct {
 	sessions   map[string]*session
 	bootNonces map[string][]uint32 // per keyed device, its last 16 HELLO boot nonces (§9.3)
 	linkCtx    context.Context     // lives until the drain is over
+	links      []string            // names of the links being served
+	local      localRequests       // requests of local applications (local.go)
 }
 
 // New returns a daemon serving through b.
@@ -89,6 +92,9 @@ func (d *Daemon) Run(ctx context.Context, links ...Link) error {
 	defer stopLinks()
 	d.mu.Lock()
 	d.linkCtx = linkCtx
+	for _, l := range links {
+		d.links = append(d.links, l.Name())
+	}
 	d.mu.Unlock()
 
 	errc := make(chan error, len(links))
@@ -126,6 +132,7 @@ func (d *Daemon) drain() {
 		s.cancelRequests(errShuttingDown)
 	}
 	d.mu.Unlock()
+	d.local.cancelAll(errShuttingDown)
 	d.waitIdle(time.Second) // a moment for the final ERROR frames to go out
 }
 
@@ -179,6 +186,9 @@ func (d *Daemon) janitor(ctx context.Context) {
 // learns of it through NACK BAD_FRAME (docs/protocol.md §7.1).
 func (d *Daemon) HandleBadFrame(p Peer, err error) {
 	d.stats.BadFrames.Add(1)
+	if d.obs != nil {
+		d.obs.BadFrame(linkOf(p), err)
+	}
 	if !p.ByteStream() {
 		return
 	}
@@ -191,6 +201,7 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 // HandleFrame is the entry point of every sound frame.
 func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
 	d.stats.FramesIn.Add(1)
+	d.observeFrame(p, In, f.Cmd)
 	switch {
 	case f.Version != sp.Version1:
 		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
@@ -292,6 +303,7 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 	}
 	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
 		d.mu.Unlock()
+		d.observeRefused(linkOf(p), sp.CodeBusy)
 		d.send(p, f.Seq, sp.NewError(sp.CodeBusy, "too many sessions"))
 		return
 	}
@@ -312,6 +324,9 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		old.close(errSessionClosed)
 	} else {
 		d.stats.Sessions.Add(1)
+		if d.obs != nil {
+			d.obs.SessionOpened(linkOf(p))
+		}
 	}
 	d.log.Info("session opened", "device", h.DeviceID, "peer", peerKey, "max_data", h.MaxData, "window", h.Window, "signed", keyed)
 	s.send(f.Seq, s.welcome())
@@ -338,6 +353,9 @@ func (d *Daemon) removeSession(s *session) {
 	if d.sessions[s.peer.Key()] == s {
 		delete(d.sessions, s.peer.Key())
 		d.stats.Sessions.Add(-1)
+		if d.obs != nil {
+			d.obs.SessionClosed(linkOf(s.peer))
+		}
 	}
 	d.mu.Unlock()
 }
@@ -387,6 +405,7 @@ func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m sp.Message
 		return
 	}
 	d.stats.FramesOut.Add(1)
+	d.observeFrame(p, Out, m.Command())
 }
 
 func randomNonce() uint32 {

@@ -166,14 +166,24 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 		return true
 	}
 	p := l.peer(path)
-	p.attach(port)
+	reporter, _ := h.(LinkStatsReporter)
+	if p.attach(port) && reporter != nil {
+		reporter.LinkStats(p.name, 0, 1)
+	}
 	stop := context.AfterFunc(ctx, func() { p.detach(port) })
 	defer stop()
 	defer p.detach(port)
 	l.log.Info("serial port open", "port", path, "baud", l.cfg.Baud)
 	dec := sp.NewDecoder(port)
+	var skipped int64 // reported so far
 	for {
 		f, err := dec.Next()
+		if reporter != nil {
+			if n := dec.Stats().Skipped; n != skipped {
+				reporter.LinkStats(p.name, n-skipped, 0)
+				skipped = n
+			}
+		}
 		var rerr *sp.ReadError
 		switch {
 		case err == nil:
@@ -202,11 +212,13 @@ type serialPeer struct {
 	rto  time.Duration
 
 	writeMu sync.Mutex // one frame at a time on the wire
-	mu      sync.Mutex // guards port
+	mu      sync.Mutex // guards port, opened
 	port    serial.Port
+	opened  bool // the port was open before: a later attach is a reconnect
 }
 
 func (p *serialPeer) Key() string        { return p.name }
+func (p *serialPeer) LinkName() string   { return p.name }
 func (p *serialPeer) ByteStream() bool   { return true }
 func (p *serialPeer) RTO() time.Duration { return p.rto }
 
@@ -225,10 +237,13 @@ func (p *serialPeer) Send(frame []byte) error {
 	return err
 }
 
-func (p *serialPeer) attach(port serial.Port) {
+// attach uses port from now on; it reports whether this is a reconnect.
+func (p *serialPeer) attach(port serial.Port) (reconnect bool) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.port = port
-	p.mu.Unlock()
+	reconnect, p.opened = p.opened, true
+	return reconnect
 }
 
 // detach closes port (once) and forgets it. It never waits for a writer:

@@ -42,6 +42,9 @@ type session struct {
 	active   int     // accepted requests not yet finished
 	history  []backends.Message
 	lastNack time.Time
+	// firstFrag holds when the first fragment of each INFER in reassembly
+	// arrived, for the request's trace; kept only while observed.
+	firstFrag map[uint8]time.Time
 }
 
 func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq uint8, nonce uint32, key sp.Key) (*session, error) {
@@ -113,6 +116,7 @@ func (s *session) advance(seq uint8) {
 		s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
 	}
 	s.reasm.Forget(sp.CmdInfer, seq)
+	delete(s.firstFrag, seq)
 }
 
 func (s *session) welcome() *sp.Welcome {
@@ -242,14 +246,17 @@ func (s *session) infer(f sp.Frame) {
 		s.send(f.Seq, sp.NewError(sp.CodeMalformed, "INFER must be a message of fragments (§6)"))
 		return
 	}
+	now := time.Now()
 	s.mu.Lock()
-	body, missing, err := s.reasm.Add(time.Now(), f.Cmd, f.Seq, f.Data)
+	body, missing, err := s.reasm.Add(now, f.Cmd, f.Seq, f.Data)
+	first := s.noteFragment(f.Seq, now, body != nil)
 	s.mu.Unlock()
 	switch {
 	case errors.Is(err, sp.ErrDuplicate):
 		s.repeatAck(f.Seq)
 		return
 	case errors.Is(err, sp.ErrBusy):
+		s.d.observeRefused(linkOf(s.peer), sp.CodeBusy)
 		s.send(f.Seq, sp.NewError(sp.CodeBusy, "too many messages in reassembly"))
 		return
 	case errors.Is(err, sp.ErrTooLarge):
@@ -278,6 +285,7 @@ func (s *session) infer(f sp.Frame) {
 		s.mu.Lock()
 		s.reasm.Forget(sp.CmdInfer, f.Seq)
 		s.mu.Unlock()
+		s.d.observeRefused(linkOf(s.peer), e.Code)
 		s.send(f.Seq, e)
 	}
 	var m sp.Infer
@@ -306,7 +314,7 @@ func (s *session) infer(f sp.Frame) {
 		refuse(sp.NewError(sp.CodeShuttingDown, "shutting down"))
 		return
 	}
-	r := s.newRequest(f.Seq, count, &m)
+	r := s.newRequest(f.Seq, count, &m, first)
 	s.d.stats.Accepted.Add(1)
 	s.send(f.Seq, &sp.Ack{Next: uint16(count)})
 	go r.run()
@@ -341,17 +349,52 @@ func (s *session) repeatAck(seq uint8) bool {
 	return true
 }
 
-func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer) *request {
+// noteFragment remembers when an INFER's first fragment arrived and, once
+// the message is complete, returns that time. Called with s.mu held; a
+// no-op (returning now) when nothing observes the daemon.
+func (s *session) noteFragment(seq uint8, now time.Time, complete bool) time.Time {
+	if s.d.obs == nil {
+		return now
+	}
+	first, ok := s.firstFrag[seq]
+	if !ok {
+		first = now
+	}
+	switch {
+	case complete:
+		delete(s.firstFrag, seq)
+	case !ok:
+		if s.firstFrag == nil {
+			s.firstFrag = make(map[uint8]time.Time)
+		}
+		s.firstFrag[seq] = now
+	}
+	return first
+}
+
+func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.Time) *request {
 	deadline := s.d.cfg.RequestTimeout
 	if m.Set.Has(sp.OptDeadlineMS) && m.DeadlineMS > 0 {
 		deadline = min(deadline, time.Duration(m.DeadlineMS)*time.Millisecond)
 	}
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	ctx, cancelTimeout := context.WithTimeout(ctx, deadline)
+	link := linkOf(s.peer)
+	ctx, obs := s.d.requestObserver(ctx, RequestInfo{Link: link, Device: s.deviceID, Seq: seq, First: first, Model: m.Model})
 	r := &request{
 		s: s, seq: seq, fragments: fragments, infer: m,
-		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout,
+		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout, obs: obs,
 		st: newStream(s.peer, s.seal, sp.Version1, seq, s.maxData, s.window, s.d.cfg.FlushInterval, s.d.cfg.MaxRetransmits),
+	}
+	d := s.d
+	r.st.onSend = func(cmd sp.Command, retransmit bool) {
+		d.stats.FramesOut.Add(1)
+		if d.obs != nil {
+			d.obs.Frame(link, Out, cmd)
+			if retransmit {
+				d.obs.Retransmit(link)
+			}
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -400,6 +443,7 @@ type request struct {
 	cancelCause   context.CancelCauseFunc
 	cancelTimeout context.CancelFunc
 	st            *stream
+	obs           RequestObserver // nil when nothing observes
 }
 
 func (r *request) cancel(cause error) { r.cancelCause(cause) }
@@ -439,9 +483,20 @@ func (r *request) run() {
 	default:
 		d.stats.Failed.Add(1)
 	}
+	if r.obs != nil {
+		var code sp.ErrorCode
+		if err != nil {
+			code = errorCode(err, context.Cause(r.ctx))
+		}
+		r.obs.Generated(res, err, code)
+	}
 	r.st.finish(r.final(res, err))
-	if err := <-sent; err != nil {
+	err = <-sent
+	if err != nil {
 		d.log.Info("stream ended early", "device", r.s.deviceID, "seq", r.seq, "err", err)
+	}
+	if r.obs != nil {
+		r.obs.Delivered(err)
 	}
 }
 
@@ -453,8 +508,14 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 		return backends.Result{}, context.Cause(r.ctx)
 	}
 	defer func() { <-d.slots }()
+	if r.obs != nil {
+		r.obs.Generating(d.backend.Name())
+	}
 	req := backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.cfg.DefaultMaxTokens)}
 	res, err := d.backend.Generate(r.ctx, req, func(piece []byte) error {
+		if r.obs != nil {
+			r.obs.Token(len(piece))
+		}
 		answer.Write(piece)
 		return r.st.write(piece)
 	})

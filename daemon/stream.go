@@ -29,8 +29,8 @@ type stream struct {
 	flush          time.Duration
 	rto            time.Duration
 	maxRetransmits int
-	onSend         func(sp.Command) // metrics hook; may be nil
-	seal           *sealer          // encodes (and signs) each transmission
+	onSend         func(cmd sp.Command, retransmit bool) // metrics hook; may be nil
+	seal           *sealer                               // encodes (and signs) each transmission
 
 	wake chan struct{}
 
@@ -45,6 +45,7 @@ type stream struct {
 	acked        int // the device's "next"
 	window       int
 	sent         int // next chunk to transmit
+	highest      int // chunks ever transmitted: below it a send is a retransmission
 	dupAcks      int
 	retries      int
 	lastSend     time.Time
@@ -121,7 +122,9 @@ func (s *stream) run(ctx context.Context) error {
 		s.cut(now)
 		for s.sent < len(s.frames) && s.sent < s.acked+s.window {
 			frame := s.frames[s.sent]
+			retransmit := s.sent < s.highest
 			s.sent++
+			s.highest = max(s.highest, s.sent)
 			s.lastSend = now
 			s.mu.Unlock()
 			// A failed send is a lost frame (an unplugged UART, a full
@@ -131,7 +134,7 @@ func (s *stream) run(ctx context.Context) error {
 				_ = s.peer.Send(raw)
 			}
 			if s.onSend != nil {
-				s.onSend(frame.Cmd)
+				s.onSend(frame.Cmd, retransmit)
 			}
 			s.mu.Lock()
 		}

@@ -75,6 +75,7 @@ type udpPeer struct {
 }
 
 func (p *udpPeer) Key() string        { return p.link.name + "|" + p.addr.String() }
+func (p *udpPeer) LinkName() string   { return p.link.name }
 func (p *udpPeer) ByteStream() bool   { return false }
 func (p *udpPeer) RTO() time.Duration { return p.link.rto }
 func (p *udpPeer) Send(frame []byte) error {

@@ -1,0 +1,244 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Observer receives the daemon's events, for metrics and tracing. The
+// daemon imports no metrics or tracing library: an adapter (package
+// daemon/telemetry) turns these calls into Prometheus series and
+// OpenTelemetry spans. Methods run on the daemon's hot paths (a link's read
+// loop, a stream's send loop): they must be cheap and never block. With no
+// observer set, each hook costs one nil check.
+//
+// link is a link's name ("udp:127.0.0.1:7700", "serial:/dev/ttyUSB0",
+// "http"): bounded by the configuration, never by the devices, so it is a
+// safe metrics label.
+type Observer interface {
+	// Frame counts one sound frame received (in) or sent (out).
+	Frame(link string, dir Direction, cmd sp.Command)
+	// BadFrame counts a frame rejected before parsing (bad CRC, length).
+	BadFrame(link string, err error)
+	// Retransmit counts a stream chunk sent again.
+	Retransmit(link string)
+	// SessionOpened and SessionClosed bracket a device's session.
+	SessionOpened(link string)
+	SessionClosed(link string)
+	// Refused counts a request turned away before it ran (BUSY,
+	// SHUTTING_DOWN, MALFORMED…).
+	Refused(link string, code sp.ErrorCode)
+	// RequestStarted is called once per accepted request; the returned
+	// RequestObserver (which may be nil) follows it to its end. The
+	// returned context (ctx itself, or one carrying a trace span) becomes
+	// the request's: the backend call runs under it.
+	RequestStarted(ctx context.Context, info RequestInfo) (context.Context, RequestObserver)
+	// LinkStats reports a byte-stream link's decoder counters since the
+	// last report: bytes skipped while resynchronising and reconnects.
+	LinkStats(link string, skipped int64, reconnects int)
+}
+
+// Direction of a frame.
+type Direction uint8
+
+const (
+	In Direction = iota
+	Out
+)
+
+func (d Direction) String() string {
+	if d == In {
+		return "in"
+	}
+	return "out"
+}
+
+// RequestInfo describes an accepted request.
+type RequestInfo struct {
+	Link   string
+	Device string    // device id, or the local client's name
+	Seq    uint8     // the INFER's seq (0 for local requests)
+	First  time.Time // when its first frame (or HTTP request) arrived
+	Model  string
+}
+
+// RequestObserver follows one request: queued, then generating, then
+// delivered. Calls come from the request's goroutines in this order:
+// Generating once (unless it ended in the queue), Token per piece, Generated
+// once, Delivered once.
+type RequestObserver interface {
+	// Generating: the request got an engine slot; the backend call starts.
+	Generating(backend string)
+	// Token: one piece of output of n bytes left the engine.
+	Token(n int)
+	// Generated: the backend call ended; code is the protocol's error
+	// code for err (meaningless when err is nil).
+	Generated(res backends.Result, err error, code sp.ErrorCode)
+	// Delivered: the final frame went out and was acknowledged (err nil)
+	// or the stream ended without that.
+	Delivered(err error)
+}
+
+// Outcome names how a request ended, for metrics labels.
+func Outcome(err error, code sp.ErrorCode) string {
+	switch {
+	case err == nil:
+		return "done"
+	case code == sp.CodeCancelled:
+		return "cancelled"
+	case code == sp.CodeTimeout:
+		return "timeout"
+	}
+	return "failed"
+}
+
+// SetObserver installs o; call before Run. Several observers combine with
+// Observers.
+func (d *Daemon) SetObserver(o Observer) { d.obs = o }
+
+// Observers combines observers into one that calls each in turn.
+func Observers(obs ...Observer) Observer {
+	var list multiObserver
+	for _, o := range obs {
+		if o != nil {
+			list = append(list, o)
+		}
+	}
+	switch len(list) {
+	case 0:
+		return nil
+	case 1:
+		return list[0]
+	}
+	return list
+}
+
+type multiObserver []Observer
+
+func (m multiObserver) Frame(link string, dir Direction, cmd sp.Command) {
+	for _, o := range m {
+		o.Frame(link, dir, cmd)
+	}
+}
+
+func (m multiObserver) BadFrame(link string, err error) {
+	for _, o := range m {
+		o.BadFrame(link, err)
+	}
+}
+
+func (m multiObserver) Retransmit(link string) {
+	for _, o := range m {
+		o.Retransmit(link)
+	}
+}
+
+func (m multiObserver) SessionOpened(link string) {
+	for _, o := range m {
+		o.SessionOpened(link)
+	}
+}
+
+func (m multiObserver) SessionClosed(link string) {
+	for _, o := range m {
+		o.SessionClosed(link)
+	}
+}
+
+func (m multiObserver) Refused(link string, code sp.ErrorCode) {
+	for _, o := range m {
+		o.Refused(link, code)
+	}
+}
+
+func (m multiObserver) LinkStats(link string, skipped int64, reconnects int) {
+	for _, o := range m {
+		o.LinkStats(link, skipped, reconnects)
+	}
+}
+
+func (m multiObserver) RequestStarted(ctx context.Context, info RequestInfo) (context.Context, RequestObserver) {
+	var list multiRequest
+	for _, o := range m {
+		var r RequestObserver
+		if ctx, r = o.RequestStarted(ctx, info); r != nil {
+			list = append(list, r)
+		}
+	}
+	if len(list) == 0 {
+		return ctx, nil
+	}
+	return ctx, list
+}
+
+type multiRequest []RequestObserver
+
+func (m multiRequest) Generating(backend string) {
+	for _, r := range m {
+		r.Generating(backend)
+	}
+}
+
+func (m multiRequest) Token(n int) {
+	for _, r := range m {
+		r.Token(n)
+	}
+}
+
+func (m multiRequest) Generated(res backends.Result, err error, code sp.ErrorCode) {
+	for _, r := range m {
+		r.Generated(res, err, code)
+	}
+}
+
+func (m multiRequest) Delivered(err error) {
+	for _, r := range m {
+		r.Delivered(err)
+	}
+}
+
+// linkOf names the link a peer belongs to.
+func linkOf(p Peer) string {
+	if n, ok := p.(interface{ LinkName() string }); ok {
+		return n.LinkName()
+	}
+	return "other"
+}
+
+// LinkStatsReporter is what a byte-stream link reports its decoder's
+// counters to; the Daemon implements it.
+type LinkStatsReporter interface {
+	LinkStats(link string, skipped int64, reconnects int)
+}
+
+// LinkStats forwards a link's decoder counters to the observer.
+func (d *Daemon) LinkStats(link string, skipped int64, reconnects int) {
+	if d.obs != nil {
+		d.obs.LinkStats(link, skipped, reconnects)
+	}
+}
+
+// Hooks with a nil check, so call sites stay one line.
+
+func (d *Daemon) observeFrame(p Peer, dir Direction, cmd sp.Command) {
+	if d.obs != nil {
+		d.obs.Frame(linkOf(p), dir, cmd)
+	}
+}
+
+func (d *Daemon) observeRefused(link string, code sp.ErrorCode) {
+	if d.obs != nil {
+		d.obs.Refused(link, code)
+	}
+}
+
+// requestObserver starts observing a request; nil when nobody observes.
+func (d *Daemon) requestObserver(ctx context.Context, info RequestInfo) (context.Context, RequestObserver) {
+	if d.obs == nil {
+		return ctx, nil
+	}
+	return d.obs.RequestStarted(ctx, info)
+}

@@ -1,0 +1,106 @@
+package daemon
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Snapshot is the daemon's state at one moment, for the status endpoint
+// and the metrics collector: cheap to take (one lock, no I/O besides the
+// backend's Healthy and Model calls), safe to encode as JSON.
+type Snapshot struct {
+	State         string        `json:"state"` // ready, draining, unavailable, stopped
+	StateReason   string        `json:"state_reason,omitempty"`
+	Backend       string        `json:"backend"`
+	Model         string        `json:"model"`
+	Links         []string      `json:"links"`
+	Sessions      []SessionInfo `json:"sessions"`
+	Running       int           `json:"running"`        // requests holding an engine slot
+	Queued        int           `json:"queued"`         // accepted, waiting for a slot
+	LocalRequests int           `json:"local_requests"` // of those, from local applications
+	MaxConcurrent int           `json:"max_concurrent"`
+	MaxQueue      int           `json:"max_queue"`
+	Counters      Counters      `json:"counters"`
+}
+
+// SessionInfo is one device's session.
+type SessionInfo struct {
+	Device   string  `json:"device"`
+	Link     string  `json:"link"`
+	Peer     string  `json:"peer"`
+	Signed   bool    `json:"signed"`
+	Active   int     `json:"active_requests"`
+	MaxData  int     `json:"max_data"`
+	Window   int     `json:"window"`
+	IdleSecs float64 `json:"idle_s"`
+}
+
+// Counters is a copy of Stats.
+type Counters struct {
+	FramesIn     int64 `json:"frames_in"`
+	FramesOut    int64 `json:"frames_out"`
+	BadFrames    int64 `json:"bad_frames"`
+	AuthFailures int64 `json:"auth_failures"`
+	Accepted     int64 `json:"accepted"`
+	Busy         int64 `json:"busy"`
+	Done         int64 `json:"done"`
+	Failed       int64 `json:"failed"`
+	Canceled     int64 `json:"canceled"`
+	Duplicates   int64 `json:"duplicates"`
+}
+
+// Snapshot returns the daemon's state now.
+func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
+	now := time.Now()
+	d.mu.Lock()
+	running := d.linkCtx != nil && d.linkCtx.Err() == nil
+	snap := Snapshot{
+		Links:         slices.Clone(d.links),
+		Sessions:      make([]SessionInfo, 0, len(d.sessions)),
+		MaxConcurrent: d.cfg.MaxConcurrent,
+		MaxQueue:      d.cfg.MaxQueue,
+		Backend:       d.backend.Name(),
+	}
+	open := make([]*session, 0, len(d.sessions))
+	for _, s := range d.sessions {
+		open = append(open, s)
+	}
+	d.mu.Unlock()
+	for _, s := range open { // each session's lock, never inside d.mu
+		s.mu.Lock()
+		active := s.active
+		s.mu.Unlock()
+		snap.Sessions = append(snap.Sessions, SessionInfo{
+			Device: s.deviceID, Link: linkOf(s.peer), Peer: s.peer.Key(), Signed: s.verifier != nil,
+			Active: active, MaxData: s.maxData, Window: s.window,
+			IdleSecs: now.Sub(s.lastSeen()).Seconds(),
+		})
+	}
+	slices.SortFunc(snap.Sessions, func(a, b SessionInfo) int { return strings.Compare(a.Peer, b.Peer) })
+	snap.Running = len(d.slots)
+	snap.Queued = max(int(d.admitted.Load())-snap.Running, 0)
+	snap.LocalRequests = d.local.count()
+	st := &d.stats
+	snap.Counters = Counters{
+		FramesIn: st.FramesIn.Load(), FramesOut: st.FramesOut.Load(), BadFrames: st.BadFrames.Load(),
+		AuthFailures: st.AuthFailures.Load(), Accepted: st.Accepted.Load(), Busy: st.Busy.Load(),
+		Done: st.Done.Load(), Failed: st.Failed.Load(), Canceled: st.Canceled.Load(), Duplicates: st.Duplicates.Load(),
+	}
+	if info, err := d.backend.Model(ctx, ""); err == nil {
+		snap.Model = info.Name
+	}
+	switch {
+	case !running:
+		snap.State = "stopped"
+	case d.draining.Load():
+		snap.State = "draining"
+	default:
+		snap.State = "ready"
+		if err := d.backend.Healthy(ctx); err != nil {
+			snap.State, snap.StateReason = "unavailable", err.Error()
+		}
+	}
+	return snap
+}
