@@ -1,0 +1,320 @@
+// Package httpapi is mcpd's local HTTP endpoint: health and readiness
+// probes, a JSON status, Prometheus metrics, and POST /v1/generate — a
+// streaming NDJSON generation for applications on the same machine that
+// goes through the daemon's own admission, queue and limits, exactly as a
+// device's INFER does. It imports the daemon; the daemon never imports it.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/daemon/telemetry"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// DefaultAddr is where the endpoint listens unless configured otherwise:
+// loopback only, since nothing on it is authenticated.
+const DefaultAddr = "127.0.0.1:7701"
+
+// maxBody bounds a /v1/generate request body; a prompt is at most the
+// protocol's largest message, and JSON escaping may double it.
+const maxBody = 2*sp.MaxMessageLimit + 4096
+
+// Daemon is what the API serves: *daemon.Daemon.
+type Daemon interface {
+	Snapshot(ctx context.Context) daemon.Snapshot
+	Generate(ctx context.Context, req daemon.LocalRequest, emit backends.Emit) (backends.Result, error)
+}
+
+// Config assembles a Server.
+type Config struct {
+	Daemon  Daemon
+	Metrics *telemetry.Metrics        // nil: /metrics answers 404
+	Backend telemetry.BackendReporter // nil: /status reports the daemon's backend name only
+	Version string
+	Log     *slog.Logger
+}
+
+// Server is the HTTP API.
+type Server struct {
+	cfg   Config
+	start time.Time
+	mux   *http.ServeMux
+}
+
+// New returns the API's server.
+func New(cfg Config) *Server {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg, start: time.Now(), mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /healthz", s.healthz)
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("GET /status", s.status)
+	if cfg.Metrics != nil {
+		s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.Registry(), promhttp.HandlerOpts{}))
+	}
+	s.mux.HandleFunc("POST /v1/generate", s.generate)
+	return s
+}
+
+// ServeHTTP makes Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Serve answers on ln until ctx is done, then gives requests in flight up
+// to grace to finish.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	srv := &http.Server{
+		Handler:           s,
+		ReadHeaderTimeout: 5 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:          slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("httpapi: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+	}
+	return nil
+}
+
+// healthz: the process answers. Liveness only: a busy or draining daemon
+// is alive.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	fmt.Fprintln(w, "ok")
+}
+
+// readyz: 200 while the daemon takes requests, 503 with the state (and
+// why) otherwise — starting, draining, engine unavailable.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	snap := s.cfg.Daemon.Snapshot(r.Context())
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if snap.State != "ready" {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	fmt.Fprintln(w, snap.State, snap.StateReason)
+}
+
+// Status is the /status document.
+type Status struct {
+	Version       string                 `json:"version"`
+	UptimeSeconds float64                `json:"uptime_s"`
+	Daemon        daemon.Snapshot        `json:"daemon"`
+	Backend       *telemetry.BackendInfo `json:"backend,omitempty"`
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	st := Status{
+		Version:       s.cfg.Version,
+		UptimeSeconds: time.Since(s.start).Seconds(),
+		Daemon:        s.cfg.Daemon.Snapshot(r.Context()),
+	}
+	if s.cfg.Backend != nil {
+		b := s.cfg.Backend()
+		st.Backend = &b
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// GenerateRequest is the body of POST /v1/generate.
+type GenerateRequest struct {
+	Prompt      string   `json:"prompt"`
+	System      string   `json:"system,omitempty"`
+	Model       string   `json:"model,omitempty"`
+	MaxTokens   int      `json:"max_tokens,omitempty"`
+	Temperature *float32 `json:"temperature,omitempty"` // absent: the engine's default; 0: greedy
+	Seed        *uint32  `json:"seed,omitempty"`
+	TopK        int      `json:"top_k,omitempty"`
+	TopP        float32  `json:"top_p,omitempty"`
+	DeadlineMS  int      `json:"deadline_ms,omitempty"`
+	// Client names the caller for the per-client request cap (the cap a
+	// device has); default: the X-Mcpd-Client header, then the peer address.
+	Client string `json:"client,omitempty"`
+}
+
+// GenerateLine is one line of the NDJSON answer: text pieces, then one
+// final line with Done (and the figures) or Error.
+type GenerateLine struct {
+	Response     string `json:"response,omitempty"`
+	Done         bool   `json:"done,omitempty"`
+	Stop         string `json:"stop,omitempty"`
+	Tokens       int    `json:"tokens,omitempty"`
+	PromptTokens int    `json:"prompt_tokens,omitempty"`
+	TTFTMS       int64  `json:"ttft_ms,omitempty"`
+	DurationMS   int64  `json:"duration_ms,omitempty"`
+	Error        *Error `json:"error,omitempty"`
+}
+
+// Error is an error answer: the protocol's error code (what a device would
+// have received) and a message.
+type Error struct {
+	Code      string `json:"code"`
+	Message   string `json:"message"`
+	Retryable bool   `json:"retryable"`
+}
+
+func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
+	var req GenerateRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, sp.CodeMalformed, "request body: "+err.Error())
+		return
+	}
+	if req.Prompt == "" {
+		writeError(w, http.StatusBadRequest, sp.CodeMalformed, "prompt is empty")
+		return
+	}
+	if req.MaxTokens < 0 || req.DeadlineMS < 0 || req.TopK < 0 || req.TopP < 0 {
+		writeError(w, http.StatusBadRequest, sp.CodeMalformed, "max_tokens, deadline_ms, top_k and top_p must not be negative")
+		return
+	}
+	client := req.Client
+	if client == "" {
+		client = r.Header.Get("X-Mcpd-Client")
+	}
+	if client == "" {
+		client, _, _ = net.SplitHostPort(r.RemoteAddr)
+	}
+	opts := backends.Options{MaxTokens: req.MaxTokens, TopK: req.TopK, TopP: req.TopP}
+	if req.Temperature != nil {
+		opts.Temperature, opts.TemperatureSet = *req.Temperature, true
+	}
+	if req.Seed != nil {
+		opts.Seed, opts.SeedSet = *req.Seed, true
+	}
+
+	// The status line waits for the first piece, so an error before any
+	// output gets its own HTTP status (BUSY: 503 or 429); once text has
+	// gone out, a failure is the stream's last line.
+	started := false
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	begin := func() {
+		if !started {
+			started = true
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+		}
+	}
+	res, err := s.cfg.Daemon.Generate(r.Context(), daemon.LocalRequest{
+		Client: client, Model: req.Model, System: req.System, Prompt: req.Prompt,
+		Options: opts, Deadline: time.Duration(req.DeadlineMS) * time.Millisecond,
+	}, func(piece []byte) error {
+		begin()
+		if err := enc.Encode(GenerateLine{Response: string(piece)}); err != nil {
+			return err // the caller went away: the daemon stops the engine
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return nil
+	})
+	if err != nil {
+		code := sp.CodeBackendFailed
+		var rerr *daemon.RequestError
+		if errors.As(err, &rerr) {
+			code = rerr.Code
+		}
+		if !started {
+			status := httpStatus(code, err)
+			if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "1")
+			}
+			writeError(w, status, code, err.Error())
+			return
+		}
+		_ = enc.Encode(GenerateLine{Error: &Error{Code: code.String(), Message: err.Error(), Retryable: code.Retryable()}})
+		return
+	}
+	begin()
+	_ = enc.Encode(GenerateLine{
+		Done: true, Stop: stopName(res.Stop), Tokens: res.Tokens, PromptTokens: res.PromptTokens,
+		TTFTMS: res.TTFT.Milliseconds(), DurationMS: res.Duration.Milliseconds(),
+	})
+}
+
+// httpStatus maps a refusal or failure to its HTTP status. BUSY keeps the
+// protocol's meaning — retry shortly — as 503 when the daemon's queue is
+// full (everyone is waiting) and 429 when only this client is over its cap.
+func httpStatus(code sp.ErrorCode, err error) int {
+	switch code {
+	case sp.CodeBusy:
+		if errors.Is(err, daemon.ErrClientBusy) {
+			return http.StatusTooManyRequests
+		}
+		return http.StatusServiceUnavailable
+	case sp.CodeShuttingDown, sp.CodeBackendUnavailable:
+		return http.StatusServiceUnavailable
+	case sp.CodeTimeout:
+		return http.StatusGatewayTimeout
+	case sp.CodeModelNotFound:
+		return http.StatusNotFound
+	case sp.CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case sp.CodeMalformed, sp.CodeUnsupportedOption:
+		return http.StatusBadRequest
+	case sp.CodeCancelled:
+		return 499 // the client closed the request (nginx's convention); it reads nothing
+	}
+	return http.StatusBadGateway
+}
+
+func stopName(s backends.StopReason) string {
+	switch s {
+	case backends.StopLength:
+		return "length"
+	case backends.StopContext:
+		return "context"
+	case backends.StopString:
+		return "stop"
+	}
+	return "eos"
+}
+
+func writeError(w http.ResponseWriter, status int, code sp.ErrorCode, msg string) {
+	writeJSON(w, status, GenerateLine{Error: &Error{Code: code.String(), Message: msg, Retryable: code.Retryable()}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// ParseAddr reads the endpoint's configured address: "off" (or "")
+// disables it; otherwise host:port.
+func ParseAddr(s string) (addr string, enabled bool, err error) {
+	if s == "" || s == "off" {
+		return "", false, nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", false, fmt.Errorf("httpapi: listen address %q: %w", s, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return "", false, fmt.Errorf("httpapi: listen address %q: bad port", s)
+	}
+	return net.JoinHostPort(host, port), true, nil
+}
