@@ -56,7 +56,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 
 	cmd := exec.CommandContext(ctx, *mcpd, "--backend", "native", "--model", *model,
-		"--listen-udp", addr, "--serial", tty.Name()+":115200", "--log-level", "warn")
+		"--listen-udp", addr, "--serial", tty.Name()+":115200", "--http", "127.0.0.1:0", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 10 * time.Second

@@ -32,7 +32,12 @@ type config struct {
 	// Keys maps a device id to its pre-shared signing key, 32 bytes in hex
 	// (16..64 allowed). A listed device must sign. Keep the file readable
 	// by mcpd only.
-	Keys   map[string]string `toml:"keys"`
+	Keys map[string]string `toml:"keys"`
+	// HTTP is the local endpoint (docs/observability.md): host:port, or
+	// "off".
+	HTTP struct {
+		Listen string `toml:"listen"`
+	} `toml:"http"`
 	Limits struct {
 		MaxSessions    int      `toml:"max_sessions"`
 		MaxConcurrent  int      `toml:"max_concurrent"`
@@ -57,6 +62,7 @@ func (d *duration) UnmarshalText(b []byte) error {
 func defaultConfig() config {
 	var c config
 	c.Backend, c.LogLevel = "auto", "info"
+	c.HTTP.Listen = "127.0.0.1:7701"
 	return c
 }
 
@@ -107,6 +113,7 @@ func (c *config) loadEnv(getenv func(string) string) error {
 	str("MCPD_BACKEND", &c.Backend)
 	str("MCPD_MODEL", &c.Model)
 	str("MCPD_LOG_LEVEL", &c.LogLevel)
+	str("MCPD_HTTP_LISTEN", &c.HTTP.Listen)
 	return errors.Join(
 		num("MCPD_THREADS", &c.Engine.Threads),
 		num("MCPD_MAX_CONCURRENT", &c.Limits.MaxConcurrent),

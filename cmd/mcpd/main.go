@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/daemon/httpapi"
 )
 
 var version = "dev"
@@ -47,7 +48,7 @@ MCPFrame (docs/protocol.md).
 Configuration, later sources winning: built-in defaults; the TOML file
 (--config, or %s if it exists); MCPD_* environment variables
 (MCPD_LISTEN_UDP and MCPD_SERIAL comma-separated, MCPD_BACKEND, MCPD_MODEL,
-MCPD_LOG_LEVEL, MCPD_THREADS, MCPD_MAX_CONCURRENT, MCPD_MAX_QUEUE,
+MCPD_LOG_LEVEL, MCPD_HTTP_LISTEN, MCPD_THREADS, MCPD_MAX_CONCURRENT, MCPD_MAX_QUEUE,
 MCPD_MAX_SESSIONS); then these flags. With no link configured it listens on
 UDP 127.0.0.1:7700 only; all interfaces is an explicit --listen-udp :7700.
 
@@ -71,6 +72,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	maxSessions := fs.Int("max-sessions", 0, "devices at once (default 256)")
 	heartbeat := fs.Duration("heartbeat", 0, "device heartbeat interval (default 5s)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	httpListen := fs.String("http", "", "local HTTP endpoint (status, metrics, /v1/generate) host:port, or off (default 127.0.0.1:7701)")
 	checkConfig := fs.Bool("check-config", false, "validate the configuration, print it, and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
@@ -107,6 +109,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	apply("backend", func() { cfg.Backend = *backend })
 	apply("model", func() { cfg.Model = *model })
 	apply("log-level", func() { cfg.LogLevel = *logLevel })
+	apply("http", func() { cfg.HTTP.Listen = *httpListen })
 	apply("threads", func() { cfg.Engine.Threads = *threads })
 	apply("ctx", func() { cfg.Engine.ContextSize = *ctxSize })
 	apply("max-concurrent", func() { cfg.Limits.MaxConcurrent = *maxConc })
@@ -142,6 +145,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := dcfg.WithDefaults().Validate(); err != nil {
 		return err
 	}
+	if _, _, err := httpapi.ParseAddr(cfg.HTTP.Listen); err != nil {
+		return err
+	}
 	if err := checkBackend(cfg); err != nil {
 		return err
 	}
@@ -173,6 +179,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	obs, err := setupObservability(ctx, cfg, getenv, d, b, log)
+	if err != nil {
+		return err
+	}
+	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
+	httpDone := make(chan struct{})
+	go func() { obs.serve(httpCtx, d, cfg, b, log); close(httpDone) }()
+	defer func() {
+		stopHTTP()
+		<-httpDone
+		flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = obs.shutdown(flush)
+	}()
 	log.Info("mcpd ready", "version", version, "backend", b.Name(), "links", len(links))
 	start := time.Now()
 	err = d.Run(ctx, links...)

@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -68,6 +72,7 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--config", filepath.Join(dir, "absent.toml")}, "no such file"},
 		{[]string{"--log-level", "chatty"}, "log level"},
 		{[]string{"stray"}, "unexpected argument"},
+		{[]string{"--http", "nowhere"}, "listen address"},
 	} {
 		var out syncBuffer
 		err := run(context.Background(), append([]string{"--listen-udp", "127.0.0.1:0"}, tc.args...), noEnv, &out, &out)
@@ -103,11 +108,12 @@ func TestEndToEndNative(t *testing.T) {
 	}
 
 	addr := "127.0.0.1:" + freePort(t)
+	httpAddr := freeTCP(t)
 	var logs syncBuffer
 	dctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(dctx, []string{"--model", model, "--threads", "1", "--listen-udp", addr, "--log-level", "debug"}, noEnv, &logs, &logs)
+		done <- run(dctx, []string{"--model", model, "--threads", "1", "--listen-udp", addr, "--http", httpAddr, "--log-level", "debug"}, noEnv, &logs, &logs)
 	}()
 	defer func() {
 		stop()
@@ -144,6 +150,50 @@ func TestEndToEndNative(t *testing.T) {
 			t.Fatalf("DONE %+v", d)
 		}
 	}
+
+	// A local application gets the same answer over HTTP, through the
+	// same daemon, and the metrics count all three requests' tokens.
+	resp, err := http.Post("http://"+httpAddr+"/v1/generate", "application/json",
+		strings.NewReader(`{"prompt":"`+prompt+`","max_tokens":32,"temperature":0}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got strings.Builder
+	sc := bufio.NewScanner(resp.Body)
+	var last map[string]any
+	for sc.Scan() {
+		last = nil
+		if err := json.Unmarshal(sc.Bytes(), &last); err != nil {
+			t.Fatalf("line %q: %v", sc.Text(), err)
+		}
+		if s, ok := last["response"].(string); ok {
+			got.WriteString(s)
+		}
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 || got.String() != want.String() || last["done"] != true {
+		t.Fatalf("HTTP %d: got %q, want %q; last line %v", resp.StatusCode, got.String(), want.String(), last)
+	}
+	resp, err = http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(metrics), `mcpd_tokens_generated_total{backend="llama.cpp"} 96`) {
+		t.Fatalf("metrics:\n%s", metrics)
+	}
+}
+
+// freeTCP is a loopback TCP address free a moment ago.
+func freeTCP(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
 
 func noEnv(string) string { return "" }
