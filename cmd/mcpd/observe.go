@@ -67,10 +67,22 @@ func (o *observability) serve(ctx context.Context, d *daemon.Daemon, cfg config,
 	}
 }
 
-// backendReporter describes the engine for /status and the metrics. One
-// engine is configured today; the backend selector (issue 5) will report
-// its choice and breakers here.
+// backendReporter describes the engine for /status and the metrics: the
+// one configured, and — for an engine with endpoints behind circuit
+// breakers (Ollama) — each endpoint's breaker and requests in flight.
 func backendReporter(cfg config, b backends.Backend) telemetry.BackendReporter {
-	info := telemetry.BackendInfo{Chosen: b.Name(), Reason: "configured: backend = " + cfg.Backend}
-	return func() telemetry.BackendInfo { return info }
+	type endpoints interface {
+		Endpoints() []backends.EndpointStatus
+	}
+	return func() telemetry.BackendInfo {
+		info := telemetry.BackendInfo{Chosen: b.Name(), Reason: "configured: backend = " + cfg.Backend}
+		if e, ok := b.(endpoints); ok {
+			info.Breakers, info.InFlight = map[string]string{}, map[string]int{}
+			for _, ep := range e.Endpoints() {
+				key := b.Name() + "@" + ep.URL
+				info.Breakers[key], info.InFlight[key] = ep.Breaker, int(ep.InFlight)
+			}
+		}
+		return info
+	}
 }
