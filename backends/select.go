@@ -1,0 +1,499 @@
+package backends
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mcpd-project/mcpd/native/gguf"
+)
+
+// Policy says which engine serves requests.
+type Policy string
+
+const (
+	// PolicyAuto: Ollama where there is a GPU for it (found on this
+	// machine, reported by Ollama's /api/ps, or an endpoint on another
+	// host), the in-process engine on a CPU-only machine; the other one is
+	// the fallback.
+	PolicyAuto Policy = "auto"
+	// PolicyOllama: Ollama first, then Fallback.
+	PolicyOllama Policy = "ollama"
+	// PolicyNative: the in-process llama.cpp engine first, then Fallback.
+	PolicyNative Policy = "native"
+)
+
+// ParsePolicy reads "auto", "ollama" or "native".
+func ParsePolicy(s string) (Policy, error) {
+	switch p := Policy(s); p {
+	case PolicyAuto, PolicyOllama, PolicyNative:
+		return p, nil
+	}
+	return "", fmt.Errorf("backend %q: want auto, native or ollama", s)
+}
+
+// OpenConfig says which engines to start and how to choose between them.
+type OpenConfig struct {
+	Policy Policy
+	// Fallback lists the engines ("native", "ollama") tried after the
+	// policy's own, in order. Auto uses every configured engine.
+	Fallback []Policy
+	// Native configures the in-process engine; nil: none (no GGUF file).
+	Native *LlamaConfig
+	// Ollama configures the Ollama engine; nil: none (no model name).
+	Ollama *OllamaConfig
+	// Detector presents the machine (default: the real one).
+	Detector *Detector
+	// DetectInterval is how often the machine is probed again: a GPU
+	// driver may come up after mcpd (default 30s).
+	DetectInterval time.Duration
+	Logger         *slog.Logger
+}
+
+// Open starts the engines the policy needs and returns the Selector that
+// routes requests between them. An engine that only serves as a fallback
+// and cannot start (Ollama's model missing, a GGUF too big for memory) is
+// left out with a warning; the policy's own engine failing is an error.
+func Open(ctx context.Context, cfg OpenConfig) (*Selector, error) {
+	if _, err := ParsePolicy(string(cfg.Policy)); err != nil {
+		return nil, err
+	}
+	if cfg.Policy == PolicyOllama && cfg.Ollama == nil {
+		return nil, errors.New("backend ollama: no model configured (the Ollama model name, e.g. llama3.2:1b)")
+	}
+	if cfg.Policy == PolicyNative && cfg.Native == nil {
+		return nil, errors.New("backend native: no GGUF model file configured")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Detector == nil {
+		cfg.Detector = &Detector{}
+	}
+	if cfg.DetectInterval <= 0 {
+		cfg.DetectInterval = 30 * time.Second
+	}
+	log := cfg.Logger
+	want := wantedEngines(cfg)
+	if len(want) == 0 {
+		return nil, errors.New("backend auto: no engine configured (give a GGUF file for the native engine or an Ollama model)")
+	}
+	required := func(name Policy) bool { return cfg.Policy == name || len(want) == 1 }
+	s := &Selector{cfg: cfg, log: log, engines: map[Policy]Backend{}, wake: make(chan bool, 1),
+		closing: make(chan struct{}), done: make(chan struct{})}
+	s.machine = cfg.Detector.Probe(ctx)
+	log.Info("machine", "summary", s.machine.Summary())
+	fail := func(err error) (*Selector, error) {
+		for _, e := range s.engines {
+			e.Close()
+		}
+		return nil, err
+	}
+	if slices.Contains(want, PolicyOllama) {
+		oc := *cfg.Ollama
+		oc.Logger = cmpLogger(oc.Logger, log)
+		user := oc.OnHealthChange
+		oc.OnHealthChange = func() {
+			s.poke(false)
+			if user != nil {
+				user()
+			}
+		}
+		o, err := NewOllama(ctx, oc)
+		switch {
+		case err == nil:
+			s.engines[PolicyOllama], s.ollama = o, o
+		case required(PolicyOllama):
+			return fail(err)
+		default:
+			log.Warn("ollama left out", "err", err)
+		}
+	}
+	if slices.Contains(want, PolicyNative) {
+		lc := *cfg.Native
+		lc.Logger = cmpLogger(lc.Logger, log)
+		l, err := openNative(ctx, lc, s.machine)
+		switch {
+		case err == nil:
+			s.engines[PolicyNative] = l
+		case required(PolicyNative):
+			return fail(err)
+		default:
+			log.Warn("native engine left out", "err", err)
+		}
+	}
+	if len(s.engines) == 0 {
+		return fail(errors.New("backend: no engine could start"))
+	}
+	s.evaluate(ctx, "start")
+	go s.loop()
+	return s, nil
+}
+
+func cmpLogger(l, def *slog.Logger) *slog.Logger {
+	if l != nil {
+		return l
+	}
+	return def
+}
+
+// wantedEngines lists the configured engines the policy may use.
+func wantedEngines(cfg OpenConfig) []Policy {
+	var out []Policy
+	add := func(p Policy) {
+		if p == PolicyOllama && cfg.Ollama == nil || p == PolicyNative && cfg.Native == nil || slices.Contains(out, p) {
+			return
+		}
+		out = append(out, p)
+	}
+	if cfg.Policy == PolicyAuto {
+		add(PolicyOllama)
+		add(PolicyNative)
+		return out
+	}
+	add(cfg.Policy)
+	for _, f := range cfg.Fallback {
+		add(f)
+	}
+	return out
+}
+
+// openNative checks that the model fits the memory available, then loads it.
+func openNative(ctx context.Context, cfg LlamaConfig, m Machine) (*Llama, error) {
+	info, err := gguf.ValidateFile(cfg.ModelPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	est := EstimateMemory(info, cfg.SequenceContext, max(cfg.Parallel, 0))
+	if cfg.Parallel <= 0 {
+		est = EstimateMemory(info, cfg.SequenceContext, 4) // NewLlama's default
+	}
+	if err := CheckMemory(cfg.ModelPath, est, m.MemAvailable); err != nil {
+		return nil, err
+	}
+	return NewLlama(ctx, cfg)
+}
+
+// Selector is the Backend the daemon sees: it routes each request to the
+// engine chosen by the policy and health, and fails over to the next one
+// when a request fails before any output. The choice is re-evaluated when
+// health changes (a breaker opens or closes, a model appears, a GPU shows
+// up), never per request or per token.
+type Selector struct {
+	cfg     OpenConfig
+	log     *slog.Logger
+	engines map[Policy]Backend
+	ollama  *Ollama // also in engines; nil when not running
+
+	current   atomic.Pointer[choice]
+	failovers atomic.Int64
+	wake      chan bool // true: probe the machine again first
+	closing   chan struct{}
+	done      chan struct{}
+	once      sync.Once
+
+	mu      sync.Mutex
+	machine Machine
+}
+
+// choice is one evaluation's outcome; Generate reads it without locks.
+type choice struct {
+	order    []Policy // the policy's preference
+	engines  []Backend
+	names    []Policy // engines in the order requests try them: the chosen one first
+	chosen   Policy
+	reason   string
+	since    time.Time
+	degraded bool
+}
+
+var _ Backend = (*Selector)(nil)
+
+// SelectionStatus is a snapshot of the selection for /status, metrics and
+// logs.
+type SelectionStatus struct {
+	Policy    Policy
+	Chosen    string   // the engine requests go to first: "ollama" or "llama.cpp"
+	Reason    string   // why, in words
+	Order     []string // the engines requests try, in order
+	Since     time.Time
+	Degraded  bool  // running on a fallback, or an Ollama endpoint is down
+	Failovers int64 // requests that moved to another engine before their first token
+	Machine   Machine
+	Engines   []EngineStatus
+	Endpoints []EndpointStatus // Ollama's, when it runs
+}
+
+// EngineStatus is one engine's health.
+type EngineStatus struct {
+	Name    string
+	Healthy bool
+	Error   string
+}
+
+func (s *Selector) poke(reprobe bool) {
+	select {
+	case s.wake <- reprobe:
+	default:
+		if reprobe { // make sure a pending wake-up re-probes too
+			select {
+			case <-s.wake:
+			default:
+			}
+			select {
+			case s.wake <- true:
+			default:
+			}
+		}
+	}
+}
+
+func (s *Selector) loop() {
+	defer close(s.done)
+	t := time.NewTicker(s.cfg.DetectInterval)
+	defer t.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { <-s.closing; cancel() }()
+	for {
+		reprobe, why := false, ""
+		select {
+		case <-s.closing:
+			return
+		case <-t.C:
+			reprobe, why = true, "periodic probe"
+		case reprobe = <-s.wake:
+			why = "health change"
+		}
+		if reprobe {
+			m := s.cfg.Detector.Probe(ctx)
+			s.mu.Lock()
+			changed := !m.sameHardware(s.machine)
+			s.machine = m
+			s.mu.Unlock()
+			if changed {
+				s.log.Info("machine changed", "summary", m.Summary())
+				why = "hardware change"
+			}
+		}
+		s.evaluate(ctx, why)
+	}
+}
+
+// preference orders the engines for the policy and says why.
+func (s *Selector) preference() ([]Policy, string) {
+	s.mu.Lock()
+	m := s.machine
+	s.mu.Unlock()
+	var order []Policy
+	var reason string
+	switch s.cfg.Policy {
+	case PolicyAuto:
+		gpu := ""
+		switch {
+		case m.HasGPU():
+			gpu = "GPU found (" + m.Summary() + ")"
+		case s.ollama != nil && s.ollama.ModelOnGPU():
+			gpu = "Ollama holds the model in GPU memory (/api/ps size_vram > 0)"
+		case s.ollama != nil && s.ollama.Remote():
+			gpu = "Ollama endpoint on another host"
+		}
+		if gpu != "" {
+			order, reason = []Policy{PolicyOllama, PolicyNative}, "auto: "+gpu
+		} else {
+			order, reason = []Policy{PolicyNative, PolicyOllama}, "auto: CPU only ("+m.Summary()+")"
+		}
+	default:
+		order = append([]Policy{s.cfg.Policy}, s.cfg.Fallback...)
+		reason = "policy " + string(s.cfg.Policy)
+	}
+	out := order[:0:0]
+	for _, p := range order {
+		if _, ok := s.engines[p]; ok && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, reason
+}
+
+// evaluate picks the first healthy engine in preference order and
+// publishes the choice; a change is logged with its reason.
+func (s *Selector) evaluate(ctx context.Context, why string) {
+	order, reason := s.preference()
+	chosen := Policy("")
+	var skipped []string
+	for _, p := range order {
+		if err := s.engines[p].Healthy(ctx); err != nil {
+			skipped = append(skipped, fmt.Sprintf("%s unhealthy: %v", p, err))
+			continue
+		}
+		chosen = p
+		break
+	}
+	if len(skipped) > 0 {
+		reason += "; " + strings.Join(skipped, "; ")
+	}
+	if chosen == "" {
+		chosen = order[0]
+		reason += "; no engine healthy, trying " + string(chosen) + " first"
+	}
+	names := []Policy{chosen}
+	for _, p := range order {
+		if p != chosen {
+			names = append(names, p)
+		}
+	}
+	c := &choice{order: order, names: names, chosen: chosen, reason: reason, since: time.Now()}
+	for _, p := range names {
+		c.engines = append(c.engines, s.engines[p])
+	}
+	c.degraded = chosen != order[0]
+	if s.ollama != nil && !c.degraded {
+		for _, ep := range s.ollama.Endpoints() {
+			if ep.Breaker != BreakerClosed.String() {
+				c.degraded = true
+			}
+		}
+	}
+	old := s.current.Load()
+	if old != nil && old.chosen == chosen && slices.Equal(old.names, names) && old.reason == reason && old.degraded == c.degraded {
+		return
+	}
+	if old != nil && old.chosen == chosen && slices.Equal(old.names, names) {
+		c.since = old.since
+	}
+	s.current.Store(c)
+	s.log.Info("backend selected", "engine", s.engines[chosen].Name(), "order", fmt.Sprint(names),
+		"reason", reason, "trigger", why, "degraded", c.degraded)
+}
+
+// Status returns a snapshot of the selection.
+func (s *Selector) Status() SelectionStatus {
+	c := s.current.Load()
+	s.mu.Lock()
+	m := s.machine
+	s.mu.Unlock()
+	st := SelectionStatus{Policy: s.cfg.Policy, Chosen: s.engines[c.chosen].Name(), Reason: c.reason,
+		Since: c.since, Degraded: c.degraded, Failovers: s.failovers.Load(), Machine: m}
+	ctx := context.Background()
+	for _, p := range c.names {
+		e := s.engines[p]
+		st.Order = append(st.Order, e.Name())
+		es := EngineStatus{Name: e.Name(), Healthy: true}
+		if err := e.Healthy(ctx); err != nil {
+			es.Healthy, es.Error = false, err.Error()
+		}
+		st.Engines = append(st.Engines, es)
+	}
+	if s.ollama != nil {
+		st.Endpoints = s.ollama.Endpoints()
+	}
+	return st
+}
+
+// Name implements Backend: the engine requests go to now.
+func (s *Selector) Name() string { return s.engines[s.current.Load().chosen].Name() }
+
+// Degraded reports that requests run on a fallback engine or that an Ollama
+// endpoint's breaker is not closed (STATUS shows DEGRADED).
+func (s *Selector) Degraded() bool { return s.current.Load().degraded }
+
+// Engine returns a running engine ("native" or "ollama"), or nil.
+func (s *Selector) Engine(p Policy) Backend { return s.engines[p] }
+
+// Healthy implements Backend: nil when some engine can take requests.
+func (s *Selector) Healthy(ctx context.Context) error {
+	var first error
+	for _, e := range s.current.Load().engines {
+		err := e.Healthy(ctx)
+		if err == nil {
+			return nil
+		}
+		first = cmpErr(first, err)
+	}
+	return first
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// Model implements Backend with the chosen engine.
+func (s *Selector) Model(ctx context.Context, name string) (ModelInfo, error) {
+	return s.current.Load().engines[0].Model(ctx, name)
+}
+
+// failoverable: errors after which the next engine may take the request,
+// provided no output reached the caller.
+func failoverable(err error) bool {
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, ErrBusy) || errors.Is(err, ErrFailed) ||
+		errors.Is(err, ErrModelNotFound) || errors.Is(err, ErrClosed) || errors.Is(err, ErrNoMemory)
+}
+
+// Generate implements Backend: the chosen engine first; while no output
+// has reached emit, a failure moves the request to the next engine, so the
+// device never sees it.
+func (s *Selector) Generate(ctx context.Context, req Request, emit Emit) (Result, error) {
+	c := s.current.Load()
+	var errs []error
+	for i, e := range c.engines {
+		if err := e.Healthy(ctx); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		started := false
+		res, err := e.Generate(ctx, req, func(p []byte) error {
+			started = true
+			return emit(p)
+		})
+		if err == nil || started || ctx.Err() != nil || !failoverable(err) {
+			return res, err
+		}
+		errs = append(errs, err)
+		if i+1 < len(c.engines) {
+			s.failovers.Add(1)
+			s.log.Warn("failing over before the first token", "from", e.Name(), "to", c.engines[i+1].Name(), "err", err)
+		}
+		s.poke(true) // a failure: look at the machine and the engines again
+	}
+	if ctx.Err() != nil {
+		return Result{}, ctx.Err()
+	}
+	// The most useful error: a missing model only when nothing else went
+	// wrong (the other engine may simply name models differently).
+	for _, err := range errs {
+		if !errors.Is(err, ErrModelNotFound) {
+			return Result{}, err
+		}
+	}
+	if len(errs) > 0 {
+		return Result{}, errs[0]
+	}
+	return Result{}, fmt.Errorf("%w: no engine", ErrUnavailable)
+}
+
+// Close implements Backend: it stops re-evaluation and closes every engine.
+func (s *Selector) Close() error {
+	first := false
+	s.once.Do(func() { first = true; close(s.closing) })
+	if !first {
+		return ErrClosed
+	}
+	<-s.done
+	var errs []error
+	for _, e := range s.engines {
+		if err := e.Close(); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
