@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/internal/impair"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 	"go.bug.st/serial"
 )
@@ -205,43 +205,6 @@ func TestUnplugMidStream(t *testing.T) {
 	}
 }
 
-// lineShim joins two pty masters like a UART cable: it paces bytes at
-// bytesPerSec each way and flips each bit with probability ber, from a
-// seeded RNG. It stops when ctx ends.
-func lineShim(ctx context.Context, a, b *os.File, bytesPerSec float64, ber float64, seed uint64) {
-	pump := func(src, dst *os.File, seed uint64) {
-		r := rand.New(rand.NewPCG(seed, 5))
-		buf := make([]byte, 256)
-		perByte := time.Duration(float64(time.Second) / bytesPerSec)
-		var next time.Time // when the next byte may go out
-		for ctx.Err() == nil {
-			n, err := src.Read(buf)
-			if err != nil {
-				return
-			}
-			for i := range buf[:n] {
-				for bit := range 8 {
-					if r.Float64() < ber {
-						buf[i] ^= 1 << bit
-					}
-				}
-			}
-			for _, c := range buf[:n] {
-				if now := time.Now(); next.Before(now) {
-					next = now // the line was idle: no credit for the quiet time
-				}
-				next = next.Add(perByte)
-				time.Sleep(time.Until(next))
-				if _, err := dst.Write([]byte{c}); err != nil {
-					return
-				}
-			}
-		}
-	}
-	go pump(a, b, seed)
-	go pump(b, a, seed+1)
-}
-
 // TestNoisyPacedUART runs requests over a UART paced at 115200 baud that
 // flips bits at a 1e-3 error rate: the resync rule, NACK BAD_FRAME and
 // retransmission must deliver every answer exactly — or, for the rare frame
@@ -257,7 +220,10 @@ func TestNoisyPacedUART(t *testing.T) {
 	d := startSerialDaemon(t, Config{DefaultMaxTokens: 1000}, e, daemonPath)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	lineShim(ctx, daemonSide, deviceSide, 11520, berForTest, 42)
+	line, err := impair.StartLine(ctx, daemonSide, deviceSide, impair.LineConfig{Baud: 115200, BitErrorRate: berForTest, Seed: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	port, err := serial.Open(devicePath, &serial.Mode{BaudRate: 115200})
 	if err != nil {
@@ -289,8 +255,9 @@ func TestNoisyPacedUART(t *testing.T) {
 		}
 	}
 	st := d.Stats()
-	t.Logf("6 requests over a 115200-baud line with BER 1e-3: %d exact, %d caught by CRC-32C; daemon saw %d bad frames",
-		exact, caught, st.BadFrames.Load())
+	toDevice, toDaemon := line.Stats()
+	t.Logf("6 requests over a 115200-baud line with BER 1e-3: %d exact, %d caught by CRC-32C; daemon saw %d bad frames; bits flipped %d/%d bytes to the device, %d/%d to the daemon",
+		exact, caught, st.BadFrames.Load(), toDevice.FlippedBits, toDevice.Bytes, toDaemon.FlippedBits, toDaemon.Bytes)
 	if exact < 4 {
 		t.Fatalf("only %d of 6 answers exact", exact)
 	}
