@@ -1,0 +1,141 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * The device's session with mcpd (docs/protocol.md §5, §7, §8, §10) as a
+ * small state machine. It owns no clock and no I/O: the caller passes the
+ * time in milliseconds (any monotonic counter; wrap-around is fine), hands
+ * it every decoded frame, calls mcpf_session_tick when
+ * mcpf_session_wait_ms says so, and sends frames through cfg->send.
+ *
+ * One request at a time (mcpf_session_hello, _ping, _status, _infer, _bye): a call while one
+ * is outstanding returns -1. What the session does for the caller:
+ *   - retransmission: every request is resent on its timer, at most
+ *     `retries` times (default 8), then MCPF_EV_TIMEOUT; the timer doubles
+ *     per retransmission up to 4 s. UDP: 250 ms initially, then SRTT +
+ *     4 × RTTVAR from answers to requests sent once (RFC 6298, min 100 ms).
+ *     Serial: 2 × window × T(263) + 100 ms (§7.1, window = this device's);
+ *     NACK BAD_FRAME makes it resend at once, and mcpf_session_badcrc
+ *     answers a corrupt frame with NACK BAD_FRAME at most once per RTO/4;
+ *   - INFER: the prompt is cut into fragments (§6) built on the fly from
+ *     the caller's body (which must stay valid until the request ends);
+ *     NACK MISSING resends the fragments listed, NACK BAD_CHECKSUM all, a
+ *     timeout only the last (a probe);
+ *   - the answer stream (§8): chunks in order are delivered once as
+ *     MCPF_EV_TEXT, duplicates and gaps are answered with the current ACK
+ *     (go-back-N), an ACK goes out each time half the window was consumed,
+ *     and the final chunk is acknowledged; DONE's text_bytes and
+ *     text_crc32c are checked (MCPF_EV_BAD_ANSWER on mismatch);
+ *   - heartbeat (§10): while a stream is slow it repeats its ACK, when idle
+ *     it sends PING, so the session never expires; a stream silent for
+ *     three heartbeats ends in MCPF_EV_TIMEOUT;
+ *   - signing (§9) when built with MCPF_SIGN and given a key.
+ */
+#ifndef MCPF_SESSION_H
+#define MCPF_SESSION_H
+
+#include "mcpf.h"
+
+#ifndef MCPF_TX_MAX
+#define MCPF_TX_MAX MCPF_MAX_FRAME /* the largest frame this device sends */
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum mcpf_link { MCPF_LINK_UDP = 0, MCPF_LINK_SERIAL = 1 };
+
+typedef struct mcpf_config {
+    const char *device_id; /* 1..64 of [A-Za-z0-9._:-] */
+    uint16_t max_data;     /* largest data field this device accepts, 32..256 */
+    uint8_t window;        /* answer chunks it takes before acknowledging, 1..255 */
+    uint8_t link;          /* MCPF_LINK_UDP or MCPF_LINK_SERIAL */
+    uint32_t baud;         /* serial: the line's rate, for the RTO */
+    uint8_t retries;       /* retransmissions before giving up; 0: 8 */
+    uint16_t max_send;     /* largest data field it sends; 0: as the daemon allows */
+#if MCPF_SIGN
+    mcpf_key key;          /* key.len 0: unsigned */
+    uint8_t link_id;       /* 0 UART, 1 Wi-Fi, ... */
+#endif
+    /* Puts one frame on the link; returns 0 or -1. */
+    int (*send)(void *ctx, const uint8_t *frame, size_t len);
+    void *ctx;
+} mcpf_config;
+
+enum mcpf_ev {
+    MCPF_EV_NONE = 0,
+    MCPF_EV_WELCOME,    /* the session is open: s->welcome */
+    MCPF_EV_PONG,       /* the PING was answered */
+    MCPF_EV_STATUS,     /* u.status */
+    MCPF_EV_TEXT,       /* u.text: the next piece of the answer */
+    MCPF_EV_DONE,       /* u.done: the answer is complete and its checksum right */
+    MCPF_EV_BAD_ANSWER, /* u.done: DONE's size or CRC-32C disagree with the text */
+    MCPF_EV_ERROR,      /* u.error: the daemon refused or ended the request */
+    MCPF_EV_TIMEOUT,    /* no answer after every retransmission */
+    MCPF_EV_BYE         /* the session is closed (either side) */
+};
+
+typedef struct mcpf_event {
+    uint8_t type;
+    union {
+        struct { const uint8_t *p; uint16_t len; } text;
+        mcpf_done done;
+        mcpf_error error;
+        mcpf_status_reply status;
+    } u;
+} mcpf_event;
+
+enum mcpf_req { MCPF_REQ_NONE = 0, MCPF_REQ_HELLO, MCPF_REQ_PING, MCPF_REQ_KEEPALIVE,
+                MCPF_REQ_STATUS, MCPF_REQ_INFER, MCPF_REQ_BYE };
+
+typedef struct mcpf_session {
+    const mcpf_config *cfg;
+    mcpf_welcome welcome;
+    uint8_t open;      /* a WELCOME was received */
+    uint8_t req;       /* the outstanding request (enum mcpf_req) */
+    uint8_t seq;       /* the last seq this device originated */
+    uint8_t attempt;   /* retransmissions of the request so far */
+    uint8_t accepted;  /* INFER: ACKed or streaming */
+    uint8_t cancel;    /* INFER: CANCEL sent */
+    uint8_t piece, count;
+    uint8_t ping_len, ping[8];
+    uint16_t next, acked; /* the stream: chunk expected, and as last ACKed */
+    uint16_t rto, srtt, rttvar; /* ms; srtt 0: no sample yet */
+    uint32_t boot_nonce;
+    uint32_t deadline, sent, last_tx, last_rx, last_nack; /* ms */
+    uint32_t text_bytes, text_crc;
+    const uint8_t *body;
+    size_t body_len;
+    uint32_t body_crc;
+#if MCPF_SIGN
+    uint8_t signing, nonce[8];
+    uint64_t counter;
+    mcpf_replay replay;
+#endif
+    uint8_t tx[MCPF_TX_MAX];
+} mcpf_session;
+
+/* boot_nonce: fresh random bytes for this HELLO (§9.3). */
+void mcpf_session_init(mcpf_session *s, const mcpf_config *cfg, uint32_t boot_nonce);
+int mcpf_session_hello(mcpf_session *s, uint32_t now);
+int mcpf_session_ping(mcpf_session *s, uint32_t now, const uint8_t *data, uint8_t len);
+int mcpf_session_status(mcpf_session *s, uint32_t now);
+/* body: an INFER body (mcpf_put_infer), valid until the request ends. */
+int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_t len);
+/* Asks the daemon to stop the answer; its final chunk still arrives. */
+int mcpf_session_cancel(mcpf_session *s, uint32_t now);
+int mcpf_session_bye(mcpf_session *s, uint32_t now);
+
+/* A frame from the daemon (from mcpf_decode or the stream decoder).
+ * Returns ev->type. */
+int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event *ev);
+/* Serial: the decoder rejected a frame for its CRC. */
+void mcpf_session_badcrc(mcpf_session *s, uint32_t now);
+/* Timers: retransmission, keepalive. Returns ev->type. */
+int mcpf_session_tick(mcpf_session *s, uint32_t now, mcpf_event *ev);
+/* Milliseconds until mcpf_session_tick has work (0: now). */
+uint32_t mcpf_session_wait_ms(const mcpf_session *s, uint32_t now);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* MCPF_SESSION_H */

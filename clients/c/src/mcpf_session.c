@@ -1,0 +1,474 @@
+/* SPDX-License-Identifier: MIT
+ * The device's session state machine; see mcpf_session.h. */
+#include <string.h>
+
+#include "mcpf_session.h"
+
+#define MAX_RTO 4000u
+#define AFTER(a, b) ((int32_t)((a) - (b)) >= 0) /* time a is at or after b */
+
+static uint8_t retries(const mcpf_session *s) { return s->cfg->retries ? s->cfg->retries : 8u; }
+
+static uint32_t heartbeat(const mcpf_session *s)
+{
+    return s->welcome.heartbeat_ms ? s->welcome.heartbeat_ms : 5000u;
+}
+
+/* The base RTO: serial from the line rate, UDP measured. */
+static uint32_t base_rto(const mcpf_session *s)
+{
+    if (s->cfg->link == MCPF_LINK_SERIAL && s->cfg->baud)
+        return 2u * s->cfg->window * 2630000u / s->cfg->baud + 100u; /* T(263): 2630 bits */
+    return s->rto;
+}
+
+static void arm(mcpf_session *s, uint32_t now)
+{
+    uint32_t rto = base_rto(s), cap = rto > MAX_RTO ? rto : MAX_RTO;
+    rto <<= s->attempt < 5 ? s->attempt : 5;
+    s->deadline = now + (rto < cap ? rto : cap);
+}
+
+/* Sends the frame in s->tx (len bytes), signed in a signed session. */
+static void xmit(mcpf_session *s, uint32_t now, size_t len)
+{
+#if MCPF_SIGN
+    if (s->signing)
+        len = mcpf_sign(s->tx, len, &s->cfg->key, MCPF_DEVICE_TO_DAEMON, s->nonce,
+                        s->cfg->link_id, ++s->counter);
+#endif
+    if (len)
+        (void)s->cfg->send(s->cfg->ctx, s->tx, len);
+    s->last_tx = now;
+}
+
+static void send_body(mcpf_session *s, uint32_t now, uint8_t cmd, uint8_t seq, size_t n)
+{
+    xmit(s, now, mcpf_encode(s->tx, MCPF_VERSION, cmd, seq, s->tx + MCPF_HEADER, (uint16_t)n));
+}
+
+static void send_ack(mcpf_session *s, uint32_t now)
+{
+    mcpf_ack a;
+    a.next = s->next;
+    a.window = s->cfg->window;
+    s->acked = s->next;
+    send_body(s, now, MCPF_ACK, s->seq, mcpf_put_ack(s->tx + MCPF_HEADER, &a));
+}
+
+static void send_fragment(mcpf_session *s, uint32_t now, uint8_t index)
+{
+    if (index < s->count)
+        xmit(s, now, mcpf_frag_frame(s->tx, MCPF_INFER, s->seq, s->body, s->body_len,
+                                     s->body_crc, s->piece, index));
+}
+
+static void send_hello(mcpf_session *s, uint32_t now)
+{
+    mcpf_hello h;
+    const char *id = s->cfg->device_id;
+    memset(&h, 0, sizeof h);
+    h.min_version = h.max_version = MCPF_VERSION;
+    h.max_data = s->cfg->max_data;
+    h.window = s->cfg->window;
+    h.boot_nonce = s->boot_nonce;
+    h.device_id = (const uint8_t *)id;
+    h.device_id_len = (uint8_t)strlen(id);
+#if MCPF_SIGN
+    s->signing = s->cfg->key.len != 0;
+    if (s->signing) {
+        /* The HELLO is signed with boot_nonce ‖ 0 and counter 1; a
+         * retransmission repeats it byte for byte (§9.3). */
+        h.features = 1;
+        memset(s->nonce, 0, sizeof s->nonce);
+        s->nonce[0] = (uint8_t)(s->boot_nonce >> 24);
+        s->nonce[1] = (uint8_t)(s->boot_nonce >> 16);
+        s->nonce[2] = (uint8_t)(s->boot_nonce >> 8);
+        s->nonce[3] = (uint8_t)s->boot_nonce;
+        s->counter = 0;
+    }
+#endif
+    send_body(s, now, MCPF_HELLO, s->seq, mcpf_put_hello(s->tx + MCPF_HEADER, &h));
+}
+
+/* (Re)sends the outstanding request. first: the first transmission. */
+static void resend(mcpf_session *s, uint32_t now, int first)
+{
+    uint8_t i;
+    switch (s->req) {
+    case MCPF_REQ_HELLO:
+        send_hello(s, now);
+        break;
+    case MCPF_REQ_PING:
+    case MCPF_REQ_KEEPALIVE:
+        memcpy(s->tx + MCPF_HEADER, s->ping, s->ping_len);
+        send_body(s, now, MCPF_PING, s->seq, s->ping_len);
+        break;
+    case MCPF_REQ_STATUS:
+        send_body(s, now, MCPF_STATUS, s->seq, 0);
+        break;
+    case MCPF_REQ_BYE:
+        send_body(s, now, MCPF_BYE, s->seq, 0);
+        break;
+    case MCPF_REQ_INFER:
+        if (s->cancel)
+            send_body(s, now, MCPF_CANCEL, s->seq, 0);
+        else if (s->accepted)
+            send_ack(s, now); /* streaming: our ACK may be lost */
+        else if (first)
+            for (i = 0; i < s->count; i++)
+                send_fragment(s, now, i);
+        else
+            send_fragment(s, now, (uint8_t)(s->count - 1u)); /* probe (§6) */
+        break;
+    default:
+        break;
+    }
+    if (first)
+        s->sent = now;
+    arm(s, now);
+}
+
+static int start(mcpf_session *s, uint32_t now, uint8_t req)
+{
+    if (s->req != MCPF_REQ_NONE && s->req != MCPF_REQ_KEEPALIVE)
+        return -1;
+    if (req != MCPF_REQ_HELLO && !s->open)
+        return -1;
+    s->req = req;
+    s->seq++;
+    s->attempt = 0;
+    s->accepted = s->cancel = 0;
+    resend(s, now, 1);
+    return 0;
+}
+
+void mcpf_session_init(mcpf_session *s, const mcpf_config *cfg, uint32_t boot_nonce)
+{
+    memset(s, 0, sizeof *s);
+    s->cfg = cfg;
+    s->boot_nonce = boot_nonce;
+    s->rto = 250;
+}
+
+int mcpf_session_hello(mcpf_session *s, uint32_t now)
+{
+    s->open = 0;
+    return start(s, now, MCPF_REQ_HELLO);
+}
+
+int mcpf_session_ping(mcpf_session *s, uint32_t now, const uint8_t *data, uint8_t len)
+{
+    if (len > sizeof s->ping)
+        return -1;
+    memcpy(s->ping, data, len);
+    s->ping_len = len;
+    return start(s, now, MCPF_REQ_PING);
+}
+
+int mcpf_session_status(mcpf_session *s, uint32_t now) { return start(s, now, MCPF_REQ_STATUS); }
+
+int mcpf_session_bye(mcpf_session *s, uint32_t now) { return start(s, now, MCPF_REQ_BYE); }
+
+int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_t len)
+{
+    uint16_t limit = s->welcome.max_data;
+    int sign = 0;
+    if (s->cfg->max_send && s->cfg->max_send < limit)
+        limit = s->cfg->max_send;
+    if (limit > MCPF_TX_MAX - MCPF_OVERHEAD)
+        limit = MCPF_TX_MAX - MCPF_OVERHEAD;
+#if MCPF_SIGN
+    sign = s->signing;
+#endif
+    if (limit < 3u + (sign ? MCPF_SIG_BLOCK : 0u))
+        return -1;
+    s->piece = mcpf_piece_size(limit, sign);
+    s->count = mcpf_frag_count(len, s->piece);
+    if (s->count == 0 || len == 0 || len > s->welcome.max_message)
+        return -1;
+    s->body = body;
+    s->body_len = len;
+    s->body_crc = mcpf_crc32c(0, body, len);
+    s->next = s->acked = 0;
+    s->text_bytes = s->text_crc = 0;
+    s->last_rx = now;
+    return start(s, now, MCPF_REQ_INFER);
+}
+
+int mcpf_session_cancel(mcpf_session *s, uint32_t now)
+{
+    if (s->req != MCPF_REQ_INFER || s->cancel)
+        return -1;
+    s->cancel = 1;
+    s->attempt = 0;
+    resend(s, now, 0);
+    return 0;
+}
+
+void mcpf_session_badcrc(mcpf_session *s, uint32_t now)
+{
+    static const uint8_t bad_frame = MCPF_NACK_BAD_FRAME;
+    if (s->cfg->link != MCPF_LINK_SERIAL || !AFTER(now, s->last_nack + base_rto(s) / 4u))
+        return;
+    s->last_nack = now;
+    s->tx[MCPF_HEADER] = bad_frame;
+    send_body(s, now, MCPF_NACK, 0, 1);
+}
+
+/* RFC 6298 on an answer to a request sent once (Karn's rule). */
+static void rtt_sample(mcpf_session *s, uint32_t now)
+{
+    uint32_t r = now - s->sent, v;
+    if (s->attempt || s->cfg->link != MCPF_LINK_UDP)
+        return;
+    if (r > MAX_RTO)
+        r = MAX_RTO;
+    if (!s->srtt) {
+        s->srtt = (uint16_t)(r ? r : 1u);
+        s->rttvar = (uint16_t)(r / 2u);
+    } else {
+        uint32_t d = r > s->srtt ? r - s->srtt : s->srtt - r;
+        s->rttvar = (uint16_t)((3u * s->rttvar + d) / 4u);
+        s->srtt = (uint16_t)((7u * s->srtt + r) / 8u);
+    }
+    v = s->srtt + 4u * s->rttvar;
+    s->rto = (uint16_t)(v < 100u ? 100u : v > MAX_RTO ? MAX_RTO : v);
+}
+
+static int finish(mcpf_session *s, mcpf_event *ev, uint8_t type)
+{
+    s->req = MCPF_REQ_NONE;
+    s->cancel = 0;
+    return ev->type = type;
+}
+
+/* Answers a command a device must not receive (§4). */
+static void refuse(mcpf_session *s, uint32_t now, const mcpf_frame *f, uint8_t code)
+{
+    mcpf_error e;
+    memset(&e, 0, sizeof e);
+    e.code = code;
+    send_body(s, now, MCPF_ERROR, f->seq, mcpf_put_error(s->tx + MCPF_HEADER, &e));
+}
+
+/* A chunk of the answer stream (§8): 1 if it is the one expected. */
+static int in_order(mcpf_session *s, uint32_t now, uint16_t chunk)
+{
+    if (chunk != s->next) { /* a duplicate or a gap: tell where we are */
+        send_ack(s, now);
+        return 0;
+    }
+    s->next++;
+    return 1;
+}
+
+static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event *ev)
+{
+    s->accepted = 1;
+    s->last_rx = now;
+    switch (f->cmd) {
+    case MCPF_TOKEN: {
+        mcpf_token t;
+        if (mcpf_parse_token(f->data, f->len, &t) < 0 || !in_order(s, now, t.chunk))
+            return MCPF_EV_NONE;
+        ev->u.text.p = t.text;
+        ev->u.text.len = t.len;
+        s->text_bytes += ev->u.text.len;
+        s->text_crc = mcpf_crc32c(s->text_crc, ev->u.text.p, ev->u.text.len);
+        /* Acknowledge each time half the window was consumed (§8.2). */
+        if ((uint16_t)(s->next - s->acked) >= (s->cfg->window + 1u) / 2u)
+            send_ack(s, now);
+        return ev->type = MCPF_EV_TEXT;
+    }
+    case MCPF_DONE:
+        if (mcpf_parse_done(f->data, f->len, &ev->u.done) < 0 || !in_order(s, now, ev->u.done.chunk))
+            return MCPF_EV_NONE;
+        send_ack(s, now);
+        return finish(s, ev, ev->u.done.text_bytes == s->text_bytes &&
+                                     ev->u.done.text_crc32c == s->text_crc
+                                 ? MCPF_EV_DONE
+                                 : MCPF_EV_BAD_ANSWER);
+    default: /* the closing ERROR */
+        if (!in_order(s, now, ev->u.error.chunk))
+            return MCPF_EV_NONE;
+        send_ack(s, now);
+        return finish(s, ev, MCPF_EV_ERROR);
+    }
+}
+
+int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event *ev)
+{
+    ev->type = MCPF_EV_NONE;
+    if (f->ver != MCPF_VERSION)
+        return MCPF_EV_NONE; /* a device may ignore versions it does not speak (§3) */
+#if MCPF_SIGN
+    if (s->signing) {
+        if (s->open) {
+            if (mcpf_verify(f, &s->cfg->key, MCPF_DAEMON_TO_DEVICE, s->nonce, &s->replay, NULL,
+                            NULL) < 0)
+                return MCPF_EV_NONE; /* unsigned, forged or replayed */
+        } else if (f->cmd == MCPF_WELCOME) {
+            /* Its tag covers the nonce its body carries: parse, then verify. */
+            mcpf_frame g = *f;
+            mcpf_welcome w;
+            if (g.len < MCPF_SIG_BLOCK ||
+                mcpf_parse_welcome(g.data, g.len - MCPF_SIG_BLOCK, &w) < 0)
+                return MCPF_EV_NONE;
+            s->nonce[4] = (uint8_t)(w.daemon_nonce >> 24);
+            s->nonce[5] = (uint8_t)(w.daemon_nonce >> 16);
+            s->nonce[6] = (uint8_t)(w.daemon_nonce >> 8);
+            s->nonce[7] = (uint8_t)w.daemon_nonce;
+            memset(&s->replay, 0, sizeof s->replay);
+            if (mcpf_verify(f, &s->cfg->key, MCPF_DAEMON_TO_DEVICE, s->nonce, &s->replay, NULL,
+                            NULL) < 0 ||
+                !(w.features & 1u)) {
+                memset(s->nonce + 4, 0, 4);
+                return MCPF_EV_NONE;
+            }
+            s->counter = 0; /* the session's own counter starts over */
+        } else if (f->flags & MCPF_SIGNED)
+            return MCPF_EV_NONE;
+        /* else: an unsigned ERROR before the session, advisory (§9.2) */
+    }
+#endif
+    if (f->flags & MCPF_SIGNED)
+        return MCPF_EV_NONE; /* in an unsigned session: dropped (§9.2) */
+    s->last_rx = now;
+    switch (f->cmd) {
+    case MCPF_PING: /* the daemon checks on us */
+        if (f->len <= 8) {
+            memmove(s->tx + MCPF_HEADER, f->data, f->len);
+            send_body(s, now, MCPF_PONG, f->seq, f->len);
+        }
+        return MCPF_EV_NONE;
+    case MCPF_NACK: {
+        mcpf_nack n;
+        uint8_t i;
+        if (mcpf_parse_nack(f->data, f->len, &n) < 0 || s->req == MCPF_REQ_NONE)
+            return MCPF_EV_NONE;
+        if (n.reason == MCPF_NACK_BAD_FRAME) { /* likely ours: repeat it now */
+            if (++s->attempt > retries(s))
+                return finish(s, ev, MCPF_EV_TIMEOUT);
+            resend(s, now, 0);
+        } else if (f->seq == s->seq && s->req == MCPF_REQ_INFER && !s->cancel) {
+            if (++s->attempt > retries(s))
+                return finish(s, ev, MCPF_EV_TIMEOUT);
+            if (n.reason == MCPF_NACK_MISSING)
+                for (i = 0; i < n.count; i++)
+                    send_fragment(s, now, n.indexes[i]);
+            else
+                for (i = 0; i < s->count; i++)
+                    send_fragment(s, now, i);
+            arm(s, now);
+        }
+        return MCPF_EV_NONE;
+    }
+    case MCPF_BYE: /* the daemon closes the session: answer with its seq */
+        send_body(s, now, MCPF_BYE, f->seq, 0);
+        s->open = 0;
+        return finish(s, ev, MCPF_EV_BYE);
+    case MCPF_HELLO: case MCPF_INFER: case MCPF_CANCEL: case MCPF_STATUS:
+        refuse(s, now, f, 18); /* UNEXPECTED: a daemon never sends these */
+        return MCPF_EV_NONE;
+    default:
+        if (f->cmd == 0 || f->cmd > MCPF_BYE) {
+            refuse(s, now, f, 1); /* UNKNOWN_COMMAND */
+            return MCPF_EV_NONE;
+        }
+        break;
+    }
+    if (s->req == MCPF_REQ_NONE || f->seq != s->seq)
+        return MCPF_EV_NONE; /* a late answer to an earlier request */
+    if (f->cmd == MCPF_ERROR) {
+        if (mcpf_parse_error(f->data, f->len, &ev->u.error) < 0)
+            return MCPF_EV_NONE;
+        if (s->req == MCPF_REQ_INFER && (ev->u.error.flags & MCPF_ERR_STREAM))
+            return stream(s, now, f, ev);
+        if (ev->u.error.code == 4) /* NO_SESSION: say HELLO again */
+            s->open = 0;
+        return finish(s, ev, MCPF_EV_ERROR);
+    }
+    switch (s->req) {
+    case MCPF_REQ_HELLO:
+        if (f->cmd != MCPF_WELCOME)
+            return MCPF_EV_NONE;
+#if MCPF_SIGN
+        if (s->signing)
+            f->len = (uint16_t)(f->len - MCPF_SIG_BLOCK);
+#endif
+        if (mcpf_parse_welcome(f->data, f->len, &s->welcome) < 0)
+            return MCPF_EV_NONE;
+        rtt_sample(s, now);
+        s->open = 1;
+        return finish(s, ev, MCPF_EV_WELCOME);
+    case MCPF_REQ_PING:
+    case MCPF_REQ_KEEPALIVE:
+        if (f->cmd != MCPF_PONG)
+            return MCPF_EV_NONE;
+        rtt_sample(s, now);
+        return finish(s, ev, s->req == MCPF_REQ_PING ? MCPF_EV_PONG : MCPF_EV_NONE);
+    case MCPF_REQ_STATUS:
+        if (f->cmd != MCPF_STATUS_REPLY ||
+            mcpf_parse_status_reply(f->data, f->len, &ev->u.status) < 0)
+            return MCPF_EV_NONE;
+        rtt_sample(s, now);
+        return finish(s, ev, MCPF_EV_STATUS);
+    case MCPF_REQ_BYE:
+        return MCPF_EV_NONE; /* a BYE answer was handled above */
+    default: /* MCPF_REQ_INFER */
+        if (f->cmd == MCPF_ACK) {
+            if (!s->accepted)
+                rtt_sample(s, now);
+            s->accepted = 1;
+            return MCPF_EV_NONE;
+        }
+        if (f->cmd == MCPF_TOKEN || f->cmd == MCPF_DONE)
+            return stream(s, now, f, ev);
+        return MCPF_EV_NONE;
+    }
+}
+
+int mcpf_session_tick(mcpf_session *s, uint32_t now, mcpf_event *ev)
+{
+    uint32_t hb = heartbeat(s);
+    ev->type = MCPF_EV_NONE;
+    if (s->req == MCPF_REQ_INFER && s->accepted && !s->cancel) {
+        /* The daemon retransmits the stream; we only stay alive. */
+        if (AFTER(now, s->last_rx + 3u * hb))
+            return finish(s, ev, MCPF_EV_TIMEOUT);
+        if (AFTER(now, s->last_tx + hb / 2u))
+            send_ack(s, now);
+        return MCPF_EV_NONE;
+    }
+    if (s->req != MCPF_REQ_NONE) {
+        if (!AFTER(now, s->deadline))
+            return MCPF_EV_NONE;
+        if (++s->attempt > retries(s)) {
+            if (s->req == MCPF_REQ_KEEPALIVE || s->req == MCPF_REQ_BYE || s->req == MCPF_REQ_HELLO)
+                s->open = 0;
+            return finish(s, ev, MCPF_EV_TIMEOUT);
+        }
+        resend(s, now, 0);
+        return MCPF_EV_NONE;
+    }
+    if (s->open && AFTER(now, s->last_tx + hb / 2u)) {
+        s->ping_len = 0;
+        start(s, now, MCPF_REQ_KEEPALIVE);
+    }
+    return MCPF_EV_NONE;
+}
+
+uint32_t mcpf_session_wait_ms(const mcpf_session *s, uint32_t now)
+{
+    uint32_t hb = heartbeat(s), at;
+    if (s->req == MCPF_REQ_INFER && s->accepted && !s->cancel)
+        at = s->last_tx + hb / 2u;
+    else if (s->req != MCPF_REQ_NONE)
+        at = s->deadline;
+    else if (s->open)
+        at = s->last_tx + hb / 2u;
+    else
+        return 0xFFFFFFFFu;
+    return AFTER(now, at) ? 0 : at - now;
+}
