@@ -97,6 +97,7 @@ typedef struct mcpf_session {
     uint8_t accepted;  /* INFER: ACKed or streaming */
     uint8_t cancel;    /* INFER: CANCEL sent */
     uint8_t piece, count;
+    uint8_t nacked;    /* a NACK BAD_FRAME was sent, at last_nack */
     uint8_t ping_len, ping[8];
     uint16_t next, acked; /* the stream: chunk expected, and as last ACKed */
     uint16_t rto, srtt, rttvar; /* ms; srtt 0: no sample yet */

@@ -149,6 +149,7 @@ void mcpf_session_init(mcpf_session *s, const mcpf_config *cfg, uint32_t boot_no
     s->cfg = cfg;
     s->boot_nonce = boot_nonce;
     s->rto = 250;
+    s->seq = 0xFF; /* the first request, HELLO, takes seq 0 */
 }
 
 int mcpf_session_hello(mcpf_session *s, uint32_t now)
@@ -161,7 +162,8 @@ int mcpf_session_ping(mcpf_session *s, uint32_t now, const uint8_t *data, uint8_
 {
     if (len > sizeof s->ping)
         return -1;
-    memcpy(s->ping, data, len);
+    if (len)
+        memcpy(s->ping, data, len);
     s->ping_len = len;
     return start(s, now, MCPF_REQ_PING);
 }
@@ -209,8 +211,9 @@ int mcpf_session_cancel(mcpf_session *s, uint32_t now)
 void mcpf_session_badcrc(mcpf_session *s, uint32_t now)
 {
     static const uint8_t bad_frame = MCPF_NACK_BAD_FRAME;
-    if (s->cfg->link != MCPF_LINK_SERIAL || !AFTER(now, s->last_nack + base_rto(s) / 4u))
+    if (s->cfg->link != MCPF_LINK_SERIAL || (s->nacked && !AFTER(now, s->last_nack + base_rto(s) / 4u)))
         return;
+    s->nacked = 1;
     s->last_nack = now;
     s->tx[MCPF_HEADER] = bad_frame;
     send_body(s, now, MCPF_NACK, 0, 1);
@@ -364,8 +367,9 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
         }
         return MCPF_EV_NONE;
     }
-    case MCPF_BYE: /* the daemon closes the session: answer with its seq */
-        send_body(s, now, MCPF_BYE, f->seq, 0);
+    case MCPF_BYE: /* the answer to ours, or the daemon closes: answer with its seq */
+        if (s->req != MCPF_REQ_BYE || f->seq != s->seq)
+            send_body(s, now, MCPF_BYE, f->seq, 0);
         s->open = 0;
         return finish(s, ev, MCPF_EV_BYE);
     case MCPF_HELLO: case MCPF_INFER: case MCPF_CANCEL: case MCPF_STATUS:
@@ -393,10 +397,6 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
     case MCPF_REQ_HELLO:
         if (f->cmd != MCPF_WELCOME)
             return MCPF_EV_NONE;
-#if MCPF_SIGN
-        if (s->signing)
-            f->len = (uint16_t)(f->len - MCPF_SIG_BLOCK);
-#endif
         if (mcpf_parse_welcome(f->data, f->len, &s->welcome) < 0)
             return MCPF_EV_NONE;
         rtt_sample(s, now);

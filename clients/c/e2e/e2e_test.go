@@ -1,0 +1,249 @@
+// Package e2e runs the C device library against the real mcpd: a C program
+// (clients/c/examples/posix/mcpf_ask.c, built here with gcc) asks a
+// question over UDP and over a pseudo-terminal, unsigned and signed, with
+// llama.cpp on a generated model, and its reassembled answer must equal,
+// byte for byte, what the Go device client gets for the same greedy,
+// seeded request. The Go test lives in this directory without C files
+// because a Go package directory may hold .c files only with cgo.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/native/gguf"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+const (
+	prompt    = "Which bed needs water?"
+	maxTokens = 24
+	seed      = 42
+	signedID  = "c-signed"
+)
+
+var key = bytes.Repeat([]byte{0x5a, 0xc3}, 16)
+
+// build compiles the C device program (sign: with MCPF_SIGN) with the
+// flags the library promises to be clean under.
+func build(t *testing.T, dir string, sign bool) string {
+	t.Helper()
+	cc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Fatalf("gcc is needed to build the C device: %v", err)
+	}
+	out := filepath.Join(dir, fmt.Sprintf("mcpf_ask_sign%v", sign))
+	src, err := filepath.Glob("../src/*.c")
+	if err != nil || len(src) == 0 {
+		t.Fatalf("C sources: %v", err)
+	}
+	args := append([]string{"-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1",
+		fmt.Sprintf("-DMCPF_SIGN=%d", map[bool]int{false: 0, true: 1}[sign]),
+		"-I../include", "-o", out, "../examples/posix/mcpf_ask.c"}, src...)
+	if b, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	return out
+}
+
+// buildMcpd builds the daemon command as `make build` does; the cgo flags
+// come from the environment (the Makefile exports them), so the build
+// cache of llama.cpp is reused.
+func buildMcpd(t *testing.T, dir string) string {
+	t.Helper()
+	gotool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	out := filepath.Join(dir, "mcpd")
+	cmd := exec.Command(gotool, "build", "-o", out, "github.com/mcpd-project/mcpd/cmd/mcpd")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build mcpd: %v\n%s", err, b)
+	}
+	return out
+}
+
+func tinyModel(t *testing.T, dir string) string {
+	t.Helper()
+	path := filepath.Join(dir, "tiny.gguf")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func freeUDPAddr(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// goAnswer asks the same question through the Go device client.
+func goAnswer(ctx context.Context, t *testing.T, tr device.Transport, cfg device.Config) string {
+	t.Helper()
+	c := device.New(tr, cfg)
+	for {
+		hctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := c.Hello(hctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("Go device: mcpd did not answer HELLO: %v", err)
+		}
+	}
+	m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptSeed),
+		MaxTokens: maxTokens, Temperature: 0, Seed: seed, Prompt: prompt}
+	var text bytes.Buffer
+	if _, err := c.Ask(ctx, m, func(b []byte) error { text.Write(b); return nil }); err != nil {
+		t.Fatalf("Go device: %v", err)
+	}
+	return text.String()
+}
+
+// cAnswer runs the C device and returns what it printed as the answer.
+func cAnswer(ctx context.Context, t *testing.T, bin string, extra []*os.File, args ...string) string {
+	t.Helper()
+	args = append(args, "--max-tokens", fmt.Sprint(maxTokens), "--seed", fmt.Sprint(seed), "--temperature", "0", prompt)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.ExtraFiles = extra
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("C device %v: %v\nstdout: %q\nstderr: %s", args, err, stdout.String(), stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "ok") {
+		t.Errorf("C device did not verify DONE: %s", stderr.String())
+	}
+	t.Logf("C device %s: %s", args[0], strings.TrimSpace(stderr.String()))
+	return strings.TrimSuffix(stdout.String(), "\n")
+}
+
+func TestCDeviceAgainstMcpd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds mcpd and runs llama.cpp")
+	}
+	dir := t.TempDir()
+	plain, signed := build(t, dir, false), build(t, dir, true)
+	mcpd, model := buildMcpd(t, dir), tinyModel(t, dir)
+
+	// The UART: mcpd opens the terminal side by name, the devices use the
+	// master (the C program inherits it as fd 3).
+	master, tty, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer master.Close()
+	defer tty.Close()
+	if err := device.MakeRaw(tty); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "mcpd.toml")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[keys]\n%s = %q\n", signedID, hex.EncodeToString(key))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeUDPAddr(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	var logs syncBuffer
+	daemon := exec.CommandContext(ctx, mcpd, "--config", conf, "--backend", "native", "--model", model, "--threads", "1",
+		"--listen-udp", addr, "--serial", tty.Name()+":115200", "--log-level", "warn")
+	daemon.Stdout, daemon.Stderr = &logs, &logs
+	daemon.Cancel = func() error { return daemon.Process.Signal(syscall.SIGTERM) }
+	daemon.WaitDelay = 10 * time.Second
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = daemon.Process.Signal(syscall.SIGTERM)
+		if err := daemon.Wait(); err != nil {
+			t.Errorf("mcpd: %v\n%s", err, logs.String())
+		}
+	}()
+
+	udp, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	want := goAnswer(ctx, t, udp, device.Config{DeviceID: "go-udp", MaxData: 128, Window: 2})
+	if want == "" {
+		t.Fatal("the Go device got an empty answer")
+	}
+	t.Logf("Go device's answer over UDP: %q", want)
+
+	for _, tc := range []struct {
+		name  string
+		bin   string
+		extra []*os.File
+		args  []string
+	}{
+		{"udp", plain, nil, []string{"--udp", addr, "--device-id", "c-udp", "--max-data", "128", "--window", "2"}},
+		{"udp-small-frames", plain, nil, []string{"--udp", addr, "--device-id", "c-udp-32", "--max-data", "32", "--window", "1", "--max-send", "32"}},
+		{"udp-signed", signed, nil, []string{"--udp", addr, "--device-id", signedID, "--max-data", "64", "--window", "3", "--key", hex.EncodeToString(key)}},
+		{"serial", plain, []*os.File{master}, []string{"--serial-fd", "3", "--baud", "115200", "--device-id", "c-uart", "--max-data", "64", "--window", "1"}},
+		{"serial-signed", signed, []*os.File{master}, []string{"--serial-fd", "3", "--device-id", signedID, "--max-data", "64", "--window", "2", "--key", hex.EncodeToString(key)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := cAnswer(ctx, t, tc.bin, tc.extra, tc.args...); got != want {
+				t.Errorf("C device's answer differs from the Go device's:\n got %q\nwant %q", got, want)
+			}
+		})
+	}
+
+	// The Go device over the same UART gets the same answer too (it reads
+	// the master from here on, so it goes last).
+	if got := goAnswer(ctx, t, device.NewStream(master), device.Config{DeviceID: "go-uart", MaxData: 64, Window: 1, RTO: 300 * time.Millisecond}); got != want {
+		t.Errorf("Go device over the UART: %q, want %q", got, want)
+	}
+
+	// A signed device with the wrong key is refused, not answered.
+	cmd := exec.CommandContext(ctx, signed, "--udp", addr, "--device-id", signedID, "--key", strings.Repeat("11", 32), prompt)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 13 {
+		t.Errorf("wrong key: %v, want exit status 13 (AUTH_FAILED)\n%s", err, out)
+	}
+}

@@ -1,0 +1,266 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * mcpf_ask — a device in plain POSIX C: asks mcpd one question over UDP or a
+ * serial line and prints the answer as it streams in.
+ *
+ *   mcpf_ask --udp 127.0.0.1:7700 [options] "Which bed needs water?"
+ *   mcpf_ask --serial /dev/ttyUSB0 --baud 115200 [options] PROMPT
+ *   mcpf_ask --serial-fd 3 [options] PROMPT     (an inherited open line)
+ *
+ * Options: --max-tokens N, --seed N, --temperature MILLI (0 = greedy),
+ * --device-id ID, --max-data N, --window N, --max-send N (cut the prompt
+ * into frames of at most N data bytes), --key HEX (built with
+ * MCPF_SIGN=1). The answer goes to stdout, statistics to stderr. Exit
+ * status: 0 answer complete and verified, the protocol's error code on
+ * ERROR (docs/protocol.md §12), 1 otherwise.
+ *
+ * The library does the protocol; this file only moves bytes and keeps time,
+ * as firmware would from its UART interrupt and millisecond tick.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mcpf.h"
+#include "mcpf_session.h"
+
+static int fd = -1, is_udp;
+static struct sockaddr_storage peer;
+static socklen_t peer_len;
+
+static uint32_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint32_t)(ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+}
+
+static int link_send(void *ctx, const uint8_t *frame, size_t len)
+{
+    (void)ctx;
+    if (is_udp) /* unconnected: a daemon still starting must not make it fail */
+        return sendto(fd, frame, len, 0, (struct sockaddr *)&peer, peer_len) == (ssize_t)len ? 0 : -1;
+    while (len) {
+        ssize_t k = write(fd, frame, len);
+        if (k <= 0)
+            return -1;
+        frame += k;
+        len -= (size_t)k;
+    }
+    return 0;
+}
+
+static int open_udp(const char *hostport)
+{
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    struct addrinfo hints, *ai;
+    if (!colon || (size_t)(colon - hostport) >= sizeof host)
+        return -1;
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = 0;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_DGRAM;
+    if (getaddrinfo(host, colon + 1, &hints, &ai) != 0)
+        return -1;
+    memcpy(&peer, ai->ai_addr, ai->ai_addrlen);
+    peer_len = ai->ai_addrlen;
+    fd = socket(ai->ai_family, SOCK_DGRAM, 0);
+    freeaddrinfo(ai);
+    is_udp = 1;
+    return fd;
+}
+
+static int open_serial(const char *path, unsigned baud)
+{
+    struct termios t;
+    speed_t sp = baud == 9600 ? B9600 : baud == 57600 ? B57600 : baud == 230400 ? B230400 : B115200;
+    if (path && (fd = open(path, O_RDWR | O_NOCTTY)) < 0)
+        return -1;
+    if (tcgetattr(fd, &t) == 0) { /* raw 8N1; a pty ignores the rate */
+        t.c_iflag &= ~(tcflag_t)(IGNBRK | BRKINT | PARMRK | ISTRIP | INLCR | IGNCR | ICRNL | IXON);
+        t.c_oflag &= ~(tcflag_t)OPOST;
+        t.c_lflag &= ~(tcflag_t)(ECHO | ECHONL | ICANON | ISIG | IEXTEN);
+        t.c_cflag &= ~(tcflag_t)(CSIZE | PARENB | CSTOPB);
+        t.c_cflag |= CS8 | CREAD | CLOCAL;
+        cfsetispeed(&t, sp);
+        cfsetospeed(&t, sp);
+        tcsetattr(fd, TCSANOW, &t);
+    }
+    return fd;
+}
+
+static int hexkey(const char *h, uint8_t *out)
+{
+    size_t i, n = strlen(h);
+    if (n % 2 || n / 2 > 64)
+        return -1;
+    for (i = 0; i < n / 2; i++) {
+        unsigned v;
+        if (sscanf(h + 2 * i, "%2x", &v) != 1)
+            return -1;
+        out[i] = (uint8_t)v;
+    }
+    return (int)(n / 2);
+}
+
+static mcpf_session s;
+static uint8_t body[4096];
+static size_t body_len;
+static int asked, status = 1;
+static uint32_t started;
+
+/* What the device does with each event; returns -1 to go on, or the exit
+ * status. */
+static int on_event(const mcpf_event *ev, uint32_t now)
+{
+    switch (ev->type) {
+    case MCPF_EV_WELCOME:
+        if (!asked++ && mcpf_session_infer(&s, now, body, body_len) != 0) {
+            fprintf(stderr, "mcpf_ask: prompt too large for the daemon\n");
+            return 1;
+        }
+        return -1;
+    case MCPF_EV_TEXT:
+        fwrite(ev->u.text.p, 1, ev->u.text.len, stdout);
+        fflush(stdout);
+        return -1;
+    case MCPF_EV_DONE:
+        printf("\n");
+        fprintf(stderr, "done: %lu tokens, prompt %lu tokens, first token %lu ms, %lu ms in all, %lu bytes, CRC-32C %08lx ok\n",
+                (unsigned long)ev->u.done.tokens, (unsigned long)ev->u.done.prompt_tokens, (unsigned long)ev->u.done.ttft_ms,
+                (unsigned long)(now_ms() - started), (unsigned long)ev->u.done.text_bytes, (unsigned long)ev->u.done.text_crc32c);
+        status = 0;
+        mcpf_session_bye(&s, now);
+        return -1;
+    case MCPF_EV_BAD_ANSWER:
+        fprintf(stderr, "\nmcpf_ask: the answer's checksum does not match DONE\n");
+        return 1;
+    case MCPF_EV_ERROR:
+        fprintf(stderr, "\nmcpf_ask: daemon answered ERROR %u: %.*s\n", ev->u.error.code, ev->u.error.len, (const char *)ev->u.error.text);
+        return ev->u.error.code ? ev->u.error.code : 1;
+    case MCPF_EV_TIMEOUT: /* after DONE only the BYE went unanswered */
+        if (status)
+            fprintf(stderr, "\nmcpf_ask: no answer from the daemon\n");
+        return status;
+    case MCPF_EV_BYE:
+        return status;
+    default:
+        return -1;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static mcpf_decoder dec;
+    static uint8_t rx[MCPF_MAX_FRAME + 1];
+    mcpf_config cfg;
+    mcpf_infer q;
+    mcpf_event ev;
+    mcpf_frame f;
+    const char *prompt = NULL, *key = NULL;
+    unsigned baud = 115200;
+    uint32_t last_byte = 0, idle;
+    int i, rc;
+
+    memset(&cfg, 0, sizeof cfg);
+    memset(&q, 0, sizeof q);
+    cfg.device_id = "posix-device";
+    cfg.max_data = 256;
+    cfg.window = 4;
+    cfg.send = link_send;
+    for (i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "";
+        unsigned long x = strtoul(v, NULL, 0);
+        if (a[0] != '-') { prompt = a; continue; }
+        i++;
+        if (!strcmp(a, "--udp") && open_udp(v) >= 0) cfg.link = MCPF_LINK_UDP;
+        else if (!strcmp(a, "--serial") && open_serial(v, baud) >= 0) cfg.link = MCPF_LINK_SERIAL;
+        else if (!strcmp(a, "--serial-fd") && (fd = (int)x, open_serial(NULL, baud)) >= 0) cfg.link = MCPF_LINK_SERIAL;
+        else if (!strcmp(a, "--baud")) baud = (unsigned)x;
+        else if (!strcmp(a, "--device-id")) cfg.device_id = v;
+        else if (!strcmp(a, "--max-data")) cfg.max_data = (uint16_t)x;
+        else if (!strcmp(a, "--window")) cfg.window = (uint8_t)x;
+        else if (!strcmp(a, "--max-send")) cfg.max_send = (uint16_t)x;
+        else if (!strcmp(a, "--key")) key = v;
+        else if (!strcmp(a, "--max-tokens")) q.present |= MCPF_HAS(MCPF_OPT_MAX_TOKENS), q.max_tokens = (uint16_t)x;
+        else if (!strcmp(a, "--seed")) q.present |= MCPF_HAS(MCPF_OPT_SEED), q.seed = (uint32_t)x;
+        else if (!strcmp(a, "--temperature")) q.present |= MCPF_HAS(MCPF_OPT_TEMPERATURE), q.temperature = (uint16_t)x;
+        else { fprintf(stderr, "mcpf_ask: bad argument %s %s (see the comment at the top of mcpf_ask.c)\n", a, v); return 1; }
+    }
+    if (fd < 0 || !prompt) {
+        fprintf(stderr, "usage: mcpf_ask (--udp HOST:PORT | --serial PATH | --serial-fd N) [options] PROMPT\n");
+        return 1;
+    }
+    cfg.baud = baud;
+#if MCPF_SIGN
+    {
+        static uint8_t k[64];
+        int kl = key ? hexkey(key, k) : 0;
+        if (kl < 0 || (kl && kl < 16)) { fprintf(stderr, "mcpf_ask: --key wants 16..64 bytes in hex\n"); return 1; }
+        cfg.key.k = k;
+        cfg.key.len = (uint8_t)kl;
+    }
+#else
+    if (key) { fprintf(stderr, "mcpf_ask: built without MCPF_SIGN, cannot sign\n"); return 1; }
+    (void)hexkey;
+#endif
+    q.prompt = (const uint8_t *)prompt;
+    q.prompt_len = strlen(prompt);
+    if (!(body_len = mcpf_put_infer(body, sizeof body, &q))) { fprintf(stderr, "mcpf_ask: prompt too long\n"); return 1; }
+
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    mcpf_session_init(&s, &cfg, (uint32_t)rand() << 16 ^ (uint32_t)rand()); /* boot nonce */
+    mcpf_dec_init(&dec);
+    idle = mcpf_idle_ms(baud);
+    started = now_ms();
+    mcpf_session_hello(&s, started);
+    for (;;) {
+        struct pollfd p;
+        uint32_t now = now_ms(), wait = mcpf_session_wait_ms(&s, now);
+        if (!is_udp && dec.n && wait > idle) /* time the line's idle gap */
+            wait = idle;
+        p.fd = fd;
+        p.events = POLLIN;
+        if (poll(&p, 1, (int)(wait > 1000 ? 1000 : wait)) > 0) {
+            ssize_t k = is_udp ? recv(fd, rx, sizeof rx, 0) : read(fd, rx, sizeof rx), j;
+            now = now_ms();
+            if (k <= 0 && !is_udp) {
+                fprintf(stderr, "mcpf_ask: line closed\n");
+                return 1;
+            }
+            if (is_udp && k > 0 && mcpf_decode(rx, (size_t)k, &f) == 0 && /* one datagram, one frame */
+                (rc = on_event((mcpf_session_frame(&s, now, &f, &ev), &ev), now)) >= 0)
+                return rc;
+            for (j = 0; !is_udp && j < k; j++) {
+                int de = mcpf_dec_push(&dec, rx[j], &f);
+                last_byte = now;
+                for (; de != MCPF_DEC_NONE; de = mcpf_dec_poll(&dec, &f)) {
+                    if (de == MCPF_DEC_BADCRC)
+                        mcpf_session_badcrc(&s, now); /* NACK BAD_FRAME */
+                    if (de == MCPF_DEC_FRAME && (rc = on_event((mcpf_session_frame(&s, now, &f, &ev), &ev), now)) >= 0)
+                        return rc;
+                }
+            }
+        } else if (!is_udp && dec.n && now - last_byte >= idle) {
+            int de;
+            mcpf_dec_idle(&dec); /* the line went quiet inside a frame */
+            for (de = mcpf_dec_poll(&dec, &f); de != MCPF_DEC_NONE; de = mcpf_dec_poll(&dec, &f))
+                if (de == MCPF_DEC_FRAME && (rc = on_event((mcpf_session_frame(&s, now, &f, &ev), &ev), now)) >= 0)
+                    return rc;
+        }
+        if ((rc = on_event((mcpf_session_tick(&s, now, &ev), &ev), now)) >= 0)
+            return rc;
+        if (status == 0 && s.req == MCPF_REQ_NONE)
+            return 0; /* BYE answered */
+    }
+}

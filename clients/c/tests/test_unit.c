@@ -1,0 +1,591 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * Unit tests of the C library beyond the shared vectors:
+ *   - the stream decoder against a plain batch transcription of §7.1 on
+ *     seeded random streams (noise, false magics, corrupt, oversize and
+ *     truncated frames), with and without idle points: a differential fuzz;
+ *   - UTF-8 validation edge cases;
+ *   - the session state machine on a simulated clock and link: the §14
+ *     exchange byte for byte, retransmission timing, NACKs, go-back-N,
+ *     keepalive, cancel, serial NACK BAD_FRAME, and (MCPF_SIGN) signing.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mcpf.h"
+#include "mcpf_session.h"
+
+static int failures;
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            failures++;                                                                            \
+            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond);                        \
+            fprintf(stderr, __VA_ARGS__);                                                          \
+            fprintf(stderr, "\n");                                                                 \
+        }                                                                                          \
+    } while (0)
+
+static uint32_t rng = 1;
+static uint32_t rnd(uint32_t n)
+{
+    rng = rng * 1664525u + 1013904223u;
+    return (rng >> 8) % n;
+}
+
+/* ------------------------------------------------ decoder, differential */
+
+typedef struct { uint8_t out[1 << 16]; size_t n; unsigned long skipped, badcrc, toolong; } result;
+
+/* §7.1 as written, over a whole buffer (the end of it is the end of input). */
+static void batch(const uint8_t *b, size_t n, result *r)
+{
+    size_t i = 0;
+    while (i < n) {
+        size_t end = 0;
+        if (b[i] != MCPF_MAGIC) {
+            r->skipped++;
+            i++;
+            continue;
+        }
+        if (n - i >= 6) {
+            size_t len = (size_t)b[i + 2] << 8 | b[i + 3];
+            if (len > 256)
+                r->toolong++;
+            else if (n - i >= len + 7) {
+                if (mcpf_crc8(b + i + 1, len + 5) == b[i + 6 + len])
+                    end = i + len + 7;
+                else
+                    r->badcrc++;
+            }
+        }
+        if (!end) {
+            r->skipped++;
+            i++;
+            continue;
+        }
+        memcpy(r->out + r->n, b + i, end - i);
+        r->n += end - i;
+        i = end;
+    }
+}
+
+static size_t gen_stream(uint8_t *b, size_t cap)
+{
+    size_t n = 0;
+    while (n + 300 < cap) {
+        uint8_t f[MCPF_MAX_FRAME], d[256];
+        size_t len = rnd(8) == 0 ? rnd(257) : rnd(24), fl, i;
+        for (i = 0; i < len; i++)
+            d[i] = rnd(4) == 0 ? MCPF_MAGIC : (uint8_t)rnd(256);
+        fl = mcpf_encode(f, (uint8_t)(rnd(10) ? 1 : rnd(3)), (uint8_t)rnd(256), (uint8_t)rnd(256), d, (uint16_t)len);
+        switch (rnd(7)) {
+        case 0: /* noise, rich in 0x55 */
+            for (i = rnd(12); i > 0; i--)
+                b[n++] = rnd(3) ? MCPF_MAGIC : (uint8_t)rnd(256);
+            break;
+        case 1: /* a corrupt frame */
+            f[1 + rnd((uint32_t)fl - 1)] ^= (uint8_t)(1u << rnd(8));
+            memcpy(b + n, f, fl);
+            n += fl;
+            break;
+        case 2: /* truncated */
+            fl = rnd((uint32_t)fl);
+            memcpy(b + n, f, fl);
+            n += fl;
+            break;
+        case 3: /* a false header with a length > 256 */
+            b[n++] = MCPF_MAGIC;
+            b[n++] = 1;
+            b[n++] = (uint8_t)(1 + rnd(255));
+            b[n++] = (uint8_t)rnd(256);
+            break;
+        default:
+            memcpy(b + n, f, fl);
+            n += fl;
+        }
+    }
+    return n;
+}
+
+static void test_decoder_differential(void)
+{
+    static uint8_t in[1 << 14];
+    static result want, got;
+    static mcpf_decoder d;
+    int iter;
+    for (iter = 0; iter < 400; iter++) {
+        size_t n = gen_stream(in, sizeof in), i, seg = 0;
+        int idle_points = iter % 2; /* odd iterations: the line goes idle at random points */
+        mcpf_frame f;
+        memset(&want, 0, sizeof want);
+        memset(&got, 0, sizeof got);
+        mcpf_dec_init(&d);
+        for (i = 0; i <= n; i++) {
+            int ev, end = i == n || (idle_points && rnd(200) == 0);
+            if (end) {
+                /* Idle: what came since the last idle is decoded as a whole stream. */
+                batch(in + seg, i - seg, &want);
+                seg = i;
+                mcpf_dec_idle(&d);
+                for (ev = mcpf_dec_poll(&d, &f); ev != MCPF_DEC_NONE; ev = mcpf_dec_poll(&d, &f))
+                    if (ev == MCPF_DEC_FRAME)
+                        got.n += mcpf_encode(got.out + got.n, f.ver, (uint8_t)(f.cmd | f.flags), f.seq, f.data, f.len);
+                CHECK(d.n == 0, "idle left %u bytes", d.n);
+            }
+            if (i == n)
+                break;
+            /* Half the time the caller drains with poll, half it does not. */
+            ev = mcpf_dec_push(&d, in[i], &f);
+            while (ev != MCPF_DEC_NONE) {
+                if (ev == MCPF_DEC_FRAME)
+                    got.n += mcpf_encode(got.out + got.n, f.ver, (uint8_t)(f.cmd | f.flags), f.seq, f.data, f.len);
+                if (iter % 4 >= 2)
+                    break;
+                ev = mcpf_dec_poll(&d, &f);
+            }
+        }
+        /* Events left undrained are still reported. */
+        {
+            int ev;
+            for (ev = mcpf_dec_poll(&d, &f); ev != MCPF_DEC_NONE; ev = mcpf_dec_poll(&d, &f))
+                if (ev == MCPF_DEC_FRAME)
+                    got.n += mcpf_encode(got.out + got.n, f.ver, (uint8_t)(f.cmd | f.flags), f.seq, f.data, f.len);
+        }
+        CHECK(got.n == want.n && memcmp(got.out, want.out, got.n) == 0, "iteration %d: frames differ (%lu vs %lu bytes)", iter,
+              (unsigned long)got.n, (unsigned long)want.n);
+        CHECK(d.skipped == want.skipped && d.badcrc == want.badcrc && d.toolong == want.toolong,
+              "iteration %d: counters %lu/%lu/%lu, want %lu/%lu/%lu", iter, (unsigned long)d.skipped,
+              (unsigned long)d.badcrc, (unsigned long)d.toolong, want.skipped, want.badcrc, want.toolong);
+        CHECK(got.n + d.skipped == n, "iteration %d: bytes unaccounted", iter);
+        if (failures)
+            return;
+    }
+}
+
+static void test_datagram_errors(void)
+{
+    uint8_t b[300];
+    mcpf_frame f;
+    size_t n = mcpf_encode(b, 1, MCPF_PING, 7, (const uint8_t *)"ping", 4);
+    CHECK(n == 11 && b[10] == 0x81, "PING example");
+    CHECK(mcpf_encode(b, 1, MCPF_PING, 0, b, 257) == 0, "257 data bytes must not encode");
+    CHECK(mcpf_decode(b, 6, &f) == -MCPF_ESHORT, "6 bytes");
+    CHECK(mcpf_idle_ms(115200) == 20 && mcpf_idle_ms(1200) == 42, "idle timeout %u %u",
+          (unsigned)mcpf_idle_ms(115200), (unsigned)mcpf_idle_ms(1200));
+}
+
+static void test_utf8(void)
+{
+    static const struct { const char *s; int ok; } cases[] = {
+        {"", 1}, {"abc", 1}, {"\xc3\xbc", 1}, {"\xe2\x82\xac", 1}, {"\xf0\x9f\x8c\x8d", 1},
+        {"\xf4\x8f\xbf\xbf", 1}, {"\xed\x9f\xbf", 1}, {"\xef\xbf\xbd", 1},
+        {"\xc0\x80", 0}, {"\xc1\xbf", 0}, {"\xe0\x80\x80", 0}, {"\xe0\x9f\xbf", 0},
+        {"\xed\xa0\x80", 0}, {"\xed\xbf\xbf", 0}, {"\xf0\x80\x80\x80", 0}, {"\xf0\x8f\xbf\xbf", 0},
+        {"\xf4\x90\x80\x80", 0}, {"\xf5\x80\x80\x80", 0}, {"\xff", 0}, {"\x80", 0},
+        {"\xe2\x82", 0}, {"a\xc3", 0}, {"\xc3\x28", 0}, {"\xe2\x28\xa1", 0},
+    };
+    size_t i;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        CHECK(mcpf_utf8_valid((const uint8_t *)cases[i].s, strlen(cases[i].s)) == cases[i].ok, "case %lu", (unsigned long)i);
+}
+
+/* ------------------------------------------------------------- session */
+
+static uint8_t sent[64][MCPF_MAX_FRAME];
+static size_t sent_len[64];
+static int nsent;
+
+static int capture(void *ctx, const uint8_t *frame, size_t len)
+{
+    (void)ctx;
+    if (nsent < 64) {
+        memcpy(sent[nsent], frame, len);
+        sent_len[nsent] = len;
+    }
+    nsent++;
+    return 0;
+}
+
+static size_t unhex(const char *h, uint8_t *out)
+{
+    size_t n = 0;
+    while (*h) {
+        unsigned v;
+        if (*h == ' ') {
+            h++;
+            continue;
+        }
+        sscanf(h, "%2x", &v);
+        out[n++] = (uint8_t)v;
+        h += 2;
+    }
+    return n;
+}
+
+static int sent_is(int i, const char *hex)
+{
+    uint8_t want[MCPF_MAX_FRAME];
+    size_t n = unhex(hex, want);
+    return i < nsent && sent_len[i] == n && memcmp(sent[i], want, n) == 0;
+}
+
+static mcpf_frame decoded(const uint8_t *b, size_t n)
+{
+    mcpf_frame f;
+    memset(&f, 0, sizeof f);
+    if (mcpf_decode(b, n, &f) != 0)
+        fprintf(stderr, "test frame does not decode\n"), exit(1);
+    return f;
+}
+
+/* Feeds a daemon frame (hex) to the session; returns the event type. */
+static int feed_hex(mcpf_session *s, uint32_t now, const char *hex, mcpf_event *ev)
+{
+    static uint8_t b[MCPF_MAX_FRAME];
+    size_t n = unhex(hex, b);
+    mcpf_frame f = decoded(b, n);
+    return mcpf_session_frame(s, now, &f, ev);
+}
+
+/* Feeds a daemon frame built from fields. */
+static int feed(mcpf_session *s, uint32_t now, uint8_t cmd, uint8_t seq, const uint8_t *data, size_t len, mcpf_event *ev)
+{
+    static uint8_t b[MCPF_MAX_FRAME];
+    mcpf_frame f;
+    size_t n = mcpf_encode(b, 1, cmd, seq, data, (uint16_t)len);
+    f = decoded(b, n);
+    return mcpf_session_frame(s, now, &f, ev);
+}
+
+static int feed_token(mcpf_session *s, uint32_t now, uint8_t seq, uint16_t chunk, const char *text, mcpf_event *ev)
+{
+    uint8_t body[256];
+    mcpf_token t;
+    t.chunk = chunk;
+    t.text = (const uint8_t *)text;
+    t.len = (uint16_t)strlen(text);
+    return feed(s, now, MCPF_TOKEN, seq, body, mcpf_put_token(body, &t), ev);
+}
+
+static int feed_done(mcpf_session *s, uint32_t now, uint8_t seq, uint16_t chunk, const char *all, mcpf_event *ev)
+{
+    uint8_t body[32];
+    mcpf_done d;
+    memset(&d, 0, sizeof d);
+    d.chunk = chunk;
+    d.text_bytes = (uint32_t)strlen(all);
+    d.text_crc32c = mcpf_crc32c(0, (const uint8_t *)all, strlen(all));
+    return feed(s, now, MCPF_DONE, seq, body, mcpf_put_done(body, &d), ev);
+}
+
+static void welcome(mcpf_session *s, uint32_t now)
+{
+    mcpf_event ev;
+    CHECK(feed_hex(s, now, "55 01 00 0e 02 00 01 01 00 00 00 ff 13 88 40 00 01 02 03 04 aa", &ev) == MCPF_EV_WELCOME, "WELCOME");
+}
+
+/* The exchange of docs/protocol.md §14, byte for byte. */
+static void test_session_spec_exchange(void)
+{
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_infer m;
+    uint8_t body[64];
+    size_t n;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "esp32-kitchen";
+    cfg.max_data = 128;
+    cfg.window = 2;
+    cfg.send = capture;
+    nsent = 0;
+    mcpf_session_init(&s, &cfg, 0xa1b2c3d4u);
+    CHECK(mcpf_session_infer(&s, 0, (const uint8_t *)"\0Hi", 3) == -1, "INFER before HELLO");
+    CHECK(mcpf_session_hello(&s, 1000) == 0, "hello");
+    CHECK(sent_is(0, "55 01 00 18 01 00 01 01 00 80 00 00 02 a1 b2 c3 d4 65 73 70 33 32 2d 6b 69 74 63 68 65 6e f4"), "HELLO bytes");
+    welcome(&s, 1010);
+    CHECK(s.rto == 100, "RTO after a 10 ms sample: %u", s.rto); /* 10 + 4 × 5, at least 100 */
+    memset(&m, 0, sizeof m);
+    m.present = MCPF_HAS(MCPF_OPT_MAX_TOKENS) | MCPF_HAS(MCPF_OPT_TEMPERATURE) | MCPF_HAS(MCPF_OPT_SEED);
+    m.max_tokens = 16;
+    m.seed = 42;
+    m.prompt = (const uint8_t *)"Hi";
+    m.prompt_len = 2;
+    n = mcpf_put_infer(body, sizeof body, &m);
+    CHECK(mcpf_session_infer(&s, 1020, body, n) == 0, "infer");
+    CHECK(sent_is(1, "55 01 00 17 45 01 00 01 0e 02 02 00 10 03 02 00 00 04 04 00 00 00 2a 48 69 d7 36 e1 dd f6"), "INFER bytes");
+    CHECK(mcpf_session_ping(&s, 1020, NULL, 0) == -1, "a second request while INFER runs");
+    CHECK(feed_hex(&s, 1030, "55 01 00 03 0a 01 00 01 00 6b", &ev) == MCPF_EV_NONE, "ACK");
+    CHECK(feed_hex(&s, 1040, "55 01 00 07 06 01 00 00 48 65 6c 6c 6f 64", &ev) == MCPF_EV_TEXT &&
+              ev.u.text.len == 5 && memcmp(ev.u.text.p, "Hello", 5) == 0, "TOKEN 0");
+    CHECK(sent_is(2, "55 01 00 03 0a 01 00 01 02 00") || nsent == 3, "ACK after half the window");
+    CHECK(feed_hex(&s, 1050, "55 01 00 09 06 01 00 01 20 74 68 65 72 65 21 1f", &ev) == MCPF_EV_TEXT, "TOKEN 1");
+    CHECK(sent_is(nsent - 1, "55 01 00 03 0a 01 00 02 02 21"), "ACK next 2 (spec bytes)");
+    CHECK(feed_hex(&s, 1060, "55 01 00 1b 07 01 00 02 00 00 00 00 03 00 00 00 05 00 00 00 2a 00 00 00 61 00 00 00 0c 9d d6 06 17 06", &ev) == MCPF_EV_DONE &&
+              ev.u.done.tokens == 3, "DONE");
+    CHECK(sent_is(nsent - 1, "55 01 00 03 0a 01 00 03 02 c8"), "final ACK (spec bytes)");
+    CHECK(s.req == MCPF_REQ_NONE, "request finished");
+}
+
+static void test_session_retransmission(void)
+{
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    uint32_t t = 5000, expect[] = {250, 500, 1000, 2000, 4000, 4000, 4000, 4000};
+    int i;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "d";
+    cfg.max_data = 64;
+    cfg.window = 1;
+    cfg.send = capture;
+    nsent = 0;
+    mcpf_session_init(&s, &cfg, 1);
+    mcpf_session_hello(&s, t);
+    for (i = 0; i < 8; i++) {
+        uint32_t w = mcpf_session_wait_ms(&s, t);
+        CHECK(w == expect[i], "retransmission %d after %u ms, want %u", i, (unsigned)w, (unsigned)expect[i]);
+        CHECK(mcpf_session_tick(&s, t + w - 1, &ev) == MCPF_EV_NONE && nsent == i + 1, "early tick sent nothing");
+        t += w;
+        CHECK(mcpf_session_tick(&s, t, &ev) == MCPF_EV_NONE && nsent == i + 2, "tick %d resends", i);
+        CHECK(sent_len[i + 1] == sent_len[0] && memcmp(sent[i + 1], sent[0], sent_len[0]) == 0, "the same HELLO");
+    }
+    t += mcpf_session_wait_ms(&s, t);
+    CHECK(mcpf_session_tick(&s, t, &ev) == MCPF_EV_TIMEOUT && nsent == 9, "gives up after 8 retransmissions");
+    CHECK(mcpf_session_wait_ms(&s, t) == 0xFFFFFFFFu, "nothing to wait for");
+    /* The clock may wrap. */
+    t = 0xFFFFFF00u;
+    nsent = 0;
+    mcpf_session_hello(&s, t);
+    CHECK(mcpf_session_tick(&s, t + 249, &ev) == MCPF_EV_NONE && nsent == 1, "wrap: early");
+    CHECK(mcpf_session_tick(&s, t + 250, &ev) == MCPF_EV_NONE && nsent == 2, "wrap: resend");
+}
+
+static void test_session_infer_repairs(void)
+{
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    uint8_t body[100], missing[] = {MCPF_NACK_MISSING, 1, 3}, badsum = MCPF_NACK_BAD_CHECKSUM, seq;
+    mcpf_frame f;
+    int i;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "d";
+    cfg.max_data = 64;
+    cfg.window = 4;
+    cfg.max_send = 32; /* pieces of 30: 104 bytes → 4 fragments */
+    cfg.send = capture;
+    for (i = 0; i < 100; i++)
+        body[i] = (uint8_t)('a' + i % 26);
+    body[0] = 0;
+    mcpf_session_init(&s, &cfg, 1);
+    mcpf_session_hello(&s, 0);
+    welcome(&s, 0);
+    nsent = 0;
+    CHECK(mcpf_session_infer(&s, 0, body, sizeof body) == 0 && nsent == 4, "4 fragments: %d", nsent);
+    seq = s.seq;
+    for (i = 0; i < 4; i++) {
+        f = decoded(sent[i], sent_len[i]);
+        CHECK(f.cmd == MCPF_INFER && f.flags == MCPF_FRAGMENT && f.seq == seq && f.data[0] == i && f.data[1] == 4 &&
+                  f.len == (i < 3 ? 32 : 16), "fragment %d", i);
+    }
+    CHECK(feed(&s, 10, MCPF_NACK, seq, missing, 3, &ev) == MCPF_EV_NONE && nsent == 6, "NACK MISSING resends 2");
+    CHECK(decoded(sent[4], sent_len[4]).data[0] == 1 && decoded(sent[5], sent_len[5]).data[0] == 3, "indexes 1 and 3");
+    CHECK(feed(&s, 20, MCPF_NACK, seq, &badsum, 1, &ev) == MCPF_EV_NONE && nsent == 10, "BAD_CHECKSUM resends all");
+    mcpf_session_tick(&s, 20 + mcpf_session_wait_ms(&s, 20), &ev);
+    CHECK(nsent == 11 && decoded(sent[10], sent_len[10]).data[0] == 3, "the timer probes with the last fragment");
+    CHECK(feed(&s, 30, MCPF_NACK, (uint8_t)(seq - 1), missing, 3, &ev) == MCPF_EV_NONE && nsent == 11, "NACK of another request ignored");
+    /* Go-back-N on the stream. */
+    CHECK(feed_token(&s, 40, seq, 1, "B", &ev) == MCPF_EV_NONE, "a gap is not delivered");
+    f = decoded(sent[nsent - 1], sent_len[nsent - 1]);
+    CHECK(f.cmd == MCPF_ACK && f.data[0] == 0 && f.data[1] == 0 && f.data[2] == 4, "ACK next 0 after a gap");
+    CHECK(feed_token(&s, 50, seq, 0, "A", &ev) == MCPF_EV_TEXT, "chunk 0");
+    i = nsent;
+    CHECK(feed_token(&s, 60, seq, 0, "A", &ev) == MCPF_EV_NONE && nsent == i + 1, "a duplicate is answered, not delivered");
+    f = decoded(sent[nsent - 1], sent_len[nsent - 1]);
+    CHECK(f.cmd == MCPF_ACK && f.data[1] == 1, "ACK next 1 after a duplicate");
+    CHECK(feed_token(&s, 70, seq, 1, "B", &ev) == MCPF_EV_TEXT, "chunk 1");
+    CHECK(feed_token(&s, 71, (uint8_t)(seq + 7), 2, "X", &ev) == MCPF_EV_NONE, "another seq's TOKEN");
+    CHECK(feed_done(&s, 80, seq, 2, "AX", &ev) == MCPF_EV_BAD_ANSWER, "DONE checksum mismatch is reported");
+    /* ERROR instead of ACK: the request ends, the next may start. */
+    CHECK(mcpf_session_infer(&s, 100, body, 10) == 0, "second infer");
+    {
+        uint8_t busy[] = {6, MCPF_ERR_RETRYABLE, 0, 0, 'b', 'u', 's', 'y'};
+        CHECK(feed(&s, 110, MCPF_ERROR, s.seq, busy, sizeof busy, &ev) == MCPF_EV_ERROR && ev.u.error.code == 6 &&
+                  ev.u.error.len == 4, "ERROR BUSY");
+    }
+    CHECK(s.req == MCPF_REQ_NONE && mcpf_session_infer(&s, 120, body, 10) == 0, "free again");
+}
+
+static void test_session_stream_keepalive_and_cancel(void)
+{
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    uint8_t body[] = {0, 'q'}, seq;
+    uint8_t cancelled[] = {8, MCPF_ERR_STREAM, 0, 3};
+    mcpf_frame f;
+    uint32_t t;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "d";
+    cfg.max_data = 64;
+    cfg.window = 4;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 1);
+    mcpf_session_hello(&s, 0);
+    welcome(&s, 0); /* heartbeat 5000 ms */
+    nsent = 0;
+    CHECK(mcpf_session_wait_ms(&s, 0) == 2500, "idle keepalive in %u", (unsigned)mcpf_session_wait_ms(&s, 0));
+    CHECK(mcpf_session_tick(&s, 2500, &ev) == MCPF_EV_NONE && nsent == 1 && decoded(sent[0], sent_len[0]).cmd == MCPF_PING, "keepalive PING");
+    CHECK(feed(&s, 2510, MCPF_PONG, s.seq, NULL, 0, &ev) == MCPF_EV_NONE && s.req == MCPF_REQ_NONE, "PONG closes it quietly");
+    CHECK(mcpf_session_infer(&s, 3000, body, sizeof body) == 0, "infer");
+    seq = s.seq;
+    CHECK(feed_token(&s, 3010, seq, 0, "x", &ev) == MCPF_EV_TEXT, "token");
+    nsent = 0;
+    t = 3000 + 2500; /* one token is less than half the window: no ACK since the INFER */
+    CHECK(mcpf_session_tick(&s, t - 1, &ev) == MCPF_EV_NONE && nsent == 0, "quiet");
+    CHECK(mcpf_session_tick(&s, t, &ev) == MCPF_EV_NONE && nsent == 1 && decoded(sent[0], sent_len[0]).cmd == MCPF_ACK,
+          "a slow stream repeats its ACK");
+    CHECK(mcpf_session_cancel(&s, t) == 0 && nsent == 2, "cancel");
+    f = decoded(sent[1], sent_len[1]);
+    CHECK(f.cmd == MCPF_CANCEL && f.seq == seq && f.len == 0, "CANCEL carries the INFER's seq");
+    CHECK(feed_token(&s, t + 1, seq, 1, "y", &ev) == MCPF_EV_TEXT && nsent == 2, "tokens still come");
+    CHECK(feed_token(&s, t + 1, seq, 2, "z", &ev) == MCPF_EV_TEXT && nsent == 3 &&
+              decoded(sent[2], sent_len[2]).cmd == MCPF_ACK, "and are acknowledged");
+    CHECK(mcpf_session_tick(&s, t + 1 + mcpf_session_wait_ms(&s, t + 1), &ev) == MCPF_EV_NONE && nsent == 4 &&
+              decoded(sent[3], sent_len[3]).cmd == MCPF_CANCEL, "CANCEL is retransmitted");
+    CHECK(feed(&s, t + 2000, MCPF_ERROR, seq, cancelled, sizeof cancelled, &ev) == MCPF_EV_ERROR && ev.u.error.code == 8, "CANCELLED");
+    f = decoded(sent[nsent - 1], sent_len[nsent - 1]);
+    CHECK(f.cmd == MCPF_ACK && f.data[1] == 4, "the final chunk is acknowledged");
+    /* A stream silent for three heartbeats times out. */
+    CHECK(mcpf_session_infer(&s, 20000, body, sizeof body) == 0, "infer");
+    CHECK(feed_token(&s, 20010, s.seq, 0, "x", &ev) == MCPF_EV_TEXT, "token");
+    for (t = 20010; t < 20010 + 15000; t += 100)
+        CHECK(mcpf_session_tick(&s, t, &ev) == MCPF_EV_NONE, "alive at %u", (unsigned)t);
+    CHECK(mcpf_session_tick(&s, 20010 + 15000, &ev) == MCPF_EV_TIMEOUT, "silent stream");
+    /* The daemon's BYE and PING are answered. */
+    nsent = 0;
+    CHECK(feed(&s, 40000, MCPF_PING, 77, (const uint8_t *)"ab", 2, &ev) == MCPF_EV_NONE && sent_is(0, "55 01 00 02 04 4d 61 62 ff") == 0 &&
+              decoded(sent[0], sent_len[0]).cmd == MCPF_PONG && decoded(sent[0], sent_len[0]).seq == 77, "PONG");
+    CHECK(feed(&s, 40000, 0x3F, 5, NULL, 0, &ev) == MCPF_EV_NONE && decoded(sent[1], sent_len[1]).cmd == MCPF_ERROR &&
+              decoded(sent[1], sent_len[1]).data[0] == 1, "UNKNOWN_COMMAND");
+    CHECK(feed(&s, 40000, MCPF_BYE, 9, NULL, 0, &ev) == MCPF_EV_BYE && decoded(sent[2], sent_len[2]).cmd == MCPF_BYE &&
+              decoded(sent[2], sent_len[2]).seq == 9 && !s.open, "BYE");
+}
+
+static void test_session_serial(void)
+{
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    uint8_t bad_frame = MCPF_NACK_BAD_FRAME;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "uart";
+    cfg.max_data = 32;
+    cfg.window = 4;
+    cfg.link = MCPF_LINK_SERIAL;
+    cfg.baud = 115200;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 1);
+    nsent = 0;
+    mcpf_session_hello(&s, 0);
+    CHECK(mcpf_session_wait_ms(&s, 0) == 282, "serial RTO %u, want 2 × 4 × 22.8 + 100", (unsigned)mcpf_session_wait_ms(&s, 0));
+    mcpf_session_badcrc(&s, 10);
+    CHECK(nsent == 2, "NACK BAD_FRAME sent");
+    CHECK(decoded(sent[1], sent_len[1]).cmd == MCPF_NACK && decoded(sent[1], sent_len[1]).seq == 0, "NACK BAD_FRAME, seq 0");
+    mcpf_session_badcrc(&s, 20);
+    CHECK(nsent == 2, "at most one NACK per quarter RTO");
+    mcpf_session_badcrc(&s, 10 + 70);
+    CHECK(nsent == 3, "again after a quarter RTO");
+    CHECK(feed(&s, 100, MCPF_NACK, 0, &bad_frame, 1, &ev) == MCPF_EV_NONE && nsent == 4 &&
+              decoded(sent[3], sent_len[3]).cmd == MCPF_HELLO, "NACK BAD_FRAME: resend at once");
+}
+
+#if MCPF_SIGN
+static void test_session_signed(void)
+{
+    static const uint8_t keyb[32] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                     16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
+    uint8_t nonce[8] = {0xa1, 0xb2, 0xc3, 0xd4, 0, 0, 0, 0}, b[MCPF_MAX_FRAME], wb[16];
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_replay w;
+    mcpf_welcome wel;
+    mcpf_frame f;
+    size_t n;
+    uint8_t body[] = {0, 'q'};
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "signer";
+    cfg.max_data = 64;
+    cfg.window = 2;
+    cfg.key.k = keyb;
+    cfg.key.len = 32;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 0xa1b2c3d4u);
+    nsent = 0;
+    mcpf_session_hello(&s, 0);
+    memset(&w, 0, sizeof w);
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, NULL) == 0, "HELLO is signed with boot_nonce ‖ 0");
+    CHECK(f.data[5] == 1, "HELLO asks for SIGN");
+    mcpf_session_tick(&s, 250, &ev);
+    CHECK(sent_len[1] == sent_len[0] && memcmp(sent[1], sent[0], sent_len[0]) == 0, "HELLO retransmitted byte for byte");
+    /* The daemon's signed WELCOME. */
+    memset(&wel, 0, sizeof wel);
+    wel.version = 1;
+    wel.max_data = 256;
+    wel.features = 1;
+    wel.window = 255;
+    wel.heartbeat_ms = 5000;
+    wel.max_message = 16384;
+    wel.daemon_nonce = 0x01020304u;
+    nonce[4] = 1, nonce[5] = 2, nonce[6] = 3, nonce[7] = 4;
+    n = mcpf_encode(b, 1, MCPF_WELCOME, 0, wb, (uint16_t)mcpf_put_welcome(wb, &wel));
+    {
+        uint8_t forged[MCPF_MAX_FRAME];
+        size_t fn = mcpf_sign(memcpy(forged, b, n), n, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, 0, 1);
+        f = decoded(forged, fn);
+        CHECK(mcpf_session_frame(&s, 10, &f, &ev) == MCPF_EV_NONE && !s.open, "a WELCOME signed for the wrong direction is ignored");
+    }
+    n = mcpf_sign(b, n, &cfg.key, MCPF_DAEMON_TO_DEVICE, nonce, 0, 1);
+    f = decoded(b, n);
+    CHECK(mcpf_session_frame(&s, 10, &f, &ev) == MCPF_EV_WELCOME && s.open, "signed WELCOME");
+    nsent = 0;
+    CHECK(mcpf_session_infer(&s, 20, body, sizeof body) == 0, "infer");
+    memset(&w, 0, sizeof w);
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, NULL) == 0 && f.cmd == MCPF_INFER, "INFER signed with the session nonce");
+    /* An unsigned TOKEN is dropped; a signed one is delivered once. */
+    {
+        uint8_t tb[8] = {0, 0, 'h', 'i'};
+        n = mcpf_encode(b, 1, MCPF_TOKEN, s.seq, tb, 4);
+        f = decoded(b, n);
+        CHECK(mcpf_session_frame(&s, 30, &f, &ev) == MCPF_EV_NONE, "unsigned TOKEN dropped");
+        n = mcpf_sign(b, n, &cfg.key, MCPF_DAEMON_TO_DEVICE, nonce, 0, 2);
+        f = decoded(b, n);
+        CHECK(mcpf_session_frame(&s, 30, &f, &ev) == MCPF_EV_TEXT && ev.u.text.len == 2, "signed TOKEN");
+        f = decoded(b, n);
+        CHECK(mcpf_session_frame(&s, 30, &f, &ev) == MCPF_EV_NONE, "replayed TOKEN dropped");
+    }
+}
+#endif
+
+int main(void)
+{
+    test_decoder_differential();
+    test_datagram_errors();
+    test_utf8();
+    test_session_spec_exchange();
+    test_session_retransmission();
+    test_session_infer_repairs();
+    test_session_stream_keepalive_and_cancel();
+    test_session_serial();
+#if MCPF_SIGN
+    test_session_signed();
+#endif
+    printf("unit tests (signing %s): %d failures\n", MCPF_SIGN ? "on" : "off", failures);
+    return failures ? 1 : 0;
+}
