@@ -26,7 +26,7 @@ export CGO_CFLAGS := $(NATIVE_CFLAGS)
 export CGO_CXXFLAGS := $(NATIVE_CFLAGS)
 export GO
 
-.PHONY: all build run test test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models
+.PHONY: all build run test test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models ctest cfuzz footprint
 
 all: build
 
@@ -49,7 +49,7 @@ run: build $(MODELS)/tiny.gguf ## the main job: mcpd (llama.cpp, generated model
 TESTRUN = $(GO) test $(1) -count=1 -run '^$$' $(PKGS) >/dev/null || $(GO) test $(1) -count=1 -run '^$$' $(PKGS); \
 	$(GO) test $(1) -count=1 -p 1 $(PKGS)
 
-test: native-headers lint lint-units ## vet, gofmt, unit-file lint and the whole test suite with the race detector
+test: native-headers lint lint-units ctest ## vet, gofmt, unit-file lint, the C library's tests and the whole test suite with the race detector
 	@set -e; $(call TESTRUN,-race)
 
 test-short: native-headers ## quick tests without the race detector
@@ -66,6 +66,18 @@ fuzz: native-headers ## a short fuzz pass over every fuzz target (FUZZTIME each)
 	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+	$(MAKE) -s cfuzz
+
+# The device-side C library (clients/c): vectors, unit tests under ASan and
+# UBSan, examples; its decoder's differential fuzz; its Cortex-M footprint.
+ctest: ## the C library's host tests (gcc, -Werror, sanitizers)
+	$(MAKE) -s -C clients/c test
+
+cfuzz: ## the C stream decoder against a transcription of the resync rule, on random streams
+	$(MAKE) -s -C clients/c fuzz FUZZ_ITER=10000
+
+footprint: ## Cortex-M0+/M4 flash and RAM of the C library (installs gcc-arm-none-eabi)
+	$(MAKE) -s -C clients/c footprint
 
 lint: vet ## gofmt check + go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null; git ls-files --others --exclude-standard '*.go' 2>/dev/null)); \
@@ -99,4 +111,4 @@ bench-native: native-headers models ## llama.cpp engine benchmarks on the 135M Q
 	  $(GO) test -run '^$$' -bench 'Native' -benchtime $(BENCHTIME) -count 1 ./backends/
 
 clean:
-	rm -rf $(BIN) native/include $(MODELS)
+	rm -rf $(BIN) native/include $(MODELS) clients/c/build

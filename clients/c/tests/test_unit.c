@@ -109,13 +109,13 @@ static size_t gen_stream(uint8_t *b, size_t cap)
     return n;
 }
 
-static void test_decoder_differential(void)
+static void test_decoder_differential(int iterations)
 {
     static uint8_t in[1 << 14];
     static result want, got;
     static mcpf_decoder d;
     int iter;
-    for (iter = 0; iter < 400; iter++) {
+    for (iter = 0; iter < iterations; iter++) {
         size_t n = gen_stream(in, sizeof in), i, seg = 0;
         int idle_points = iter % 2; /* odd iterations: the line goes idle at random points */
         mcpf_frame f;
@@ -573,9 +573,15 @@ static void test_session_signed(void)
 }
 #endif
 
-int main(void)
+/* Usage: test_unit [ITERATIONS [SEED]]: more iterations of the decoder's
+ * differential fuzz (make cfuzz). */
+int main(int argc, char **argv)
 {
-    test_decoder_differential();
+    int iterations = argc > 1 ? atoi(argv[1]) : 400;
+    if (argc > 2)
+        rng = (uint32_t)strtoul(argv[2], NULL, 0);
+    test_decoder_differential(iterations);
+    printf("decoder differential: %d streams\n", iterations);
     test_datagram_errors();
     test_utf8();
     test_session_spec_exchange();

@@ -1,0 +1,92 @@
+// SPDX-License-Identifier: MIT
+//
+// mcpd_ask — an Arduino asks mcpd a question over a UART and prints the
+// streamed answer on the USB console. Wire the board's Serial1 to the
+// machine running `mcpd --serial /dev/ttyUSB0:115200`. Install clients/c
+// as a library (include/ and src/ together in libraries/mcpf/src).
+#include <Arduino.h>
+
+#include "mcpf.h"
+#include "mcpf_session.h"
+
+#define MCPD Serial1   // the link to mcpd
+#define CONSOLE Serial // where the answer is printed
+static const uint32_t BAUD = 115200;
+
+static mcpf_config cfg;
+static mcpf_session session;
+static mcpf_decoder dec;
+static uint8_t body[96];
+static size_t body_len;
+static uint32_t last_byte;
+
+static int send_frame(void *, const uint8_t *frame, size_t len)
+{
+    return MCPD.write(frame, len) == len ? 0 : -1;
+}
+
+static void on_event(const mcpf_event &ev)
+{
+    switch (ev.type) {
+    case MCPF_EV_WELCOME:
+        mcpf_session_infer(&session, millis(), body, body_len);
+        break;
+    case MCPF_EV_TEXT:
+        CONSOLE.write(ev.u.text.p, ev.u.text.len);
+        break;
+    case MCPF_EV_DONE:
+        CONSOLE.println("\n[done]");
+        break;
+    case MCPF_EV_ERROR:
+    case MCPF_EV_TIMEOUT:
+    case MCPF_EV_BAD_ANSWER:
+        CONSOLE.println("\n[failed]");
+        break;
+    }
+}
+
+void setup()
+{
+    CONSOLE.begin(115200);
+    MCPD.begin(BAUD);
+    mcpf_infer q = {};
+    q.present = MCPF_HAS(MCPF_OPT_MAX_TOKENS);
+    q.max_tokens = 64;
+    q.prompt = (const uint8_t *)"Which bed needs water?";
+    q.prompt_len = 22;
+    body_len = mcpf_put_infer(body, sizeof body, &q);
+    cfg.device_id = "arduino-uart";
+    cfg.max_data = 64; // frames up to 71 bytes: a small receive buffer
+    cfg.window = 1;    // one frame of buffer: the daemon waits for each ACK
+    cfg.link = MCPF_LINK_SERIAL;
+    cfg.baud = BAUD;
+    cfg.send = send_frame;
+    mcpf_session_init(&session, &cfg, micros() ^ analogRead(0)); // boot nonce
+    mcpf_dec_init(&dec);
+    mcpf_session_hello(&session, millis());
+}
+
+void loop()
+{
+    mcpf_frame f;
+    mcpf_event ev;
+    uint32_t now = millis();
+    while (MCPD.available() > 0) {
+        int e = mcpf_dec_push(&dec, (uint8_t)MCPD.read(), &f);
+        last_byte = now;
+        for (; e != MCPF_DEC_NONE; e = mcpf_dec_poll(&dec, &f)) {
+            if (e == MCPF_DEC_BADCRC)
+                mcpf_session_badcrc(&session, now);
+            else if (e == MCPF_DEC_FRAME && mcpf_session_frame(&session, now, &f, &ev))
+                on_event(ev);
+        }
+    }
+    if (dec.n && now - last_byte >= mcpf_idle_ms(BAUD)) { // quiet inside a frame
+        mcpf_dec_idle(&dec);
+        for (int e; (e = mcpf_dec_poll(&dec, &f)) != MCPF_DEC_NONE;)
+            if (e == MCPF_DEC_FRAME && mcpf_session_frame(&session, now, &f, &ev))
+                on_event(ev);
+    }
+    if (mcpf_session_tick(&session, now, &ev))
+        on_event(ev);
+}
