@@ -189,7 +189,7 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 	defer cancel()
 	var logs syncBuffer
 	daemon := exec.CommandContext(ctx, mcpd, "--config", conf, "--backend", "native", "--model", model, "--threads", "1",
-		"--listen-udp", addr, "--serial", tty.Name()+":115200", "--log-level", "warn")
+		"--listen-udp", addr, "--serial", tty.Name()+":115200", "--http", "off", "--log-level", "warn")
 	daemon.Stdout, daemon.Stderr = &logs, &logs
 	daemon.Cancel = func() error { return daemon.Process.Signal(syscall.SIGTERM) }
 	daemon.WaitDelay = 10 * time.Second
