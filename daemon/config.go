@@ -25,6 +25,13 @@ type Config struct {
 	// Keys holds each signing device's pre-shared key by device id: such a
 	// device must sign every frame, and so does the daemon (§9).
 	Keys map[string]sp.Key
+	// Per-source rate limit on UDP (guard.go): PeerRate frames a second on
+	// average, PeerBurst at once; negative PeerRate: no limit. MaxPeers
+	// bounds the sources tracked.
+	PeerRate  float64
+	PeerBurst int
+	MaxPeers  int
+	Policy    Policy // who may connect, with which models, how many tokens
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -53,6 +60,14 @@ func (c Config) WithDefaults() Config {
 	def(&c.DefaultMaxTokens, 128)
 	def(&c.MaxPendingPerPeer, 2)
 	def(&c.MaxPerSession, 4)
+	switch {
+	case c.PeerRate == 0:
+		c.PeerRate = 1000
+	case c.PeerRate < 0:
+		c.PeerRate = 0 // unlimited
+	}
+	def(&c.PeerBurst, 512) // a 255-fragment INFER, sent twice
+	def(&c.MaxPeers, 4096)
 	defDur(&c.Heartbeat, 5*time.Second)
 	defDur(&c.RequestTimeout, 2*time.Minute)
 	defDur(&c.FlushInterval, 20*time.Millisecond)
@@ -68,5 +83,5 @@ func (c Config) Validate() error {
 	case c.Heartbeat > 65535*time.Millisecond:
 		return fmt.Errorf("daemon: heartbeat %v above 65.535 s", c.Heartbeat)
 	}
-	return nil
+	return c.Policy.validate()
 }

@@ -34,6 +34,12 @@ type Stats struct {
 	Sessions                               atomic.Int64 // open now
 	Accepted, Busy, Done, Failed, Canceled atomic.Int64
 	Duplicates                             atomic.Int64 // retransmitted requests answered again
+	// AuthFailures by reason (§9.2).
+	AuthUnsigned, AuthBadTag, AuthReplay, AuthStale atomic.Int64
+	RateLimited                                     atomic.Int64 // frames over a source's rate, dropped
+	Forbidden                                       atomic.Int64 // HELLOs and INFERs the policy refused
+	Evicted                                         atomic.Int64 // idle sessions closed to make room
+	Retransmits                                     atomic.Int64 // stream chunks sent again
 }
 
 // Daemon dispatches devices' requests to a backend.
@@ -53,6 +59,8 @@ type Daemon struct {
 	sessions   map[string]*session
 	bootNonces map[string][]uint32 // per keyed device, its last 16 HELLO boot nonces (§9.3)
 	linkCtx    context.Context     // lives until the drain is over
+	limiter    peerLimiter         // per-source rate limit (guard.go)
+	budgets    budgets             // per-device token budgets (guard.go)
 	links      []string            // names of the links being served
 	local      localRequests       // requests of local applications (local.go)
 }
@@ -74,6 +82,7 @@ func New(cfg Config, b backends.Backend, log *slog.Logger) (*Daemon, error) {
 		slots:      make(chan struct{}, cfg.MaxConcurrent),
 		sessions:   make(map[string]*session),
 		bootNonces: make(map[string][]uint32),
+		limiter:    peerLimiter{rate: cfg.PeerRate, burst: float64(cfg.PeerBurst), max: cfg.MaxPeers},
 	}, nil
 }
 
@@ -186,6 +195,9 @@ func (d *Daemon) janitor(ctx context.Context) {
 // learns of it through NACK BAD_FRAME (docs/protocol.md §7.1).
 func (d *Daemon) HandleBadFrame(p Peer, err error) {
 	d.stats.BadFrames.Add(1)
+	if !d.allowPeer(p, 0) {
+		return
+	}
 	if d.obs != nil {
 		d.obs.BadFrame(linkOf(p), err)
 	}
@@ -202,6 +214,9 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
 	d.stats.FramesIn.Add(1)
 	d.observeFrame(p, In, f.Cmd)
+	if !d.allowPeer(p, f.Seq) {
+		return
+	}
 	switch {
 	case f.Version != sp.Version1:
 		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
@@ -255,11 +270,11 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 	key, keyed := d.cfg.Keys[h.DeviceID]
 	switch {
 	case keyed && !signed:
-		d.stats.AuthFailures.Add(1)
+		d.countAuth(sp.ErrUnsigned)
 		d.send(p, f.Seq, sp.NewError(sp.CodeAuthRequired, "this device must sign"))
 		return
 	case signed && !keyed:
-		d.stats.AuthFailures.Add(1)
+		d.countAuth(sp.ErrBadTag)
 		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "no key for this device"))
 		return
 	case signed:
@@ -273,7 +288,7 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 			err = errors.New("signed HELLO without the SIGN feature")
 		}
 		if err != nil {
-			d.stats.AuthFailures.Add(1)
+			d.countAuth(err)
 			d.log.Info("HELLO rejected", "device", h.DeviceID, "reason", err)
 			d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "HELLO signature rejected"))
 			return
@@ -281,6 +296,13 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 	}
 	if h.MinVersion > sp.Version1 {
 		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
+		return
+	}
+	if e := d.admitPeer(p, h.DeviceID); e != nil {
+		d.stats.Forbidden.Add(1)
+		d.observeRefused(linkOf(p), e.Code)
+		d.log.Info("HELLO refused by policy", "device", h.DeviceID, "peer", p.Key(), "reason", e.Text)
+		d.send(p, f.Seq, e)
 		return
 	}
 	peerKey := p.Key()
@@ -297,9 +319,16 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		// An older HELLO of this device, recorded and played back: it must
 		// not tear down the live session (§9.3).
 		d.mu.Unlock()
-		d.stats.AuthFailures.Add(1)
+		d.countAuth(sp.ErrReplay)
 		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "replayed HELLO"))
 		return
+	}
+	var evicted *session
+	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
+		evicted = d.evictIdle(time.Now())
+	}
+	if evicted != nil {
+		defer evicted.cancel(errSessionClosed) // after d.mu is released
 	}
 	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
 		d.mu.Unlock()
@@ -431,5 +460,20 @@ func (d *Daemon) status() *sp.StatusReply {
 	return &sp.StatusReply{
 		State: state, LoadPct: uint8(100 * running / d.cfg.MaxConcurrent), Queue: uint8(min(queued, 255)),
 		Backend: d.backend.Name(), Model: model,
+	}
+}
+
+// countAuth counts a rejected frame by the reason of §9.2.
+func (d *Daemon) countAuth(err error) {
+	d.stats.AuthFailures.Add(1)
+	switch {
+	case errors.Is(err, sp.ErrUnsigned):
+		d.stats.AuthUnsigned.Add(1)
+	case errors.Is(err, sp.ErrReplay):
+		d.stats.AuthReplay.Add(1)
+	case errors.Is(err, sp.ErrStale):
+		d.stats.AuthStale.Add(1)
+	default:
+		d.stats.AuthBadTag.Add(1)
 	}
 }

@@ -92,7 +92,7 @@ func (s *session) open(f sp.Frame) (sp.Frame, bool) {
 	if err == nil {
 		return f, true
 	}
-	s.d.stats.AuthFailures.Add(1)
+	s.d.countAuth(err)
 	s.d.log.Info("frame rejected", "device", s.deviceID, "reason", err)
 	if answer {
 		s.send(f.Seq, sp.NewError(sp.CodeAuthFailed, "frame signature rejected"))
@@ -297,6 +297,9 @@ func (s *session) infer(f sp.Frame) {
 		refuse(sp.NewError(code, err.Error()))
 		return
 	}
+	if !s.applyPolicy(&m, refuse) {
+		return
+	}
 	if !s.reserve() {
 		s.d.stats.Busy.Add(1)
 		refuse(sp.NewError(sp.CodeBusy, "this device has too many requests"))
@@ -389,6 +392,9 @@ func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.T
 	d := s.d
 	r.st.onSend = func(cmd sp.Command, retransmit bool) {
 		d.stats.FramesOut.Add(1)
+		if retransmit {
+			d.stats.Retransmits.Add(1)
+		}
 		if d.obs != nil {
 			d.obs.Frame(link, Out, cmd)
 			if retransmit {
@@ -468,6 +474,7 @@ func (r *request) run() {
 
 	var answer strings.Builder
 	res, err := r.generate(&answer)
+	d.spend(r.s.deviceID, res.Tokens)
 	// The engine's work is done: the admission ends here, not when a slow
 	// device has acknowledged the last chunk, so one device's next request
 	// never waits on (or counts twice against) the queue bound.

@@ -49,6 +49,16 @@ type Counters struct {
 	Failed       int64 `json:"failed"`
 	Canceled     int64 `json:"canceled"`
 	Duplicates   int64 `json:"duplicates"`
+	// Rejected signed-session frames by reason, and the guard's counters
+	// (docs/reliability.md).
+	AuthUnsigned int64 `json:"auth_unsigned"`
+	AuthBadTag   int64 `json:"auth_bad_tag"`
+	AuthReplay   int64 `json:"auth_replay"`
+	AuthStale    int64 `json:"auth_stale"`
+	RateLimited  int64 `json:"rate_limited"`
+	Forbidden    int64 `json:"forbidden"`
+	Evicted      int64 `json:"evicted"`
+	Retransmits  int64 `json:"retransmits"`
 }
 
 // Snapshot returns the daemon's state now.
@@ -87,6 +97,8 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		FramesIn: st.FramesIn.Load(), FramesOut: st.FramesOut.Load(), BadFrames: st.BadFrames.Load(),
 		AuthFailures: st.AuthFailures.Load(), Accepted: st.Accepted.Load(), Busy: st.Busy.Load(),
 		Done: st.Done.Load(), Failed: st.Failed.Load(), Canceled: st.Canceled.Load(), Duplicates: st.Duplicates.Load(),
+		AuthUnsigned: st.AuthUnsigned.Load(), AuthBadTag: st.AuthBadTag.Load(), AuthReplay: st.AuthReplay.Load(), AuthStale: st.AuthStale.Load(),
+		RateLimited: st.RateLimited.Load(), Forbidden: st.Forbidden.Load(), Evicted: st.Evicted.Load(), Retransmits: st.Retransmits.Load(),
 	}
 	if info, err := d.backend.Model(ctx, ""); err == nil {
 		snap.Model = info.Name

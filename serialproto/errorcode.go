@@ -27,6 +27,7 @@ const (
 	CodeUnexpected         ErrorCode = 18
 	CodeUnknownRequest     ErrorCode = 19
 	CodeInternal           ErrorCode = 20
+	CodeForbidden          ErrorCode = 21
 )
 
 var errorCodes = [...]struct {
@@ -53,6 +54,7 @@ var errorCodes = [...]struct {
 	CodeUnexpected:         {"UNEXPECTED", false},
 	CodeUnknownRequest:     {"UNKNOWN_REQUEST", false},
 	CodeInternal:           {"INTERNAL", true},
+	CodeForbidden:          {"FORBIDDEN", false},
 }
 
 // Known reports whether c is in the table.

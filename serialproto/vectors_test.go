@@ -405,6 +405,7 @@ func validMessages() []namedMessage {
 		{"token_multibyte", &Token{Chunk: 65535, Text: []byte("€🌍")}},
 		{"done", &Done{Chunk: 3, Reason: StopLength, Tokens: 16, PromptTokens: 9, TTFTMS: 120, DurationMS: 900, TextBytes: 61, TextCRC32C: 0xDEADBEEF}},
 		{"error_busy", NewError(CodeBusy, "queue full")},
+		{"error_forbidden", NewError(CodeForbidden, "model not allowed")},
 		{"error_in_stream", &Error{Code: CodeBackendFailed, Flags: ErrorFlagRetryable | ErrorFlagStream, Chunk: 7, Text: "engine died"}},
 		{"cancel", &Cancel{}},
 		{"ack", &Ack{Next: 300, Window: 4}},

@@ -44,7 +44,14 @@ type config struct {
 		MaxQueue       int      `toml:"max_queue"`
 		Heartbeat      duration `toml:"heartbeat"`
 		RequestTimeout duration `toml:"request_timeout"`
+		// Hostile peers (docs/reliability.md, cmd/mcpd/guard.go).
+		PeerRate      float64 `toml:"peer_rate"`      // frames/s per UDP source; negative: no limit
+		PeerBurst     int     `toml:"peer_burst"`     // frames at once above the rate
+		MaxPeers      int     `toml:"max_peers"`      // UDP sources the rate limiter tracks
+		MaxPerDevice  int     `toml:"max_per_device"` // requests one device may have queued or running
+		MaxReassembly int     `toml:"max_reassembly"` // fragmented messages in reassembly per device
 	} `toml:"limits"`
+	Policy policyConfig `toml:"policy"`
 }
 
 // duration reads "5s", "2m" from TOML.

@@ -134,6 +134,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxConcurrent: cfg.Limits.MaxConcurrent, MaxQueue: cfg.Limits.MaxQueue, MaxSessions: cfg.Limits.MaxSessions,
 		Heartbeat: cfg.Limits.Heartbeat.Duration, RequestTimeout: cfg.Limits.RequestTimeout.Duration,
 	}
+	if err := cfg.applyGuard(&dcfg); err != nil {
+		return err
+	}
 	serials := make([]daemon.SerialConfig, len(cfg.Serial))
 	for i, s := range cfg.Serial {
 		sc, err := daemon.ParseSerial(s)

@@ -1,0 +1,307 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Policy says who may use the daemon and how much (docs/reliability.md).
+// The zero Policy lets every device in, with any model and no budget.
+// Violations are answered with the protocol's errors, never with silence:
+// FORBIDDEN for a device, source or model the policy refuses, RATE_LIMITED
+// for a spent token budget.
+type Policy struct {
+	// Networks, when not empty, are the UDP source networks allowed to
+	// open sessions (e.g. 192.168.4.0/24); HELLOs from elsewhere get
+	// FORBIDDEN.
+	Networks []netip.Prefix
+	// Ports, when not empty, are the serial ports (paths or globs, as in
+	// --serial) allowed to open sessions.
+	Ports []string
+	// Devices holds per-device rules by device id.
+	Devices map[string]DeviceRule
+	// OnlyListed refuses device ids not in Devices (or in Keys) with FORBIDDEN.
+	OnlyListed bool
+}
+
+// DeviceRule is what one device may do.
+type DeviceRule struct {
+	// Models, when not empty, are the model names the device may ask for
+	// (INFER's MODEL option). An INFER without MODEL runs the daemon's
+	// default model, which the operator chose, and is always allowed.
+	Models []string
+	// TokenBudget is how many tokens the device may generate per
+	// BudgetPeriod (across its sessions); 0: no budget. A request is cut to
+	// what is left of the budget; once it is spent, INFERs get RATE_LIMITED
+	// until the period ends.
+	TokenBudget  int
+	BudgetPeriod time.Duration // default 24 h
+}
+
+func (p Policy) validate() error {
+	for _, pat := range p.Ports {
+		if _, err := filepath.Match(pat, ""); err != nil {
+			return fmt.Errorf("daemon: policy port %q: %w", pat, err)
+		}
+	}
+	for id, r := range p.Devices {
+		if !sp.ValidDeviceID(id) {
+			return fmt.Errorf("daemon: policy: %q is not a device id", id)
+		}
+		if r.TokenBudget < 0 || r.BudgetPeriod < 0 {
+			return fmt.Errorf("daemon: policy: device %s: negative budget", id)
+		}
+	}
+	return nil
+}
+
+// admitPeer checks a HELLO's source and device id against the policy; the
+// returned error's text goes to the device.
+func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
+	pol := &d.cfg.Policy
+	if len(pol.Networks) > 0 {
+		if a, ok := p.(interface{ Addr() netip.AddrPort }); ok {
+			ip := a.Addr().Addr().Unmap()
+			if !slices.ContainsFunc(pol.Networks, func(n netip.Prefix) bool { return n.Contains(ip) }) {
+				return sp.NewError(sp.CodeForbidden, "source network not allowed")
+			}
+		}
+	}
+	if len(pol.Ports) > 0 && p.ByteStream() {
+		port := linkOf(p)
+		if len(port) > len("serial:") && port[:len("serial:")] == "serial:" {
+			port = port[len("serial:"):]
+		}
+		if !slices.ContainsFunc(pol.Ports, func(pat string) bool { ok, _ := filepath.Match(pat, port); return ok || pat == port }) {
+			return sp.NewError(sp.CodeForbidden, "serial port not allowed")
+		}
+	}
+	if pol.OnlyListed {
+		_, listed := pol.Devices[deviceID]
+		_, keyed := d.cfg.Keys[deviceID]
+		if !listed && !keyed {
+			return sp.NewError(sp.CodeForbidden, "device not allowed")
+		}
+	}
+	return nil
+}
+
+// admitRequest checks an INFER against the device's rule and budget, and
+// returns the most tokens it may generate (0: no limit from the budget).
+func (d *Daemon) admitRequest(deviceID string, m *sp.Infer) (int, *sp.Error) {
+	rule, ok := d.cfg.Policy.Devices[deviceID]
+	if !ok {
+		return 0, nil
+	}
+	if m.Model != "" && len(rule.Models) > 0 && !slices.Contains(rule.Models, m.Model) {
+		return 0, sp.NewError(sp.CodeForbidden, "model not allowed for this device")
+	}
+	if rule.TokenBudget <= 0 {
+		return 0, nil
+	}
+	left := d.budgets.left(deviceID, rule, time.Now())
+	if left <= 0 {
+		return 0, sp.NewError(sp.CodeRateLimited, "token budget spent")
+	}
+	return left, nil
+}
+
+// spend charges a finished request's tokens to its device's budget.
+func (d *Daemon) spend(deviceID string, tokens int) {
+	if rule, ok := d.cfg.Policy.Devices[deviceID]; ok && rule.TokenBudget > 0 {
+		d.budgets.spend(deviceID, rule, tokens, time.Now())
+	}
+}
+
+// budgets are the devices' token accounts; only devices with a budget in
+// the configuration have one, so the map is bounded by the configuration.
+type budgets struct {
+	mu  sync.Mutex
+	acc map[string]*budget
+}
+
+type budget struct {
+	start time.Time
+	used  int
+}
+
+func (b *budgets) account(id string, r DeviceRule, now time.Time) *budget {
+	if b.acc == nil {
+		b.acc = make(map[string]*budget)
+	}
+	period := r.BudgetPeriod
+	if period <= 0 {
+		period = 24 * time.Hour
+	}
+	a := b.acc[id]
+	if a == nil || now.Sub(a.start) >= period {
+		a = &budget{start: now}
+		b.acc[id] = a
+	}
+	return a
+}
+
+func (b *budgets) left(id string, r DeviceRule, now time.Time) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return r.TokenBudget - b.account(id, r, now).used
+}
+
+func (b *budgets) spend(id string, r DeviceRule, tokens int, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.account(id, r, now).used += tokens
+}
+
+// peerLimiter is a token bucket per source (a UDP address and port): a
+// flooding source is cut off before its frames cost a session lookup, a
+// decode of its body or an answer. It tracks at most max sources; beyond
+// that an arbitrary one is forgotten (it starts again with a full bucket),
+// so memory stays bounded whatever the number of sources.
+type peerLimiter struct {
+	rate  float64 // frames a second
+	burst float64
+	max   int
+
+	mu    sync.Mutex
+	peers map[string]*bucket
+}
+
+type bucket struct {
+	tokens    float64
+	last      time.Time
+	lastReply time.Time // RATE_LIMITED answers: at most one a second
+}
+
+// allow takes one frame's token; reply says whether to answer
+// RATE_LIMITED for a refused frame.
+func (l *peerLimiter) allow(key string, now time.Time) (ok, reply bool) {
+	if l.rate <= 0 {
+		return true, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.peers[key]
+	if b == nil {
+		if l.peers == nil {
+			l.peers = make(map[string]*bucket)
+		}
+		if len(l.peers) >= l.max {
+			l.evict(now)
+		}
+		b = &bucket{tokens: l.burst, last: now}
+		l.peers[key] = b
+	}
+	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
+	b.last = now
+	if b.tokens >= 1 {
+		b.tokens--
+		return true, false
+	}
+	if now.Sub(b.lastReply) >= time.Second {
+		b.lastReply = now
+		return false, true
+	}
+	return false, false
+}
+
+// evict forgets the sources whose buckets have refilled (they look like
+// new ones anyway), or one arbitrary source if none has. Called with mu held.
+func (l *peerLimiter) evict(now time.Time) {
+	full := time.Duration(l.burst / l.rate * float64(time.Second))
+	for k, b := range l.peers {
+		if now.Sub(b.last) >= full {
+			delete(l.peers, k)
+		}
+	}
+	if len(l.peers) < l.max {
+		return
+	}
+	for k := range l.peers {
+		delete(l.peers, k)
+		return
+	}
+}
+
+// allowPeer applies the per-source rate limit to a datagram peer's frame;
+// serial ports are bounded by their baud rate and are not limited.
+func (d *Daemon) allowPeer(p Peer, seq uint8) bool {
+	if p.ByteStream() {
+		return true
+	}
+	ok, reply := d.limiter.allow(p.Key(), time.Now())
+	if !ok {
+		d.stats.RateLimited.Add(1)
+		if reply {
+			d.send(p, seq, sp.NewError(sp.CodeRateLimited, "too many frames"))
+		}
+	}
+	return ok
+}
+
+// evictIdle makes room for a new session when the daemon is full: the
+// session silent for longest goes, if it has been silent for more than a
+// heartbeat (a device must send at least that often, §10) and runs no
+// request. Half-open sessions — a HELLO and nothing after — are the usual
+// victims. Called with d.mu held; the caller cancels the returned session
+// once d.mu is released.
+func (d *Daemon) evictIdle(now time.Time) *session {
+	var victim *session
+	for _, s := range d.sessions {
+		if now.Sub(s.lastSeen()) <= d.cfg.Heartbeat || s.busy() {
+			continue
+		}
+		if victim == nil || s.lastSeen().Before(victim.lastSeen()) {
+			victim = s
+		}
+	}
+	if victim == nil {
+		return nil
+	}
+	delete(d.sessions, victim.peer.Key())
+	d.stats.Sessions.Add(-1)
+	d.stats.Evicted.Add(1)
+	if d.obs != nil {
+		d.obs.SessionClosed(linkOf(victim.peer))
+	}
+	return victim
+}
+
+// busy reports whether the session has a request running or streaming.
+func (s *session) busy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active > 0
+}
+
+// applyPolicy checks an INFER against the device's rule, refusing it
+// through refuse, and cuts its MAX_TOKENS to what is left of its budget.
+func (s *session) applyPolicy(m *sp.Infer, refuse func(*sp.Error)) bool {
+	left, e := s.d.admitRequest(s.deviceID, m)
+	if e != nil {
+		if e.Code == sp.CodeForbidden {
+			s.d.stats.Forbidden.Add(1)
+		} else {
+			s.d.stats.RateLimited.Add(1)
+		}
+		refuse(e)
+		return false
+	}
+	if left > 0 {
+		want := s.d.cfg.DefaultMaxTokens
+		if m.Set.Has(sp.OptMaxTokens) && m.MaxTokens > 0 {
+			want = int(m.MaxTokens)
+		}
+		if left < want {
+			m.Set = m.Set.With(sp.OptMaxTokens)
+			m.MaxTokens = uint16(min(left, 65535))
+		}
+	}
+	return true
+}

@@ -1,0 +1,275 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/internal/device"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+func errCode(err error) sp.ErrorCode {
+	var e *sp.Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return 0
+}
+
+func hello(addr string, cfg device.Config) (*device.Client, error) {
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Retries, cfg.RTO = 2, 100*time.Millisecond
+	c := device.New(tr, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	return c, c.Hello(ctx)
+}
+
+// TestPolicyRefusals: the policy's refusals reach the device as the
+// protocol's errors, and are counted.
+func TestPolicyRefusals(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		policy Policy
+		device string
+		model  string
+		want   sp.ErrorCode // 0: served
+	}{
+		{"open", Policy{}, "any", "", 0},
+		{"source network refused", Policy{Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, "any", "", sp.CodeForbidden},
+		{"source network allowed", Policy{Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, "any", "", 0},
+		{"unlisted device", Policy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "valve", "", sp.CodeForbidden},
+		{"listed device", Policy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "pump", "", 0},
+		{"model refused", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "large", sp.CodeForbidden},
+		{"model allowed", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "small", 0},
+		{"default model always allowed", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := &testEngine{}
+			d, addr := startDaemon(t, Config{Policy: tc.policy}, e)
+			c, err := hello(addr, device.Config{DeviceID: tc.device})
+			if err == nil {
+				_, _, err = ask(t, c, "status?", func(m *sp.Infer) {
+					if tc.model != "" {
+						m.Model = tc.model
+						m.Set = m.Set.With(sp.OptModel)
+					}
+				})
+			}
+			if got := errCode(err); got != tc.want {
+				t.Fatalf("got %v (code %v), want code %v", err, got, tc.want)
+			}
+			wantForbidden := int64(0)
+			if tc.want == sp.CodeForbidden {
+				wantForbidden = 1
+			}
+			if f := d.Stats().Forbidden.Load(); f < wantForbidden || (wantForbidden == 0 && f != 0) {
+				t.Fatalf("forbidden counted %d", f)
+			}
+			if tc.want != 0 && e.calls.Load() != 0 {
+				t.Fatal("a refused request reached the engine")
+			}
+		})
+	}
+}
+
+// TestTokenBudget: a request is cut to what is left of the device's
+// budget; once spent, INFERs get RATE_LIMITED until the period ends.
+func TestTokenBudget(t *testing.T) {
+	e := &testEngine{}
+	d, addr := startDaemon(t, Config{Policy: Policy{Devices: map[string]DeviceRule{
+		"meter": {TokenBudget: 12, BudgetPeriod: 400 * time.Millisecond},
+	}}}, e)
+	c, err := hello(addr, device.Config{DeviceID: "meter"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	prompt := "one two three four five six seven eight"                    // "echo: " + 8 words = 9 tokens
+	if _, done, err := ask(t, c, prompt); err != nil || done.Tokens != 9 { // 3 left
+		t.Fatalf("first: %v %+v", err, done)
+	}
+	text, done, err := ask(t, c, prompt)
+	if err != nil || done.Tokens != 3 || done.Reason != sp.StopLength || text != "echo: one two " {
+		t.Fatalf("second, cut to the 3 tokens left: %v %+v %q", err, done, text)
+	}
+	if _, _, err := ask(t, c, prompt); errCode(err) != sp.CodeRateLimited {
+		t.Fatalf("third, budget spent: %v", err)
+	}
+	calls := e.calls.Load()
+	time.Sleep(450 * time.Millisecond) // a new period
+	if _, done, err := ask(t, c, prompt); err != nil || done.Tokens != 9 {
+		t.Fatalf("after the period: %v %+v", err, done)
+	}
+	if e.calls.Load() != calls+1 || d.Stats().RateLimited.Load() != 1 {
+		t.Fatalf("engine calls %d→%d, rate-limited %d", calls, e.calls.Load(), d.Stats().RateLimited.Load())
+	}
+}
+
+// TestPeerRateLimit: a source sending faster than its rate has the excess
+// dropped and counted, hears RATE_LIMITED at most once a second, and
+// another device is still served.
+func TestPeerRateLimit(t *testing.T) {
+	e := &testEngine{}
+	d, addr := startDaemon(t, Config{PeerRate: 50, PeerBurst: 20}, e)
+	flood := rawSession(t, addr, "flooder") // the HELLO took one token
+	ping := func(seq uint8) []byte {
+		b, _ := (&sp.Ping{}).AppendBody(nil)
+		raw, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdPing, Seq: seq, Data: b})
+		return raw
+	}
+	start := time.Now()
+	const sent = 500
+	for i := range sent {
+		_ = flood.Send(ping(uint8(i + 2)))
+		time.Sleep(50 * time.Microsecond) // paced so that the socket buffer drops nothing
+	}
+	elapsed := time.Since(start)
+	pongs, limited := 0, 0
+	for {
+		f, err := flood.Recv(time.Now().Add(200 * time.Millisecond))
+		if err != nil {
+			break
+		}
+		switch f.Cmd {
+		case sp.CmdPong:
+			pongs++
+		case sp.CmdError:
+			if sp.ErrorCode(f.Data[0]) == sp.CodeRateLimited {
+				limited++
+			}
+		}
+	}
+	allowed := 20 + int(50*elapsed.Seconds()) + 1
+	t.Logf("%d PINGs in %v: %d PONGs (at most %d allowed), %d RATE_LIMITED, %d counted", sent, elapsed, pongs, allowed, limited, d.Stats().RateLimited.Load())
+	if pongs > allowed || pongs < 15 || limited < 1 || limited > 1+int(elapsed.Seconds()) {
+		t.Fatalf("%d PONGs, %d RATE_LIMITED answers", pongs, limited)
+	}
+	if got := d.Stats().RateLimited.Load(); got != int64(sent-pongs) {
+		t.Fatalf("rate-limited counted %d, dropped %d", got, sent-pongs)
+	}
+	c := dial(t, addr, device.Config{DeviceID: "neighbour"})
+	if text, _, err := ask(t, c, "still there?"); err != nil || text != answerFor("still there?") {
+		t.Fatalf("neighbour: %q %v", text, err)
+	}
+}
+
+// TestPeerLimiterBounded: the limiter never tracks more than max sources.
+func TestPeerLimiterBounded(t *testing.T) {
+	l := peerLimiter{rate: 10, burst: 5, max: 100}
+	now := time.Now()
+	for i := range 10000 {
+		if ok, _ := l.allow(fmt.Sprintf("udp|10.0.%d.%d:1", i/256, i%256), now); !ok {
+			t.Fatalf("source %d refused on its first frame", i)
+		}
+		if len(l.peers) > 100 {
+			t.Fatalf("%d sources tracked", len(l.peers))
+		}
+	}
+}
+
+// TestEvictHalfOpenSessions: when the daemon is full, a session silent for
+// more than a heartbeat gives way to a new device; a busy one never does.
+func TestEvictHalfOpenSessions(t *testing.T) {
+	release := make(chan struct{})
+	e := &testEngine{release: release}
+	defer close(release)
+	d, addr := startDaemon(t, Config{MaxSessions: 3, Heartbeat: 150 * time.Millisecond}, e)
+	busy := rawSession(t, addr, "busy")
+	if err := busy.Send(rawInfer(t, 2, "hold on")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return d.Stats().Accepted.Load() == 1 })
+	rawSession(t, addr, "half-open-1")
+	rawSession(t, addr, "half-open-2")
+	if _, err := hello(addr, device.Config{DeviceID: "late"}); errCode(err) != sp.CodeBusy {
+		t.Fatalf("a fourth session while all are fresh: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond) // more than a heartbeat of silence
+	for i := range 2 {
+		if _, err := hello(addr, device.Config{DeviceID: fmt.Sprintf("newcomer-%d", i)}); err != nil {
+			t.Fatalf("newcomer %d: %v", i, err)
+		}
+	}
+	if _, err := hello(addr, device.Config{DeviceID: "third"}); errCode(err) != sp.CodeBusy {
+		t.Fatalf("only the busy session is left to evict, and it must stay: %v", err)
+	}
+	if d.Stats().Evicted.Load() != 2 || d.Stats().Sessions.Load() != 3 {
+		t.Fatalf("evicted %d, sessions %d", d.Stats().Evicted.Load(), d.Stats().Sessions.Load())
+	}
+}
+
+// TestAuthCountersByReason: unsigned, wrongly signed, replayed and stale
+// frames in a signed session are each refused and counted under their
+// reason; the key never reaches the logs.
+func TestAuthCountersByReason(t *testing.T) {
+	key := testKey(t, 0x3C)
+	var logs syncBuf
+	e := &testEngine{}
+	d, addr := startDaemonLogging(t, Config{Keys: map[string]sp.Key{"signer": key}}, e,
+		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	rec := &capture{Transport: tr}
+	c := device.New(rec, device.Config{DeviceID: "signer", Key: key})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	firstPing := rec.sent[len(rec.sent)-1]
+	rec.mu.Unlock()
+	st := d.Stats()
+	check := func(what string, counter interface{ Load() int64 }, send func()) {
+		t.Helper()
+		before, total := counter.Load(), st.AuthFailures.Load()
+		send()
+		waitFor(t, func() bool { return counter.Load() == before+1 && st.AuthFailures.Load() == total+1 })
+	}
+	check("replayed", &st.AuthReplay, func() { _ = tr.Send(firstPing) })
+	check("unsigned", &st.AuthUnsigned, func() {
+		raw, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdPing, Seq: 200})
+		_ = tr.Send(raw)
+	})
+	check("forged", &st.AuthBadTag, func() {
+		// A sound frame (its CRC recomputed) whose tag is wrong.
+		g, _ := sp.Decode(firstPing)
+		data := append([]byte(nil), g.Data...)
+		data[len(data)-1] ^= 0xFF
+		g.Data = data
+		raw, _ := sp.AppendFrame(nil, g)
+		_ = tr.Send(raw)
+	})
+	for range 70 { // slide the replay window past the first PING
+		if _, err := c.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("stale", &st.AuthStale, func() { _ = tr.Send(firstPing) })
+	// Still served with the right key.
+	var text strings.Builder
+	if _, err := c.Ask(ctx, &sp.Infer{Prompt: "signed"}, func(b []byte) error { text.Write(b); return nil }); err != nil || text.String() != answerFor("signed") {
+		t.Fatalf("after the attacks: %q %v", text.String(), err)
+	}
+	if strings.Contains(strings.ToLower(logs.String()), "3c3c3c3c") || strings.Contains(logs.String(), "<<<<") {
+		t.Fatal("the key appears in the logs")
+	}
+	if !strings.Contains(logs.String(), "frame rejected") {
+		t.Fatal("rejections were not logged at all: the log check above proves nothing")
+	}
+}
