@@ -450,6 +450,8 @@ func (d *Daemon) status() *sp.StatusReply {
 		state = sp.StateDraining
 	} else if err := d.backend.Healthy(d.linkCtx); err != nil {
 		state = sp.StateUnavailable
+	} else if dg, ok := d.backend.(interface{ Degraded() bool }); ok && dg.Degraded() {
+		state = sp.StateDegraded // serving, on a fallback engine or with an Ollama endpoint down
 	}
 	running := len(d.slots)
 	queued := max(int(d.admitted.Load())-running, 0)

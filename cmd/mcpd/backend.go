@@ -3,44 +3,166 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
-// checkBackend validates the backend settings without starting anything.
-// "auto" is the in-process llama.cpp engine today; the Ollama backend and
-// GPU-aware selection come with issue 5.
-func checkBackend(cfg config) error {
-	switch cfg.Backend {
-	case "auto", "native":
-		if cfg.Model == "" {
-			return errors.New("model: the native engine needs a GGUF file (make models writes a small one to testdata/models/tiny.gguf)")
-		}
-		if _, err := gguf.ValidateFile(cfg.Model); err != nil {
-			return fmt.Errorf("model: %w", err)
-		}
-		return nil
-	case "ollama":
-		return errors.New("backend ollama: not in this build yet (the Ollama backend is issue 5); use native")
-	}
-	return fmt.Errorf("backend %q: want auto, native or ollama", cfg.Backend)
+// ollamaSection is the [ollama] table (docs/backends.md).
+type ollamaSection struct {
+	// Endpoints are Ollama base URLs (default http://127.0.0.1:11434).
+	Endpoints []string `toml:"endpoints"`
+	// Model is the Ollama model name. With backend = "ollama" and no
+	// [ollama] model, the top-level model is the Ollama name.
+	Model string `toml:"model"`
+	// KeepAlive: how long Ollama keeps the model loaded after a request;
+	// "-1s" forever, "0s" unload at once; unset: Ollama's default (5m).
+	KeepAlive         *duration `toml:"keep_alive"`
+	ConnectTimeout    duration  `toml:"connect_timeout"`
+	FirstTokenTimeout duration  `toml:"first_token_timeout"`
+	TokenTimeout      duration  `toml:"token_timeout"`
+	TotalTimeout      duration  `toml:"total_timeout"`
+	Retries           int       `toml:"retries"` // 0: the default (2); -1: none
+	BreakerFailures   int       `toml:"breaker_failures"`
+	BreakerCooldown   duration  `toml:"breaker_cooldown"`
+	ProbeInterval     duration  `toml:"probe_interval"`
 }
 
-// openBackend starts the engine; call checkBackend first.
+// loadBackendEnv applies MCPD_OLLAMA_URL (comma-separated),
+// MCPD_OLLAMA_MODEL, MCPD_OLLAMA_KEEP_ALIVE and MCPD_FALLBACK.
+func (c *config) loadBackendEnv(getenv func(string) string) error {
+	if v := getenv("MCPD_OLLAMA_URL"); v != "" {
+		c.Ollama.Endpoints = strings.Split(v, ",")
+	}
+	if v := getenv("MCPD_OLLAMA_MODEL"); v != "" {
+		c.Ollama.Model = v
+	}
+	if v := getenv("MCPD_FALLBACK"); v != "" {
+		c.Fallback = strings.Split(v, ",")
+	}
+	if v := getenv("MCPD_OLLAMA_KEEP_ALIVE"); v != "" {
+		var d duration
+		if err := d.UnmarshalText([]byte(v)); err != nil {
+			return fmt.Errorf("MCPD_OLLAMA_KEEP_ALIVE=%q: %w", v, err)
+		}
+		c.Ollama.KeepAlive = &d
+	}
+	return nil
+}
+
+// backendFlags registers the engine-selection flags on fs; the returned
+// function applies those given on the command line to cfg.
+func backendFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
+	var urls multiFlag
+	fs.Var(&urls, "ollama-url", "Ollama endpoint URL (repeatable; default http://127.0.0.1:11434)")
+	model := fs.String("ollama-model", "", "Ollama model name (with --backend ollama, --model also names it)")
+	keep := fs.Duration("keep-alive", 0, "how long Ollama keeps the model loaded after a request (-1s forever, 0s unload at once)")
+	fallback := fs.String("fallback", "", "engines tried, in order, when the chosen one fails before the first token (comma-separated: native, ollama)")
+	return func(cfg *config, set map[string]bool) {
+		if set["ollama-url"] {
+			cfg.Ollama.Endpoints = urls
+		}
+		if set["ollama-model"] {
+			cfg.Ollama.Model = *model
+		}
+		if set["keep-alive"] {
+			cfg.Ollama.KeepAlive = &duration{*keep}
+		}
+		if set["fallback"] {
+			cfg.Fallback = strings.Split(*fallback, ",")
+		}
+	}
+}
+
+// ollamaModel is the Ollama model name, "" when Ollama is not configured.
+func (c *config) ollamaModel() string {
+	if c.Ollama.Model != "" {
+		return c.Ollama.Model
+	}
+	if c.Backend == "ollama" {
+		return c.Model
+	}
+	return ""
+}
+
+// ggufPath is the native engine's model file, "" when there is none.
+func (c *config) ggufPath() string {
+	if c.Backend == "ollama" && c.Ollama.Model == "" {
+		return "" // the top-level model names the Ollama model
+	}
+	return c.Model
+}
+
+// checkBackend validates the backend settings without starting anything
+// (no file is loaded, no network contacted).
+func checkBackend(cfg config) error {
+	policy, err := backends.ParsePolicy(cfg.Backend)
+	if err != nil {
+		return err
+	}
+	engines := map[backends.Policy]bool{policy: true}
+	for _, f := range cfg.Fallback {
+		p, err := backends.ParsePolicy(strings.TrimSpace(f))
+		if err != nil || p == backends.PolicyAuto {
+			return fmt.Errorf("fallback %q: want native or ollama", f)
+		}
+		engines[p] = true
+	}
+	for _, e := range cfg.Ollama.Endpoints {
+		if u, err := url.Parse(e); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("ollama endpoint %q: want http://host:port", e)
+		}
+	}
+	needNative := policy == backends.PolicyNative || (policy == backends.PolicyAuto && (cfg.ggufPath() != "" || cfg.ollamaModel() == ""))
+	if needNative || engines[backends.PolicyNative] {
+		if cfg.ggufPath() == "" {
+			return errors.New("model: the native engine needs a GGUF file (make models writes a small one to testdata/models/tiny.gguf)")
+		}
+		if _, err := gguf.ValidateFile(cfg.ggufPath()); err != nil {
+			return fmt.Errorf("model: %w", err)
+		}
+	}
+	if engines[backends.PolicyOllama] && cfg.ollamaModel() == "" {
+		return errors.New("backend ollama: no model (set --model or [ollama] model to an Ollama model name, e.g. llama3.2:1b)")
+	}
+	return nil
+}
+
+// openBackend starts the engines and the selection between them; call
+// checkBackend first.
 func openBackend(ctx context.Context, cfg config, log *slog.Logger) (backends.Backend, error) {
-	switch cfg.Backend {
-	case "auto", "native":
-		log.Info("loading model", "path", cfg.Model)
-		return backends.NewLlama(ctx, backends.LlamaConfig{
-			ModelPath:       cfg.Model,
+	oc := backends.OpenConfig{Policy: backends.Policy(cfg.Backend), Logger: log}
+	for _, f := range cfg.Fallback {
+		oc.Fallback = append(oc.Fallback, backends.Policy(strings.TrimSpace(f)))
+	}
+	if path := cfg.ggufPath(); path != "" {
+		log.Info("native engine model", "path", path)
+		oc.Native = &backends.LlamaConfig{
+			ModelPath:       path,
 			Threads:         cfg.Engine.Threads,
 			SequenceContext: cfg.Engine.ContextSize,
 			Parallel:        max(cfg.Limits.MaxConcurrent, 0),
 			Logger:          log,
-		})
+		}
 	}
-	return nil, checkBackend(cfg)
+	if m := cfg.ollamaModel(); m != "" {
+		o := cfg.Ollama
+		oc.Ollama = &backends.OllamaConfig{
+			Endpoints: o.Endpoints, Model: m,
+			ConnectTimeout: o.ConnectTimeout.Duration, FirstTokenTimeout: o.FirstTokenTimeout.Duration,
+			TokenTimeout: o.TokenTimeout.Duration, TotalTimeout: o.TotalTimeout.Duration,
+			Retries: o.Retries, BreakerFailures: o.BreakerFailures, BreakerCooldown: o.BreakerCooldown.Duration,
+			ProbeInterval: o.ProbeInterval.Duration, Logger: log,
+		}
+		if o.KeepAlive != nil {
+			k := o.KeepAlive.Duration
+			oc.Ollama.KeepAlive = &k
+		}
+	}
+	return backends.Open(ctx, oc)
 }

@@ -25,7 +25,11 @@ type config struct {
 	Backend   string   `toml:"backend"`
 	Model     string   `toml:"model"`
 	LogLevel  string   `toml:"log_level"`
-	Engine    struct {
+	// Fallback lists engines ("native", "ollama") tried after the
+	// backend's own when it fails before the first token.
+	Fallback []string      `toml:"fallback"`
+	Ollama   ollamaSection `toml:"ollama"`
+	Engine   struct {
 		Threads     int `toml:"threads"`
 		ContextSize int `toml:"context_size"`
 	} `toml:"engine"`
@@ -122,6 +126,7 @@ func (c *config) loadEnv(getenv func(string) string) error {
 	str("MCPD_LOG_LEVEL", &c.LogLevel)
 	str("MCPD_HTTP_LISTEN", &c.HTTP.Listen)
 	return errors.Join(
+		c.loadBackendEnv(getenv),
 		num("MCPD_THREADS", &c.Engine.Threads),
 		num("MCPD_MAX_CONCURRENT", &c.Limits.MaxConcurrent),
 		num("MCPD_MAX_QUEUE", &c.Limits.MaxQueue),

@@ -49,7 +49,8 @@ Configuration, later sources winning: built-in defaults; the TOML file
 (--config, or %s if it exists); MCPD_* environment variables
 (MCPD_LISTEN_UDP and MCPD_SERIAL comma-separated, MCPD_BACKEND, MCPD_MODEL,
 MCPD_LOG_LEVEL, MCPD_HTTP_LISTEN, MCPD_THREADS, MCPD_MAX_CONCURRENT, MCPD_MAX_QUEUE,
-MCPD_MAX_SESSIONS); then these flags. With no link configured it listens on
+MCPD_MAX_SESSIONS, MCPD_OLLAMA_URL comma-separated, MCPD_OLLAMA_MODEL,
+MCPD_OLLAMA_KEEP_ALIVE, MCPD_FALLBACK); then these flags. With no link configured it listens on
 UDP 127.0.0.1:7700 only; all interfaces is an explicit --listen-udp :7700.
 
 Flags:
@@ -64,6 +65,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs.Var(&udp, "listen-udp", "UDP address to listen on (repeatable)")
 	fs.Var(&ser, "serial", "serial port PATH[:BAUD[:8N1]] (repeatable; globs like /dev/ttyUSB* pick up devices plugged in later)")
 	backend := fs.String("backend", "auto", "inference engine: auto, native (in-process llama.cpp) or ollama")
+	applyBackendFlags := backendFlags(fs)
 	model := fs.String("model", "", "GGUF file (native) or model name (ollama)")
 	threads := fs.Int("threads", 0, "CPU threads for the native engine (default: all cores)")
 	ctxSize := fs.Int("ctx", 0, "context size per request in tokens (default: the model's, at most 2048)")
@@ -107,6 +109,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	apply("listen-udp", func() { cfg.ListenUDP = udp })
 	apply("serial", func() { cfg.Serial = ser })
 	apply("backend", func() { cfg.Backend = *backend })
+	applyBackendFlags(&cfg, set)
 	apply("model", func() { cfg.Model = *model })
 	apply("log-level", func() { cfg.LogLevel = *logLevel })
 	apply("http", func() { cfg.HTTP.Listen = *httpListen })

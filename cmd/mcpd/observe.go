@@ -68,18 +68,29 @@ func (o *observability) serve(ctx context.Context, d *daemon.Daemon, cfg config,
 }
 
 // backendReporter describes the engine for /status and the metrics: the
-// one configured, and — for an engine with endpoints behind circuit
-// breakers (Ollama) — each endpoint's breaker and requests in flight.
+// engine chosen and why, and — for Ollama's endpoints behind circuit
+// breakers — each endpoint's breaker and requests in flight.
 func backendReporter(cfg config, b backends.Backend) telemetry.BackendReporter {
+	type selection interface {
+		Status() backends.SelectionStatus
+	}
 	type endpoints interface {
 		Endpoints() []backends.EndpointStatus
 	}
 	return func() telemetry.BackendInfo {
 		info := telemetry.BackendInfo{Chosen: b.Name(), Reason: "configured: backend = " + cfg.Backend}
-		if e, ok := b.(endpoints); ok {
+		var eps []backends.EndpointStatus
+		switch e := b.(type) {
+		case selection:
+			st := e.Status()
+			info.Chosen, info.Reason, eps = st.Chosen, st.Reason, st.Endpoints
+		case endpoints:
+			eps = e.Endpoints()
+		}
+		if len(eps) > 0 {
 			info.Breakers, info.InFlight = map[string]string{}, map[string]int{}
-			for _, ep := range e.Endpoints() {
-				key := b.Name() + "@" + ep.URL
+			for _, ep := range eps {
+				key := "ollama@" + ep.URL
 				info.Breakers[key], info.InFlight[key] = ep.Breaker, int(ep.InFlight)
 			}
 		}

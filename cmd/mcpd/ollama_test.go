@@ -1,0 +1,230 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/internal/ollamatest"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// countingTransport counts the frames a device receives, by command and
+// request seq.
+type countingTransport struct {
+	device.Transport
+	mu     sync.Mutex
+	errors map[uint8]int // ERROR frames by seq
+}
+
+func (c *countingTransport) Recv(deadline time.Time) (sp.Frame, error) {
+	f, err := c.Transport.Recv(deadline)
+	if err == nil && f.Cmd == sp.CmdError {
+		c.mu.Lock()
+		c.errors[f.Seq]++
+		c.mu.Unlock()
+	}
+	return f, err
+}
+
+func (c *countingTransport) totalErrors() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range c.errors {
+		n += k
+	}
+	return n
+}
+
+// TestEndToEndOllama runs the real daemon command with Ollama first and
+// the in-process engine as fallback, and a device over UDP: Ollama's
+// answer arrives as Ollama streamed it; a failure before the first token
+// is invisible (the native engine answers); a cut after tokens gives the
+// device those tokens and exactly one ERROR; with Ollama down STATUS says
+// DEGRADED and names the engine in use.
+func TestEndToEndOllama(t *testing.T) {
+	model := tinyModel(t)
+	srv, err := ollamatest.New(ollamatest.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	const prompt = "Which bed needs water?"
+	opts := backends.Options{MaxTokens: 16, TemperatureSet: true}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	direct, err := backends.NewLlama(ctx, backends.LlamaConfig{ModelPath: model, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nativeAnswer bytes.Buffer
+	if _, err := direct.Generate(ctx, backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}}, Options: opts},
+		func(b []byte) error { nativeAnswer.Write(b); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	direct.Close()
+
+	conf := filepath.Join(t.TempDir(), "mcpd.toml")
+	if err := os.WriteFile(conf, []byte(`backend = "ollama"
+fallback = ["native"]
+model = "`+model+`"
+[engine]
+threads = 1
+[ollama]
+endpoints = ["`+srv.URL()+`"]
+model = "tiny"
+keep_alive = "30m"
+retries = -1
+first_token_timeout = "500ms"
+breaker_failures = 1
+breaker_cooldown = "1h"
+probe_interval = "100ms"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := "127.0.0.1:" + freePort(t)
+	var logs syncBuffer
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- run(dctx, []string{"--config", conf, "--listen-udp", addr, "--http", "off", "--log-level", "debug"}, noEnv, &logs, &logs)
+	}()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("mcpd: %v\n%s", err, logs.String())
+		}
+	}()
+	udp, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	tr := &countingTransport{Transport: udp, errors: map[uint8]int{}}
+	c := device.New(tr, device.Config{DeviceID: "e2e-ollama", MaxData: 48, Window: 2})
+	for ctx.Err() == nil {
+		hctx, hcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		err = c.Hello(hctx)
+		hcancel()
+		if err == nil {
+			break
+		}
+	}
+	ask := func() (string, *sp.Done, error) {
+		var got bytes.Buffer
+		m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: 16, Prompt: prompt}
+		d, err := c.Ask(ctx, m, func(b []byte) error { got.Write(b); return nil })
+		return got.String(), d, err
+	}
+
+	text, d, err := ask()
+	ollamaAnswer := strings.Join(ollamatest.DefaultTokens, "")
+	if err != nil || text != ollamaAnswer || d.Tokens != uint32(len(ollamatest.DefaultTokens)) || d.PromptTokens != 12 {
+		t.Fatalf("via Ollama: %q, DONE %+v, %v; want %q\n%s", text, d, err, ollamaAnswer, logs.String())
+	}
+	if r := srv.Requests()[0]; r.KeepAlive == nil || r.KeepAlive.Duration != 30*time.Minute || r.Options["num_predict"] != float64(16) {
+		t.Fatalf("Ollama saw %+v", r)
+	}
+	st, err := c.Status(ctx)
+	if err != nil || st.State != sp.StateReady || st.Backend != "ollama" || st.Model != "tiny" {
+		t.Fatalf("STATUS %+v, %v", st, err)
+	}
+
+	// Ollama stalls before its first token: the native engine answers and
+	// the device cannot tell.
+	srv.FailNext(ollamatest.StallBeforeFirst)
+	text, d, err = ask()
+	if err != nil || text != nativeAnswer.String() || d.Tokens != 16 {
+		t.Fatalf("failover: %q, DONE %+v, %v; want the native answer %q\n%s", text, d, err, nativeAnswer.String(), logs.String())
+	}
+
+	// The breaker opened on that failure (threshold 1, no cool-down in this
+	// test): STATUS shows the fallback serving, DEGRADED.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err = c.Status(ctx)
+		if err == nil && st.State == sp.StateDegraded && st.Backend == "llama.cpp" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("STATUS %+v, %v; want DEGRADED on llama.cpp\n%s", st, err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "backend selected") || !strings.Contains(logs.String(), "ollama unhealthy") {
+		t.Fatalf("the new choice and its reason are not logged:\n%s", logs.String())
+	}
+}
+
+// TestEndToEndOllamaCut: a stream cut after tokens reached the device ends
+// in those tokens and exactly one ERROR, BACKEND_FAILED — never a DONE.
+func TestEndToEndOllamaCut(t *testing.T) {
+	srv, err := ollamatest.New(ollamatest.Config{CutAfter: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	addr := "127.0.0.1:" + freePort(t)
+	var logs syncBuffer
+	dctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	env := map[string]string{"MCPD_OLLAMA_URL": srv.URL(), "MCPD_OLLAMA_MODEL": "tiny"}
+	go func() {
+		done <- run(dctx, []string{"--backend", "ollama", "--listen-udp", addr, "--http", "off"}, func(k string) string { return env[k] }, &logs, &logs)
+	}()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("mcpd: %v\n%s", err, logs.String())
+		}
+	}()
+	udp, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	tr := &countingTransport{Transport: udp, errors: map[uint8]int{}}
+	c := device.New(tr, device.Config{DeviceID: "e2e-cut", MaxData: 48, Window: 4})
+	for ctx.Err() == nil {
+		hctx, hcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		err = c.Hello(hctx)
+		hcancel()
+		if err == nil {
+			break
+		}
+	}
+	srv.FailNext(ollamatest.CutMidStream)
+	var got bytes.Buffer
+	d, err := c.Ask(ctx, &sp.Infer{Prompt: "hi"}, func(b []byte) error { got.Write(b); return nil })
+	var e *sp.Error
+	if !errors.As(err, &e) || e.Code != sp.CodeBackendFailed || d != nil {
+		t.Fatalf("DONE %+v, err %v; want ERROR BACKEND_FAILED\n%s", d, err, logs.String())
+	}
+	if want := strings.Join(ollamatest.DefaultTokens[:3], ""); got.String() != want {
+		t.Fatalf("device got %q, want the %q streamed before the cut", got.String(), want)
+	}
+	// One more exchange: a second ERROR for that request would arrive now.
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := tr.totalErrors(); n != 1 {
+		t.Fatalf("%d ERROR frames for the request, want exactly 1", n)
+	}
+	// The next request is answered in full (a cut is not an outage).
+	got.Reset()
+	if _, err := c.Ask(ctx, &sp.Infer{Prompt: "again"}, func(b []byte) error { got.Write(b); return nil }); err != nil || got.String() != strings.Join(ollamatest.DefaultTokens, "") {
+		t.Fatalf("%q, %v", got.String(), err)
+	}
+}
