@@ -80,9 +80,6 @@ func BenchmarkDaemonRequest(b *testing.B) {
 }
 
 func startBenchDaemon(b *testing.B, cfg Config, e *testEngine) (*Daemon, string) {
-	if cfg.PeerRate == 0 {
-		cfg.PeerRate = -1 // one client sends far above a device's rate: measure the pipeline, not the limiter
-	}
 	d, err := New(cfg, e, nil)
 	if err != nil {
 		b.Fatal(err)

@@ -26,8 +26,9 @@ type Config struct {
 	// device must sign every frame, and so does the daemon (§9).
 	Keys map[string]sp.Key
 	// Per-source rate limit on UDP (guard.go): PeerRate frames a second on
-	// average, PeerBurst at once; negative PeerRate: no limit. MaxPeers
-	// bounds the sources tracked.
+	// average, PeerBurst at once; 0: no limit (the default: a benchmark on
+	// loopback sends far faster than a device). MaxPeers bounds the
+	// sources tracked.
 	PeerRate  float64
 	PeerBurst int
 	MaxPeers  int
@@ -60,13 +61,8 @@ func (c Config) WithDefaults() Config {
 	def(&c.DefaultMaxTokens, 128)
 	def(&c.MaxPendingPerPeer, 2)
 	def(&c.MaxPerSession, 4)
-	switch {
-	case c.PeerRate == 0:
-		c.PeerRate = 1000
-	case c.PeerRate < 0:
-		c.PeerRate = 0 // unlimited
-	}
-	def(&c.PeerBurst, 512) // a 255-fragment INFER, sent twice
+	c.PeerRate = max(c.PeerRate, 0) // 0 or negative: no limit
+	def(&c.PeerBurst, 512)          // a 255-fragment INFER, sent twice
 	def(&c.MaxPeers, 4096)
 	defDur(&c.Heartbeat, 5*time.Second)
 	defDur(&c.RequestTimeout, 2*time.Minute)

@@ -242,6 +242,11 @@ func TestAuthCountersByReason(t *testing.T) {
 		waitFor(t, func() bool { return counter.Load() == before+1 && st.AuthFailures.Load() == total+1 })
 	}
 	check("replayed", &st.AuthReplay, func() { _ = tr.Send(firstPing) })
+	// A replay is a copy of a frame already taken (UDP duplicates): no
+	// AUTH_FAILED for it, which would make a device drop a good request.
+	if f, err := tr.Recv(time.Now().Add(300 * time.Millisecond)); err == nil {
+		t.Fatalf("the daemon answered a replayed frame with %v", f.Cmd)
+	}
 	check("unsigned", &st.AuthUnsigned, func() {
 		raw, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdPing, Seq: 200})
 		_ = tr.Send(raw)

@@ -74,7 +74,10 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq
 
 // open checks a frame's signature in a signed session and strips it; in an
 // unsigned session it refuses signed frames. Failures are counted and
-// answered with AUTH_FAILED at most once a second.
+// answered with AUTH_FAILED at most once a second — except replayed and
+// stale frames: their tag is right, so they are copies of frames already
+// taken (UDP duplicates them), and an answer would only make the device
+// abandon a request that is fine.
 func (s *session) open(f sp.Frame) (sp.Frame, bool) {
 	var err error
 	s.mu.Lock()
@@ -84,7 +87,8 @@ func (s *session) open(f sp.Frame) (sp.Frame, bool) {
 	case f.Flags&sp.FlagSigned != 0:
 		err = sp.ErrBadTag // no key: a signature can't be right
 	}
-	answer := err != nil && time.Since(s.lastAuthErr) >= time.Second
+	copied := errors.Is(err, sp.ErrReplay) || errors.Is(err, sp.ErrStale)
+	answer := err != nil && !copied && time.Since(s.lastAuthErr) >= time.Second
 	if answer {
 		s.lastAuthErr = time.Now()
 	}

@@ -49,7 +49,7 @@ type config struct {
 		Heartbeat      duration `toml:"heartbeat"`
 		RequestTimeout duration `toml:"request_timeout"`
 		// Hostile peers (docs/reliability.md, cmd/mcpd/guard.go).
-		PeerRate      float64 `toml:"peer_rate"`      // frames/s per UDP source; negative: no limit
+		PeerRate      float64 `toml:"peer_rate"`      // frames/s per UDP source; 0: no limit
 		PeerBurst     int     `toml:"peer_burst"`     // frames at once above the rate
 		MaxPeers      int     `toml:"max_peers"`      // UDP sources the rate limiter tracks
 		MaxPerDevice  int     `toml:"max_per_device"` // requests one device may have queued or running

@@ -55,6 +55,20 @@ type Client struct {
 	// created from the WELCOME's daemon nonce.
 	signer   *sp.Signer
 	verifier *sp.Verifier
+
+	// finished are the last answer streams that ended: each request's seq
+	// and the ACK that acknowledged its final chunk, repeated should the
+	// daemon retransmit that chunk after we moved on (our ACK was lost).
+	// As many as the daemon remembers requests (docs/daemon.md): on a fast
+	// link many requests end within one of the daemon's RTOs.
+	finished [32]finishedStream
+	nfin     int
+}
+
+type finishedStream struct {
+	valid bool
+	seq   uint8
+	next  uint16
 }
 
 func (c *Client) signing() bool { return !c.cfg.Key.IsZero() }
@@ -187,7 +201,8 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			continue
 		}
 		if f.Seq != seq {
-			continue // a late answer to an earlier request
+			c.reackFinished(f) // a late answer to an earlier request
+			continue
 		}
 		heard = time.Now()
 		if c.verifier != nil {
@@ -405,6 +420,7 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 			}
 			next++
 			done = msg
+			c.finish(seq, next)
 			return true, ack()
 		case *sp.Error:
 			if msg.Stream() {
@@ -412,6 +428,7 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 					return false, ack()
 				}
 				next++
+				c.finish(seq, next)
 				_ = ack()
 				return true, msg
 			}
@@ -463,6 +480,40 @@ func (c *Client) cancel(seq uint8, next uint16) {
 		}
 		return false, nil
 	}, nil)
+}
+
+func (c *Client) finish(seq uint8, next uint16) {
+	c.finished[c.nfin%len(c.finished)] = finishedStream{valid: true, seq: seq, next: next}
+	c.nfin++
+}
+
+// reackFinished answers a chunk of the last finished stream with that
+// stream's final ACK again (§8.2: a duplicate chunk is acknowledged again).
+// Without it a daemon whose final ACK was lost retransmits the final chunk
+// until it gives up, holding one of the device's request places meanwhile.
+func (c *Client) reackFinished(f sp.Frame) {
+	var fin *finishedStream
+	for i := range c.finished { // the newest with this seq
+		e := &c.finished[(c.nfin-1-i+2*len(c.finished))%len(c.finished)]
+		if e.valid && e.seq == f.Seq {
+			fin = e
+			break
+		}
+	}
+	if fin == nil {
+		return
+	}
+	switch f.Cmd {
+	case sp.CmdToken, sp.CmdDone, sp.CmdError:
+	default:
+		return
+	}
+	if c.verifier != nil {
+		if _, _, _, err := c.verifier.Verify(f); err != nil {
+			return
+		}
+	}
+	_ = c.sendMsg(f.Seq, &sp.Ack{Next: fin.next, Window: c.cfg.Window})
 }
 
 // Bye closes the session.
