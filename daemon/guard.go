@@ -245,21 +245,32 @@ func (d *Daemon) allowPeer(p Peer, seq uint8) bool {
 	return ok
 }
 
-// evictIdle makes room for a new session when the daemon is full: the
-// session silent for longest goes, if it has been silent for more than a
-// heartbeat (a device must send at least that often, §10) and runs no
-// request. Half-open sessions — a HELLO and nothing after — are the usual
-// victims. Called with d.mu held; the caller cancels the returned session
-// once d.mu is released.
+// evictIdle makes room for a new session when the daemon is full. First
+// choice: the session silent for longest, if it has been silent for more
+// than a heartbeat (a device must send at least that often, §10) and runs
+// no request. Second: the oldest half-open session — one that never had a
+// request accepted (a HELLO and nothing after, or fragments that never
+// made a message) — so that a flood of HELLOs churns through its own
+// sessions and not through the devices that are using theirs. Called with
+// d.mu held; the caller cancels the returned session once d.mu is
+// released.
 func (d *Daemon) evictIdle(now time.Time) *session {
-	var victim *session
+	var silent, halfOpen *session
 	for _, s := range d.sessions {
-		if now.Sub(s.lastSeen()) <= d.cfg.Heartbeat || s.busy() {
+		busy, used := s.usage()
+		if busy {
 			continue
 		}
-		if victim == nil || s.lastSeen().Before(victim.lastSeen()) {
-			victim = s
+		if now.Sub(s.lastSeen()) > d.cfg.Heartbeat && (silent == nil || s.lastSeen().Before(silent.lastSeen())) {
+			silent = s
 		}
+		if !used && (halfOpen == nil || s.opened.Before(halfOpen.opened)) {
+			halfOpen = s
+		}
+	}
+	victim := silent
+	if victim == nil {
+		victim = halfOpen
 	}
 	if victim == nil {
 		return nil
@@ -273,11 +284,12 @@ func (d *Daemon) evictIdle(now time.Time) *session {
 	return victim
 }
 
-// busy reports whether the session has a request running or streaming.
-func (s *session) busy() bool {
+// usage reports whether the session has a request running or streaming,
+// and whether it ever had one accepted.
+func (s *session) usage() (busy, used bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.active > 0
+	return s.active > 0, len(s.order) > 0
 }
 
 // applyPolicy checks an INFER against the device's rule, refusing it

@@ -33,6 +33,7 @@ type session struct {
 	seal        *sealer      // signs what we send when the device has a key
 	verifier    *sp.Verifier // checks what it sends; nil in an unsigned session
 	lastAuthErr time.Time    // AUTH_FAILED answers are rate-limited (§9.2)
+	opened      time.Time    // for eviction of half-open sessions (guard.go)
 
 	mu       sync.Mutex
 	reasm    *sp.Reassembler
@@ -69,6 +70,7 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq
 		s.seal = &sealer{signer: signer}
 	}
 	s.touch()
+	s.opened = time.Now()
 	return s, nil
 }
 

@@ -39,7 +39,7 @@ type Row struct {
 	Retransmits int64 // stream chunks the daemon sent again
 	TTFT        []time.Duration
 	Codes       map[sp.ErrorCode]int // the ERRORs by code
-	BusyRetries int                  // refusals (BUSY, RATE_LIMITED) retried after a back-off
+	BusyRetries int                  // refusals (BUSY, RATE_LIMITED, NO_SESSION) retried
 	Note        string
 }
 
@@ -172,6 +172,17 @@ func Ask(ctx context.Context, c *device.Client, m *sp.Infer, retries *int) (stri
 			return nil
 		})
 		var perr *sp.Error
+		if attempt < 5 && text.Len() == 0 && errors.As(err, &perr) && perr.Code == sp.CodeNoSession {
+			// The daemon forgot the session (evicted, expired): HELLO again
+			// and repeat the request, which it never accepted.
+			if retries != nil {
+				*retries++
+			}
+			if err := c.Hello(ctx); err != nil {
+				return "", 0, err
+			}
+			continue
+		}
 		if attempt < 5 && text.Len() == 0 && errors.As(err, &perr) && (perr.Code == sp.CodeBusy || perr.Code == sp.CodeRateLimited) {
 			if retries != nil {
 				*retries++

@@ -159,18 +159,34 @@ func record(t *testing.T, r Row) {
 // after another until the scenario's time is up (or max requests each).
 // want gives the engine's answer to a prompt.
 func devices(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, infer func(prompt string) *sp.Infer, want func(string) string) Row {
+	return devicesThen(t, addr, n, max, cfg, infer, want, 0, nil)
+}
+
+// devicesThen is devices with a pause between one device's requests, as a
+// microcontroller has between readings, calling connected (when not nil)
+// once every device has its session and before any asks.
+func devicesThen(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, infer func(prompt string) *sp.Infer, want func(string) string, pause time.Duration, connected func()) Row {
 	t.Helper()
-	until := time.Now().Add(duration(t))
 	var (
-		mu  sync.Mutex
-		row Row
-		wg  sync.WaitGroup
+		mu    sync.Mutex
+		row   Row
+		wg    sync.WaitGroup
+		hello sync.WaitGroup
+		until time.Time
+		start time.Time
 	)
-	start := time.Now()
+	ready := make(chan struct{})
+	hello.Add(n)
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			said := false
+			defer func() {
+				if !said {
+					hello.Done()
+				}
+			}()
 			var mine Row
 			defer func() { mu.Lock(); row.Add(mine); mu.Unlock() }()
 			tr, err := device.DialUDP(addr.String())
@@ -188,6 +204,9 @@ func devices(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, i
 				t.Errorf("device %d: HELLO: %v", i, err)
 				return
 			}
+			said = true
+			hello.Done()
+			<-ready
 			for k := 0; k < max && time.Now().Before(until); k++ {
 				prompt := fmt.Sprintf("device %d request %d: soil 31 %% air 24.5 C", i, k)
 				text, ttft, err := Ask(ctx, c, infer(prompt), &mine.BusyRetries)
@@ -196,9 +215,17 @@ func devices(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, i
 					t.Logf("device %d request %d: %v", i, k, err)
 					_ = c.Hello(ctx) // the session may be gone: start over
 				}
+				time.Sleep(pause)
 			}
 		}()
 	}
+	hello.Wait()
+	if connected != nil {
+		connected()
+	}
+	start = time.Now()
+	until = start.Add(duration(t))
+	close(ready)
 	wg.Wait()
 	row.Elapsed = time.Since(start)
 	return row
