@@ -26,7 +26,7 @@ export CGO_CFLAGS := $(NATIVE_CFLAGS)
 export CGO_CXXFLAGS := $(NATIVE_CFLAGS)
 export GO
 
-.PHONY: all build run test test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models ctest cfuzz footprint
+.PHONY: all build run test test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models ctest cfuzz footprint soak
 
 all: build
 
@@ -109,6 +109,18 @@ models: ## write the generated models (tiny, 135M Q8_0) into $(MODELS)
 bench-native: native-headers models ## llama.cpp engine benchmarks on the 135M Q8_0 model, 2 threads
 	MCPD_BENCH_MODEL=$(abspath $(MODELS)/bench-135m-q8_0.gguf) MCPD_BENCH_THREADS=2 \
 	  $(GO) test -run '^$$' -bench 'Native' -benchtime $(BENCHTIME) -count 1 ./backends/
+
+# The fault scenarios of docs/reliability.md, each for SOAK_DURATION (11
+# rows: about 3 minutes at 15s, plus llama.cpp's warm-up); the table goes
+# to $(SOAK_OUT). `make test` runs the same scenarios for 2 s each. Runs
+# llama.cpp: on a shared machine wrap it in the heavy lock.
+SOAK_DURATION ?= 15s
+SOAK_OUT ?= $(BIN)/soak.md
+soak: native-headers ## fault scenarios (lossy UDP, noisy UART, dying engines, replug, 1,000-source flood) for SOAK_DURATION each; table in SOAK_OUT
+	@mkdir -p $(dir $(SOAK_OUT))
+	MCPD_SOAK_DURATION=$(SOAK_DURATION) MCPD_SOAK_OUT=$(abspath $(SOAK_OUT)) \
+	  $(GO) test -count=1 -timeout 30m ./internal/soak/
+	@echo "table written to $(SOAK_OUT)"
 
 clean:
 	rm -rf $(BIN) native/include $(MODELS) clients/c/build

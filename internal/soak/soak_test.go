@@ -536,3 +536,130 @@ func TestOllamaFaults(t *testing.T) {
 	check(t, row, false)
 	record(t, row)
 }
+
+// replug is the device's side of a cable that can be pulled: it forwards to
+// the current stream and sees nothing while unplugged.
+type replug struct {
+	mu sync.Mutex
+	s  *device.Stream
+}
+
+func (r *replug) cur() *device.Stream {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.s
+}
+
+func (r *replug) Send(f []byte) error {
+	if s := r.cur(); s != nil {
+		return s.Send(f)
+	}
+	return nil // into the void, like a UART with no cable
+}
+
+func (r *replug) Recv(deadline time.Time) (sp.Frame, error) {
+	for {
+		s := r.cur()
+		if s == nil {
+			if time.Now().After(deadline) {
+				return sp.Frame{}, os.ErrDeadlineExceeded
+			}
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		step := time.Now().Add(20 * time.Millisecond)
+		if deadline.Before(step) {
+			step = deadline
+		}
+		f, err := s.Recv(step)
+		if err == nil || time.Now().After(deadline) {
+			return f, err
+		}
+	}
+}
+
+func (r *replug) Close() error { return nil }
+
+// TestUnplugSerial: the UART's cable is pulled in the middle of every
+// answer and plugged back 200 ms later (a new pty behind the same udev-like
+// link); the daemon reopens the port, the session survives, and every
+// answer arrives exact.
+func TestUnplugSerial(t *testing.T) {
+	if testing.Short() {
+		t.Skip("serial replug")
+	}
+	link := filepath.Join(t.TempDir(), "ttyMCU")
+	master, path := ptyPair(t)
+	if err := os.Symlink(path, link); err != nil {
+		t.Fatal(err)
+	}
+	e := &Echo{Delay: 5 * time.Millisecond}
+	sc, err := daemon.ParseSerial(link + ":115200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := startDaemon(t, daemon.Config{}, e, daemon.NewSerialLink(sc, logger()))
+	rt := &replug{s: device.NewStream(master)}
+	c := device.New(rt, device.Config{DeviceID: "unplugged", MaxData: 48, Window: 2, RTO: 200 * time.Millisecond, Retries: 30})
+	ctx, cancel := context.WithTimeout(context.Background(), duration(t)+60*time.Second)
+	defer cancel()
+	if err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var row Row
+	unplugs := 0
+	start := time.Now()
+	until := start.Add(duration(t))
+	for k := 0; time.Now().Before(until) || k < 2; k++ {
+		prompt := fmt.Sprintf("request %d: ", k) + strings.Repeat("measure ", 30)
+		var once sync.Once
+		replugged := make(chan struct{})
+		var text strings.Builder
+		t0 := time.Now()
+		var ttft time.Duration
+		_, err := c.Ask(ctx, plain(prompt), func(b []byte) error {
+			if ttft == 0 {
+				ttft = time.Since(t0)
+			}
+			text.Write(b)
+			once.Do(func() {
+				unplugs++
+				go func() { // pull the cable, wait, plug a new pty in at the same link
+					defer close(replugged)
+					rt.mu.Lock()
+					old := rt.s
+					rt.s = nil
+					rt.mu.Unlock()
+					old.Close()
+					os.Remove(link)
+					time.Sleep(200 * time.Millisecond)
+					m2, p2 := ptyPair(t)
+					if err := os.Symlink(p2, link); err != nil {
+						t.Error(err)
+					}
+					rt.mu.Lock()
+					rt.s = device.NewStream(m2)
+					rt.mu.Unlock()
+				}()
+			})
+			return nil
+		})
+		Outcome(&row, text.String(), AnswerFor(prompt), err, ttft)
+		if err != nil {
+			t.Logf("request %d: %v", k, err)
+		}
+		select {
+		case <-replugged:
+		case <-time.After(5 * time.Second):
+			t.Fatal("replug did not finish")
+		}
+	}
+	row.Elapsed = time.Since(start)
+	settle(t, r.d)
+	row.Scenario = "serial unplugged and replugged mid-answer"
+	row.Duplicated = e.Duplicated()
+	row.Retransmits = r.d.Stats().Retransmits.Load()
+	row.Note = fmt.Sprintf("%d unplugs of 200 ms, one per request; sessions %d at the end", unplugs, r.d.Stats().Sessions.Load())
+	check(t, row, false)
+	record(t, row)
+}
