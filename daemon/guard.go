@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,10 +75,7 @@ func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
 		}
 	}
 	if len(pol.Ports) > 0 && p.ByteStream() {
-		port := linkOf(p)
-		if len(port) > len("serial:") && port[:len("serial:")] == "serial:" {
-			port = port[len("serial:"):]
-		}
+		port, _ := strings.CutPrefix(linkOf(p), "serial:")
 		if !slices.ContainsFunc(pol.Ports, func(pat string) bool { ok, _ := filepath.Match(pat, port); return ok || pat == port }) {
 			return sp.NewError(sp.CodeForbidden, "serial port not allowed")
 		}
@@ -92,30 +90,46 @@ func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
 	return nil
 }
 
-// admitRequest checks an INFER against the device's rule and budget, and
-// returns the most tokens it may generate (0: no limit from the budget).
-func (d *Daemon) admitRequest(deviceID string, m *sp.Infer) (int, *sp.Error) {
-	rule, ok := d.cfg.Policy.Devices[deviceID]
-	if !ok {
-		return 0, nil
+// allowModel refuses, through refuse, an INFER naming a model its
+// device's rule does not allow.
+func (s *session) allowModel(m *sp.Infer, refuse func(*sp.Error)) bool {
+	rule, ok := s.d.cfg.Policy.Devices[s.deviceID]
+	if !ok || m.Model == "" || len(rule.Models) == 0 || slices.Contains(rule.Models, m.Model) {
+		return true
 	}
-	if m.Model != "" && len(rule.Models) > 0 && !slices.Contains(rule.Models, m.Model) {
-		return 0, sp.NewError(sp.CodeForbidden, "model not allowed for this device")
-	}
-	if rule.TokenBudget <= 0 {
-		return 0, nil
-	}
-	left := d.budgets.left(deviceID, rule, time.Now())
-	if left <= 0 {
-		return 0, sp.NewError(sp.CodeRateLimited, "token budget spent")
-	}
-	return left, nil
+	s.d.stats.Forbidden.Add(1)
+	refuse(sp.NewError(sp.CodeForbidden, "model not allowed for this device"))
+	return false
 }
 
-// spend charges a finished request's tokens to its device's budget.
-func (d *Daemon) spend(deviceID string, tokens int) {
+// takeBudget reserves the tokens an INFER may generate from its device's
+// budget, cutting its MAX_TOKENS to what is left, so that requests running
+// at once cannot overspend; settleBudget gives back what the request did
+// not use. It reports false when the budget is spent.
+func (s *session) takeBudget(m *sp.Infer) bool {
+	rule, ok := s.d.cfg.Policy.Devices[s.deviceID]
+	if !ok || rule.TokenBudget <= 0 {
+		return true
+	}
+	want := s.d.cfg.DefaultMaxTokens
+	if m.Set.Has(sp.OptMaxTokens) && m.MaxTokens > 0 {
+		want = int(m.MaxTokens)
+	}
+	got := s.d.budgets.take(s.deviceID, rule, min(want, 65535), time.Now())
+	if got <= 0 {
+		s.d.stats.RateLimited.Add(1)
+		return false
+	}
+	m.Set = m.Set.With(sp.OptMaxTokens) // always set: settleBudget reads the reservation back
+	m.MaxTokens = uint16(got)
+	return true
+}
+
+// settleBudget gives back the part of a request's reservation it did not
+// generate.
+func (d *Daemon) settleBudget(deviceID string, m *sp.Infer, tokens int) {
 	if rule, ok := d.cfg.Policy.Devices[deviceID]; ok && rule.TokenBudget > 0 {
-		d.budgets.spend(deviceID, rule, tokens, time.Now())
+		d.budgets.take(deviceID, rule, -max(int(m.MaxTokens)-tokens, 0), time.Now())
 	}
 }
 
@@ -147,16 +161,22 @@ func (b *budgets) account(id string, r DeviceRule, now time.Time) *budget {
 	return a
 }
 
-func (b *budgets) left(id string, r DeviceRule, now time.Time) int {
+// take reserves up to n tokens (a negative n gives them back) and
+// returns how many it reserved.
+func (b *budgets) take(id string, r DeviceRule, n int, now time.Time) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return r.TokenBudget - b.account(id, r, now).used
-}
-
-func (b *budgets) spend(id string, r DeviceRule, tokens int, now time.Time) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.account(id, r, now).used += tokens
+	a := b.account(id, r, now)
+	if n < 0 {
+		a.used = max(a.used+n, 0)
+		return 0
+	}
+	n = min(n, r.TokenBudget-a.used)
+	if n <= 0 {
+		return 0
+	}
+	a.used += n
+	return n
 }
 
 // peerLimiter is a token bucket per source (a UDP address and port): a
@@ -290,30 +310,4 @@ func (s *session) usage() (busy, used bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.active > 0, len(s.order) > 0
-}
-
-// applyPolicy checks an INFER against the device's rule, refusing it
-// through refuse, and cuts its MAX_TOKENS to what is left of its budget.
-func (s *session) applyPolicy(m *sp.Infer, refuse func(*sp.Error)) bool {
-	left, e := s.d.admitRequest(s.deviceID, m)
-	if e != nil {
-		if e.Code == sp.CodeForbidden {
-			s.d.stats.Forbidden.Add(1)
-		} else {
-			s.d.stats.RateLimited.Add(1)
-		}
-		refuse(e)
-		return false
-	}
-	if left > 0 {
-		want := s.d.cfg.DefaultMaxTokens
-		if m.Set.Has(sp.OptMaxTokens) && m.MaxTokens > 0 {
-			want = int(m.MaxTokens)
-		}
-		if left < want {
-			m.Set = m.Set.With(sp.OptMaxTokens)
-			m.MaxTokens = uint16(min(left, 65535))
-		}
-	}
-	return true
 }

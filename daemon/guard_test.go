@@ -282,3 +282,41 @@ func TestAuthCountersByReason(t *testing.T) {
 		t.Fatal("rejections were not logged at all: the log check above proves nothing")
 	}
 }
+
+// TestTokenBudgetReserved: a running request holds its share of the budget,
+// so a second one at the same time (the same device on another link)
+// cannot overspend it.
+func TestTokenBudgetReserved(t *testing.T) {
+	release := make(chan struct{})
+	e := &testEngine{release: release}
+	d, addr := startDaemon(t, Config{ShutdownDrain: 100 * time.Millisecond, DefaultMaxTokens: 10, Policy: Policy{Devices: map[string]DeviceRule{"meter": {TokenBudget: 10}}}}, e)
+	first, second := rawSession(t, addr, "meter"), rawSession(t, addr, "meter")
+	if err := first.Send(rawInfer(t, 2, "a b c")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return d.Stats().Accepted.Load() == 1 })
+	if err := second.Send(rawInfer(t, 2, "d e f")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := second.Recv(time.Now().Add(2 * time.Second))
+	if err != nil || f.Cmd != sp.CmdError || sp.ErrorCode(f.Data[0]) != sp.CodeRateLimited {
+		t.Fatalf("the second request while the first holds the budget: %v %v", f.Cmd, err)
+	}
+	close(release) // the first uses 4 of its 10 tokens and gives 6 back
+	waitFor(t, func() bool { return d.Stats().Done.Load() == 1 })
+	if err := second.Send(rawInfer(t, 3, "d e f")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := second.Recv(time.Now().Add(2 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Cmd == sp.CmdAck && f.Seq == 3 {
+			break // accepted with what was given back
+		}
+		if f.Cmd == sp.CmdError {
+			t.Fatalf("after the first finished: %s", sp.ErrorCode(f.Data[0]))
+		}
+	}
+}

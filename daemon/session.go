@@ -303,7 +303,7 @@ func (s *session) infer(f sp.Frame) {
 		refuse(sp.NewError(code, err.Error()))
 		return
 	}
-	if !s.applyPolicy(&m, refuse) {
+	if !s.allowModel(&m, refuse) {
 		return
 	}
 	if !s.reserve() {
@@ -321,6 +321,12 @@ func (s *session) infer(f sp.Frame) {
 		s.d.release()
 		s.unreserve()
 		refuse(sp.NewError(sp.CodeShuttingDown, "shutting down"))
+		return
+	}
+	if !s.takeBudget(&m) { // last: a refusal above would have to give it back
+		s.d.release()
+		s.unreserve()
+		refuse(sp.NewError(sp.CodeRateLimited, "token budget spent"))
 		return
 	}
 	r := s.newRequest(f.Seq, count, &m, first)
@@ -480,7 +486,7 @@ func (r *request) run() {
 
 	var answer strings.Builder
 	res, err := r.generate(&answer)
-	d.spend(r.s.deviceID, res.Tokens)
+	d.settleBudget(r.s.deviceID, r.infer, res.Tokens)
 	// The engine's work is done: the admission ends here, not when a slow
 	// device has acknowledged the last chunk, so one device's next request
 	// never waits on (or counts twice against) the queue bound.
