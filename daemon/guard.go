@@ -38,9 +38,10 @@ type DeviceRule struct {
 	// default model, which the operator chose, and is always allowed.
 	Models []string
 	// TokenBudget is how many tokens the device may generate per
-	// BudgetPeriod (across its sessions); 0: no budget. A request is cut to
-	// what is left of the budget; once it is spent, INFERs get RATE_LIMITED
-	// until the period ends.
+	// BudgetPeriod (across its sessions); 0: no budget. A request reserves
+	// its MAX_TOKENS, cut to what is left, and gives back what it did not
+	// use; once the budget is spent, INFERs get RATE_LIMITED until the
+	// period ends.
 	TokenBudget  int
 	BudgetPeriod time.Duration // default 24 h
 }
