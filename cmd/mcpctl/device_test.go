@@ -1,11 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"image/png"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/creack/pty"
+	"github.com/mcpd-project/mcpd/internal/device"
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/daemon"
@@ -84,7 +92,10 @@ func TestAskExitCodeIsTheErrorCode(t *testing.T) {
 
 func TestBench(t *testing.T) {
 	addr := startDaemon(t, wordEngine{})
-	out, errOut, err := runCmd(t, "", "bench", "--udp", addr, "--devices", "3", "--duration", "5s", "--requests", "30", "--json")
+	dir := t.TempDir()
+	md, js, pic := filepath.Join(dir, "r.md"), filepath.Join(dir, "r.json"), filepath.Join(dir, "r.png")
+	out, errOut, err := runCmd(t, "", "bench", "--udp", addr, "--devices", "3", "--duration", "5s", "--requests", "30",
+		"--warmup", "2", "--json", "--json-out", js, "--markdown", md, "--png", pic)
 	if err != nil {
 		t.Fatalf("%v %s", err, errOut)
 	}
@@ -92,7 +103,117 @@ func TestBench(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("%v: %s", err, out)
 	}
-	if rep.Requests != 30 || len(rep.Errors) != 0 || rep.TTFTp50 <= 0 || rep.TTFTp99 < rep.TTFTp50 || rep.Tokens == 0 {
-		t.Fatalf("report %+v", rep)
+	if len(rep.Scenarios) != 2 || rep.Scenarios[0].Name != "single" || rep.Scenarios[1].Name != "udp" || rep.Scenarios[1].Devices != 3 {
+		t.Fatalf("scenarios %+v", rep.Scenarios)
+	}
+	for _, s := range rep.Scenarios {
+		if s.Requests != 30 || len(s.Errors) != 0 || s.TTFTp50 <= 0 || s.TTFTp99 < s.TTFTp95 || s.TTFTp95 < s.TTFTp50 ||
+			s.Tokens == 0 || len(s.Latencies) != 30 || s.Latencyp99 < s.Latencyp50 {
+			t.Fatalf("%s: %+v", s.Name, s)
+		}
+	}
+	if saved, err := os.ReadFile(js); err != nil || string(saved) != out {
+		t.Fatalf("--json-out differs from stdout: %v", err)
+	}
+	text, err := os.ReadFile(md)
+	if err != nil || !strings.Contains(string(text), "| single | 1 | udp | 30 | 0 |") || !strings.Contains(string(text), "| udp | 3 | udp | 30 | 0 |") ||
+		!strings.Contains(string(text), "![request latency histogram](r.png)") {
+		t.Fatalf("markdown: %v\n%s", err, text)
+	}
+	f, err := os.Open(pic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := img.Bounds(); b.Dx() != histWidth || b.Dy() != 2*(panelH+marginTop+marginBot) {
+		t.Fatalf("histogram %v", b)
+	}
+	// The bars are drawn: some pixel of the first panel has the bar colour.
+	found := false
+	for y := marginTop; y < marginTop+panelH && !found; y++ {
+		for x := marginL; x < histWidth-marginR; x++ {
+			if r, g, b, _ := img.At(x, y).RGBA(); r>>8 == uint32(histBars[0].R) && g>>8 == uint32(histBars[0].G) && b>>8 == uint32(histBars[0].B) {
+				found = true
+				break
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no bars in the histogram")
+	}
+}
+
+// pacedLine joins two pty pairs through pace, like a UART cable: it
+// returns the terminal the daemon opens and the one the device opens.
+func pacedLine(t *testing.T, baud int) (daemonEnd, deviceEnd string) {
+	t.Helper()
+	var ends [2]string
+	var masters [2]*os.File
+	for i := range 2 {
+		m, tty, err := pty.Open()
+		if err != nil {
+			t.Skipf("no pseudo-terminals: %v", err)
+		}
+		if err := device.MakeRaw(tty); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.Close(); tty.Close() })
+		masters[i], ends[i] = m, tty.Name()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go pace(ctx, masters[0], masters[1], baud)
+	go pace(ctx, masters[1], masters[0], baud)
+	return ends[0], ends[1]
+}
+
+func TestPaceHoldsTheBaudRate(t *testing.T) {
+	var out bytes.Buffer
+	start := time.Now()
+	pace(context.Background(), bytes.NewReader(make([]byte, 96)), &out, 9600) // 96 bytes × 10 bits = 100 ms at 9600 baud
+	if el := time.Since(start); out.Len() != 96 || el < 95*time.Millisecond {
+		t.Fatalf("%d bytes in %v: faster than 9600 baud allows", out.Len(), el)
+	}
+}
+
+func TestBenchSerialScenario(t *testing.T) {
+	daemonEnd, deviceEnd := pacedLine(t, 115200)
+	d, err := daemon.New(daemon.Config{}, wordEngine{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := daemon.ParseSerial(daemonEnd + ":115200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = d.Run(ctx, daemon.NewSerialLink(sc, nil)); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	out, errOut, err := runCmd(t, "", "bench", "--serial", deviceEnd, "--baud", "115200", "--duration", "10s", "--requests", "5", "--json")
+	if err != nil {
+		t.Fatalf("%v %s", err, errOut)
+	}
+	var rep benchReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	if len(rep.Scenarios) != 1 || rep.Scenarios[0].Transport != "serial" || rep.Scenarios[0].Baud != 115200 ||
+		rep.Scenarios[0].Requests != 5 || len(rep.Scenarios[0].Errors) != 0 {
+		t.Fatalf("report %+v", rep.Scenarios)
+	}
+}
+
+func TestBenchNeedsATarget(t *testing.T) {
+	if _, _, err := runCmd(t, "", "bench", "--duration", "1s"); err == nil {
+		t.Fatal("no target, no error")
+	}
+	if _, _, err := runCmd(t, "", "bench", "--udp", "127.0.0.1:1", "--scenario", "serial"); err == nil {
+		t.Fatal("serial scenario without --serial accepted")
 	}
 }

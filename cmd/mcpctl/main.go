@@ -23,7 +23,8 @@ Commands:
   ask        send a prompt to mcpd as a device, print the streamed answer
   ping       measure round trips to mcpd
   status     show mcpd's backend, model and load
-  bench      N simulated devices for a bounded time: TTFT percentiles, tokens/s
+  bench      scenarios (one device, N over UDP, a paced serial line): TTFT and
+             latency percentiles, tokens/s; markdown, JSON and a PNG histogram
   demo       start mcpd on loopback UDP and a pty "UART", ask over each (make run)
   loopback   run a simulated device against a protocol peer over loopback UDP
   decode     explain frames given in hex, or a captured serial byte stream
