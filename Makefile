@@ -26,7 +26,7 @@ export CGO_CFLAGS := $(NATIVE_CFLAGS)
 export CGO_CXXFLAGS := $(NATIVE_CFLAGS)
 export GO
 
-.PHONY: all build run test test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models ctest cfuzz footprint soak
+.PHONY: all build run test test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models ctest cfuzz footprint soak bench-report
 
 all: build
 
@@ -121,6 +121,9 @@ soak: native-headers ## fault scenarios (lossy UDP, noisy UART, dying engines, r
 	MCPD_SOAK_DURATION=$(SOAK_DURATION) MCPD_SOAK_OUT=$(abspath $(SOAK_OUT)) \
 	  $(GO) test -count=1 -timeout 30m ./internal/soak/
 	@echo "table written to $(SOAK_OUT)"
+
+bench-report: build models ## Go benchmarks + mcpctl bench scenarios → bench/reports/YYYY-MM-DD.md (~4 min; on a shared machine: flock /work/heavy.lock make bench-report)
+	GO=$(GO) BIN=$(BIN) MODEL=$(MODELS)/bench-135m-q8_0.gguf bench/report.sh
 
 clean:
 	rm -rf $(BIN) native/include $(MODELS) clients/c/build

@@ -1,0 +1,216 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/daemon/httpapi"
+	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/internal/ollamatest"
+	"github.com/mcpd-project/mcpd/native/gguf"
+	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/ollama/ollama/api"
+)
+
+const (
+	prompt    = "Summarise the sensor readings: soil 31 %, air 24.5 °C."
+	maxTokens = 32
+)
+
+// serve runs d on loopback UDP (and the HTTP API) until the benchmark
+// ends, returning a device that has said HELLO and the API's URL.
+func serve(b *testing.B, e backends.Backend) (*device.Client, string) {
+	b.Helper()
+	d, err := daemon.New(daemon.Config{}, e, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := daemon.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- d.Run(ctx, l) }()
+	go func() { done <- httpapi.New(httpapi.Config{Daemon: d}).Serve(ctx, ln, time.Second) }()
+	b.Cleanup(func() { cancel(); <-done; <-done })
+	tr, err := device.DialUDP(l.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tr.Close() })
+	c := device.New(tr, device.Config{DeviceID: "bench", MaxData: 256, Window: 8})
+	hctx, hcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer hcancel()
+	if err := c.Hello(hctx); err != nil {
+		b.Fatal(err)
+	}
+	return c, "http://" + ln.Addr().String()
+}
+
+// viaDevice asks as a device over UDP; it returns the tokens generated.
+func viaDevice(b *testing.B, c *device.Client) int {
+	m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: maxTokens, Prompt: prompt}
+	done, err := c.Ask(context.Background(), m, func([]byte) error { return nil })
+	if err != nil {
+		b.Fatal(err)
+	}
+	return int(done.Tokens)
+}
+
+// viaHTTP asks through POST /v1/generate; it returns the tokens generated.
+func viaHTTP(b *testing.B, base string) int {
+	resp, err := http.Post(base+"/v1/generate", "application/json",
+		strings.NewReader(`{"prompt":`+strconv.Quote(prompt)+`,"max_tokens":`+strconv.Itoa(maxTokens)+`,"temperature":0}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		b.Fatalf("HTTP %d: %v %s", resp.StatusCode, err, body)
+	}
+	lines := bytes.Split(bytes.TrimSpace(body), []byte("\n"))
+	var last httpapi.GenerateLine
+	if err := json.Unmarshal(lines[len(lines)-1], &last); err != nil || !last.Done {
+		b.Fatalf("last line %s: %v", lines[len(lines)-1], err)
+	}
+	return last.Tokens
+}
+
+func reportTokens(b *testing.B, tokens int, start time.Time) {
+	b.ReportMetric(float64(tokens)/time.Since(start).Seconds(), "tok/s")
+}
+
+// BenchmarkNativePath: the in-process llama.cpp engine generating 32
+// greedy tokens — engine: the raw loop, Generate called directly (the
+// baseline); device: the same engine through the daemon, asked by a device
+// over loopback UDP; http: through POST /v1/generate. One engine serves
+// all three, so the ns/op ratios are the daemon's cost. The model is
+// MCPD_BENCH_MODEL (make bench-report: the 135M Q8_0), else the tiny one;
+// threads MCPD_BENCH_THREADS (default 2).
+func BenchmarkNativePath(b *testing.B) {
+	path := os.Getenv("MCPD_BENCH_MODEL")
+	if path == "" {
+		path = filepath.Join(b.TempDir(), "tiny.gguf")
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
+	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
+	if threads == 0 {
+		threads = 2
+	}
+	e, err := backends.NewLlama(context.Background(), backends.LlamaConfig{ModelPath: path, Threads: threads, Parallel: 2,
+		SequenceContext: 512, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { e.Close() })
+	req := backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}},
+		Options: backends.Options{MaxTokens: maxTokens, TemperatureSet: true}}
+
+	b.Run("engine", func(b *testing.B) {
+		tokens, start := 0, time.Now()
+		for b.Loop() {
+			res, err := e.Generate(context.Background(), req, func([]byte) error { return nil })
+			if err != nil {
+				b.Fatal(err)
+			}
+			tokens += res.Tokens
+		}
+		reportTokens(b, tokens, start)
+	})
+	c, base := serve(b, e)
+	b.Run("device", func(b *testing.B) {
+		tokens, start := 0, time.Now()
+		for b.Loop() {
+			tokens += viaDevice(b, c)
+		}
+		reportTokens(b, tokens, start)
+	})
+	b.Run("http", func(b *testing.B) {
+		tokens, start := 0, time.Now()
+		for b.Loop() {
+			tokens += viaHTTP(b, base)
+		}
+		reportTokens(b, tokens, start)
+	})
+}
+
+// BenchmarkOllamaPath: a fake Ollama (internal/ollamatest) streaming 32
+// pieces with no delay — client: Ollama's own api.Client asking it
+// directly (the baseline); device: our Ollama backend through the daemon,
+// asked by a device over UDP. The fake's answer takes no time, so the
+// ratio is the whole cost of our path.
+func BenchmarkOllamaPath(b *testing.B) {
+	tokens := make([]string, maxTokens)
+	for i := range tokens {
+		tokens[i] = " tok" + strconv.Itoa(i)
+	}
+	srv, err := ollamatest.New(ollamatest.Config{Tokens: tokens})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(srv.Close)
+	u, err := url.Parse(srv.URL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	stream := true
+	chat := &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: prompt}}, Stream: &stream,
+		Options: map[string]any{"num_predict": maxTokens, "temperature": 0}}
+
+	b.Run("client", func(b *testing.B) {
+		client := api.NewClient(u, &http.Client{})
+		n, start := 0, time.Now()
+		for b.Loop() {
+			if err := client.Chat(context.Background(), chat, func(r api.ChatResponse) error {
+				if r.Message.Content != "" {
+					n++
+				}
+				return nil
+			}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		reportTokens(b, n, start)
+	})
+	o, err := backends.NewOllama(context.Background(), backends.OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny",
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { o.Close() })
+	c, _ := serve(b, o)
+	b.Run("device", func(b *testing.B) {
+		n, start := 0, time.Now()
+		for b.Loop() {
+			n += viaDevice(b, c)
+		}
+		reportTokens(b, n, start)
+	})
+}

@@ -1,0 +1,182 @@
+// Command mkreport writes the benchmark report of `make bench-report`: it
+// reads `go test -bench` output (several -count runs) and the markdown of
+// `mcpctl bench`, and prints a markdown report in which every speed figure
+// stands next to its baseline from the same run, as a ratio.
+package main
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// comparison is a benchmark read against its baseline.
+type comparison struct {
+	title    string
+	baseline string // benchmark name without the -GOMAXPROCS suffix
+	subject  string
+	meaning  string // what the ratio says
+}
+
+var comparisons = []comparison{
+	{"Daemon: PING round trip", "BenchmarkUDPEchoBaseline", "BenchmarkDaemonPing", "PING→PONG through the daemon's session path vs a bare UDP echo"},
+	{"Daemon: whole request", "BenchmarkUDPEchoBaseline", "BenchmarkDaemonRequest", "INFER, ACK, TOKEN, DONE and ACKs with an instant engine vs one bare UDP echo"},
+	{"Observers: metrics", "BenchmarkObserverOverhead/none", "BenchmarkObserverOverhead/metrics", "a 200-token request with Prometheus metrics vs nothing observing"},
+	{"Observers: metrics + tracing", "BenchmarkObserverOverhead/none", "BenchmarkObserverOverhead/metrics+tracing", "the same with a trace per request as well"},
+	{"llama.cpp through the daemon (UDP device)", "BenchmarkNativePath/engine", "BenchmarkNativePath/device", "32 greedy tokens asked by a device over UDP vs the raw engine loop"},
+	{"llama.cpp through the daemon (HTTP)", "BenchmarkNativePath/engine", "BenchmarkNativePath/http", "the same through POST /v1/generate vs the raw engine loop"},
+	{"Ollama path", "BenchmarkOllamaPath/client", "BenchmarkOllamaPath/device", "a device over UDP through the daemon and our Ollama backend vs Ollama's api.Client, same fake server"},
+}
+
+// result is one benchmark's runs.
+type result struct {
+	name    string
+	nsPerOp []float64
+	metrics map[string][]float64 // unit → values, one per run
+}
+
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+(\d+)\s+(.*)$`)
+
+// parse reads go test -bench output.
+func parse(r io.Reader, into map[string]*result, order *[]string) error {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		m := benchLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		res := into[m[1]]
+		if res == nil {
+			res = &result{name: m[1], metrics: map[string][]float64{}}
+			into[m[1]] = res
+			*order = append(*order, m[1])
+		}
+		fields := strings.Fields(m[4])
+		for i := 0; i+1 < len(fields); i += 2 {
+			v, err := strconv.ParseFloat(fields[i], 64)
+			if err != nil {
+				continue
+			}
+			if unit := fields[i+1]; unit == "ns/op" {
+				res.nsPerOp = append(res.nsPerOp, v)
+			} else {
+				res.metrics[unit] = append(res.metrics[unit], v)
+			}
+		}
+	}
+	return sc.Err()
+}
+
+func mean(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := 0.0
+	for _, x := range v {
+		s += x
+	}
+	return s / float64(len(v))
+}
+
+// human prints ns as the unit that reads best.
+func human(ns float64) string {
+	switch {
+	case ns >= 1e9:
+		return fmt.Sprintf("%.2f s", ns/1e9)
+	case ns >= 1e6:
+		return fmt.Sprintf("%.2f ms", ns/1e6)
+	case ns >= 1e3:
+		return fmt.Sprintf("%.1f µs", ns/1e3)
+	}
+	return fmt.Sprintf("%.0f ns", ns)
+}
+
+func spread(v []float64) string {
+	if len(v) < 2 {
+		return "1 run"
+	}
+	return fmt.Sprintf("%d runs, %s–%s", len(v), human(slices.Min(v)), human(slices.Max(v)))
+}
+
+func main() {
+	date := flag.String("date", "", "the report's date (YYYY-MM-DD)")
+	header := flag.String("header", "", "a file whose text opens the report (machine, model, commit)")
+	mcpctl := flag.String("mcpctl", "", "markdown written by mcpctl bench --markdown")
+	flag.Parse()
+	if err := run(os.Stdout, *date, *header, *mcpctl, flag.Args()); err != nil {
+		fmt.Fprintln(os.Stderr, "mkreport:", err)
+		os.Exit(1)
+	}
+}
+
+func run(w io.Writer, date, header, mcpctl string, benchFiles []string) error {
+	if date == "" || len(benchFiles) == 0 {
+		return errors.New("usage: mkreport -date YYYY-MM-DD [-header FILE] [-mcpctl FILE] BENCH-OUTPUT...")
+	}
+	results := map[string]*result{}
+	var order []string
+	for _, path := range benchFiles {
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		err = parse(f, results, &order)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# mcpd benchmark report — %s\n\n", date)
+	if header != "" {
+		h, err := os.ReadFile(header)
+		if err != nil {
+			return err
+		}
+		b.Write(h)
+		b.WriteString("\n")
+	}
+	b.WriteString("## Against the baseline of the same run\n\n")
+	b.WriteString("Ratio = subject ns/op ÷ baseline ns/op (means over the runs): 1.00 costs nothing more than the baseline, 2.00 takes twice as long.\n\n")
+	b.WriteString("| comparison | baseline | subject | ratio | what it measures |\n|---|---:|---:|---:|---|\n")
+	for _, c := range comparisons {
+		base, subj := results[c.baseline], results[c.subject]
+		if base == nil || subj == nil || len(base.nsPerOp) == 0 || len(subj.nsPerOp) == 0 {
+			fmt.Fprintf(&b, "| %s | – | – | not measured | %s |\n", c.title, c.meaning)
+			continue
+		}
+		bm, sm := mean(base.nsPerOp), mean(subj.nsPerOp)
+		fmt.Fprintf(&b, "| %s | %s | %s | **%.2f×** | %s |\n", c.title, human(bm), human(sm), sm/bm, c.meaning)
+	}
+	b.WriteString("\n## Every Go benchmark\n\n| benchmark | ns/op (mean) | spread | other metrics (means) |\n|---|---:|---|---|\n")
+	for _, name := range order {
+		r := results[name]
+		var extra []string
+		units := make([]string, 0, len(r.metrics))
+		for u := range r.metrics {
+			units = append(units, u)
+		}
+		slices.Sort(units)
+		for _, u := range units {
+			extra = append(extra, fmt.Sprintf("%.4g %s", mean(r.metrics[u]), u))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", strings.TrimPrefix(name, "Benchmark"), human(mean(r.nsPerOp)), spread(r.nsPerOp), strings.Join(extra, ", "))
+	}
+	if mcpctl != "" {
+		m, err := os.ReadFile(mcpctl)
+		if err != nil {
+			return err
+		}
+		b.WriteString("\n## mcpctl bench: what a device sees\n\n")
+		b.Write(m)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}

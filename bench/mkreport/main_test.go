@@ -1,0 +1,52 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const sample = `goos: linux
+BenchmarkUDPEchoBaseline-2   	   50000	     20000 ns/op
+BenchmarkUDPEchoBaseline-2   	   50000	     30000 ns/op
+BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
+BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
+BenchmarkNativePath/engine-2 	      10	  1000000 ns/op	  32.0 tok/s
+BenchmarkNativePath/device-2 	      10	  1100000 ns/op	  29.1 tok/s
+PASS
+`
+
+func TestReportRatios(t *testing.T) {
+	dir := t.TempDir()
+	in := filepath.Join(dir, "bench.txt")
+	md := filepath.Join(dir, "mcpctl.md")
+	if err := os.WriteFile(in, []byte(sample), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(md, []byte("### mcpctl bench\n| single | 1 |\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := run(&out, "2026-11-25", "", md, []string{in}); err != nil {
+		t.Fatal(err)
+	}
+	got := out.String()
+	for _, want := range []string{
+		"# mcpd benchmark report — 2026-11-25",
+		"| Daemon: PING round trip | 25.0 µs | 50.0 µs | **2.00×** |",
+		"| llama.cpp through the daemon (UDP device) | 1.00 ms | 1.10 ms | **1.10×** |",
+		"| Ollama path | – | – | not measured |",
+		"| DaemonPing | 50.0 µs | 2 runs, 50.0 µs–50.0 µs | 12 B/op |",
+		"| NativePath/device | 1.10 ms | 1 run | 29.1 tok/s |",
+		"## mcpctl bench: what a device sees",
+		"| single | 1 |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("report lacks %q:\n%s", want, got)
+		}
+	}
+	if err := run(&out, "", "", "", nil); err == nil {
+		t.Fatal("no input accepted")
+	}
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# bench/report.sh — the body of `make bench-report` (which builds and
+# writes the models first). Runs the Go benchmarks and the mcpctl bench
+# scenarios, then writes bench/reports/YYYY-MM-DD.md (+ the latency
+# histogram PNG). On a shared machine run it under the heavy lock:
+#   flock /work/heavy.lock make bench-report
+# Bounded: about 4 minutes on 2 cores (COUNT runs of each Go benchmark,
+# SCENARIO_TIME per mcpctl scenario).
+set -euo pipefail
+GO=${GO:-go}
+BIN=${BIN:-bin}
+MODEL=${MODEL:-testdata/models/bench-135m-q8_0.gguf}
+THREADS=${THREADS:-2}
+COUNT=${COUNT:-3}
+SCENARIO_TIME=${SCENARIO_TIME:-20s}
+OUT=${OUT:-bench/reports}
+date=$(date -u +%F)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$OUT"
+
+run() { echo "== $*" >&2; "$@"; }
+
+# Go benchmarks: each comparison's baseline runs in the same invocation.
+run $GO test -run '^$' -bench '^(BenchmarkUDPEchoBaseline|BenchmarkDaemonPing|BenchmarkDaemonRequest|BenchmarkDaemonStream)$' \
+  -benchmem -count "$COUNT" ./daemon/ | tee "$tmp/daemon.txt" >&2
+run $GO test -run '^$' -bench '^BenchmarkObserverOverhead$' -benchmem -count "$COUNT" ./daemon/telemetry/ | tee "$tmp/observer.txt" >&2
+MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
+  run $GO test -run '^$' -bench . -benchtime 5x -count "$COUNT" ./bench/ | tee "$tmp/paths.txt" >&2
+
+# What devices see: the three scenarios against a spawned mcpd.
+run "$BIN/mcpctl" bench --mcpd "$BIN/mcpd" --model "$MODEL" --threads "$THREADS" \
+  --duration "$SCENARIO_TIME" --devices 4 --warmup 1 \
+  --json-out "$tmp/mcpctl.json" --markdown "$tmp/mcpctl.md" --png "$OUT/$date-latency.png" >&2
+cp "$tmp/mcpctl.json" "$OUT/$date.json"
+
+{
+  echo "Machine: $(nproc) CPU cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(uname -sr)."
+  echo "Commit: $(git describe --always --dirty 2>/dev/null || echo unknown). Model: \`$MODEL\` ($(du -h "$MODEL" | cut -f1)), $THREADS threads."
+  echo "Go benchmarks: $COUNT runs each; mcpctl scenarios: $SCENARIO_TIME each after warm-up. Raw figures: \`$date.json\`."
+} >"$tmp/header.md"
+$GO run ./bench/mkreport -date "$date" -header "$tmp/header.md" -mcpctl "$tmp/mcpctl.md" \
+  "$tmp/daemon.txt" "$tmp/observer.txt" "$tmp/paths.txt" >"$OUT/$date.md"
+echo "wrote $OUT/$date.md" >&2
