@@ -212,3 +212,18 @@ func TestLocalRequestCancelledByCaller(t *testing.T) {
 		t.Fatalf("canceled %d", d.Stats().Canceled.Load())
 	}
 }
+
+// TestBackToBackRequestsKeepTheirPlace: a device that sends its next INFER
+// the moment it has acknowledged DONE must not find its previous request
+// still holding its place (MaxPerSession 1): the place is freed when the
+// final chunk is acknowledged, in the same goroutine that reads the next
+// INFER — not later, by the request's own goroutine.
+func TestBackToBackRequestsKeepTheirPlace(t *testing.T) {
+	_, addr := startDaemon(t, Config{MaxPerSession: 1, PeerRate: -1}, &testEngine{})
+	c := dial(t, addr, device.Config{DeviceID: "eager"})
+	for i := range 200 {
+		if _, _, err := ask(t, c, "again"); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+}

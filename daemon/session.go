@@ -199,8 +199,10 @@ func (s *session) handle(f sp.Frame) {
 	}
 	switch m := m.(type) {
 	case *sp.Ack:
-		if r := s.request(f.Seq); r != nil {
-			r.st.ack(int(m.Next), int(m.Window))
+		if r := s.request(f.Seq); r != nil && r.st.ack(int(m.Next), int(m.Window)) {
+			// Delivered: the device's place is free now, before this link
+			// reads its next INFER, not when the request's goroutine wakes.
+			r.releasePlace()
 		}
 	case *sp.Cancel:
 		s.cancelRequest(f.Seq)
@@ -462,9 +464,19 @@ type request struct {
 	cancelTimeout context.CancelFunc
 	st            *stream
 	obs           RequestObserver // nil when nothing observes
+	released      atomic.Bool     // the device's place is given back (releasePlace)
 }
 
 func (r *request) cancel(cause error) { r.cancelCause(cause) }
+
+// releasePlace gives the request's place among its device's MaxPerSession
+// back, once: when the device acknowledges the final chunk, or when run
+// ends, whichever comes first.
+func (r *request) releasePlace() {
+	if r.released.CompareAndSwap(false, true) {
+		r.s.unreserve()
+	}
+}
 
 // run waits for an engine slot, generates, and streams the answer; every
 // accepted request ends in exactly one final chunk (DONE or ERROR).
@@ -472,7 +484,7 @@ func (r *request) run() {
 	d := r.s.d
 	d.streaming.Add(1)
 	defer d.streaming.Add(-1)
-	defer r.s.unreserve()
+	defer r.releasePlace()
 	defer r.cancelCause(nil) // release the context (a no-op if already cancelled)
 	defer r.cancelTimeout()
 	sent := make(chan error, 1)

@@ -91,8 +91,9 @@ func (s *stream) finish(f finalFunc) {
 	s.notify()
 }
 
-// ack applies the device's cumulative acknowledgement.
-func (s *stream) ack(next, window int) {
+// ack applies the device's cumulative acknowledgement; it reports whether
+// the whole stream, final chunk included, is now acknowledged.
+func (s *stream) ack(next, window int) (complete bool) {
 	s.mu.Lock()
 	switch {
 	case next > len(s.frames):
@@ -107,8 +108,10 @@ func (s *stream) ack(next, window int) {
 		}
 	}
 	s.window = window
+	complete = s.finalCut && s.acked == len(s.frames)
 	s.mu.Unlock()
 	s.notify()
+	return complete
 }
 
 // run transmits until the final chunk is acknowledged, the device stops
