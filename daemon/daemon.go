@@ -195,7 +195,7 @@ func (d *Daemon) janitor(ctx context.Context) {
 // learns of it through NACK BAD_FRAME (docs/protocol.md §7.1).
 func (d *Daemon) HandleBadFrame(p Peer, err error) {
 	d.stats.BadFrames.Add(1)
-	if !d.allowPeer(p, 0) {
+	if !d.allowPeer(p, 0, false) {
 		return
 	}
 	if d.obs != nil {
@@ -214,7 +214,7 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
 	d.stats.FramesIn.Add(1)
 	d.observeFrame(p, In, f.Cmd)
-	if !d.allowPeer(p, f.Seq) {
+	if !d.allowPeer(p, f.Seq, true) {
 		return
 	}
 	switch {

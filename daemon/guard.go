@@ -251,15 +251,17 @@ func (l *peerLimiter) evict(now time.Time) {
 }
 
 // allowPeer applies the per-source rate limit to a datagram peer's frame;
-// serial ports are bounded by their baud rate and are not limited.
-func (d *Daemon) allowPeer(p Peer, seq uint8) bool {
+// serial ports are bounded by their baud rate and are not limited. answer
+// is false for datagrams that are not frames: their source may be spoofed,
+// so nothing is ever sent back to it.
+func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool) bool {
 	if p.ByteStream() {
 		return true
 	}
 	ok, reply := d.limiter.allow(p.Key(), time.Now())
 	if !ok {
 		d.stats.RateLimited.Add(1)
-		if reply {
+		if reply && answer {
 			d.send(p, seq, sp.NewError(sp.CodeRateLimited, "too many frames"))
 		}
 	}
