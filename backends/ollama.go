@@ -760,27 +760,37 @@ func (o *Ollama) attempt(ctx context.Context, ep *endpoint, chat *api.ChatReques
 	defer ep.inFlight.Add(-1)
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	// One timer for both phases: it first bounds the wait for the first
-	// line, then each gap between lines; the phase names the cause.
-	var streaming atomic.Bool
-	watchdog := time.AfterFunc(o.cfg.FirstTokenTimeout, func() {
-		if streaming.Load() {
-			cancel(errStalled)
-		} else {
+	// One timer for both phases. It first bounds the wait for the first
+	// line; from then on it fires at most once per TokenTimeout and checks
+	// the time of the latest line, re-arming itself for the rest of the
+	// gap. Lines only store a timestamp: resetting a timer per token costs
+	// more than the rest of our per-token work (BenchmarkOllamaOverhead).
+	var lastLine atomic.Int64 // UnixNano of the latest line; 0: none yet
+	var watchdog atomic.Pointer[time.Timer]
+	watchdog.Store(time.AfterFunc(o.cfg.FirstTokenTimeout, func() {
+		last := lastLine.Load()
+		if last == 0 {
 			cancel(errNoFirstToken)
+			return
 		}
-	})
-	defer watchdog.Stop()
+		idle := time.Since(time.Unix(0, last))
+		if idle >= o.cfg.TokenTimeout {
+			cancel(errStalled)
+			return
+		}
+		watchdog.Load().Reset(o.cfg.TokenTimeout - idle)
+	}))
+	defer func() { watchdog.Load().Stop() }()
 	lines, pieces := 0, 0
 	done := false
 	err := ep.client.Chat(actx, chat, func(r api.ChatResponse) error {
+		now := time.Now()
+		lastLine.Store(now.UnixNano())
 		if lines == 0 {
-			streaming.Store(true)
+			watchdog.Load().Reset(o.cfg.TokenTimeout) // the gap phase starts
 		}
-		watchdog.Reset(o.cfg.TokenTimeout)
 		lines++
 		if c := r.Message.Content; c != "" {
-			now := time.Now()
 			if res.TTFT == 0 {
 				res.TTFT = max(now.Sub(start), 1) // non-zero: output reached the caller
 			}

@@ -228,3 +228,54 @@ func TestEndToEndOllamaCut(t *testing.T) {
 		t.Fatalf("%q, %v", got.String(), err)
 	}
 }
+
+func TestBackendConfig(t *testing.T) {
+	model := tinyModel(t)
+	dir := t.TempDir()
+	typo := filepath.Join(dir, "typo.toml")
+	_ = os.WriteFile(typo, []byte("[ollama]\nmodel = \"m\"\nkeepalive = \"5m\"\n"), 0o644)
+	good := filepath.Join(dir, "good.toml")
+	_ = os.WriteFile(good, []byte("backend = \"ollama\"\nfallback = [\"native\"]\nmodel = \""+model+"\"\n"+
+		"[ollama]\nendpoints = [\"http://127.0.0.1:1\", \"http://gpu-box.lan:11434\"]\nmodel = \"llama3.2:1b\"\nkeep_alive = \"-1s\"\n"+
+		"connect_timeout = \"1s\"\nfirst_token_timeout = \"90s\"\ntoken_timeout = \"20s\"\ntotal_timeout = \"5m\"\nretries = -1\n"+
+		"breaker_failures = 5\nbreaker_cooldown = \"30s\"\nprobe_interval = \"1m\"\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string // "" = valid
+	}{
+		{args: []string{"--backend", "ollama"}, want: "backend ollama: no model"},
+		{args: []string{"--backend", "ollama", "--model", "llama3.2:1b"}},
+		{args: []string{"--backend", "ollama", "--model", "llama3.2:1b", "--fallback", "native"}, want: "needs a GGUF file"},
+		{args: []string{"--backend", "ollama", "--ollama-model", "llama3.2:1b", "--model", model, "--fallback", "native"}},
+		{args: []string{"--model", model, "--fallback", "gpu"}, want: `fallback "gpu"`},
+		{args: []string{"--model", model, "--fallback", "auto"}, want: `fallback "auto"`},
+		{args: []string{"--ollama-model", "llama3.2:1b"}}, // auto, Ollama only
+		{args: []string{"--ollama-model", "m", "--ollama-url", "ftp://x"}, want: "want http://host:port"},
+		{args: []string{"--model", model, "--backend", "native", "--fallback", "ollama"}, want: "backend ollama: no model"},
+		{args: []string{"--ollama-model", "m"}, env: map[string]string{"MCPD_OLLAMA_KEEP_ALIVE": "forever"}, want: "MCPD_OLLAMA_KEEP_ALIVE"},
+		{args: []string{"--backend", "ollama"}, env: map[string]string{"MCPD_OLLAMA_MODEL": "m", "MCPD_OLLAMA_URL": "http://a:1,http://b:2", "MCPD_FALLBACK": "native", "MCPD_MODEL": model}},
+		{args: []string{"--config", typo}, want: "unknown keys: ollama.keepalive"},
+		{args: []string{"--config", good}},
+	} {
+		var out syncBuffer
+		err := run(context.Background(), append([]string{"--check-config", "--listen-udp", "127.0.0.1:0"}, tc.args...),
+			func(k string) string { return tc.env[k] }, &out, &out)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%v %v: %v", tc.args, tc.env, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%v %v: got %v, want an error containing %q", tc.args, tc.env, err, tc.want)
+		}
+	}
+	// What the file and flags say reaches the engine's configuration.
+	var cfg config = defaultConfig()
+	if err := cfg.loadFile(good, true); err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.Ollama
+	if o.KeepAlive == nil || o.KeepAlive.Duration != -time.Second || o.Retries != -1 || o.BreakerFailures != 5 ||
+		o.FirstTokenTimeout.Duration != 90*time.Second || len(o.Endpoints) != 2 || cfg.ollamaModel() != "llama3.2:1b" || cfg.ggufPath() != model {
+		t.Fatalf("%+v", cfg)
+	}
+}
