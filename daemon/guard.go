@@ -271,24 +271,22 @@ func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool) bool {
 // evictIdle makes room for a new session when the daemon is full. First
 // choice: the session silent for longest, if it has been silent for more
 // than a heartbeat (a device must send at least that often, §10) and runs
-// no request. Second: the oldest half-open session — one that never had a
-// request accepted (a HELLO and nothing after, or fragments that never
-// made a message) — so that a flood of HELLOs churns through its own
-// sessions and not through the devices that are using theirs. Called with
-// d.mu held; the caller cancels the returned session once d.mu is
-// released.
+// no request. Second: the oldest half-open session — one whose device has
+// never acknowledged a whole answer: a HELLO and nothing after, fragments
+// that never made a message, or INFERs whose answers it never takes (its
+// requests are cancelled). A flood of HELLOs or INFERs therefore churns
+// through its own sessions and not through those of devices that are
+// being served; a device that just connected is the youngest, so the last
+// to go. Called with d.mu held; the caller cancels the returned session
+// once d.mu is released.
 func (d *Daemon) evictIdle(now time.Time) *session {
 	var silent, halfOpen *session
 	for _, s := range d.sessions {
-		busy, used := s.usage()
-		if busy {
-			continue
-		}
-		if now.Sub(s.lastSeen()) > d.cfg.Heartbeat && (silent == nil || s.lastSeen().Before(silent.lastSeen())) {
-			silent = s
-		}
-		if !used && (halfOpen == nil || s.opened.Before(halfOpen.opened)) {
+		if !s.delivered.Load() && (halfOpen == nil || s.opened.Before(halfOpen.opened)) {
 			halfOpen = s
+		}
+		if now.Sub(s.lastSeen()) > d.cfg.Heartbeat && !s.busy() && (silent == nil || s.lastSeen().Before(silent.lastSeen())) {
+			silent = s
 		}
 	}
 	victim := silent
@@ -307,10 +305,10 @@ func (d *Daemon) evictIdle(now time.Time) *session {
 	return victim
 }
 
-// usage reports whether the session has a request running or streaming,
-// and whether it ever had one accepted.
-func (s *session) usage() (busy, used bool) {
+// busy reports whether the session has a request queued, running or
+// streaming.
+func (s *session) busy() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.active > 0, len(s.order) > 0
+	return s.active > 0
 }

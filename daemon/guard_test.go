@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -177,37 +178,39 @@ func TestPeerLimiterBounded(t *testing.T) {
 }
 
 // TestEvictHalfOpenSessions: when the daemon is full, a new device takes
-// the place of a session silent for more than a heartbeat, else of the
-// oldest half-open one (no request ever accepted); sessions in use stay.
+// the place of the oldest half-open session — one whose device never
+// acknowledged a whole answer, even with requests in flight — and never
+// that of a device being served.
 func TestEvictHalfOpenSessions(t *testing.T) {
-	release := make(chan struct{})
-	e := &testEngine{release: release}
-	defer close(release)
-	d, addr := startDaemon(t, Config{MaxSessions: 3, Heartbeat: 300 * time.Millisecond, DefaultMaxTokens: 100}, e)
-	busy := rawSession(t, addr, "busy")
-	if err := busy.Send(rawInfer(t, 2, "hold on")); err != nil {
+	d, addr := startDaemon(t, Config{MaxSessions: 3, ShutdownDrain: 100 * time.Millisecond}, &testEngine{})
+	served := dial(t, addr, device.Config{DeviceID: "served"})
+	if _, _, err := ask(t, served, "a question"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return d.Stats().Accepted.Load() == 1 })
-	used := dial(t, addr, device.Config{DeviceID: "used"})
-	go func() { _, _, _ = ask(t, used, "a question") }() // accepted, then held by the engine
+	taker := rawSession(t, addr, "taker") // asks, never acknowledges the answer
+	if err := taker.Send(rawInfer(t, 2, "flood")); err != nil {
+		t.Fatal(err)
+	}
 	waitFor(t, func() bool { return d.Stats().Accepted.Load() == 2 })
 	rawSession(t, addr, "half-open")
-	for i := range 3 { // each newcomer replaces the oldest half-open session
+	for i := range 3 { // the taker, the half-open one, then newcomer-0
 		if _, err := hello(addr, device.Config{DeviceID: fmt.Sprintf("newcomer-%d", i)}); err != nil {
 			t.Fatalf("newcomer %d: %v", i, err)
 		}
 	}
 	if got := d.Stats().Evicted.Load(); got != 3 {
-		t.Fatalf("evicted %d, want 3 (the half-open session, then each newcomer in turn)", got)
+		t.Fatalf("evicted %d, want 3", got)
 	}
+	var left []string
 	for _, s := range d.Snapshot(context.Background()).Sessions {
-		if s.Device != "busy" && s.Device != "used" && s.Device != "newcomer-2" {
-			t.Fatalf("session of %s survived", s.Device)
-		}
+		left = append(left, s.Device)
 	}
-	if d.Stats().Sessions.Load() != 3 {
-		t.Fatalf("sessions %d", d.Stats().Sessions.Load())
+	slices.Sort(left)
+	if !slices.Equal(left, []string{"newcomer-1", "newcomer-2", "served"}) {
+		t.Fatalf("sessions left: %v", left)
+	}
+	if text, _, err := ask(t, served, "still here?"); err != nil || text != answerFor("still here?") {
+		t.Fatalf("the served device after the evictions: %q %v", text, err)
 	}
 }
 

@@ -34,6 +34,7 @@ type session struct {
 	verifier    *sp.Verifier // checks what it sends; nil in an unsigned session
 	lastAuthErr time.Time    // AUTH_FAILED answers are rate-limited (§9.2)
 	opened      time.Time    // for eviction of half-open sessions (guard.go)
+	delivered   atomic.Bool  // the device acknowledged a whole answer (guard.go)
 
 	mu       sync.Mutex
 	reasm    *sp.Reassembler
@@ -203,6 +204,7 @@ func (s *session) handle(f sp.Frame) {
 			// Delivered: the device's place is free now, before this link
 			// reads its next INFER, not when the request's goroutine wakes.
 			r.releasePlace()
+			s.delivered.Store(true)
 		}
 	case *sp.Cancel:
 		s.cancelRequest(f.Seq)

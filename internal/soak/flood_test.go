@@ -195,13 +195,15 @@ func TestHostileFlood(t *testing.T) {
 	// per-source limit sits far above what they send.
 	guard := daemon.Config{PeerRate: 1000, PeerBurst: 256, Heartbeat: time.Second}
 	for _, tc := range []struct {
-		name  string
-		cfg   daemon.Config
-		flood bool
+		name   string
+		cfg    daemon.Config
+		flood  bool
+		during bool // the devices connect after the flood started
 	}{
-		{"legit devices only (baseline)", guard, false},
-		{"1,000-source flood, open policy", guard, true},
-		{"1,000-source flood, policy admits 127.0.0.1/32 only", withNetworks(guard, "127.0.0.1/32"), true},
+		{"legit devices only (baseline)", guard, false, false},
+		{"1,000-source flood, open policy", guard, true, false},
+		{"1,000-source flood, open policy, devices connect during it", guard, true, true},
+		{"1,000-source flood, policy admits 127.0.0.1/32 only", withNetworks(guard, "127.0.0.1/32"), true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := &Echo{}
@@ -213,13 +215,19 @@ func TestHostileFlood(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			var wg sync.WaitGroup
 			sentBefore := f.sent.Load()
+			startFlood := func() {
+				wg.Add(1)
+				go func() { defer wg.Done(); f.run(ctx, t, r.addr, 20000) }()
+				time.Sleep(300 * time.Millisecond)
+			}
+			if tc.during {
+				startFlood()
+			}
 			// The devices have their sessions; then the flood starts, and
 			// they ask through it.
 			row := devicesThen(t, r.addr, 4, 100000, device.Config{DeviceID: "legit", MaxData: 128, Window: 4, RTO: 100 * time.Millisecond, Retries: 10}, plain, AnswerFor, 10*time.Millisecond, func() {
-				if tc.flood {
-					wg.Add(1)
-					go func() { defer wg.Done(); f.run(ctx, t, r.addr, 20000) }()
-					time.Sleep(300 * time.Millisecond)
+				if tc.flood && !tc.during {
+					startFlood()
 				}
 			})
 			cancel()
