@@ -126,4 +126,6 @@ bench-report: build models ## Go benchmarks + mcpctl bench scenarios → bench/r
 	GO=$(GO) BIN=$(BIN) MODEL=$(MODELS)/bench-135m-q8_0.gguf bench/report.sh
 
 clean:
-	rm -rf $(BIN) native/include $(MODELS) clients/c/build
+	rm -rf $(BIN) native/include $(MODELS) clients/c/build dist
+
+include cross/cross.mk

@@ -10,12 +10,31 @@ void mcpd_log_to_go(void) {
 	llama_log_set(mcpd_log_cb, NULL);
 }
 
-int mcpd_built_x86_64_v3(void) {
+unsigned mcpd_built_features(void) {
+	unsigned f = 0;
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-	return 1;
-#else
-	return 0;
+	f |= MCPD_FEAT_X86_64_V3;
 #endif
+#if defined(__ARM_NEON)
+	f |= MCPD_FEAT_NEON;
+#endif
+#if defined(__arm__) && defined(__ARM_FEATURE_FMA)
+	// On 32-bit ARM, FMA comes with VFPv4; on arm64 it is part of the base.
+	f |= MCPD_FEAT_VFPV4;
+#endif
+#if defined(__ARM_FEATURE_DOTPROD)
+	f |= MCPD_FEAT_DOTPROD;
+#endif
+#if defined(__ARM_FEATURE_FP16_VECTOR_ARITHMETIC)
+	f |= MCPD_FEAT_FP16;
+#endif
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+	f |= MCPD_FEAT_I8MM;
+#endif
+#if defined(__ARM_FEATURE_SVE)
+	f |= MCPD_FEAT_SVE;
+#endif
+	return f;
 }
 
 bool mcpd_abort_cb(void * data) {

@@ -10,9 +10,17 @@
 // Routes llama.cpp and ggml logging to Go (mcpdLog).
 void mcpd_log_to_go(void);
 
-// Whether this translation unit was compiled for x86-64-v3 (AVX2, FMA,
-// F16C): the same CGO_CFLAGS build ggml, so it tells what the binary needs.
-int mcpd_built_x86_64_v3(void);
+// The instruction-set extensions this translation unit was compiled to use
+// (MCPD_FEAT_* bits): the same CGO_CFLAGS build ggml, so they are what the
+// binary needs from the CPU it runs on.
+#define MCPD_FEAT_X86_64_V3  (1u << 0) // AVX2, FMA, F16C (BMI2 comes with -march=x86-64-v3)
+#define MCPD_FEAT_NEON       (1u << 1) // Advanced SIMD (always on arm64; -mfpu=neon* on armv7)
+#define MCPD_FEAT_VFPV4      (1u << 2) // fused multiply-add in VFP/NEON (armv7 -mfpu=neon-vfpv4)
+#define MCPD_FEAT_DOTPROD    (1u << 3) // SDOT/UDOT (armv8.2-a+dotprod, Cortex-A55/A76)
+#define MCPD_FEAT_FP16       (1u << 4) // half-precision vector arithmetic (armv8.2-a+fp16)
+#define MCPD_FEAT_I8MM       (1u << 5) // int8 matrix multiply (armv8.6-a, +i8mm)
+#define MCPD_FEAT_SVE        (1u << 6) // scalable vectors (+sve)
+unsigned mcpd_built_features(void);
 
 // An abort flag in C memory: ggml polls it from its worker threads while
 // computing, and Go sets it from another goroutine to stop a decode.

@@ -9,8 +9,9 @@
 //
 // Build: `make` copies the llama.cpp headers into native/include (they are
 // not committed) and sets CGO_CFLAGS/CGO_CXXFLAGS to -O3 -march=x86-64-v3 on
-// amd64; see docs/native.md. Such a binary checks the CPU at Load
-// (CheckCPU) and refuses older CPUs with a clear error rather than dying on
+// amd64; see docs/native.md (and docs/cross.md for the ARM builds). Such a
+// binary checks the CPU at Load (CheckCPU) and refuses a CPU that lacks the
+// instructions it was compiled for with a clear error rather than dying on
 // an illegal instruction.
 package native
 
@@ -24,16 +25,13 @@ import "C"
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"runtime"
 	"strings"
 
 	// The llama.cpp and ggml sources, compiled by cgo. Only this package
 	// is imported: github.com/ollama/ollama/llama would drag in code that
 	// needs files module zips omit.
 	_ "github.com/ollama/ollama/llama/llama.cpp/src"
-	"golang.org/x/sys/cpu"
 )
 
 // Errors, wrapped with detail; test with errors.Is.
@@ -54,41 +52,6 @@ var (
 
 // Token is a vocabulary id.
 type Token int32
-
-// CheckCPU reports ErrCPU when the binary was compiled for x86-64-v3
-// (AVX2, FMA, F16C, BMI2) and this CPU lacks one of them. Call it at
-// startup: ggml would otherwise die with SIGILL mid-request.
-func CheckCPU() error {
-	have := map[string]bool{
-		"AVX2": cpu.X86.HasAVX2, "FMA": cpu.X86.HasFMA, "F16C": cpu.X86.HasF16C, "BMI2": cpu.X86.HasBMI2,
-	}
-	return checkCPU(runtime.GOARCH, C.mcpd_built_x86_64_v3() != 0, have)
-}
-
-func checkCPU(arch string, builtV3 bool, have map[string]bool) error {
-	if arch != "amd64" || !builtV3 {
-		return nil
-	}
-	var missing []string
-	for _, f := range []string{"AVX2", "FMA", "F16C", "BMI2"} {
-		if !have[f] {
-			missing = append(missing, f)
-		}
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("%w: built for x86-64-v3 but the CPU lacks %s; rebuild with CGO_CFLAGS/CGO_CXXFLAGS=-march=x86-64 (see docs/native.md)",
-			ErrCPU, strings.Join(missing, ", "))
-	}
-	return nil
-}
-
-// BuildInfo says what the binary was compiled for, for logs and /health.
-func BuildInfo() string {
-	if C.mcpd_built_x86_64_v3() != 0 {
-		return runtime.GOARCH + " x86-64-v3 (AVX2 FMA F16C)"
-	}
-	return runtime.GOARCH + " baseline"
-}
 
 // setup silences llama.cpp's stderr output (routing it to slog) and
 // initialises the backend. Both calls are idempotent, so setup runs on

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -404,23 +405,71 @@ func TestSamplerSeed(t *testing.T) {
 }
 
 func TestCheckCPU(t *testing.T) {
-	all := map[string]bool{"AVX2": true, "FMA": true, "F16C": true, "BMI2": true}
-	if err := checkCPU("amd64", true, all); err != nil {
-		t.Fatal(err)
+	x86 := map[string]bool{"AVX2": true, "FMA": true, "F16C": true, "BMI2": true}
+	a76 := map[string]bool{"NEON": true, "DOTPROD": true, "FP16": true} // Cortex-A76 (Pi 5)
+	a72 := map[string]bool{"NEON": true}                                // Cortex-A72 (Pi 4): armv8.0
+	a7 := map[string]bool{"NEON": true, "VFPv4": true}                  // Cortex-A7 (Pi 2)
+	a8 := map[string]bool{"NEON": true}                                 // Cortex-A8: VFPv3 only
+	tests := []struct {
+		name    string
+		arch    string
+		built   uint
+		have    map[string]bool
+		missing string // "" = accepted
+	}{
+		{"x86-64-v3 on a v3 CPU", "amd64", builtX86V3, x86, ""},
+		{"x86-64-v3 on an old CPU", "amd64", builtX86V3, map[string]bool{"AVX2": true}, "FMA, F16C, BMI2"},
+		{"amd64 baseline anywhere", "amd64", 0, nil, ""},
+		{"arm64 baseline on Pi 4", "arm64", builtNEON, a72, ""},
+		{"arm64 dotprod on Pi 5", "arm64", builtNEON | builtDotProd | builtFP16, a76, ""},
+		{"arm64 dotprod on Pi 4", "arm64", builtNEON | builtDotProd | builtFP16, a72, "DOTPROD, FP16"},
+		{"arm64 i8mm on Pi 5", "arm64", builtNEON | builtDotProd | builtI8MM, a76, "I8MM"},
+		{"arm64 sve on Pi 5", "arm64", builtNEON | builtSVE, a76, "SVE"},
+		{"armv7 NEON-VFPv4 on Pi 2", "arm", builtNEON | builtVFPv4, a7, ""},
+		{"armv7 NEON-VFPv4 on Cortex-A8", "arm", builtNEON | builtVFPv4, a8, "VFPv4"},
+		{"armv7 NEON on a CPU without NEON", "arm", builtNEON | builtVFPv4, map[string]bool{}, "NEON, VFPv4"},
+		{"armv7 generic anywhere", "arm", 0, map[string]bool{}, ""},
 	}
-	if err := checkCPU("amd64", true, map[string]bool{"AVX2": true}); !errors.Is(err, ErrCPU) || !strings.Contains(err.Error(), "FMA") {
-		t.Fatalf("old CPU: %v", err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := checkCPU(tt.arch, tt.built, tt.have)
+			if tt.missing == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, ErrCPU) || !strings.Contains(err.Error(), "lacks "+tt.missing+";") {
+				t.Fatalf("got %v, want ErrCPU naming %q", err, tt.missing)
+			}
+			if !strings.Contains(err.Error(), "docs/") {
+				t.Fatalf("no advice in %v", err)
+			}
+		})
 	}
-	if err := checkCPU("amd64", false, nil); err != nil {
-		t.Fatalf("baseline build: %v", err)
-	}
-	if err := checkCPU("arm64", true, nil); err != nil {
-		t.Fatalf("arm64: %v", err)
-	}
+	// The binary under test runs where it was built: it must accept this CPU.
 	if err := CheckCPU(); err != nil {
 		t.Fatalf("this machine: %v", err)
 	}
 	t.Log(BuildInfo())
+}
+
+// TestBuildInfo: the label names what the C side was compiled for, which
+// follows CGO_CFLAGS (x86-64-v3 under make on amd64, NEON on arm64).
+func TestBuildInfo(t *testing.T) {
+	if got := builtLabel(builtNEON | builtDotProd | builtFP16); got != "NEON+dotprod+fp16" {
+		t.Fatalf("label %q", got)
+	}
+	if got := builtLabel(0); got != "baseline" {
+		t.Fatalf("label %q", got)
+	}
+	info := BuildInfo()
+	if !strings.HasPrefix(info, runtime.GOARCH+" ") {
+		t.Fatalf("BuildInfo %q lacks the arch", info)
+	}
+	if runtime.GOARCH == "arm64" && !strings.Contains(info, "NEON") {
+		t.Fatalf("arm64 build without NEON: %q", info)
+	}
 }
 
 // logCapture collects slog records.
