@@ -16,10 +16,11 @@
 #   arm64  -march=armv8-a              every 64-bit ARM (Pi 3/4/5, Jetson);
 #          CROSS_ARM64_MARCH=armv8.2-a+dotprod+fp16 for Cortex-A55/A76 (Pi 5,
 #          RK3588): SDOT and FP16 arithmetic in ggml's kernels; refused on a Pi 4
-#   armv7  -march=armv7-a -mfpu=neon-vfpv4 -mfloat-abi=hard
+#   armv7  -march=armv7-a -mfpu=neon-vfpv4 -mfloat-abi=hard -mfp16-format=ieee
 #          NEON with FMA (Cortex-A7/A15/A53/A72 in 32-bit mode: Pi 2/3/4 on a
 #          32-bit OS); ggml's NEON vector code needs __ARM_FEATURE_FMA, i.e.
-#          VFPv4. CROSS_ARMV7_FPU=vfpv3-d16 builds a generic one for
+#          VFPv4; its fp16 conversions use __fp16, which 32-bit GCC only
+#          knows with -mfp16-format=ieee. CROSS_ARMV7_FPU=vfpv3-d16 builds a generic one for
 #          Cortex-A8/A9. ollama's ggml ships ARM-specific quant kernels for
 #          arm64 only, so armv7 always uses ggml's generic quant kernels
 #          (-DGGML_CPU_GENERIC); without it the link fails.
@@ -46,7 +47,7 @@ target_env() {
 	armv7)
 		GOARCH=arm GOARM=7 TRIPLET=arm-linux-gnueabihf DEBARCH=armhf
 		CC=arm-linux-gnueabihf-gcc CXX=arm-linux-gnueabihf-g++
-		CFLAGS="-O3 -march=armv7-a -mfpu=${CROSS_ARMV7_FPU:-neon-vfpv4} -mfloat-abi=hard"
+		CFLAGS="-O3 -march=armv7-a -mfpu=${CROSS_ARMV7_FPU:-neon-vfpv4} -mfloat-abi=hard -mfp16-format=ieee"
 		CPPFLAGS="-DGGML_CPU_GENERIC"
 		QEMU=qemu-arm-static
 		APT_PKGS="gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf"
