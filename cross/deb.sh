@@ -100,7 +100,7 @@ dpkg-deb --root-owner-group -Zxz --build "$pkg" "$deb" >/dev/null
 echo "deb: $deb ($(stat -c %s "$deb") bytes), Depends: adduser, $depends"
 
 # lintian: errors fail; warnings and info are printed for the record.
-lintian --fail-on error --no-tag-display-limit "$deb" | tee "$debdist/lintian-$DEBARCH.txt" || {
+lintian --fail-on error --tag-display-limit 0 "$deb" | tee "$debdist/lintian-$DEBARCH.txt" || {
 	echo "deb: lintian found errors in $deb" >&2
 	exit 1
 }

@@ -76,7 +76,7 @@ done
 case "$DEBARCH" in amd64) machine='X86-64' ;; arm64) machine='AArch64' ;; armhf) machine='ARM' ;; esac
 for b in mcpd mcpctl; do
 	f=$ctrl/root/usr/bin/$b
-	readelf -h "$f" | grep -q "Machine: *$machine\$" || bad "$b is not $machine: $(readelf -h "$f" | grep Machine)"
+	readelf -h "$f" | grep -q "Machine:.* $machine\$" || bad "$b is not $machine: $(readelf -h "$f" | grep Machine)"
 	readelf -S -W "$f" | grep -q '\.symtab\|\.debug_' && bad "$b is not stripped"
 done
 run=()
