@@ -2,7 +2,8 @@
 # Builds mcpd and mcpctl for one target into $CROSS_DIST/linux-TARGET/,
 # reproducibly: -trimpath (no build paths), -buildvcs=false and an explicit
 # version from git (no clock, no VCS dirtiness probe), -s -w (stripped),
-# -buildid= (no content hash of the inputs' paths). With --tests it also
+# -buildid= (no content hash of the inputs' paths). Externally linked
+# with RELRO and BIND_NOW. With --tests it also
 # cross-compiles the test binaries (go test -c) that make cross-test runs
 # under qemu, with the same flags so they reuse the compiled llama.cpp.
 # Usage: cross/build.sh TARGET [--tests]
@@ -25,9 +26,12 @@ mkdir -p "$out"
 
 export_target_env
 flags=(-trimpath -buildvcs=false)
+# External linking (gcc, as mcpd's C++ needs anyway) for mcpctl too, so
+# both get RELRO and immediate binding like any Debian binary.
+ldflags="-s -w -buildid= -X main.version=$version -linkmode=external -extldflags=-Wl,-z,relro,-z,now"
 start=$(date +%s.%N)
 for cmd in mcpd mcpctl; do
-	"$go" build "${flags[@]}" -ldflags "-s -w -buildid= -X main.version=$version" -o "$out/$cmd" "./cmd/$cmd"
+	"$go" build "${flags[@]}" -ldflags "$ldflags" -o "$out/$cmd" "./cmd/$cmd"
 done
 if [ "$tests" = "--tests" ]; then
 	# The protocol, engine and engine-binding tests; their testdata/ golden
