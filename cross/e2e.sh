@@ -52,7 +52,8 @@ cleanup() {
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 : >"$work/empty.toml" # not /etc/mcpd/mcpd.toml of the machine
-"${run[@]}" --config "$work/empty.toml" --model "$model" --listen-udp "127.0.0.1:$port" \
+"${run[@]}" --config "$work/empty.toml" --backend native --model "$model" --http off \
+	--listen-udp "127.0.0.1:$port" \
 	--threads 2 --max-concurrent 1 >"$work/mcpd.log" 2>&1 &
 pid=$!
 # Loading is quick natively and takes seconds under qemu; bounded at 120 s.

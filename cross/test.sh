@@ -60,7 +60,7 @@ if [ -n "$refuse" ]; then
 	echo "== linux-$target on $refuse: must refuse"
 	set +e
 	msg=$("$QEMU" -L "/usr/$TRIPLET" -cpu "$refuse" "$out/mcpd" --config /dev/null \
-		--model testdata/models/tiny.gguf --listen-udp 127.0.0.1:0 2>&1)
+		--backend native --model testdata/models/tiny.gguf --http off --listen-udp 127.0.0.1:0 2>&1)
 	rc=$?
 	set -e
 	echo "$msg" | tail -n 2
