@@ -84,5 +84,10 @@ run=()
 got=$("${run[@]}" "$ctrl/root/usr/bin/mcpd" --version 2>&1) || bad "packaged mcpd --version failed: $got"
 [ "$got" = "mcpd $version" ] || bad "packaged mcpd --version says '$got', want 'mcpd $version'"
 
+# Every Go module compiled in is named in the copyright file.
+for m in $(go version -m "$ctrl/root/usr/bin/mcpd" "$ctrl/root/usr/bin/mcpctl" | awk '$1 == "dep" { print $2 }' | sort -u); do
+	grep -qF "vendor/$m/*" "$ctrl/root/usr/share/doc/mcpd/copyright" || bad "copyright does not name $m (compiled into the binaries)"
+done
+
 if [ "$fail" != 0 ]; then exit 1; fi
 echo "debcheck: $(basename "$deb"): ok (Depends: $depends)"

@@ -6,7 +6,7 @@
 # arithmetic; the golden file comes from the amd64 build: --update).
 # Prints mcpctl's statistics (tokens/s under qemu: a sanity figure only).
 #
-# Usage: cross/e2e.sh TARGET [--update] [--model GGUF] [--cpu QEMU_CPU] [--no-golden]
+# Usage: cross/e2e.sh TARGET [--update] [--model GGUF] [--cpu QEMU_CPU] [--no-golden] [--prompts N]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
@@ -15,13 +15,14 @@ cd "$root"
 
 target=$1
 shift
-update=0 golden=1 model=testdata/models/tiny.gguf qcpu=${CROSS_QEMU_CPU:-}
+update=0 golden=1 model=testdata/models/tiny.gguf qcpu=${CROSS_QEMU_CPU:-} nprompts=3
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--update) update=1 ;;
 	--no-golden) golden=0 ;;
 	--model) model=$2; shift ;;
 	--cpu) qcpu=$2; shift ;;
+	--prompts) nprompts=$2 golden=0; shift ;; # a speed probe: no golden check
 	*) echo "e2e: unknown flag $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -71,7 +72,7 @@ grep -q 'mcpd ready' "$work/mcpd.log" || { echo "e2e: mcpd not ready after 120 s
 
 prompts=("Hello, world" "ESP32 says: temperature is 21.5 C" "What should I water first?")
 : >"$work/got"
-for p in "${prompts[@]}"; do
+for p in "${prompts[@]:0:$nprompts}"; do
 	printf '>> %s\n' "$p" >>"$work/got"
 	timeout 300 "$mcpctl" ask --udp "127.0.0.1:$port" --temperature 0 --max-tokens 32 --new-chat \
 		--device-id "e2e-$target" "$p" >>"$work/got" 2>"$work/stats"
