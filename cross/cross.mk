@@ -21,5 +21,6 @@ cross-golden: $(MODELS)/tiny.gguf ## rewrite cross/testdata/ask-tiny.golden with
 	cross/e2e.sh amd64 --update
 
 deb: cross ## mcpd_<version>_<arch>.deb for amd64, arm64, armhf; lintian; contents checked
+	@rm -f $(DEB_DIST)/*.deb $(DEB_DIST)/SHA256SUMS
 	@set -e; for t in $(CROSS_TARGETS); do cross/deb.sh $$t; done
 	cross/sums.sh $(DEB_DIST) '*.deb'
