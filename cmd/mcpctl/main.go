@@ -28,6 +28,8 @@ Commands:
   demo       start mcpd on loopback UDP and a pty "UART", ask over each (make run)
   loopback   run a simulated device against a protocol peer over loopback UDP
   decode     explain frames given in hex, or a captured serial byte stream
+  impair     a lossy link on loopback: forward UDP to mcpd, losing, duplicating
+             and reordering datagrams (seeded)
   version    print the version
 
 Run 'mcpctl <command> -h' for a command's flags.
@@ -69,6 +71,8 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return runBench(ctx, args[1:], stdout, stderr)
 	case "demo":
 		return runDemo(ctx, args[1:], stdout, stderr)
+	case "impair":
+		return runImpair(ctx, args[1:], stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "mcpctl", version)
 		return nil
