@@ -22,6 +22,7 @@ type Config struct {
 	ShutdownDrain     time.Duration // how long in-flight requests may finish on shutdown
 	MaxPendingPerPeer int           // fragmented messages in reassembly per session
 	MaxPerSession     int           // accepted requests one device may have at once
+	StallTimeout      time.Duration // an engine call with no output for this long counts as hung (Alive)
 	// Keys holds each signing device's pre-shared key by device id: such a
 	// device must sign every frame, and so does the daemon (§9).
 	Keys map[string]sp.Key
@@ -68,6 +69,7 @@ func (c Config) WithDefaults() Config {
 	defDur(&c.RequestTimeout, 2*time.Minute)
 	defDur(&c.FlushInterval, 20*time.Millisecond)
 	defDur(&c.ShutdownDrain, 10*time.Second)
+	defDur(&c.StallTimeout, 2*time.Minute)
 	return c
 }
 

@@ -44,25 +44,29 @@ type Stats struct {
 
 // Daemon dispatches devices' requests to a backend.
 type Daemon struct {
-	cfg     Config
-	backend backends.Backend
-	log     *slog.Logger
-	stats   Stats
-	obs     Observer // nil: nothing observes (observe.go)
+	cfg    atomic.Pointer[Config]    // replaced whole by Reconfigure (runtime.go)
+	engine atomic.Pointer[engineRef] // replaced by SwapBackend (runtime.go)
+	log    *slog.Logger
+	stats  Stats
+	obs    Observer // nil: nothing observes (observe.go)
+	live   liveness // what the watchdog asks about (liveness.go)
 
-	slots     chan struct{} // one token per running request
-	admitted  atomic.Int64  // accepted requests still queued or generating
-	streaming atomic.Int64  // requests whose answer is still being delivered
+	slots atomic.Pointer[chan struct{}] // one token per running request; replaced by Reconfigure
+
+	admitted  atomic.Int64 // accepted requests still queued or generating
+	streaming atomic.Int64 // requests whose answer is still being delivered
 	draining  atomic.Bool
 
 	mu         sync.Mutex
 	sessions   map[string]*session
-	bootNonces map[string][]uint32 // per keyed device, its last 16 HELLO boot nonces (§9.3)
-	linkCtx    context.Context     // lives until the drain is over
-	limiter    peerLimiter         // per-source rate limit (guard.go)
-	budgets    budgets             // per-device token budgets (guard.go)
-	links      []string            // names of the links being served
-	local      localRequests       // requests of local applications (local.go)
+	bootNonces map[string][]uint32     // per keyed device, its last 16 HELLO boot nonces (§9.3)
+	linkCtx    context.Context         // lives until the drain is over
+	limiter    peerLimiter             // per-source rate limit (guard.go)
+	budgets    budgets                 // per-device token budgets (guard.go)
+	links      map[string]*runningLink // the links being served (links.go)
+	linkErrs   chan error              // the first link that fails for good ends Run
+	started    chan struct{}           // closed once Run serves its links
+	local      localRequests           // requests of local applications (local.go)
 }
 
 // New returns a daemon serving through b.
@@ -77,13 +81,20 @@ func New(cfg Config, b backends.Backend, log *slog.Logger) (*Daemon, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Daemon{
-		cfg: cfg, backend: b, log: log,
-		slots:      make(chan struct{}, cfg.MaxConcurrent),
+	d := &Daemon{
+		log:        log,
 		sessions:   make(map[string]*session),
 		bootNonces: make(map[string][]uint32),
 		limiter:    peerLimiter{rate: cfg.PeerRate, burst: float64(cfg.PeerBurst), max: cfg.MaxPeers},
-	}, nil
+		links:      make(map[string]*runningLink),
+		linkErrs:   make(chan error, 1),
+		started:    make(chan struct{}),
+	}
+	d.cfg.Store(&cfg)
+	d.engine.Store(&engineRef{b: b})
+	slots := make(chan struct{}, cfg.MaxConcurrent)
+	d.slots.Store(&slots)
+	return d, nil
 }
 
 // Stats returns the live counters.
@@ -101,28 +112,21 @@ func (d *Daemon) Run(ctx context.Context, links ...Link) error {
 	defer stopLinks()
 	d.mu.Lock()
 	d.linkCtx = linkCtx
-	for _, l := range links {
-		d.links = append(d.links, l.Name())
-	}
 	d.mu.Unlock()
 
-	errc := make(chan error, len(links))
 	for _, l := range links {
-		go func() {
-			err := l.Run(linkCtx, d)
-			if err != nil {
-				d.log.Error("link failed", "link", l.Name(), "err", err)
-			}
-			errc <- err
-		}()
-		d.log.Info("link up", "link", l.Name())
+		if err := d.AddLink(l); err != nil {
+			stopLinks()
+			return err
+		}
 	}
 	go d.janitor(linkCtx)
+	close(d.started)
 
 	var linkErr error
 	select {
 	case <-ctx.Done():
-	case linkErr = <-errc:
+	case linkErr = <-d.linkErrs:
 	}
 	d.drain()
 	stopLinks()
@@ -132,7 +136,7 @@ func (d *Daemon) Run(ctx context.Context, links ...Link) error {
 // drain refuses new work and gives in-flight requests time to finish.
 func (d *Daemon) drain() {
 	d.draining.Store(true)
-	if d.waitIdle(d.cfg.ShutdownDrain) {
+	if d.waitIdle(d.conf().ShutdownDrain) {
 		return
 	}
 	d.log.Warn("drain deadline passed; ending the remaining requests", "requests", d.admitted.Load())
@@ -160,7 +164,7 @@ func (d *Daemon) waitIdle(timeout time.Duration) bool {
 
 // janitor expires silent sessions and stale reassembly state.
 func (d *Daemon) janitor(ctx context.Context) {
-	tick := time.NewTicker(max(d.cfg.Heartbeat/4, 50*time.Millisecond))
+	tick := time.NewTicker(max(d.conf().Heartbeat/4, 50*time.Millisecond))
 	defer tick.Stop()
 	for {
 		select {
@@ -176,13 +180,14 @@ func (d *Daemon) janitor(ctx context.Context) {
 			var expired []*session
 			d.mu.Lock()
 			for _, s := range d.sessions {
-				if now.Sub(s.lastSeen()) > 3*d.cfg.Heartbeat {
+				if now.Sub(s.lastSeen()) > 3*d.conf().Heartbeat {
 					expired = append(expired, s)
 				} else {
 					s.expireFragments(now)
 				}
 			}
 			d.mu.Unlock()
+			d.live.beat(now) // the lock every frame takes is not stuck
 			for _, s := range expired {
 				d.log.Info("session expired", "device", s.deviceID, "peer", s.peer.Key())
 				s.close(errSessionClosed)
@@ -267,7 +272,7 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, err.Error()))
 		return
 	}
-	key, keyed := d.cfg.Keys[h.DeviceID]
+	key, keyed := d.conf().Keys[h.DeviceID]
 	switch {
 	case keyed && !signed:
 		d.countAuth(sp.ErrUnsigned)
@@ -324,13 +329,13 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		return
 	}
 	var evicted *session
-	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
+	if old == nil && len(d.sessions) >= d.conf().MaxSessions {
 		evicted = d.evictIdle(time.Now())
 	}
 	if evicted != nil {
 		defer evicted.cancel(errSessionClosed) // after d.mu is released
 	}
-	if old == nil && len(d.sessions) >= d.cfg.MaxSessions {
+	if old == nil && len(d.sessions) >= d.conf().MaxSessions {
 		d.mu.Unlock()
 		d.observeRefused(linkOf(p), sp.CodeBusy)
 		d.send(p, f.Seq, sp.NewError(sp.CodeBusy, "too many sessions"))
@@ -393,7 +398,7 @@ func (d *Daemon) removeSession(s *session) {
 func (d *Daemon) admit() bool {
 	for {
 		n := d.admitted.Load()
-		if n >= int64(d.cfg.MaxConcurrent+d.cfg.MaxQueue) {
+		if n >= int64(d.conf().MaxConcurrent+d.conf().MaxQueue) {
 			return false
 		}
 		if d.admitted.CompareAndSwap(n, n+1) {
@@ -448,20 +453,20 @@ func (d *Daemon) status() *sp.StatusReply {
 	state := sp.StateReady
 	if d.draining.Load() {
 		state = sp.StateDraining
-	} else if err := d.backend.Healthy(d.linkCtx); err != nil {
+	} else if err := d.backend().Healthy(d.linkCtx); err != nil {
 		state = sp.StateUnavailable
-	} else if dg, ok := d.backend.(interface{ Degraded() bool }); ok && dg.Degraded() {
+	} else if dg, ok := d.backend().(interface{ Degraded() bool }); ok && dg.Degraded() {
 		state = sp.StateDegraded // serving, on a fallback engine or with an Ollama endpoint down
 	}
-	running := len(d.slots)
+	running := len(*d.slots.Load())
 	queued := max(int(d.admitted.Load())-running, 0)
 	model := ""
-	if info, err := d.backend.Model(d.linkCtx, ""); err == nil {
+	if info, err := d.backend().Model(d.linkCtx, ""); err == nil {
 		model = info.Name
 	}
 	return &sp.StatusReply{
-		State: state, LoadPct: uint8(100 * running / d.cfg.MaxConcurrent), Queue: uint8(min(queued, 255)),
-		Backend: d.backend.Name(), Model: model,
+		State: state, LoadPct: uint8(100 * running / d.conf().MaxConcurrent), Queue: uint8(min(queued, 255)),
+		Backend: d.backend().Name(), Model: model,
 	}
 }
 

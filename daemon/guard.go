@@ -66,7 +66,7 @@ func (p Policy) validate() error {
 // admitPeer checks a HELLO's source and device id against the policy; the
 // returned error's text goes to the device.
 func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
-	pol := &d.cfg.Policy
+	pol := &d.conf().Policy
 	if len(pol.Networks) > 0 {
 		if a, ok := p.(interface{ Addr() netip.AddrPort }); ok {
 			ip := a.Addr().Addr().Unmap()
@@ -83,7 +83,7 @@ func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
 	}
 	if pol.OnlyListed {
 		_, listed := pol.Devices[deviceID]
-		_, keyed := d.cfg.Keys[deviceID]
+		_, keyed := d.conf().Keys[deviceID]
 		if !listed && !keyed {
 			return sp.NewError(sp.CodeForbidden, "device not allowed")
 		}
@@ -94,7 +94,7 @@ func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
 // allowModel refuses, through refuse, an INFER naming a model its
 // device's rule does not allow.
 func (s *session) allowModel(m *sp.Infer, refuse func(*sp.Error)) bool {
-	rule, ok := s.d.cfg.Policy.Devices[s.deviceID]
+	rule, ok := s.d.conf().Policy.Devices[s.deviceID]
 	if !ok || m.Model == "" || len(rule.Models) == 0 || slices.Contains(rule.Models, m.Model) {
 		return true
 	}
@@ -108,11 +108,11 @@ func (s *session) allowModel(m *sp.Infer, refuse func(*sp.Error)) bool {
 // at once cannot overspend; settleBudget gives back what the request did
 // not use. It reports false when the budget is spent.
 func (s *session) takeBudget(m *sp.Infer) bool {
-	rule, ok := s.d.cfg.Policy.Devices[s.deviceID]
+	rule, ok := s.d.conf().Policy.Devices[s.deviceID]
 	if !ok || rule.TokenBudget <= 0 {
 		return true
 	}
-	want := s.d.cfg.DefaultMaxTokens
+	want := s.d.conf().DefaultMaxTokens
 	if m.Set.Has(sp.OptMaxTokens) && m.MaxTokens > 0 {
 		want = int(m.MaxTokens)
 	}
@@ -129,7 +129,7 @@ func (s *session) takeBudget(m *sp.Infer) bool {
 // settleBudget gives back the part of a request's reservation it did not
 // generate.
 func (d *Daemon) settleBudget(deviceID string, m *sp.Infer, tokens int) {
-	if rule, ok := d.cfg.Policy.Devices[deviceID]; ok && rule.TokenBudget > 0 {
+	if rule, ok := d.conf().Policy.Devices[deviceID]; ok && rule.TokenBudget > 0 {
 		d.budgets.take(deviceID, rule, -max(int(m.MaxTokens)-tokens, 0), time.Now())
 	}
 }
@@ -285,7 +285,7 @@ func (d *Daemon) evictIdle(now time.Time) *session {
 		if !s.delivered.Load() && (halfOpen == nil || s.opened.Before(halfOpen.opened)) {
 			halfOpen = s
 		}
-		if now.Sub(s.lastSeen()) > d.cfg.Heartbeat && !s.busy() && (silent == nil || s.lastSeen().Before(silent.lastSeen())) {
+		if now.Sub(s.lastSeen()) > d.conf().Heartbeat && !s.busy() && (silent == nil || s.lastSeen().Before(silent.lastSeen())) {
 			silent = s
 		}
 	}

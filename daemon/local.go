@@ -26,7 +26,7 @@ var (
 	// device may have (MaxPerSession) — the device's ERROR BUSY "this
 	// device has too many requests".
 	ErrClientBusy = errors.New("daemon: this client has too many requests")
-	// ErrNotRunning: Generate was called before Run or after it ended.
+	// ErrNotRunning: Generate (or AddLink) was called before Run or after it ended.
 	ErrNotRunning = errors.New("daemon: not serving")
 )
 
@@ -79,7 +79,7 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 		return refuse(sp.CodeBackendUnavailable, ErrNotRunning)
 	case d.draining.Load():
 		return refuse(sp.CodeShuttingDown, errShuttingDown)
-	case !d.local.reserve(req.Client, d.cfg.MaxPerSession):
+	case !d.local.reserve(req.Client, d.conf().MaxPerSession):
 		return refuse(sp.CodeBusy, ErrClientBusy)
 	}
 	defer d.local.unreserve(req.Client)
@@ -92,7 +92,7 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	}
 	d.stats.Accepted.Add(1)
 
-	deadline := d.cfg.RequestTimeout
+	deadline := d.conf().RequestTimeout
 	if req.Deadline > 0 {
 		deadline = min(deadline, req.Deadline)
 	}
@@ -130,14 +130,19 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 }
 
 func (d *Daemon) generateLocal(ctx context.Context, req LocalRequest, obs RequestObserver, emit backends.Emit) (backends.Result, error) {
+	slots := *d.slots.Load() // released to the pool it came from, even after a reload
 	select {
-	case d.slots <- struct{}{}:
+	case slots <- struct{}{}:
 	case <-ctx.Done():
 		return backends.Result{}, context.Cause(ctx)
 	}
-	defer func() { <-d.slots }()
+	defer func() { <-slots }()
+	e := d.acquireEngine()
+	defer e.release()
+	call := d.live.begin()
+	defer d.live.end(call)
 	if obs != nil {
-		obs.Generating(d.backend.Name())
+		obs.Generating(e.b.Name())
 	}
 	msgs := make([]backends.Message, 0, 2)
 	if req.System != "" {
@@ -146,9 +151,10 @@ func (d *Daemon) generateLocal(ctx context.Context, req LocalRequest, obs Reques
 	msgs = append(msgs, backends.Message{Role: backends.RoleUser, Content: req.Prompt})
 	opts := req.Options
 	if opts.MaxTokens <= 0 {
-		opts.MaxTokens = d.cfg.DefaultMaxTokens
+		opts.MaxTokens = d.conf().DefaultMaxTokens
 	}
-	res, err := d.backend.Generate(ctx, backends.Request{Model: req.Model, Messages: msgs, Options: opts}, func(piece []byte) error {
+	res, err := e.b.Generate(ctx, backends.Request{Model: req.Model, Messages: msgs, Options: opts}, func(piece []byte) error {
+		call.step()
 		if obs != nil {
 			obs.Token(len(piece))
 		}

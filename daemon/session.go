@@ -55,7 +55,7 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq
 		d: d, peer: p, deviceID: h.DeviceID, bootNonce: h.BootNonce, daemonNonce: nonce,
 		maxData: int(h.MaxData), window: int(h.Window),
 		ctx: ctx, cancel: cancel,
-		reasm:    sp.NewReassembler(sp.ReassemblerConfig{MaxMessage: d.cfg.MaxMessage, MaxPending: d.cfg.MaxPendingPerPeer}),
+		reasm:    sp.NewReassembler(sp.ReassemblerConfig{MaxMessage: d.conf().MaxMessage, MaxPending: d.conf().MaxPendingPerPeer}),
 		requests: make(map[uint8]*request),
 		newest:   helloSeq,
 	}
@@ -133,8 +133,8 @@ func (s *session) welcome() *sp.Welcome {
 	}
 	return &sp.Welcome{
 		Version: sp.Version1, MaxData: sp.MaxData, Window: 255, Features: features,
-		HeartbeatMS: uint16(s.d.cfg.Heartbeat / time.Millisecond),
-		MaxMessage:  uint16(s.d.cfg.MaxMessage), DaemonNonce: s.daemonNonce,
+		HeartbeatMS: uint16(s.d.conf().Heartbeat / time.Millisecond),
+		MaxMessage:  uint16(s.d.conf().MaxMessage), DaemonNonce: s.daemonNonce,
 	}
 }
 
@@ -344,7 +344,7 @@ func (s *session) infer(f sp.Frame) {
 func (s *session) reserve() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.active >= s.d.cfg.MaxPerSession {
+	if s.active >= s.d.conf().MaxPerSession {
 		return false
 	}
 	s.active++
@@ -392,7 +392,7 @@ func (s *session) noteFragment(seq uint8, now time.Time, complete bool) time.Tim
 }
 
 func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.Time) *request {
-	deadline := s.d.cfg.RequestTimeout
+	deadline := s.d.conf().RequestTimeout
 	if m.Set.Has(sp.OptDeadlineMS) && m.DeadlineMS > 0 {
 		deadline = min(deadline, time.Duration(m.DeadlineMS)*time.Millisecond)
 	}
@@ -403,7 +403,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.T
 	r := &request{
 		s: s, seq: seq, fragments: fragments, infer: m,
 		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout, obs: obs,
-		st: newStream(s.peer, s.seal, sp.Version1, seq, s.maxData, s.window, s.d.cfg.FlushInterval, s.d.cfg.MaxRetransmits),
+		st: newStream(s.peer, s.seal, sp.Version1, seq, s.maxData, s.window, s.d.conf().FlushInterval, s.d.conf().MaxRetransmits),
 	}
 	d := s.d
 	r.st.onSend = func(cmd sp.Command, retransmit bool) {
@@ -450,7 +450,7 @@ func (s *session) remember(prompt, answer string) {
 	s.history = append(s.history,
 		backends.Message{Role: backends.RoleUser, Content: prompt},
 		backends.Message{Role: backends.RoleAssistant, Content: answer})
-	if extra := len(s.history) - s.d.cfg.MaxHistory; extra > 0 {
+	if extra := len(s.history) - s.d.conf().MaxHistory; extra > 0 {
 		s.history = append(s.history[:0:0], s.history[extra+extra%2:]...) // drop whole turns
 	}
 }
@@ -535,17 +535,23 @@ func (r *request) run() {
 
 func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 	d := r.s.d
+	slots := *d.slots.Load() // released to the pool it came from, even after a reload
 	select {
-	case d.slots <- struct{}{}:
+	case slots <- struct{}{}:
 	case <-r.ctx.Done():
 		return backends.Result{}, context.Cause(r.ctx)
 	}
-	defer func() { <-d.slots }()
+	defer func() { <-slots }()
+	e := d.acquireEngine()
+	defer e.release()
+	call := d.live.begin()
+	defer d.live.end(call)
 	if r.obs != nil {
-		r.obs.Generating(d.backend.Name())
+		r.obs.Generating(e.b.Name())
 	}
-	req := backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.cfg.DefaultMaxTokens)}
-	res, err := d.backend.Generate(r.ctx, req, func(piece []byte) error {
+	req := backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.conf().DefaultMaxTokens)}
+	res, err := e.b.Generate(r.ctx, req, func(piece []byte) error {
+		call.step()
 		if r.obs != nil {
 			r.obs.Token(len(piece))
 		}

@@ -67,11 +67,11 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 	d.mu.Lock()
 	running := d.linkCtx != nil && d.linkCtx.Err() == nil
 	snap := Snapshot{
-		Links:         slices.Clone(d.links),
+		Links:         d.linkNamesLocked(),
 		Sessions:      make([]SessionInfo, 0, len(d.sessions)),
-		MaxConcurrent: d.cfg.MaxConcurrent,
-		MaxQueue:      d.cfg.MaxQueue,
-		Backend:       d.backend.Name(),
+		MaxConcurrent: d.conf().MaxConcurrent,
+		MaxQueue:      d.conf().MaxQueue,
+		Backend:       d.backend().Name(),
 	}
 	open := make([]*session, 0, len(d.sessions))
 	for _, s := range d.sessions {
@@ -89,7 +89,7 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		})
 	}
 	slices.SortFunc(snap.Sessions, func(a, b SessionInfo) int { return strings.Compare(a.Peer, b.Peer) })
-	snap.Running = len(d.slots)
+	snap.Running = len(*d.slots.Load())
 	snap.Queued = max(int(d.admitted.Load())-snap.Running, 0)
 	snap.LocalRequests = d.local.count()
 	st := &d.stats
@@ -100,7 +100,7 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		AuthUnsigned: st.AuthUnsigned.Load(), AuthBadTag: st.AuthBadTag.Load(), AuthReplay: st.AuthReplay.Load(), AuthStale: st.AuthStale.Load(),
 		RateLimited: st.RateLimited.Load(), Forbidden: st.Forbidden.Load(), Evicted: st.Evicted.Load(), Retransmits: st.Retransmits.Load(),
 	}
-	if info, err := d.backend.Model(ctx, ""); err == nil {
+	if info, err := d.backend().Model(ctx, ""); err == nil {
 		snap.Model = info.Name
 	}
 	switch {
@@ -110,7 +110,7 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		snap.State = "draining"
 	default:
 		snap.State = "ready"
-		if err := d.backend.Healthy(ctx); err != nil {
+		if err := d.backend().Healthy(ctx); err != nil {
 			snap.State, snap.StateReason = "unavailable", err.Error()
 		}
 	}

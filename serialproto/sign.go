@@ -3,6 +3,7 @@ package serialproto
 import (
 	"crypto/hmac"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -51,6 +52,9 @@ func NewKey(b []byte) (Key, error) {
 
 // IsZero reports whether k holds no key.
 func (k Key) IsZero() bool { return len(k.b) == 0 }
+
+// Equal compares two keys in constant time.
+func (k Key) Equal(o Key) bool { return subtle.ConstantTimeCompare(k.b, o.b) == 1 }
 
 func (Key) String() string               { return "[redacted key]" }
 func (Key) GoString() string             { return "serialproto.Key{[redacted]}" }

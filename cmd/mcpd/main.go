@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/daemon/httpapi"
 )
 
 var version = "dev"
@@ -88,75 +87,58 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	}
 
-	cfg := defaultConfig()
-	if *configPath != "" {
-		if err := cfg.loadFile(*configPath, true); err != nil {
-			return err
+	// resolve builds the configuration from its sources; a reload (SIGHUP)
+	// calls it again: the file and the environment are re-read, the flags
+	// still win.
+	resolve := func() (config, error) {
+		cfg := defaultConfig()
+		if *configPath != "" {
+			if err := cfg.loadFile(*configPath, true); err != nil {
+				return cfg, err
+			}
+		} else if err := cfg.loadFile(DefaultConfigPath, false); err != nil {
+			return cfg, err
 		}
-	} else if err := cfg.loadFile(DefaultConfigPath, false); err != nil {
-		return err
-	}
-	if err := cfg.loadEnv(getenv); err != nil {
-		return err
-	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	apply := func(name string, f func()) {
-		if set[name] {
-			f()
+		if err := cfg.loadEnv(getenv); err != nil {
+			return cfg, err
 		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		apply := func(name string, f func()) {
+			if set[name] {
+				f()
+			}
+		}
+		apply("listen-udp", func() { cfg.ListenUDP = udp })
+		apply("serial", func() { cfg.Serial = ser })
+		apply("backend", func() { cfg.Backend = *backend })
+		applyBackendFlags(&cfg, set)
+		apply("model", func() { cfg.Model = *model })
+		apply("log-level", func() { cfg.LogLevel = *logLevel })
+		apply("http", func() { cfg.HTTP.Listen = *httpListen })
+		apply("threads", func() { cfg.Engine.Threads = *threads })
+		apply("ctx", func() { cfg.Engine.ContextSize = *ctxSize })
+		apply("max-concurrent", func() { cfg.Limits.MaxConcurrent = *maxConc })
+		apply("max-queue", func() { cfg.Limits.MaxQueue = *maxQueue })
+		apply("max-sessions", func() { cfg.Limits.MaxSessions = *maxSessions })
+		apply("heartbeat", func() { cfg.Limits.Heartbeat.Duration = *heartbeat })
+		if len(cfg.ListenUDP) == 0 && len(cfg.Serial) == 0 {
+			cfg.ListenUDP = []string{"127.0.0.1:7700"}
+		}
+		return cfg, nil
 	}
-	apply("listen-udp", func() { cfg.ListenUDP = udp })
-	apply("serial", func() { cfg.Serial = ser })
-	apply("backend", func() { cfg.Backend = *backend })
-	applyBackendFlags(&cfg, set)
-	apply("model", func() { cfg.Model = *model })
-	apply("log-level", func() { cfg.LogLevel = *logLevel })
-	apply("http", func() { cfg.HTTP.Listen = *httpListen })
-	apply("threads", func() { cfg.Engine.Threads = *threads })
-	apply("ctx", func() { cfg.Engine.ContextSize = *ctxSize })
-	apply("max-concurrent", func() { cfg.Limits.MaxConcurrent = *maxConc })
-	apply("max-queue", func() { cfg.Limits.MaxQueue = *maxQueue })
-	apply("max-sessions", func() { cfg.Limits.MaxSessions = *maxSessions })
-	apply("heartbeat", func() { cfg.Limits.Heartbeat.Duration = *heartbeat })
-	if len(cfg.ListenUDP) == 0 && len(cfg.Serial) == 0 {
-		cfg.ListenUDP = []string{"127.0.0.1:7700"}
-	}
-
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return fmt.Errorf("log level %q: want debug, info, warn or error", cfg.LogLevel)
-	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	keys, err := cfg.deviceKeys()
+	cfg, err := resolve()
 	if err != nil {
 		return err
 	}
-	dcfg := daemon.Config{
-		Keys:          keys,
-		MaxConcurrent: cfg.Limits.MaxConcurrent, MaxQueue: cfg.Limits.MaxQueue, MaxSessions: cfg.Limits.MaxSessions,
-		Heartbeat: cfg.Limits.Heartbeat.Duration, RequestTimeout: cfg.Limits.RequestTimeout.Duration,
-	}
-	if err := cfg.applyGuard(&dcfg); err != nil {
+	p, err := prepare(cfg) // reload.go
+	if err != nil {
 		return err
 	}
-	serials := make([]daemon.SerialConfig, len(cfg.Serial))
-	for i, s := range cfg.Serial {
-		sc, err := daemon.ParseSerial(s)
-		if err != nil {
-			return err
-		}
-		serials[i] = sc
-	}
-	if err := dcfg.WithDefaults().Validate(); err != nil {
-		return err
-	}
-	if _, _, err := httpapi.ParseAddr(cfg.HTTP.Listen); err != nil {
-		return err
-	}
-	if err := checkBackend(cfg); err != nil {
-		return err
-	}
+	dcfg, serials, keys := p.daemon, p.serials, p.daemon.Keys
+	level := new(slog.LevelVar) // a reload may change it
+	level.Set(p.level)
+	log, lastErr := newLogger(stderr, level) // journald under systemd (service.go)
 	if *checkConfig {
 		lim := dcfg.WithDefaults()
 		lim.Keys = nil // printed as a count: keys never reach output
@@ -165,28 +147,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return nil
 	}
 
-	var links []daemon.Link
-	for _, a := range cfg.ListenUDP {
-		l, err := daemon.ListenUDP(a)
-		if err != nil {
-			return err
-		}
-		links = append(links, l)
-	}
-	for _, sc := range serials {
-		links = append(links, daemon.NewSerialLink(sc, log))
-	}
-	b, err := openBackend(ctx, cfg, log)
+	// systemd: notify, watchdog, socket activation, SIGHUP (service.go).
+	svc := newService(ctx, log, lastErr, level, getenv)
+	defer svc.stop()
+	links, err := svc.openLinks(cfg, serials)
 	if err != nil {
 		return err
 	}
-	defer b.Close()
+	svc.status("loading model " + cfg.Model)
+	b, err := svc.openEngine(ctx, cfg)
+	if err != nil {
+		closeLinks(links)
+		return err
+	}
 	d, err := daemon.New(dcfg, b, log)
 	if err != nil {
+		b.Close()
+		closeLinks(links)
 		return err
 	}
+	b = currentEngine{d} // the engine in use, which a reload may replace
 	obs, err := setupObservability(ctx, cfg, getenv, d, b, log)
 	if err != nil {
+		d.Backend().Close()
+		closeLinks(links)
 		return err
 	}
 	httpCtx, stopHTTP := context.WithCancel(context.WithoutCancel(ctx))
@@ -199,9 +183,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer cancel()
 		_ = obs.shutdown(flush)
 	}()
-	log.Info("mcpd ready", "version", version, "backend", b.Name(), "links", len(links))
 	start := time.Now()
-	err = d.Run(ctx, links...)
+	err = svc.serve(ctx, d, links, resolve) // closes the engine
 	log.Info("mcpd stopped", "uptime", time.Since(start).Round(time.Second))
 	return err
 }

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/daemon/httpapi"
+)
+
+// prepared is a configuration checked as far as it can be without opening
+// anything: what start-up and a reload both need before touching the
+// running daemon.
+type prepared struct {
+	daemon  daemon.Config
+	serials map[string]daemon.SerialConfig // by the spec in the config
+	level   slog.Level
+}
+
+func prepare(cfg config) (prepared, error) {
+	var p prepared
+	if err := p.level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return p, fmt.Errorf("log level %q: want debug, info, warn or error", cfg.LogLevel)
+	}
+	keys, err := cfg.deviceKeys()
+	if err != nil {
+		return p, err
+	}
+	p.daemon = daemon.Config{
+		Keys:          keys,
+		MaxConcurrent: cfg.Limits.MaxConcurrent, MaxQueue: cfg.Limits.MaxQueue, MaxSessions: cfg.Limits.MaxSessions,
+		Heartbeat: cfg.Limits.Heartbeat.Duration, RequestTimeout: cfg.Limits.RequestTimeout.Duration,
+		ShutdownDrain: cfg.Limits.ShutdownDrain.Duration, StallTimeout: cfg.Limits.EngineStall.Duration,
+	}
+	if err := cfg.applyGuard(&p.daemon); err != nil {
+		return p, err
+	}
+	p.serials = make(map[string]daemon.SerialConfig, len(cfg.Serial))
+	for _, s := range cfg.Serial {
+		sc, err := daemon.ParseSerial(s)
+		if err != nil {
+			return p, err
+		}
+		p.serials[s] = sc
+	}
+	if err := p.daemon.WithDefaults().Validate(); err != nil {
+		return p, err
+	}
+	if _, _, err := httpapi.ParseAddr(cfg.HTTP.Listen); err != nil {
+		return p, err
+	}
+	if err := checkBackend(cfg); err != nil {
+		return p, err
+	}
+	return p, nil
+}
+
+// engineSettings is what, when it changes, needs a new engine: the
+// backend and its fallbacks, the [ollama] section, the model (its file
+// replaced in place counts), threads, context, and the number of parallel
+// sequences.
+func engineSettings(cfg config) string {
+	key := fmt.Sprintf("%s|%q|%+v|%s|%d|%d|%d", cfg.Backend, cfg.Fallback, cfg.Ollama, cfg.Model,
+		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent)
+	if st, err := os.Stat(cfg.Model); err == nil {
+		key += fmt.Sprintf("|%d|%d", st.Size(), st.ModTime().UnixNano())
+	}
+	return key
+}
+
+// udpKey names a listen address by what it resolves to, so that
+// "localhost:7700" and "127.0.0.1:7700" are the same socket.
+func udpKey(addr string) string {
+	if a, err := net.ResolveUDPAddr("udp", addr); err == nil {
+		return a.String()
+	}
+	return addr
+}
+
+// reload re-reads the configuration and applies it to the running daemon:
+// links added and removed (sessions on links that stay are untouched), new
+// limits and keys, a new engine when its settings changed. Everything that
+// can fail — parsing, binding new sockets, loading a model — happens before
+// the first change, so a rejected configuration leaves the running one
+// fully in force.
+func (s *service) reload(ctx context.Context, d *daemon.Daemon, resolve func() (config, error)) error {
+	cfg, err := resolve()
+	if err != nil {
+		return err
+	}
+	p, err := prepare(cfg)
+	if err != nil {
+		return err
+	}
+
+	// New UDP sockets, bound now (an address in use rejects the reload).
+	// With socket activation the socket unit owns the UDP addresses.
+	wantUDP := map[string]bool{}
+	newUDP := map[string]*daemon.UDPLink{} // by udpKey of the configured address
+	closeNew := func() {
+		for _, l := range newUDP {
+			closeLinks([]daemon.Link{l})
+		}
+	}
+	if !s.activated {
+		for _, a := range cfg.ListenUDP {
+			k := udpKey(a)
+			if wantUDP[k] {
+				continue
+			}
+			wantUDP[k] = true
+			if _, ok := s.udp[k]; ok {
+				continue
+			}
+			l, err := daemon.ListenUDP(a)
+			if err != nil {
+				closeNew()
+				return err
+			}
+			newUDP[k] = l
+		}
+	}
+
+	reloadEngine := engineSettings(cfg) != engineSettings(s.cur)
+	var engine backends.Backend
+	if reloadEngine {
+		s.status("reloading: loading model " + cfg.Model)
+		if engine, err = s.openEngine(ctx, cfg); err != nil {
+			closeNew()
+			return fmt.Errorf("new engine: %w", err)
+		}
+	}
+
+	// From here on, nothing is refused: the new configuration goes in.
+	if err := d.Reconfigure(p.daemon); err != nil { // checked by prepare; kept for safety
+		closeNew()
+		if engine != nil {
+			engine.Close()
+		}
+		return err
+	}
+	s.level.Set(p.level)
+	if engine != nil {
+		old, idle, err := d.SwapBackend(engine)
+		if err != nil {
+			return err
+		}
+		s.retire(old, idle)
+	}
+
+	var errs []error
+	rmctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var removed, added []string
+	if !s.activated {
+		for k, name := range s.udp {
+			if !wantUDP[k] {
+				errs = append(errs, d.RemoveLink(rmctx, name))
+				delete(s.udp, k)
+				removed = append(removed, name)
+			}
+		}
+	}
+	// A serial spec whose baud or framing changed is a removal and an
+	// addition of the same port.
+	for spec, name := range s.serial {
+		if _, keep := p.serials[spec]; !keep {
+			errs = append(errs, d.RemoveLink(rmctx, name))
+			delete(s.serial, spec)
+			removed = append(removed, name)
+		}
+	}
+	for k, l := range newUDP {
+		if err := d.AddLink(l); err != nil {
+			closeLinks([]daemon.Link{l})
+			errs = append(errs, err)
+			continue
+		}
+		s.udp[k] = l.Name()
+		added = append(added, l.Name())
+	}
+	for spec, sc := range p.serials {
+		if _, have := s.serial[spec]; have {
+			continue
+		}
+		l := daemon.NewSerialLink(sc, s.log)
+		if err := d.AddLink(l); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s.serial[spec] = l.Name()
+		added = append(added, l.Name())
+	}
+	if cfg.HTTP != s.cur.HTTP {
+		s.log.Warn("the http endpoint's settings take effect at the next restart", "listen", s.cur.HTTP.Listen)
+		cfg.HTTP = s.cur.HTTP
+	}
+	s.cur = cfg
+	slices.Sort(added)
+	slices.Sort(removed)
+	s.log.Info("configuration reloaded", "links_added", strings.Join(added, ","), "links_removed", strings.Join(removed, ","),
+		"engine_reloaded", reloadEngine, "links", len(d.Links()))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("reload applied, with link errors: %w", err)
+	}
+	return nil
+}
