@@ -283,6 +283,7 @@ func TestSystemdLifecycle(t *testing.T) {
 	// thread count, which takes a new engine.
 	base2 := strings.Replace(base, "threads = 1", "threads = 2", 1)
 	writeConfig(t, conf, "listen_udp = [\""+addrA+"\", \""+addrB+"\"]\n"+base2+"max_sessions = 2\n")
+	hup := time.Now()
 	p.signal(t, syscall.SIGHUP)
 	reloading := notify.next(t, "RELOADING=1", 10*time.Second)
 	if !strings.Contains(reloading, "\nMONOTONIC_USEC=") {
@@ -291,6 +292,7 @@ func TestSystemdLifecycle(t *testing.T) {
 	if ready := notify.next(t, "READY=1", 10*time.Second); !strings.Contains(ready, "2 links; 1 sessions") {
 		t.Fatalf("READY after reload: %q", ready)
 	}
+	t.Logf("SIGHUP → READY %v (a UDP address added, a new engine loaded)", time.Since(hup).Round(time.Millisecond))
 	if err := pingDevice(a, 3*time.Second); err != nil {
 		t.Fatalf("the session on the address that stayed: %v", err)
 	}
@@ -379,8 +381,10 @@ func TestWatchdogStopsWhenTheEngineHangs(t *testing.T) {
 	}
 
 	// The device hears nothing more: its Ask ends when the test closes it.
+	hang := time.Now()
 	go func() { _, _, _ = askDevice(c, "MCPD-FAULT-HANG", 8, 20*time.Second) }()
 	p.waitLog(t, "watchdog: not pinging", 10*time.Second)
+	t.Logf("pings held %v after the hung request was sent (engine_stall 1s, checked every 500ms)", time.Since(hang).Round(time.Millisecond))
 	if !strings.Contains(p.logs.String(), "engine call(s) without output") {
 		t.Fatalf("the log does not say what is stuck")
 	}
