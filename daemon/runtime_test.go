@@ -185,7 +185,11 @@ func TestReconfigureKeepsSessions(t *testing.T) {
 	if hb := fresh.Welcome().HeartbeatMS; hb != 2000 {
 		t.Fatalf("WELCOME heartbeat %d ms, want 2000", hb)
 	}
-	// MaxSessions 2 is now reached: a third device is refused.
+	// MaxSessions 2 is now reached by two devices in use (a half-open or
+	// silent session would be evicted instead): a third is refused.
+	if _, _, err := ask(t, fresh, "in use"); err != nil {
+		t.Fatal(err)
+	}
 	tr, err := device.DialUDP(addr)
 	if err != nil {
 		t.Fatal(err)
