@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mcpd-project/mcpd/backends/detect"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
@@ -49,7 +50,7 @@ type OpenConfig struct {
 	// Ollama configures the Ollama engine; nil: none (no model name).
 	Ollama *OllamaConfig
 	// Detector presents the machine (default: the real one).
-	Detector *Detector
+	Detector *detect.Detector
 	// DetectInterval is how often the machine is probed again: a GPU
 	// driver may come up after mcpd (default 30s).
 	DetectInterval time.Duration
@@ -74,7 +75,7 @@ func Open(ctx context.Context, cfg OpenConfig) (*Selector, error) {
 		cfg.Logger = slog.Default()
 	}
 	if cfg.Detector == nil {
-		cfg.Detector = &Detector{}
+		cfg.Detector = &detect.Detector{}
 	}
 	if cfg.DetectInterval <= 0 {
 		cfg.DetectInterval = 30 * time.Second
@@ -165,7 +166,7 @@ func wantedEngines(cfg OpenConfig) []Policy {
 }
 
 // openNative checks that the model fits the memory available, then loads it.
-func openNative(ctx context.Context, cfg LlamaConfig, m Machine) (*Llama, error) {
+func openNative(ctx context.Context, cfg LlamaConfig, m detect.Machine) (*Llama, error) {
 	info, err := gguf.ValidateFile(cfg.ModelPath)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
@@ -199,7 +200,7 @@ type Selector struct {
 	once      sync.Once
 
 	mu      sync.Mutex
-	machine Machine
+	machine detect.Machine
 }
 
 // choice is one evaluation's outcome; Generate reads it without locks.
@@ -225,7 +226,7 @@ type SelectionStatus struct {
 	Since     time.Time
 	Degraded  bool  // running on a fallback, or an Ollama endpoint is down
 	Failovers int64 // requests that moved to another engine before their first token
-	Machine   Machine
+	Machine   detect.Machine
 	Engines   []EngineStatus
 	Endpoints []EndpointStatus // Ollama's, when it runs
 }
@@ -274,7 +275,7 @@ func (s *Selector) loop() {
 		if reprobe {
 			m := s.cfg.Detector.Probe(ctx)
 			s.mu.Lock()
-			changed := !m.sameHardware(s.machine)
+			changed := !m.SameHardware(s.machine)
 			s.machine = m
 			s.mu.Unlock()
 			if changed {
@@ -328,7 +329,13 @@ func (s *Selector) evaluate(ctx context.Context, why string) {
 	order, reason := s.preference()
 	chosen := Policy("")
 	var skipped []string
+	old := s.current.Load()
 	for _, p := range order {
+		if p == PolicyOllama && old != nil && old.chosen != PolicyOllama && s.engines[p].Healthy(ctx) == nil {
+			// About to move requests to Ollama: ask the endpoints for the
+			// model now rather than trust the last probe.
+			s.ollama.probeAll(ctx)
+		}
 		if err := s.engines[p].Healthy(ctx); err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s unhealthy: %v", p, err))
 			continue
@@ -361,7 +368,6 @@ func (s *Selector) evaluate(ctx context.Context, why string) {
 			}
 		}
 	}
-	old := s.current.Load()
 	if old != nil && old.chosen == chosen && slices.Equal(old.names, names) && old.reason == reason && old.degraded == c.degraded {
 		return
 	}

@@ -10,19 +10,54 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpd-project/mcpd/backends/detect"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
-// gpuMachine is an NVIDIA box; cpuMachine a CPU-only board.
-func gpuMachine(t testing.TB) *Detector {
-	root := fakeMachine(t, map[string]string{"proc/cpuinfo": cpuinfoX86, "proc/meminfo": meminfo,
-		"proc/driver/nvidia/version": "NVRM version: 550\n", "dev/nvidia0": ""})
-	return &Detector{Root: root, Run: runner("NVIDIA L4, 23034\n", nil)}
+// fakeMachine writes files under a temporary root: path → content.
+func fakeMachine(t testing.TB, files map[string]string) string {
+	t.Helper()
+	root := t.TempDir()
+	for p, content := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return root
 }
 
-func cpuMachine(t testing.TB) *Detector {
-	return &Detector{Root: fakeMachine(t, map[string]string{"proc/cpuinfo": cpuinfoARM, "proc/meminfo": meminfo}),
+const (
+	cpuinfoX86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma f16c\n"
+	cpuinfoARM = "processor\t: 0\nFeatures\t: fp asimd asimddp\n\nprocessor\t: 1\n"
+	meminfo    = "MemTotal:       16303368 kB\nMemAvailable:    8000000 kB\n"
+)
+
+var errNoSMI = errors.New(`exec: "nvidia-smi": executable file not found in $PATH`)
+
+// runner answers nvidia-smi with out, or fails as a machine without it.
+func runner(out string, err error) detect.CommandRunner {
+	return func(_ context.Context, name string, _ ...string) ([]byte, error) {
+		if name != "nvidia-smi" {
+			return nil, errors.New("unexpected command " + name)
+		}
+		return []byte(out), err
+	}
+}
+
+// gpuMachine is an NVIDIA box; cpuMachine a CPU-only board.
+func gpuMachine(t testing.TB) *detect.Detector {
+	root := fakeMachine(t, map[string]string{"proc/cpuinfo": cpuinfoX86, "proc/meminfo": meminfo,
+		"proc/driver/nvidia/version": "NVRM version: 550\n", "dev/nvidia0": ""})
+	return &detect.Detector{Root: root, Run: runner("NVIDIA L4, 23034\n", nil)}
+}
+
+func cpuMachine(t testing.TB) *detect.Detector {
+	return &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/cpuinfo": cpuinfoARM, "proc/meminfo": meminfo}),
 		Run: runner("", errNoSMI)}
 }
 
@@ -48,7 +83,7 @@ func TestAutoSelectsByMachine(t *testing.T) {
 	native := tinyNative(t)
 	tests := []struct {
 		name   string
-		det    *Detector
+		det    *detect.Detector
 		srv    ollamatest.Model
 		chosen string
 		reason string
@@ -105,7 +140,7 @@ func TestFailoverBeforeFirstTokenIsInvisible(t *testing.T) {
 
 func TestSelectionFollowsHealth(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
-	det := &Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": meminfo}), Run: runner("", errNoSMI)}
+	det := &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": meminfo}), Run: runner("", errNoSMI)}
 	s := openSelector(t, OpenConfig{Policy: PolicyOllama, Fallback: []Policy{PolicyNative}, Native: tinyNative(t), Detector: det,
 		DetectInterval: 50 * time.Millisecond,
 		Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny", Retries: -1, BreakerFailures: 1,
@@ -129,7 +164,7 @@ func TestAutoNoticesAGPUAppearing(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
 	root := fakeMachine(t, map[string]string{"proc/meminfo": meminfo, "proc/cpuinfo": cpuinfoX86})
 	s := openSelector(t, OpenConfig{Policy: PolicyAuto, Native: tinyNative(t), DetectInterval: 30 * time.Millisecond,
-		Detector: &Detector{Root: root, Run: runner("NVIDIA RTX A2000, 6138\n", nil)},
+		Detector: &detect.Detector{Root: root, Run: runner("NVIDIA RTX A2000, 6138\n", nil)},
 		Ollama:   &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny"}})
 	if s.Name() != "llama.cpp" {
 		t.Fatalf("chose %s before the driver came up", s.Name())
@@ -146,6 +181,34 @@ func TestAutoNoticesAGPUAppearing(t *testing.T) {
 	waitFor(t, 5*time.Second, func() bool { return s.Name() == "ollama" })
 	if st := s.Status(); !strings.Contains(st.Reason, "RTX A2000") || !st.Machine.HasGPU() {
 		t.Fatalf("status %+v", st)
+	}
+}
+
+// TestModelCheckedOnSelection: moving requests to Ollama asks it for the
+// model first; a model deleted since the last probe keeps them where they
+// are, with a reason naming it.
+func TestModelCheckedOnSelection(t *testing.T) {
+	srv := fakeOllama(t, ollamatest.Config{})
+	root := fakeMachine(t, map[string]string{"proc/meminfo": meminfo})
+	s := openSelector(t, OpenConfig{Policy: PolicyAuto, Native: tinyNative(t), DetectInterval: 30 * time.Millisecond,
+		Detector: &detect.Detector{Root: root, Run: runner("NVIDIA L4, 23034\n", nil)},
+		Ollama:   &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny", ProbeInterval: time.Hour}})
+	if s.Name() != "llama.cpp" {
+		t.Fatalf("chose %s", s.Name())
+	}
+	shows := srv.Hits("/api/show")
+	srv.RemoveModel("tiny") // the last probe still says it is there
+	for p, c := range map[string]string{"proc/driver/nvidia/version": "NVRM 550\n", "dev/nvidia0": ""} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, func() bool { return strings.Contains(s.Status().Reason, `model "tiny" is not on any Ollama endpoint`) })
+	if s.Name() != "llama.cpp" || srv.Hits("/api/show") == shows {
+		t.Fatalf("chose %s after %d /api/show", s.Name(), srv.Hits("/api/show")-shows)
 	}
 }
 
@@ -170,7 +233,7 @@ func TestAutoPrefersOllamaWithModelInVRAM(t *testing.T) {
 func TestOpenPolicies(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
 	native := tinyNative(t)
-	lowMem := &Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": "MemTotal: 65536 kB\nMemAvailable: 16384 kB\n"}),
+	lowMem := &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": "MemTotal: 65536 kB\nMemAvailable: 16384 kB\n"}),
 		Run: runner("", errNoSMI)}
 	ollama := &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny"}
 	tests := []struct {

@@ -122,6 +122,7 @@ type Server struct {
 	requests   []api.ChatRequest
 	release    chan struct{} // closed by Release: stalled handlers return
 
+	hits     sync.Map     // path → *atomic.Int64
 	conns    atomic.Int64 // TCP connections accepted
 	chats    atomic.Int64 // /api/chat and /api/generate requests received
 	inFlight atomic.Int64
@@ -177,7 +178,12 @@ func (l countingListener) Accept() (net.Conn, error) {
 }
 
 func (s *Server) serve(ln net.Listener) {
-	hs := &http.Server{Handler: s.mux, ReadHeaderTimeout: 10 * time.Second}
+	count := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := s.hits.LoadOrStore(r.URL.Path, new(atomic.Int64))
+		n.(*atomic.Int64).Add(1)
+		s.mux.ServeHTTP(w, r)
+	})
+	hs := &http.Server{Handler: count, ReadHeaderTimeout: 10 * time.Second}
 	s.mu.Lock()
 	s.listener, s.httpServer = ln, hs
 	s.mu.Unlock()
@@ -274,6 +280,14 @@ func (s *Server) Release() {
 
 // Connections is the number of TCP connections accepted so far.
 func (s *Server) Connections() int64 { return s.conns.Load() }
+
+// Hits is the number of requests received for path, e.g. "/api/show".
+func (s *Server) Hits(path string) int64 {
+	if n, ok := s.hits.Load(path); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
+}
 
 // Chats is the number of chat and generate requests received so far.
 func (s *Server) Chats() int64 { return s.chats.Load() }

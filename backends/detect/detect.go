@@ -1,4 +1,10 @@
-package backends
+// Package detect finds out what a machine offers an inference engine: GPUs
+// (NVIDIA through its driver files, device nodes and nvidia-smi; Jetson;
+// AMD through /dev/kfd and /sys/class/drm), CPU cores and features, and
+// memory. Everything is read below an injectable root directory and every
+// command runs through an injectable runner, so tests can present any
+// machine. It is pure Go and imports nothing of mcpd's.
+package detect
 
 import (
 	"bufio"
@@ -91,9 +97,9 @@ func (m Machine) Summary() string {
 	return b.String()
 }
 
-// sameHardware reports whether two probes saw the same accelerators (memory
+// SameHardware reports whether two probes saw the same accelerators (memory
 // moves all the time and is not a reason to re-select).
-func (m Machine) sameHardware(o Machine) bool {
+func (m Machine) SameHardware(o Machine) bool {
 	return slices.EqualFunc(m.GPUs, o.GPUs, func(a, b GPU) bool { return a.Vendor == b.Vendor && a.Name == b.Name })
 }
 
