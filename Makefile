@@ -110,7 +110,7 @@ bench-native: native-headers models ## llama.cpp engine benchmarks on the 135M Q
 	MCPD_BENCH_MODEL=$(abspath $(MODELS)/bench-135m-q8_0.gguf) MCPD_BENCH_THREADS=2 \
 	  $(GO) test -run '^$$' -bench 'Native' -benchtime $(BENCHTIME) -count 1 ./backends/
 
-# The fault scenarios of docs/reliability.md, each for SOAK_DURATION (11
+# The fault scenarios of docs/reliability.md, each for SOAK_DURATION (12
 # rows: about 3 minutes at 15s, plus llama.cpp's warm-up); the table goes
 # to $(SOAK_OUT). `make test` runs the same scenarios for 2 s each. Runs
 # llama.cpp: on a shared machine wrap it in the heavy lock.
