@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,6 +28,7 @@ import (
 	"github.com/creack/pty"
 
 	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/native/gguf"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
@@ -143,22 +145,52 @@ func goAnswer(ctx context.Context, t *testing.T, tr device.Transport, cfg device
 	return text.String()
 }
 
-// cAnswer runs the C device and returns what it printed as the answer.
-func cAnswer(ctx context.Context, t *testing.T, bin string, extra []*os.File, args ...string) string {
-	t.Helper()
+// runC runs the C device and returns what it printed as the answer, and
+// its statistics (stderr).
+func runC(ctx context.Context, bin string, extra []*os.File, args ...string) (string, string, error) {
 	args = append(args, "--max-tokens", fmt.Sprint(maxTokens), "--seed", fmt.Sprint(seed), "--temperature", "0", prompt)
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.ExtraFiles = extra
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("C device %v: %v\nstdout: %q\nstderr: %s", args, err, stdout.String(), stderr.String())
+	err := cmd.Run()
+	return strings.TrimSuffix(stdout.String(), "\n"), stderr.String(), err
+}
+
+// askImpaired asks over an impaired link, up to 3 attempts: each must end
+// in the exact answer or in the C device refusing a corrupted one.
+func askImpaired(ctx context.Context, t *testing.T, bin string, args []string, want string, run int) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		got, stderr, err := runC(ctx, bin, nil, args...)
+		if err == nil {
+			if got != want {
+				t.Fatalf("C device returned a wrong answer as right:\n got %q\nwant %q\n%s", got, want, stderr)
+			}
+			t.Logf("run %d, attempt %d: %s", run, attempt, strings.TrimSpace(stderr))
+			return
+		}
+		if !strings.Contains(stderr, "checksum") || attempt == 3 {
+			t.Fatalf("C device: %v\n%s", err, stderr)
+		}
+		t.Logf("run %d, attempt %d: corruption caught by the CRC-32C: %s", run, attempt, strings.TrimSpace(stderr))
 	}
-	if !strings.Contains(stderr.String(), "ok") {
-		t.Errorf("C device did not verify DONE: %s", stderr.String())
+}
+
+// cAnswer runs the C device on a clean link: it must succeed.
+func cAnswer(ctx context.Context, t *testing.T, bin string, extra []*os.File, args ...string) string {
+	t.Helper()
+	out, stderr, err := runC(ctx, bin, extra, args...)
+	if err != nil {
+		t.Fatalf("C device %v: %v\nstdout: %q\nstderr: %s", args, err, out, stderr)
 	}
-	t.Logf("C device %s: %s", args[0], strings.TrimSpace(stderr.String()))
-	return strings.TrimSuffix(stdout.String(), "\n")
+	if !strings.Contains(stderr, "CRC-32C") {
+		t.Errorf("C device did not verify DONE: %s", stderr)
+	}
+	t.Logf("C device %s: %s", args[0], strings.TrimSpace(stderr))
+	return out
 }
 
 func TestCDeviceAgainstMcpd(t *testing.T) {
@@ -180,6 +212,25 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 	if err := device.MakeRaw(tty); err != nil {
 		t.Fatal(err)
 	}
+	// A noisy UART: mcpd's end and the device's end are two pty pairs joined
+	// by a shim that paces at 115200 baud and flips bits.
+	noisyMaster, noisyTTY, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer noisyMaster.Close()
+	defer noisyTTY.Close()
+	devMaster, devTTY, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer devMaster.Close()
+	defer devTTY.Close()
+	for _, f := range []*os.File{noisyTTY, devTTY} {
+		if err := device.MakeRaw(f); err != nil {
+			t.Fatal(err)
+		}
+	}
 	conf := filepath.Join(dir, "mcpd.toml")
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[keys]\n%s = %q\n", signedID, hex.EncodeToString(key))), 0o600); err != nil {
 		t.Fatal(err)
@@ -189,7 +240,8 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 	defer cancel()
 	var logs syncBuffer
 	daemon := exec.CommandContext(ctx, mcpd, "--config", conf, "--backend", "native", "--model", model, "--threads", "1",
-		"--listen-udp", addr, "--serial", tty.Name()+":115200", "--http", "off", "--log-level", "warn")
+		"--listen-udp", addr, "--serial", tty.Name()+":115200",
+		"--serial", noisyTTY.Name()+":115200", "--http", "off", "--log-level", "warn")
 	daemon.Stdout, daemon.Stderr = &logs, &logs
 	daemon.Cancel = func() error { return daemon.Process.Signal(syscall.SIGTERM) }
 	daemon.WaitDelay = 10 * time.Second
@@ -231,6 +283,45 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 				t.Errorf("C device's answer differs from the Go device's:\n got %q\nwant %q", got, want)
 			}
 		})
+	}
+
+	// Impaired links: the C device's retransmission, resync and NACK
+	// handling must still bring the exact answer — or, should a corruption
+	// slip past the CRC-8, its CRC-32C check must refuse the answer (exit
+	// status 1, "checksum"); an attempt may fail that way, none may return
+	// a wrong answer as right.
+	line, err := impair.StartLine(ctx, noisyMaster, devMaster, impair.LineConfig{Baud: 115200, BitErrorRate: 1e-3, Seed: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := impair.NewUDPProxy(impair.UDPConfig{Target: netip.MustParseAddrPort(addr), Seed: 7,
+		Up:   impair.Faults{Loss: 0.15, Duplicate: 0.1, Reorder: 0.15},
+		Down: impair.Faults{Loss: 0.15, Duplicate: 0.1, Reorder: 0.15}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = proxy.Run(ctx) }()
+	for _, tc := range []struct {
+		name string
+		bin  string
+		args []string
+	}{
+		{"udp-lossy", plain, []string{"--udp", proxy.Addr().String(), "--device-id", "c-lossy", "--max-data", "32", "--window", "2", "--max-send", "32", "--retries", "20"}},
+		{"serial-noisy", plain, []string{"--serial", devTTY.Name(), "--device-id", "c-noisy", "--max-data", "64", "--window", "2", "--max-send", "48", "--retries", "20"}},
+		{"serial-noisy-signed", signed, []string{"--serial", devTTY.Name(), "--device-id", signedID, "--max-data", "64", "--window", "2", "--retries", "20", "--key", hex.EncodeToString(key)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for run := range 4 { // more frames, more faults
+				askImpaired(ctx, t, tc.bin, tc.args, want, run)
+			}
+		})
+	}
+	ab, ba := line.Stats()
+	st := proxy.Stats()
+	t.Logf("noisy UART: %d+%d bytes, %d+%d bits flipped; lossy UDP: dropped %d up, %d down, duplicated %d+%d, reordered %d+%d",
+		ab.Bytes, ba.Bytes, ab.FlippedBits, ba.FlippedBits, st.Up.Dropped, st.Down.Dropped, st.Up.Duplicated, st.Down.Duplicated, st.Up.Reordered, st.Down.Reordered)
+	if ab.FlippedBits+ba.FlippedBits == 0 || st.Up.Dropped+st.Down.Dropped == 0 {
+		t.Error("the impaired links impaired nothing: the test proved nothing")
 	}
 
 	// The Go device over the same UART gets the same answer too (it reads

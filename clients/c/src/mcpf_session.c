@@ -77,15 +77,17 @@ static void send_hello(mcpf_session *s, uint32_t now)
 #if MCPF_SIGN
     s->signing = s->cfg->key.len != 0;
     if (s->signing) {
-        /* The HELLO is signed with boot_nonce ‖ 0 and counter 1; a
-         * retransmission repeats it byte for byte (§9.3). */
+        /* The HELLO is signed with boot_nonce ‖ 0; a retransmission
+         * repeats the boot nonce but, a new frame, takes a new counter
+         * (§9.2, §9.3). */
         h.features = 1;
         memset(s->nonce, 0, sizeof s->nonce);
         s->nonce[0] = (uint8_t)(s->boot_nonce >> 24);
         s->nonce[1] = (uint8_t)(s->boot_nonce >> 16);
         s->nonce[2] = (uint8_t)(s->boot_nonce >> 8);
         s->nonce[3] = (uint8_t)s->boot_nonce;
-        s->counter = 0;
+        if (s->attempt == 0)
+            s->counter = 0;
     }
 #endif
     send_body(s, now, MCPF_HELLO, s->seq, mcpf_put_hello(s->tx + MCPF_HEADER, &h));
@@ -308,8 +310,13 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
 #if MCPF_SIGN
     if (s->signing) {
         if (s->open) {
-            if (mcpf_verify(f, &s->cfg->key, MCPF_DAEMON_TO_DEVICE, s->nonce, &s->replay, NULL,
-                            NULL) < 0)
+            /* An unsigned BYE may answer ours: the daemon closed the session
+             * on our first BYE and answers a retransmission without one. It
+             * can end nothing but what we are ending. */
+            int bye_answer = f->cmd == MCPF_BYE && !(f->flags & MCPF_SIGNED) &&
+                             s->req == MCPF_REQ_BYE && f->seq == s->seq;
+            if (!bye_answer && mcpf_verify(f, &s->cfg->key, MCPF_DAEMON_TO_DEVICE, s->nonce,
+                                           &s->replay, NULL, NULL) < 0)
                 return MCPF_EV_NONE; /* unsigned, forged or replayed */
         } else if (f->cmd == MCPF_WELCOME) {
             /* Its tag covers the nonce its body carries: parse, then verify. */
@@ -367,9 +374,14 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
         }
         return MCPF_EV_NONE;
     }
-    case MCPF_BYE: /* the answer to ours, or the daemon closes: answer with its seq */
-        if (s->req != MCPF_REQ_BYE || f->seq != s->seq)
-            send_body(s, now, MCPF_BYE, f->seq, 0);
+    case MCPF_BYE:
+        if (s->req == MCPF_REQ_BYE && f->seq == s->seq) { /* the answer to ours */
+            s->open = 0;
+            return finish(s, ev, MCPF_EV_BYE);
+        }
+        send_body(s, now, MCPF_BYE, f->seq, 0); /* answered even without a session (§10) */
+        if (!s->open)
+            return MCPF_EV_NONE; /* a stale one, before our WELCOME */
         s->open = 0;
         return finish(s, ev, MCPF_EV_BYE);
     case MCPF_HELLO: case MCPF_INFER: case MCPF_CANCEL: case MCPF_STATUS:

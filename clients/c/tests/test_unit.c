@@ -475,6 +475,29 @@ static void test_session_stream_keepalive_and_cancel(void)
               decoded(sent[2], sent_len[2]).seq == 9 && !s.open, "BYE");
 }
 
+/* A BYE before the WELCOME (a previous session's, still on the line) is
+ * answered but does not end the HELLO. */
+static void test_session_stale_bye(void)
+{
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "d";
+    cfg.max_data = 64;
+    cfg.window = 1;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 1);
+    nsent = 0;
+    mcpf_session_hello(&s, 0);
+    CHECK(feed(&s, 5, MCPF_BYE, 200, NULL, 0, &ev) == MCPF_EV_NONE && nsent == 2 && decoded(sent[1], sent_len[1]).cmd == MCPF_BYE,
+          "stale BYE answered");
+    CHECK(s.req == MCPF_REQ_HELLO, "the HELLO goes on");
+    welcome(&s, 10);
+    CHECK(mcpf_session_bye(&s, 20) == 0 && feed(&s, 30, MCPF_BYE, s.seq, NULL, 0, &ev) == MCPF_EV_BYE && nsent == 3 && !s.open,
+          "our BYE answered: no answer to the answer");
+}
+
 static void test_session_serial(void)
 {
     mcpf_config cfg;
@@ -532,7 +555,13 @@ static void test_session_signed(void)
     CHECK(mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, NULL) == 0, "HELLO is signed with boot_nonce ‖ 0");
     CHECK(f.data[5] == 1, "HELLO asks for SIGN");
     mcpf_session_tick(&s, 250, &ev);
-    CHECK(sent_len[1] == sent_len[0] && memcmp(sent[1], sent[0], sent_len[0]) == 0, "HELLO retransmitted byte for byte");
+    {
+        uint64_t counter = 0;
+        f = decoded(sent[1], sent_len[1]);
+        CHECK(mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, &counter) == 0 && counter == 2 &&
+                  memcmp(sent[1] + 6, sent[0] + 6, 11 + 6) == 0,
+              "HELLO retransmitted with the same body and nonce, signed anew (counter %lu)", (unsigned long)counter);
+    }
     /* The daemon's signed WELCOME. */
     memset(&wel, 0, sizeof wel);
     wel.version = 1;
@@ -570,6 +599,12 @@ static void test_session_signed(void)
         f = decoded(b, n);
         CHECK(mcpf_session_frame(&s, 30, &f, &ev) == MCPF_EV_NONE, "replayed TOKEN dropped");
     }
+    /* An unsigned BYE closes nothing, except as the answer to our BYE. */
+    CHECK(feed(&s, 40, MCPF_BYE, 99, NULL, 0, &ev) == MCPF_EV_NONE && s.open, "unsigned BYE dropped");
+    s.req = MCPF_REQ_NONE;
+    CHECK(mcpf_session_bye(&s, 50) == 0, "bye");
+    CHECK(feed(&s, 60, MCPF_BYE, (uint8_t)(s.seq + 1), NULL, 0, &ev) == MCPF_EV_NONE && s.open, "unsigned BYE of another seq dropped");
+    CHECK(feed(&s, 60, MCPF_BYE, s.seq, NULL, 0, &ev) == MCPF_EV_BYE && !s.open, "unsigned answer to our BYE");
 }
 #endif
 
@@ -589,6 +624,7 @@ int main(int argc, char **argv)
     test_session_infer_repairs();
     test_session_stream_keepalive_and_cancel();
     test_session_serial();
+    test_session_stale_bye();
 #if MCPF_SIGN
     test_session_signed();
 #endif

@@ -9,7 +9,7 @@
  *
  * Options: --max-tokens N, --seed N, --temperature MILLI (0 = greedy),
  * --device-id ID, --max-data N, --window N, --max-send N (cut the prompt
- * into frames of at most N data bytes), --key HEX (built with
+ * into frames of at most N data bytes), --retries N, --key HEX (built with
  * MCPF_SIGN=1). The answer goes to stdout, statistics to stderr. Exit
  * status: 0 answer complete and verified, the protocol's error code on
  * ERROR (docs/protocol.md §12), 1 otherwise.
@@ -117,7 +117,7 @@ static mcpf_session s;
 static uint8_t body[4096];
 static size_t body_len;
 static int asked, status = 1;
-static uint32_t started;
+static uint32_t started, done_at;
 
 /* What the device does with each event; returns -1 to go on, or the exit
  * status. */
@@ -140,6 +140,7 @@ static int on_event(const mcpf_event *ev, uint32_t now)
                 (unsigned long)ev->u.done.tokens, (unsigned long)ev->u.done.prompt_tokens, (unsigned long)ev->u.done.ttft_ms,
                 (unsigned long)(now_ms() - started), (unsigned long)ev->u.done.text_bytes, (unsigned long)ev->u.done.text_crc32c);
         status = 0;
+        done_at = now;
         mcpf_session_bye(&s, now);
         return -1;
     case MCPF_EV_BAD_ANSWER:
@@ -153,6 +154,8 @@ static int on_event(const mcpf_event *ev, uint32_t now)
             fprintf(stderr, "\nmcpf_ask: no answer from the daemon\n");
         return status;
     case MCPF_EV_BYE:
+        if (status)
+            fprintf(stderr, "\nmcpf_ask: the daemon closed the session\n");
         return status;
     default:
         return -1;
@@ -191,6 +194,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--max-data")) cfg.max_data = (uint16_t)x;
         else if (!strcmp(a, "--window")) cfg.window = (uint8_t)x;
         else if (!strcmp(a, "--max-send")) cfg.max_send = (uint16_t)x;
+        else if (!strcmp(a, "--retries")) cfg.retries = (uint8_t)x;
         else if (!strcmp(a, "--key")) key = v;
         else if (!strcmp(a, "--max-tokens")) q.present |= MCPF_HAS(MCPF_OPT_MAX_TOKENS), q.max_tokens = (uint16_t)x;
         else if (!strcmp(a, "--seed")) q.present |= MCPF_HAS(MCPF_OPT_SEED), q.seed = (uint32_t)x;
@@ -218,8 +222,16 @@ int main(int argc, char **argv)
     q.prompt_len = strlen(prompt);
     if (!(body_len = mcpf_put_infer(body, sizeof body, &q))) { fprintf(stderr, "mcpf_ask: prompt too long\n"); return 1; }
 
-    srand((unsigned)time(NULL) ^ (unsigned)getpid());
-    mcpf_session_init(&s, &cfg, (uint32_t)rand() << 16 ^ (uint32_t)rand()); /* boot nonce */
+    {
+        uint32_t nonce = 0; /* fresh random per HELLO (§9.3): a reused one is refused as a replay */
+        int r = open("/dev/urandom", O_RDONLY);
+        if (r < 0 || read(r, &nonce, sizeof nonce) != (ssize_t)sizeof nonce) {
+            fprintf(stderr, "mcpf_ask: no random bytes for the boot nonce\n");
+            return 1;
+        }
+        close(r);
+        mcpf_session_init(&s, &cfg, nonce);
+    }
     mcpf_dec_init(&dec);
     idle = mcpf_idle_ms(baud);
     started = now_ms();
@@ -260,7 +272,7 @@ int main(int argc, char **argv)
         }
         if ((rc = on_event((mcpf_session_tick(&s, now, &ev), &ev), now)) >= 0)
             return rc;
-        if (status == 0 && s.req == MCPF_REQ_NONE)
-            return 0; /* BYE answered */
+        if (status == 0 && (s.req == MCPF_REQ_NONE || now - done_at > 2000))
+            return 0; /* BYE answered, or not worth waiting for longer */
     }
 }
