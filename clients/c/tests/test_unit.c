@@ -286,6 +286,101 @@ static void welcome(mcpf_session *s, uint32_t now)
     CHECK(feed_hex(s, now, "55 01 00 0e 02 00 01 01 00 00 00 ff 13 88 40 00 01 02 03 04 aa", &ev) == MCPF_EV_WELCOME, "WELCOME");
 }
 
+/* Random input to every parser, the reassembler, the session and the
+ * verifier: under ASan and UBSan nothing may read or write out of bounds,
+ * and whatever a parser accepts must be rebuilt to the same bytes. */
+static void test_random_input(int iterations)
+{
+    static uint8_t b[300], out[300], rbuf[600], frame[MCPF_MAX_FRAME];
+    static mcpf_session s;
+    static mcpf_config cfg;
+    mcpf_reasm r;
+    int i;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "fuzz";
+    cfg.max_data = 64;
+    cfg.window = 3;
+    cfg.send = NULL;
+    mcpf_reasm_init(&r, rbuf, sizeof rbuf);
+    for (i = 0; i < iterations; i++) {
+        size_t n = rnd(12) == 0 ? rnd(300) : rnd(40), k, body_len;
+        mcpf_hello h; mcpf_welcome w; mcpf_infer inf; mcpf_token t; mcpf_done d;
+        mcpf_error e; mcpf_ack a; mcpf_nack nk; mcpf_status_reply sr;
+        mcpf_frame f;
+        mcpf_event ev;
+        for (k = 0; k < n; k++)
+            b[k] = rnd(3) == 0 ? (uint8_t)rnd(4) : (uint8_t)rnd(256);
+        if (mcpf_parse_hello(b, n, &h) == 0)
+            CHECK(mcpf_put_hello(out, &h) == n && !memcmp(out, b, n), "hello round trip");
+        if (mcpf_parse_welcome(b, n, &w) == 0)
+            CHECK(mcpf_put_welcome(out, &w) == n && !memcmp(out, b, n), "welcome round trip");
+        if (mcpf_parse_infer(b, n, &inf) == 0 && b[0] <= 24) /* options in ascending order rebuild alike */
+            (void)mcpf_put_infer(out, sizeof out, &inf);
+        if (mcpf_parse_token(b, n, &t) == 0)
+            CHECK(mcpf_put_token(out, &t) == n && !memcmp(out, b, n), "token round trip");
+        if (mcpf_parse_done(b, n, &d) == 0)
+            CHECK(mcpf_put_done(out, &d) == n && !memcmp(out, b, n), "done round trip");
+        if (mcpf_parse_error(b, n, &e) == 0)
+            CHECK(mcpf_put_error(out, &e) == n && !memcmp(out, b, n), "error round trip");
+        if (mcpf_parse_ack(b, n, &a) == 0)
+            CHECK(mcpf_put_ack(out, &a) == n && !memcmp(out, b, n), "ack round trip");
+        if (mcpf_parse_nack(b, n, &nk) == 0)
+            CHECK(mcpf_put_nack(out, &nk) == n && !memcmp(out, b, n), "nack round trip");
+        if (mcpf_parse_status_reply(b, n, &sr) == 0)
+            CHECK(mcpf_put_status_reply(out, &sr) == n && !memcmp(out, b, n), "status reply round trip");
+        /* As a fragment: a random (index, count) header over a small buffer. */
+        if (n <= 256) {
+            if (n >= 2 && rnd(2)) {
+                b[0] = (uint8_t)rnd(4);
+                b[1] = (uint8_t)(1 + rnd(4));
+            }
+            f.ver = 1;
+            f.cmd = MCPF_INFER;
+            f.flags = MCPF_FRAGMENT;
+            f.seq = (uint8_t)rnd(2);
+            f.len = (uint16_t)n;
+            f.data = b;
+            (void)mcpf_reasm_add(&r, &f, &body_len);
+            (void)mcpf_reasm_missing(&r, out, 64);
+            /* As a frame from the daemon, to a session in some state. */
+            if (i % 64 == 0) {
+                cfg.send = capture;
+                mcpf_session_init(&s, &cfg, (uint32_t)i);
+                mcpf_session_hello(&s, (uint32_t)i);
+                if (rnd(2)) {
+                    welcome(&s, (uint32_t)i);
+                    mcpf_session_infer(&s, (uint32_t)i, (const uint8_t *)"\0hello", 6);
+                }
+            }
+            nsent = 0;
+            f.cmd = (uint8_t)(rnd(4) ? 1 + rnd(14) : rnd(64));
+            f.flags = (uint8_t)(rnd(8) ? 0 : rnd(4) << 6);
+            f.seq = rnd(2) ? s.seq : (uint8_t)rnd(256);
+            if (n > 1 && f.cmd == MCPF_TOKEN && rnd(2)) {
+                b[0] = (uint8_t)(s.next >> 8);
+                b[1] = (uint8_t)s.next;
+            }
+            mcpf_encode(frame, 1, (uint8_t)(f.cmd | f.flags), f.seq, b, (uint16_t)n);
+            if (mcpf_decode(frame, n + 7, &f) == 0)
+                (void)mcpf_session_frame(&s, (uint32_t)i, &f, &ev);
+            (void)mcpf_session_tick(&s, (uint32_t)i * 50u, &ev);
+#if MCPF_SIGN
+            {
+                static const uint8_t key[16] = {1};
+                static const uint8_t nonce[8] = {2};
+                mcpf_key kk;
+                mcpf_replay w;
+                kk.k = key;
+                kk.len = 16;
+                memset(&w, 0, sizeof w);
+                if (mcpf_decode(frame, n + 7, &f) == 0)
+                    (void)mcpf_verify(&f, &kk, 1, nonce, &w, NULL, NULL);
+            }
+#endif
+        }
+    }
+}
+
 /* The exchange of docs/protocol.md §14, byte for byte. */
 static void test_session_spec_exchange(void)
 {
@@ -617,6 +712,7 @@ int main(int argc, char **argv)
         rng = (uint32_t)strtoul(argv[2], NULL, 0);
     test_decoder_differential(iterations);
     printf("decoder differential: %d streams\n", iterations);
+    test_random_input(iterations * 50);
     test_datagram_errors();
     test_utf8();
     test_session_spec_exchange();
