@@ -64,14 +64,19 @@ func build(t *testing.T, dir string, sign bool) string {
 	return out
 }
 
-// buildMcpd builds the daemon command as `make build` does; the cgo flags
-// come from the environment (the Makefile exports them), so the build
-// cache of llama.cpp is reused.
+// buildMcpd builds the daemon command; the cgo flags come from the
+// environment (the Makefile exports them) and -race follows the test's own
+// build, so the llama.cpp objects `go test` compiled are reused from the
+// build cache rather than compiled again.
 func buildMcpd(t *testing.T, dir string) string {
 	t.Helper()
 	gotool := filepath.Join(runtime.GOROOT(), "bin", "go")
 	out := filepath.Join(dir, "mcpd")
-	cmd := exec.Command(gotool, "build", "-o", out, "github.com/mcpd-project/mcpd/cmd/mcpd")
+	args := []string{"build", "-o", out}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	cmd := exec.Command(gotool, append(args, "github.com/mcpd-project/mcpd/cmd/mcpd")...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build mcpd: %v\n%s", err, b)
 	}

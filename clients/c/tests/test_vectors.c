@@ -216,7 +216,7 @@ static void check_stream(void)
     want_num("skipped", d.skipped);
     want_num("badcrc", d.badcrc);
     want_num("toolong", d.toolong);
-    if (d.frames * 0 + gn + d.skipped != n) /* every byte is in a frame or skipped */
+    if (gn + d.skipped != n) /* every byte is in a frame or skipped */
         FAIL("bytes in frames %lu + skipped %lu != %lu", (unsigned long)gn, (unsigned long)d.skipped, (unsigned long)n);
 }
 
@@ -521,19 +521,17 @@ static void check_frag(void)
      * fragment twice. */
     for (order = 0; order < 3; order++) {
         mcpf_reasm_init(&r, rbuf, n + 4);
-        for (k = 0; k < (size_t)count * (order == 2 ? 2u : 1u); k++) {
-            uint8_t idx = (uint8_t)(order == 1 ? count - 1 - k : k % count);
+        res = 0;
+        for (k = 0; k < (size_t)count * (order == 2 ? 2u : 1u) && res == 0; k++) {
+            /* in order; reversed; every fragment twice in a row */
+            uint8_t idx = (uint8_t)(order == 0 ? k : order == 1 ? count - 1 - k : k / 2);
             size_t fl = mcpf_frag_frame(frame, MCPF_INFER, 9, body, n, crc, piece, idx);
             mcpf_frame f;
             if (mcpf_decode(frame, fl, &f) != 0)
                 FAIL("fragment %u does not decode", idx);
             res = mcpf_reasm_add(&r, &f, &blen);
-            if (res == 1 && order == 2)
-                mcpf_reasm_init(&r, rbuf + 0, n + 4), k = (size_t)count * 2u; /* done */
-            if (res < 0)
-                break;
         }
-        if (res != 1 && !(order == 2 && res == 0)) {
+        if (res != 1) {
             FAIL("reassembly order %d: %d", order, res);
             continue;
         }
