@@ -73,7 +73,7 @@ fuzz: native-headers ## a short fuzz pass over every fuzz target (FUZZTIME each)
 ctest: ## the C library's host tests (gcc, -Werror, sanitizers)
 	$(MAKE) -s -C clients/c test
 
-cfuzz: ## the C stream decoder against a transcription of the resync rule, on random streams
+cfuzz: ## the C stream decoder against a transcription of the resync rule, and random input to every C parser
 	$(MAKE) -s -C clients/c fuzz FUZZ_ITER=10000
 
 footprint: ## Cortex-M0+/M4 flash and RAM of the C library (installs gcc-arm-none-eabi)
