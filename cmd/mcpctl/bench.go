@@ -66,6 +66,7 @@ type benchOptions struct {
 	warmup      int // unmeasured requests per device first
 	prompt      string
 	maxTokens   int
+	log         io.Writer // the first error of each kind is told here
 }
 
 const benchUsage = `usage: mcpctl bench [flags]
@@ -147,7 +148,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return errors.New("bench needs --udp, --serial or --mcpd")
 	}
-	opts := benchOptions{duration: *duration, maxRequests: *maxRequests, warmup: *warmup, prompt: *prompt, maxTokens: *maxTokens}
+	opts := benchOptions{duration: *duration, maxRequests: *maxRequests, warmup: *warmup, prompt: *prompt, maxTokens: *maxTokens, log: stderr}
 	for _, name := range names {
 		sc, err := makeScenario(strings.TrimSpace(name), *addr, *serialPath, *baud, *devices)
 		if err != nil {
@@ -301,7 +302,11 @@ func runScenario(ctx context.Context, sc scenario, o benchOptions) scenarioRepor
 				case errors.As(err, &perr):
 					rep.Errors[perr.Code.String()]++
 				default:
-					rep.Errors["transport"]++
+					kind := transportError(err)
+					if rep.Errors[kind] == 0 { // the first of each kind, for the operator
+						fmt.Fprintf(o.log, "bench: %s: %s: %v\n", sc.name, kind, err)
+					}
+					rep.Errors[kind]++
 				}
 				mu.Unlock()
 			}
@@ -315,6 +320,17 @@ func runScenario(ctx context.Context, sc scenario, o benchOptions) scenarioRepor
 	rep.Latencyp50, rep.Latencyp95, rep.Latencyp99 = pct(latencies, 50), pct(latencies, 95), pct(latencies, 99)
 	rep.Latencies, rep.TTFTs = millis(latencies), millis(ttfts)
 	return rep
+}
+
+// transportError names a failure that is not the daemon's ERROR.
+func transportError(err error) string {
+	switch {
+	case errors.Is(err, device.ErrTimeout):
+		return "no_answer"
+	case errors.Is(err, device.ErrChecksum):
+		return "checksum"
+	}
+	return "transport"
 }
 
 func millis(d []time.Duration) []float64 {
