@@ -96,15 +96,36 @@ func viaHTTP(b *testing.B, base string) int {
 	return last.Tokens
 }
 
-func reportTokens(b *testing.B, tokens int, start time.Time) {
-	b.ReportMetric(float64(tokens)/time.Since(start).Seconds(), "tok/s")
+// interleave runs each path once per iteration, in turn, timing each on
+// its own: a path and its baseline see the same machine at the same
+// moment, so load from elsewhere (a shared machine) skews both alike
+// instead of whichever sub-benchmark it happened to hit. It reports each
+// path's mean ms/op and each path's ratio to the first (the baseline).
+func interleave(b *testing.B, names []string, paths []func() int) {
+	total := make([]time.Duration, len(paths))
+	tokens := make([]int, len(paths))
+	for b.Loop() {
+		for i, p := range paths {
+			t0 := time.Now()
+			tokens[i] += p()
+			total[i] += time.Since(t0)
+		}
+	}
+	for i, name := range names {
+		b.ReportMetric(float64(total[i].Microseconds())/1000/float64(b.N), name+"-ms/op")
+		b.ReportMetric(float64(tokens[i])/total[i].Seconds(), name+"-tok/s")
+		if i > 0 {
+			b.ReportMetric(total[i].Seconds()/total[0].Seconds(), name+"/"+names[0])
+		}
+	}
 }
 
 // BenchmarkNativePath: the in-process llama.cpp engine generating 32
 // greedy tokens — engine: the raw loop, Generate called directly (the
 // baseline); device: the same engine through the daemon, asked by a device
 // over loopback UDP; http: through POST /v1/generate. One engine serves
-// all three, so the ns/op ratios are the daemon's cost. The model is
+// all three, interleaved, so the ratios (device/engine, http/engine) are
+// the daemon's cost. The model is
 // MCPD_BENCH_MODEL (make bench-report: the 135M Q8_0), else the tiny one;
 // threads MCPD_BENCH_THREADS (default 2).
 func BenchmarkNativePath(b *testing.B) {
@@ -133,39 +154,25 @@ func BenchmarkNativePath(b *testing.B) {
 	req := backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}},
 		Options: backends.Options{MaxTokens: maxTokens, TemperatureSet: true}}
 
-	b.Run("engine", func(b *testing.B) {
-		tokens, start := 0, time.Now()
-		for b.Loop() {
+	c, base := serve(b, e)
+	interleave(b, []string{"engine", "device", "http"}, []func() int{
+		func() int {
 			res, err := e.Generate(context.Background(), req, func([]byte) error { return nil })
 			if err != nil {
 				b.Fatal(err)
 			}
-			tokens += res.Tokens
-		}
-		reportTokens(b, tokens, start)
-	})
-	c, base := serve(b, e)
-	b.Run("device", func(b *testing.B) {
-		tokens, start := 0, time.Now()
-		for b.Loop() {
-			tokens += viaDevice(b, c)
-		}
-		reportTokens(b, tokens, start)
-	})
-	b.Run("http", func(b *testing.B) {
-		tokens, start := 0, time.Now()
-		for b.Loop() {
-			tokens += viaHTTP(b, base)
-		}
-		reportTokens(b, tokens, start)
+			return res.Tokens
+		},
+		func() int { return viaDevice(b, c) },
+		func() int { return viaHTTP(b, base) },
 	})
 }
 
 // BenchmarkOllamaPath: a fake Ollama (internal/ollamatest) streaming 32
 // pieces with no delay — client: Ollama's own api.Client asking it
 // directly (the baseline); device: our Ollama backend through the daemon,
-// asked by a device over UDP. The fake's answer takes no time, so the
-// ratio is the whole cost of our path.
+// asked by a device over UDP; interleaved. The fake's answer takes no
+// time, so the ratio (device/client) is the whole cost of our path.
 func BenchmarkOllamaPath(b *testing.B) {
 	tokens := make([]string, maxTokens)
 	for i := range tokens {
@@ -184,10 +191,17 @@ func BenchmarkOllamaPath(b *testing.B) {
 	chat := &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: prompt}}, Stream: &stream,
 		Options: map[string]any{"num_predict": maxTokens, "temperature": 0}}
 
-	b.Run("client", func(b *testing.B) {
-		client := api.NewClient(u, &http.Client{})
-		n, start := 0, time.Now()
-		for b.Loop() {
+	client := api.NewClient(u, &http.Client{})
+	o, err := backends.NewOllama(context.Background(), backends.OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny",
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { o.Close() })
+	c, _ := serve(b, o)
+	interleave(b, []string{"client", "device"}, []func() int{
+		func() int {
+			n := 0
 			if err := client.Chat(context.Background(), chat, func(r api.ChatResponse) error {
 				if r.Message.Content != "" {
 					n++
@@ -196,21 +210,8 @@ func BenchmarkOllamaPath(b *testing.B) {
 			}); err != nil {
 				b.Fatal(err)
 			}
-		}
-		reportTokens(b, n, start)
-	})
-	o, err := backends.NewOllama(context.Background(), backends.OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny",
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { o.Close() })
-	c, _ := serve(b, o)
-	b.Run("device", func(b *testing.B) {
-		n, start := 0, time.Now()
-		for b.Loop() {
-			n += viaDevice(b, c)
-		}
-		reportTokens(b, n, start)
+			return n
+		},
+		func() int { return viaDevice(b, c) },
 	})
 }

@@ -17,22 +17,25 @@ import (
 	"strings"
 )
 
-// comparison is a benchmark read against its baseline.
+// comparison is a benchmark read against its baseline: two benchmarks'
+// ns/op, or — for an interleaved benchmark (bench/), which reports each
+// path's "NAME-ms/op" — two paths of one benchmark.
 type comparison struct {
 	title    string
-	baseline string // benchmark name without the -GOMAXPROCS suffix
+	baseline string // benchmark name without the -GOMAXPROCS suffix, or a path
 	subject  string
 	meaning  string // what the ratio says
+	bench    string // set for an interleaved benchmark: baseline and subject are its paths
 }
 
 var comparisons = []comparison{
-	{"Daemon: PING round trip", "BenchmarkUDPEchoBaseline", "BenchmarkDaemonPing", "PING→PONG through the daemon's session path vs a bare UDP echo"},
-	{"Daemon: whole request", "BenchmarkUDPEchoBaseline", "BenchmarkDaemonRequest", "INFER, ACK, TOKEN, DONE and ACKs with an instant engine vs one bare UDP echo"},
-	{"Observers: metrics", "BenchmarkObserverOverhead/none", "BenchmarkObserverOverhead/metrics", "a 200-token request with Prometheus metrics vs nothing observing"},
-	{"Observers: metrics + tracing", "BenchmarkObserverOverhead/none", "BenchmarkObserverOverhead/metrics+tracing", "the same with a trace per request as well"},
-	{"llama.cpp through the daemon (UDP device)", "BenchmarkNativePath/engine", "BenchmarkNativePath/device", "32 greedy tokens asked by a device over UDP vs the raw engine loop"},
-	{"llama.cpp through the daemon (HTTP)", "BenchmarkNativePath/engine", "BenchmarkNativePath/http", "the same through POST /v1/generate vs the raw engine loop"},
-	{"Ollama path", "BenchmarkOllamaPath/client", "BenchmarkOllamaPath/device", "a device over UDP through the daemon and our Ollama backend vs Ollama's api.Client, same fake server"},
+	{"Daemon: PING round trip", "BenchmarkUDPEchoBaseline", "BenchmarkDaemonPing", "PING→PONG through the daemon's session path vs a bare UDP echo", ""},
+	{"Daemon: whole request", "BenchmarkUDPEchoBaseline", "BenchmarkDaemonRequest", "INFER, ACK, TOKEN, DONE and ACKs with an instant engine vs one bare UDP echo", ""},
+	{"Observers: metrics", "BenchmarkObserverOverhead/none", "BenchmarkObserverOverhead/metrics", "a 200-token request with Prometheus metrics vs nothing observing", ""},
+	{"Observers: metrics + tracing", "BenchmarkObserverOverhead/none", "BenchmarkObserverOverhead/metrics+tracing", "the same with a trace per request as well", ""},
+	{"llama.cpp through the daemon (UDP device)", "engine", "device", "32 greedy tokens asked by a device over UDP vs the raw engine loop, interleaved", "BenchmarkNativePath"},
+	{"llama.cpp through the daemon (HTTP)", "engine", "http", "the same through POST /v1/generate vs the raw engine loop, interleaved", "BenchmarkNativePath"},
+	{"Ollama path", "client", "device", "a device over UDP through the daemon and our Ollama backend vs Ollama's api.Client, same fake server, interleaved", "BenchmarkOllamaPath"},
 }
 
 // result is one benchmark's runs.
@@ -144,9 +147,19 @@ func run(w io.Writer, date, header, mcpctl string, benchFiles []string) error {
 		b.WriteString("\n")
 	}
 	b.WriteString("## Against the baseline of the same run\n\n")
-	b.WriteString("Ratio = subject ns/op ÷ baseline ns/op (means over the runs): 1.00 costs nothing more than the baseline, 2.00 takes twice as long.\n\n")
+	b.WriteString("Ratio = subject time ÷ baseline time per operation (means over the runs; the whole-stack paths run interleaved, one of each per iteration, so both see the same load): 1.00 costs nothing more than the baseline, 2.00 takes twice as long.\n\n")
 	b.WriteString("| comparison | baseline | subject | ratio | what it measures |\n|---|---:|---:|---:|---|\n")
 	for _, c := range comparisons {
+		if c.bench != "" {
+			r := results[c.bench]
+			if r == nil || len(r.metrics[c.baseline+"-ms/op"]) == 0 || len(r.metrics[c.subject+"-ms/op"]) == 0 {
+				fmt.Fprintf(&b, "| %s | – | – | not measured | %s |\n", c.title, c.meaning)
+				continue
+			}
+			bm, sm := mean(r.metrics[c.baseline+"-ms/op"])*1e6, mean(r.metrics[c.subject+"-ms/op"])*1e6
+			fmt.Fprintf(&b, "| %s | %s | %s | **%.2f×** | %s |\n", c.title, human(bm), human(sm), sm/bm, c.meaning)
+			continue
+		}
 		base, subj := results[c.baseline], results[c.subject]
 		if base == nil || subj == nil || len(base.nsPerOp) == 0 || len(subj.nsPerOp) == 0 {
 			fmt.Fprintf(&b, "| %s | – | – | not measured | %s |\n", c.title, c.meaning)

@@ -12,8 +12,7 @@ BenchmarkUDPEchoBaseline-2   	   50000	     20000 ns/op
 BenchmarkUDPEchoBaseline-2   	   50000	     30000 ns/op
 BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
 BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
-BenchmarkNativePath/engine-2 	      10	  1000000 ns/op	  32.0 tok/s
-BenchmarkNativePath/device-2 	      10	  1100000 ns/op	  29.1 tok/s
+BenchmarkNativePath-2 	      10	  2100000 ns/op	  1.1 device-ms/op	  29.1 device-tok/s	  1.1 device/engine	  1.0 engine-ms/op	  32.0 engine-tok/s
 PASS
 `
 
@@ -38,7 +37,8 @@ func TestReportRatios(t *testing.T) {
 		"| llama.cpp through the daemon (UDP device) | 1.00 ms | 1.10 ms | **1.10×** |",
 		"| Ollama path | – | – | not measured |",
 		"| DaemonPing | 50.0 µs | 2 runs, 50.0 µs–50.0 µs | 12 B/op |",
-		"| NativePath/device | 1.10 ms | 1 run | 29.1 tok/s |",
+		"| NativePath | 2.10 ms | 1 run | 1.1 device-ms/op, 29.1 device-tok/s, 1.1 device/engine, 1 engine-ms/op, 32 engine-tok/s |",
+		"| llama.cpp through the daemon (HTTP) | – | – | not measured |",
 		"## mcpctl bench: what a device sees",
 		"| single | 1 |",
 	} {
