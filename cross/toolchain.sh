@@ -15,7 +15,6 @@ for arg in "$@"; do
 		# reads the NEEDED libraries and symbol versions for Depends.
 		command -v lintian >/dev/null || want+=(lintian)
 		command -v readelf >/dev/null || want+=(binutils)
-		command -v fakeroot >/dev/null || want+=(fakeroot)
 		;;
 	*)
 		target_env "$arg"
