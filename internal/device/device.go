@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
 	sp "github.com/mcpd-project/mcpd/serialproto"
@@ -329,7 +330,39 @@ func (c *Client) Ask(ctx context.Context, m *sp.Infer, onText func([]byte) error
 		return nil, errors.New("device: Ask before Hello")
 	}
 	c.seq++
+	return c.ask(ctx, c.seq, m, onText)
+}
+
+// AskRetrying is Ask for a device that retries a refused request — BUSY or
+// RATE_LIMITED, before any text — after a back-off of 200 ms × 2ⁿ,
+// jittered, at most 5 s, up to retries times (protocol.md §12). It
+// retransmits the same INFER with the same seq, never a new request: a
+// delayed copy of the refused INFER may still reach the daemon and be
+// accepted once there is room, and with one seq that copy and the retry
+// are one request, which runs once (§5). It returns how often it retried.
+func (c *Client) AskRetrying(ctx context.Context, m *sp.Infer, onText func([]byte) error, retries int) (*sp.Done, int, error) {
+	if c.welcome.Version == 0 {
+		return nil, 0, errors.New("device: Ask before Hello")
+	}
+	c.seq++
 	seq := c.seq
+	for attempt := 0; ; attempt++ {
+		done, err := c.ask(ctx, seq, m, onText)
+		var perr *sp.Error
+		if attempt >= retries || !errors.As(err, &perr) || perr.Stream() ||
+			(perr.Code != sp.CodeBusy && perr.Code != sp.CodeRateLimited) {
+			return done, attempt, err
+		}
+		backoff := min(200*time.Millisecond<<attempt, 5*time.Second)
+		select {
+		case <-time.After(backoff/2 + rand.N(backoff/2)):
+		case <-ctx.Done():
+			return nil, attempt, ctx.Err()
+		}
+	}
+}
+
+func (c *Client) ask(ctx context.Context, seq uint8, m *sp.Infer, onText func([]byte) error) (*sp.Done, error) {
 	body, err := m.AppendBody(nil)
 	if err != nil {
 		return nil, err

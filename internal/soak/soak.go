@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -156,42 +155,36 @@ func Outcome(r *Row, text, want string, err error, ttft time.Duration) {
 
 // Ask runs one request and returns the text, the time from the first
 // attempt to the first text, and the error. A refusal with a retryable
-// BUSY or RATE_LIMITED is retried after 200 ms × 2ⁿ (jittered, at most
-// 5 s), as protocol.md §12 asks of a device, at most 5 times; retries
-// counts them.
+// BUSY or RATE_LIMITED is retried as protocol.md §12 asks of a device —
+// after 200 ms × 2ⁿ, jittered, at most 5 s, at most 5 times, and under the
+// same seq, so a delayed duplicate of the refused INFER that the daemon
+// accepts meanwhile cannot make the prompt run twice. A NO_SESSION (the
+// daemon forgot the session: evicted, expired) is answered with HELLO and
+// the request repeated, which the daemon never accepted. retries counts
+// both.
 func Ask(ctx context.Context, c *device.Client, m *sp.Infer, retries *int) (string, time.Duration, error) {
 	var text strings.Builder
 	start := time.Now()
 	var ttft time.Duration
+	onText := func(b []byte) error {
+		if ttft == 0 {
+			ttft = time.Since(start)
+		}
+		text.Write(b)
+		return nil
+	}
 	for attempt := 0; ; attempt++ {
-		_, err := c.Ask(ctx, m, func(b []byte) error {
-			if ttft == 0 {
-				ttft = time.Since(start)
-			}
-			text.Write(b)
-			return nil
-		})
+		_, retried, err := c.AskRetrying(ctx, m, onText, 5)
+		if retries != nil {
+			*retries += retried
+		}
 		var perr *sp.Error
 		if attempt < 5 && text.Len() == 0 && errors.As(err, &perr) && perr.Code == sp.CodeNoSession {
-			// The daemon forgot the session (evicted, expired): HELLO again
-			// and repeat the request, which it never accepted.
 			if retries != nil {
 				*retries++
 			}
 			if err := c.Hello(ctx); err != nil {
 				return "", 0, err
-			}
-			continue
-		}
-		if attempt < 5 && text.Len() == 0 && errors.As(err, &perr) && (perr.Code == sp.CodeBusy || perr.Code == sp.CodeRateLimited) {
-			if retries != nil {
-				*retries++
-			}
-			backoff := min(200*time.Millisecond<<attempt, 5*time.Second)
-			select {
-			case <-time.After(backoff/2 + time.Duration(rand.Int64N(int64(backoff/2)))):
-			case <-ctx.Done():
-				return "", 0, ctx.Err()
 			}
 			continue
 		}
