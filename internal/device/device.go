@@ -145,6 +145,7 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 	}
 	streaming := func() bool { return keepalive != nil && keepalive() }
 	attempt, heard := 1, time.Now()
+	corrupt := 0 // NACK BAD_FRAME answers while not streaming
 	// Each attempt's deadline is fixed when it starts: frames of other
 	// requests must not push our retransmission back.
 	next := func() time.Time {
@@ -189,12 +190,16 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 		if f.Cmd == sp.CmdNack && len(f.Data) == 1 && f.Data[0] == sp.NackBadFrame {
 			// The daemon saw a corrupt frame (serial, §7.1): likely ours, so
 			// repeat now rather than wait for the timer — counted, so a
-			// line that corrupts everything still ends in ErrTimeout.
+			// line that corrupts everything still ends in ErrTimeout. The
+			// NACK proves the line and the daemon alive, and it may answer
+			// noise or an earlier request's ACK rather than this request,
+			// so it has its own, larger budget and does not lengthen the
+			// timer's back-off: at BER 1e-3 three in four 128-byte frames
+			// are corrupt, and Retries NACKs in a row happen.
 			if !streaming() {
-				if attempt > c.cfg.Retries {
-					return fmt.Errorf("%w: every frame arrives corrupt", ErrTimeout)
+				if corrupt++; corrupt > 4*c.cfg.Retries {
+					return fmt.Errorf("%w: every frame arrives corrupt (%d NACK BAD_FRAME)", ErrTimeout, corrupt-1)
 				}
-				attempt++
 			}
 			if err := resend(max(attempt-1, 1)); err != nil {
 				return err
