@@ -108,6 +108,32 @@ func benchClient(b *testing.B, addr string) *device.Client {
 	return c
 }
 
+// dialEcho opens n client sockets to the echo server, closed when the
+// benchmark ends.
+func dialEcho(b *testing.B, echo *net.UDPAddr, n int) []*net.UDPConn {
+	conns := make([]*net.UDPConn, n)
+	for i := range conns {
+		var err error
+		if conns[i], err = net.DialUDP("udp", nil, echo); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { conns[i].Close() })
+	}
+	return conns
+}
+
+// echoRoundTrip times one 40-byte datagram there and back.
+func echoRoundTrip(c *net.UDPConn) (time.Duration, error) {
+	buf := make([]byte, 64)
+	t0 := time.Now()
+	if _, err := c.Write(buf[:40]); err != nil {
+		return 0, err
+	}
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, err := c.Read(buf)
+	return time.Since(t0), err
+}
+
 // percentiles of durations, in microseconds.
 func percentiles(d []time.Duration) (p50, p99 float64) {
 	if len(d) == 0 {
@@ -157,24 +183,8 @@ func Benchmark64Devices(b *testing.B) {
 
 	// Baseline: 64 clients against a bare echo server.
 	echoAddr := startEcho(b)
-	conns := make([]*net.UDPConn, devices)
-	for i := range conns {
-		var err error
-		if conns[i], err = net.DialUDP("udp", nil, echoAddr); err != nil {
-			b.Fatal(err)
-		}
-		defer conns[i].Close()
-	}
-	echo := loadDevices(b, devices, total, func(w int) (time.Duration, error) {
-		buf := make([]byte, 64)
-		t0 := time.Now()
-		if _, err := conns[w].Write(buf[:40]); err != nil {
-			return 0, err
-		}
-		_ = conns[w].SetReadDeadline(time.Now().Add(2 * time.Second))
-		_, err := conns[w].Read(buf)
-		return time.Since(t0), err
-	})
+	conns := dialEcho(b, echoAddr, devices)
+	echo := loadDevices(b, devices, total, func(w int) (time.Duration, error) { return echoRoundTrip(conns[w]) })
 
 	// The daemon: 64 devices, INFER → first TOKEN.
 	_, addr := startBenchDaemon(b, Config{MaxQueue: devices}, &testEngine{})
@@ -257,14 +267,7 @@ func bench64Paced(b *testing.B, interval time.Duration) {
 	}
 
 	echoAddr := startEcho(b)
-	conns := make([]*net.UDPConn, devices)
-	for i := range conns {
-		var err error
-		if conns[i], err = net.DialUDP("udp", nil, echoAddr); err != nil {
-			b.Fatal(err)
-		}
-		defer conns[i].Close()
-	}
+	conns := dialEcho(b, echoAddr, devices)
 	_, addr := startBenchDaemon(b, Config{MaxQueue: devices}, &testEngine{})
 	clients := make([]*device.Client, devices)
 	for i := range clients {
@@ -273,16 +276,7 @@ func bench64Paced(b *testing.B, interval time.Duration) {
 	m := &sp.Infer{Prompt: "hi"}
 	var echo, ttft []time.Duration
 	for b.Loop() {
-		echo = append(echo, paced(func(w int) (time.Duration, error) {
-			buf := make([]byte, 64)
-			t0 := time.Now()
-			if _, err := conns[w].Write(buf[:40]); err != nil {
-				return 0, err
-			}
-			_ = conns[w].SetReadDeadline(time.Now().Add(2 * time.Second))
-			_, err := conns[w].Read(buf)
-			return time.Since(t0), err
-		})...)
+		echo = append(echo, paced(func(w int) (time.Duration, error) { return echoRoundTrip(conns[w]) })...)
 		ttft = append(ttft, paced(func(w int) (time.Duration, error) {
 			t0 := time.Now()
 			var first time.Duration

@@ -107,49 +107,6 @@ func TestParseSerial(t *testing.T) {
 	}
 }
 
-// replugTransport is the device's side of a cable that can be pulled: it
-// forwards to the current stream and sees nothing while unplugged.
-type replugTransport struct {
-	mu sync.Mutex
-	s  *device.Stream
-}
-
-func (r *replugTransport) cur() *device.Stream {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.s
-}
-
-func (r *replugTransport) Send(f []byte) error {
-	if s := r.cur(); s != nil {
-		return s.Send(f)
-	}
-	return nil // into the void, like a UART with no cable
-}
-
-func (r *replugTransport) Recv(deadline time.Time) (sp.Frame, error) {
-	for {
-		s := r.cur()
-		if s == nil {
-			if time.Now().After(deadline) {
-				return sp.Frame{}, os.ErrDeadlineExceeded
-			}
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		step := time.Now().Add(20 * time.Millisecond)
-		if deadline.Before(step) {
-			step = deadline
-		}
-		f, err := s.Recv(step)
-		if err == nil || time.Now().After(deadline) {
-			return f, err
-		}
-	}
-}
-
-func (r *replugTransport) Close() error { return nil }
-
 // TestUnplugMidStream pulls the cable in the middle of an answer and plugs
 // it back: the port is reopened, the session survives, retransmission
 // fills the gap, and the device gets the exact answer.
@@ -162,7 +119,7 @@ func TestUnplugMidStream(t *testing.T) {
 	}
 	e := &testEngine{delay: 10 * time.Millisecond}
 	d := startSerialDaemon(t, Config{DefaultMaxTokens: 1000}, e, link)
-	rt := &replugTransport{s: device.NewStream(master)}
+	rt := device.NewReplug(device.NewStream(master))
 	c := device.New(rt, device.Config{DeviceID: "unplugged", MaxData: 48, Window: 2, RTO: 200 * time.Millisecond, Retries: 30})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -176,10 +133,7 @@ func TestUnplugMidStream(t *testing.T) {
 		text.Write(b)
 		once.Do(func() {
 			go func() { // unplug, wait, plug a new pty in at the same link
-				rt.mu.Lock()
-				old := rt.s
-				rt.s = nil
-				rt.mu.Unlock()
+				old := rt.Unplug()
 				old.Close()
 				os.Remove(link)
 				time.Sleep(300 * time.Millisecond)
@@ -187,9 +141,7 @@ func TestUnplugMidStream(t *testing.T) {
 				if err := os.Symlink(p2, link); err != nil {
 					t.Error(err)
 				}
-				rt.mu.Lock()
-				rt.s = device.NewStream(m2)
-				rt.mu.Unlock()
+				rt.Plug(device.NewStream(m2))
 			}()
 		})
 		return nil

@@ -537,49 +537,6 @@ func TestOllamaFaults(t *testing.T) {
 	record(t, row)
 }
 
-// replug is the device's side of a cable that can be pulled: it forwards to
-// the current stream and sees nothing while unplugged.
-type replug struct {
-	mu sync.Mutex
-	s  *device.Stream
-}
-
-func (r *replug) cur() *device.Stream {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.s
-}
-
-func (r *replug) Send(f []byte) error {
-	if s := r.cur(); s != nil {
-		return s.Send(f)
-	}
-	return nil // into the void, like a UART with no cable
-}
-
-func (r *replug) Recv(deadline time.Time) (sp.Frame, error) {
-	for {
-		s := r.cur()
-		if s == nil {
-			if time.Now().After(deadline) {
-				return sp.Frame{}, os.ErrDeadlineExceeded
-			}
-			time.Sleep(5 * time.Millisecond)
-			continue
-		}
-		step := time.Now().Add(20 * time.Millisecond)
-		if deadline.Before(step) {
-			step = deadline
-		}
-		f, err := s.Recv(step)
-		if err == nil || time.Now().After(deadline) {
-			return f, err
-		}
-	}
-}
-
-func (r *replug) Close() error { return nil }
-
 // TestUnplugSerial: the UART's cable is pulled in the middle of every
 // answer and plugged back 200 ms later (a new pty behind the same udev-like
 // link); the daemon reopens the port, the session survives, and every
@@ -599,7 +556,7 @@ func TestUnplugSerial(t *testing.T) {
 		t.Fatal(err)
 	}
 	r := startDaemon(t, daemon.Config{}, e, daemon.NewSerialLink(sc, logger()))
-	rt := &replug{s: device.NewStream(master)}
+	rt := device.NewReplug(device.NewStream(master))
 	c := device.New(rt, device.Config{DeviceID: "unplugged", MaxData: 48, Window: 2, RTO: 200 * time.Millisecond, Retries: 30})
 	ctx, cancel := context.WithTimeout(context.Background(), duration(t)+60*time.Second)
 	defer cancel()
@@ -626,10 +583,7 @@ func TestUnplugSerial(t *testing.T) {
 				unplugs++
 				go func() { // pull the cable, wait, plug a new pty in at the same link
 					defer close(replugged)
-					rt.mu.Lock()
-					old := rt.s
-					rt.s = nil
-					rt.mu.Unlock()
+					old := rt.Unplug()
 					old.Close()
 					os.Remove(link)
 					time.Sleep(200 * time.Millisecond)
@@ -637,9 +591,7 @@ func TestUnplugSerial(t *testing.T) {
 					if err := os.Symlink(p2, link); err != nil {
 						t.Error(err)
 					}
-					rt.mu.Lock()
-					rt.s = device.NewStream(m2)
-					rt.mu.Unlock()
+					rt.Plug(device.NewStream(m2))
 				}()
 			})
 			return nil

@@ -1,0 +1,76 @@
+package device
+
+import (
+	"os"
+	"sync"
+	"time"
+
+	sp "github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Replug is a device's side of a serial cable that can be pulled and
+// plugged back, for tests of unplugged ports: it forwards to the current
+// Stream, sends into the void and hears nothing while unplugged, as a UART
+// with no cable does.
+type Replug struct {
+	mu sync.Mutex
+	s  *Stream
+}
+
+// NewReplug starts plugged into s.
+func NewReplug(s *Stream) *Replug { return &Replug{s: s} }
+
+func (r *Replug) cur() *Stream {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.s
+}
+
+// Unplug pulls the cable and returns the stream it was plugged into.
+func (r *Replug) Unplug() *Stream {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.s
+	r.s = nil
+	return old
+}
+
+// Plug plugs the cable into s.
+func (r *Replug) Plug(s *Stream) {
+	r.mu.Lock()
+	r.s = s
+	r.mu.Unlock()
+}
+
+func (r *Replug) Send(f []byte) error {
+	if s := r.cur(); s != nil {
+		return s.Send(f)
+	}
+	return nil
+}
+
+// Recv waits for a frame until deadline, across unplugging: it polls the
+// current stream in short steps so a stream plugged in meanwhile is heard.
+func (r *Replug) Recv(deadline time.Time) (sp.Frame, error) {
+	for {
+		s := r.cur()
+		if s == nil {
+			if time.Now().After(deadline) {
+				return sp.Frame{}, os.ErrDeadlineExceeded
+			}
+			time.Sleep(5 * time.Millisecond)
+			continue
+		}
+		step := time.Now().Add(20 * time.Millisecond)
+		if deadline.Before(step) {
+			step = deadline
+		}
+		f, err := s.Recv(step)
+		if err == nil || time.Now().After(deadline) {
+			return f, err
+		}
+	}
+}
+
+// Close leaves the streams to their owner.
+func (r *Replug) Close() error { return nil }
