@@ -84,15 +84,8 @@ func startBenchDaemon(b *testing.B, cfg Config, e *testEngine) (*Daemon, string)
 	if err != nil {
 		b.Fatal(err)
 	}
-	l, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = d.Run(ctx, l); close(done) }()
-	b.Cleanup(func() { cancel(); <-done })
-	return d, l.Addr().String()
+	addr, _ := runDaemon(b, d)
+	return d, addr
 }
 
 func benchClient(b *testing.B, addr string) *device.Client {

@@ -31,25 +31,39 @@ func startDaemonLogging(t *testing.T, cfg Config, e *testEngine, log *slog.Logge
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr, _ := runDaemon(t, d)
+	return d, addr
+}
+
+// runDaemon runs an already built daemon (tests that set an observer or a
+// different engine first build their own) on a loopback UDP port. stop
+// cancels it and waits until Run returns, reporting its error; it runs at
+// cleanup as well, and only once, so a test may stop the daemon early.
+func runDaemon(tb testing.TB, d *Daemon) (addr string, stop func()) {
+	tb.Helper()
 	l, err := ListenUDP("127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Run(ctx, l) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("daemon: %v", err)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					tb.Errorf("daemon: %v", err)
+				}
+			case <-time.After(15 * time.Second):
+				tb.Error("daemon did not stop")
 			}
-		case <-time.After(15 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	})
-	return d, l.Addr().String()
+		})
+	}
+	tb.Cleanup(stop)
+	return l.Addr().String(), stop
 }
 
 // testLogger discards logs unless MCPD_TEST_LOG is set.

@@ -80,16 +80,10 @@ func TestObserverSeesARequest(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.SetObserver(Observers(nil, rec))
-	l, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, l) }()
-	defer func() { cancel(); <-done }()
+	addr, stop := runDaemon(t, d)
+	defer stop()
 
-	c := dial(t, l.Addr().String(), device.Config{DeviceID: "watched", MaxData: 32})
+	c := dial(t, addr, device.Config{DeviceID: "watched", MaxData: 32})
 	prompt := strings.Repeat("many words here ", 10)
 	if _, _, err := ask(t, c, prompt); err != nil {
 		t.Fatal(err)
@@ -139,14 +133,8 @@ func TestLocalRequestsShareTheDevicesLimits(t *testing.T) {
 	if _, err := d.Generate(ctx, LocalRequest{Client: "app", Prompt: "early"}, nil); !errors.Is(err, ErrNotRunning) {
 		t.Fatalf("before Run: %v", err)
 	}
-	l, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- d.Run(runCtx, l) }()
-	defer func() { cancel(); <-done }()
+	addr, stop := runDaemon(t, d)
+	defer stop()
 	waitFor(t, func() bool { return d.Snapshot(ctx).State == "ready" })
 
 	// A local request holds the only engine slot…
@@ -167,7 +155,7 @@ func TestLocalRequestsShareTheDevicesLimits(t *testing.T) {
 	if _, err := d.Generate(ctx, LocalRequest{Client: "other", Prompt: "me"}, nil); !errors.Is(err, ErrQueueFull) || !errors.As(err, &rerr) || rerr.Code != sp.CodeBusy {
 		t.Fatalf("other client: %v", err)
 	}
-	dev := dial(t, l.Addr().String(), device.Config{DeviceID: "sensor"})
+	dev := dial(t, addr, device.Config{DeviceID: "sensor"})
 	var perr *sp.Error
 	if _, _, err := ask(t, dev, "and me"); !errors.As(err, &perr) || perr.Code != sp.CodeBusy {
 		t.Fatalf("device: %v", err)

@@ -66,16 +66,9 @@ func TestShutdownReleasesTheDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, l) }()
-	dial(t, l.Addr().String(), device.Config{DeviceID: "open"})
-	cancel()
-	<-done
+	addr, stop := runDaemon(t, d)
+	dial(t, addr, device.Config{DeviceID: "open"})
+	stop()
 	time.Sleep(100 * time.Millisecond) // the janitor's exit path
 	free := make(chan struct{})
 	go func() { d.mu.Lock(); d.mu.Unlock(); close(free) }()

@@ -216,15 +216,8 @@ func TestSwapBackendLetsRunningRequestsFinish(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, l) }()
-	defer func() { cancel(); <-done }()
-	addr := l.Addr().String()
+	addr, stop := runDaemon(t, d)
+	defer stop()
 	first := dial(t, addr, device.Config{DeviceID: "first"})
 	second := dial(t, addr, device.Config{DeviceID: "second"})
 
