@@ -93,34 +93,15 @@ func TestEndToEndNative(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	direct, err := backends.NewLlama(ctx, backends.LlamaConfig{ModelPath: model, Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var want bytes.Buffer
-	if _, err := direct.Generate(ctx, backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}}, Options: opts},
-		func(b []byte) error { want.Write(b); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	direct.Close()
+	want := bytes.NewBuffer(nativeAnswer(ctx, t, model, prompt, opts))
 	if want.Len() == 0 {
 		t.Fatal("the engine produced nothing")
 	}
 
 	addr := "127.0.0.1:" + freePort(t)
 	httpAddr := freeTCP(t)
-	var logs syncBuffer
-	dctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(dctx, []string{"--model", model, "--threads", "1", "--listen-udp", addr, "--http", httpAddr, "--log-level", "debug"}, noEnv, &logs, &logs)
-	}()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("mcpd: %v\n%s", err, logs.String())
-		}
-	}()
+	logs, stop := runMcpd(ctx, t, []string{"--model", model, "--threads", "1", "--listen-udp", addr, "--http", httpAddr, "--log-level", "debug"}, noEnv)
+	defer stop()
 
 	tr, err := device.DialUDP(addr)
 	if err != nil {
@@ -128,15 +109,8 @@ func TestEndToEndNative(t *testing.T) {
 	}
 	defer tr.Close()
 	c := device.New(tr, device.Config{DeviceID: "e2e", MaxData: 48, Window: 2})
-	for ctx.Err() == nil { // the model may still be loading
-		hctx, hcancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		err = c.Hello(hctx)
-		hcancel()
-		if err == nil {
-			break
-		}
-	}
-	for i := range 2 { // twice: greedy output is the same every time
+	helloUntilReady(ctx, c) // the model may still be loading
+	for i := range 2 {      // twice: greedy output is the same every time
 		var got bytes.Buffer
 		m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: 32, Prompt: prompt}
 		d, err := c.Ask(ctx, m, func(b []byte) error { got.Write(b); return nil })

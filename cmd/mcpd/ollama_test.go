@@ -63,16 +63,7 @@ func TestEndToEndOllama(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	direct, err := backends.NewLlama(ctx, backends.LlamaConfig{ModelPath: model, Threads: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var nativeAnswer bytes.Buffer
-	if _, err := direct.Generate(ctx, backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}}, Options: opts},
-		func(b []byte) error { nativeAnswer.Write(b); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	direct.Close()
+	native := string(nativeAnswer(ctx, t, model, prompt, opts))
 
 	conf := filepath.Join(t.TempDir(), "mcpd.toml")
 	if err := os.WriteFile(conf, []byte(`backend = "ollama"
@@ -93,18 +84,8 @@ probe_interval = "100ms"
 		t.Fatal(err)
 	}
 	addr := "127.0.0.1:" + freePort(t)
-	var logs syncBuffer
-	dctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(dctx, []string{"--config", conf, "--listen-udp", addr, "--http", "off", "--log-level", "debug"}, noEnv, &logs, &logs)
-	}()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("mcpd: %v\n%s", err, logs.String())
-		}
-	}()
+	logs, stop := runMcpd(ctx, t, []string{"--config", conf, "--listen-udp", addr, "--http", "off", "--log-level", "debug"}, noEnv)
+	defer stop()
 	udp, err := device.DialUDP(addr)
 	if err != nil {
 		t.Fatal(err)
@@ -112,14 +93,7 @@ probe_interval = "100ms"
 	defer udp.Close()
 	tr := &countingTransport{Transport: udp, errors: map[uint8]int{}}
 	c := device.New(tr, device.Config{DeviceID: "e2e-ollama", MaxData: 48, Window: 2})
-	for ctx.Err() == nil {
-		hctx, hcancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		err = c.Hello(hctx)
-		hcancel()
-		if err == nil {
-			break
-		}
-	}
+	helloUntilReady(ctx, c)
 	ask := func() (string, *sp.Done, error) {
 		var got bytes.Buffer
 		m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: 16, Prompt: prompt}
@@ -144,8 +118,8 @@ probe_interval = "100ms"
 	// the device cannot tell.
 	srv.FailNext(ollamatest.StallBeforeFirst)
 	text, d, err = ask()
-	if err != nil || text != nativeAnswer.String() || d.Tokens != 16 {
-		t.Fatalf("failover: %q, DONE %+v, %v; want the native answer %q\n%s", text, d, err, nativeAnswer.String(), logs.String())
+	if err != nil || text != native || d.Tokens != 16 {
+		t.Fatalf("failover: %q, DONE %+v, %v; want the native answer %q\n%s", text, d, err, native, logs.String())
 	}
 
 	// The breaker opened on that failure (threshold 1, no cool-down in this
@@ -177,19 +151,9 @@ func TestEndToEndOllamaCut(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	addr := "127.0.0.1:" + freePort(t)
-	var logs syncBuffer
-	dctx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
 	env := map[string]string{"MCPD_OLLAMA_URL": srv.URL(), "MCPD_OLLAMA_MODEL": "tiny"}
-	go func() {
-		done <- run(dctx, []string{"--backend", "ollama", "--listen-udp", addr, "--http", "off"}, func(k string) string { return env[k] }, &logs, &logs)
-	}()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("mcpd: %v\n%s", err, logs.String())
-		}
-	}()
+	logs, stop := runMcpd(ctx, t, []string{"--backend", "ollama", "--listen-udp", addr, "--http", "off"}, func(k string) string { return env[k] })
+	defer stop()
 	udp, err := device.DialUDP(addr)
 	if err != nil {
 		t.Fatal(err)
@@ -197,14 +161,7 @@ func TestEndToEndOllamaCut(t *testing.T) {
 	defer udp.Close()
 	tr := &countingTransport{Transport: udp, errors: map[uint8]int{}}
 	c := device.New(tr, device.Config{DeviceID: "e2e-cut", MaxData: 48, Window: 4})
-	for ctx.Err() == nil {
-		hctx, hcancel := context.WithTimeout(ctx, 500*time.Millisecond)
-		err = c.Hello(hctx)
-		hcancel()
-		if err == nil {
-			break
-		}
-	}
+	helloUntilReady(ctx, c)
 	srv.FailNext(ollamatest.CutMidStream)
 	var got bytes.Buffer
 	d, err := c.Ask(ctx, &sp.Infer{Prompt: "hi"}, func(b []byte) error { got.Write(b); return nil })
