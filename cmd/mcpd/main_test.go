@@ -18,7 +18,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/internal/device"
-	"github.com/mcpd-project/mcpd/native/gguf"
+	"github.com/mcpd-project/mcpd/internal/testmodel"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 
@@ -42,18 +42,7 @@ func (s *syncBuffer) String() string {
 
 func tinyModel(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "tiny.gguf")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testmodel.Tiny(t, t.TempDir())
 }
 
 func TestBadInvocations(t *testing.T) {

@@ -21,7 +21,7 @@ import (
 	"github.com/mcpd-project/mcpd/internal/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
-	"github.com/mcpd-project/mcpd/native/gguf"
+	"github.com/mcpd-project/mcpd/internal/testmodel"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 	"go.bug.st/serial"
 )
@@ -318,18 +318,7 @@ func tinyModel(t *testing.T) string {
 			return p
 		}
 	}
-	path := filepath.Join(t.TempDir(), "tiny.gguf")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testmodel.Tiny(t, t.TempDir())
 }
 
 // TestLossyUDPLlama: the real llama.cpp engine on the generated model,

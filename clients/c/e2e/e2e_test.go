@@ -29,7 +29,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/internal/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
-	"github.com/mcpd-project/mcpd/native/gguf"
+	"github.com/mcpd-project/mcpd/internal/testmodel"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 
@@ -81,22 +81,6 @@ func buildMcpd(t *testing.T, dir string) string {
 		t.Fatalf("go build mcpd: %v\n%s", err, b)
 	}
 	return out
-}
-
-func tinyModel(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "tiny.gguf")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 func freeUDPAddr(t *testing.T) string {
@@ -204,7 +188,7 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 	}
 	dir := t.TempDir()
 	plain, signed := build(t, dir, false), build(t, dir, true)
-	mcpd, model := buildMcpd(t, dir), tinyModel(t, dir)
+	mcpd, model := buildMcpd(t, dir), testmodel.Tiny(t, dir)
 
 	// The UART: mcpd opens the terminal side by name, the devices use the
 	// master (the C program inherits it as fd 3).
