@@ -35,6 +35,19 @@ func (c *countingTransport) Recv(deadline time.Time) (sp.Frame, error) {
 	return f, err
 }
 
+// dialCounting connects a device client to the daemon at addr over UDP
+// through a countingTransport; the socket closes when the test ends.
+func dialCounting(t *testing.T, addr string, cfg device.Config) (*device.Client, *countingTransport) {
+	t.Helper()
+	udp, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	tr := &countingTransport{Transport: udp, errors: map[uint8]int{}}
+	return device.New(tr, cfg), tr
+}
+
 func (c *countingTransport) totalErrors() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -86,13 +99,7 @@ probe_interval = "100ms"
 	addr := "127.0.0.1:" + freePort(t)
 	logs, stop := runMcpd(ctx, t, []string{"--config", conf, "--listen-udp", addr, "--http", "off", "--log-level", "debug"}, noEnv)
 	defer stop()
-	udp, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &countingTransport{Transport: udp, errors: map[uint8]int{}}
-	c := device.New(tr, device.Config{DeviceID: "e2e-ollama", MaxData: 48, Window: 2})
+	c, _ := dialCounting(t, addr, device.Config{DeviceID: "e2e-ollama", MaxData: 48, Window: 2})
 	helloUntilReady(ctx, c)
 	ask := func() (string, *sp.Done, error) {
 		var got bytes.Buffer
@@ -154,13 +161,7 @@ func TestEndToEndOllamaCut(t *testing.T) {
 	env := map[string]string{"MCPD_OLLAMA_URL": srv.URL(), "MCPD_OLLAMA_MODEL": "tiny"}
 	logs, stop := runMcpd(ctx, t, []string{"--backend", "ollama", "--listen-udp", addr, "--http", "off"}, func(k string) string { return env[k] })
 	defer stop()
-	udp, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &countingTransport{Transport: udp, errors: map[uint8]int{}}
-	c := device.New(tr, device.Config{DeviceID: "e2e-cut", MaxData: 48, Window: 4})
+	c, tr := dialCounting(t, addr, device.Config{DeviceID: "e2e-cut", MaxData: 48, Window: 4})
 	helloUntilReady(ctx, c)
 	srv.FailNext(ollamatest.CutMidStream)
 	var got bytes.Buffer
