@@ -137,20 +137,20 @@ func percentiles(d []time.Duration) (p50, p99 float64) {
 	return at(50), at(99)
 }
 
-// loadDevices runs n concurrent workers until total operations are done,
-// each timing op; it returns every operation's latency.
-func loadDevices(b *testing.B, n, total int, op func(worker int) (time.Duration, error)) []time.Duration {
+// loadDevices runs n concurrent workers, each timing op while more(worker)
+// says so — more may also wait, to pace its worker — and returns every
+// operation's latency.
+func loadDevices(b *testing.B, n int, more func(worker int) bool, op func(worker int) (time.Duration, error)) []time.Duration {
 	var (
 		mu   sync.Mutex
-		lats = make([]time.Duration, 0, total)
-		left = int64(total)
+		lats []time.Duration
 		wg   sync.WaitGroup
 	)
 	for w := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for atomic.AddInt64(&left, -1) >= 0 {
+			for more(w) {
 				lat, err := op(w)
 				if err != nil {
 					b.Error(err)
@@ -166,6 +166,12 @@ func loadDevices(b *testing.B, n, total int, op func(worker int) (time.Duration,
 	return lats
 }
 
+// backToBack lets workers run until total operations are done.
+func backToBack(total int) func(int) bool {
+	left := int64(total)
+	return func(int) bool { return atomic.AddInt64(&left, -1) >= 0 }
+}
+
 // Benchmark64Devices measures what the daemon adds at 64 concurrent
 // devices: the time from sending an INFER to the first TOKEN frame, with
 // an instant engine, against the round trip of a bare UDP echo under the
@@ -177,7 +183,7 @@ func Benchmark64Devices(b *testing.B) {
 	// Baseline: 64 clients against a bare echo server.
 	echoAddr := startEcho(b)
 	conns := dialEcho(b, echoAddr, devices)
-	echo := loadDevices(b, devices, total, func(w int) (time.Duration, error) { return echoRoundTrip(conns[w]) })
+	echo := loadDevices(b, devices, backToBack(total), func(w int) (time.Duration, error) { return echoRoundTrip(conns[w]) })
 
 	// The daemon: 64 devices, INFER → first TOKEN.
 	_, addr := startBenchDaemon(b, Config{MaxQueue: devices}, &testEngine{})
@@ -187,7 +193,7 @@ func Benchmark64Devices(b *testing.B) {
 	}
 	m := &sp.Infer{Prompt: "hi"}
 	b.ResetTimer()
-	ttft := loadDevices(b, devices, total, func(w int) (time.Duration, error) {
+	ttft := loadDevices(b, devices, backToBack(total), func(w int) (time.Duration, error) {
 		t0 := time.Now()
 		var first time.Duration
 		_, err := clients[w].Ask(context.Background(), m, func([]byte) error {
@@ -228,35 +234,20 @@ func bench64Paced(b *testing.B, interval time.Duration) {
 		devices = 64
 		rounds  = 40 // per device: 2,560 requests, at most 40 intervals of wall time
 	)
+	// paced runs op on every device, each waiting for its next slot: the
+	// start plus its phase plus its round's intervals.
 	paced := func(op func(w int) (time.Duration, error)) []time.Duration {
-		var (
-			mu   sync.Mutex
-			lats = make([]time.Duration, 0, devices*rounds)
-			wg   sync.WaitGroup
-		)
 		start := time.Now()
-		for w := range devices {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				phase := time.Duration(w) * interval / devices
-				for r := range rounds {
-					if wait := time.Until(start.Add(phase + time.Duration(r)*interval)); wait > 0 {
-						time.Sleep(wait)
-					}
-					lat, err := op(w)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					mu.Lock()
-					lats = append(lats, lat)
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		return lats
+		round := make([]int, devices) // each index touched by its own worker only
+		return loadDevices(b, devices, func(w int) bool {
+			if round[w] == rounds {
+				return false
+			}
+			phase := time.Duration(w) * interval / devices
+			time.Sleep(time.Until(start.Add(phase + time.Duration(round[w])*interval)))
+			round[w]++
+			return true
+		}, op)
 	}
 
 	echoAddr := startEcho(b)

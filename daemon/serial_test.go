@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -133,15 +134,9 @@ func TestUnplugMidStream(t *testing.T) {
 		text.Write(b)
 		once.Do(func() {
 			go func() { // unplug, wait, plug a new pty in at the same link
-				old := rt.Unplug()
-				old.Close()
-				os.Remove(link)
-				time.Sleep(300 * time.Millisecond)
-				m2, p2 := openPty(t)
-				if err := os.Symlink(p2, link); err != nil {
+				if err := rt.ReplugAt(link, 300*time.Millisecond, func() (io.ReadWriteCloser, string) { return openPty(t) }); err != nil {
 					t.Error(err)
 				}
-				rt.Plug(device.NewStream(m2))
 			}()
 		})
 		return nil

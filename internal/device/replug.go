@@ -1,6 +1,7 @@
 package device
 
 import (
+	"io"
 	"os"
 	"sync"
 	"time"
@@ -74,3 +75,21 @@ func (r *Replug) Recv(deadline time.Time) (sp.Frame, error) {
 
 // Close leaves the streams to their owner.
 func (r *Replug) Close() error { return nil }
+
+// ReplugAt pulls the cable, closes the old stream and removes link, waits
+// pause, then plugs a new port in at the same link — as a USB adapter
+// re-enumerates behind a udev /dev/serial/by-id link. open returns the new
+// port's device side and its path; a failed symlink is returned.
+func (r *Replug) ReplugAt(link string, pause time.Duration, open func() (io.ReadWriteCloser, string)) error {
+	if old := r.Unplug(); old != nil {
+		old.Close()
+	}
+	os.Remove(link)
+	time.Sleep(pause)
+	port, path := open()
+	if err := os.Symlink(path, link); err != nil {
+		return err
+	}
+	r.Plug(NewStream(port))
+	return nil
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -572,15 +573,9 @@ func TestUnplugSerial(t *testing.T) {
 				unplugs++
 				go func() { // pull the cable, wait, plug a new pty in at the same link
 					defer close(replugged)
-					old := rt.Unplug()
-					old.Close()
-					os.Remove(link)
-					time.Sleep(200 * time.Millisecond)
-					m2, p2 := ptyPair(t)
-					if err := os.Symlink(p2, link); err != nil {
+					if err := rt.ReplugAt(link, 200*time.Millisecond, func() (io.ReadWriteCloser, string) { return ptyPair(t) }); err != nil {
 						t.Error(err)
 					}
-					rt.Plug(device.NewStream(m2))
 				}()
 			})
 			return nil
