@@ -17,9 +17,9 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/daemon/httpapi"
-	"github.com/mcpd-project/mcpd/internal/device"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	"github.com/mcpd-project/mcpd/native/gguf"
 	sp "github.com/mcpd-project/mcpd/serialproto"

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/clients/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 

@@ -13,7 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/clients/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/testmodel"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )

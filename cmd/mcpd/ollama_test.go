@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/clients/device"
 )
 
 // runMcpd runs the daemon command in-process with args in the background, its

@@ -21,9 +21,9 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/daemon/telemetry"
-	"github.com/mcpd-project/mcpd/internal/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 

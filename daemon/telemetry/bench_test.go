@@ -6,8 +6,8 @@ import (
 	"testing"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/internal/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"

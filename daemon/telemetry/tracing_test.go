@@ -8,8 +8,8 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/internal/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"

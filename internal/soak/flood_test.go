@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/internal/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 

@@ -18,8 +18,8 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/internal/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	"github.com/mcpd-project/mcpd/internal/testmodel"

@@ -27,7 +27,7 @@ import (
 
 	"github.com/creack/pty"
 
-	"github.com/mcpd-project/mcpd/internal/device"
+	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/internal/testmodel"
 	sp "github.com/mcpd-project/mcpd/serialproto"
