@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends/detect"
-	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
 // Policy says which engine serves requests.
@@ -45,10 +44,12 @@ type OpenConfig struct {
 	// Fallback lists the engines ("native", "ollama") tried after the
 	// policy's own, in order. Auto uses every configured engine.
 	Fallback []Policy
-	// Native configures the in-process engine; nil: none (no GGUF file).
-	Native *LlamaConfig
-	// Ollama configures the Ollama engine; nil: none (no model name).
-	Ollama *OllamaConfig
+	// Native starts the in-process engine (llamacpp.Starter); nil: none
+	// (no GGUF file).
+	Native Starter
+	// Ollama starts the Ollama engine (ollama.Starter); nil: none (no
+	// model name).
+	Ollama Starter
 	// Detector presents the machine (default: the real one).
 	Detector *detect.Detector
 	// DetectInterval is how often the machine is probed again: a GPU
@@ -96,37 +97,23 @@ func Open(ctx context.Context, cfg OpenConfig) (*Selector, error) {
 		}
 		return nil, err
 	}
-	if slices.Contains(want, PolicyOllama) {
-		oc := *cfg.Ollama
-		oc.Logger = cmpLogger(oc.Logger, log)
-		user := oc.OnHealthChange
-		oc.OnHealthChange = func() {
-			s.poke(false)
-			if user != nil {
-				user()
-			}
+	env := StartEnv{Machine: s.machine, Logger: log, HealthChanged: func() { s.poke(false) }}
+	for _, p := range []Policy{PolicyOllama, PolicyNative} {
+		if !slices.Contains(want, p) {
+			continue
 		}
-		o, err := NewOllama(ctx, oc)
+		start := cfg.Ollama
+		if p == PolicyNative {
+			start = cfg.Native
+		}
+		e, err := start(ctx, env)
 		switch {
 		case err == nil:
-			s.engines[PolicyOllama], s.ollama = o, o
-		case required(PolicyOllama):
+			s.engines[p] = e
+		case required(p):
 			return fail(err)
 		default:
-			log.Warn("ollama left out", "err", err)
-		}
-	}
-	if slices.Contains(want, PolicyNative) {
-		lc := *cfg.Native
-		lc.Logger = cmpLogger(lc.Logger, log)
-		l, err := openNative(ctx, lc, s.machine)
-		switch {
-		case err == nil:
-			s.engines[PolicyNative] = l
-		case required(PolicyNative):
-			return fail(err)
-		default:
-			log.Warn("native engine left out", "err", err)
+			log.Warn(string(p)+" engine left out", "err", err)
 		}
 	}
 	if len(s.engines) == 0 {
@@ -135,13 +122,6 @@ func Open(ctx context.Context, cfg OpenConfig) (*Selector, error) {
 	s.evaluate(ctx, "start")
 	go s.loop()
 	return s, nil
-}
-
-func cmpLogger(l, def *slog.Logger) *slog.Logger {
-	if l != nil {
-		return l
-	}
-	return def
 }
 
 // wantedEngines lists the configured engines the policy may use.
@@ -165,22 +145,6 @@ func wantedEngines(cfg OpenConfig) []Policy {
 	return out
 }
 
-// openNative checks that the model fits the memory available, then loads it.
-func openNative(ctx context.Context, cfg LlamaConfig, m detect.Machine) (*Llama, error) {
-	info, err := gguf.ValidateFile(cfg.ModelPath)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	est := EstimateMemory(info, cfg.SequenceContext, max(cfg.Parallel, 0))
-	if cfg.Parallel <= 0 {
-		est = EstimateMemory(info, cfg.SequenceContext, 4) // NewLlama's default
-	}
-	if err := CheckMemory(cfg.ModelPath, est, m.MemAvailable); err != nil {
-		return nil, err
-	}
-	return NewLlama(ctx, cfg)
-}
-
 // Selector is the Backend the daemon sees: it routes each request to the
 // engine chosen by the policy and health, and fails over to the next one
 // when a request fails before any output. The choice is re-evaluated when
@@ -190,7 +154,6 @@ type Selector struct {
 	cfg     OpenConfig
 	log     *slog.Logger
 	engines map[Policy]Backend
-	ollama  *Ollama // also in engines; nil when not running
 
 	current   atomic.Pointer[choice]
 	failovers atomic.Int64
@@ -214,7 +177,12 @@ type choice struct {
 	degraded bool
 }
 
-var _ Backend = (*Selector)(nil)
+var (
+	_ Backend           = (*Selector)(nil)
+	_ DegradedReporter  = (*Selector)(nil)
+	_ EndpointReporter  = (*Selector)(nil)
+	_ SelectionReporter = (*Selector)(nil)
+)
 
 // SelectionStatus is a snapshot of the selection for /status, metrics and
 // logs.
@@ -228,7 +196,7 @@ type SelectionStatus struct {
 	Failovers int64 // requests that moved to another engine before their first token
 	Machine   detect.Machine
 	Engines   []EngineStatus
-	Endpoints []EndpointStatus // Ollama's, when it runs
+	Endpoints []EndpointStatus // of engines that report them (Ollama)
 }
 
 // EngineStatus is one engine's health.
@@ -300,10 +268,10 @@ func (s *Selector) preference() ([]Policy, string) {
 		switch {
 		case m.HasGPU():
 			gpu = "GPU found (" + m.Summary() + ")"
-		case s.ollama != nil && s.ollama.ModelOnGPU():
-			gpu = "Ollama holds the model in GPU memory (/api/ps size_vram > 0)"
-		case s.ollama != nil && s.ollama.Remote():
-			gpu = "Ollama endpoint on another host"
+		default:
+			if a, ok := s.engines[PolicyOllama].(Accelerated); ok {
+				gpu = a.AccelerationHint()
+			}
 		}
 		if gpu != "" {
 			order, reason = []Policy{PolicyOllama, PolicyNative}, "auto: "+gpu
@@ -331,10 +299,10 @@ func (s *Selector) evaluate(ctx context.Context, why string) {
 	var skipped []string
 	old := s.current.Load()
 	for _, p := range order {
-		if p == PolicyOllama && old != nil && old.chosen != PolicyOllama && s.engines[p].Healthy(ctx) == nil {
-			// About to move requests to Ollama: ask the endpoints for the
-			// model now rather than trust the last probe.
-			s.ollama.probeAll(ctx)
+		if r, ok := s.engines[p].(Refresher); ok && old != nil && old.chosen != p && s.engines[p].Healthy(ctx) == nil {
+			// About to move requests to this engine: ask it for the
+			// model now rather than trust its last probe.
+			r.Refresh(ctx)
 		}
 		if err := s.engines[p].Healthy(ctx); err != nil {
 			skipped = append(skipped, fmt.Sprintf("%s unhealthy: %v", p, err))
@@ -361,11 +329,9 @@ func (s *Selector) evaluate(ctx context.Context, why string) {
 		c.engines = append(c.engines, s.engines[p])
 	}
 	c.degraded = chosen != order[0]
-	if s.ollama != nil && !c.degraded {
-		for _, ep := range s.ollama.Endpoints() {
-			if ep.Breaker != BreakerClosed.String() {
-				c.degraded = true
-			}
+	for _, e := range c.engines {
+		if d, ok := e.(DegradedReporter); ok && d.Degraded() {
+			c.degraded = true
 		}
 	}
 	if old != nil && old.chosen == chosen && slices.Equal(old.names, names) && old.reason == reason && old.degraded == c.degraded {
@@ -397,8 +363,10 @@ func (s *Selector) Status() SelectionStatus {
 		}
 		st.Engines = append(st.Engines, es)
 	}
-	if s.ollama != nil {
-		st.Endpoints = s.ollama.Endpoints()
+	for _, p := range c.names {
+		if r, ok := s.engines[p].(EndpointReporter); ok {
+			st.Endpoints = append(st.Endpoints, r.Endpoints()...)
+		}
 	}
 	return st
 }
@@ -409,6 +377,10 @@ func (s *Selector) Name() string { return s.engines[s.current.Load().chosen].Nam
 // Degraded reports that requests run on a fallback engine or that an Ollama
 // endpoint's breaker is not closed (STATUS shows DEGRADED).
 func (s *Selector) Degraded() bool { return s.current.Load().degraded }
+
+// Endpoints implements EndpointReporter with the endpoints of every
+// engine that has them, in the order requests try the engines.
+func (s *Selector) Endpoints() []EndpointStatus { return s.Status().Endpoints }
 
 // Engine returns a running engine ("native" or "ollama"), or nil.
 func (s *Selector) Engine(p Policy) Backend { return s.engines[p] }

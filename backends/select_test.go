@@ -1,323 +1,200 @@
-package backends
+package backends_test
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/mcpd-project/mcpd/backends/detect"
-	"github.com/mcpd-project/mcpd/internal/ollamatest"
-	"github.com/mcpd-project/mcpd/native/gguf"
+	"github.com/mcpd-project/mcpd/backends"
 )
 
-// fakeMachine writes files under a temporary root: path → content.
-func fakeMachine(t testing.TB, files map[string]string) string {
-	t.Helper()
-	root := t.TempDir()
-	for p, content := range files {
-		full := filepath.Join(root, p)
-		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return root
+// fakeEngine is an engine whose health, output and optional abilities the
+// test sets; it lets the selection logic be tested without cgo or HTTP.
+// select_engines_test.go repeats the important cases with real engines.
+type fakeEngine struct {
+	name   string
+	output []string
+
+	mu        sync.Mutex
+	unhealthy error  // Healthy's answer
+	genErr    error  // Generate fails with it before any output
+	hint      string // AccelerationHint
+	degraded  bool
+	endpoints []backends.EndpointStatus
+	refreshes atomic.Int32
+	calls     atomic.Int32
+	closed    atomic.Bool
 }
 
-const (
-	cpuinfoX86 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx avx2 fma f16c\n"
-	cpuinfoARM = "processor\t: 0\nFeatures\t: fp asimd asimddp\n\nprocessor\t: 1\n"
-	meminfo    = "MemTotal:       16303368 kB\nMemAvailable:    8000000 kB\n"
-)
+func (f *fakeEngine) Name() string { return f.name }
 
-var errNoSMI = errors.New(`exec: "nvidia-smi": executable file not found in $PATH`)
-
-// runner answers nvidia-smi with out, or fails as a machine without it.
-func runner(out string, err error) detect.CommandRunner {
-	return func(_ context.Context, name string, _ ...string) ([]byte, error) {
-		if name != "nvidia-smi" {
-			return nil, errors.New("unexpected command " + name)
-		}
-		return []byte(out), err
-	}
-}
-
-// gpuMachine is an NVIDIA box; cpuMachine a CPU-only board.
-func gpuMachine(t testing.TB) *detect.Detector {
-	root := fakeMachine(t, map[string]string{"proc/cpuinfo": cpuinfoX86, "proc/meminfo": meminfo,
-		"proc/driver/nvidia/version": "NVRM version: 550\n", "dev/nvidia0": ""})
-	return &detect.Detector{Root: root, Run: runner("NVIDIA L4, 23034\n", nil)}
-}
-
-func cpuMachine(t testing.TB) *detect.Detector {
-	return &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/cpuinfo": cpuinfoARM, "proc/meminfo": meminfo}),
-		Run: runner("", errNoSMI)}
-}
-
-func openSelector(t testing.TB, cfg OpenConfig) *Selector {
-	t.Helper()
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	s, err := Open(context.Background(), cfg)
+func (f *fakeEngine) Generate(ctx context.Context, req backends.Request, emit backends.Emit) (backends.Result, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	err := f.genErr
+	f.mu.Unlock()
 	if err != nil {
-		t.Fatal(err)
+		return backends.Result{}, err
 	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func tinyNative(t testing.TB) *LlamaConfig {
-	return &LlamaConfig{ModelPath: writeModel(t, gguf.TinySpec(1)), Threads: 1, SequenceContext: 256, Parallel: 1}
-}
-
-func TestAutoSelectsByMachine(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
-	native := tinyNative(t)
-	tests := []struct {
-		name   string
-		det    *detect.Detector
-		srv    ollamatest.Model
-		chosen string
-		reason string
-	}{
-		{"GPU machine", gpuMachine(t), ollamatest.Model{}, "ollama", "GPU found (nvidia NVIDIA L4"},
-		{"CPU-only board", cpuMachine(t), ollamatest.Model{}, "llama.cpp", "CPU only"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			s := openSelector(t, OpenConfig{Policy: PolicyAuto, Native: native,
-				Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny"}, Detector: tt.det})
-			st := s.Status()
-			if st.Chosen != tt.chosen || s.Name() != tt.chosen || !strings.Contains(st.Reason, tt.reason) {
-				t.Fatalf("chose %s (%q), want %s (%q)", st.Chosen, st.Reason, tt.chosen, tt.reason)
-			}
-			if len(st.Order) != 2 || st.Degraded || len(st.Endpoints) != 1 || st.Endpoints[0].Breaker != "closed" {
-				t.Fatalf("status %+v", st)
-			}
-		})
-	}
-}
-
-func TestFailoverBeforeFirstTokenIsInvisible(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
-	s := openSelector(t, OpenConfig{Policy: PolicyAuto, Native: tinyNative(t), Detector: gpuMachine(t),
-		Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny", Retries: -1, FirstTokenTimeout: 200 * time.Millisecond}})
-	if s.Name() != "ollama" {
-		t.Fatalf("chose %s", s.Name())
-	}
-	// The reference: the native engine's own answer.
-	want, _, err := collect(t, s.Engine(PolicyNative).(*Llama), context.Background(), greedyReq("hi", 8))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []ollamatest.Fault{ollamatest.StallBeforeFirst, ollamatest.InternalError, ollamatest.QueueFull} {
-		srv.FailNext(f)
-		var got strings.Builder
-		res, err := s.Generate(context.Background(), greedyReq("hi", 8), func(p []byte) error { got.Write(p); return nil })
-		if err != nil || got.String() != want || res.Tokens != 8 {
-			t.Fatalf("%s: %q (%d tokens), %v; want native's %q", f, got.String(), res.Tokens, err, want)
+	for _, p := range f.output {
+		if err := emit([]byte(p)); err != nil {
+			return backends.Result{}, err
 		}
 	}
-	if st := s.Status(); st.Failovers != 3 {
-		t.Fatalf("%d failovers", st.Failovers)
+	return backends.Result{Tokens: len(f.output)}, nil
+}
+
+func (f *fakeEngine) Model(context.Context, string) (backends.ModelInfo, error) {
+	return backends.ModelInfo{Name: f.name + "-model"}, nil
+}
+
+func (f *fakeEngine) Healthy(context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.unhealthy
+}
+
+func (f *fakeEngine) Close() error {
+	if f.closed.Swap(true) {
+		return backends.ErrClosed
 	}
-	// After output started, a failure is the caller's to see.
-	srv.FailNext(ollamatest.CutMidStream)
-	var got strings.Builder
-	_, err = s.Generate(context.Background(), greedyReq("hi", 8), func(p []byte) error { got.Write(p); return nil })
-	if !errors.Is(err, ErrFailed) || got.String() != strings.Join(ollamatest.DefaultTokens[:2], "") {
-		t.Fatalf("%q, %v", got.String(), err)
+	return nil
+}
+
+func (f *fakeEngine) set(fn func(f *fakeEngine)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+// fakeOllamaEngine adds the optional abilities the Ollama engine has.
+type fakeOllamaEngine struct{ *fakeEngine }
+
+func (f fakeOllamaEngine) AccelerationHint() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.hint
+}
+
+func (f fakeOllamaEngine) Degraded() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.degraded
+}
+
+func (f fakeOllamaEngine) Endpoints() []backends.EndpointStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.endpoints
+}
+
+func (f fakeOllamaEngine) Refresh(context.Context) { f.refreshes.Add(1) }
+
+// starter hands e to Open, keeping the selector's HealthChanged in *poke.
+func starter(e backends.Backend, poke *func()) backends.Starter {
+	return func(_ context.Context, env backends.StartEnv) (backends.Backend, error) {
+		if poke != nil {
+			*poke = env.HealthChanged
+		}
+		return e, nil
 	}
 }
 
-func TestSelectionFollowsHealth(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
-	det := &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": meminfo}), Run: runner("", errNoSMI)}
-	s := openSelector(t, OpenConfig{Policy: PolicyOllama, Fallback: []Policy{PolicyNative}, Native: tinyNative(t), Detector: det,
-		DetectInterval: 50 * time.Millisecond,
-		Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny", Retries: -1, BreakerFailures: 1,
-			BreakerCooldown: 100 * time.Millisecond, ProbeInterval: 50 * time.Millisecond}})
-	if s.Name() != "ollama" {
-		t.Fatalf("chose %s", s.Name())
-	}
-	srv.Stop() // the breaker opens at the next probe: the choice moves
-	waitFor(t, 5*time.Second, func() bool { return s.Name() == "llama.cpp" })
-	st := s.Status()
-	if !st.Degraded || !strings.Contains(st.Reason, "ollama unhealthy") || st.Endpoints[0].Breaker == "closed" {
+func failingStarter(err error) backends.Starter {
+	return func(context.Context, backends.StartEnv) (backends.Backend, error) { return nil, err }
+}
+
+func TestSelectorAbilitiesOnFakes(t *testing.T) {
+	native := &fakeEngine{name: "llama.cpp", output: []string{"n1", "n2"}}
+	oll := fakeOllamaEngine{&fakeEngine{name: "ollama", output: []string{"o1"},
+		endpoints: []backends.EndpointStatus{{URL: "http://10.0.0.2:11434", Breaker: "closed"}}}}
+	var poke func()
+	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyAuto, Detector: cpuMachine(t),
+		Native: starter(native, nil), Ollama: starter(oll, &poke)})
+
+	// A CPU-only machine and no hint from Ollama: the in-process engine.
+	if st := s.Status(); st.Chosen != "llama.cpp" || !strings.Contains(st.Reason, "CPU only") || len(st.Endpoints) != 1 {
 		t.Fatalf("status %+v", st)
 	}
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
+	if got := s.Endpoints(); len(got) != 1 || got[0].URL != "http://10.0.0.2:11434" {
+		t.Fatalf("endpoints %+v", got)
 	}
-	waitFor(t, 5*time.Second, func() bool { return s.Name() == "ollama" && !s.Degraded() })
-}
 
-func TestAutoNoticesAGPUAppearing(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
-	root := fakeMachine(t, map[string]string{"proc/meminfo": meminfo, "proc/cpuinfo": cpuinfoX86})
-	s := openSelector(t, OpenConfig{Policy: PolicyAuto, Native: tinyNative(t), DetectInterval: 30 * time.Millisecond,
-		Detector: &detect.Detector{Root: root, Run: runner("NVIDIA RTX A2000, 6138\n", nil)},
-		Ollama:   &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny"}})
-	if s.Name() != "llama.cpp" {
-		t.Fatalf("chose %s before the driver came up", s.Name())
-	}
-	// The driver finishes loading after mcpd started.
-	for p, c := range map[string]string{"proc/driver/nvidia/version": "NVRM 550\n", "dev/nvidia0": ""} {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(root, p), []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	// Ollama says it has a reason (the model in GPU memory): asked to
+	// re-evaluate, the selector refreshes Ollama first, then moves.
+	oll.set(func(f *fakeEngine) { f.hint = "model in VRAM" })
+	poke()
 	waitFor(t, 5*time.Second, func() bool { return s.Name() == "ollama" })
-	if st := s.Status(); !strings.Contains(st.Reason, "RTX A2000") || !st.Machine.HasGPU() {
+	if st := s.Status(); !strings.Contains(st.Reason, "auto: model in VRAM") || st.Degraded {
 		t.Fatalf("status %+v", st)
 	}
+	if n := oll.refreshes.Load(); n == 0 {
+		t.Fatal("moved to Ollama without refreshing it first")
+	}
+
+	// An engine reporting itself degraded makes the selection degraded.
+	oll.set(func(f *fakeEngine) { f.degraded = true })
+	poke()
+	waitFor(t, 5*time.Second, func() bool { return s.Degraded() })
+	var dr backends.DegradedReporter = s // the daemon asks for it by this name
+	if !dr.Degraded() {
+		t.Fatal("DegradedReporter disagrees with Degraded")
+	}
 }
 
-// TestModelCheckedOnSelection: moving requests to Ollama asks it for the
-// model first; a model deleted since the last probe keeps them where they
-// are, with a reason naming it.
-func TestModelCheckedOnSelection(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
-	root := fakeMachine(t, map[string]string{"proc/meminfo": meminfo})
-	s := openSelector(t, OpenConfig{Policy: PolicyAuto, Native: tinyNative(t), DetectInterval: 30 * time.Millisecond,
-		Detector: &detect.Detector{Root: root, Run: runner("NVIDIA L4, 23034\n", nil)},
-		Ollama:   &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny", ProbeInterval: time.Hour}})
-	if s.Name() != "llama.cpp" {
-		t.Fatalf("chose %s", s.Name())
-	}
-	shows := srv.Hits("/api/show")
-	srv.RemoveModel("tiny") // the last probe still says it is there
-	for p, c := range map[string]string{"proc/driver/nvidia/version": "NVRM 550\n", "dev/nvidia0": ""} {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
-			t.Fatal(err)
+func TestSelectorFailsOverBeforeFirstTokenOnFakes(t *testing.T) {
+	native := &fakeEngine{name: "llama.cpp", output: []string{"n1", "n2"}}
+	oll := fakeOllamaEngine{&fakeEngine{name: "ollama", output: []string{"o1"}}}
+	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyOllama, Fallback: []backends.Policy{backends.PolicyNative},
+		Detector: cpuMachine(t), Native: starter(native, nil), Ollama: starter(oll, nil)})
+	for _, err := range []error{backends.ErrUnavailable, backends.ErrBusy, backends.ErrFailed, backends.ErrModelNotFound} {
+		oll.set(func(f *fakeEngine) { f.genErr = fmt.Errorf("%w: injected", err) })
+		pieces, res, gerr := collectPieces(context.Background(), s, chatReq("hi"))
+		if gerr != nil || strings.Join(pieces, "") != "n1n2" || res.Tokens != 2 {
+			t.Fatalf("%v: %q %+v %v", err, pieces, res, gerr)
 		}
-		if err := os.WriteFile(filepath.Join(root, p), []byte(c), 0o644); err != nil {
-			t.Fatal(err)
-		}
 	}
-	waitFor(t, 5*time.Second, func() bool { return strings.Contains(s.Status().Reason, `model "tiny" is not on any Ollama endpoint`) })
-	if s.Name() != "llama.cpp" || srv.Hits("/api/show") == shows {
-		t.Fatalf("chose %s after %d /api/show", s.Name(), srv.Hits("/api/show")-shows)
+	if st := s.Status(); st.Failovers != 4 {
+		t.Fatalf("%d failovers, want 4", st.Failovers)
 	}
-}
-
-func TestAutoPrefersOllamaWithModelInVRAM(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{Models: []ollamatest.Model{{Name: "tiny", Size: 1 << 30, SizeVRAM: 1 << 30}}})
-	s := openSelector(t, OpenConfig{Policy: PolicyAuto, Native: tinyNative(t), Detector: cpuMachine(t),
-		Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny", ProbeInterval: 30 * time.Millisecond}})
-	if s.Name() != "llama.cpp" {
-		t.Fatalf("chose %s", s.Name())
-	}
-	// Something loads the model into Ollama's GPU memory (here: a request
-	// straight to Ollama); /api/ps says so and the choice moves.
-	if _, _, err := collectPieces(context.Background(), s.Engine(PolicyOllama), chatReq("hi")); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, func() bool { return s.Name() == "ollama" })
-	if r := s.Status().Reason; !strings.Contains(r, "size_vram") {
-		t.Fatalf("reason %q", r)
-	}
-}
-
-func TestOpenPolicies(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
-	native := tinyNative(t)
-	lowMem := &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": "MemTotal: 65536 kB\nMemAvailable: 16384 kB\n"}),
-		Run: runner("", errNoSMI)}
-	ollama := &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny"}
-	tests := []struct {
-		name    string
-		cfg     OpenConfig
-		chosen  string
-		order   string
-		wantErr string
-	}{
-		{name: "native only", cfg: OpenConfig{Policy: PolicyNative, Native: native, Ollama: ollama}, chosen: "llama.cpp", order: "llama.cpp"},
-		{name: "ollama then native", cfg: OpenConfig{Policy: PolicyOllama, Fallback: []Policy{PolicyNative}, Native: native, Ollama: ollama},
-			chosen: "ollama", order: "ollama llama.cpp"},
-		{name: "ollama without a model name", cfg: OpenConfig{Policy: PolicyOllama, Native: native}, wantErr: "no model configured"},
-		{name: "ollama model missing", cfg: OpenConfig{Policy: PolicyOllama, Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "qwen3:8b"}},
-			wantErr: `model "qwen3:8b" is not on Ollama`},
-		{name: "auto: ollama model missing, native serves", cfg: OpenConfig{Policy: PolicyAuto, Native: native,
-			Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "qwen3:8b"}}, chosen: "llama.cpp", order: "llama.cpp"},
-		{name: "native too big for memory", cfg: OpenConfig{Policy: PolicyNative, Native: native, Detector: lowMem},
-			wantErr: "MiB is available"},
-		{name: "auto: native too big, ollama serves", cfg: OpenConfig{Policy: PolicyAuto, Native: native, Ollama: ollama, Detector: lowMem},
-			chosen: "ollama", order: "ollama"},
-		{name: "nothing configured", cfg: OpenConfig{Policy: PolicyAuto}, wantErr: "no engine configured"},
-		{name: "bad policy", cfg: OpenConfig{Policy: "gpu"}, wantErr: "want auto, native or ollama"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if tt.cfg.Detector == nil {
-				tt.cfg.Detector = cpuMachine(t)
-			}
-			tt.cfg.Logger = slog.New(slog.DiscardHandler)
-			s, err := Open(context.Background(), tt.cfg)
-			if tt.wantErr != "" {
-				if err == nil {
-					s.Close()
-					t.Fatalf("opened; want an error with %q", tt.wantErr)
-				}
-				if !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer s.Close()
-			st := s.Status()
-			if st.Chosen != tt.chosen || strings.Join(st.Order, " ") != tt.order {
-				t.Fatalf("chose %s order %v, want %s %s", st.Chosen, st.Order, tt.chosen, tt.order)
-			}
-		})
-	}
-}
-
-func TestMemoryEstimate(t *testing.T) {
-	spec := gguf.TinySpec(1) // 2 layers, dim 64, 4 heads, 2 KV heads
-	path := writeModel(t, spec)
-	info, err := gguf.ValidateFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	est := EstimateMemory(info, 256, 2)
-	// K and V, 2 bytes each, 2 layers × 32 (64 × 2/4 heads) per position.
-	if est.Tokens != 512 || est.KVCache != 2*2*2*32*512 {
-		t.Fatalf("%+v", est)
-	}
-	if est.Weights <= 0 || est.Weights > info.FileSize || est.Overhead < 64<<20 {
-		t.Fatalf("%+v of a %d-byte file", est, info.FileSize)
-	}
-	if d := EstimateMemory(info, 0, 1); d.Tokens != min(spec.Context, 2048) {
-		t.Fatalf("default context: %d tokens, want %d", d.Tokens, min(spec.Context, 2048))
-	}
-	err = CheckMemory(path, est, 20<<20)
-	if !errors.Is(err, ErrNoMemory) {
+	// A request error (not an engine fault) is the caller's: no failover.
+	bad := errors.New("bad request")
+	oll.set(func(f *fakeEngine) { f.genErr = bad })
+	before := native.calls.Load()
+	if _, _, err := collectPieces(context.Background(), s, chatReq("hi")); !errors.Is(err, bad) {
 		t.Fatalf("err %v", err)
 	}
-	for _, want := range []string{"needs about 64 MiB", "but only 20 MiB is available", "for 512 tokens", path} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("%q lacks %q", err, want)
-		}
+	if native.calls.Load() != before {
+		t.Fatal("a request error moved to the fallback engine")
 	}
-	if err := CheckMemory(path, est, est.Total()); err != nil {
-		t.Fatal(err)
+}
+
+func TestOpenStartersOnFakes(t *testing.T) {
+	boom := fmt.Errorf("%w: no model", backends.ErrModelNotFound)
+	native := &fakeEngine{name: "llama.cpp"}
+	// The policy's own engine failing is an error, and what started is closed.
+	_, err := backends.Open(context.Background(), backends.OpenConfig{Policy: backends.PolicyNative,
+		Fallback: []backends.Policy{backends.PolicyOllama}, Detector: cpuMachine(t), Logger: slog.New(slog.DiscardHandler),
+		Native: failingStarter(boom), Ollama: starter(&fakeEngine{name: "ollama"}, nil)})
+	if !errors.Is(err, backends.ErrModelNotFound) {
+		t.Fatalf("err %v", err)
 	}
-	if err := CheckMemory(path, est, 0); err != nil { // unknown: not refused
-		t.Fatal(err)
+	// A fallback that cannot start is left out.
+	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyNative, Fallback: []backends.Policy{backends.PolicyOllama},
+		Detector: cpuMachine(t), Native: starter(native, nil), Ollama: failingStarter(boom)})
+	if st := s.Status(); strings.Join(st.Order, ",") != "llama.cpp" {
+		t.Fatalf("order %v", st.Order)
+	}
+	if err := s.Close(); err != nil || !native.closed.Load() {
+		t.Fatalf("close: %v, engine closed %v", err, native.closed.Load())
+	}
+	if err := s.Close(); !errors.Is(err, backends.ErrClosed) {
+		t.Fatalf("second close: %v", err)
 	}
 }

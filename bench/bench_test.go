@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/backends/llamacpp"
+	"github.com/mcpd-project/mcpd/backends/ollama"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/daemon/httpapi"
@@ -145,7 +147,7 @@ func BenchmarkNativePath(b *testing.B) {
 	if threads == 0 {
 		threads = 2
 	}
-	e, err := backends.NewLlama(context.Background(), backends.LlamaConfig{ModelPath: path, Threads: threads, Parallel: 2,
+	e, err := llamacpp.New(context.Background(), llamacpp.Config{ModelPath: path, Threads: threads, Parallel: 2,
 		SequenceContext: 512, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
@@ -192,7 +194,7 @@ func BenchmarkOllamaPath(b *testing.B) {
 		Options: map[string]any{"num_predict": maxTokens, "temperature": 0}}
 
 	client := api.NewClient(u, &http.Client{})
-	o, err := backends.NewOllama(context.Background(), backends.OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny",
+	o, err := ollama.New(context.Background(), ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny",
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)

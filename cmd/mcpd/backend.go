@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/backends/llamacpp"
+	"github.com/mcpd-project/mcpd/backends/ollama"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
@@ -136,23 +138,23 @@ func checkBackend(cfg config) error {
 // openBackend starts the engines and the selection between them; call
 // checkBackend first.
 func openBackend(ctx context.Context, cfg config, log *slog.Logger) (backends.Backend, error) {
-	oc := backends.OpenConfig{Policy: backends.Policy(cfg.Backend), Logger: log}
+	sel := backends.OpenConfig{Policy: backends.Policy(cfg.Backend), Logger: log}
 	for _, f := range cfg.Fallback {
-		oc.Fallback = append(oc.Fallback, backends.Policy(strings.TrimSpace(f)))
+		sel.Fallback = append(sel.Fallback, backends.Policy(strings.TrimSpace(f)))
 	}
 	if path := cfg.ggufPath(); path != "" {
 		log.Info("native engine model", "path", path)
-		oc.Native = &backends.LlamaConfig{
+		sel.Native = llamacpp.Starter(llamacpp.Config{
 			ModelPath:       path,
 			Threads:         cfg.Engine.Threads,
 			SequenceContext: cfg.Engine.ContextSize,
 			Parallel:        max(cfg.Limits.MaxConcurrent, 0),
 			Logger:          log,
-		}
+		})
 	}
 	if m := cfg.ollamaModel(); m != "" {
 		o := cfg.Ollama
-		oc.Ollama = &backends.OllamaConfig{
+		oc := ollama.Config{
 			Endpoints: o.Endpoints, Model: m,
 			ConnectTimeout: o.ConnectTimeout.Duration, FirstTokenTimeout: o.FirstTokenTimeout.Duration,
 			TokenTimeout: o.TokenTimeout.Duration, TotalTimeout: o.TotalTimeout.Duration,
@@ -161,8 +163,9 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger) (backends.Ba
 		}
 		if o.KeepAlive != nil {
 			k := o.KeepAlive.Duration
-			oc.Ollama.KeepAlive = &k
+			oc.KeepAlive = &k
 		}
+		sel.Ollama = ollama.Starter(oc)
 	}
-	return backends.Open(ctx, oc)
+	return backends.Open(ctx, sel)
 }

@@ -71,20 +71,14 @@ func (o *observability) serve(ctx context.Context, d *daemon.Daemon, cfg config,
 // engine chosen and why, and — for Ollama's endpoints behind circuit
 // breakers — each endpoint's breaker and requests in flight.
 func backendReporter(cfg config, b backends.Backend) telemetry.BackendReporter {
-	type selection interface {
-		Status() backends.SelectionStatus
-	}
-	type endpoints interface {
-		Endpoints() []backends.EndpointStatus
-	}
 	return func() telemetry.BackendInfo {
 		info := telemetry.BackendInfo{Chosen: b.Name(), Reason: "configured: backend = " + cfg.Backend}
 		var eps []backends.EndpointStatus
 		switch e := b.(type) {
-		case selection:
+		case backends.SelectionReporter:
 			st := e.Status()
 			info.Chosen, info.Reason, eps = st.Chosen, st.Reason, st.Endpoints
-		case endpoints:
+		case backends.EndpointReporter:
 			eps = e.Endpoints()
 		}
 		if len(eps) > 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/backends/llamacpp"
 	"github.com/mcpd-project/mcpd/clients/device"
 )
 
@@ -44,7 +45,7 @@ func helloUntilReady(ctx context.Context, c *device.Client) {
 // answers to prompt: the reference the daemon's answers must equal.
 func nativeAnswer(ctx context.Context, t *testing.T, model, prompt string, opts backends.Options) []byte {
 	t.Helper()
-	direct, err := backends.NewLlama(ctx, backends.LlamaConfig{ModelPath: model, Threads: 1})
+	direct, err := llamacpp.New(ctx, llamacpp.Config{ModelPath: model, Threads: 1})
 	if err != nil {
 		t.Fatal(err)
 	}

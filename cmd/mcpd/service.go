@@ -310,9 +310,7 @@ func (c currentEngine) Close() error { return nil }
 
 // Endpoints reports an Ollama engine's endpoints; none for others.
 func (c currentEngine) Endpoints() []backends.EndpointStatus {
-	if e, ok := c.d.Backend().(interface {
-		Endpoints() []backends.EndpointStatus
-	}); ok {
+	if e, ok := c.d.Backend().(backends.EndpointReporter); ok {
 		return e.Endpoints()
 	}
 	return nil

@@ -18,6 +18,8 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/backends/llamacpp"
+	"github.com/mcpd-project/mcpd/backends/ollama"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/internal/impair"
@@ -330,7 +332,7 @@ func TestLossyUDPLlama(t *testing.T) {
 		t.Skip("llama.cpp inference")
 	}
 	ctx := context.Background()
-	eng, err := backends.NewLlama(ctx, backends.LlamaConfig{ModelPath: tinyModel(t), Threads: 2, Parallel: 1, SequenceContext: 256})
+	eng, err := llamacpp.New(ctx, llamacpp.Config{ModelPath: tinyModel(t), Threads: 2, Parallel: 1, SequenceContext: 256})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -480,7 +482,7 @@ func TestOllamaFaults(t *testing.T) {
 	}
 	defer srv.Close()
 	ctx := context.Background()
-	o, err := backends.NewOllama(ctx, backends.OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny", TokenTimeout: 300 * time.Millisecond, BreakerFailures: 1000})
+	o, err := ollama.New(ctx, ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny", TokenTimeout: 300 * time.Millisecond, BreakerFailures: 1000})
 	if err != nil {
 		t.Fatal(err)
 	}

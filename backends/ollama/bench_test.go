@@ -1,8 +1,10 @@
-package backends
+package ollama
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -11,6 +13,8 @@ import (
 
 	"github.com/ollama/ollama/api"
 
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/backends/detect"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 )
 
@@ -37,11 +41,18 @@ func BenchmarkOllamaOverhead(b *testing.B) {
 			srv := fakeOllama(b, ollamatest.Config{Tokens: tokens, TokenDelay: c.delay})
 			// The backend as the daemon sees it: the Selector in front of
 			// the Ollama engine.
-			o := openSelector(b, OpenConfig{Policy: PolicyOllama, Detector: cpuMachine(b),
-				Ollama: &OllamaConfig{Endpoints: []string{srv.URL()}, Model: "tiny"}})
+			noGPU := &detect.Detector{Root: b.TempDir(), Run: func(context.Context, string, ...string) ([]byte, error) {
+				return nil, errors.New("no nvidia-smi")
+			}}
+			o, err := backends.Open(context.Background(), backends.OpenConfig{Policy: backends.PolicyOllama, Detector: noGPU,
+				Ollama: Starter(Config{Endpoints: []string{srv.URL()}, Model: "tiny"}), Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { o.Close() })
 			u, _ := url.Parse(srv.URL())
 			direct := api.NewClient(u, &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}})
-			req := Request{Messages: []Message{{Role: RoleUser, Content: "hello"}}, Options: Options{MaxTokens: 64, TemperatureSet: true}}
+			req := backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: "hello"}}, Options: backends.Options{MaxTokens: 64, TemperatureSet: true}}
 			stream := true
 			chat := &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: "hello"}}, Stream: &stream,
 				Options: map[string]any{"num_predict": 64, "temperature": 0}}

@@ -1,4 +1,4 @@
-package backends
+package llamacpp
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
@@ -37,7 +38,7 @@ func writeModel(t testing.TB, s gguf.Spec) string {
 // compare thread counts: ggml's worker threads spin while waiting, and
 // packages' tests run in parallel on a 2-core CI machine, where
 // oversubscribed spinning threads slow everything down many times over.
-func newEngine(t testing.TB, path string, cfg LlamaConfig) *Llama {
+func newEngine(t testing.TB, path string, cfg Config) *Engine {
 	t.Helper()
 	if cfg.Threads == 0 {
 		cfg.Threads = 1
@@ -49,7 +50,7 @@ func newEngine(t testing.TB, path string, cfg LlamaConfig) *Llama {
 	if cfg.SequenceContext == 0 {
 		cfg.SequenceContext = 256
 	}
-	e, err := NewLlama(context.Background(), cfg)
+	e, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,14 +58,14 @@ func newEngine(t testing.TB, path string, cfg LlamaConfig) *Llama {
 	return e
 }
 
-func greedyReq(prompt string, maxTokens int) Request {
-	return Request{Messages: []Message{{Role: RoleUser, Content: prompt}},
-		Options: Options{TemperatureSet: true, MaxTokens: maxTokens}}
+func greedyReq(prompt string, maxTokens int) backends.Request {
+	return backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}},
+		Options: backends.Options{TemperatureSet: true, MaxTokens: maxTokens}}
 }
 
 // collect runs a request and returns the emitted text, checking that every
 // piece is valid UTF-8.
-func collect(t testing.TB, e *Llama, ctx context.Context, req Request) (string, Result, error) {
+func collect(t testing.TB, e *Engine, ctx context.Context, req backends.Request) (string, backends.Result, error) {
 	t.Helper()
 	var out strings.Builder
 	res, err := e.Generate(ctx, req, func(p []byte) error {
@@ -90,14 +91,14 @@ func TestLlamaGreedyGolden(t *testing.T) {
 	var got strings.Builder
 	var ref []string
 	for _, threads := range []int{1, 2} {
-		e := newEngine(t, path, LlamaConfig{Threads: threads, Parallel: 1})
+		e := newEngine(t, path, Config{Threads: threads, Parallel: 1})
 		for run := range 2 {
 			for i, p := range prompts[:4] {
 				text, res, err := collect(t, e, context.Background(), greedyReq(p, 24))
 				if err != nil {
 					t.Fatal(err)
 				}
-				if res.Tokens != 24 || res.Stop != StopLength || res.PromptTokens == 0 || res.TTFT <= 0 || res.Duration < res.TTFT {
+				if res.Tokens != 24 || res.Stop != backends.StopLength || res.PromptTokens == 0 || res.TTFT <= 0 || res.Duration < res.TTFT {
 					t.Fatalf("result %+v", res)
 				}
 				if ref == nil || len(ref) <= i {
@@ -129,7 +130,7 @@ func TestLlamaGreedyGolden(t *testing.T) {
 // sequences of one context, give the same text as each request alone.
 func TestLlamaBatchedMatchesAlone(t *testing.T) {
 	path := writeModel(t, gguf.TinySpec(1))
-	alone := newEngine(t, path, LlamaConfig{Threads: 1, Parallel: 1})
+	alone := newEngine(t, path, Config{Threads: 1, Parallel: 1})
 	want := make([]string, len(prompts))
 	for i, p := range prompts {
 		text, _, err := collect(t, alone, context.Background(), greedyReq(p, 32))
@@ -139,7 +140,7 @@ func TestLlamaBatchedMatchesAlone(t *testing.T) {
 		want[i] = text
 	}
 	alone.Close()
-	batched := newEngine(t, path, LlamaConfig{Threads: 1, Parallel: 8, PromptChunk: 4})
+	batched := newEngine(t, path, Config{Threads: 1, Parallel: 8, PromptChunk: 4})
 	defer func() {
 		// The point of the test: sequences really shared decode steps.
 		st := batched.Stats()
@@ -170,7 +171,7 @@ func TestLlamaBatchedMatchesAlone(t *testing.T) {
 }
 
 func TestLlamaCancelMidGeneration(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 2})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{Threads: 1, Parallel: 2})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pieces := 0
@@ -210,7 +211,7 @@ func TestLlamaCancelMidGeneration(t *testing.T) {
 }
 
 func TestLlamaEmitErrorAndLimits(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 2, SequenceContext: 64})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{Threads: 1, Parallel: 2, SequenceContext: 64})
 	boom := errors.New("uart gone")
 	n := 0
 	_, err := e.Generate(context.Background(), greedyReq("Hello, world", 100), func([]byte) error {
@@ -224,19 +225,19 @@ func TestLlamaEmitErrorAndLimits(t *testing.T) {
 		t.Fatalf("emit error: %v", err)
 	}
 	_, res, err := collect(t, e, context.Background(), greedyReq("Hello, world", 5))
-	if err != nil || res.Tokens != 5 || res.Stop != StopLength {
+	if err != nil || res.Tokens != 5 || res.Stop != backends.StopLength {
 		t.Fatalf("max tokens: %+v %v", res, err)
 	}
 	// The context bounds generation: 64 positions per sequence.
 	_, res, err = collect(t, e, context.Background(), greedyReq("Hello, world", 1000))
-	if err != nil || res.PromptTokens+res.Tokens != 64 || res.Stop != StopContext {
+	if err != nil || res.PromptTokens+res.Tokens != 64 || res.Stop != backends.StopContext {
 		t.Fatalf("context limit: %+v %v", res, err)
 	}
 	_, _, err = collect(t, e, context.Background(), greedyReq(strings.Repeat("long prompt ", 40), 5))
-	if !errors.Is(err, ErrPromptTooLong) {
+	if !errors.Is(err, backends.ErrPromptTooLong) {
 		t.Fatalf("long prompt: %v", err)
 	}
-	if _, _, err := collect(t, e, context.Background(), Request{Model: "other", Messages: []Message{{RoleUser, "x"}}}); !errors.Is(err, ErrModelNotFound) {
+	if _, _, err := collect(t, e, context.Background(), backends.Request{Model: "other", Messages: []backends.Message{{Role: backends.RoleUser, Content: "x"}}}); !errors.Is(err, backends.ErrModelNotFound) {
 		t.Fatalf("unknown model: %v", err)
 	}
 	info, err := e.Model(context.Background(), "")
@@ -246,7 +247,7 @@ func TestLlamaEmitErrorAndLimits(t *testing.T) {
 }
 
 func TestLlamaStopString(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 1})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{Threads: 1, Parallel: 1})
 	full, _, err := collect(t, e, context.Background(), greedyReq("Hello, world", 24))
 	if err != nil {
 		t.Fatal(err)
@@ -262,14 +263,14 @@ func TestLlamaStopString(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := full[:strings.Index(full, stop)]; got != want || res.Stop != StopString {
+	if want := full[:strings.Index(full, stop)]; got != want || res.Stop != backends.StopString {
 		t.Fatalf("stop %q: got %q (%v), want %q", stop, got, res.Stop, want)
 	}
 }
 
 func TestLlamaSampledSeed(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 2})
-	req := Request{Messages: []Message{{RoleUser, "Hello"}}, Options: Options{
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{Threads: 1, Parallel: 2})
+	req := backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: "Hello"}}, Options: backends.Options{
 		TemperatureSet: true, Temperature: 1.2, TopK: 50, TopP: 0.9, MinP: 0.02, RepeatPenalty: 1.3, Seed: 42, SeedSet: true, MaxTokens: 16}}
 	a, _, err := collect(t, e, context.Background(), req)
 	if err != nil {
@@ -296,17 +297,17 @@ func TestLlamaBadModels(t *testing.T) {
 		if err := os.WriteFile(p, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := NewLlama(context.Background(), LlamaConfig{ModelPath: p}); !errors.Is(err, ErrUnavailable) {
+		if _, err := New(context.Background(), Config{ModelPath: p}); !errors.Is(err, backends.ErrUnavailable) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	if _, err := NewLlama(context.Background(), LlamaConfig{ModelPath: filepath.Join(dir, "none.gguf")}); !errors.Is(err, ErrModelNotFound) {
+	if _, err := New(context.Background(), Config{ModelPath: filepath.Join(dir, "none.gguf")}); !errors.Is(err, backends.ErrModelNotFound) {
 		t.Errorf("missing: %v", err)
 	}
 }
 
 func TestLlamaCloseAndBusy(t *testing.T) {
-	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), LlamaConfig{Threads: 1, Parallel: 1, Queue: 1})
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{Threads: 1, Parallel: 1, Queue: 1})
 	// Hold the only sequence with a blocked emit, fill the queue, then
 	// one more is refused.
 	release := make(chan struct{})
@@ -333,7 +334,7 @@ func TestLlamaCloseAndBusy(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if _, _, err := collect(t, e, context.Background(), greedyReq("y", 4)); !errors.Is(err, ErrBusy) {
+	if _, _, err := collect(t, e, context.Background(), greedyReq("y", 4)); !errors.Is(err, backends.ErrBusy) {
 		t.Fatalf("third request: %v", err)
 	}
 	// Close while one runs (blocked in emit) and one waits.
@@ -345,17 +346,17 @@ func TestLlamaCloseAndBusy(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, ch := range []chan error{first, second} {
-		if err := <-ch; !errors.Is(err, ErrClosed) {
+		if err := <-ch; !errors.Is(err, backends.ErrClosed) {
 			t.Errorf("request during close: %v", err)
 		}
 	}
-	if err := e.Close(); !errors.Is(err, ErrClosed) {
+	if err := e.Close(); !errors.Is(err, backends.ErrClosed) {
 		t.Fatalf("second close: %v", err)
 	}
-	if _, _, err := collect(t, e, context.Background(), greedyReq("x", 4)); !errors.Is(err, ErrClosed) {
+	if _, _, err := collect(t, e, context.Background(), greedyReq("x", 4)); !errors.Is(err, backends.ErrClosed) {
 		t.Fatalf("after close: %v", err)
 	}
-	if err := e.Healthy(context.Background()); !errors.Is(err, ErrClosed) {
+	if err := e.Healthy(context.Background()); !errors.Is(err, backends.ErrClosed) {
 		t.Fatalf("healthy after close: %v", err)
 	}
 }
@@ -363,7 +364,7 @@ func TestLlamaCloseAndBusy(t *testing.T) {
 func TestLlamaChatTemplate(t *testing.T) {
 	s := gguf.TinySpec(1)
 	s.ChatTemplate = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-	e := newEngine(t, writeModel(t, s), LlamaConfig{Threads: 1, Parallel: 1})
+	e := newEngine(t, writeModel(t, s), Config{Threads: 1, Parallel: 1})
 	if e.tmpl == "" {
 		t.Fatal("ChatML template not used")
 	}
@@ -372,11 +373,11 @@ func TestLlamaChatTemplate(t *testing.T) {
 	}
 	s.ChatTemplate = "{{ something nobody knows }}"
 	s.Name = "odd"
-	e2 := newEngine(t, writeModel(t, s), LlamaConfig{Threads: 1, Parallel: 1})
+	e2 := newEngine(t, writeModel(t, s), Config{Threads: 1, Parallel: 1})
 	if e2.tmpl != "" {
 		t.Fatal("unknown template used")
 	}
-	if got := PlainTemplate([]Message{{RoleSystem, "be brief"}, {RoleUser, "hi"}}); got != "System: be brief\nUser: hi\nAssistant:" {
+	if got := PlainTemplate([]backends.Message{{Role: backends.RoleSystem, Content: "be brief"}, {Role: backends.RoleUser, Content: "hi"}}); got != "System: be brief\nUser: hi\nAssistant:" {
 		t.Fatalf("plain template %q", got)
 	}
 }
@@ -422,7 +423,7 @@ func TestTextStream(t *testing.T) {
 // joins the running batch, finishes first, and neither output changes.
 func TestLlamaJoinAndLeave(t *testing.T) {
 	path := writeModel(t, gguf.TinySpec(1))
-	e := newEngine(t, path, LlamaConfig{Parallel: 2})
+	e := newEngine(t, path, Config{Parallel: 2})
 	longAlone, _, err := collect(t, e, context.Background(), greedyReq("the quick brown fox", 200))
 	if err != nil {
 		t.Fatal(err)

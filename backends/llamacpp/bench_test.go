@@ -1,4 +1,4 @@
-package backends
+package llamacpp
 
 import (
 	"bufio"
@@ -25,7 +25,7 @@ import (
 // token for a short prompt; agg-tok/s is the total generated tokens per
 // second of N concurrent requests; peak-rss-MB is the process's VmHWM.
 
-func benchEngine(b *testing.B, parallel int) *Llama {
+func benchEngine(b *testing.B, parallel int) *Engine {
 	b.Helper()
 	path := os.Getenv("MCPD_BENCH_MODEL")
 	if path == "" {
@@ -35,7 +35,7 @@ func benchEngine(b *testing.B, parallel int) *Llama {
 	if threads == 0 {
 		threads = 2
 	}
-	e, err := NewLlama(context.Background(), LlamaConfig{ModelPath: path, Threads: threads, Parallel: parallel,
+	e, err := New(context.Background(), Config{ModelPath: path, Threads: threads, Parallel: parallel,
 		SequenceContext: 512, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)

@@ -1,4 +1,4 @@
-package backends
+package ollama
 
 import (
 	"context"
@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 )
 
@@ -22,7 +23,7 @@ func fakeOllama(t testing.TB, cfg ollamatest.Config) *ollamatest.Server {
 	return s
 }
 
-func newOllama(t testing.TB, cfg OllamaConfig, servers ...*ollamatest.Server) *Ollama {
+func newOllama(t testing.TB, cfg Config, servers ...*ollamatest.Server) *Engine {
 	t.Helper()
 	for _, s := range servers {
 		cfg.Endpoints = append(cfg.Endpoints, s.URL())
@@ -33,7 +34,7 @@ func newOllama(t testing.TB, cfg OllamaConfig, servers ...*ollamatest.Server) *O
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	o, err := NewOllama(context.Background(), cfg)
+	o, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,12 +42,12 @@ func newOllama(t testing.TB, cfg OllamaConfig, servers ...*ollamatest.Server) *O
 	return o
 }
 
-func chatReq(prompt string) Request {
-	return Request{Messages: []Message{{Role: RoleUser, Content: prompt}}}
+func chatReq(prompt string) backends.Request {
+	return backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}}}
 }
 
 // collect runs Generate and returns the pieces it emitted.
-func collectPieces(ctx context.Context, b Backend, req Request) ([]string, Result, error) {
+func collectPieces(ctx context.Context, b backends.Backend, req backends.Request) ([]string, backends.Result, error) {
 	var pieces []string
 	res, err := b.Generate(ctx, req, func(p []byte) error {
 		pieces = append(pieces, string(p))
@@ -58,10 +59,10 @@ func collectPieces(ctx context.Context, b Backend, req Request) ([]string, Resul
 func TestOllamaStreamsChat(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
 	keep := -1 * time.Second
-	o := newOllama(t, OllamaConfig{KeepAlive: &keep}, srv)
-	req := Request{
-		Messages: []Message{{RoleSystem, "be brief"}, {RoleUser, "hi"}, {RoleAssistant, "hello"}, {RoleUser, "how warm is it?"}},
-		Options: Options{MaxTokens: 17, Temperature: 0, TemperatureSet: true, Seed: 42, SeedSet: true,
+	o := newOllama(t, Config{KeepAlive: &keep}, srv)
+	req := backends.Request{
+		Messages: []backends.Message{{Role: backends.RoleSystem, Content: "be brief"}, {Role: backends.RoleUser, Content: "hi"}, {Role: backends.RoleAssistant, Content: "hello"}, {Role: backends.RoleUser, Content: "how warm is it?"}},
+		Options: backends.Options{MaxTokens: 17, Temperature: 0, TemperatureSet: true, Seed: 42, SeedSet: true,
 			ContextSize: 512, TopK: 5, Stop: []string{"\n"}},
 	}
 	pieces, res, err := collectPieces(context.Background(), o, req)
@@ -71,7 +72,7 @@ func TestOllamaStreamsChat(t *testing.T) {
 	if got, want := strings.Join(pieces, "|"), strings.Join(ollamatest.DefaultTokens, "|"); got != want {
 		t.Fatalf("pieces %q, want %q", got, want)
 	}
-	if res.Tokens != len(ollamatest.DefaultTokens) || res.PromptTokens != 12 || res.Stop != StopEOS || res.TTFT <= 0 || res.Duration < res.TTFT {
+	if res.Tokens != len(ollamatest.DefaultTokens) || res.PromptTokens != 12 || res.Stop != backends.StopEOS || res.TTFT <= 0 || res.Duration < res.TTFT {
 		t.Fatalf("result %+v", res)
 	}
 	reqs := srv.Requests()
@@ -103,15 +104,18 @@ func TestOllamaStreamsChat(t *testing.T) {
 
 func TestOllamaReusesConnections(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
-	o := newOllama(t, OllamaConfig{}, srv)
+	o := newOllama(t, Config{}, srv)
 	before := srv.Connections() // the start-up probe's
 	for i := range 20 {
 		if _, _, err := collectPieces(context.Background(), o, chatReq("hi")); err != nil {
 			t.Fatal(i, err)
 		}
 	}
-	if got := srv.Connections() - before; got > 1 {
-		t.Fatalf("20 sequential requests opened %d connections; want at most 1 (kept alive)", got)
+	// Go's transport returns a connection to its idle pool on its own
+	// goroutine after the body's EOF, so the next request may rarely dial
+	// anew (seen under load): without keep-alive it would be 20.
+	if got := srv.Connections() - before; got > 2 {
+		t.Fatalf("20 sequential requests opened %d connections; want at most 2 (kept alive)", got)
 	}
 	// Concurrent requests open at most one connection each, and a second
 	// burst reuses them.
@@ -129,8 +133,8 @@ func TestOllamaReusesConnections(t *testing.T) {
 	burst()
 	after := srv.Connections()
 	burst()
-	if srv.Connections() != after {
-		t.Fatalf("a second burst opened %d new connections; want 0", srv.Connections()-after)
+	if n := srv.Connections() - after; n > 1 { // without reuse: 4 (see above for the 1)
+		t.Fatalf("a second burst opened %d new connections; want at most 1", n)
 	}
 	if after-before > 4 {
 		t.Fatalf("4 concurrent requests opened %d connections", after-before)
@@ -138,7 +142,7 @@ func TestOllamaReusesConnections(t *testing.T) {
 }
 
 func TestOllamaFaults(t *testing.T) {
-	quick := OllamaConfig{Retries: -1, FirstTokenTimeout: 300 * time.Millisecond, TokenTimeout: 300 * time.Millisecond}
+	quick := Config{Retries: -1, FirstTokenTimeout: 300 * time.Millisecond, TokenTimeout: 300 * time.Millisecond}
 	tests := []struct {
 		name   string
 		fault  ollamatest.Fault
@@ -148,15 +152,15 @@ func TestOllamaFaults(t *testing.T) {
 		kind   FailureKind
 		pieces int
 	}{
-		{name: "500", fault: ollamatest.InternalError, want: ErrFailed, kind: FailServer},
-		{name: "503 queue full", fault: ollamatest.QueueFull, want: ErrBusy, kind: FailQueueFull},
-		{name: "stall before first token", fault: ollamatest.StallBeforeFirst, want: ErrUnavailable, kind: FailFirstToken},
-		{name: "stall mid-stream", fault: ollamatest.StallMidStream, want: ErrFailed, kind: FailStall, pieces: 2},
-		{name: "cut mid-stream", fault: ollamatest.CutMidStream, want: ErrFailed, kind: FailCut, pieces: 2},
-		{name: "error line mid-stream", fault: ollamatest.ErrorMidStream, want: ErrFailed, kind: FailCut, pieces: 2},
-		{name: "connection reset", fault: ollamatest.ResetConnection, want: ErrUnavailable, kind: FailConnLost},
-		{name: "model missing", model: "nope:7b", want: ErrModelNotFound, kind: FailModelMissing},
-		{name: "refused", stop: true, want: ErrUnavailable, kind: FailRefused},
+		{name: "500", fault: ollamatest.InternalError, want: backends.ErrFailed, kind: FailServer},
+		{name: "503 queue full", fault: ollamatest.QueueFull, want: backends.ErrBusy, kind: FailQueueFull},
+		{name: "stall before first token", fault: ollamatest.StallBeforeFirst, want: backends.ErrUnavailable, kind: FailFirstToken},
+		{name: "stall mid-stream", fault: ollamatest.StallMidStream, want: backends.ErrFailed, kind: FailStall, pieces: 2},
+		{name: "cut mid-stream", fault: ollamatest.CutMidStream, want: backends.ErrFailed, kind: FailCut, pieces: 2},
+		{name: "error line mid-stream", fault: ollamatest.ErrorMidStream, want: backends.ErrFailed, kind: FailCut, pieces: 2},
+		{name: "connection reset", fault: ollamatest.ResetConnection, want: backends.ErrUnavailable, kind: FailConnLost},
+		{name: "model missing", model: "nope:7b", want: backends.ErrModelNotFound, kind: FailModelMissing},
+		{name: "refused", stop: true, want: backends.ErrUnavailable, kind: FailRefused},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -172,7 +176,7 @@ func TestOllamaFaults(t *testing.T) {
 			if !errors.Is(err, tt.want) {
 				t.Fatalf("err %v, want %v", err, tt.want)
 			}
-			var oe *OllamaError
+			var oe *Error
 			if !errors.As(err, &oe) || oe.Kind != tt.kind {
 				t.Fatalf("err %v (%T), want kind %s", err, err, tt.kind)
 			}
@@ -188,7 +192,7 @@ func TestOllamaFaults(t *testing.T) {
 
 func TestOllamaSlowTokensAreNotAStall(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{TokenDelay: 60 * time.Millisecond, FirstTokenDelay: 150 * time.Millisecond})
-	o := newOllama(t, OllamaConfig{Retries: -1, FirstTokenTimeout: 2 * time.Second, TokenTimeout: 1 * time.Second}, srv)
+	o := newOllama(t, Config{Retries: -1, FirstTokenTimeout: 2 * time.Second, TokenTimeout: 1 * time.Second}, srv)
 	pieces, res, err := collectPieces(context.Background(), o, chatReq("hi"))
 	if err != nil || len(pieces) != len(ollamatest.DefaultTokens) {
 		t.Fatalf("%d pieces, %v", len(pieces), err)
@@ -200,13 +204,13 @@ func TestOllamaSlowTokensAreNotAStall(t *testing.T) {
 
 func TestOllamaTotalTimeoutAndCallerContext(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{TokenDelay: 100 * time.Millisecond})
-	o := newOllama(t, OllamaConfig{TotalTimeout: 250 * time.Millisecond}, srv)
+	o := newOllama(t, Config{TotalTimeout: 250 * time.Millisecond}, srv)
 	pieces, _, err := collectPieces(context.Background(), o, chatReq("hi"))
 	if !errors.Is(err, context.DeadlineExceeded) || len(pieces) == 0 || len(pieces) == len(ollamatest.DefaultTokens) {
 		t.Fatalf("%d pieces, err %v; want some pieces and DeadlineExceeded", len(pieces), err)
 	}
 	// The caller's cancellation is no fault of the endpoint.
-	o2 := newOllama(t, OllamaConfig{BreakerFailures: 1}, srv)
+	o2 := newOllama(t, Config{BreakerFailures: 1}, srv)
 	ctx, cancel := context.WithCancel(context.Background())
 	_, err = o2.Generate(ctx, chatReq("hi"), func([]byte) error { cancel(); return nil })
 	if !errors.Is(err, context.Canceled) {
@@ -226,7 +230,7 @@ func TestOllamaTotalTimeoutAndCallerContext(t *testing.T) {
 
 func TestOllamaRetriesOnlyBeforeFirstToken(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
-	o := newOllama(t, OllamaConfig{Retries: 2, RetryBackoff: 5 * time.Millisecond, FirstTokenTimeout: 300 * time.Millisecond,
+	o := newOllama(t, Config{Retries: 2, RetryBackoff: 5 * time.Millisecond, FirstTokenTimeout: 300 * time.Millisecond,
 		BreakerFailures: 10}, srv)
 
 	srv.FailNext(ollamatest.InternalError, ollamatest.StallBeforeFirst)
@@ -240,15 +244,15 @@ func TestOllamaRetriesOnlyBeforeFirstToken(t *testing.T) {
 
 	srv.FailNext(ollamatest.InternalError, ollamatest.InternalError, ollamatest.InternalError)
 	_, _, err = collectPieces(context.Background(), o, chatReq("hi"))
-	if !errors.Is(err, ErrFailed) || srv.Chats() != 6 {
-		t.Fatalf("err %v after %d chats; want ErrFailed after 1+2 attempts", err, srv.Chats()-3)
+	if !errors.Is(err, backends.ErrFailed) || srv.Chats() != 6 {
+		t.Fatalf("err %v after %d chats; want backends.ErrFailed after 1+2 attempts", err, srv.Chats()-3)
 	}
 
 	// After output reached the caller, nothing is retried: the tokens
 	// already emitted would be duplicated.
 	srv.FailNext(ollamatest.CutMidStream)
 	pieces, _, err = collectPieces(context.Background(), o, chatReq("hi"))
-	if !errors.Is(err, ErrFailed) || len(pieces) != 2 || srv.Chats() != 7 {
+	if !errors.Is(err, backends.ErrFailed) || len(pieces) != 2 || srv.Chats() != 7 {
 		t.Fatalf("pieces %q, err %v, %d chats", pieces, err, srv.Chats()-6)
 	}
 }
@@ -256,7 +260,7 @@ func TestOllamaRetriesOnlyBeforeFirstToken(t *testing.T) {
 func TestOllamaFailsOverAndRoutesByLoad(t *testing.T) {
 	a := fakeOllama(t, ollamatest.Config{})
 	b := fakeOllama(t, ollamatest.Config{})
-	o := newOllama(t, OllamaConfig{Retries: 1, RetryBackoff: time.Millisecond}, a, b)
+	o := newOllama(t, Config{Retries: 1, RetryBackoff: time.Millisecond}, a, b)
 	a.Stop()
 	for range 3 {
 		pieces, _, err := collectPieces(context.Background(), o, chatReq("hi"))
@@ -276,7 +280,7 @@ func TestOllamaFailsOverAndRoutesByLoad(t *testing.T) {
 	// flight), once both are healthy.
 	c := fakeOllama(t, ollamatest.Config{TokenDelay: 40 * time.Millisecond})
 	d := fakeOllama(t, ollamatest.Config{TokenDelay: 40 * time.Millisecond})
-	o2 := newOllama(t, OllamaConfig{}, c, d)
+	o2 := newOllama(t, Config{}, c, d)
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
@@ -290,7 +294,7 @@ func TestOllamaFailsOverAndRoutesByLoad(t *testing.T) {
 	if c.Chats() != 2 || d.Chats() != 2 {
 		t.Fatalf("chats %d and %d; want 2 and 2", c.Chats(), d.Chats())
 	}
-	pieces, _, err := collectPieces(context.Background(), o, Request{Messages: chatReq("x").Messages})
+	pieces, _, err := collectPieces(context.Background(), o, backends.Request{Messages: chatReq("x").Messages})
 	if err != nil || len(pieces) == 0 {
 		t.Fatalf("with the model only on b: %v", err)
 	}
@@ -299,11 +303,11 @@ func TestOllamaFailsOverAndRoutesByLoad(t *testing.T) {
 func TestOllamaBreakerOpensAndHalfOpens(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
 	changes := make(chan struct{}, 64)
-	o := newOllama(t, OllamaConfig{Retries: -1, BreakerFailures: 2, BreakerCooldown: 300 * time.Millisecond,
+	o := newOllama(t, Config{Retries: -1, BreakerFailures: 2, BreakerCooldown: 300 * time.Millisecond,
 		ProbeInterval: time.Hour, OnHealthChange: func() { changes <- struct{}{} }}, srv)
 	srv.SetFault(ollamatest.InternalError)
 	for range 2 {
-		if _, _, err := collectPieces(context.Background(), o, chatReq("hi")); !errors.Is(err, ErrFailed) {
+		if _, _, err := collectPieces(context.Background(), o, chatReq("hi")); !errors.Is(err, backends.ErrFailed) {
 			t.Fatal(err)
 		}
 	}
@@ -311,11 +315,11 @@ func TestOllamaBreakerOpensAndHalfOpens(t *testing.T) {
 	if st.Breaker != "open" || st.Opened != 1 {
 		t.Fatalf("after 2 failures: %+v", st)
 	}
-	if err := o.Healthy(context.Background()); !errors.Is(err, ErrUnavailable) {
+	if err := o.Healthy(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
 		t.Fatalf("healthy with the breaker open: %v", err)
 	}
 	chats := srv.Chats()
-	if _, _, err := collectPieces(context.Background(), o, chatReq("hi")); !errors.Is(err, ErrUnavailable) || srv.Chats() != chats {
+	if _, _, err := collectPieces(context.Background(), o, chatReq("hi")); !errors.Is(err, backends.ErrUnavailable) || srv.Chats() != chats {
 		t.Fatalf("open breaker: err %v, %d requests reached the server", err, srv.Chats()-chats)
 	}
 	// Still failing after the cool-down: the probe (or a request) is the
@@ -338,20 +342,20 @@ func TestOllamaBreakerOpensAndHalfOpens(t *testing.T) {
 
 func TestOllamaModelCheckedAtStart(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{})
-	_, err := NewOllama(context.Background(), OllamaConfig{Endpoints: []string{srv.URL()}, Model: "llama3.2:1b",
+	_, err := New(context.Background(), Config{Endpoints: []string{srv.URL()}, Model: "llama3.2:1b",
 		Logger: slog.New(slog.DiscardHandler)})
-	if !errors.Is(err, ErrModelNotFound) || !strings.Contains(err.Error(), `"llama3.2:1b"`) || !strings.Contains(err.Error(), srv.URL()) {
-		t.Fatalf("err %v; want ErrModelNotFound naming the model and the endpoint", err)
+	if !errors.Is(err, backends.ErrModelNotFound) || !strings.Contains(err.Error(), `"llama3.2:1b"`) || !strings.Contains(err.Error(), srv.URL()) {
+		t.Fatalf("err %v; want backends.ErrModelNotFound naming the model and the endpoint", err)
 	}
 	// "tiny" is "tiny:latest".
-	newOllama(t, OllamaConfig{Model: "tiny:latest"}, srv)
+	newOllama(t, Config{Model: "tiny:latest"}, srv)
 
 	// Nothing reachable: the start succeeds, the engine is unhealthy until
 	// Ollama comes up and the probe finds the model.
 	down := fakeOllama(t, ollamatest.Config{})
 	down.Stop()
-	o := newOllama(t, OllamaConfig{ProbeInterval: 50 * time.Millisecond, BreakerCooldown: 50 * time.Millisecond}, down)
-	if err := o.Healthy(context.Background()); !errors.Is(err, ErrUnavailable) {
+	o := newOllama(t, Config{ProbeInterval: 50 * time.Millisecond, BreakerCooldown: 50 * time.Millisecond}, down)
+	if err := o.Healthy(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
 		t.Fatalf("healthy while unreachable: %v", err)
 	}
 	if err := down.Start(); err != nil {
@@ -363,7 +367,7 @@ func TestOllamaModelCheckedAtStart(t *testing.T) {
 	}
 	// The model removed later: the probe notices, Healthy names it.
 	down.RemoveModel("tiny")
-	waitFor(t, 5*time.Second, func() bool { return errors.Is(o.Healthy(context.Background()), ErrModelNotFound) })
+	waitFor(t, 5*time.Second, func() bool { return errors.Is(o.Healthy(context.Background()), backends.ErrModelNotFound) })
 	if err := o.Healthy(context.Background()); !strings.Contains(err.Error(), `"tiny"`) {
 		t.Fatalf("err %v", err)
 	}
@@ -371,7 +375,7 @@ func TestOllamaModelCheckedAtStart(t *testing.T) {
 
 func TestOllamaReportsVRAM(t *testing.T) {
 	srv := fakeOllama(t, ollamatest.Config{Models: []ollamatest.Model{{Name: "tiny", Size: 100, SizeVRAM: 100, ContextLength: 2048}}})
-	o := newOllama(t, OllamaConfig{ProbeInterval: 50 * time.Millisecond}, srv)
+	o := newOllama(t, Config{ProbeInterval: 50 * time.Millisecond}, srv)
 	if o.ModelOnGPU() {
 		t.Fatal("on GPU before anything loaded it")
 	}

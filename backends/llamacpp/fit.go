@@ -1,14 +1,12 @@
-package backends
+package llamacpp
 
 import (
-	"errors"
 	"fmt"
+
+	"github.com/mcpd-project/mcpd/backends"
 
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
-
-// ErrNoMemory: the model would not fit in the memory available.
-var ErrNoMemory = errors.New("backends: not enough memory for the model")
 
 // MemoryEstimate is what loading a GGUF model in-process will take.
 type MemoryEstimate struct {
@@ -56,5 +54,5 @@ func CheckMemory(path string, est MemoryEstimate, available int64) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s needs about %d MiB (weights %d MiB + KV cache %d MiB for %d tokens + %d MiB overhead) but only %d MiB is available (MemAvailable); use a smaller model or quantization, a smaller context or fewer parallel requests",
-		ErrNoMemory, path, est.Total()>>20, est.Weights>>20, est.KVCache>>20, est.Tokens, est.Overhead>>20, available>>20)
+		backends.ErrNoMemory, path, est.Total()>>20, est.Weights>>20, est.KVCache>>20, est.Tokens, est.Overhead>>20, available>>20)
 }

@@ -1,0 +1,92 @@
+package llamacpp
+
+import (
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"strings"
+)
+
+// LlamaConfig configures the in-process llama.cpp engine.
+type Config struct {
+	ModelPath string
+	// ModelName is the name requests use (default: the file name without
+	// .gguf). "" in a request always means this model.
+	ModelName string
+	// Threads for decoding (default: the CPU count).
+	Threads int
+	// SequenceContext is the context each sequence gets, in tokens
+	// (default: min(training context, 2048)). The KV cache holds
+	// Parallel × SequenceContext tokens.
+	SequenceContext int
+	// Parallel is the most requests decoded together (default 4).
+
+	Parallel int
+	// Queue is the most requests waiting for a free sequence (default 32);
+	// beyond it Generate returns ErrBusy.
+	Queue int
+	// BatchSize is the most tokens per llama_decode (default 512).
+	BatchSize int
+	// PromptChunk is the most prompt tokens one sequence adds to a decode
+	// step, so a long prompt cannot stall the others' generation for long
+	// (default 128).
+	PromptChunk int
+	// MaxTokens is the default generation limit (default 256).
+	MaxTokens int
+	// Defaults for sampling when a request leaves them unset.
+	Temperature   float32 // default 0.8
+	TopK          int     // default 40
+	TopP          float32 // default 0.95
+	MinP          float32 // default 0.05
+	RepeatPenalty float32 // default 1 (off)
+	Logger        *slog.Logger
+}
+
+// defaultParallel is Config.Parallel when unset.
+const defaultParallel = 4
+
+func (c *Config) defaults(trainCtx int) {
+	if c.ModelName == "" {
+		c.ModelName = strings.TrimSuffix(filepath.Base(c.ModelPath), ".gguf")
+	}
+	if c.Threads <= 0 {
+		c.Threads = runtime.NumCPU()
+	}
+	if c.SequenceContext <= 0 {
+		c.SequenceContext = min(trainCtx, 2048)
+	}
+	if c.Parallel <= 0 {
+		c.Parallel = defaultParallel
+	}
+	if c.Queue <= 0 {
+		c.Queue = 32
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 512
+	}
+	c.BatchSize = min(c.BatchSize, c.SequenceContext*c.Parallel)
+	if c.PromptChunk <= 0 {
+		c.PromptChunk = 128
+	}
+	if c.MaxTokens <= 0 {
+		c.MaxTokens = 256
+	}
+	if c.Temperature == 0 {
+		c.Temperature = 0.8
+	}
+	if c.TopK == 0 {
+		c.TopK = 40
+	}
+	if c.TopP == 0 {
+		c.TopP = 0.95
+	}
+	if c.MinP == 0 {
+		c.MinP = 0.05
+	}
+	if c.RepeatPenalty == 0 {
+		c.RepeatPenalty = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}

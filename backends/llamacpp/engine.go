@@ -1,0 +1,187 @@
+package llamacpp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/native"
+	"github.com/mcpd-project/mcpd/native/gguf"
+)
+
+// Llama is the in-process llama.cpp engine. One scheduler goroutine owns
+// the llama.cpp context and runs continuous batching: every decode step
+// carries the next token of each generating sequence plus chunks of
+// waiting prompts, so requests join and leave without stalling others.
+// Callers' goroutines do everything else (tokenizing, turning tokens into
+// text, stop strings, calling emit), which keeps the step loop short.
+type Engine struct {
+	cfg    Config
+	model  *native.Model
+	nctx   *native.Context
+	info   backends.ModelInfo
+	tmpl   string // the GGUF chat template when llama.cpp recognises it
+	seqCtx int    // positions per sequence
+
+	queue   chan *request
+	wake    chan struct{} // pokes an idle scheduler (cap 1)
+	closing chan struct{} // closed by Close
+	done    chan struct{} // closed when the scheduler has exited
+	once    sync.Once
+
+	// Scheduler counters, for benchmarks and diagnostics.
+	steps       atomic.Int64 // llama_decode calls
+	stepTokens  atomic.Int64 // tokens decoded in them
+	stepOutputs atomic.Int64 // of which sampled (generated-token rows)
+}
+
+// Stats are the scheduler's counters since start.
+type Stats struct {
+	Steps, Tokens, Outputs int64
+}
+
+// Stats returns the scheduler's counters; Outputs/Steps is the mean number
+// of sequences batched per decode step.
+func (e *Engine) Stats() Stats {
+	return Stats{Steps: e.steps.Load(), Tokens: e.stepTokens.Load(), Outputs: e.stepOutputs.Load()}
+}
+
+var _ backends.Backend = (*Engine)(nil)
+
+// Starter returns the backends.Starter that opens the engine with cfg for
+// backends.Open, after checking that the model fits the memory the
+// machine has available.
+func Starter(cfg Config) backends.Starter {
+	return func(ctx context.Context, env backends.StartEnv) (backends.Backend, error) {
+		if cfg.Logger == nil {
+			cfg.Logger = env.Logger
+		}
+		e, err := Open(ctx, cfg, env.Machine.MemAvailable)
+		if err != nil {
+			return nil, err
+		}
+		return e, nil
+	}
+}
+
+// Open validates the GGUF file, refuses a model that would not fit in
+// memAvailable bytes (0: unknown, not checked) and starts the engine.
+func Open(ctx context.Context, cfg Config, memAvailable int64) (*Engine, error) {
+	info, err := gguf.ValidateFile(cfg.ModelPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
+	}
+	parallel := cfg.Parallel
+	if parallel <= 0 {
+		parallel = defaultParallel
+	}
+	if err := CheckMemory(cfg.ModelPath, EstimateMemory(info, cfg.SequenceContext, parallel), memAvailable); err != nil {
+		return nil, err
+	}
+	return New(ctx, cfg)
+}
+
+// NewLlama loads cfg.ModelPath and starts the engine.
+func New(ctx context.Context, cfg Config) (*Engine, error) {
+	model, err := native.Load(ctx, cfg.ModelPath, native.ModelParams{})
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %w", backends.ErrModelNotFound, err)
+		}
+		return nil, fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
+	}
+	trainCtx, err := model.TrainContext()
+	if err != nil {
+		model.Close()
+		return nil, err
+	}
+	cfg.defaults(trainCtx)
+	nctx, err := model.NewContext(native.ContextParams{
+		ContextSize: cfg.SequenceContext * cfg.Parallel, BatchSize: cfg.BatchSize,
+		Sequences: cfg.Parallel, Threads: cfg.Threads,
+	})
+	if err != nil {
+		model.Close()
+		return nil, fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
+	}
+	e := &Engine{cfg: cfg, model: model, nctx: nctx,
+		queue: make(chan *request, cfg.Queue), wake: make(chan struct{}, 1),
+		closing: make(chan struct{}), done: make(chan struct{})}
+	// llama.cpp may round the context up; the configured size is the
+	// promise, so enforce it.
+	e.seqCtx = min(nctx.SequenceSize(), cfg.SequenceContext)
+	e.info = e.describe()
+	// Use the GGUF's template only when llama.cpp recognises it (no Jinja
+	// here); otherwise the plain template.
+	if t, _ := model.ChatTemplate(); t != "" {
+		if _, err := model.ApplyTemplate(t, []native.ChatMessage{{Role: "user", Content: "x"}}); err == nil {
+			e.tmpl = t
+		} else {
+			cfg.Logger.Info("chat template not recognised; using the plain template", "model", cfg.ModelName)
+		}
+	}
+	cfg.Logger.Info("llama.cpp engine ready", "model", cfg.ModelName, "params", e.info.Parameters,
+		"quantization", e.info.Quantization, "parallel", cfg.Parallel, "sequence_context", e.seqCtx,
+		"threads", cfg.Threads, "build", native.BuildInfo())
+	go e.run()
+	return e, nil
+}
+
+func (e *Engine) describe() backends.ModelInfo {
+	info := e.model.Info()
+	q := "unknown"
+	if ft, ok := info.Uint("general.file_type"); ok {
+		q = map[uint64]string{0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1",
+			10: "Q2_K", 11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+			17: "Q5_K_M", 18: "Q6_K", 32: "BF16"}[ft]
+	}
+	params, _ := e.model.Params()
+	return backends.ModelInfo{Name: e.cfg.ModelName, ContextLength: e.seqCtx, Parameters: params, Quantization: q}
+}
+
+// Name implements Backend.
+func (e *Engine) Name() string { return "llama.cpp" }
+
+// Model implements Backend.
+func (e *Engine) Model(ctx context.Context, name string) (backends.ModelInfo, error) {
+	if err := e.Healthy(ctx); err != nil {
+		return backends.ModelInfo{}, err
+	}
+	if name != "" && name != e.cfg.ModelName {
+		return backends.ModelInfo{}, fmt.Errorf("%w: %q", backends.ErrModelNotFound, name)
+	}
+	return e.info, nil
+}
+
+// Healthy implements Backend.
+func (e *Engine) Healthy(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case <-e.closing:
+		return backends.ErrClosed
+	default:
+		return nil
+	}
+}
+
+// Close implements Backend: it stops the scheduler (aborting a decode in
+// progress), fails waiting and running requests with ErrClosed, and frees
+// llama.cpp's memory.
+func (e *Engine) Close() error {
+	first := false
+	e.once.Do(func() {
+		first = true
+		close(e.closing)
+	})
+	if !first {
+		return backends.ErrClosed
+	}
+	<-e.done
+	return e.model.Close() // also frees the context
+}

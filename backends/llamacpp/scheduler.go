@@ -1,0 +1,195 @@
+package llamacpp
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/native"
+)
+
+// slot is one sequence of the shared context.
+type slot struct {
+	seq     int
+	req     *request
+	sampler *native.Sampler
+	prefill int          // prompt tokens already decoded
+	pos     int          // next position
+	next    native.Token // sampled, to be decoded next step
+	hasNext bool
+	emitted int
+	out     int // batch index of this slot's logits in the current step; -1 none
+}
+
+// run is the scheduler: the only goroutine that touches e.nctx.
+func (e *Engine) run() {
+	defer close(e.done)
+	slots := make([]*slot, e.cfg.Parallel)
+	free := func(i int, ev event) {
+		s := slots[i]
+		s.req.push(ev)
+		s.sampler.Close()
+		if err := e.nctx.ClearSequence(s.seq); err != nil {
+			e.cfg.Logger.Warn("clearing a sequence failed", "seq", s.seq, "err", err)
+		}
+		slots[i] = nil
+	}
+	// Decodes are aborted by Close, not by any one request.
+	life, stop := context.WithCancel(context.Background())
+	defer stop()
+	go func() {
+		select {
+		case <-e.closing:
+			stop()
+		case <-life.Done():
+		}
+	}()
+	defer func() {
+		for i, s := range slots {
+			if s != nil {
+				free(i, event{done: true, err: backends.ErrClosed})
+			}
+		}
+		for {
+			select {
+			case r := <-e.queue:
+				r.push(event{done: true, err: backends.ErrClosed})
+			default:
+				return
+			}
+		}
+	}()
+	var batch native.Batch
+	rr := 0 // round-robin start for prompt chunks
+	for {
+		select {
+		case <-e.closing:
+			return
+		default:
+		}
+		// Admit waiting requests into free sequences.
+		for i := range slots {
+			if slots[i] != nil {
+				continue
+			}
+			var r *request
+			select {
+			case r = <-e.queue:
+			default:
+			}
+			if r == nil {
+				break
+			}
+			if r.ctx.Err() != nil {
+				continue
+			}
+			smp, err := native.NewSampler(r.sampling)
+			if err != nil {
+				r.push(event{done: true, err: fmt.Errorf("%w: %w", backends.ErrFailed, err)})
+				continue
+			}
+			if r.sampling.RepeatPenalty != 1 {
+				for _, t := range r.prompt {
+					smp.Accept(t)
+				}
+			}
+			slots[i] = &slot{seq: i, req: r, sampler: smp}
+		}
+		// Drop sequences whose caller left (cancelled, stop string, emit error).
+		for i, s := range slots {
+			if s != nil && s.req.ctx.Err() != nil {
+				free(i, event{done: true, err: s.req.ctx.Err()})
+			}
+		}
+		// Build one step: each generating sequence's next token, then
+		// prompt chunks round-robin in the room left.
+		batch.Reset()
+		for _, s := range slots {
+			if s == nil {
+				continue
+			}
+			s.out = -1
+			if s.hasNext && s.req.backlog() < maxBacklog {
+				s.out = batch.Len()
+				batch.Add(s.next, s.pos, s.seq, true)
+			}
+		}
+		for k := range slots {
+			s := slots[(rr+k)%len(slots)]
+			room := e.cfg.BatchSize - batch.Len()
+			if s == nil || s.hasNext || s.prefill >= len(s.req.prompt) || room == 0 {
+				continue
+			}
+			n := min(len(s.req.prompt)-s.prefill, e.cfg.PromptChunk, room)
+			for j := range n {
+				last := s.prefill+j == len(s.req.prompt)-1
+				if last {
+					s.out = batch.Len()
+				}
+				batch.Add(s.req.prompt[s.prefill+j], s.prefill+j, s.seq, last)
+			}
+			s.prefill += n
+			s.pos = s.prefill
+		}
+		rr++
+		if batch.Len() == 0 {
+			// Idle, or every sequence waits on a slow caller.
+			select {
+			case <-e.closing:
+				return
+			case <-e.wake:
+			}
+			continue
+		}
+		outputs := 0
+		for _, s := range slots {
+			if s != nil && s.out >= 0 {
+				outputs++
+			}
+		}
+		e.steps.Add(1)
+		e.stepTokens.Add(int64(batch.Len()))
+		e.stepOutputs.Add(int64(outputs))
+		if err := e.nctx.Decode(life, &batch); err != nil {
+			if life.Err() != nil {
+				return
+			}
+			// A failed step leaves its sequences' caches undefined.
+			e.cfg.Logger.Error("llama_decode failed", "tokens", batch.Len(), "err", err)
+			for i, s := range slots {
+				if s != nil && (s.out >= 0 || s.prefill > 0) {
+					free(i, event{done: true, err: fmt.Errorf("%w: %w", backends.ErrFailed, err)})
+				}
+			}
+			continue
+		}
+		for i, s := range slots {
+			if s == nil || s.out < 0 {
+				continue
+			}
+			if s.hasNext {
+				s.pos++
+				s.hasNext = false
+			}
+			tok, err := s.sampler.Sample(e.nctx, s.out)
+			if err != nil {
+				free(i, event{done: true, err: fmt.Errorf("%w: %w", backends.ErrFailed, err)})
+				continue
+			}
+			if eog, _ := e.model.IsEOG(tok); eog {
+				free(i, event{done: true, stop: backends.StopEOS})
+				continue
+			}
+			s.req.push(event{tok: tok})
+			s.emitted++
+			switch {
+			case s.emitted >= s.req.maxTokens:
+				free(i, event{done: true, stop: s.req.atMax})
+			case s.pos >= e.seqCtx:
+				free(i, event{done: true, stop: backends.StopContext})
+			default:
+				s.next, s.hasNext = tok, true
+			}
+		}
+	}
+}
