@@ -1,0 +1,272 @@
+package ollamatest
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/ollama/ollama/api"
+)
+
+// The HTTP handlers: each answers as Ollama v0.17 does, byte for byte
+// where clients look (status codes, error bodies, NDJSON lines).
+
+func canonical(name string) string {
+	if name != "" && !strings.Contains(name, ":") {
+		return name + ":latest"
+	}
+	return name
+}
+
+func (s *Server) model(name string) (Model, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m, ok := s.models[canonical(name)]
+	return m, ok
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+func (s *Server) root(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write([]byte("Ollama is running"))
+	}
+}
+
+func (s *Server) version(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"version": "0.17.4"})
+}
+
+func (s *Server) tags(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	resp := api.ListResponse{Models: []api.ListModelResponse{}}
+	for name, m := range s.models {
+		resp.Models = append(resp.Models, api.ListModelResponse{Name: name, Model: name, Size: m.Size,
+			ModifiedAt: time.Unix(1_700_000_000, 0).UTC(), Digest: fmt.Sprintf("%064x", len(name)),
+			Details: api.ModelDetails{Format: "gguf", Family: "llama", QuantizationLevel: m.Quantization}})
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) ps(w http.ResponseWriter, _ *http.Request) {
+	s.mu.Lock()
+	resp := api.ProcessResponse{Models: []api.ProcessModelResponse{}}
+	for name := range s.loaded {
+		m := s.models[name]
+		resp.Models = append(resp.Models, api.ProcessModelResponse{Name: name, Model: name, Size: m.Size,
+			SizeVRAM: m.SizeVRAM, ContextLength: m.ContextLength, ExpiresAt: time.Now().Add(5 * time.Minute).UTC(),
+			Details: api.ModelDetails{Format: "gguf", Family: "llama", QuantizationLevel: m.Quantization}})
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) show(w http.ResponseWriter, r *http.Request) {
+	var req api.ShowRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	name := req.Model
+	if name == "" {
+		name = req.Name //nolint:staticcheck // older clients send name
+	}
+	m, ok := s.model(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", name))
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ShowResponse{
+		Details: api.ModelDetails{Format: "gguf", Family: "llama", ParameterSize: fmt.Sprint(m.Parameters), QuantizationLevel: m.Quantization},
+		ModelInfo: map[string]any{
+			"general.architecture":    "llama",
+			"general.parameter_count": m.Parameters,
+			"llama.context_length":    m.ContextLength,
+		},
+	})
+}
+
+// nextFault takes the fault for one chat request.
+func (s *Server) nextFault() (Fault, Config, chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.fault
+	if len(s.faults) > 0 {
+		f, s.faults = s.faults[0], s.faults[1:]
+	}
+	return f, s.cfg, s.release
+}
+
+func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
+	var req api.ChatRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.mu.Lock()
+	s.requests = append(s.requests, req)
+	s.mu.Unlock()
+	s.answer(w, r, req.Model, req.Stream, func(piece string, final *api.Metrics, reason string) any {
+		resp := api.ChatResponse{Model: req.Model, CreatedAt: time.Now().UTC(),
+			Message: api.Message{Role: "assistant", Content: piece}}
+		if final != nil {
+			resp.Done, resp.DoneReason, resp.Metrics = true, reason, *final
+		}
+		return resp
+	})
+}
+
+func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
+	var req api.GenerateRequest
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	s.answer(w, r, req.Model, req.Stream, func(piece string, final *api.Metrics, reason string) any {
+		resp := api.GenerateResponse{Model: req.Model, CreatedAt: time.Now().UTC(), Response: piece}
+		if final != nil {
+			resp.Done, resp.DoneReason, resp.Metrics = true, reason, *final
+		}
+		return resp
+	})
+}
+
+// answer streams the configured pieces as NDJSON, or fails as the fault
+// says. line builds one response object.
+func (s *Server) answer(w http.ResponseWriter, r *http.Request, model string, stream *bool,
+	line func(piece string, final *api.Metrics, reason string) any) {
+	s.chats.Add(1)
+	s.inFlight.Add(1)
+	defer s.inFlight.Add(-1)
+	start := time.Now()
+	fault, cfg, release := s.nextFault()
+	if model == "" {
+		writeError(w, http.StatusBadRequest, "model is required")
+		return
+	}
+	if _, ok := s.model(model); !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q not found, try pulling it first", model))
+		return
+	}
+	switch fault {
+	case InternalError:
+		writeError(w, http.StatusInternalServerError, "llama runner process has terminated: exit status 2")
+		return
+	case QueueFull:
+		writeError(w, http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded")
+		return
+	case ResetConnection:
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				if tc, ok := c.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0) // RST, not FIN
+				}
+				_ = c.Close()
+			}
+		}
+		return
+	}
+	s.mu.Lock()
+	s.loaded[canonical(model)] = true
+	s.mu.Unlock()
+
+	wait := func(d time.Duration) bool { // false: the client left or Release
+		if d <= 0 {
+			return true
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-r.Context().Done():
+		case <-release:
+		}
+		return false
+	}
+	stall := func() {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}
+
+	if stream != nil && !*stream { // one object with the whole answer
+		if !wait(cfg.FirstTokenDelay) {
+			return
+		}
+		m := metrics(start, len(cfg.Tokens))
+		writeJSON(w, http.StatusOK, line(strings.Join(cfg.Tokens, ""), &m, "stop"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	send := func(v any) bool {
+		if err := enc.Encode(v); err != nil { // Encode ends each object with '\n'
+			return false
+		}
+		if err := bw.Flush(); err != nil {
+			return false
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return true
+	}
+	if fault == StallBeforeFirst {
+		if flusher != nil {
+			flusher.Flush() // the headers reach the client; nothing else does
+		}
+		stall()
+		return
+	}
+	if !wait(cfg.FirstTokenDelay) {
+		return
+	}
+	for i, piece := range cfg.Tokens {
+		if i == cfg.CutAfter {
+			switch fault {
+			case StallMidStream:
+				stall()
+				return
+			case CutMidStream:
+				panic(http.ErrAbortHandler) // closes the connection: no done object, no chunk terminator
+			case ErrorMidStream:
+				send(map[string]string{"error": "an error was encountered while running the model: unexpected EOF"})
+				return
+			}
+		}
+		if i > 0 && !wait(cfg.TokenDelay) {
+			return
+		}
+		if !send(line(piece, nil, "")) {
+			return
+		}
+	}
+	m := metrics(start, len(cfg.Tokens))
+	send(line("", &m, "stop"))
+}
+
+func metrics(start time.Time, tokens int) api.Metrics {
+	total := time.Since(start)
+	return api.Metrics{TotalDuration: total, LoadDuration: total / 10, PromptEvalCount: 12,
+		PromptEvalDuration: total / 5, EvalCount: tokens, EvalDuration: total / 2}
+}
