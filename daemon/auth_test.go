@@ -12,12 +12,12 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
-func testKey(t *testing.T, fill byte) sp.Key {
+func testKey(t *testing.T, fill byte) serialproto.Key {
 	t.Helper()
-	k, err := sp.NewKey(bytes.Repeat([]byte{fill}, 32))
+	k, err := serialproto.NewKey(bytes.Repeat([]byte{fill}, 32))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +45,7 @@ func TestSignedSession(t *testing.T) {
 	key := testKey(t, 0x5A)
 	var logs syncBuf
 	e := &testEngine{}
-	d, addr := startDaemonLogging(t, Config{Keys: map[string]sp.Key{"locked": key}, DefaultMaxTokens: 1000}, e,
+	d, addr := startDaemonLogging(t, Config{Keys: map[string]serialproto.Key{"locked": key}, DefaultMaxTokens: 1000}, e,
 		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	ctx := context.Background()
 
@@ -62,19 +62,19 @@ func TestSignedSession(t *testing.T) {
 	if err := c.Hello(actx); err != nil {
 		t.Fatal(err)
 	}
-	if c.Welcome().Features&sp.FeatureSign == 0 {
+	if c.Welcome().Features&serialproto.FeatureSign == 0 {
 		t.Fatal("WELCOME did not grant signing")
 	}
 	prompt := strings.Repeat("signed words ", 30)
 	var text strings.Builder
-	if _, err := c.Ask(actx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil }); err != nil {
+	if _, err := c.Ask(actx, &serialproto.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if text.String() != answerFor(prompt) {
 		t.Fatalf("answer %q", text.String())
 	}
 	for _, raw := range rec.sent {
-		if f, err := sp.Decode(raw); err != nil || f.Flags&sp.FlagSigned == 0 {
+		if f, err := serialproto.Decode(raw); err != nil || f.Flags&serialproto.FlagSigned == 0 {
 			t.Fatalf("the device sent an unsigned frame: %x", raw)
 		}
 	}
@@ -82,7 +82,7 @@ func TestSignedSession(t *testing.T) {
 	// Replaying a recorded signed INFER runs nothing and is counted.
 	before, calls := d.Stats().AuthFailures.Load(), e.calls.Load()
 	for _, raw := range rec.sent {
-		if f, _ := sp.Decode(raw); f.Cmd == sp.CmdInfer {
+		if f, _ := serialproto.Decode(raw); f.Cmd == serialproto.CmdInfer {
 			_ = tr.Send(raw)
 		}
 	}
@@ -94,11 +94,11 @@ func TestSignedSession(t *testing.T) {
 	// No key, and the wrong key.
 	for _, tc := range []struct {
 		name string
-		key  sp.Key
-		want sp.ErrorCode
+		key  serialproto.Key
+		want serialproto.ErrorCode
 	}{
-		{"unsigned", sp.Key{}, sp.CodeAuthRequired},
-		{"wrong key", testKey(t, 0x11), sp.CodeAuthFailed},
+		{"unsigned", serialproto.Key{}, serialproto.CodeAuthRequired},
+		{"wrong key", testKey(t, 0x11), serialproto.CodeAuthFailed},
 	} {
 		tr2, err := device.DialUDP(addr)
 		if err != nil {
@@ -107,7 +107,7 @@ func TestSignedSession(t *testing.T) {
 		c2 := device.New(tr2, device.Config{DeviceID: "locked", Key: tc.key, Retries: 1, RTO: 100 * time.Millisecond})
 		err = c2.Hello(actx)
 		tr2.Close()
-		var perr *sp.Error
+		var perr *serialproto.Error
 		if !errors.As(err, &perr) || perr.Code != tc.want {
 			t.Errorf("%s: got %v, want %s", tc.name, err, tc.want)
 		}
@@ -117,8 +117,8 @@ func TestSignedSession(t *testing.T) {
 	tr3, _ := device.DialUDP(addr)
 	defer tr3.Close()
 	err = device.New(tr3, device.Config{DeviceID: "stranger", Key: key, Retries: 1}).Hello(actx)
-	var perr *sp.Error
-	if !errors.As(err, &perr) || perr.Code != sp.CodeAuthFailed {
+	var perr *serialproto.Error
+	if !errors.As(err, &perr) || perr.Code != serialproto.CodeAuthFailed {
 		t.Errorf("a stranger's signed HELLO: %v", err)
 	}
 

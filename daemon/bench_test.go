@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // BenchmarkUDPEchoBaseline is a bare UDP echo on loopback — the floor any
@@ -70,7 +70,7 @@ func BenchmarkDaemonPing(b *testing.B) {
 func BenchmarkDaemonRequest(b *testing.B) {
 	_, addr := startBenchDaemon(b, Config{}, &testEngine{})
 	c := benchClient(b, addr)
-	m := &sp.Infer{Prompt: "hi"}
+	m := &serialproto.Infer{Prompt: "hi"}
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := c.Ask(context.Background(), m, func([]byte) error { return nil }); err != nil {
@@ -191,7 +191,7 @@ func Benchmark64Devices(b *testing.B) {
 	for i := range clients {
 		clients[i] = benchClient(b, addr)
 	}
-	m := &sp.Infer{Prompt: "hi"}
+	m := &serialproto.Infer{Prompt: "hi"}
 	b.ResetTimer()
 	ttft := loadDevices(b, devices, backToBack(total), func(w int) (time.Duration, error) {
 		t0 := time.Now()
@@ -257,7 +257,7 @@ func bench64Paced(b *testing.B, interval time.Duration) {
 	for i := range clients {
 		clients[i] = benchClient(b, addr)
 	}
-	m := &sp.Infer{Prompt: "hi"}
+	m := &serialproto.Infer{Prompt: "hi"}
 	var echo, ttft []time.Duration
 	for b.Loop() {
 		echo = append(echo, paced(func(w int) (time.Duration, error) { return echoRoundTrip(conns[w]) })...)
@@ -290,7 +290,7 @@ func bench64Paced(b *testing.B, interval time.Duration) {
 func BenchmarkDaemonStream(b *testing.B) {
 	d, addr := startBenchDaemon(b, Config{DefaultMaxTokens: 1000}, &testEngine{})
 	c := benchClient(b, addr)
-	m := &sp.Infer{Prompt: strings.Repeat("w ", 199)} // the engine answers "echo: " + 199 words = 200 tokens
+	m := &serialproto.Infer{Prompt: strings.Repeat("w ", 199)} // the engine answers "echo: " + 199 words = 200 tokens
 	b.ReportAllocs()
 	start := time.Now()
 	framesBefore := d.Stats().FramesIn.Load() + d.Stats().FramesOut.Load()

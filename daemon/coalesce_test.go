@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // TestFirstTokenIsNotHeldBack: on an idle link the first token goes out at
@@ -22,7 +22,7 @@ func TestFirstTokenIsNotHeldBack(t *testing.T) {
 	defer cancel()
 	var release sync.Once
 	var text []byte
-	_, err := c.Ask(ctx, &sp.Infer{Prompt: "one two three"}, func(p []byte) error {
+	_, err := c.Ask(ctx, &serialproto.Infer{Prompt: "one two three"}, func(p []byte) error {
 		text = append(text, p...)
 		release.Do(func() { close(e.hold) })
 		return nil
@@ -59,8 +59,8 @@ func TestBusyLinkCoalesces(t *testing.T) {
 	}
 	st.ack(1, 2)
 	waitFor(t, func() bool { return len(p.chunks()) == 2 })
-	st.finish(func(chunk uint16, n, crc uint32) sp.Message {
-		return &sp.Done{Chunk: chunk, TextBytes: n, TextCRC32C: crc}
+	st.finish(func(chunk uint16, n, crc uint32) serialproto.Message {
+		return &serialproto.Done{Chunk: chunk, TextBytes: n, TextCRC32C: crc}
 	})
 	waitFor(t, func() bool { return len(p.chunks()) == 3 })
 	st.ack(3, 2)
@@ -70,7 +70,7 @@ func TestBusyLinkCoalesces(t *testing.T) {
 	var texts []string
 	p.mu.Lock()
 	for _, raw := range p.sent[:2] {
-		f, err := sp.Decode(raw)
+		f, err := serialproto.Decode(raw)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Config bounds the daemon. Zero fields take the defaults of WithDefaults.
@@ -25,7 +25,7 @@ type Config struct {
 	StallTimeout      time.Duration // an engine call with no output for this long counts as hung (Alive)
 	// Keys holds each signing device's pre-shared key by device id: such a
 	// device must sign every frame, and so does the daemon (§9).
-	Keys map[string]sp.Key
+	Keys map[string]serialproto.Key
 	// Per-source rate limit on UDP (guard.go): PeerRate frames a second on
 	// average, PeerBurst at once; 0: no limit (the default: a benchmark on
 	// loopback sends far faster than a device). MaxPeers bounds the
@@ -57,7 +57,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxQueue = 0
 	}
 	def(&c.MaxHistory, 16)
-	def(&c.MaxMessage, sp.DefaultMaxMessage)
+	def(&c.MaxMessage, serialproto.DefaultMaxMessage)
 	def(&c.MaxRetransmits, 8)
 	def(&c.DefaultMaxTokens, 128)
 	def(&c.MaxPendingPerPeer, 2)
@@ -76,8 +76,8 @@ func (c Config) WithDefaults() Config {
 // Validate reports the first impossible setting.
 func (c Config) Validate() error {
 	switch {
-	case c.MaxMessage > sp.MaxMessageLimit:
-		return fmt.Errorf("daemon: max message %d above the protocol's %d", c.MaxMessage, sp.MaxMessageLimit)
+	case c.MaxMessage > serialproto.MaxMessageLimit:
+		return fmt.Errorf("daemon: max message %d above the protocol's %d", c.MaxMessage, serialproto.MaxMessageLimit)
 	case c.Heartbeat > 65535*time.Millisecond:
 		return fmt.Errorf("daemon: heartbeat %v above 65.535 s", c.Heartbeat)
 	}

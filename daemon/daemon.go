@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Causes of a request's cancellation, mapped to protocol error codes.
@@ -212,33 +212,33 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 	if s := d.session(p.Key()); s != nil && !s.allowNack(time.Now()) {
 		return
 	}
-	d.send(p, 0, &sp.Nack{Reason: sp.NackBadFrame})
+	d.send(p, 0, &serialproto.Nack{Reason: serialproto.NackBadFrame})
 }
 
 // HandleFrame is the entry point of every sound frame.
-func (d *Daemon) HandleFrame(p Peer, f sp.Frame) {
+func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
 	d.stats.FramesIn.Add(1)
 	d.observeFrame(p, In, f.Cmd)
 	if !d.allowPeer(p, f.Seq, true) {
 		return
 	}
 	switch {
-	case f.Version != sp.Version1:
-		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
+	case f.Version != serialproto.Version1:
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnsupportedVersion, "versions 1..1"))
 		return
 	case !f.Cmd.Known():
-		d.send(p, f.Seq, sp.NewError(sp.CodeUnknownCommand, f.Cmd.String()))
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnknownCommand, f.Cmd.String()))
 		return
-	case f.Cmd == sp.CmdHello:
+	case f.Cmd == serialproto.CmdHello:
 		d.hello(p, f)
 		return
 	}
 	s := d.session(p.Key())
 	if s == nil {
-		if f.Cmd == sp.CmdBye {
-			d.send(p, f.Seq, &sp.Bye{})
+		if f.Cmd == serialproto.CmdBye {
+			d.send(p, f.Seq, &serialproto.Bye{})
 		} else {
-			d.send(p, f.Seq, sp.NewError(sp.CodeNoSession, "send HELLO first"))
+			d.send(p, f.Seq, serialproto.NewError(serialproto.CodeNoSession, "send HELLO first"))
 		}
 		return
 	}
@@ -253,54 +253,54 @@ func (d *Daemon) session(key string) *session {
 
 // hello opens, repeats or replaces a session (docs/protocol.md §10), and
 // applies the device's key (§9.4).
-func (d *Daemon) hello(p Peer, f sp.Frame) {
-	var h sp.Hello
-	if f.Flags&sp.FlagFragment != 0 {
-		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, "HELLO cannot be fragmented"))
+func (d *Daemon) hello(p Peer, f serialproto.Frame) {
+	var h serialproto.Hello
+	if f.Flags&serialproto.FlagFragment != 0 {
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeMalformed, "HELLO cannot be fragmented"))
 		return
 	}
-	signed := f.Flags&sp.FlagSigned != 0
+	signed := f.Flags&serialproto.FlagSigned != 0
 	body := f.Data
 	if signed {
-		if len(body) < sp.SignatureLen {
-			d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, "signed HELLO without a signature block"))
+		if len(body) < serialproto.SignatureLen {
+			d.send(p, f.Seq, serialproto.NewError(serialproto.CodeMalformed, "signed HELLO without a signature block"))
 			return
 		}
-		body = body[:len(body)-sp.SignatureLen]
+		body = body[:len(body)-serialproto.SignatureLen]
 	}
 	if err := h.UnmarshalBody(body); err != nil {
-		d.send(p, f.Seq, sp.NewError(sp.CodeMalformed, err.Error()))
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeMalformed, err.Error()))
 		return
 	}
 	key, keyed := d.conf().Keys[h.DeviceID]
 	switch {
 	case keyed && !signed:
-		d.countAuth(sp.ErrUnsigned)
-		d.send(p, f.Seq, sp.NewError(sp.CodeAuthRequired, "this device must sign"))
+		d.countAuth(serialproto.ErrUnsigned)
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeAuthRequired, "this device must sign"))
 		return
 	case signed && !keyed:
-		d.countAuth(sp.ErrBadTag)
-		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "no key for this device"))
+		d.countAuth(serialproto.ErrBadTag)
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeAuthFailed, "no key for this device"))
 		return
 	case signed:
 		// The HELLO's own MAC uses boot_nonce ‖ 0 (§9.1); its body is
 		// trusted only once that checks out.
-		v, err := sp.NewVerifier(key, sp.DeviceToDaemon, sp.MakeNonce(h.BootNonce, 0))
+		v, err := serialproto.NewVerifier(key, serialproto.DeviceToDaemon, serialproto.MakeNonce(h.BootNonce, 0))
 		if err == nil {
 			_, _, _, err = v.Verify(f)
 		}
-		if err == nil && h.Features&sp.FeatureSign == 0 {
+		if err == nil && h.Features&serialproto.FeatureSign == 0 {
 			err = errors.New("signed HELLO without the SIGN feature")
 		}
 		if err != nil {
 			d.countAuth(err)
 			d.log.Info("HELLO rejected", "device", h.DeviceID, "reason", err)
-			d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "HELLO signature rejected"))
+			d.send(p, f.Seq, serialproto.NewError(serialproto.CodeAuthFailed, "HELLO signature rejected"))
 			return
 		}
 	}
-	if h.MinVersion > sp.Version1 {
-		d.send(p, f.Seq, sp.NewError(sp.CodeUnsupportedVersion, "versions 1..1"))
+	if h.MinVersion > serialproto.Version1 {
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnsupportedVersion, "versions 1..1"))
 		return
 	}
 	if e := d.admitPeer(p, h.DeviceID); e != nil {
@@ -324,8 +324,8 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 		// An older HELLO of this device, recorded and played back: it must
 		// not tear down the live session (§9.3).
 		d.mu.Unlock()
-		d.countAuth(sp.ErrReplay)
-		d.send(p, f.Seq, sp.NewError(sp.CodeAuthFailed, "replayed HELLO"))
+		d.countAuth(serialproto.ErrReplay)
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeAuthFailed, "replayed HELLO"))
 		return
 	}
 	var evicted *session
@@ -337,19 +337,19 @@ func (d *Daemon) hello(p Peer, f sp.Frame) {
 	}
 	if old == nil && len(d.sessions) >= d.conf().MaxSessions {
 		d.mu.Unlock()
-		d.observeRefused(linkOf(p), sp.CodeBusy)
-		d.send(p, f.Seq, sp.NewError(sp.CodeBusy, "too many sessions"))
+		d.observeRefused(linkOf(p), serialproto.CodeBusy)
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many sessions"))
 		return
 	}
 	if d.draining.Load() {
 		d.mu.Unlock()
-		d.send(p, f.Seq, sp.NewError(sp.CodeShuttingDown, "shutting down"))
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeShuttingDown, "shutting down"))
 		return
 	}
 	s, err := newSession(d, d.linkCtx, p, &h, f.Seq, randomNonce(), key)
 	if err != nil {
 		d.mu.Unlock()
-		d.send(p, f.Seq, sp.NewError(sp.CodeInternal, err.Error()))
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeInternal, err.Error()))
 		return
 	}
 	d.sessions[peerKey] = s
@@ -412,24 +412,26 @@ func (d *Daemon) release() { d.admitted.Add(-1) }
 // send answers a peer that has no session (yet): its data limit is
 // unknown, so the smallest one any device may have is assumed, and there is
 // no session to sign in (§9.2).
-func (d *Daemon) send(p Peer, seq uint8, m sp.Message) { d.sendTo(p, seq, sp.MinDataLimit, nil, m) }
+func (d *Daemon) send(p Peer, seq uint8, m serialproto.Message) {
+	d.sendTo(p, seq, serialproto.MinDataLimit, nil, m)
+}
 
 // sendTo encodes m in one frame to p, cutting texts to fit the peer's data
 // limit. Errors are logged, not returned: a device that vanished is
 // handled by session expiry.
-func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m sp.Message) {
+func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialproto.Message) {
 	switch m := m.(type) {
-	case *sp.Error:
-		m.Fit(sp.BodyLimit(limit, seal.signed()))
-	case *sp.StatusReply:
-		m.Fit(sp.BodyLimit(limit, seal.signed()))
+	case *serialproto.Error:
+		m.Fit(serialproto.BodyLimit(limit, seal.signed()))
+	case *serialproto.StatusReply:
+		m.Fit(serialproto.BodyLimit(limit, seal.signed()))
 	}
 	body, err := m.AppendBody(make([]byte, 0, 64))
 	if err != nil {
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return
 	}
-	frame, err := seal.seal(sp.Frame{Version: sp.Version1, Cmd: m.Command(), Seq: seq, Data: body})
+	frame, err := seal.seal(serialproto.Frame{Version: serialproto.Version1, Cmd: m.Command(), Seq: seq, Data: body})
 	if err != nil {
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return
@@ -449,14 +451,14 @@ func randomNonce() uint32 {
 }
 
 // status answers STATUS (docs/protocol.md §11.11).
-func (d *Daemon) status() *sp.StatusReply {
-	state := sp.StateReady
+func (d *Daemon) status() *serialproto.StatusReply {
+	state := serialproto.StateReady
 	if d.draining.Load() {
-		state = sp.StateDraining
+		state = serialproto.StateDraining
 	} else if err := d.backend().Healthy(d.linkCtx); err != nil {
-		state = sp.StateUnavailable
+		state = serialproto.StateUnavailable
 	} else if dg, ok := d.backend().(interface{ Degraded() bool }); ok && dg.Degraded() {
-		state = sp.StateDegraded // serving, on a fallback engine or with an Ollama endpoint down
+		state = serialproto.StateDegraded // serving, on a fallback engine or with an Ollama endpoint down
 	}
 	running := len(*d.slots.Load())
 	queued := max(int(d.admitted.Load())-running, 0)
@@ -464,7 +466,7 @@ func (d *Daemon) status() *sp.StatusReply {
 	if info, err := d.backend().Model(d.linkCtx, ""); err == nil {
 		model = info.Name
 	}
-	return &sp.StatusReply{
+	return &serialproto.StatusReply{
 		State: state, LoadPct: uint8(100 * running / d.conf().MaxConcurrent), Queue: uint8(min(queued, 255)),
 		Backend: d.backend().Name(), Model: model,
 	}
@@ -474,11 +476,11 @@ func (d *Daemon) status() *sp.StatusReply {
 func (d *Daemon) countAuth(err error) {
 	d.stats.AuthFailures.Add(1)
 	switch {
-	case errors.Is(err, sp.ErrUnsigned):
+	case errors.Is(err, serialproto.ErrUnsigned):
 		d.stats.AuthUnsigned.Add(1)
-	case errors.Is(err, sp.ErrReplay):
+	case errors.Is(err, serialproto.ErrReplay):
 		d.stats.AuthReplay.Add(1)
-	case errors.Is(err, sp.ErrStale):
+	case errors.Is(err, serialproto.ErrStale):
 		d.stats.AuthStale.Add(1)
 	default:
 		d.stats.AuthBadTag.Add(1)

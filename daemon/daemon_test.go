@@ -14,7 +14,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // startDaemon runs a daemon with engine e on a loopback UDP port.
@@ -90,9 +90,9 @@ func dial(t *testing.T, addr string, cfg device.Config) *device.Client {
 	return c
 }
 
-func ask(t *testing.T, c *device.Client, prompt string, opts ...func(*sp.Infer)) (string, *sp.Done, error) {
+func ask(t *testing.T, c *device.Client, prompt string, opts ...func(*serialproto.Infer)) (string, *serialproto.Done, error) {
 	t.Helper()
-	m := &sp.Infer{Prompt: prompt}
+	m := &serialproto.Infer{Prompt: prompt}
 	for _, o := range opts {
 		o(m)
 	}
@@ -125,7 +125,7 @@ func TestAskOverUDP(t *testing.T) {
 			if text != answerFor(tc.prompt) {
 				t.Fatalf("answer %q", text)
 			}
-			if done.Reason != sp.StopEOS || done.Tokens == 0 {
+			if done.Reason != serialproto.StopEOS || done.Tokens == 0 {
 				t.Fatalf("DONE %+v", done)
 			}
 		})
@@ -144,7 +144,7 @@ func TestChatHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, _, err := ask(t, c, "fresh", func(m *sp.Infer) { m.Set = m.Set.With(sp.OptNewChat) }); err != nil {
+	if _, _, err := ask(t, c, "fresh", func(m *serialproto.Infer) { m.Set = m.Set.With(serialproto.OptNewChat) }); err != nil {
 		t.Fatal(err)
 	}
 	reqs := e.requests()
@@ -199,8 +199,8 @@ func TestBusyIsImmediateAndRetryable(t *testing.T) {
 
 	start := time.Now()
 	_, _, err := ask(t, second, "me too")
-	var perr *sp.Error
-	if !errors.As(err, &perr) || perr.Code != sp.CodeBusy || !perr.Retryable() {
+	var perr *serialproto.Error
+	if !errors.As(err, &perr) || perr.Code != serialproto.CodeBusy || !perr.Retryable() {
 		t.Fatalf("want ERROR BUSY (retryable), got %v", err)
 	}
 	if el := time.Since(start); el > time.Second {
@@ -221,7 +221,7 @@ func TestCancelStopsTheEngine(t *testing.T) {
 	c := dial(t, addr, device.Config{DeviceID: "impatient"})
 	ctx, cancel := context.WithCancel(context.Background())
 	var got int
-	_, err := c.Ask(ctx, &sp.Infer{Prompt: strings.Repeat("word ", 100)}, func(b []byte) error {
+	_, err := c.Ask(ctx, &serialproto.Infer{Prompt: strings.Repeat("word ", 100)}, func(b []byte) error {
 		got++
 		if got == 3 {
 			cancel()
@@ -239,8 +239,8 @@ func TestEngineFailureEndsStreamWithError(t *testing.T) {
 	_, addr := startDaemon(t, Config{}, e)
 	c := dial(t, addr, device.Config{DeviceID: "unlucky", MaxData: 32})
 	text, _, err := ask(t, c, "one two three four five")
-	var perr *sp.Error
-	if !errors.As(err, &perr) || perr.Code != sp.CodeBackendFailed || !perr.Stream() || !perr.Retryable() {
+	var perr *serialproto.Error
+	if !errors.As(err, &perr) || perr.Code != serialproto.CodeBackendFailed || !perr.Stream() || !perr.Retryable() {
 		t.Fatalf("want a streamed ERROR BACKEND_FAILED, got %v", err)
 	}
 	if text != "echo: one two " { // the tokens produced before the crash
@@ -265,8 +265,8 @@ func rawSession(t *testing.T, addr, id string) *device.UDP {
 // rawInfer is the wire bytes of an INFER of prompt with seq.
 func rawInfer(t *testing.T, seq uint8, prompt string) []byte {
 	t.Helper()
-	body, _ := (&sp.Infer{Prompt: prompt}).AppendBody(nil)
-	frame, err := sp.AppendFrame(nil, inferFrame(t, seq, body))
+	body, _ := (&serialproto.Infer{Prompt: prompt}).AppendBody(nil)
+	frame, err := serialproto.AppendFrame(nil, inferFrame(t, seq, body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,13 +274,13 @@ func rawInfer(t *testing.T, seq uint8, prompt string) []byte {
 }
 
 // inferFrame wraps an INFER body as a message of one fragment (§6).
-func inferFrame(t *testing.T, seq uint8, body []byte) sp.Frame {
+func inferFrame(t *testing.T, seq uint8, body []byte) serialproto.Frame {
 	t.Helper()
-	datas, err := sp.Fragments(body, sp.PieceSize(sp.MaxData, false))
+	datas, err := serialproto.Fragments(body, serialproto.PieceSize(serialproto.MaxData, false))
 	if err != nil || len(datas) != 1 {
 		t.Fatalf("inferFrame: %v", err)
 	}
-	return sp.Frame{Version: 1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: datas[0]}
+	return serialproto.Frame{Version: 1, Cmd: serialproto.CmdInfer, Flags: serialproto.FlagFragment, Seq: seq, Data: datas[0]}
 }
 
 // TestRetransmittedInferRunsOnce sends the same INFER frame three times:
@@ -300,12 +300,12 @@ func TestRetransmittedInferRunsOnce(t *testing.T) {
 		if err != nil {
 			break
 		}
-		if f.Cmd == sp.CmdAck && f.Seq == 9 {
+		if f.Cmd == serialproto.CmdAck && f.Seq == 9 {
 			acks++
 		}
-		if f.Cmd == sp.CmdDone {
-			ackBody, _ := (&sp.Ack{Next: 2, Window: 4}).AppendBody(nil)
-			ack, _ := sp.AppendFrame(nil, sp.Frame{Version: 1, Cmd: sp.CmdAck, Seq: 9, Data: ackBody})
+		if f.Cmd == serialproto.CmdDone {
+			ackBody, _ := (&serialproto.Ack{Next: 2, Window: 4}).AppendBody(nil)
+			ack, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdAck, Seq: 9, Data: ackBody})
 			_ = tr.Send(ack)
 		}
 	}
@@ -321,28 +321,28 @@ func TestProtocolErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	roundTrip := func(f sp.Frame) *sp.Error {
+	roundTrip := func(f serialproto.Frame) *serialproto.Error {
 		t.Helper()
-		raw, _ := sp.AppendFrame(nil, f)
+		raw, _ := serialproto.AppendFrame(nil, f)
 		_ = tr.Send(raw)
 		got, err := tr.Recv(time.Now().Add(2 * time.Second))
 		if err != nil {
 			t.Fatalf("no answer to %v: %v", f, err)
 		}
-		var e sp.Error
-		if got.Cmd != sp.CmdError || e.UnmarshalBody(got.Data) != nil || got.Seq != f.Seq {
+		var e serialproto.Error
+		if got.Cmd != serialproto.CmdError || e.UnmarshalBody(got.Data) != nil || got.Seq != f.Seq {
 			t.Fatalf("answer to %v: %v", f, got)
 		}
 		return &e
 	}
 	for _, tc := range []struct {
-		f    sp.Frame
-		want sp.ErrorCode
+		f    serialproto.Frame
+		want serialproto.ErrorCode
 	}{
-		{sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 1, Data: []byte{0, 'h', 'i'}}, sp.CodeNoSession},
-		{sp.Frame{Version: 1, Cmd: 0x2A, Seq: 2}, sp.CodeUnknownCommand},
-		{sp.Frame{Version: 7, Cmd: sp.CmdPing, Seq: 3}, sp.CodeUnsupportedVersion},
-		{sp.Frame{Version: 1, Cmd: sp.CmdHello, Seq: 4, Data: []byte{1, 1, 0, 8}}, sp.CodeMalformed},
+		{serialproto.Frame{Version: 1, Cmd: serialproto.CmdInfer, Seq: 1, Data: []byte{0, 'h', 'i'}}, serialproto.CodeNoSession},
+		{serialproto.Frame{Version: 1, Cmd: 0x2A, Seq: 2}, serialproto.CodeUnknownCommand},
+		{serialproto.Frame{Version: 7, Cmd: serialproto.CmdPing, Seq: 3}, serialproto.CodeUnsupportedVersion},
+		{serialproto.Frame{Version: 1, Cmd: serialproto.CmdHello, Seq: 4, Data: []byte{1, 1, 0, 8}}, serialproto.CodeMalformed},
 	} {
 		if e := roundTrip(tc.f); e.Code != tc.want {
 			t.Errorf("%v: got %s, want %s", tc.f, e.Code, tc.want)
@@ -353,14 +353,14 @@ func TestProtocolErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
-		f    sp.Frame
-		want sp.ErrorCode
+		f    serialproto.Frame
+		want serialproto.ErrorCode
 	}{
-		{inferFrame(t, 20, []byte{0}), sp.CodeMalformed},
-		{inferFrame(t, 21, []byte{3, 0x90, 1, 0, 'h'}), sp.CodeUnsupportedOption},
-		{sp.Frame{Version: 1, Cmd: sp.CmdInfer, Seq: 24, Data: []byte{0, 'h', 'i'}}, sp.CodeMalformed}, // not a message (§6)
-		{sp.Frame{Version: 1, Cmd: sp.CmdToken, Seq: 22, Data: []byte{0, 0, 'x'}}, sp.CodeUnexpected},
-		{sp.Frame{Version: 1, Cmd: sp.CmdCancel, Seq: 23}, sp.CodeUnknownRequest},
+		{inferFrame(t, 20, []byte{0}), serialproto.CodeMalformed},
+		{inferFrame(t, 21, []byte{3, 0x90, 1, 0, 'h'}), serialproto.CodeUnsupportedOption},
+		{serialproto.Frame{Version: 1, Cmd: serialproto.CmdInfer, Seq: 24, Data: []byte{0, 'h', 'i'}}, serialproto.CodeMalformed}, // not a message (§6)
+		{serialproto.Frame{Version: 1, Cmd: serialproto.CmdToken, Seq: 22, Data: []byte{0, 0, 'x'}}, serialproto.CodeUnexpected},
+		{serialproto.Frame{Version: 1, Cmd: serialproto.CmdCancel, Seq: 23}, serialproto.CodeUnknownRequest},
 	} {
 		if e := roundTrip(tc.f); e.Code != tc.want {
 			t.Errorf("%v: got %s, want %s", tc.f, e.Code, tc.want)
@@ -397,7 +397,7 @@ func TestGarbageDoesNotDisturbOthers(t *testing.T) {
 					buf[j] = byte(r.IntN(256))
 				}
 				if n > 0 && r.IntN(2) == 0 {
-					buf[0] = sp.Magic
+					buf[0] = serialproto.Magic
 				}
 				_, _ = conn.Write(buf[:n])
 			}
@@ -445,7 +445,7 @@ func (l *lossyTransport) Send(frame []byte) error {
 	return l.Transport.Send(frame)
 }
 
-func (l *lossyTransport) Recv(deadline time.Time) (sp.Frame, error) {
+func (l *lossyTransport) Recv(deadline time.Time) (serialproto.Frame, error) {
 	for {
 		f, err := l.Transport.Recv(deadline)
 		if err != nil || l.r.Float64() >= l.loss {
@@ -470,7 +470,7 @@ func TestExactAnswerOverLossyLink(t *testing.T) {
 		}
 		prompt := strings.Repeat(fmt.Sprintf("lossy link %d ", seed), 40)
 		var text strings.Builder
-		_, err = c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
+		_, err = c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
 		cancel()
 		tr.Close()
 		if err != nil {
@@ -500,10 +500,10 @@ func waitFor(t *testing.T, cond func() bool) {
 type recorder struct {
 	device.Transport
 	mu     sync.Mutex
-	frames []sp.Frame
+	frames []serialproto.Frame
 }
 
-func (r *recorder) Recv(deadline time.Time) (sp.Frame, error) {
+func (r *recorder) Recv(deadline time.Time) (serialproto.Frame, error) {
 	f, err := r.Transport.Recv(deadline)
 	if err == nil {
 		c := f
@@ -540,15 +540,15 @@ func TestStreamInvariant(t *testing.T) {
 				return
 			}
 			for q := range 3 {
-				if _, err := c.Ask(ctx, &sp.Infer{Prompt: strings.Repeat(fmt.Sprintf("q%d ", q), 30)}, func([]byte) error { return nil }); err != nil {
+				if _, err := c.Ask(ctx, &serialproto.Infer{Prompt: strings.Repeat(fmt.Sprintf("q%d ", q), 30)}, func([]byte) error { return nil }); err != nil {
 					t.Error(err)
 					return
 				}
 			}
 			time.Sleep(50 * time.Millisecond) // anything sent after a final chunk would arrive now
-			streams := map[uint8][]sp.Frame{}
+			streams := map[uint8][]serialproto.Frame{}
 			for _, f := range rec.frames {
-				if f.Cmd == sp.CmdToken || f.Cmd == sp.CmdDone || f.Cmd == sp.CmdError {
+				if f.Cmd == serialproto.CmdToken || f.Cmd == serialproto.CmdDone || f.Cmd == serialproto.CmdError {
 					streams[f.Seq] = append(streams[f.Seq], f)
 				}
 			}
@@ -559,7 +559,7 @@ func TestStreamInvariant(t *testing.T) {
 				for k, f := range fs {
 					chunk := int(f.Data[0])<<8 | int(f.Data[1])
 					last := k == len(fs)-1
-					if chunk != k || (f.Cmd == sp.CmdToken) == last {
+					if chunk != k || (f.Cmd == serialproto.CmdToken) == last {
 						t.Errorf("device %d seq %d: frame %d is %s chunk %d", i, seq, k, f.Cmd, chunk)
 					}
 				}

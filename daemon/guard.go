@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Policy says who may use the daemon and how much (docs/reliability.md).
@@ -53,7 +53,7 @@ func (p Policy) validate() error {
 		}
 	}
 	for id, r := range p.Devices {
-		if !sp.ValidDeviceID(id) {
+		if !serialproto.ValidDeviceID(id) {
 			return fmt.Errorf("daemon: policy: %q is not a device id", id)
 		}
 		if r.TokenBudget < 0 || r.BudgetPeriod < 0 {
@@ -65,27 +65,27 @@ func (p Policy) validate() error {
 
 // admitPeer checks a HELLO's source and device id against the policy; the
 // returned error's text goes to the device.
-func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
+func (d *Daemon) admitPeer(p Peer, deviceID string) *serialproto.Error {
 	pol := &d.conf().Policy
 	if len(pol.Networks) > 0 {
 		if a, ok := p.(interface{ Addr() netip.AddrPort }); ok {
 			ip := a.Addr().Addr().Unmap()
 			if !slices.ContainsFunc(pol.Networks, func(n netip.Prefix) bool { return n.Contains(ip) }) {
-				return sp.NewError(sp.CodeForbidden, "source network not allowed")
+				return serialproto.NewError(serialproto.CodeForbidden, "source network not allowed")
 			}
 		}
 	}
 	if len(pol.Ports) > 0 && p.ByteStream() {
 		port, _ := strings.CutPrefix(linkOf(p), "serial:")
 		if !slices.ContainsFunc(pol.Ports, func(pat string) bool { ok, _ := filepath.Match(pat, port); return ok || pat == port }) {
-			return sp.NewError(sp.CodeForbidden, "serial port not allowed")
+			return serialproto.NewError(serialproto.CodeForbidden, "serial port not allowed")
 		}
 	}
 	if pol.OnlyListed {
 		_, listed := pol.Devices[deviceID]
 		_, keyed := d.conf().Keys[deviceID]
 		if !listed && !keyed {
-			return sp.NewError(sp.CodeForbidden, "device not allowed")
+			return serialproto.NewError(serialproto.CodeForbidden, "device not allowed")
 		}
 	}
 	return nil
@@ -93,13 +93,13 @@ func (d *Daemon) admitPeer(p Peer, deviceID string) *sp.Error {
 
 // allowModel refuses, through refuse, an INFER naming a model its
 // device's rule does not allow.
-func (s *session) allowModel(m *sp.Infer, refuse func(*sp.Error)) bool {
+func (s *session) allowModel(m *serialproto.Infer, refuse func(*serialproto.Error)) bool {
 	rule, ok := s.d.conf().Policy.Devices[s.deviceID]
 	if !ok || m.Model == "" || len(rule.Models) == 0 || slices.Contains(rule.Models, m.Model) {
 		return true
 	}
 	s.d.stats.Forbidden.Add(1)
-	refuse(sp.NewError(sp.CodeForbidden, "model not allowed for this device"))
+	refuse(serialproto.NewError(serialproto.CodeForbidden, "model not allowed for this device"))
 	return false
 }
 
@@ -107,13 +107,13 @@ func (s *session) allowModel(m *sp.Infer, refuse func(*sp.Error)) bool {
 // budget, cutting its MAX_TOKENS to what is left, so that requests running
 // at once cannot overspend; settleBudget gives back what the request did
 // not use. It reports false when the budget is spent.
-func (s *session) takeBudget(m *sp.Infer) bool {
+func (s *session) takeBudget(m *serialproto.Infer) bool {
 	rule, ok := s.d.conf().Policy.Devices[s.deviceID]
 	if !ok || rule.TokenBudget <= 0 {
 		return true
 	}
 	want := s.d.conf().DefaultMaxTokens
-	if m.Set.Has(sp.OptMaxTokens) && m.MaxTokens > 0 {
+	if m.Set.Has(serialproto.OptMaxTokens) && m.MaxTokens > 0 {
 		want = int(m.MaxTokens)
 	}
 	got := s.d.budgets.take(s.deviceID, rule, min(want, 65535), time.Now())
@@ -121,14 +121,14 @@ func (s *session) takeBudget(m *sp.Infer) bool {
 		s.d.stats.RateLimited.Add(1)
 		return false
 	}
-	m.Set = m.Set.With(sp.OptMaxTokens) // always set: settleBudget reads the reservation back
+	m.Set = m.Set.With(serialproto.OptMaxTokens) // always set: settleBudget reads the reservation back
 	m.MaxTokens = uint16(got)
 	return true
 }
 
 // settleBudget gives back the part of a request's reservation it did not
 // generate.
-func (d *Daemon) settleBudget(deviceID string, m *sp.Infer, tokens int) {
+func (d *Daemon) settleBudget(deviceID string, m *serialproto.Infer, tokens int) {
 	if rule, ok := d.conf().Policy.Devices[deviceID]; ok && rule.TokenBudget > 0 {
 		d.budgets.take(deviceID, rule, -max(int(m.MaxTokens)-tokens, 0), time.Now())
 	}
@@ -262,7 +262,7 @@ func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool) bool {
 	if !ok {
 		d.stats.RateLimited.Add(1)
 		if reply && answer {
-			d.send(p, seq, sp.NewError(sp.CodeRateLimited, "too many frames"))
+			d.send(p, seq, serialproto.NewError(serialproto.CodeRateLimited, "too many frames"))
 		}
 	}
 	return ok

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // TestPolicyPorts: a device on a serial port the policy does not list is
@@ -16,9 +16,9 @@ func TestPolicyPorts(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		ports func(path string) []string
-		want  sp.ErrorCode
+		want  serialproto.ErrorCode
 	}{
-		{"port not listed", func(string) []string { return []string{"/dev/ttyUSB*"} }, sp.CodeForbidden},
+		{"port not listed", func(string) []string { return []string{"/dev/ttyUSB*"} }, serialproto.CodeForbidden},
 		{"port by glob", func(p string) []string { return []string{filepath.Dir(p) + "/*"} }, 0},
 		{"port by path", func(p string) []string { return []string{"/dev/ttyACM0", p} }, 0},
 	} {
@@ -33,7 +33,7 @@ func TestPolicyPorts(t *testing.T) {
 			if got := errCode(c.Hello(ctx)); got != tc.want {
 				t.Fatalf("HELLO: code %v, want %v", got, tc.want)
 			}
-			if tc.want == sp.CodeForbidden && d.Stats().Forbidden.Load() != 1 {
+			if tc.want == serialproto.CodeForbidden && d.Stats().Forbidden.Load() != 1 {
 				t.Fatalf("forbidden counted %d", d.Stats().Forbidden.Load())
 			}
 		})

@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
-func errCode(err error) sp.ErrorCode {
-	var e *sp.Error
+func errCode(err error) serialproto.ErrorCode {
+	var e *serialproto.Error
 	if errors.As(err, &e) {
 		return e.Code
 	}
@@ -43,14 +43,14 @@ func TestPolicyRefusals(t *testing.T) {
 		policy Policy
 		device string
 		model  string
-		want   sp.ErrorCode // 0: served
+		want   serialproto.ErrorCode // 0: served
 	}{
 		{"open", Policy{}, "any", "", 0},
-		{"source network refused", Policy{Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, "any", "", sp.CodeForbidden},
+		{"source network refused", Policy{Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, "any", "", serialproto.CodeForbidden},
 		{"source network allowed", Policy{Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, "any", "", 0},
-		{"unlisted device", Policy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "valve", "", sp.CodeForbidden},
+		{"unlisted device", Policy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "valve", "", serialproto.CodeForbidden},
 		{"listed device", Policy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "pump", "", 0},
-		{"model refused", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "large", sp.CodeForbidden},
+		{"model refused", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "large", serialproto.CodeForbidden},
 		{"model allowed", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "small", 0},
 		{"default model always allowed", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "", 0},
 	} {
@@ -59,10 +59,10 @@ func TestPolicyRefusals(t *testing.T) {
 			d, addr := startDaemon(t, Config{Policy: tc.policy}, e)
 			c, err := hello(addr, device.Config{DeviceID: tc.device})
 			if err == nil {
-				_, _, err = ask(t, c, "status?", func(m *sp.Infer) {
+				_, _, err = ask(t, c, "status?", func(m *serialproto.Infer) {
 					if tc.model != "" {
 						m.Model = tc.model
-						m.Set = m.Set.With(sp.OptModel)
+						m.Set = m.Set.With(serialproto.OptModel)
 					}
 				})
 			}
@@ -70,7 +70,7 @@ func TestPolicyRefusals(t *testing.T) {
 				t.Fatalf("got %v (code %v), want code %v", err, got, tc.want)
 			}
 			wantForbidden := int64(0)
-			if tc.want == sp.CodeForbidden {
+			if tc.want == serialproto.CodeForbidden {
 				wantForbidden = 1
 			}
 			if f := d.Stats().Forbidden.Load(); f < wantForbidden || (wantForbidden == 0 && f != 0) {
@@ -99,10 +99,10 @@ func TestTokenBudget(t *testing.T) {
 		t.Fatalf("first: %v %+v", err, done)
 	}
 	text, done, err := ask(t, c, prompt)
-	if err != nil || done.Tokens != 3 || done.Reason != sp.StopLength || text != "echo: one two " {
+	if err != nil || done.Tokens != 3 || done.Reason != serialproto.StopLength || text != "echo: one two " {
 		t.Fatalf("second, cut to the 3 tokens left: %v %+v %q", err, done, text)
 	}
-	if _, _, err := ask(t, c, prompt); errCode(err) != sp.CodeRateLimited {
+	if _, _, err := ask(t, c, prompt); errCode(err) != serialproto.CodeRateLimited {
 		t.Fatalf("third, budget spent: %v", err)
 	}
 	calls := e.calls.Load()
@@ -123,8 +123,8 @@ func TestPeerRateLimit(t *testing.T) {
 	d, addr := startDaemon(t, Config{PeerRate: 50, PeerBurst: 20}, e)
 	flood := rawSession(t, addr, "flooder") // the HELLO took one token
 	ping := func(seq uint8) []byte {
-		b, _ := (&sp.Ping{}).AppendBody(nil)
-		raw, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdPing, Seq: seq, Data: b})
+		b, _ := (&serialproto.Ping{}).AppendBody(nil)
+		raw, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdPing, Seq: seq, Data: b})
 		return raw
 	}
 	start := time.Now()
@@ -141,10 +141,10 @@ func TestPeerRateLimit(t *testing.T) {
 			break
 		}
 		switch f.Cmd {
-		case sp.CmdPong:
+		case serialproto.CmdPong:
 			pongs++
-		case sp.CmdError:
-			if sp.ErrorCode(f.Data[0]) == sp.CodeRateLimited {
+		case serialproto.CmdError:
+			if serialproto.ErrorCode(f.Data[0]) == serialproto.CodeRateLimited {
 				limited++
 			}
 		}
@@ -221,7 +221,7 @@ func TestAuthCountersByReason(t *testing.T) {
 	key := testKey(t, 0x3C)
 	var logs syncBuf
 	e := &testEngine{}
-	d, addr := startDaemonLogging(t, Config{Keys: map[string]sp.Key{"signer": key}}, e,
+	d, addr := startDaemonLogging(t, Config{Keys: map[string]serialproto.Key{"signer": key}}, e,
 		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	tr, err := device.DialUDP(addr)
 	if err != nil {
@@ -255,16 +255,16 @@ func TestAuthCountersByReason(t *testing.T) {
 		t.Fatalf("the daemon answered a replayed frame with %v", f.Cmd)
 	}
 	check("unsigned", &st.AuthUnsigned, func() {
-		raw, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdPing, Seq: 200})
+		raw, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdPing, Seq: 200})
 		_ = tr.Send(raw)
 	})
 	check("forged", &st.AuthBadTag, func() {
 		// A sound frame (its CRC recomputed) whose tag is wrong.
-		g, _ := sp.Decode(firstPing)
+		g, _ := serialproto.Decode(firstPing)
 		data := append([]byte(nil), g.Data...)
 		data[len(data)-1] ^= 0xFF
 		g.Data = data
-		raw, _ := sp.AppendFrame(nil, g)
+		raw, _ := serialproto.AppendFrame(nil, g)
 		_ = tr.Send(raw)
 	})
 	for range 70 { // slide the replay window past the first PING
@@ -275,7 +275,7 @@ func TestAuthCountersByReason(t *testing.T) {
 	check("stale", &st.AuthStale, func() { _ = tr.Send(firstPing) })
 	// Still served with the right key.
 	var text strings.Builder
-	if _, err := c.Ask(ctx, &sp.Infer{Prompt: "signed"}, func(b []byte) error { text.Write(b); return nil }); err != nil || text.String() != answerFor("signed") {
+	if _, err := c.Ask(ctx, &serialproto.Infer{Prompt: "signed"}, func(b []byte) error { text.Write(b); return nil }); err != nil || text.String() != answerFor("signed") {
 		t.Fatalf("after the attacks: %q %v", text.String(), err)
 	}
 	if strings.Contains(strings.ToLower(logs.String()), "3c3c3c3c") || strings.Contains(logs.String(), "<<<<") {
@@ -302,7 +302,7 @@ func TestTokenBudgetReserved(t *testing.T) {
 		t.Fatal(err)
 	}
 	f, err := second.Recv(time.Now().Add(2 * time.Second))
-	if err != nil || f.Cmd != sp.CmdError || sp.ErrorCode(f.Data[0]) != sp.CodeRateLimited {
+	if err != nil || f.Cmd != serialproto.CmdError || serialproto.ErrorCode(f.Data[0]) != serialproto.CodeRateLimited {
 		t.Fatalf("the second request while the first holds the budget: %v %v", f.Cmd, err)
 	}
 	close(release) // the first uses 4 of its 10 tokens and gives 6 back
@@ -315,11 +315,11 @@ func TestTokenBudgetReserved(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if f.Cmd == sp.CmdAck && f.Seq == 3 {
+		if f.Cmd == serialproto.CmdAck && f.Seq == 3 {
 			break // accepted with what was given back
 		}
-		if f.Cmd == sp.CmdError {
-			t.Fatalf("after the first finished: %s", sp.ErrorCode(f.Data[0]))
+		if f.Cmd == serialproto.CmdError {
+			t.Fatalf("after the first finished: %s", serialproto.ErrorCode(f.Data[0]))
 		}
 	}
 }

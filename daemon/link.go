@@ -4,7 +4,7 @@ import (
 	"context"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Link is one transport endpoint — a UDP socket or a serial port — in the
@@ -21,7 +21,7 @@ type Link interface {
 
 // Handler receives what a link reads.
 type Handler interface {
-	HandleFrame(p Peer, f sp.Frame)
+	HandleFrame(p Peer, f serialproto.Frame)
 	// HandleBadFrame reports a rejected frame (bad CRC, bad length, a
 	// datagram that is not exactly one frame).
 	HandleBadFrame(p Peer, err error)

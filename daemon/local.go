@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // LocalLink names the link of local applications' requests in metrics,
@@ -33,7 +33,7 @@ var (
 // RequestError is why a local request did not complete, with the
 // protocol error code a device would have received in its place.
 type RequestError struct {
-	Code sp.ErrorCode
+	Code serialproto.ErrorCode
 	Err  error
 }
 
@@ -67,8 +67,8 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	d.mu.Lock()
 	running := d.linkCtx != nil && d.linkCtx.Err() == nil
 	d.mu.Unlock()
-	refuse := func(code sp.ErrorCode, err error) (backends.Result, error) {
-		if code == sp.CodeBusy {
+	refuse := func(code serialproto.ErrorCode, err error) (backends.Result, error) {
+		if code == serialproto.CodeBusy {
 			d.stats.Busy.Add(1)
 		}
 		d.observeRefused(LocalLink, code)
@@ -76,19 +76,19 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	}
 	switch {
 	case !running:
-		return refuse(sp.CodeBackendUnavailable, ErrNotRunning)
+		return refuse(serialproto.CodeBackendUnavailable, ErrNotRunning)
 	case d.draining.Load():
-		return refuse(sp.CodeShuttingDown, errShuttingDown)
+		return refuse(serialproto.CodeShuttingDown, errShuttingDown)
 	case !d.local.reserve(req.Client, d.conf().MaxPerSession):
-		return refuse(sp.CodeBusy, ErrClientBusy)
+		return refuse(serialproto.CodeBusy, ErrClientBusy)
 	}
 	defer d.local.unreserve(req.Client)
 	if !d.admit() {
-		return refuse(sp.CodeBusy, ErrQueueFull)
+		return refuse(serialproto.CodeBusy, ErrQueueFull)
 	}
 	if d.draining.Load() { // checked after admit, as for devices
 		d.release()
-		return refuse(sp.CodeShuttingDown, errShuttingDown)
+		return refuse(serialproto.CodeShuttingDown, errShuttingDown)
 	}
 	d.stats.Accepted.Add(1)
 
@@ -106,16 +106,16 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 
 	res, err := d.generateLocal(ctx, req, obs, emit)
 	d.release()
-	var code sp.ErrorCode
+	var code serialproto.ErrorCode
 	switch {
 	case err == nil:
 		d.stats.Done.Add(1)
 	default:
 		code = errorCode(err, context.Cause(ctx))
 		if errors.Is(context.Cause(ctx), context.Canceled) {
-			code = sp.CodeCancelled // the caller went away
+			code = serialproto.CodeCancelled // the caller went away
 		}
-		if code == sp.CodeCancelled {
+		if code == serialproto.CodeCancelled {
 			d.stats.Canceled.Add(1)
 		} else {
 			d.stats.Failed.Add(1)

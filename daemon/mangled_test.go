@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // manglingTransport turns the device's first ACK into a frame of version 9
@@ -18,9 +18,9 @@ type manglingTransport struct {
 	rejected chan struct{} // closed when the daemon's ERROR for it arrives
 }
 
-func (m *manglingTransport) Recv(deadline time.Time) (sp.Frame, error) {
+func (m *manglingTransport) Recv(deadline time.Time) (serialproto.Frame, error) {
 	f, err := m.Transport.Recv(deadline)
-	if err == nil && f.Cmd == sp.CmdError && m.mangled {
+	if err == nil && f.Cmd == serialproto.CmdError && m.mangled {
 		select {
 		case <-m.rejected:
 		default:
@@ -31,10 +31,10 @@ func (m *manglingTransport) Recv(deadline time.Time) (sp.Frame, error) {
 }
 
 func (m *manglingTransport) Send(raw []byte) error {
-	if f, err := sp.Decode(raw); err == nil && f.Cmd == sp.CmdAck && !m.mangled {
+	if f, err := serialproto.Decode(raw); err == nil && f.Cmd == serialproto.CmdAck && !m.mangled {
 		m.mangled = true
 		f.Version = 9
-		raw, _ = sp.AppendFrame(nil, f)
+		raw, _ = serialproto.AppendFrame(nil, f)
 	}
 	return m.Transport.Send(raw)
 }
@@ -62,7 +62,7 @@ func TestMangledAckDoesNotEndTheStream(t *testing.T) {
 	}
 	prompt := "the soil is dry"
 	var text []byte
-	if _, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(p []byte) error { text = append(text, p...); return nil }); err != nil {
+	if _, err := c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, func(p []byte) error { text = append(text, p...); return nil }); err != nil {
 		t.Fatalf("Ask: %v", err)
 	}
 	if !mt.mangled {

@@ -5,7 +5,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Observer receives the daemon's events, for metrics and tracing. The
@@ -20,7 +20,7 @@ import (
 // safe metrics label.
 type Observer interface {
 	// Frame counts one sound frame received (in) or sent (out).
-	Frame(link string, dir Direction, cmd sp.Command)
+	Frame(link string, dir Direction, cmd serialproto.Command)
 	// BadFrame counts a frame rejected before parsing (bad CRC, length).
 	BadFrame(link string, err error)
 	// Retransmit counts a stream chunk sent again.
@@ -30,7 +30,7 @@ type Observer interface {
 	SessionClosed(link string)
 	// Refused counts a request turned away before it ran (BUSY,
 	// SHUTTING_DOWN, MALFORMED…).
-	Refused(link string, code sp.ErrorCode)
+	Refused(link string, code serialproto.ErrorCode)
 	// RequestStarted is called once per accepted request; the returned
 	// RequestObserver (which may be nil) follows it to its end. The
 	// returned context (ctx itself, or one carrying a trace span) becomes
@@ -76,20 +76,20 @@ type RequestObserver interface {
 	Token(n int)
 	// Generated: the backend call ended; code is the protocol's error
 	// code for err (meaningless when err is nil).
-	Generated(res backends.Result, err error, code sp.ErrorCode)
+	Generated(res backends.Result, err error, code serialproto.ErrorCode)
 	// Delivered: the final frame went out and was acknowledged (err nil)
 	// or the stream ended without that.
 	Delivered(err error)
 }
 
 // Outcome names how a request ended, for metrics labels.
-func Outcome(err error, code sp.ErrorCode) string {
+func Outcome(err error, code serialproto.ErrorCode) string {
 	switch {
 	case err == nil:
 		return "done"
-	case code == sp.CodeCancelled:
+	case code == serialproto.CodeCancelled:
 		return "cancelled"
-	case code == sp.CodeTimeout:
+	case code == serialproto.CodeTimeout:
 		return "timeout"
 	}
 	return "failed"
@@ -118,7 +118,7 @@ func Observers(obs ...Observer) Observer {
 
 type multiObserver []Observer
 
-func (m multiObserver) Frame(link string, dir Direction, cmd sp.Command) {
+func (m multiObserver) Frame(link string, dir Direction, cmd serialproto.Command) {
 	for _, o := range m {
 		o.Frame(link, dir, cmd)
 	}
@@ -148,7 +148,7 @@ func (m multiObserver) SessionClosed(link string) {
 	}
 }
 
-func (m multiObserver) Refused(link string, code sp.ErrorCode) {
+func (m multiObserver) Refused(link string, code serialproto.ErrorCode) {
 	for _, o := range m {
 		o.Refused(link, code)
 	}
@@ -188,7 +188,7 @@ func (m multiRequest) Token(n int) {
 	}
 }
 
-func (m multiRequest) Generated(res backends.Result, err error, code sp.ErrorCode) {
+func (m multiRequest) Generated(res backends.Result, err error, code serialproto.ErrorCode) {
 	for _, r := range m {
 		r.Generated(res, err, code)
 	}
@@ -223,13 +223,13 @@ func (d *Daemon) LinkStats(link string, skipped int64, reconnects int) {
 
 // Hooks with a nil check, so call sites stay one line.
 
-func (d *Daemon) observeFrame(p Peer, dir Direction, cmd sp.Command) {
+func (d *Daemon) observeFrame(p Peer, dir Direction, cmd serialproto.Command) {
 	if d.obs != nil {
 		d.obs.Frame(linkOf(p), dir, cmd)
 	}
 }
 
-func (d *Daemon) observeRefused(link string, code sp.ErrorCode) {
+func (d *Daemon) observeRefused(link string, code serialproto.ErrorCode) {
 	if d.obs != nil {
 		d.obs.Refused(link, code)
 	}

@@ -12,7 +12,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // eventLog is an Observer that writes every event down as a line.
@@ -43,14 +43,16 @@ func (r *eventLog) count(prefix string) int {
 	return n
 }
 
-func (r *eventLog) Frame(link string, dir Direction, cmd sp.Command) {
+func (r *eventLog) Frame(link string, dir Direction, cmd serialproto.Command) {
 	r.add("frame %s %s %s", link[:3], dir, cmd)
 }
-func (r *eventLog) BadFrame(link string, err error)        { r.add("bad %v", err) }
-func (r *eventLog) Retransmit(link string)                 { r.add("retransmit") }
-func (r *eventLog) SessionOpened(link string)              { r.add("session+ %s", link[:3]) }
-func (r *eventLog) SessionClosed(link string)              { r.add("session- %s", link[:3]) }
-func (r *eventLog) Refused(link string, code sp.ErrorCode) { r.add("refused %s %s", link[:3], code) }
+func (r *eventLog) BadFrame(link string, err error) { r.add("bad %v", err) }
+func (r *eventLog) Retransmit(link string)          { r.add("retransmit") }
+func (r *eventLog) SessionOpened(link string)       { r.add("session+ %s", link[:3]) }
+func (r *eventLog) SessionClosed(link string)       { r.add("session- %s", link[:3]) }
+func (r *eventLog) Refused(link string, code serialproto.ErrorCode) {
+	r.add("refused %s %s", link[:3], code)
+}
 func (r *eventLog) LinkStats(link string, skipped int64, reconnects int) {
 	r.add("linkstats %d %d", skipped, reconnects)
 }
@@ -67,7 +69,7 @@ type requestLog struct {
 
 func (q *requestLog) Generating(backend string) { q.r.add("generating %s", backend) }
 func (q *requestLog) Token(n int)               { q.tokens++ }
-func (q *requestLog) Generated(res backends.Result, err error, code sp.ErrorCode) {
+func (q *requestLog) Generated(res backends.Result, err error, code serialproto.ErrorCode) {
 	q.r.add("generated %d tokens, %d pieces, %s", res.Tokens, q.tokens, Outcome(err, code))
 }
 func (q *requestLog) Delivered(err error) { q.r.add("delivered %v", err) }
@@ -149,15 +151,15 @@ func TestLocalRequestsShareTheDevicesLimits(t *testing.T) {
 	// …so the same client is over its cap, another client finds the queue
 	// full, and so does a device: the same BUSY for all.
 	var rerr *RequestError
-	if _, err := d.Generate(ctx, LocalRequest{Client: "app", Prompt: "again"}, nil); !errors.Is(err, ErrClientBusy) || !errors.As(err, &rerr) || rerr.Code != sp.CodeBusy {
+	if _, err := d.Generate(ctx, LocalRequest{Client: "app", Prompt: "again"}, nil); !errors.Is(err, ErrClientBusy) || !errors.As(err, &rerr) || rerr.Code != serialproto.CodeBusy {
 		t.Fatalf("same client: %v", err)
 	}
-	if _, err := d.Generate(ctx, LocalRequest{Client: "other", Prompt: "me"}, nil); !errors.Is(err, ErrQueueFull) || !errors.As(err, &rerr) || rerr.Code != sp.CodeBusy {
+	if _, err := d.Generate(ctx, LocalRequest{Client: "other", Prompt: "me"}, nil); !errors.Is(err, ErrQueueFull) || !errors.As(err, &rerr) || rerr.Code != serialproto.CodeBusy {
 		t.Fatalf("other client: %v", err)
 	}
 	dev := dial(t, addr, device.Config{DeviceID: "sensor"})
-	var perr *sp.Error
-	if _, _, err := ask(t, dev, "and me"); !errors.As(err, &perr) || perr.Code != sp.CodeBusy {
+	var perr *serialproto.Error
+	if _, _, err := ask(t, dev, "and me"); !errors.As(err, &perr) || perr.Code != serialproto.CodeBusy {
 		t.Fatalf("device: %v", err)
 	}
 	snap := d.Snapshot(ctx)
@@ -193,7 +195,7 @@ func TestLocalRequestCancelledByCaller(t *testing.T) {
 		return nil
 	})
 	var rerr *RequestError
-	if !errors.As(err, &rerr) || rerr.Code != sp.CodeCancelled {
+	if !errors.As(err, &rerr) || rerr.Code != serialproto.CodeCancelled {
 		t.Fatalf("want CANCELLED, got %v", err)
 	}
 	if d.Stats().Canceled.Load() != 1 || d.Snapshot(context.Background()).LocalRequests != 0 {

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // loseFinalAck drops the device's first ACK after a DONE arrived, as a
@@ -19,9 +19,9 @@ type loseFinalAck struct {
 	dropped int
 }
 
-func (l *loseFinalAck) Recv(deadline time.Time) (sp.Frame, error) {
+func (l *loseFinalAck) Recv(deadline time.Time) (serialproto.Frame, error) {
 	f, err := l.Transport.Recv(deadline)
-	if err == nil && f.Cmd == sp.CmdDone {
+	if err == nil && f.Cmd == serialproto.CmdDone {
 		l.mu.Lock()
 		l.sawDone = true
 		l.mu.Unlock()
@@ -32,7 +32,7 @@ func (l *loseFinalAck) Recv(deadline time.Time) (sp.Frame, error) {
 func (l *loseFinalAck) Send(frame []byte) error {
 	l.mu.Lock()
 	drop := false
-	if f, err := sp.Decode(frame); err == nil && f.Cmd == sp.CmdAck && l.sawDone && l.dropped == 0 {
+	if f, err := serialproto.Decode(frame); err == nil && f.Cmd == serialproto.CmdAck && l.sawDone && l.dropped == 0 {
 		drop, l.sawDone = true, false
 		l.dropped++
 	}
@@ -62,7 +62,7 @@ func TestFinalAckLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	var text []byte
-	if _, err := c.Ask(ctx, &sp.Infer{Prompt: "hi"}, func(b []byte) error { text = append(text, b...); return nil }); err != nil || string(text) != answerFor("hi") {
+	if _, err := c.Ask(ctx, &serialproto.Infer{Prompt: "hi"}, func(b []byte) error { text = append(text, b...); return nil }); err != nil || string(text) != answerFor("hi") {
 		t.Fatalf("%q %v", text, err)
 	}
 	if lossy.dropped != 1 {

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // delayedCopyTransport plays the network that duplicated a device's INFER
@@ -21,16 +21,16 @@ type delayedCopyTransport struct {
 }
 
 func (t *delayedCopyTransport) Send(raw []byte) error {
-	if f, err := sp.Decode(raw); err == nil && f.Cmd == sp.CmdInfer && t.infer == nil {
+	if f, err := serialproto.Decode(raw); err == nil && f.Cmd == serialproto.CmdInfer && t.infer == nil {
 		t.infer = append([]byte(nil), raw...)
 	}
 	return t.Transport.Send(raw)
 }
 
-func (t *delayedCopyTransport) Recv(deadline time.Time) (sp.Frame, error) {
+func (t *delayedCopyTransport) Recv(deadline time.Time) (serialproto.Frame, error) {
 	f, err := t.Transport.Recv(deadline)
-	if err == nil && f.Cmd == sp.CmdError && !t.handled {
-		if m, merr := sp.NewMessage(f.Cmd); merr == nil && m.UnmarshalBody(f.Data) == nil && m.(*sp.Error).Code == sp.CodeBusy {
+	if err == nil && f.Cmd == serialproto.CmdError && !t.handled {
+		if m, merr := serialproto.NewMessage(f.Cmd); merr == nil && m.UnmarshalBody(f.Data) == nil && m.(*serialproto.Error).Code == serialproto.CodeBusy {
 			t.handled = true
 			t.onBusy(t.infer)
 		}
@@ -53,7 +53,7 @@ func TestRetryAfterBusyRunsOnce(t *testing.T) {
 	a := dial(t, addr, device.Config{DeviceID: "occupant"})
 	aDone := make(chan error, 1)
 	go func() {
-		_, err := a.Ask(ctx, &sp.Infer{Prompt: "occupy"}, func([]byte) error { return nil })
+		_, err := a.Ask(ctx, &serialproto.Infer{Prompt: "occupy"}, func([]byte) error { return nil })
 		aDone <- err
 	}()
 	waitFor(t, func() bool { return e.calls.Load() == 1 })
@@ -78,7 +78,7 @@ func TestRetryAfterBusyRunsOnce(t *testing.T) {
 	}
 	prompt := "is the pump on"
 	var text []byte
-	_, retried, err := b.AskRetrying(ctx, &sp.Infer{Prompt: prompt}, func(p []byte) error { text = append(text, p...); return nil }, 3)
+	_, retried, err := b.AskRetrying(ctx, &serialproto.Infer{Prompt: prompt}, func(p []byte) error { text = append(text, p...); return nil }, 3)
 	if err != nil {
 		t.Fatalf("AskRetrying: %v", err)
 	}

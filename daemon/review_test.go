@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // TestSeqWrapRunsTheNewRequest: after 256 requests (PINGs as heartbeats
@@ -52,8 +52,8 @@ func TestRefusedInferIsAnsweredAgain(t *testing.T) {
 	for i := range 2 {
 		_ = tr.Send(frame)
 		f, err := tr.Recv(time.Now().Add(2 * time.Second))
-		var e sp.Error
-		if err != nil || f.Cmd != sp.CmdError || e.UnmarshalBody(f.Data) != nil || e.Code != sp.CodeBusy {
+		var e serialproto.Error
+		if err != nil || f.Cmd != serialproto.CmdError || e.UnmarshalBody(f.Data) != nil || e.Code != serialproto.CodeBusy {
 			t.Fatalf("copy %d: %v %v", i, f, err)
 		}
 	}
@@ -86,7 +86,7 @@ func TestCancelWithClosedWindow(t *testing.T) {
 	d, addr := startDaemon(t, Config{DefaultMaxTokens: 1000}, e)
 	c := dial(t, addr, device.Config{DeviceID: "tiny-window", MaxData: 32, Window: 1})
 	ctx, cancel := context.WithCancel(context.Background())
-	_, err := c.Ask(ctx, &sp.Infer{Prompt: strings.Repeat("long answer ", 200)}, func([]byte) error { cancel(); return nil })
+	_, err := c.Ask(ctx, &serialproto.Infer{Prompt: strings.Repeat("long answer ", 200)}, func([]byte) error { cancel(); return nil })
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("want context.Canceled, got %v", err)
 	}
@@ -113,7 +113,7 @@ func (p *recordPeer) chunks() []int {
 	defer p.mu.Unlock()
 	var out []int
 	for _, raw := range p.sent {
-		f, _ := sp.Decode(raw)
+		f, _ := serialproto.Decode(raw)
 		out = append(out, int(f.Data[0])<<8|int(f.Data[1]))
 	}
 	return out
@@ -149,9 +149,9 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 func TestFinalErrorFitsTheDevice(t *testing.T) {
 	p := &recordPeer{}
 	st := newStream(p, nil, 1, 7, 32, 2, time.Millisecond, 3)
-	st.finish(func(chunk uint16, _, _ uint32) sp.Message {
-		e := sp.NewError(sp.CodeBackendFailed, strings.Repeat("engine error ", 4)) // 52 bytes: legal, but not in 32
-		e.Flags |= sp.ErrorFlagStream
+	st.finish(func(chunk uint16, _, _ uint32) serialproto.Message {
+		e := serialproto.NewError(serialproto.CodeBackendFailed, strings.Repeat("engine error ", 4)) // 52 bytes: legal, but not in 32
+		e.Flags |= serialproto.ErrorFlagStream
 		e.Chunk = chunk
 		return e
 	})
@@ -160,10 +160,10 @@ func TestFinalErrorFitsTheDevice(t *testing.T) {
 	go func() { _ = st.run(ctx) }()
 	waitFor(t, func() bool { return len(p.chunks()) == 1 })
 	p.mu.Lock()
-	f, err := sp.Decode(p.sent[0])
+	f, err := serialproto.Decode(p.sent[0])
 	p.mu.Unlock()
-	var e sp.Error
-	if err != nil || f.Cmd != sp.CmdError || len(f.Data) > 32 || e.UnmarshalBody(f.Data) != nil || e.Code != sp.CodeBackendFailed {
+	var e serialproto.Error
+	if err != nil || f.Cmd != serialproto.CmdError || len(f.Data) > 32 || e.UnmarshalBody(f.Data) != nil || e.Code != serialproto.CodeBackendFailed {
 		t.Fatalf("final frame %v (%d data bytes), %v", f, len(f.Data), err)
 	}
 }

@@ -9,7 +9,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 func ping(c *device.Client) error {
@@ -79,7 +79,7 @@ func TestLinksAddedAndRemovedAtRuntime(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The old session on it is gone: the device must say HELLO again.
-	if err := ping(onB); errCode(err) != sp.CodeNoSession {
+	if err := ping(onB); errCode(err) != serialproto.CodeNoSession {
 		t.Fatalf("ping on the re-added link without HELLO: %v, want NO_SESSION", err)
 	}
 	if err := d.RemoveLink(ctx, "udp:nowhere"); err == nil {
@@ -157,13 +157,13 @@ func TestAddLinkNeedsARunningDaemon(t *testing.T) {
 // requests; open sessions stay, except a device whose key changed.
 func TestReconfigureKeepsSessions(t *testing.T) {
 	key := testKey(t, 7)
-	d, addr := startDaemon(t, Config{Keys: map[string]sp.Key{"signed": key}}, &testEngine{})
+	d, addr := startDaemon(t, Config{Keys: map[string]serialproto.Key{"signed": key}}, &testEngine{})
 	plain := dial(t, addr, device.Config{DeviceID: "plain"})
 	signed := dial(t, addr, device.Config{DeviceID: "signed", Key: key})
 
 	cfg := d.Config()
 	cfg.MaxSessions = 2
-	cfg.Keys = map[string]sp.Key{"signed": testKey(t, 8)} // rotated
+	cfg.Keys = map[string]serialproto.Key{"signed": testKey(t, 8)} // rotated
 	cfg.Heartbeat = 2 * time.Second
 	if err := d.Reconfigure(cfg); err != nil {
 		t.Fatal(err)
@@ -197,7 +197,7 @@ func TestReconfigureKeepsSessions(t *testing.T) {
 	defer tr.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	if err := device.New(tr, device.Config{DeviceID: "third"}).Hello(ctx); errCode(err) != sp.CodeBusy {
+	if err := device.New(tr, device.Config{DeviceID: "third"}).Hello(ctx); errCode(err) != serialproto.CodeBusy {
 		t.Fatalf("HELLO beyond the new MaxSessions: %v, want BUSY", err)
 	}
 	bad := cfg

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"go.bug.st/serial"
 )
 
@@ -174,7 +174,7 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 	defer stop()
 	defer p.detach(port)
 	l.log.Info("serial port open", "port", path, "baud", l.cfg.Baud)
-	dec := sp.NewDecoder(port)
+	dec := serialproto.NewDecoder(port)
 	var skipped int64 // reported so far
 	for {
 		f, err := dec.Next()
@@ -184,13 +184,13 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 				skipped = n
 			}
 		}
-		var rerr *sp.ReadError
+		var rerr *serialproto.ReadError
 		switch {
 		case err == nil:
 			h.HandleFrame(p, f)
 		case errors.As(err, &rerr):
 			h.HandleBadFrame(p, rerr)
-		case errors.Is(err, sp.ErrIdle):
+		case errors.Is(err, serialproto.ErrIdle):
 		default:
 			if ctx.Err() == nil {
 				l.log.Warn("serial port lost; will reopen", "port", path, "err", err)
@@ -203,7 +203,7 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 // serialRTO is docs/protocol.md §7.1's 2 × window × T(263) + 100 ms for a
 // window of 2.
 func serialRTO(baud int) time.Duration {
-	frame := time.Duration(float64(sp.MaxFrameLen*10) / float64(baud) * float64(time.Second))
+	frame := time.Duration(float64(serialproto.MaxFrameLen*10) / float64(baud) * float64(time.Second))
 	return 2*2*frame + 100*time.Millisecond
 }
 

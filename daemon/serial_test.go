@@ -15,7 +15,7 @@ import (
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"go.bug.st/serial"
 )
 
@@ -78,7 +78,7 @@ func TestAskOverPty(t *testing.T) {
 	}
 	prompt := "Soil 31 %, air 24.5 °C 🌱 " + strings.Repeat("reading ", 60)
 	var text strings.Builder
-	if _, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil }); err != nil {
+	if _, err := c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if text.String() != answerFor(prompt) {
@@ -130,7 +130,7 @@ func TestUnplugMidStream(t *testing.T) {
 	prompt := strings.Repeat("measure ", 80)
 	var text strings.Builder
 	var once sync.Once
-	_, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error {
+	_, err := c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, func(b []byte) error {
 		text.Write(b)
 		once.Do(func() {
 			go func() { // unplug, wait, plug a new pty in at the same link
@@ -188,7 +188,7 @@ func TestNoisyPacedUART(t *testing.T) {
 		prompt := fmt.Sprintf("reading %d: ", i) + strings.Repeat("soil 31 % air 24.5 C ", 8)
 		var text strings.Builder
 		t0 := time.Now()
-		_, err := c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
+		_, err := c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
 		t.Logf("request %d: %v, %v", i, time.Since(t0).Round(time.Millisecond), err)
 		switch {
 		case err == nil && text.String() == answerFor(prompt):

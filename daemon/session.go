@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // rememberedRequests is how many INFER seqs a session remembers so that a
@@ -29,15 +29,15 @@ type session struct {
 	window      int
 	ctx         context.Context
 	cancel      context.CancelCauseFunc
-	seen        atomic.Int64 // unix nanoseconds of the last frame
-	seal        *sealer      // signs what we send when the device has a key
-	verifier    *sp.Verifier // checks what it sends; nil in an unsigned session
-	lastAuthErr time.Time    // AUTH_FAILED answers are rate-limited (§9.2)
-	opened      time.Time    // for eviction of half-open sessions (guard.go)
-	delivered   atomic.Bool  // the device acknowledged a whole answer (guard.go)
+	seen        atomic.Int64          // unix nanoseconds of the last frame
+	seal        *sealer               // signs what we send when the device has a key
+	verifier    *serialproto.Verifier // checks what it sends; nil in an unsigned session
+	lastAuthErr time.Time             // AUTH_FAILED answers are rate-limited (§9.2)
+	opened      time.Time             // for eviction of half-open sessions (guard.go)
+	delivered   atomic.Bool           // the device acknowledged a whole answer (guard.go)
 
 	mu       sync.Mutex
-	reasm    *sp.Reassembler
+	reasm    *serialproto.Reassembler
 	requests map[uint8]*request
 	order    []uint8 // seqs of requests, oldest first
 	newest   uint8   // the newest request seq seen (§5); starts at the HELLO's
@@ -49,23 +49,23 @@ type session struct {
 	firstFrag map[uint8]time.Time
 }
 
-func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq uint8, nonce uint32, key sp.Key) (*session, error) {
+func newSession(d *Daemon, parent context.Context, p Peer, h *serialproto.Hello, helloSeq uint8, nonce uint32, key serialproto.Key) (*session, error) {
 	ctx, cancel := context.WithCancelCause(parent)
 	s := &session{
 		d: d, peer: p, deviceID: h.DeviceID, bootNonce: h.BootNonce, daemonNonce: nonce,
 		maxData: int(h.MaxData), window: int(h.Window),
 		ctx: ctx, cancel: cancel,
-		reasm:    sp.NewReassembler(sp.ReassemblerConfig{MaxMessage: d.conf().MaxMessage, MaxPending: d.conf().MaxPendingPerPeer}),
+		reasm:    serialproto.NewReassembler(serialproto.ReassemblerConfig{MaxMessage: d.conf().MaxMessage, MaxPending: d.conf().MaxPendingPerPeer}),
 		requests: make(map[uint8]*request),
 		newest:   helloSeq,
 	}
 	if !key.IsZero() {
-		n := sp.MakeNonce(h.BootNonce, nonce)
-		signer, err := sp.NewSigner(key, sp.DaemonToDevice, n, 0, 0)
+		n := serialproto.MakeNonce(h.BootNonce, nonce)
+		signer, err := serialproto.NewSigner(key, serialproto.DaemonToDevice, n, 0, 0)
 		if err != nil {
 			return nil, err
 		}
-		if s.verifier, err = sp.NewVerifier(key, sp.DeviceToDaemon, n); err != nil {
+		if s.verifier, err = serialproto.NewVerifier(key, serialproto.DeviceToDaemon, n); err != nil {
 			return nil, err
 		}
 		s.seal = &sealer{signer: signer}
@@ -81,16 +81,16 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *sp.Hello, helloSeq
 // stale frames: their tag is right, so they are copies of frames already
 // taken (UDP duplicates them), and an answer would only make the device
 // abandon a request that is fine.
-func (s *session) open(f sp.Frame) (sp.Frame, bool) {
+func (s *session) open(f serialproto.Frame) (serialproto.Frame, bool) {
 	var err error
 	s.mu.Lock()
 	switch {
 	case s.verifier != nil:
 		f, _, _, err = s.verifier.Verify(f)
-	case f.Flags&sp.FlagSigned != 0:
-		err = sp.ErrBadTag // no key: a signature can't be right
+	case f.Flags&serialproto.FlagSigned != 0:
+		err = serialproto.ErrBadTag // no key: a signature can't be right
 	}
-	copied := errors.Is(err, sp.ErrReplay) || errors.Is(err, sp.ErrStale)
+	copied := errors.Is(err, serialproto.ErrReplay) || errors.Is(err, serialproto.ErrStale)
 	answer := err != nil && !copied && time.Since(s.lastAuthErr) >= time.Second
 	if answer {
 		s.lastAuthErr = time.Now()
@@ -102,7 +102,7 @@ func (s *session) open(f sp.Frame) (sp.Frame, bool) {
 	s.d.countAuth(err)
 	s.d.log.Info("frame rejected", "device", s.deviceID, "reason", err)
 	if answer {
-		s.send(f.Seq, sp.NewError(sp.CodeAuthFailed, "frame signature rejected"))
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeAuthFailed, "frame signature rejected"))
 	}
 	return f, false
 }
@@ -114,7 +114,7 @@ func (s *session) open(f sp.Frame) (sp.Frame, bool) {
 func (s *session) advance(seq uint8) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !sp.SeqAfter(seq, s.newest) {
+	if !serialproto.SeqAfter(seq, s.newest) {
 		return
 	}
 	s.newest = seq
@@ -122,17 +122,17 @@ func (s *session) advance(seq uint8) {
 		delete(s.requests, seq)
 		s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
 	}
-	s.reasm.Forget(sp.CmdInfer, seq)
+	s.reasm.Forget(serialproto.CmdInfer, seq)
 	delete(s.firstFrag, seq)
 }
 
-func (s *session) welcome() *sp.Welcome {
+func (s *session) welcome() *serialproto.Welcome {
 	var features uint16
 	if s.verifier != nil {
-		features = sp.FeatureSign
+		features = serialproto.FeatureSign
 	}
-	return &sp.Welcome{
-		Version: sp.Version1, MaxData: sp.MaxData, Window: 255, Features: features,
+	return &serialproto.Welcome{
+		Version: serialproto.Version1, MaxData: serialproto.MaxData, Window: 255, Features: features,
 		HeartbeatMS: uint16(s.d.conf().Heartbeat / time.Millisecond),
 		MaxMessage:  uint16(s.d.conf().MaxMessage), DaemonNonce: s.daemonNonce,
 	}
@@ -141,7 +141,9 @@ func (s *session) welcome() *sp.Welcome {
 func (s *session) touch()              { s.seen.Store(time.Now().UnixNano()) }
 func (s *session) lastSeen() time.Time { return time.Unix(0, s.seen.Load()) }
 
-func (s *session) send(seq uint8, m sp.Message) { s.d.sendTo(s.peer, seq, s.maxData, s.seal, m) }
+func (s *session) send(seq uint8, m serialproto.Message) {
+	s.d.sendTo(s.peer, seq, s.maxData, s.seal, m)
+}
 
 // close ends the session and everything running in it.
 func (s *session) close(cause error) {
@@ -175,62 +177,62 @@ func (s *session) allowNack(now time.Time) bool {
 }
 
 // handle serves one frame of an open session.
-func (s *session) handle(f sp.Frame) {
+func (s *session) handle(f serialproto.Frame) {
 	f, ok := s.open(f)
 	if !ok {
 		return
 	}
 	s.touch()
 	switch f.Cmd {
-	case sp.CmdPing, sp.CmdStatus, sp.CmdInfer, sp.CmdBye:
+	case serialproto.CmdPing, serialproto.CmdStatus, serialproto.CmdInfer, serialproto.CmdBye:
 		s.advance(f.Seq) // requests the device originates
 	}
-	if f.Cmd == sp.CmdInfer {
+	if f.Cmd == serialproto.CmdInfer {
 		s.infer(f)
 		return
 	}
-	if f.Flags&sp.FlagFragment != 0 {
-		s.send(f.Seq, sp.NewError(sp.CodeMalformed, f.Cmd.String()+" cannot be fragmented"))
+	if f.Flags&serialproto.FlagFragment != 0 {
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, f.Cmd.String()+" cannot be fragmented"))
 		return
 	}
-	m, err := sp.ParseBody(f.Cmd, f.Data)
+	m, err := serialproto.ParseBody(f.Cmd, f.Data)
 	if err != nil {
-		s.send(f.Seq, sp.NewError(sp.CodeMalformed, err.Error()))
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, err.Error()))
 		return
 	}
 	switch m := m.(type) {
-	case *sp.Ack:
+	case *serialproto.Ack:
 		if r := s.request(f.Seq); r != nil && r.st.ack(int(m.Next), int(m.Window)) {
 			// Delivered: the device's place is free now, before this link
 			// reads its next INFER, not when the request's goroutine wakes.
 			r.releasePlace()
 			s.delivered.Store(true)
 		}
-	case *sp.Cancel:
+	case *serialproto.Cancel:
 		s.cancelRequest(f.Seq)
-	case *sp.Ping:
-		s.send(f.Seq, &sp.Pong{Data: m.Data})
-	case *sp.Pong:
-	case *sp.Status:
+	case *serialproto.Ping:
+		s.send(f.Seq, &serialproto.Pong{Data: m.Data})
+	case *serialproto.Pong:
+	case *serialproto.Status:
 		s.send(f.Seq, s.d.status())
-	case *sp.Bye:
-		s.send(f.Seq, &sp.Bye{})
+	case *serialproto.Bye:
+		s.send(f.Seq, &serialproto.Bye{})
 		s.close(errSessionClosed)
-	case *sp.Nack:
+	case *serialproto.Nack:
 		// The device saw a corrupt frame: resend now. Only on a byte stream
 		// (§7.2): on UDP one spoofed datagram would make us resend whole
 		// answers to its victim.
-		if m.Reason == sp.NackBadFrame && s.peer.ByteStream() && s.allowNack(time.Now()) {
+		if m.Reason == serialproto.NackBadFrame && s.peer.ByteStream() && s.allowNack(time.Now()) {
 			s.mu.Lock()
 			for _, r := range s.requests {
 				r.st.rewind()
 			}
 			s.mu.Unlock()
 		}
-	case *sp.Error:
+	case *serialproto.Error:
 		s.d.log.Info("device reported an error", "device", s.deviceID, "code", m.Code, "text", m.Text)
 	default: // WELCOME, TOKEN, DONE, STATUS_REPLY travel the other way
-		s.send(f.Seq, sp.NewError(sp.CodeUnexpected, f.Cmd.String()+" is sent by the daemon"))
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeUnexpected, f.Cmd.String()+" is sent by the daemon"))
 	}
 }
 
@@ -243,7 +245,7 @@ func (s *session) request(seq uint8) *request {
 func (s *session) cancelRequest(seq uint8) {
 	r := s.request(seq)
 	if r == nil {
-		s.send(seq, sp.NewError(sp.CodeUnknownRequest, "no such request"))
+		s.send(seq, serialproto.NewError(serialproto.CodeUnknownRequest, "no such request"))
 		return
 	}
 	r.cancel(errCancelledByDevice)
@@ -251,9 +253,9 @@ func (s *session) cancelRequest(seq uint8) {
 }
 
 // infer takes an INFER frame or fragment (docs/protocol.md §6, §7.3).
-func (s *session) infer(f sp.Frame) {
-	if f.Flags&sp.FlagFragment == 0 {
-		s.send(f.Seq, sp.NewError(sp.CodeMalformed, "INFER must be a message of fragments (§6)"))
+func (s *session) infer(f serialproto.Frame) {
+	if f.Flags&serialproto.FlagFragment == 0 {
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, "INFER must be a message of fragments (§6)"))
 		return
 	}
 	now := time.Now()
@@ -262,24 +264,24 @@ func (s *session) infer(f sp.Frame) {
 	first := s.noteFragment(f.Seq, now, body != nil)
 	s.mu.Unlock()
 	switch {
-	case errors.Is(err, sp.ErrDuplicate):
+	case errors.Is(err, serialproto.ErrDuplicate):
 		s.repeatAck(f.Seq)
 		return
-	case errors.Is(err, sp.ErrBusy):
-		s.d.observeRefused(linkOf(s.peer), sp.CodeBusy)
-		s.send(f.Seq, sp.NewError(sp.CodeBusy, "too many messages in reassembly"))
+	case errors.Is(err, serialproto.ErrBusy):
+		s.d.observeRefused(linkOf(s.peer), serialproto.CodeBusy)
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many messages in reassembly"))
 		return
-	case errors.Is(err, sp.ErrTooLarge):
-		s.send(f.Seq, sp.NewError(sp.CodeTooLarge, "message above max_message"))
+	case errors.Is(err, serialproto.ErrTooLarge):
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeTooLarge, "message above max_message"))
 		return
-	case errors.Is(err, sp.ErrBadChecksum):
-		s.send(f.Seq, &sp.Nack{Reason: sp.NackBadChecksum})
+	case errors.Is(err, serialproto.ErrBadChecksum):
+		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackBadChecksum})
 		return
 	case err != nil:
-		s.send(f.Seq, sp.NewError(sp.CodeMalformed, err.Error()))
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, err.Error()))
 		return
 	case missing != nil:
-		s.send(f.Seq, &sp.Nack{Reason: sp.NackMissing, Missing: missing})
+		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackMissing, Missing: missing})
 		return
 	case body == nil:
 		return // more fragments to come
@@ -291,20 +293,20 @@ func (s *session) infer(f sp.Frame) {
 	// A refused INFER leaves no trace, so its retransmission (the ERROR may
 	// have been lost) is judged again and answered again, never met with
 	// silence.
-	refuse := func(e *sp.Error) {
+	refuse := func(e *serialproto.Error) {
 		s.mu.Lock()
-		s.reasm.Forget(sp.CmdInfer, f.Seq)
+		s.reasm.Forget(serialproto.CmdInfer, f.Seq)
 		s.mu.Unlock()
 		s.d.observeRefused(linkOf(s.peer), e.Code)
 		s.send(f.Seq, e)
 	}
-	var m sp.Infer
+	var m serialproto.Infer
 	if err := m.UnmarshalBody(body); err != nil {
-		code := sp.CodeMalformed
-		if errors.Is(err, sp.ErrUnsupportedOption) {
-			code = sp.CodeUnsupportedOption
+		code := serialproto.CodeMalformed
+		if errors.Is(err, serialproto.ErrUnsupportedOption) {
+			code = serialproto.CodeUnsupportedOption
 		}
-		refuse(sp.NewError(code, err.Error()))
+		refuse(serialproto.NewError(code, err.Error()))
 		return
 	}
 	if !s.allowModel(&m, refuse) {
@@ -312,30 +314,30 @@ func (s *session) infer(f sp.Frame) {
 	}
 	if !s.reserve() {
 		s.d.stats.Busy.Add(1)
-		refuse(sp.NewError(sp.CodeBusy, "this device has too many requests"))
+		refuse(serialproto.NewError(serialproto.CodeBusy, "this device has too many requests"))
 		return
 	}
 	if !s.d.admit() {
 		s.unreserve()
 		s.d.stats.Busy.Add(1)
-		refuse(sp.NewError(sp.CodeBusy, "request queue full"))
+		refuse(serialproto.NewError(serialproto.CodeBusy, "request queue full"))
 		return
 	}
 	if s.d.draining.Load() { // checked after admit: drain waits for admitted requests
 		s.d.release()
 		s.unreserve()
-		refuse(sp.NewError(sp.CodeShuttingDown, "shutting down"))
+		refuse(serialproto.NewError(serialproto.CodeShuttingDown, "shutting down"))
 		return
 	}
 	if !s.takeBudget(&m) { // last: a refusal above would have to give it back
 		s.d.release()
 		s.unreserve()
-		refuse(sp.NewError(sp.CodeRateLimited, "token budget spent"))
+		refuse(serialproto.NewError(serialproto.CodeRateLimited, "token budget spent"))
 		return
 	}
 	r := s.newRequest(f.Seq, count, &m, first)
 	s.d.stats.Accepted.Add(1)
-	s.send(f.Seq, &sp.Ack{Next: uint16(count)})
+	s.send(f.Seq, &serialproto.Ack{Next: uint16(count)})
 	go r.run()
 }
 
@@ -364,7 +366,7 @@ func (s *session) repeatAck(seq uint8) bool {
 		return false
 	}
 	s.d.stats.Duplicates.Add(1)
-	s.send(seq, &sp.Ack{Next: uint16(r.fragments)})
+	s.send(seq, &serialproto.Ack{Next: uint16(r.fragments)})
 	return true
 }
 
@@ -391,9 +393,9 @@ func (s *session) noteFragment(seq uint8, now time.Time, complete bool) time.Tim
 	return first
 }
 
-func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.Time) *request {
+func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, first time.Time) *request {
 	deadline := s.d.conf().RequestTimeout
-	if m.Set.Has(sp.OptDeadlineMS) && m.DeadlineMS > 0 {
+	if m.Set.Has(serialproto.OptDeadlineMS) && m.DeadlineMS > 0 {
 		deadline = min(deadline, time.Duration(m.DeadlineMS)*time.Millisecond)
 	}
 	ctx, cancel := context.WithCancelCause(s.ctx)
@@ -403,10 +405,10 @@ func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.T
 	r := &request{
 		s: s, seq: seq, fragments: fragments, infer: m,
 		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout, obs: obs,
-		st: newStream(s.peer, s.seal, sp.Version1, seq, s.maxData, s.window, s.d.conf().FlushInterval, s.d.conf().MaxRetransmits),
+		st: newStream(s.peer, s.seal, serialproto.Version1, seq, s.maxData, s.window, s.d.conf().FlushInterval, s.d.conf().MaxRetransmits),
 	}
 	d := s.d
-	r.st.onSend = func(cmd sp.Command, retransmit bool) {
+	r.st.onSend = func(cmd serialproto.Command, retransmit bool) {
 		d.stats.FramesOut.Add(1)
 		if retransmit {
 			d.stats.Retransmits.Add(1)
@@ -420,7 +422,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.T
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if m.Set.Has(sp.OptNewChat) {
+	if m.Set.Has(serialproto.OptNewChat) {
 		s.history = nil
 	}
 	if len(s.order) >= rememberedRequests {
@@ -433,7 +435,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *sp.Infer, first time.T
 }
 
 // conversation is the history plus the new prompt, for the engine.
-func (s *session) conversation(m *sp.Infer) []backends.Message {
+func (s *session) conversation(m *serialproto.Infer) []backends.Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	msgs := make([]backends.Message, 0, len(s.history)+2)
@@ -460,7 +462,7 @@ type request struct {
 	s             *session
 	seq           uint8
 	fragments     int
-	infer         *sp.Infer
+	infer         *serialproto.Infer
 	ctx           context.Context
 	cancelCause   context.CancelCauseFunc
 	cancelTimeout context.CancelFunc
@@ -517,7 +519,7 @@ func (r *request) run() {
 		d.stats.Failed.Add(1)
 	}
 	if r.obs != nil {
-		var code sp.ErrorCode
+		var code serialproto.ErrorCode
 		if err != nil {
 			code = errorCode(err, context.Cause(r.ctx))
 		}
@@ -567,8 +569,8 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 // final builds the stream's last chunk from the outcome.
 func (r *request) final(res backends.Result, err error) finalFunc {
 	if err == nil {
-		return func(chunk uint16, n, crc uint32) sp.Message {
-			return &sp.Done{
+		return func(chunk uint16, n, crc uint32) serialproto.Message {
+			return &serialproto.Done{
 				Chunk: chunk, Reason: stopReason(res.Stop),
 				Tokens: uint32(res.Tokens), PromptTokens: uint32(res.PromptTokens),
 				TTFTMS: uint32(res.TTFT.Milliseconds()), DurationMS: uint32(res.Duration.Milliseconds()),
@@ -578,9 +580,9 @@ func (r *request) final(res backends.Result, err error) finalFunc {
 	}
 	code := errorCode(err, context.Cause(r.ctx))
 	text := err.Error()
-	return func(chunk uint16, _, _ uint32) sp.Message {
-		e := sp.NewError(code, text)
-		e.Flags |= sp.ErrorFlagStream
+	return func(chunk uint16, _, _ uint32) serialproto.Message {
+		e := serialproto.NewError(code, text)
+		e.Flags |= serialproto.ErrorFlagStream
 		e.Chunk = chunk
 		return e
 	}
@@ -589,61 +591,61 @@ func (r *request) final(res backends.Result, err error) finalFunc {
 func stopReason(s backends.StopReason) uint8 {
 	switch s {
 	case backends.StopLength:
-		return sp.StopLength
+		return serialproto.StopLength
 	case backends.StopContext:
-		return sp.StopContext
+		return serialproto.StopContext
 	}
-	return sp.StopEOS
+	return serialproto.StopEOS
 }
 
 // errorCode maps an engine error, or the reason the request's context
 // ended, to a protocol error code (docs/protocol.md §12).
-func errorCode(err, cause error) sp.ErrorCode {
+func errorCode(err, cause error) serialproto.ErrorCode {
 	switch {
 	case errors.Is(cause, errCancelledByDevice), errors.Is(cause, errSessionClosed):
-		return sp.CodeCancelled
+		return serialproto.CodeCancelled
 	case errors.Is(cause, errShuttingDown):
-		return sp.CodeShuttingDown
+		return serialproto.CodeShuttingDown
 	case errors.Is(cause, context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
-		return sp.CodeTimeout
+		return serialproto.CodeTimeout
 	case errors.Is(err, backends.ErrModelNotFound):
-		return sp.CodeModelNotFound
+		return serialproto.CodeModelNotFound
 	case errors.Is(err, backends.ErrUnavailable), errors.Is(err, backends.ErrClosed):
-		return sp.CodeBackendUnavailable
+		return serialproto.CodeBackendUnavailable
 	case errors.Is(err, backends.ErrBusy):
-		return sp.CodeBusy
+		return serialproto.CodeBusy
 	case errors.Is(err, backends.ErrPromptTooLong):
-		return sp.CodeTooLarge
+		return serialproto.CodeTooLarge
 	}
-	return sp.CodeBackendFailed
+	return serialproto.CodeBackendFailed
 }
 
 // options maps INFER options to the engine's.
-func options(m *sp.Infer, defaultMaxTokens int) backends.Options {
+func options(m *serialproto.Infer, defaultMaxTokens int) backends.Options {
 	o := backends.Options{MaxTokens: defaultMaxTokens}
 	milli := func(v uint16) float32 { return float32(v) / 1000 }
-	if m.Set.Has(sp.OptMaxTokens) && m.MaxTokens > 0 {
+	if m.Set.Has(serialproto.OptMaxTokens) && m.MaxTokens > 0 {
 		o.MaxTokens = int(m.MaxTokens)
 	}
-	if m.Set.Has(sp.OptTemperature) {
+	if m.Set.Has(serialproto.OptTemperature) {
 		o.Temperature, o.TemperatureSet = milli(m.Temperature), true
 	}
-	if m.Set.Has(sp.OptSeed) {
+	if m.Set.Has(serialproto.OptSeed) {
 		o.Seed, o.SeedSet = m.Seed, true
 	}
-	if m.Set.Has(sp.OptTopK) {
+	if m.Set.Has(serialproto.OptTopK) {
 		o.TopK = int(m.TopK)
 	}
-	if m.Set.Has(sp.OptTopP) {
+	if m.Set.Has(serialproto.OptTopP) {
 		o.TopP = milli(m.TopP)
 	}
-	if m.Set.Has(sp.OptMinP) {
+	if m.Set.Has(serialproto.OptMinP) {
 		o.MinP = milli(m.MinP)
 	}
-	if m.Set.Has(sp.OptRepeatPenalty) {
+	if m.Set.Has(serialproto.OptRepeatPenalty) {
 		o.RepeatPenalty = milli(m.RepeatPenalty)
 	}
-	if m.Set.Has(sp.OptContext) {
+	if m.Set.Has(serialproto.OptContext) {
 		o.ContextSize = int(m.Context)
 	}
 	return o

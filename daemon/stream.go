@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // errGaveUp: the device stopped acknowledging the stream.
@@ -14,7 +14,7 @@ var errGaveUp = errors.New("daemon: device stopped acknowledging; stream abandon
 
 // finalFunc builds the final chunk (DONE or ERROR) once the text is all
 // sent: it gets the chunk index and the stream's byte count and CRC-32C.
-type finalFunc func(chunk uint16, textBytes, textCRC uint32) sp.Message
+type finalFunc func(chunk uint16, textBytes, textCRC uint32) serialproto.Message
 
 // stream sends one request's answer (docs/protocol.md §8): TOKEN chunks cut
 // from the engine's text only when the device's credit window has room, so
@@ -29,17 +29,17 @@ type stream struct {
 	flush          time.Duration
 	rto            time.Duration
 	maxRetransmits int
-	onSend         func(cmd sp.Command, retransmit bool) // metrics hook; may be nil
-	seal           *sealer                               // encodes (and signs) each transmission
+	onSend         func(cmd serialproto.Command, retransmit bool) // metrics hook; may be nil
+	seal           *sealer                                        // encodes (and signs) each transmission
 
 	wake chan struct{}
 
 	mu           sync.Mutex
-	text         sp.TextBuffer
+	text         serialproto.TextBuffer
 	pendingSince time.Time // arrival of the oldest text not yet cut
 	final        finalFunc // set when the engine is done
 	finalCut     bool
-	frames       []sp.Frame // every chunk cut so far, encoded at each transmission (a signed retransmission is a new frame, §9.2)
+	frames       []serialproto.Frame // every chunk cut so far, encoded at each transmission (a signed retransmission is a new frame, §9.2)
 	textBytes    uint32
 	textCRC      uint32
 	acked        int // the device's "next"
@@ -54,7 +54,7 @@ type stream struct {
 func newStream(p Peer, seal *sealer, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
 	return &stream{
 		peer: p, seal: seal, version: version, seq: seq,
-		limit:          sp.BodyLimit(maxData, seal.signed()) - 2,
+		limit:          serialproto.BodyLimit(maxData, seal.signed()) - 2,
 		flush:          flush,
 		rto:            p.RTO(),
 		maxRetransmits: maxRetransmits,
@@ -190,7 +190,7 @@ func (s *stream) backoff() time.Duration {
 // ACK (§8.2) — sent outside the window, never opening it. Probes count as
 // retransmissions: a device that keeps its window shut for the whole retry
 // budget (about 25 s on UDP) is given up, so it cannot park answers here.
-func (s *stream) timeout(now time.Time) (probe *sp.Frame, err error) {
+func (s *stream) timeout(now time.Time) (probe *serialproto.Frame, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now.Sub(s.lastSend) < s.backoff() {
@@ -235,8 +235,8 @@ func (s *stream) cut(now time.Time) {
 			return // an incomplete UTF-8 character waits for its rest
 		}
 		s.textBytes += uint32(len(text))
-		s.textCRC = sp.UpdateCRC32C(s.textCRC, text)
-		s.appendFrame(&sp.Token{Chunk: uint16(len(s.frames)), Text: text})
+		s.textCRC = serialproto.UpdateCRC32C(s.textCRC, text)
+		s.appendFrame(&serialproto.Token{Chunk: uint16(len(s.frames)), Text: text})
 		if s.text.Len() > 0 {
 			s.pendingSince = now
 		}
@@ -254,17 +254,17 @@ func (s *stream) inFlight() int { return len(s.frames) - s.acked }
 // free (§8.2) — and waiting fills frames. A window of 1 allows one chunk.
 func (s *stream) nagle() int { return (s.window + 1) / 2 }
 
-func (s *stream) appendFrame(m sp.Message) {
-	if e, ok := m.(*sp.Error); ok {
+func (s *stream) appendFrame(m serialproto.Message) {
+	if e, ok := m.(*serialproto.Error); ok {
 		e.Fit(s.limit + 2) // the final ERROR fits the device's frames like the TOKENs
 	}
 	body, err := m.AppendBody(nil)
 	cmd := m.Command()
 	if err != nil { // our own message: a bug, but never send garbage
-		cmd = sp.CmdError
-		body, _ = sp.NewError(sp.CodeInternal, "encoding failed").AppendBody(nil)
+		cmd = serialproto.CmdError
+		body, _ = serialproto.NewError(serialproto.CodeInternal, "encoding failed").AppendBody(nil)
 	}
-	s.frames = append(s.frames, sp.Frame{Version: s.version, Cmd: cmd, Seq: s.seq, Data: body})
+	s.frames = append(s.frames, serialproto.Frame{Version: s.version, Cmd: cmd, Seq: s.seq, Data: body})
 }
 
 // rewind retransmits from the oldest unacknowledged chunk now (the device
@@ -294,16 +294,16 @@ func (s *stream) resendFinal() {
 // session's key and nonce (docs/protocol.md §9). A nil sealer is plain.
 type sealer struct {
 	mu     sync.Mutex // a Signer's counter is not safe for concurrent use
-	signer *sp.Signer
+	signer *serialproto.Signer
 }
 
 func (z *sealer) signed() bool { return z != nil && z.signer != nil }
 
-func (z *sealer) seal(f sp.Frame) ([]byte, error) {
+func (z *sealer) seal(f serialproto.Frame) ([]byte, error) {
 	if !z.signed() {
-		return sp.AppendFrame(make([]byte, 0, sp.Overhead+len(f.Data)), f)
+		return serialproto.AppendFrame(make([]byte, 0, serialproto.Overhead+len(f.Data)), f)
 	}
 	z.mu.Lock()
 	defer z.mu.Unlock()
-	return z.signer.AppendSigned(make([]byte, 0, sp.Overhead+sp.SignatureLen+len(f.Data)), f)
+	return z.signer.AppendSigned(make([]byte, 0, serialproto.Overhead+serialproto.SignatureLen+len(f.Data)), f)
 }

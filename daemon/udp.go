@@ -8,7 +8,7 @@ import (
 	"net/netip"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // UDPLink serves devices on one UDP socket: one frame per datagram
@@ -47,7 +47,7 @@ func (l *UDPLink) Addr() netip.AddrPort { return l.conn.LocalAddr().(*net.UDPAdd
 func (l *UDPLink) Run(ctx context.Context, h Handler) error {
 	stop := context.AfterFunc(ctx, func() { l.conn.Close() })
 	defer stop()
-	buf := make([]byte, sp.MaxFrameLen+1) // one byte more exposes oversize datagrams
+	buf := make([]byte, serialproto.MaxFrameLen+1) // one byte more exposes oversize datagrams
 	for {
 		n, from, err := l.conn.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -60,7 +60,7 @@ func (l *UDPLink) Run(ctx context.Context, h Handler) error {
 			continue // e.g. ICMP port unreachable reported on the socket
 		}
 		p := &udpPeer{link: l, addr: from}
-		f, err := sp.Decode(buf[:n])
+		f, err := serialproto.Decode(buf[:n])
 		if err != nil {
 			h.HandleBadFrame(p, err)
 			continue

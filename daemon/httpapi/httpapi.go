@@ -19,7 +19,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/daemon/telemetry"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -29,7 +29,7 @@ const DefaultAddr = "127.0.0.1:7701"
 
 // maxBody bounds a /v1/generate request body; a prompt is at most the
 // protocol's largest message, and JSON escaping may double it.
-const maxBody = 2*sp.MaxMessageLimit + 4096
+const maxBody = 2*serialproto.MaxMessageLimit + 4096
 
 // Daemon is what the API serves: *daemon.Daemon.
 type Daemon interface {
@@ -177,15 +177,15 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, sp.CodeMalformed, "request body: "+err.Error())
+		writeError(w, http.StatusBadRequest, serialproto.CodeMalformed, "request body: "+err.Error())
 		return
 	}
 	if req.Prompt == "" {
-		writeError(w, http.StatusBadRequest, sp.CodeMalformed, "prompt is empty")
+		writeError(w, http.StatusBadRequest, serialproto.CodeMalformed, "prompt is empty")
 		return
 	}
 	if req.MaxTokens < 0 || req.DeadlineMS < 0 || req.TopK < 0 || req.TopP < 0 {
-		writeError(w, http.StatusBadRequest, sp.CodeMalformed, "max_tokens, deadline_ms, top_k and top_p must not be negative")
+		writeError(w, http.StatusBadRequest, serialproto.CodeMalformed, "max_tokens, deadline_ms, top_k and top_p must not be negative")
 		return
 	}
 	client := req.Client
@@ -230,7 +230,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 	if err != nil {
-		code := sp.CodeBackendFailed
+		code := serialproto.CodeBackendFailed
 		var rerr *daemon.RequestError
 		if errors.As(err, &rerr) {
 			code = rerr.Code
@@ -256,24 +256,24 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 // httpStatus maps a refusal or failure to its HTTP status. BUSY keeps the
 // protocol's meaning — retry shortly — as 503 when the daemon's queue is
 // full (everyone is waiting) and 429 when only this client is over its cap.
-func httpStatus(code sp.ErrorCode, err error) int {
+func httpStatus(code serialproto.ErrorCode, err error) int {
 	switch code {
-	case sp.CodeBusy:
+	case serialproto.CodeBusy:
 		if errors.Is(err, daemon.ErrClientBusy) {
 			return http.StatusTooManyRequests
 		}
 		return http.StatusServiceUnavailable
-	case sp.CodeShuttingDown, sp.CodeBackendUnavailable:
+	case serialproto.CodeShuttingDown, serialproto.CodeBackendUnavailable:
 		return http.StatusServiceUnavailable
-	case sp.CodeTimeout:
+	case serialproto.CodeTimeout:
 		return http.StatusGatewayTimeout
-	case sp.CodeModelNotFound:
+	case serialproto.CodeModelNotFound:
 		return http.StatusNotFound
-	case sp.CodeTooLarge:
+	case serialproto.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
-	case sp.CodeMalformed, sp.CodeUnsupportedOption:
+	case serialproto.CodeMalformed, serialproto.CodeUnsupportedOption:
 		return http.StatusBadRequest
-	case sp.CodeCancelled:
+	case serialproto.CodeCancelled:
 		return 499 // the client closed the request (nginx's convention); it reads nothing
 	}
 	return http.StatusBadGateway
@@ -291,7 +291,7 @@ func stopName(s backends.StopReason) string {
 	return "eos"
 }
 
-func writeError(w http.ResponseWriter, status int, code sp.ErrorCode, msg string) {
+func writeError(w http.ResponseWriter, status int, code serialproto.ErrorCode, msg string) {
 	writeJSON(w, status, GenerateLine{Error: &Error{Code: code.String(), Message: msg, Retryable: code.Retryable()}})
 }
 

@@ -24,7 +24,7 @@ import (
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/daemon/telemetry"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files under testdata")
@@ -178,7 +178,7 @@ func askDevice(t *testing.T, addr, id, prompt string) (string, error) {
 		t.Fatal(err)
 	}
 	var text strings.Builder
-	_, err = c.Ask(ctx, &sp.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
+	_, err = c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, func(b []byte) error { text.Write(b); return nil })
 	return text.String(), err
 }
 
@@ -246,8 +246,8 @@ func TestGenerateObeysTheDevicesLimits(t *testing.T) {
 	if resp.StatusCode != http.StatusTooManyRequests {
 		t.Fatalf("client over its cap: status %d", resp.StatusCode)
 	}
-	var perr *sp.Error
-	if _, err := askDevice(t, f.udp, "sensor-2", "me too"); !errors.As(err, &perr) || perr.Code != sp.CodeBusy {
+	var perr *serialproto.Error
+	if _, err := askDevice(t, f.udp, "sensor-2", "me too"); !errors.As(err, &perr) || perr.Code != serialproto.CodeBusy {
 		t.Fatalf("device while full: %v", err)
 	}
 	close(e.gate)

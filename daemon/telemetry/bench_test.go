@@ -8,7 +8,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 )
@@ -74,7 +74,7 @@ func BenchmarkObserverOverhead(b *testing.B) {
 			if err := c.Hello(context.Background()); err != nil {
 				b.Fatal(err)
 			}
-			m := &sp.Infer{Prompt: strings.Repeat("w ", 199)}
+			m := &serialproto.Infer{Prompt: strings.Repeat("w ", 199)}
 			b.ReportAllocs()
 			for b.Loop() {
 				if _, err := c.Ask(context.Background(), m, func([]byte) error { return nil }); err != nil {

@@ -12,7 +12,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/daemon"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -61,7 +61,7 @@ type Metrics struct {
 type frameKey struct {
 	link string
 	dir  daemon.Direction
-	cmd  sp.Command
+	cmd  serialproto.Command
 }
 
 // NewMetrics registers mcpd's metrics, the Go runtime's and the process's
@@ -114,7 +114,7 @@ func NewMetrics(src SnapshotSource, backend BackendReporter) *Metrics {
 // Registry is where the metrics live, for the HTTP handler.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-func (m *Metrics) Frame(link string, dir daemon.Direction, cmd sp.Command) {
+func (m *Metrics) Frame(link string, dir daemon.Direction, cmd serialproto.Command) {
 	key := frameKey{link, dir, cmd}
 	c, ok := m.frameCounters.Load(key)
 	if !ok {
@@ -126,9 +126,9 @@ func (m *Metrics) Frame(link string, dir daemon.Direction, cmd sp.Command) {
 func (m *Metrics) BadFrame(link string, err error) {
 	reason := "malformed"
 	switch {
-	case errors.Is(err, sp.ErrBadCRC):
+	case errors.Is(err, serialproto.ErrBadCRC):
 		reason = "crc"
-	case errors.Is(err, sp.ErrTooLong):
+	case errors.Is(err, serialproto.ErrTooLong):
 		reason = "too_long"
 	}
 	m.badFrames.WithLabelValues(link, reason).Inc()
@@ -138,7 +138,7 @@ func (m *Metrics) Retransmit(link string)    { m.retransmits.WithLabelValues(lin
 func (m *Metrics) SessionOpened(link string) { m.sessions.WithLabelValues(link).Inc() }
 func (m *Metrics) SessionClosed(link string) { m.sessions.WithLabelValues(link).Dec() }
 
-func (m *Metrics) Refused(link string, code sp.ErrorCode) {
+func (m *Metrics) Refused(link string, code serialproto.ErrorCode) {
 	m.requests.WithLabelValues(link, "refused", code.String()).Inc()
 }
 
@@ -177,7 +177,7 @@ func (r *requestMetrics) Token(int) {
 	r.last = now
 }
 
-func (r *requestMetrics) Generated(res backends.Result, err error, code sp.ErrorCode) {
+func (r *requestMetrics) Generated(res backends.Result, err error, code serialproto.ErrorCode) {
 	if res.Tokens > 0 {
 		r.m.tokens.WithLabelValues(r.backend).Add(float64(res.Tokens))
 	}

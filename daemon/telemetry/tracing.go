@@ -7,7 +7,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/daemon"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
@@ -38,13 +38,13 @@ func NewTracing(tp trace.TracerProvider) *Tracing {
 	return &Tracing{tracer: tp.Tracer("github.com/mcpd-project/mcpd/daemon")}
 }
 
-func (*Tracing) Frame(string, daemon.Direction, sp.Command) {}
-func (*Tracing) BadFrame(string, error)                     {}
-func (*Tracing) Retransmit(string)                          {}
-func (*Tracing) SessionOpened(string)                       {}
-func (*Tracing) SessionClosed(string)                       {}
-func (*Tracing) Refused(string, sp.ErrorCode)               {}
-func (*Tracing) LinkStats(string, int64, int)               {}
+func (*Tracing) Frame(string, daemon.Direction, serialproto.Command) {}
+func (*Tracing) BadFrame(string, error)                              {}
+func (*Tracing) Retransmit(string)                                   {}
+func (*Tracing) SessionOpened(string)                                {}
+func (*Tracing) SessionClosed(string)                                {}
+func (*Tracing) Refused(string, serialproto.ErrorCode)               {}
+func (*Tracing) LinkStats(string, int64, int)                        {}
 
 func (t *Tracing) RequestStarted(ctx context.Context, info daemon.RequestInfo) (context.Context, daemon.RequestObserver) {
 	ctx, root := t.tracer.Start(ctx, SpanRequest, trace.WithTimestamp(info.First), trace.WithSpanKind(trace.SpanKindServer),
@@ -84,7 +84,7 @@ func (r *requestTrace) Token(int) {
 	}
 }
 
-func (r *requestTrace) Generated(res backends.Result, err error, code sp.ErrorCode) {
+func (r *requestTrace) Generated(res backends.Result, err error, code serialproto.ErrorCode) {
 	now := time.Now()
 	if r.queue != nil { // ended while queued
 		r.queue.End(trace.WithTimestamp(now))

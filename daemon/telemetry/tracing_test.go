@@ -10,7 +10,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"go.opentelemetry.io/otel/codes"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -75,7 +75,7 @@ func deviceAsk(t *testing.T, addr, prompt string) error {
 	if err := c.Hello(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err = c.Ask(ctx, &sp.Infer{Prompt: prompt}, func([]byte) error { return nil })
+	_, err = c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, func([]byte) error { return nil })
 	return err
 }
 
@@ -145,8 +145,8 @@ func TestFailedRequestTrace(t *testing.T) {
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSyncer(exp))
 	defer tp.Shutdown(context.Background())
 	_, addr := runDaemon(t, &wordEngine{fail: 2}, NewTracing(tp))
-	var perr *sp.Error
-	if err := deviceAsk(t, addr, "one two three"); !errors.As(err, &perr) || perr.Code != sp.CodeBackendFailed {
+	var perr *serialproto.Error
+	if err := deviceAsk(t, addr, "one two three"); !errors.As(err, &perr) || perr.Code != serialproto.CodeBackendFailed {
 		t.Fatalf("want BACKEND_FAILED, got %v", err)
 	}
 	spans := byName(waitSpans(t, exp, 4))
