@@ -33,7 +33,7 @@ type Config struct {
 	PeerRate  float64
 	PeerBurst int
 	MaxPeers  int
-	Policy    Policy // who may connect, with which models, how many tokens
+	Policy    AccessPolicy // who may connect, with which models, how many tokens
 }
 
 // WithDefaults returns c with every zero field set to its default.

@@ -204,7 +204,7 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 		return
 	}
 	if d.obs != nil {
-		d.obs.BadFrame(linkOf(p), err)
+		d.obs.BadFrame(p.LinkName(), err)
 	}
 	if !p.ByteStream() {
 		return
@@ -218,7 +218,7 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 // HandleFrame is the entry point of every sound frame.
 func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
 	d.stats.FramesIn.Add(1)
-	d.observeFrame(p, In, f.Cmd)
+	d.observeFrame(p, FrameIn, f.Cmd)
 	if !d.allowPeer(p, f.Seq, true) {
 		return
 	}
@@ -305,7 +305,7 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 	}
 	if e := d.admitPeer(p, h.DeviceID); e != nil {
 		d.stats.Forbidden.Add(1)
-		d.observeRefused(linkOf(p), e.Code)
+		d.observeRefused(p.LinkName(), e.Code)
 		d.log.Info("HELLO refused by policy", "device", h.DeviceID, "peer", p.Key(), "reason", e.Text)
 		d.send(p, f.Seq, e)
 		return
@@ -337,7 +337,7 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 	}
 	if old == nil && len(d.sessions) >= d.conf().MaxSessions {
 		d.mu.Unlock()
-		d.observeRefused(linkOf(p), serialproto.CodeBusy)
+		d.observeRefused(p.LinkName(), serialproto.CodeBusy)
 		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many sessions"))
 		return
 	}
@@ -359,7 +359,7 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 	} else {
 		d.stats.Sessions.Add(1)
 		if d.obs != nil {
-			d.obs.SessionOpened(linkOf(p))
+			d.obs.SessionOpened(p.LinkName())
 		}
 	}
 	d.log.Info("session opened", "device", h.DeviceID, "peer", peerKey, "max_data", h.MaxData, "window", h.Window, "signed", keyed)
@@ -388,7 +388,7 @@ func (d *Daemon) removeSession(s *session) {
 		delete(d.sessions, s.peer.Key())
 		d.stats.Sessions.Add(-1)
 		if d.obs != nil {
-			d.obs.SessionClosed(linkOf(s.peer))
+			d.obs.SessionClosed(s.peer.LinkName())
 		}
 	}
 	d.mu.Unlock()
@@ -441,13 +441,20 @@ func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialprot
 		return
 	}
 	d.stats.FramesOut.Add(1)
-	d.observeFrame(p, Out, m.Command())
+	d.observeFrame(p, FrameOut, m.Command())
 }
 
 func randomNonce() uint32 {
 	var b [4]byte
 	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go ≥ 1.24)
 	return binary.BigEndian.Uint32(b[:])
+}
+
+// degradedReporter is an engine that can serve but not as configured (a
+// fallback engine serves, or an Ollama endpoint is down); backends.Selector
+// is one. STATUS says DEGRADED while it reports so.
+type degradedReporter interface {
+	Degraded() bool
 }
 
 // status answers STATUS (docs/protocol.md §11.11).
@@ -457,7 +464,7 @@ func (d *Daemon) status() *serialproto.StatusReply {
 		state = serialproto.StateDraining
 	} else if err := d.backend().Healthy(d.linkCtx); err != nil {
 		state = serialproto.StateUnavailable
-	} else if dg, ok := d.backend().(interface{ Degraded() bool }); ok && dg.Degraded() {
+	} else if dg, ok := d.backend().(degradedReporter); ok && dg.Degraded() {
 		state = serialproto.StateDegraded // serving, on a fallback engine or with an Ollama endpoint down
 	}
 	running := len(*d.slots.Load())

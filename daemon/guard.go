@@ -12,12 +12,12 @@ import (
 	"github.com/mcpd-project/mcpd/serialproto"
 )
 
-// Policy says who may use the daemon and how much (docs/reliability.md).
-// The zero Policy lets every device in, with any model and no budget.
+// AccessPolicy says who may use the daemon and how much (docs/reliability.md).
+// The zero AccessPolicy lets every device in, with any model and no budget.
 // Violations are answered with the protocol's errors, never with silence:
 // FORBIDDEN for a device, source or model the policy refuses, RATE_LIMITED
 // for a spent token budget.
-type Policy struct {
+type AccessPolicy struct {
 	// Networks, when not empty, are the UDP source networks allowed to
 	// open sessions (e.g. 192.168.4.0/24); HELLOs from elsewhere get
 	// FORBIDDEN.
@@ -46,7 +46,7 @@ type DeviceRule struct {
 	BudgetPeriod time.Duration // default 24 h
 }
 
-func (p Policy) validate() error {
+func (p AccessPolicy) validate() error {
 	for _, pat := range p.Ports {
 		if _, err := filepath.Match(pat, ""); err != nil {
 			return fmt.Errorf("daemon: policy port %q: %w", pat, err)
@@ -67,16 +67,17 @@ func (p Policy) validate() error {
 // returned error's text goes to the device.
 func (d *Daemon) admitPeer(p Peer, deviceID string) *serialproto.Error {
 	pol := &d.conf().Policy
-	if len(pol.Networks) > 0 {
-		if a, ok := p.(interface{ Addr() netip.AddrPort }); ok {
-			ip := a.Addr().Addr().Unmap()
-			if !slices.ContainsFunc(pol.Networks, func(n netip.Prefix) bool { return n.Contains(ip) }) {
-				return serialproto.NewError(serialproto.CodeForbidden, "source network not allowed")
-			}
+	// Networks bind datagram peers, ports bind byte streams. A datagram
+	// peer without a source address matches no network: refused, never
+	// waved through.
+	if len(pol.Networks) > 0 && !p.ByteStream() {
+		ip := p.Addr().Addr().Unmap()
+		if !slices.ContainsFunc(pol.Networks, func(n netip.Prefix) bool { return n.Contains(ip) }) {
+			return serialproto.NewError(serialproto.CodeForbidden, "source network not allowed")
 		}
 	}
 	if len(pol.Ports) > 0 && p.ByteStream() {
-		port, _ := strings.CutPrefix(linkOf(p), "serial:")
+		port, _ := strings.CutPrefix(p.LinkName(), "serial:")
 		if !slices.ContainsFunc(pol.Ports, func(pat string) bool { ok, _ := filepath.Match(pat, port); return ok || pat == port }) {
 			return serialproto.NewError(serialproto.CodeForbidden, "serial port not allowed")
 		}
@@ -300,7 +301,7 @@ func (d *Daemon) evictIdle(now time.Time) *session {
 	d.stats.Sessions.Add(-1)
 	d.stats.Evicted.Add(1)
 	if d.obs != nil {
-		d.obs.SessionClosed(linkOf(victim.peer))
+		d.obs.SessionClosed(victim.peer.LinkName())
 	}
 	return victim
 }

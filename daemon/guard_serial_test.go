@@ -24,7 +24,7 @@ func TestPolicyPorts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			master, path := openPty(t)
-			d := startSerialDaemon(t, Config{Policy: Policy{Ports: tc.ports(path)}}, &testEngine{}, path)
+			d := startSerialDaemon(t, Config{Policy: AccessPolicy{Ports: tc.ports(path)}}, &testEngine{}, path)
 			tr := device.NewStream(master)
 			defer tr.Close()
 			c := device.New(tr, device.Config{DeviceID: "uart", RTO: 200 * time.Millisecond, Retries: 3})

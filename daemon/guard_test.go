@@ -40,19 +40,19 @@ func hello(addr string, cfg device.Config) (*device.Client, error) {
 func TestPolicyRefusals(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
-		policy Policy
+		policy AccessPolicy
 		device string
 		model  string
 		want   serialproto.ErrorCode // 0: served
 	}{
-		{"open", Policy{}, "any", "", 0},
-		{"source network refused", Policy{Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, "any", "", serialproto.CodeForbidden},
-		{"source network allowed", Policy{Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, "any", "", 0},
-		{"unlisted device", Policy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "valve", "", serialproto.CodeForbidden},
-		{"listed device", Policy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "pump", "", 0},
-		{"model refused", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "large", serialproto.CodeForbidden},
-		{"model allowed", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "small", 0},
-		{"default model always allowed", Policy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "", 0},
+		{"open", AccessPolicy{}, "any", "", 0},
+		{"source network refused", AccessPolicy{Networks: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}}, "any", "", serialproto.CodeForbidden},
+		{"source network allowed", AccessPolicy{Networks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, "any", "", 0},
+		{"unlisted device", AccessPolicy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "valve", "", serialproto.CodeForbidden},
+		{"listed device", AccessPolicy{OnlyListed: true, Devices: map[string]DeviceRule{"pump": {}}}, "pump", "", 0},
+		{"model refused", AccessPolicy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "large", serialproto.CodeForbidden},
+		{"model allowed", AccessPolicy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "small", 0},
+		{"default model always allowed", AccessPolicy{Devices: map[string]DeviceRule{"pump": {Models: []string{"small"}}}}, "pump", "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := &testEngine{}
@@ -87,7 +87,7 @@ func TestPolicyRefusals(t *testing.T) {
 // budget; once spent, INFERs get RATE_LIMITED until the period ends.
 func TestTokenBudget(t *testing.T) {
 	e := &testEngine{}
-	d, addr := startDaemon(t, Config{Policy: Policy{Devices: map[string]DeviceRule{
+	d, addr := startDaemon(t, Config{Policy: AccessPolicy{Devices: map[string]DeviceRule{
 		"meter": {TokenBudget: 12, BudgetPeriod: 400 * time.Millisecond},
 	}}}, e)
 	c, err := hello(addr, device.Config{DeviceID: "meter"})
@@ -292,7 +292,7 @@ func TestAuthCountersByReason(t *testing.T) {
 func TestTokenBudgetReserved(t *testing.T) {
 	release := make(chan struct{})
 	e := &testEngine{release: release}
-	d, addr := startDaemon(t, Config{ShutdownDrain: 100 * time.Millisecond, DefaultMaxTokens: 10, Policy: Policy{Devices: map[string]DeviceRule{"meter": {TokenBudget: 10}}}}, e)
+	d, addr := startDaemon(t, Config{ShutdownDrain: 100 * time.Millisecond, DefaultMaxTokens: 10, Policy: AccessPolicy{Devices: map[string]DeviceRule{"meter": {TokenBudget: 10}}}}, e)
 	first, second := rawSession(t, addr, "meter"), rawSession(t, addr, "meter")
 	if err := first.Send(rawInfer(t, 2, "a b c")); err != nil {
 		t.Fatal(err)

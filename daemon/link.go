@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -17,6 +18,9 @@ type Link interface {
 	// fails for good. It calls h from its own goroutine, one frame at a
 	// time; Frame.Data is valid only during the call.
 	Run(ctx context.Context, h Handler) error
+	// Owns reports whether a session key (Peer.Key) belongs to a device on
+	// this link, so that removing the link closes exactly its sessions.
+	Owns(peerKey string) bool
 }
 
 // Handler receives what a link reads.
@@ -25,6 +29,9 @@ type Handler interface {
 	// HandleBadFrame reports a rejected frame (bad CRC, bad length, a
 	// datagram that is not exactly one frame).
 	HandleBadFrame(p Peer, err error)
+	// LinkStats reports a byte-stream link's decoder counters since its
+	// last report: bytes skipped while resynchronising, and reconnects.
+	LinkStats(link string, skipped int64, reconnects int)
 }
 
 // Peer is the far end of a link: a UDP address or the device on a serial
@@ -32,6 +39,13 @@ type Handler interface {
 type Peer interface {
 	// Key identifies the peer for sessions: link name plus address.
 	Key() string
+	// LinkName is the name of the link the peer came through (Link.Name):
+	// the label of its metrics and what the policy's ports are matched
+	// against.
+	LinkName() string
+	// Addr is a datagram peer's source address, which the policy's
+	// networks are matched against; the zero AddrPort for a byte stream.
+	Addr() netip.AddrPort
 	// Send writes one encoded frame. Safe for concurrent use.
 	Send(frame []byte) error
 	// ByteStream is true for serial links: corrupt frames are answered with

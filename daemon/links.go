@@ -68,7 +68,7 @@ func (d *Daemon) RemoveLink(ctx context.Context, name string) error {
 	var gone []*session
 	d.mu.Lock()
 	for key, s := range d.sessions {
-		if linkOwns(rl.link, key) {
+		if rl.link.Owns(key) {
 			gone = append(gone, s)
 		}
 	}
@@ -99,18 +99,6 @@ func (d *Daemon) linkNamesLocked() []string {
 	}
 	slices.Sort(names)
 	return names
-}
-
-// peerOwner is a link that can tell its own peers' session keys apart.
-type peerOwner interface {
-	Owns(peerKey string) bool
-}
-
-func linkOwns(l Link, peerKey string) bool {
-	if o, ok := l.(peerOwner); ok {
-		return o.Owns(peerKey)
-	}
-	return strings.HasPrefix(peerKey, l.Name()+"|")
 }
 
 // Close releases the socket of a link that is not served (Run closes it

@@ -20,7 +20,7 @@ import (
 // safe metrics label.
 type Observer interface {
 	// Frame counts one sound frame received (in) or sent (out).
-	Frame(link string, dir Direction, cmd serialproto.Command)
+	Frame(link string, dir FrameDirection, cmd serialproto.Command)
 	// BadFrame counts a frame rejected before parsing (bad CRC, length).
 	BadFrame(link string, err error)
 	// Retransmit counts a stream chunk sent again.
@@ -41,16 +41,18 @@ type Observer interface {
 	LinkStats(link string, skipped int64, reconnects int)
 }
 
-// Direction of a frame.
-type Direction uint8
+// FrameDirection says whether the daemon received a frame or sent it.
+// (serialproto.Direction is another thing: which way a signature's nonce
+// runs.)
+type FrameDirection uint8
 
 const (
-	In Direction = iota
-	Out
+	FrameIn  FrameDirection = iota // received from a device
+	FrameOut                       // sent to a device
 )
 
-func (d Direction) String() string {
-	if d == In {
+func (d FrameDirection) String() string {
+	if d == FrameIn {
 		return "in"
 	}
 	return "out"
@@ -118,7 +120,7 @@ func Observers(obs ...Observer) Observer {
 
 type multiObserver []Observer
 
-func (m multiObserver) Frame(link string, dir Direction, cmd serialproto.Command) {
+func (m multiObserver) Frame(link string, dir FrameDirection, cmd serialproto.Command) {
 	for _, o := range m {
 		o.Frame(link, dir, cmd)
 	}
@@ -200,20 +202,6 @@ func (m multiRequest) Delivered(err error) {
 	}
 }
 
-// linkOf names the link a peer belongs to.
-func linkOf(p Peer) string {
-	if n, ok := p.(interface{ LinkName() string }); ok {
-		return n.LinkName()
-	}
-	return "other"
-}
-
-// LinkStatsReporter is what a byte-stream link reports its decoder's
-// counters to; the Daemon implements it.
-type LinkStatsReporter interface {
-	LinkStats(link string, skipped int64, reconnects int)
-}
-
 // LinkStats forwards a link's decoder counters to the observer.
 func (d *Daemon) LinkStats(link string, skipped int64, reconnects int) {
 	if d.obs != nil {
@@ -223,9 +211,9 @@ func (d *Daemon) LinkStats(link string, skipped int64, reconnects int) {
 
 // Hooks with a nil check, so call sites stay one line.
 
-func (d *Daemon) observeFrame(p Peer, dir Direction, cmd serialproto.Command) {
+func (d *Daemon) observeFrame(p Peer, dir FrameDirection, cmd serialproto.Command) {
 	if d.obs != nil {
-		d.obs.Frame(linkOf(p), dir, cmd)
+		d.obs.Frame(p.LinkName(), dir, cmd)
 	}
 }
 

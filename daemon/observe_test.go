@@ -43,7 +43,7 @@ func (r *eventLog) count(prefix string) int {
 	return n
 }
 
-func (r *eventLog) Frame(link string, dir Direction, cmd serialproto.Command) {
+func (r *eventLog) Frame(link string, dir FrameDirection, cmd serialproto.Command) {
 	r.add("frame %s %s %s", link[:3], dir, cmd)
 }
 func (r *eventLog) BadFrame(link string, err error) { r.add("bad %v", err) }

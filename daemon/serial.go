@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -166,9 +167,8 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 		return true
 	}
 	p := l.peer(path)
-	reporter, _ := h.(LinkStatsReporter)
-	if p.attach(port) && reporter != nil {
-		reporter.LinkStats(p.name, 0, 1)
+	if p.attach(port) {
+		h.LinkStats(p.name, 0, 1)
 	}
 	stop := context.AfterFunc(ctx, func() { p.detach(port) })
 	defer stop()
@@ -178,11 +178,9 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 	var skipped int64 // reported so far
 	for {
 		f, err := dec.Next()
-		if reporter != nil {
-			if n := dec.Stats().Skipped; n != skipped {
-				reporter.LinkStats(p.name, n-skipped, 0)
-				skipped = n
-			}
+		if n := dec.Stats().Skipped; n != skipped {
+			h.LinkStats(p.name, n-skipped, 0)
+			skipped = n
 		}
 		var rerr *serialproto.ReadError
 		switch {
@@ -217,10 +215,11 @@ type serialPeer struct {
 	opened  bool // the port was open before: a later attach is a reconnect
 }
 
-func (p *serialPeer) Key() string        { return p.name }
-func (p *serialPeer) LinkName() string   { return p.name }
-func (p *serialPeer) ByteStream() bool   { return true }
-func (p *serialPeer) RTO() time.Duration { return p.rto }
+func (p *serialPeer) Key() string          { return p.name }
+func (p *serialPeer) LinkName() string     { return p.name }
+func (p *serialPeer) Addr() netip.AddrPort { return netip.AddrPort{} } // a port has no source address
+func (p *serialPeer) ByteStream() bool     { return true }
+func (p *serialPeer) RTO() time.Duration   { return p.rto }
 
 var errUnplugged = errors.New("daemon: serial port is not connected")
 

@@ -268,7 +268,7 @@ func (s *session) infer(f serialproto.Frame) {
 		s.repeatAck(f.Seq)
 		return
 	case errors.Is(err, serialproto.ErrBusy):
-		s.d.observeRefused(linkOf(s.peer), serialproto.CodeBusy)
+		s.d.observeRefused(s.peer.LinkName(), serialproto.CodeBusy)
 		s.send(f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many messages in reassembly"))
 		return
 	case errors.Is(err, serialproto.ErrTooLarge):
@@ -297,7 +297,7 @@ func (s *session) infer(f serialproto.Frame) {
 		s.mu.Lock()
 		s.reasm.Forget(serialproto.CmdInfer, f.Seq)
 		s.mu.Unlock()
-		s.d.observeRefused(linkOf(s.peer), e.Code)
+		s.d.observeRefused(s.peer.LinkName(), e.Code)
 		s.send(f.Seq, e)
 	}
 	var m serialproto.Infer
@@ -400,7 +400,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 	}
 	ctx, cancel := context.WithCancelCause(s.ctx)
 	ctx, cancelTimeout := context.WithTimeout(ctx, deadline)
-	link := linkOf(s.peer)
+	link := s.peer.LinkName()
 	ctx, obs := s.d.requestObserver(ctx, RequestInfo{Link: link, Device: s.deviceID, Seq: seq, First: first, Model: m.Model})
 	r := &request{
 		s: s, seq: seq, fragments: fragments, infer: m,
@@ -414,7 +414,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 			d.stats.Retransmits.Add(1)
 		}
 		if d.obs != nil {
-			d.obs.Frame(link, Out, cmd)
+			d.obs.Frame(link, FrameOut, cmd)
 			if retransmit {
 				d.obs.Retransmit(link)
 			}

@@ -83,7 +83,7 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		active := s.active
 		s.mu.Unlock()
 		snap.Sessions = append(snap.Sessions, SessionInfo{
-			Device: s.deviceID, Link: linkOf(s.peer), Peer: s.peer.Key(), Signed: s.verifier != nil,
+			Device: s.deviceID, Link: s.peer.LinkName(), Peer: s.peer.Key(), Signed: s.verifier != nil,
 			Active: active, MaxData: s.maxData, Window: s.window,
 			IdleSecs: now.Sub(s.lastSeen()).Seconds(),
 		})

@@ -27,7 +27,7 @@ type deviceRuleConfig struct {
 func (c *config) applyGuard(d *daemon.Config) error {
 	d.PeerRate, d.PeerBurst, d.MaxPeers = c.Limits.PeerRate, c.Limits.PeerBurst, c.Limits.MaxPeers
 	d.MaxPerSession, d.MaxPendingPerPeer = c.Limits.MaxPerDevice, c.Limits.MaxReassembly
-	p := daemon.Policy{Ports: c.Policy.Ports, OnlyListed: c.Policy.OnlyListed}
+	p := daemon.AccessPolicy{Ports: c.Policy.Ports, OnlyListed: c.Policy.OnlyListed}
 	for _, n := range c.Policy.Networks {
 		pfx, err := netip.ParsePrefix(n)
 		if err != nil {

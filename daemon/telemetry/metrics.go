@@ -60,7 +60,7 @@ type Metrics struct {
 
 type frameKey struct {
 	link string
-	dir  daemon.Direction
+	dir  daemon.FrameDirection
 	cmd  serialproto.Command
 }
 
@@ -114,7 +114,7 @@ func NewMetrics(src SnapshotSource, backend BackendReporter) *Metrics {
 // Registry is where the metrics live, for the HTTP handler.
 func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
 
-func (m *Metrics) Frame(link string, dir daemon.Direction, cmd serialproto.Command) {
+func (m *Metrics) Frame(link string, dir daemon.FrameDirection, cmd serialproto.Command) {
 	key := frameKey{link, dir, cmd}
 	c, ok := m.frameCounters.Load(key)
 	if !ok {

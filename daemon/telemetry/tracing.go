@@ -38,13 +38,13 @@ func NewTracing(tp trace.TracerProvider) *Tracing {
 	return &Tracing{tracer: tp.Tracer("github.com/mcpd-project/mcpd/daemon")}
 }
 
-func (*Tracing) Frame(string, daemon.Direction, serialproto.Command) {}
-func (*Tracing) BadFrame(string, error)                              {}
-func (*Tracing) Retransmit(string)                                   {}
-func (*Tracing) SessionOpened(string)                                {}
-func (*Tracing) SessionClosed(string)                                {}
-func (*Tracing) Refused(string, serialproto.ErrorCode)               {}
-func (*Tracing) LinkStats(string, int64, int)                        {}
+func (*Tracing) Frame(string, daemon.FrameDirection, serialproto.Command) {}
+func (*Tracing) BadFrame(string, error)                                   {}
+func (*Tracing) Retransmit(string)                                        {}
+func (*Tracing) SessionOpened(string)                                     {}
+func (*Tracing) SessionClosed(string)                                     {}
+func (*Tracing) Refused(string, serialproto.ErrorCode)                    {}
+func (*Tracing) LinkStats(string, int64, int)                             {}
 
 func (t *Tracing) RequestStarted(ctx context.Context, info daemon.RequestInfo) (context.Context, daemon.RequestObserver) {
 	ctx, root := t.tracer.Start(ctx, SpanRequest, trace.WithTimestamp(info.First), trace.WithSpanKind(trace.SpanKindServer),
