@@ -450,13 +450,6 @@ func randomNonce() uint32 {
 	return binary.BigEndian.Uint32(b[:])
 }
 
-// degradedReporter is an engine that can serve but not as configured (a
-// fallback engine serves, or an Ollama endpoint is down); backends.Selector
-// is one. STATUS says DEGRADED while it reports so.
-type degradedReporter interface {
-	Degraded() bool
-}
-
 // status answers STATUS (docs/protocol.md §11.11).
 func (d *Daemon) status() *serialproto.StatusReply {
 	state := serialproto.StateReady
@@ -464,7 +457,7 @@ func (d *Daemon) status() *serialproto.StatusReply {
 		state = serialproto.StateDraining
 	} else if err := d.backend().Healthy(d.linkCtx); err != nil {
 		state = serialproto.StateUnavailable
-	} else if dg, ok := d.backend().(degradedReporter); ok && dg.Degraded() {
+	} else if dg, ok := d.backend().(backends.DegradedReporter); ok && dg.Degraded() {
 		state = serialproto.StateDegraded // serving, on a fallback engine or with an Ollama endpoint down
 	}
 	running := len(*d.slots.Load())
