@@ -92,93 +92,15 @@ func (d *Daemon) admitPeer(p Peer, deviceID string) *serialproto.Error {
 	return nil
 }
 
-// allowModel refuses, through refuse, an INFER naming a model its
-// device's rule does not allow.
-func (s *session) allowModel(m *serialproto.Infer, refuse func(*serialproto.Error)) bool {
+// allowModel refuses an INFER naming a model its device's rule does not
+// allow; the refusal is counted.
+func (s *session) allowModel(m *serialproto.Infer) *serialproto.Error {
 	rule, ok := s.d.conf().Policy.Devices[s.deviceID]
 	if !ok || m.Model == "" || len(rule.Models) == 0 || slices.Contains(rule.Models, m.Model) {
-		return true
+		return nil
 	}
 	s.d.stats.Forbidden.Add(1)
-	refuse(serialproto.NewError(serialproto.CodeForbidden, "model not allowed for this device"))
-	return false
-}
-
-// takeBudget reserves the tokens an INFER may generate from its device's
-// budget, cutting its MAX_TOKENS to what is left, so that requests running
-// at once cannot overspend; settleBudget gives back what the request did
-// not use. It reports false when the budget is spent.
-func (s *session) takeBudget(m *serialproto.Infer) bool {
-	rule, ok := s.d.conf().Policy.Devices[s.deviceID]
-	if !ok || rule.TokenBudget <= 0 {
-		return true
-	}
-	want := s.d.conf().DefaultMaxTokens
-	if m.Set.Has(serialproto.OptMaxTokens) && m.MaxTokens > 0 {
-		want = int(m.MaxTokens)
-	}
-	got := s.d.budgets.take(s.deviceID, rule, min(want, 65535), time.Now())
-	if got <= 0 {
-		s.d.stats.RateLimited.Add(1)
-		return false
-	}
-	m.Set = m.Set.With(serialproto.OptMaxTokens) // always set: settleBudget reads the reservation back
-	m.MaxTokens = uint16(got)
-	return true
-}
-
-// settleBudget gives back the part of a request's reservation it did not
-// generate.
-func (d *Daemon) settleBudget(deviceID string, m *serialproto.Infer, tokens int) {
-	if rule, ok := d.conf().Policy.Devices[deviceID]; ok && rule.TokenBudget > 0 {
-		d.budgets.take(deviceID, rule, -max(int(m.MaxTokens)-tokens, 0), time.Now())
-	}
-}
-
-// budgets are the devices' token accounts; only devices with a budget in
-// the configuration have one, so the map is bounded by the configuration.
-type budgets struct {
-	mu  sync.Mutex
-	acc map[string]*budget
-}
-
-type budget struct {
-	start time.Time
-	used  int
-}
-
-func (b *budgets) account(id string, r DeviceRule, now time.Time) *budget {
-	if b.acc == nil {
-		b.acc = make(map[string]*budget)
-	}
-	period := r.BudgetPeriod
-	if period <= 0 {
-		period = 24 * time.Hour
-	}
-	a := b.acc[id]
-	if a == nil || now.Sub(a.start) >= period {
-		a = &budget{start: now}
-		b.acc[id] = a
-	}
-	return a
-}
-
-// take reserves up to n tokens (a negative n gives them back) and
-// returns how many it reserved.
-func (b *budgets) take(id string, r DeviceRule, n int, now time.Time) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	a := b.account(id, r, now)
-	if n < 0 {
-		a.used = max(a.used+n, 0)
-		return 0
-	}
-	n = min(n, r.TokenBudget-a.used)
-	if n <= 0 {
-		return 0
-	}
-	a.used += n
-	return n
+	return serialproto.NewError(serialproto.CodeForbidden, "model not allowed for this device")
 }
 
 // peerLimiter is a token bucket per source (a UDP address and port): a
@@ -259,7 +181,7 @@ func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool) bool {
 	if p.ByteStream() {
 		return true
 	}
-	ok, reply := d.limiter.allow(p.Key(), time.Now())
+	ok, reply := d.limiter.allow(p.Key(), d.clock.Now())
 	if !ok {
 		d.stats.RateLimited.Add(1)
 		if reply && answer {
@@ -267,49 +189,4 @@ func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool) bool {
 		}
 	}
 	return ok
-}
-
-// evictIdle makes room for a new session when the daemon is full. First
-// choice: the session silent for longest, if it has been silent for more
-// than a heartbeat (a device must send at least that often, §10) and runs
-// no request. Second: the oldest half-open session — one whose device has
-// never acknowledged a whole answer: a HELLO and nothing after, fragments
-// that never made a message, or INFERs whose answers it never takes (its
-// requests are cancelled). A flood of HELLOs or INFERs therefore churns
-// through its own sessions and not through those of devices that are
-// being served; a device that just connected is the youngest, so the last
-// to go. Called with d.mu held; the caller cancels the returned session
-// once d.mu is released.
-func (d *Daemon) evictIdle(now time.Time) *session {
-	var silent, halfOpen *session
-	for _, s := range d.sessions {
-		if !s.delivered.Load() && (halfOpen == nil || s.opened.Before(halfOpen.opened)) {
-			halfOpen = s
-		}
-		if now.Sub(s.lastSeen()) > d.conf().Heartbeat && !s.busy() && (silent == nil || s.lastSeen().Before(silent.lastSeen())) {
-			silent = s
-		}
-	}
-	victim := silent
-	if victim == nil {
-		victim = halfOpen
-	}
-	if victim == nil {
-		return nil
-	}
-	delete(d.sessions, victim.peer.Key())
-	d.stats.Sessions.Add(-1)
-	d.stats.Evicted.Add(1)
-	if d.obs != nil {
-		d.obs.SessionClosed(victim.peer.LinkName())
-	}
-	return victim
-}
-
-// busy reports whether the session has a request queued, running or
-// streaming.
-func (s *session) busy() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.active > 0
 }

@@ -5,7 +5,19 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 )
+
+// linkSet is the links being served and the context they run under, from
+// Run's start until its drain is over.
+type linkSet struct {
+	started chan struct{} // closed once Run serves its links
+	errs    chan error    // the first link that fails for good ends Run
+
+	mu      sync.Mutex
+	ctx     context.Context // nil before Run
+	running map[string]*runningLink
+}
 
 // runningLink is a link being served.
 type runningLink struct {
@@ -14,22 +26,60 @@ type runningLink struct {
 	done   chan struct{} // closed when the link's Run has returned
 }
 
+func newLinkSet() linkSet {
+	return linkSet{started: make(chan struct{}), errs: make(chan error, 1), running: make(map[string]*runningLink)}
+}
+
+// begin sets the context links run under (Run calls it once).
+func (ls *linkSet) begin(ctx context.Context) {
+	ls.mu.Lock()
+	ls.ctx = ctx
+	ls.mu.Unlock()
+}
+
+// context is what sessions and links live under: nil before Run, done once
+// Run's drain is over.
+func (ls *linkSet) context() context.Context {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	return ls.ctx
+}
+
+// serving reports whether Run is serving (it may be draining).
+func (ls *linkSet) serving() bool {
+	ctx := ls.context()
+	return ctx != nil && ctx.Err() == nil
+}
+
+// names returns the running links' names, sorted.
+func (ls *linkSet) names() []string {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	names := make([]string, 0, len(ls.running))
+	for n := range ls.running {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
 // AddLink starts serving l while the daemon runs (Run calls it for the
 // links it is given). A link's name must be unique among the running ones.
 // A link that fails for good ends Run, as one given to Run does.
 func (d *Daemon) AddLink(l Link) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.linkCtx == nil || d.linkCtx.Err() != nil || d.draining.Load() {
+	ls := &d.links
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if ls.ctx == nil || ls.ctx.Err() != nil || d.admission.isDraining() {
 		return ErrNotRunning
 	}
 	name := l.Name()
-	if _, dup := d.links[name]; dup {
+	if _, dup := ls.running[name]; dup {
 		return fmt.Errorf("daemon: link %s is already served", name)
 	}
-	ctx, cancel := context.WithCancel(d.linkCtx)
+	ctx, cancel := context.WithCancel(ls.ctx)
 	rl := &runningLink{link: l, cancel: cancel, done: make(chan struct{})}
-	d.links[name] = rl
+	ls.running[name] = rl
 	go func() {
 		defer close(rl.done)
 		err := l.Run(ctx, d)
@@ -40,7 +90,7 @@ func (d *Daemon) AddLink(l Link) error {
 			d.log.Error("link failed", "link", name, "err", err)
 		}
 		select { // the first one ends Run
-		case d.linkErrs <- err:
+		case ls.errs <- err:
 		default:
 		}
 	}()
@@ -52,10 +102,11 @@ func (d *Daemon) AddLink(l Link) error {
 // let go of its socket or port, and closes the sessions of the devices that
 // came through it; their requests end. Other links' sessions are untouched.
 func (d *Daemon) RemoveLink(ctx context.Context, name string) error {
-	d.mu.Lock()
-	rl := d.links[name]
-	delete(d.links, name)
-	d.mu.Unlock()
+	ls := &d.links
+	ls.mu.Lock()
+	rl := ls.running[name]
+	delete(ls.running, name)
+	ls.mu.Unlock()
 	if rl == nil {
 		return fmt.Errorf("daemon: no link %s", name)
 	}
@@ -65,14 +116,7 @@ func (d *Daemon) RemoveLink(ctx context.Context, name string) error {
 	case <-ctx.Done():
 		return fmt.Errorf("daemon: link %s did not stop: %w", name, ctx.Err())
 	}
-	var gone []*session
-	d.mu.Lock()
-	for key, s := range d.sessions {
-		if rl.link.Owns(key) {
-			gone = append(gone, s)
-		}
-	}
-	d.mu.Unlock()
+	gone := d.sessions.filter(func(s *session) bool { return rl.link.Owns(s.peer.Key()) })
 	for _, s := range gone {
 		s.close(errSessionClosed)
 	}
@@ -82,24 +126,10 @@ func (d *Daemon) RemoveLink(ctx context.Context, name string) error {
 
 // Started is closed once Run has started serving every link it was given:
 // UDP sockets are bound and reading, serial ports are being opened.
-func (d *Daemon) Started() <-chan struct{} { return d.started }
+func (d *Daemon) Started() <-chan struct{} { return d.links.started }
 
 // Links returns the names of the links being served, sorted.
-func (d *Daemon) Links() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.linkNamesLocked()
-}
-
-// linkNamesLocked is Links with d.mu held.
-func (d *Daemon) linkNamesLocked() []string {
-	names := make([]string, 0, len(d.links))
-	for n := range d.links {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return names
-}
+func (d *Daemon) Links() []string { return d.links.names() }
 
 // Close releases the socket of a link that is not served (Run closes it
 // when its context ends).

@@ -24,6 +24,7 @@ const janitorStall = 15 * time.Second
 // the stream never blocks the engine's callback, so a call without output
 // is the engine's own doing.
 type liveness struct {
+	clock        clock
 	lastBeat     atomic.Int64  // unix ns of the janitor's last tick, 0 before Run
 	janitorStall time.Duration // 0: the janitorStall constant (tests shorten it)
 
@@ -33,15 +34,15 @@ type liveness struct {
 
 // engineCall is one Generate in progress.
 type engineCall struct {
-	start time.Time
+	clock clock
 	last  atomic.Int64 // unix ns of the latest output, or of the start
 }
 
 func (l *liveness) beat(now time.Time) { l.lastBeat.Store(now.UnixNano()) }
 
 func (l *liveness) begin() *engineCall {
-	c := &engineCall{start: time.Now()}
-	c.last.Store(c.start.UnixNano())
+	c := &engineCall{clock: l.clock}
+	c.last.Store(l.clock.Now().UnixNano())
 	l.mu.Lock()
 	if l.calls == nil {
 		l.calls = make(map[*engineCall]struct{})
@@ -58,7 +59,7 @@ func (l *liveness) end(c *engineCall) {
 }
 
 // step records output; it is on the per-token path, so one atomic store.
-func (c *engineCall) step() { c.last.Store(time.Now().UnixNano()) }
+func (c *engineCall) step() { c.last.Store(c.clock.Now().UnixNano()) }
 
 // Alive reports nil while the daemon makes progress: the janitor ticks
 // (so the lock that dispatch takes is free) and no engine call has gone

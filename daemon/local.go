@@ -63,33 +63,25 @@ type LocalRequest struct {
 // when ctx does (the caller went away), at the deadline, or when the
 // daemon's drain gives up on it.
 func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.Emit) (backends.Result, error) {
-	first := time.Now()
-	d.mu.Lock()
-	running := d.linkCtx != nil && d.linkCtx.Err() == nil
-	d.mu.Unlock()
+	first := d.clock.Now()
 	refuse := func(code serialproto.ErrorCode, err error) (backends.Result, error) {
-		if code == serialproto.CodeBusy {
-			d.stats.Busy.Add(1)
-		}
 		d.observeRefused(LocalLink, code)
 		return backends.Result{}, &RequestError{Code: code, Err: err}
 	}
 	switch {
-	case !running:
+	case !d.links.serving():
 		return refuse(serialproto.CodeBackendUnavailable, ErrNotRunning)
-	case d.draining.Load():
+	case d.admission.isDraining():
 		return refuse(serialproto.CodeShuttingDown, errShuttingDown)
-	case !d.local.reserve(req.Client, d.conf().MaxPerSession):
+	}
+	t, err := d.admission.admit(d.local.client(req.Client), "", 0)
+	switch {
+	case errors.Is(err, errHolderFull):
 		return refuse(serialproto.CodeBusy, ErrClientBusy)
+	case err != nil:
+		return refuse(refusal(err).Code, err)
 	}
-	defer d.local.unreserve(req.Client)
-	if !d.admit() {
-		return refuse(serialproto.CodeBusy, ErrQueueFull)
-	}
-	if d.draining.Load() { // checked after admit, as for devices
-		d.release()
-		return refuse(serialproto.CodeShuttingDown, errShuttingDown)
-	}
+	defer t.release()
 	d.stats.Accepted.Add(1)
 
 	deadline := d.conf().RequestTimeout
@@ -104,8 +96,8 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	defer unregister()
 	ctx, obs := d.requestObserver(ctx, RequestInfo{Link: LocalLink, Device: req.Client, First: first, Model: req.Model})
 
-	res, err := d.generateLocal(ctx, req, obs, emit)
-	d.release()
+	res, err := d.generate(ctx, func() backends.Request { return d.localRequest(req) }, obs, emit)
+	t.generated(res.Tokens)
 	var code serialproto.ErrorCode
 	switch {
 	case err == nil:
@@ -129,21 +121,8 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	return res, err
 }
 
-func (d *Daemon) generateLocal(ctx context.Context, req LocalRequest, obs RequestObserver, emit backends.Emit) (backends.Result, error) {
-	slots := *d.slots.Load() // released to the pool it came from, even after a reload
-	select {
-	case slots <- struct{}{}:
-	case <-ctx.Done():
-		return backends.Result{}, context.Cause(ctx)
-	}
-	defer func() { <-slots }()
-	e := d.acquireEngine()
-	defer e.release()
-	call := d.live.begin()
-	defer d.live.end(call)
-	if obs != nil {
-		obs.Generating(e.b.Name())
-	}
+// localRequest is the engine's request for a local one.
+func (d *Daemon) localRequest(req LocalRequest) backends.Request {
 	msgs := make([]backends.Message, 0, 2)
 	if req.System != "" {
 		msgs = append(msgs, backends.Message{Role: backends.RoleSystem, Content: req.System})
@@ -153,21 +132,12 @@ func (d *Daemon) generateLocal(ctx context.Context, req LocalRequest, obs Reques
 	if opts.MaxTokens <= 0 {
 		opts.MaxTokens = d.conf().DefaultMaxTokens
 	}
-	res, err := e.b.Generate(ctx, backends.Request{Model: req.Model, Messages: msgs, Options: opts}, func(piece []byte) error {
-		call.step()
-		if obs != nil {
-			obs.Token(len(piece))
-		}
-		return emit(piece)
-	})
-	if err == nil && ctx.Err() != nil {
-		err = context.Cause(ctx)
-	}
-	return res, err
+	return backends.Request{Model: req.Model, Messages: msgs, Options: opts}
 }
 
 // localRequests tracks local applications' requests: how many each client
-// has, and how to end them all when the drain runs out of time.
+// has (its places, as a device's session has them), and how to end them
+// all when the drain runs out of time.
 type localRequests struct {
 	mu       sync.Mutex
 	perUser  map[string]int
@@ -176,25 +146,35 @@ type localRequests struct {
 	inFlight int
 }
 
-func (l *localRequests) reserve(client string, max int) bool {
+// client is the holder of one client's places.
+func (l *localRequests) client(name string) holder { return localClient{l, name} }
+
+type localClient struct {
+	l    *localRequests
+	name string
+}
+
+func (c localClient) take(max int) bool {
+	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.perUser[client] >= max {
+	if l.perUser[c.name] >= max {
 		return false
 	}
 	if l.perUser == nil {
 		l.perUser = make(map[string]int)
 	}
-	l.perUser[client]++
+	l.perUser[c.name]++
 	l.inFlight++
 	return true
 }
 
-func (l *localRequests) unreserve(client string) {
+func (c localClient) give() {
+	l := c.l
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.perUser[client]--; l.perUser[client] <= 0 {
-		delete(l.perUser, client)
+	if l.perUser[c.name]--; l.perUser[c.name] <= 0 {
+		delete(l.perUser, c.name)
 	}
 	l.inFlight--
 }

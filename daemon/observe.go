@@ -202,13 +202,6 @@ func (m multiRequest) Delivered(err error) {
 	}
 }
 
-// LinkStats forwards a link's decoder counters to the observer.
-func (d *Daemon) LinkStats(link string, skipped int64, reconnects int) {
-	if d.obs != nil {
-		d.obs.LinkStats(link, skipped, reconnects)
-	}
-}
-
 // Hooks with a nil check, so call sites stay one line.
 
 func (d *Daemon) observeFrame(p Peer, dir FrameDirection, cmd serialproto.Command) {

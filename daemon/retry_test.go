@@ -66,7 +66,7 @@ func TestRetryAfterBusyRunsOnce(t *testing.T) {
 	dt := &delayedCopyTransport{Transport: tr}
 	dt.onBusy = func(copyOfInfer []byte) {
 		close(e.release)
-		waitFor(t, func() bool { return d.admitted.Load() == 0 })
+		waitFor(t, func() bool { return d.admission.queued.Load() == 0 })
 		if err := tr.Send(copyOfInfer); err != nil { // the late duplicate
 			t.Error(err)
 		}

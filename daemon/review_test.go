@@ -60,8 +60,9 @@ func TestRefusedInferIsAnsweredAgain(t *testing.T) {
 	}
 }
 
-// TestShutdownReleasesTheDaemon: after Run returns, the daemon's lock is
-// free (the janitor used to close sessions while holding it).
+// TestShutdownReleasesTheDaemon: when Run returns, every session is closed
+// and the session table's lock is free (the janitor used to close sessions
+// while holding it).
 func TestShutdownReleasesTheDaemon(t *testing.T) {
 	d, err := New(Config{}, &testEngine{}, nil)
 	if err != nil {
@@ -69,10 +70,12 @@ func TestShutdownReleasesTheDaemon(t *testing.T) {
 	}
 	addr, stop := runDaemon(t, d)
 	dial(t, addr, device.Config{DeviceID: "open"})
-	stop()
-	time.Sleep(100 * time.Millisecond) // the janitor's exit path
+	stop() // Run returns once the janitor has closed the sessions left
+	if n := d.Stats().Sessions.Load(); n != 0 {
+		t.Fatalf("%d sessions open after Run returned", n)
+	}
 	free := make(chan struct{})
-	go func() { d.mu.Lock(); d.mu.Unlock(); close(free) }()
+	go func() { d.sessions.mu.Lock(); d.sessions.mu.Unlock(); close(free) }()
 	select {
 	case <-free:
 	case <-time.After(2 * time.Second):
@@ -91,7 +94,7 @@ func TestCancelWithClosedWindow(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("want context.Canceled, got %v", err)
 	}
-	waitFor(t, func() bool { return d.streaming.Load() == 0 })
+	waitFor(t, func() bool { return d.admission.delivering.Load() == 0 })
 }
 
 type recordPeer struct {
@@ -126,7 +129,7 @@ func (p *recordPeer) chunks() []int {
 // probes with the last acknowledged chunk and sends nothing new.
 func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(p, nil, 1, 7, 32, 2, time.Millisecond, 3)
+	st := newStream(p, nil, systemClock{}, 1, 7, 32, 2, time.Millisecond, 3)
 	for range 10 {
 		_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz"))
 	}
@@ -151,7 +154,7 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 // device's data limit like every other frame it gets.
 func TestFinalErrorFitsTheDevice(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(p, nil, 1, 7, 32, 2, time.Millisecond, 3)
+	st := newStream(p, nil, systemClock{}, 1, 7, 32, 2, time.Millisecond, 3)
 	st.finish(func(chunk uint16, _, _ uint32) serialproto.Message {
 		e := serialproto.NewError(serialproto.CodeBackendFailed, strings.Repeat("engine error ", 4)) // 52 bytes: legal, but not in 32
 		e.Flags |= serialproto.ErrorFlagStream

@@ -311,10 +311,10 @@ func TestAliveDetectsAStuckDispatchLock(t *testing.T) {
 	d, _ := startDaemon(t, Config{Heartbeat: 200 * time.Millisecond}, &testEngine{})
 	d.live.janitorStall = 300 * time.Millisecond
 	waitFor(t, func() bool { return d.live.lastBeat.Load() != 0 })
-	d.mu.Lock()
+	d.sessions.mu.Lock()
 	var err error
 	waitFor(t, func() bool { err = d.Alive(time.Now()); return err != nil })
-	d.mu.Unlock()
+	d.sessions.mu.Unlock()
 	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "dispatch") {
 		t.Fatalf("Alive: %v", err)
 	}

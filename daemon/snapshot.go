@@ -4,7 +4,9 @@ import (
 	"context"
 	"slices"
 	"strings"
-	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Snapshot is the daemon's state at one moment, for the status endpoint
@@ -63,34 +65,25 @@ type Counters struct {
 
 // Snapshot returns the daemon's state now.
 func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
-	now := time.Now()
-	d.mu.Lock()
-	running := d.linkCtx != nil && d.linkCtx.Err() == nil
+	now := d.clock.Now()
+	cfg := d.conf()
+	open := d.sessions.all()
 	snap := Snapshot{
-		Links:         d.linkNamesLocked(),
-		Sessions:      make([]SessionInfo, 0, len(d.sessions)),
-		MaxConcurrent: d.conf().MaxConcurrent,
-		MaxQueue:      d.conf().MaxQueue,
+		Links:         d.links.names(),
+		Sessions:      make([]SessionInfo, 0, len(open)),
+		MaxConcurrent: cfg.MaxConcurrent,
+		MaxQueue:      cfg.MaxQueue,
 		Backend:       d.backend().Name(),
 	}
-	open := make([]*session, 0, len(d.sessions))
-	for _, s := range d.sessions {
-		open = append(open, s)
-	}
-	d.mu.Unlock()
-	for _, s := range open { // each session's lock, never inside d.mu
-		s.mu.Lock()
-		active := s.active
-		s.mu.Unlock()
+	for _, s := range open {
 		snap.Sessions = append(snap.Sessions, SessionInfo{
 			Device: s.deviceID, Link: s.peer.LinkName(), Peer: s.peer.Key(), Signed: s.verifier != nil,
-			Active: active, MaxData: s.maxData, Window: s.window,
+			Active: s.places.count(), MaxData: s.maxData, Window: s.window,
 			IdleSecs: now.Sub(s.lastSeen()).Seconds(),
 		})
 	}
 	slices.SortFunc(snap.Sessions, func(a, b SessionInfo) int { return strings.Compare(a.Peer, b.Peer) })
-	snap.Running = len(*d.slots.Load())
-	snap.Queued = max(int(d.admitted.Load())-snap.Running, 0)
+	snap.Running, snap.Queued = d.admission.load()
 	snap.LocalRequests = d.local.count()
 	st := &d.stats
 	snap.Counters = Counters{
@@ -104,9 +97,9 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		snap.Model = info.Name
 	}
 	switch {
-	case !running:
+	case !d.links.serving():
 		snap.State = "stopped"
-	case d.draining.Load():
+	case d.admission.isDraining():
 		snap.State = "draining"
 	default:
 		snap.State = "ready"
@@ -115,4 +108,27 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		}
 	}
 	return snap
+}
+
+// status answers STATUS (docs/protocol.md §11.11).
+func (d *Daemon) status() *serialproto.StatusReply {
+	ctx := d.links.context()
+	engine := d.backend()
+	state := serialproto.StateReady
+	if d.admission.isDraining() {
+		state = serialproto.StateDraining
+	} else if err := engine.Healthy(ctx); err != nil {
+		state = serialproto.StateUnavailable
+	} else if dg, ok := engine.(backends.DegradedReporter); ok && dg.Degraded() {
+		state = serialproto.StateDegraded // serving, on a fallback engine or with an Ollama endpoint down
+	}
+	running, queued := d.admission.load()
+	model := ""
+	if info, err := engine.Model(ctx, ""); err == nil {
+		model = info.Name
+	}
+	return &serialproto.StatusReply{
+		State: state, LoadPct: uint8(100 * running / d.conf().MaxConcurrent), Queue: uint8(min(queued, 255)),
+		Backend: engine.Name(), Model: model,
+	}
 }

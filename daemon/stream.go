@@ -31,6 +31,7 @@ type stream struct {
 	maxRetransmits int
 	onSend         func(cmd serialproto.Command, retransmit bool) // metrics hook; may be nil
 	seal           *sealer                                        // encodes (and signs) each transmission
+	clock          clock
 
 	wake chan struct{}
 
@@ -51,16 +52,16 @@ type stream struct {
 	lastSend     time.Time
 }
 
-func newStream(p Peer, seal *sealer, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
+func newStream(p Peer, seal *sealer, clk clock, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
 	return &stream{
-		peer: p, seal: seal, version: version, seq: seq,
+		peer: p, seal: seal, clock: clk, version: version, seq: seq,
 		limit:          serialproto.BodyLimit(maxData, seal.signed()) - 2,
 		flush:          flush,
 		rto:            p.RTO(),
 		maxRetransmits: maxRetransmits,
 		window:         window,
 		wake:           make(chan struct{}, 1),
-		lastSend:       time.Now(), // the clock for a window closed from the start
+		lastSend:       clk.Now(), // the clock for a window closed from the start
 	}
 }
 
@@ -75,7 +76,7 @@ func (s *stream) notify() {
 func (s *stream) write(piece []byte) error {
 	s.mu.Lock()
 	if s.text.Len() == 0 {
-		s.pendingSince = time.Now()
+		s.pendingSince = s.clock.Now()
 	}
 	_, _ = s.text.Write(piece)
 	s.mu.Unlock()
@@ -117,11 +118,11 @@ func (s *stream) ack(next, window int) (complete bool) {
 // run transmits until the final chunk is acknowledged, the device stops
 // answering, or ctx ends.
 func (s *stream) run(ctx context.Context) error {
-	timer := time.NewTimer(time.Hour)
+	timer := s.clock.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		s.mu.Lock()
-		now := time.Now()
+		now := s.clock.Now()
 		s.cut(now)
 		for s.sent < len(s.frames) && s.sent < s.acked+s.window {
 			frame := s.frames[s.sent]
@@ -165,8 +166,8 @@ func (s *stream) run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.wake:
-		case <-timer.C:
-			probe, err := s.timeout(time.Now())
+		case <-timer.C():
+			probe, err := s.timeout(s.clock.Now())
 			if err != nil {
 				return err
 			}
@@ -288,22 +289,4 @@ func (s *stream) resendFinal() {
 	if raw != nil {
 		_ = s.peer.Send(raw)
 	}
-}
-
-// sealer encodes one session's outgoing frames: plainly, or signed with the
-// session's key and nonce (docs/protocol.md §9). A nil sealer is plain.
-type sealer struct {
-	mu     sync.Mutex // a Signer's counter is not safe for concurrent use
-	signer *serialproto.Signer
-}
-
-func (z *sealer) signed() bool { return z != nil && z.signer != nil }
-
-func (z *sealer) seal(f serialproto.Frame) ([]byte, error) {
-	if !z.signed() {
-		return serialproto.AppendFrame(make([]byte, 0, serialproto.Overhead+len(f.Data)), f)
-	}
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	return z.signer.AppendSigned(make([]byte, 0, serialproto.Overhead+serialproto.SignatureLen+len(f.Data)), f)
 }

@@ -1,0 +1,173 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+// infer takes an INFER frame or fragment (docs/protocol.md §6, §7.3):
+// reassembly, then the policy and admission, then the request runs.
+func (s *session) infer(f serialproto.Frame) {
+	if f.Flags&serialproto.FlagFragment == 0 {
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, "INFER must be a message of fragments (§6)"))
+		return
+	}
+	now := s.d.clock.Now()
+	s.mu.Lock()
+	body, missing, err := s.reasm.Add(now, f.Cmd, f.Seq, f.Data)
+	first := s.noteFragment(f.Seq, now, body != nil)
+	s.mu.Unlock()
+	switch {
+	case errors.Is(err, serialproto.ErrDuplicate):
+		s.repeatAck(f.Seq)
+		return
+	case errors.Is(err, serialproto.ErrBusy):
+		s.d.observeRefused(s.peer.LinkName(), serialproto.CodeBusy)
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many messages in reassembly"))
+		return
+	case errors.Is(err, serialproto.ErrTooLarge):
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeTooLarge, "message above max_message"))
+		return
+	case errors.Is(err, serialproto.ErrBadChecksum):
+		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackBadChecksum})
+		return
+	case err != nil:
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, err.Error()))
+		return
+	case missing != nil:
+		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackMissing, Missing: missing})
+		return
+	case body == nil:
+		return // more fragments to come
+	}
+	count := int(f.Data[1])
+	if s.repeatAck(f.Seq) {
+		return
+	}
+	var m serialproto.Infer
+	if err := m.UnmarshalBody(body); err != nil {
+		code := serialproto.CodeMalformed
+		if errors.Is(err, serialproto.ErrUnsupportedOption) {
+			code = serialproto.CodeUnsupportedOption
+		}
+		s.refuse(f.Seq, serialproto.NewError(code, err.Error()))
+		return
+	}
+	if e := s.allowModel(&m); e != nil {
+		s.refuse(f.Seq, e)
+		return
+	}
+	t, err := s.d.admission.admit(&s.places, s.deviceID, maxTokens(&m, s.d.conf().DefaultMaxTokens))
+	if err != nil {
+		s.refuse(f.Seq, refusal(err))
+		return
+	}
+	if t.budgeted() { // the engine may generate what the budget reserved, no more
+		m.Set = m.Set.With(serialproto.OptMaxTokens)
+		m.MaxTokens = uint16(t.tokens)
+	}
+	r := s.newRequest(f.Seq, count, &m, first, t)
+	s.d.stats.Accepted.Add(1)
+	s.send(f.Seq, &serialproto.Ack{Next: uint16(count)})
+	go r.run()
+}
+
+// refuse answers an INFER that will not run. A refused INFER leaves no
+// trace, so its retransmission (the ERROR may have been lost) is judged
+// again and answered again, never met with silence.
+func (s *session) refuse(seq uint8, e *serialproto.Error) {
+	s.mu.Lock()
+	s.reasm.Forget(serialproto.CmdInfer, seq)
+	s.mu.Unlock()
+	s.d.observeRefused(s.peer.LinkName(), e.Code)
+	s.send(seq, e)
+}
+
+// maxTokens is how many tokens an INFER asks for.
+func maxTokens(m *serialproto.Infer, defaultMaxTokens int) int {
+	if m.Set.Has(serialproto.OptMaxTokens) && m.MaxTokens > 0 {
+		return int(m.MaxTokens)
+	}
+	return defaultMaxTokens
+}
+
+// repeatAck answers a retransmitted INFER whose request is known.
+func (s *session) repeatAck(seq uint8) bool {
+	r := s.request(seq)
+	if r == nil {
+		return false
+	}
+	s.d.stats.Duplicates.Add(1)
+	s.send(seq, &serialproto.Ack{Next: uint16(r.fragments)})
+	return true
+}
+
+// noteFragment remembers when an INFER's first fragment arrived and, once
+// the message is complete, returns that time. Called with s.mu held; a
+// no-op (returning now) when nothing observes the daemon.
+func (s *session) noteFragment(seq uint8, now time.Time, complete bool) time.Time {
+	if s.d.obs == nil {
+		return now
+	}
+	first, ok := s.firstFrag[seq]
+	if !ok {
+		first = now
+	}
+	switch {
+	case complete:
+		delete(s.firstFrag, seq)
+	case !ok:
+		if s.firstFrag == nil {
+			s.firstFrag = make(map[uint8]time.Time)
+		}
+		s.firstFrag[seq] = now
+	}
+	return first
+}
+
+// newRequest makes the request for an admitted INFER and remembers it
+// under its seq.
+func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, first time.Time, t *ticket) *request {
+	cfg := s.d.conf()
+	deadline := cfg.RequestTimeout
+	if m.Set.Has(serialproto.OptDeadlineMS) && m.DeadlineMS > 0 {
+		deadline = min(deadline, time.Duration(m.DeadlineMS)*time.Millisecond)
+	}
+	ctx, cancel := context.WithCancelCause(s.ctx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, deadline)
+	link := s.peer.LinkName()
+	ctx, obs := s.d.requestObserver(ctx, RequestInfo{Link: link, Device: s.deviceID, Seq: seq, First: first, Model: m.Model})
+	r := &request{
+		s: s, seq: seq, fragments: fragments, infer: m, ticket: t,
+		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout, obs: obs,
+		st: newStream(s.peer, s.seal, s.d.clock, serialproto.Version1, seq, s.maxData, s.window, cfg.FlushInterval, cfg.MaxRetransmits),
+	}
+	d := s.d
+	r.st.onSend = func(cmd serialproto.Command, retransmit bool) {
+		d.stats.FramesOut.Add(1)
+		if retransmit {
+			d.stats.Retransmits.Add(1)
+		}
+		if d.obs != nil {
+			d.obs.Frame(link, FrameOut, cmd)
+			if retransmit {
+				d.obs.Retransmit(link)
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m.Set.Has(serialproto.OptNewChat) {
+		s.history = nil
+	}
+	if len(s.order) >= rememberedRequests {
+		delete(s.requests, s.order[0])
+		s.order = s.order[1:]
+	}
+	s.requests[seq] = r
+	s.order = append(s.order, seq)
+	return r
+}

@@ -1,0 +1,167 @@
+package daemon
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Frame intake: what the links hand the daemon (Handler), before a frame
+// reaches its session — the per-source rate limit, version and command
+// checks, HELLO (authentication, policy, the session table) and the
+// answers to peers without a session.
+
+// HandleBadFrame counts a rejected frame; on a serial line the sender
+// learns of it through NACK BAD_FRAME (docs/protocol.md §7.1).
+func (d *Daemon) HandleBadFrame(p Peer, err error) {
+	d.stats.BadFrames.Add(1)
+	if !d.allowPeer(p, 0, false) {
+		return
+	}
+	if d.obs != nil {
+		d.obs.BadFrame(p.LinkName(), err)
+	}
+	if !p.ByteStream() {
+		return
+	}
+	if s := d.sessions.get(p.Key()); s != nil && !s.allowNack(d.clock.Now()) {
+		return
+	}
+	d.send(p, 0, &serialproto.Nack{Reason: serialproto.NackBadFrame})
+}
+
+// HandleFrame is the entry point of every sound frame.
+func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
+	d.stats.FramesIn.Add(1)
+	d.observeFrame(p, FrameIn, f.Cmd)
+	if !d.allowPeer(p, f.Seq, true) {
+		return
+	}
+	switch {
+	case f.Version != serialproto.Version1:
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnsupportedVersion, "versions 1..1"))
+		return
+	case !f.Cmd.Known():
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnknownCommand, f.Cmd.String()))
+		return
+	case f.Cmd == serialproto.CmdHello:
+		d.hello(p, f)
+		return
+	}
+	s := d.sessions.get(p.Key())
+	if s == nil {
+		if f.Cmd == serialproto.CmdBye {
+			d.send(p, f.Seq, &serialproto.Bye{})
+		} else {
+			d.send(p, f.Seq, serialproto.NewError(serialproto.CodeNoSession, "send HELLO first"))
+		}
+		return
+	}
+	s.handle(f)
+}
+
+// LinkStats forwards a byte-stream link's decoder counters to the observer.
+func (d *Daemon) LinkStats(link string, skipped int64, reconnects int) {
+	if d.obs != nil {
+		d.obs.LinkStats(link, skipped, reconnects)
+	}
+}
+
+// hello opens, repeats or replaces a session (docs/protocol.md §10): the
+// HELLO must parse, authenticate (§9.4, auth.go), ask for a version we
+// speak and pass the policy; then the session table decides.
+func (d *Daemon) hello(p Peer, f serialproto.Frame) {
+	h, key, refused := d.authHello(f)
+	if refused != nil {
+		d.send(p, f.Seq, refused)
+		return
+	}
+	if h.MinVersion > serialproto.Version1 {
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnsupportedVersion, "versions 1..1"))
+		return
+	}
+	if e := d.admitPeer(p, h.DeviceID); e != nil {
+		d.stats.Forbidden.Add(1)
+		d.observeRefused(p.LinkName(), e.Code)
+		d.log.Info("HELLO refused by policy", "device", h.DeviceID, "peer", p.Key(), "reason", e.Text)
+		d.send(p, f.Seq, e)
+		return
+	}
+	cfg := d.conf()
+	res := d.sessions.hello(helloRequest{
+		peerKey: p.Key(), deviceID: h.DeviceID, bootNonce: h.BootNonce, keyed: !key.IsZero(),
+		maxSessions: cfg.MaxSessions, heartbeat: cfg.Heartbeat, now: d.clock.Now(),
+		draining: d.admission.isDraining,
+		create: func() (*session, error) {
+			return newSession(d, d.links.context(), p, h, f.Seq, randomNonce(), key)
+		},
+	})
+	if res.evicted != nil {
+		res.evicted.cancel(errSessionClosed)
+	}
+	switch res.outcome {
+	case helloRepeated:
+		d.stats.Duplicates.Add(1)
+		res.session.touch()
+		res.session.send(f.Seq, res.session.welcome())
+		return
+	case helloOpened:
+	default:
+		switch res.outcome {
+		case helloReplayed:
+			d.countAuth(serialproto.ErrReplay)
+		case helloFull:
+			d.observeRefused(p.LinkName(), serialproto.CodeBusy)
+		}
+		d.send(p, f.Seq, helloRefusal(res))
+		return
+	}
+	if res.old != nil {
+		res.old.close(errSessionClosed)
+	}
+	s := res.session
+	d.log.Info("session opened", "device", h.DeviceID, "peer", p.Key(), "max_data", h.MaxData, "window", h.Window, "signed", !key.IsZero())
+	s.send(f.Seq, s.welcome())
+}
+
+// send answers a peer that has no session (yet): its data limit is
+// unknown, so the smallest one any device may have is assumed, and there is
+// no session to sign in (§9.2).
+func (d *Daemon) send(p Peer, seq uint8, m serialproto.Message) {
+	d.sendTo(p, seq, serialproto.MinDataLimit, nil, m)
+}
+
+// sendTo encodes m in one frame to p, cutting texts to fit the peer's data
+// limit. Errors are logged, not returned: a device that vanished is
+// handled by session expiry.
+func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialproto.Message) {
+	switch m := m.(type) {
+	case *serialproto.Error:
+		m.Fit(serialproto.BodyLimit(limit, seal.signed()))
+	case *serialproto.StatusReply:
+		m.Fit(serialproto.BodyLimit(limit, seal.signed()))
+	}
+	body, err := m.AppendBody(make([]byte, 0, 64))
+	if err != nil {
+		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
+		return
+	}
+	frame, err := seal.seal(serialproto.Frame{Version: serialproto.Version1, Cmd: m.Command(), Seq: seq, Data: body})
+	if err != nil {
+		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
+		return
+	}
+	if err := p.Send(frame); err != nil {
+		d.log.Debug("send failed", "peer", p.Key(), "err", err)
+		return
+	}
+	d.stats.FramesOut.Add(1)
+	d.observeFrame(p, FrameOut, m.Command())
+}
+
+func randomNonce() uint32 {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go ≥ 1.24)
+	return binary.BigEndian.Uint32(b[:])
+}
