@@ -7,7 +7,7 @@ import (
 	"strings"
 )
 
-// LlamaConfig configures the in-process llama.cpp engine.
+// Config configures the in-process llama.cpp engine.
 type Config struct {
 	ModelPath string
 	// ModelName is the name requests use (default: the file name without

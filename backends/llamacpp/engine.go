@@ -13,7 +13,7 @@ import (
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
-// Llama is the in-process llama.cpp engine. One scheduler goroutine owns
+// Engine is the in-process llama.cpp engine. One scheduler goroutine owns
 // the llama.cpp context and runs continuous batching: every decode step
 // carries the next token of each generating sequence plus chunks of
 // waiting prompts, so requests join and leave without stalling others.
@@ -85,7 +85,7 @@ func Open(ctx context.Context, cfg Config, memAvailable int64) (*Engine, error) 
 	return New(ctx, cfg)
 }
 
-// NewLlama loads cfg.ModelPath and starts the engine.
+// New loads cfg.ModelPath and starts the engine.
 func New(ctx context.Context, cfg Config) (*Engine, error) {
 	model, err := native.Load(ctx, cfg.ModelPath, native.ModelParams{})
 	if err != nil {

@@ -21,7 +21,7 @@ func (e MemoryEstimate) Total() int64 { return e.Weights + e.KVCache + e.Overhea
 
 // EstimateMemory estimates what llama.cpp needs for the model described by
 // info with parallel sequences of seqCtx tokens each (seqCtx 0: the
-// model's context, at most 2048, as NewLlama defaults it).
+// model's context, at most 2048, as New defaults it).
 func EstimateMemory(info *gguf.Info, seqCtx, parallel int) MemoryEstimate {
 	arch := info.StringValue("general.architecture")
 	get := func(k string) int64 {

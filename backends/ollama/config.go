@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// OllamaConfig configures the Ollama backend.
+// Config configures the Ollama engine.
 type Config struct {
 	// Endpoints are Ollama base URLs, tried by health and load (default
 	// http://127.0.0.1:11434).

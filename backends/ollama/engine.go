@@ -63,7 +63,7 @@ func Starter(cfg Config) backends.Starter {
 	}
 }
 
-// NewOllama connects to the configured endpoints and checks that the model
+// New connects to the configured endpoints and checks that the model
 // is there. An endpoint that cannot be reached does not fail the start (an
 // Ollama starting after mcpd is normal under systemd): its breaker opens
 // and the background probe brings it in when it answers. A model that every

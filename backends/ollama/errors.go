@@ -23,7 +23,7 @@ const (
 	FailRequest      FailureKind = "bad-request" // 4xx other than 404: our request is wrong
 )
 
-// OllamaError is one failed attempt at an endpoint. It unwraps to the
+// Error is one failed attempt at an endpoint. It unwraps to the
 // backends error it maps to (ErrUnavailable, ErrBusy, ErrFailed,
 // ErrModelNotFound) and to the underlying cause.
 type Error struct {

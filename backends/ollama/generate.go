@@ -323,7 +323,7 @@ func (o *Engine) settle(ep *endpoint, oe *Error, neutral bool) {
 	}
 }
 
-// classify turns a client error into an OllamaError. streamed says
+// classify turns a client error into an Error. streamed says
 // whether lines had arrived (a read error then is a cut).
 func (o *Engine) classify(ep *endpoint, err error, pieces int, streamed bool) *Error {
 	oe := &Error{Endpoint: ep.url, Pieces: pieces, Err: err}
