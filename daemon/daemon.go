@@ -72,7 +72,7 @@ func newDaemon(cfg Config, b backends.Backend, log *slog.Logger, clk clock) (*Da
 	d.engine.Store(&engineRef{b: b})
 	d.live.clock = clk
 	d.admission = newAdmission(d.conf, clk, &d.stats)
-	d.sessions = newSessionTable(&d.stats, &d.obs)
+	d.sessions = newSessionTable(&d.stats)
 	return d, nil
 }
 

@@ -25,7 +25,7 @@ func (s *session) infer(f serialproto.Frame) {
 		s.repeatAck(f.Seq)
 		return
 	case errors.Is(err, serialproto.ErrBusy):
-		s.d.observeRefused(s.peer.LinkName(), serialproto.CodeBusy)
+		s.d.stats.refused(s.peer.LinkName(), serialproto.CodeBusy)
 		s.send(f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many messages in reassembly"))
 		return
 	case errors.Is(err, serialproto.ErrTooLarge):
@@ -82,7 +82,7 @@ func (s *session) refuse(seq uint8, e *serialproto.Error) {
 	s.mu.Lock()
 	s.reasm.Forget(serialproto.CmdInfer, seq)
 	s.mu.Unlock()
-	s.d.observeRefused(s.peer.LinkName(), e.Code)
+	s.d.stats.refused(s.peer.LinkName(), e.Code)
 	s.send(seq, e)
 }
 
@@ -145,17 +145,11 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout, obs: obs,
 		st: newStream(s.peer, s.seal, s.d.clock, serialproto.Version1, seq, s.maxData, s.window, cfg.FlushInterval, cfg.MaxRetransmits),
 	}
-	d := s.d
+	stats := &s.d.stats
 	r.st.onSend = func(cmd serialproto.Command, retransmit bool) {
-		d.stats.FramesOut.Add(1)
+		stats.frame(link, FrameOut, cmd)
 		if retransmit {
-			d.stats.Retransmits.Add(1)
-		}
-		if d.obs != nil {
-			d.obs.Frame(link, FrameOut, cmd)
-			if retransmit {
-				d.obs.Retransmit(link)
-			}
+			stats.retransmit(link)
 		}
 	}
 	s.mu.Lock()

@@ -15,12 +15,9 @@ import (
 // HandleBadFrame counts a rejected frame; on a serial line the sender
 // learns of it through NACK BAD_FRAME (docs/protocol.md §7.1).
 func (d *Daemon) HandleBadFrame(p Peer, err error) {
-	d.stats.BadFrames.Add(1)
+	d.stats.badFrame(p.LinkName(), err)
 	if !d.allowPeer(p, 0, false) {
 		return
-	}
-	if d.obs != nil {
-		d.obs.BadFrame(p.LinkName(), err)
 	}
 	if !p.ByteStream() {
 		return
@@ -33,8 +30,7 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 
 // HandleFrame is the entry point of every sound frame.
 func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
-	d.stats.FramesIn.Add(1)
-	d.observeFrame(p, FrameIn, f.Cmd)
+	d.stats.frame(p.LinkName(), FrameIn, f.Cmd)
 	if !d.allowPeer(p, f.Seq, true) {
 		return
 	}
@@ -61,11 +57,9 @@ func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
 	s.handle(f)
 }
 
-// LinkStats forwards a byte-stream link's decoder counters to the observer.
+// LinkStats counts a byte-stream link's decoder counters.
 func (d *Daemon) LinkStats(link string, skipped int64, reconnects int) {
-	if d.obs != nil {
-		d.obs.LinkStats(link, skipped, reconnects)
-	}
+	d.stats.linkStats(link, skipped, reconnects)
 }
 
 // hello opens, repeats or replaces a session (docs/protocol.md §10): the
@@ -83,7 +77,7 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 	}
 	if e := d.admitPeer(p, h.DeviceID); e != nil {
 		d.stats.Forbidden.Add(1)
-		d.observeRefused(p.LinkName(), e.Code)
+		d.stats.refused(p.LinkName(), e.Code)
 		d.log.Info("HELLO refused by policy", "device", h.DeviceID, "peer", p.Key(), "reason", e.Text)
 		d.send(p, f.Seq, e)
 		return
@@ -112,7 +106,7 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 		case helloReplayed:
 			d.countAuth(serialproto.ErrReplay)
 		case helloFull:
-			d.observeRefused(p.LinkName(), serialproto.CodeBusy)
+			d.stats.refused(p.LinkName(), serialproto.CodeBusy)
 		}
 		d.send(p, f.Seq, helloRefusal(res))
 		return
@@ -156,8 +150,7 @@ func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialprot
 		d.log.Debug("send failed", "peer", p.Key(), "err", err)
 		return
 	}
-	d.stats.FramesOut.Add(1)
-	d.observeFrame(p, FrameOut, m.Command())
+	d.stats.frame(p.LinkName(), FrameOut, m.Command())
 }
 
 func randomNonce() uint32 {

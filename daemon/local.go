@@ -65,7 +65,7 @@ type LocalRequest struct {
 func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.Emit) (backends.Result, error) {
 	first := d.clock.Now()
 	refuse := func(code serialproto.ErrorCode, err error) (backends.Result, error) {
-		d.observeRefused(LocalLink, code)
+		d.stats.refused(LocalLink, code)
 		return backends.Result{}, &RequestError{Code: code, Err: err}
 	}
 	switch {
@@ -99,21 +99,14 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	res, err := d.generate(ctx, func() backends.Request { return d.localRequest(req) }, obs, emit)
 	t.generated(res.Tokens)
 	var code serialproto.ErrorCode
-	switch {
-	case err == nil:
-		d.stats.Done.Add(1)
-	default:
+	if err != nil {
 		code = errorCode(err, context.Cause(ctx))
 		if errors.Is(context.Cause(ctx), context.Canceled) {
 			code = serialproto.CodeCancelled // the caller went away
 		}
-		if code == serialproto.CodeCancelled {
-			d.stats.Canceled.Add(1)
-		} else {
-			d.stats.Failed.Add(1)
-		}
 		err = &RequestError{Code: code, Err: err}
 	}
+	d.stats.ended(LocalLink, err, code, code == serialproto.CodeCancelled)
 	if obs != nil {
 		obs.Generated(res, err, code)
 		obs.Delivered(err) // the pieces went out as they came: delivery ends with generation

@@ -8,58 +8,27 @@ import (
 	"github.com/mcpd-project/mcpd/serialproto"
 )
 
-// Observer receives the daemon's events, for metrics and tracing. The
-// daemon imports no metrics or tracing library: an adapter (package
-// daemon/telemetry) turns these calls into Prometheus series and
-// OpenTelemetry spans. Methods run on the daemon's hot paths (a link's read
-// loop, a stream's send loop): they must be cheap and never block. With no
-// observer set, each hook costs one nil check.
-//
-// link is a link's name ("udp:127.0.0.1:7700", "serial:/dev/ttyUSB0",
-// "http"): bounded by the configuration, never by the devices, so it is a
-// safe metrics label.
+// Observer follows the daemon's requests, for tracing and latency
+// histograms. Counting is not its job: the daemon counts every event in
+// its Stats (stats.go), which /status and the Prometheus collector read.
+// The daemon imports no metrics or tracing library: an adapter (package
+// daemon/telemetry) turns these calls into OpenTelemetry spans and
+// Prometheus histograms. Methods run on the daemon's hot paths (a link's
+// read loop, a stream's send loop): they must be cheap and never block.
+// With no observer set, each hook costs one nil check.
 type Observer interface {
-	// Frame counts one sound frame received (in) or sent (out).
-	Frame(link string, dir FrameDirection, cmd serialproto.Command)
-	// BadFrame counts a frame rejected before parsing (bad CRC, length).
-	BadFrame(link string, err error)
-	// Retransmit counts a stream chunk sent again.
-	Retransmit(link string)
-	// SessionOpened and SessionClosed bracket a device's session.
-	SessionOpened(link string)
-	SessionClosed(link string)
-	// Refused counts a request turned away before it ran (BUSY,
-	// SHUTTING_DOWN, MALFORMED…).
-	Refused(link string, code serialproto.ErrorCode)
 	// RequestStarted is called once per accepted request; the returned
 	// RequestObserver (which may be nil) follows it to its end. The
 	// returned context (ctx itself, or one carrying a trace span) becomes
 	// the request's: the backend call runs under it.
 	RequestStarted(ctx context.Context, info RequestInfo) (context.Context, RequestObserver)
-	// LinkStats reports a byte-stream link's decoder counters since the
-	// last report: bytes skipped while resynchronising and reconnects.
-	LinkStats(link string, skipped int64, reconnects int)
-}
-
-// FrameDirection says whether the daemon received a frame or sent it.
-// (serialproto.Direction is another thing: which way a signature's nonce
-// runs.)
-type FrameDirection uint8
-
-const (
-	FrameIn  FrameDirection = iota // received from a device
-	FrameOut                       // sent to a device
-)
-
-func (d FrameDirection) String() string {
-	if d == FrameIn {
-		return "in"
-	}
-	return "out"
 }
 
 // RequestInfo describes an accepted request.
 type RequestInfo struct {
+	// Link is the name of the link the request came through
+	// ("udp:127.0.0.1:7700", "serial:/dev/ttyUSB0", "http"): bounded by
+	// the configuration, never by the devices, so a safe metrics label.
 	Link   string
 	Device string    // device id, or the local client's name
 	Seq    uint8     // the INFER's seq (0 for local requests)
@@ -120,48 +89,6 @@ func Observers(obs ...Observer) Observer {
 
 type multiObserver []Observer
 
-func (m multiObserver) Frame(link string, dir FrameDirection, cmd serialproto.Command) {
-	for _, o := range m {
-		o.Frame(link, dir, cmd)
-	}
-}
-
-func (m multiObserver) BadFrame(link string, err error) {
-	for _, o := range m {
-		o.BadFrame(link, err)
-	}
-}
-
-func (m multiObserver) Retransmit(link string) {
-	for _, o := range m {
-		o.Retransmit(link)
-	}
-}
-
-func (m multiObserver) SessionOpened(link string) {
-	for _, o := range m {
-		o.SessionOpened(link)
-	}
-}
-
-func (m multiObserver) SessionClosed(link string) {
-	for _, o := range m {
-		o.SessionClosed(link)
-	}
-}
-
-func (m multiObserver) Refused(link string, code serialproto.ErrorCode) {
-	for _, o := range m {
-		o.Refused(link, code)
-	}
-}
-
-func (m multiObserver) LinkStats(link string, skipped int64, reconnects int) {
-	for _, o := range m {
-		o.LinkStats(link, skipped, reconnects)
-	}
-}
-
 func (m multiObserver) RequestStarted(ctx context.Context, info RequestInfo) (context.Context, RequestObserver) {
 	var list multiRequest
 	for _, o := range m {
@@ -199,20 +126,6 @@ func (m multiRequest) Generated(res backends.Result, err error, code serialproto
 func (m multiRequest) Delivered(err error) {
 	for _, r := range m {
 		r.Delivered(err)
-	}
-}
-
-// Hooks with a nil check, so call sites stay one line.
-
-func (d *Daemon) observeFrame(p Peer, dir FrameDirection, cmd serialproto.Command) {
-	if d.obs != nil {
-		d.obs.Frame(p.LinkName(), dir, cmd)
-	}
-}
-
-func (d *Daemon) observeRefused(link string, code serialproto.ErrorCode) {
-	if d.obs != nil {
-		d.obs.Refused(link, code)
 	}
 }
 

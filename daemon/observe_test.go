@@ -43,20 +43,6 @@ func (r *eventLog) count(prefix string) int {
 	return n
 }
 
-func (r *eventLog) Frame(link string, dir FrameDirection, cmd serialproto.Command) {
-	r.add("frame %s %s %s", link[:3], dir, cmd)
-}
-func (r *eventLog) BadFrame(link string, err error) { r.add("bad %v", err) }
-func (r *eventLog) Retransmit(link string)          { r.add("retransmit") }
-func (r *eventLog) SessionOpened(link string)       { r.add("session+ %s", link[:3]) }
-func (r *eventLog) SessionClosed(link string)       { r.add("session- %s", link[:3]) }
-func (r *eventLog) Refused(link string, code serialproto.ErrorCode) {
-	r.add("refused %s %s", link[:3], code)
-}
-func (r *eventLog) LinkStats(link string, skipped int64, reconnects int) {
-	r.add("linkstats %d %d", skipped, reconnects)
-}
-
 func (r *eventLog) RequestStarted(ctx context.Context, info RequestInfo) (context.Context, RequestObserver) {
 	r.add("request %s %s", info.Link[:3], info.Device)
 	return ctx, &requestLog{r: r}
@@ -92,34 +78,61 @@ func TestObserverSeesARequest(t *testing.T) {
 	}
 	words := len(strings.SplitAfter(answerFor(prompt), " "))
 	waitFor(t, func() bool { return rec.count("delivered") == 1 })
-	got := rec.list()
 	want := []string{
-		"session+ udp",
 		"request udp watched",
 		"generating test-engine",
 		fmt.Sprintf("generated %d tokens, %d pieces, done", words, words),
 		"delivered <nil>",
 	}
-	var lifecycle []string
-	for _, e := range got {
-		if !strings.HasPrefix(e, "frame") {
-			lifecycle = append(lifecycle, e)
+	if got := rec.list(); !slices.Equal(got, want) {
+		t.Fatalf("events\n got %q\nwant %q", got, want)
+	}
+}
+
+// TestStatsCountEachFrameOnce: every frame received and sent, TOKENs
+// included, is counted once, under its link and command; the per-link
+// series add up to the totals /status shows.
+func TestStatsCountEachFrameOnce(t *testing.T) {
+	e := &testEngine{}
+	d, addr := startDaemon(t, Config{}, e)
+	c := dial(t, addr, device.Config{DeviceID: "counted", MaxData: 32})
+	prompt := strings.Repeat("many words here ", 10)
+	if _, _, err := ask(t, c, prompt); err != nil {
+		t.Fatal(err)
+	}
+	frames := func(dir FrameDirection, cmd serialproto.Command) (n, all int64) {
+		for _, l := range d.Stats().Links() {
+			for _, f := range l.Frames {
+				if f.Direction == dir {
+					all += f.N
+					if f.Command == cmd {
+						n += f.N
+					}
+				}
+			}
 		}
+		return n, all
 	}
-	if !slices.Equal(lifecycle, want) {
-		t.Fatalf("events\n got %q\nwant %q", lifecycle, want)
-	}
-	// Every frame sent, TOKENs included, is counted once in Stats and once
-	// by the observer.
-	waitFor(t, func() bool {
-		return int64(rec.count("frame udp out")) == d.Stats().FramesOut.Load() &&
-			int64(rec.count("frame udp in")) == d.Stats().FramesIn.Load()
+	waitFor(t, func() bool { // the device's last ACK may still be on its way
+		_, in := frames(FrameIn, 0)
+		_, out := frames(FrameOut, 0)
+		return in == d.Stats().FramesIn.Load() && out == d.Stats().FramesOut.Load()
 	})
-	if n := rec.count("frame udp out TOKEN"); n < 2 {
-		t.Fatalf("%d TOKEN frames observed; the answer needs several at max_data 32", n)
+	if n, _ := frames(FrameOut, serialproto.CmdToken); n < 2 {
+		t.Fatalf("%d TOKEN frames counted; the answer needs several at max_data 32", n)
 	}
-	if rec.count("frame udp in INFER") == 0 || rec.count("frame udp out DONE") != 1 {
-		t.Fatalf("frames: %q", got)
+	infers, _ := frames(FrameIn, serialproto.CmdInfer)
+	dones, _ := frames(FrameOut, serialproto.CmdDone)
+	if infers == 0 || dones != 1 {
+		t.Fatalf("%d INFER frames in, %d DONE out", infers, dones)
+	}
+	links := d.Stats().Links()
+	if len(links) != 1 || !strings.HasPrefix(links[0].Link, "udp:") || links[0].Sessions != 1 ||
+		!slices.Equal(links[0].Requests, []RequestCount{{"done", "none", 1}}) {
+		t.Fatalf("per link: %+v", links)
+	}
+	if got := d.Stats().Tokens()["test-engine"]; got != int64(len(strings.SplitAfter(answerFor(prompt), " "))) {
+		t.Fatalf("tokens by engine: %v", d.Stats().Tokens())
 	}
 }
 
@@ -173,8 +186,12 @@ func TestLocalRequestsShareTheDevicesLimits(t *testing.T) {
 	if got := d.Stats().Busy.Load(); got != 3 {
 		t.Fatalf("busy %d, want 3", got)
 	}
-	if n := rec.count("refused htt BUSY"); n != 2 {
-		t.Fatalf("%d local refusals observed: %q", n, rec.list())
+	counted := false
+	for _, l := range d.Stats().Links() {
+		counted = counted || l.Link == LocalLink && slices.Contains(l.Requests, RequestCount{"refused", "BUSY", 2})
+	}
+	if !counted {
+		t.Fatalf("local refusals not counted: %+v", d.Stats().Links())
 	}
 	// The slot is free again: the device is served.
 	if _, _, err := ask(t, dev, "now"); err != nil {

@@ -51,20 +51,14 @@ func (r *request) run() {
 	r.ticket.generated(res.Tokens)
 	// Account before the final chunk exists: the device may send its next
 	// INFER the moment it sees DONE, and that one must see this turn.
-	switch {
-	case err == nil:
-		d.stats.Done.Add(1)
+	var code serialproto.ErrorCode
+	if err != nil {
+		code = errorCode(err, context.Cause(r.ctx))
+	} else {
 		r.s.remember(r.infer.Prompt, answer.String())
-	case errors.Is(context.Cause(r.ctx), errCancelledByDevice):
-		d.stats.Canceled.Add(1)
-	default:
-		d.stats.Failed.Add(1)
 	}
+	d.stats.ended(r.s.peer.LinkName(), err, code, errors.Is(context.Cause(r.ctx), errCancelledByDevice))
 	if r.obs != nil {
-		var code serialproto.ErrorCode
-		if err != nil {
-			code = errorCode(err, context.Cause(r.ctx))
-		}
 		r.obs.Generated(res, err, code)
 	}
 	r.st.finish(r.final(res, err))
@@ -114,6 +108,7 @@ func (d *Daemon) generate(ctx context.Context, request func() backends.Request, 
 		}
 		return emit(piece)
 	})
+	d.stats.generated(e.b.Name(), res.Tokens)
 	if err == nil && ctx.Err() != nil {
 		err = context.Cause(ctx)
 	}

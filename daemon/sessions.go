@@ -18,15 +18,14 @@ const bootNoncesKept = 16
 // own lock (sessions are closed and cancelled after it is released).
 type sessionTable struct {
 	stats *Stats
-	obs   *Observer // the daemon's; read when a session opens or closes
 
 	mu         sync.Mutex
 	byPeer     map[string]*session
 	bootNonces map[string][]uint32 // per keyed device, its last HELLO boot nonces
 }
 
-func newSessionTable(stats *Stats, obs *Observer) *sessionTable {
-	return &sessionTable{stats: stats, obs: obs, byPeer: make(map[string]*session), bootNonces: make(map[string][]uint32)}
+func newSessionTable(stats *Stats) *sessionTable {
+	return &sessionTable{stats: stats, byPeer: make(map[string]*session), bootNonces: make(map[string][]uint32)}
 }
 
 // get returns the peer's session, or nil.
@@ -156,19 +155,8 @@ func (t *sessionTable) remove(s *session) {
 }
 
 // opened and closed count a session in and out. Called with t.mu held.
-func (t *sessionTable) opened(s *session) {
-	t.stats.Sessions.Add(1)
-	if o := *t.obs; o != nil {
-		o.SessionOpened(s.peer.LinkName())
-	}
-}
-
-func (t *sessionTable) closed(s *session) {
-	t.stats.Sessions.Add(-1)
-	if o := *t.obs; o != nil {
-		o.SessionClosed(s.peer.LinkName())
-	}
-}
+func (t *sessionTable) opened(s *session) { t.stats.sessionOpened(s.peer.LinkName()) }
+func (t *sessionTable) closed(s *session) { t.stats.sessionClosed(s.peer.LinkName()) }
 
 // expire returns the sessions silent for longer than limit, for the caller
 // to close, and drops stale reassembly state in the others.

@@ -40,8 +40,7 @@ func tableHello(tb *sessionTable, max int, now time.Time, peer, device string, n
 // refused without touching the live session.
 func TestSessionTableHello(t *testing.T) {
 	stats := &Stats{}
-	var obs Observer
-	tb := newSessionTable(stats, &obs)
+	tb := newSessionTable(stats)
 	now := time.Now()
 	first := tableHello(tb, 8, now, "p1", "dev", 1, true)
 	if first.outcome != helloOpened || first.old != nil || tb.get("p1") != first.session || stats.Sessions.Load() != 1 {
@@ -78,8 +77,7 @@ func TestSessionTableHello(t *testing.T) {
 // being served (it took an answer, it has a request) is never evicted.
 func TestSessionTableEviction(t *testing.T) {
 	stats := &Stats{}
-	var obs Observer
-	tb := newSessionTable(stats, &obs)
+	tb := newSessionTable(stats)
 	t0 := time.Now()
 	served := tableHello(tb, 2, t0, "served", "served", 1, false).session
 	served.delivered.Store(true)
@@ -111,8 +109,7 @@ func TestSessionTableEviction(t *testing.T) {
 
 // TestSessionTableRefusals: draining, and a session that cannot be made.
 func TestSessionTableRefusals(t *testing.T) {
-	var obs Observer
-	tb := newSessionTable(&Stats{}, &obs)
+	tb := newSessionTable(&Stats{})
 	req := helloRequest{peerKey: "p", deviceID: "d", maxSessions: 4, draining: func() bool { return true }}
 	if res := tb.hello(req); res.outcome != helloDraining || helloRefusal(res).Code.String() != "SHUTTING_DOWN" {
 		t.Fatalf("draining: %+v", res)
@@ -127,8 +124,7 @@ func TestSessionTableRefusals(t *testing.T) {
 // TestSessionTableExpiry: expire hands back the sessions silent for longer
 // than the limit and leaves the others.
 func TestSessionTableExpiry(t *testing.T) {
-	var obs Observer
-	tb := newSessionTable(&Stats{}, &obs)
+	tb := newSessionTable(&Stats{})
 	t0 := time.Now()
 	old := tableHello(tb, 2, t0, "old", "old", 1, false).session
 	tableHello(tb, 2, t0.Add(2*time.Second), "fresh", "fresh", 1, false)

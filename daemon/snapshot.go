@@ -39,30 +39,6 @@ type SessionInfo struct {
 	IdleSecs float64 `json:"idle_s"`
 }
 
-// Counters is a copy of Stats.
-type Counters struct {
-	FramesIn     int64 `json:"frames_in"`
-	FramesOut    int64 `json:"frames_out"`
-	BadFrames    int64 `json:"bad_frames"`
-	AuthFailures int64 `json:"auth_failures"`
-	Accepted     int64 `json:"accepted"`
-	Busy         int64 `json:"busy"`
-	Done         int64 `json:"done"`
-	Failed       int64 `json:"failed"`
-	Canceled     int64 `json:"canceled"`
-	Duplicates   int64 `json:"duplicates"`
-	// Rejected signed-session frames by reason, and the guard's counters
-	// (docs/reliability.md).
-	AuthUnsigned int64 `json:"auth_unsigned"`
-	AuthBadTag   int64 `json:"auth_bad_tag"`
-	AuthReplay   int64 `json:"auth_replay"`
-	AuthStale    int64 `json:"auth_stale"`
-	RateLimited  int64 `json:"rate_limited"`
-	Forbidden    int64 `json:"forbidden"`
-	Evicted      int64 `json:"evicted"`
-	Retransmits  int64 `json:"retransmits"`
-}
-
 // Snapshot returns the daemon's state now.
 func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 	now := d.clock.Now()
@@ -85,14 +61,7 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 	slices.SortFunc(snap.Sessions, func(a, b SessionInfo) int { return strings.Compare(a.Peer, b.Peer) })
 	snap.Running, snap.Queued = d.admission.load()
 	snap.LocalRequests = d.local.count()
-	st := &d.stats
-	snap.Counters = Counters{
-		FramesIn: st.FramesIn.Load(), FramesOut: st.FramesOut.Load(), BadFrames: st.BadFrames.Load(),
-		AuthFailures: st.AuthFailures.Load(), Accepted: st.Accepted.Load(), Busy: st.Busy.Load(),
-		Done: st.Done.Load(), Failed: st.Failed.Load(), Canceled: st.Canceled.Load(), Duplicates: st.Duplicates.Load(),
-		AuthUnsigned: st.AuthUnsigned.Load(), AuthBadTag: st.AuthBadTag.Load(), AuthReplay: st.AuthReplay.Load(), AuthStale: st.AuthStale.Load(),
-		RateLimited: st.RateLimited.Load(), Forbidden: st.Forbidden.Load(), Evicted: st.Evicted.Load(), Retransmits: st.Retransmits.Load(),
-	}
+	snap.Counters = d.stats.Counters()
 	if info, err := d.backend().Model(ctx, ""); err == nil {
 		snap.Model = info.Name
 	}

@@ -369,10 +369,27 @@ func TestMetricNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { return f.d.Stats().BadFrames.Load() == 1 })
-	// Serial-only series and retransmissions, which this UDP test does not
-	// provoke (the serial and stream tests do), reported as a link would.
-	f.metrics.LinkStats("serial:/dev/ttyUSB0", 3, 1)
-	f.metrics.Retransmit("serial:/dev/ttyUSB0")
+	// A TOKEN lost on the way is sent again.
+	tr, err := device.DialUDP(f.udp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	lossy := device.New(&dropFirstToken{Transport: tr}, device.Config{DeviceID: "sensor-2", MaxData: 32})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := lossy.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lossy.Ask(ctx, &serialproto.Infer{Prompt: "one token goes missing"}, func([]byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if f.d.Stats().Retransmits.Load() == 0 {
+		t.Fatal("the lost TOKEN was not sent again")
+	}
+	// Serial-only series, which this UDP test does not provoke (the serial
+	// tests do), reported as a serial link reports them.
+	f.d.LinkStats("serial:/dev/ttyUSB0", 3, 1)
 	_, body := f.get(t, "/metrics")
 	seen := map[string]bool{}
 	re := regexp.MustCompile(`^(mcpd_[a-z_]+)(\{[^}]*\})?`)
@@ -409,5 +426,21 @@ func TestParseAddr(t *testing.T) {
 		if enabled != tc.enabled || (err == nil) != tc.ok {
 			t.Errorf("ParseAddr(%q) = %v, %v", tc.in, enabled, err)
 		}
+	}
+}
+
+// dropFirstToken loses the first TOKEN the device would receive.
+type dropFirstToken struct {
+	device.Transport
+	dropped bool
+}
+
+func (d *dropFirstToken) Recv(deadline time.Time) (serialproto.Frame, error) {
+	for {
+		f, err := d.Transport.Recv(deadline)
+		if err != nil || f.Cmd != serialproto.CmdToken || d.dropped {
+			return f, err
+		}
+		d.dropped = true
 	}
 }

@@ -38,14 +38,6 @@ func NewTracing(tp trace.TracerProvider) *Tracing {
 	return &Tracing{tracer: tp.Tracer("github.com/mcpd-project/mcpd/daemon")}
 }
 
-func (*Tracing) Frame(string, daemon.FrameDirection, serialproto.Command) {}
-func (*Tracing) BadFrame(string, error)                                   {}
-func (*Tracing) Retransmit(string)                                        {}
-func (*Tracing) SessionOpened(string)                                     {}
-func (*Tracing) SessionClosed(string)                                     {}
-func (*Tracing) Refused(string, serialproto.ErrorCode)                    {}
-func (*Tracing) LinkStats(string, int64, int)                             {}
-
 func (t *Tracing) RequestStarted(ctx context.Context, info daemon.RequestInfo) (context.Context, daemon.RequestObserver) {
 	ctx, root := t.tracer.Start(ctx, SpanRequest, trace.WithTimestamp(info.First), trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(
