@@ -37,6 +37,14 @@ type Accelerated interface {
 	AccelerationHint() string
 }
 
+// CapacityReporter is implemented by engines that know how many requests
+// they run at once without making one wait for another: the in-process
+// engine's batched sequences, the sum of Ollama's parallel slots. The
+// daemon's max_concurrent follows it unless configured.
+type CapacityReporter interface {
+	Capacity() int
+}
+
 // Refresher is implemented by engines whose health comes from background
 // probes (Ollama): Refresh probes now, so that a decision to move requests
 // to the engine does not rest on an old answer.
@@ -57,6 +65,7 @@ type EndpointStatus struct {
 	Failures  int    // consecutive failures while closed
 	Opened    int64  // how many times the breaker opened
 	InFlight  int64
+	Parallel  int   // requests the server runs at once (configured)
 	Requests  int64 // attempts sent
 	Model     string
 	Presence  string // of Model: unknown, present, missing

@@ -182,6 +182,7 @@ var (
 	_ DegradedReporter  = (*Selector)(nil)
 	_ EndpointReporter  = (*Selector)(nil)
 	_ SelectionReporter = (*Selector)(nil)
+	_ CapacityReporter  = (*Selector)(nil)
 )
 
 // SelectionStatus is a snapshot of the selection for /status, metrics and
@@ -381,6 +382,20 @@ func (s *Selector) Degraded() bool { return s.current.Load().degraded }
 // Endpoints implements EndpointReporter with the endpoints of every
 // engine that has them, in the order requests try the engines.
 func (s *Selector) Endpoints() []EndpointStatus { return s.Status().Endpoints }
+
+// Capacity implements CapacityReporter: the largest capacity among the
+// engines (0 when none reports one). It does not follow the current
+// choice: a request that lands on a smaller engine waits in that engine's
+// own queue, which is cheaper than admitting fewer requests everywhere.
+func (s *Selector) Capacity() int {
+	n := 0
+	for _, e := range s.engines {
+		if c, ok := e.(CapacityReporter); ok {
+			n = max(n, c.Capacity())
+		}
+	}
+	return n
+}
 
 // Engine returns a running engine ("native" or "ollama"), or nil.
 func (s *Selector) Engine(p Policy) Backend { return s.engines[p] }

@@ -96,6 +96,16 @@ func (f fakeOllamaEngine) Endpoints() []backends.EndpointStatus {
 
 func (f fakeOllamaEngine) Refresh(context.Context) { f.refreshes.Add(1) }
 
+func (f fakeOllamaEngine) Capacity() int { return 12 }
+
+// capacityEngine is a fake that reports a capacity.
+type capacityEngine struct {
+	*fakeEngine
+	capacity int
+}
+
+func (c capacityEngine) Capacity() int { return c.capacity }
+
 // starter hands e to Open, keeping the selector's HealthChanged in *poke.
 func starter(e backends.Backend, poke *func()) backends.Starter {
 	return func(_ context.Context, env backends.StartEnv) (backends.Backend, error) {
@@ -196,5 +206,20 @@ func TestOpenStartersOnFakes(t *testing.T) {
 	}
 	if err := s.Close(); !errors.Is(err, backends.ErrClosed) {
 		t.Fatalf("second close: %v", err)
+	}
+}
+
+func TestSelectorCapacityIsTheLargest(t *testing.T) {
+	native := capacityEngine{&fakeEngine{name: "llama.cpp"}, 8}
+	oll := fakeOllamaEngine{&fakeEngine{name: "ollama"}}
+	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyNative, Fallback: []backends.Policy{backends.PolicyOllama},
+		Detector: cpuMachine(t), Native: starter(native, nil), Ollama: starter(oll, nil)})
+	if got := s.Capacity(); got != 12 {
+		t.Fatalf("capacity %d, want 12 (the larger engine's)", got)
+	}
+	alone := openSelector(t, backends.OpenConfig{Policy: backends.PolicyNative, Detector: cpuMachine(t),
+		Native: starter(&fakeEngine{name: "llama.cpp"}, nil)})
+	if got := alone.Capacity(); got != 0 {
+		t.Fatalf("capacity %d of an engine that reports none, want 0", got)
 	}
 }

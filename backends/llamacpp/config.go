@@ -19,7 +19,11 @@ type Config struct {
 	// (default: min(training context, 2048)). The KV cache holds
 	// Parallel × SequenceContext tokens.
 	SequenceContext int
-	// Parallel is the most requests decoded together (default 4).
+	// Parallel is the most requests decoded together. Default: 8, or as
+	// many as fit the memory available when Open checks it (at least 1).
+	// On a CPU a decode step reads all weights once whatever the number
+	// of sequences, so batching 8 costs little time; each sequence costs
+	// its KV cache (SequenceContext positions).
 
 	Parallel int
 	// Queue is the most requests waiting for a free sequence (default 32);
@@ -43,7 +47,7 @@ type Config struct {
 }
 
 // defaultParallel is Config.Parallel when unset.
-const defaultParallel = 4
+const defaultParallel = 8
 
 func (c *Config) defaults(trainCtx int) {
 	if c.ModelName == "" {

@@ -50,7 +50,14 @@ func (e *Engine) Stats() Stats {
 	return Stats{Steps: e.steps.Load(), Tokens: e.stepTokens.Load(), Outputs: e.stepOutputs.Load()}
 }
 
-var _ backends.Backend = (*Engine)(nil)
+var (
+	_ backends.Backend          = (*Engine)(nil)
+	_ backends.CapacityReporter = (*Engine)(nil)
+)
+
+// Capacity implements backends.CapacityReporter: the sequences decoded
+// together.
+func (e *Engine) Capacity() int { return e.cfg.Parallel }
 
 // Starter returns the backends.Starter that opens the engine with cfg for
 // backends.Open, after checking that the model fits the memory the
@@ -75,11 +82,10 @@ func Open(ctx context.Context, cfg Config, memAvailable int64) (*Engine, error) 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
 	}
-	parallel := cfg.Parallel
-	if parallel <= 0 {
-		parallel = defaultParallel
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = FitParallel(info, cfg.SequenceContext, defaultParallel, memAvailable)
 	}
-	if err := CheckMemory(cfg.ModelPath, EstimateMemory(info, cfg.SequenceContext, parallel), memAvailable); err != nil {
+	if err := CheckMemory(cfg.ModelPath, EstimateMemory(info, cfg.SequenceContext, cfg.Parallel), memAvailable); err != nil {
 		return nil, err
 	}
 	return New(ctx, cfg)

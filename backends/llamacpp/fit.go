@@ -56,3 +56,18 @@ func CheckMemory(path string, est MemoryEstimate, available int64) error {
 	return fmt.Errorf("%w: %s needs about %d MiB (weights %d MiB + KV cache %d MiB for %d tokens + %d MiB overhead) but only %d MiB is available (MemAvailable); use a smaller model or quantization, a smaller context or fewer parallel requests",
 		backends.ErrNoMemory, path, est.Total()>>20, est.Weights>>20, est.KVCache>>20, est.Tokens, est.Overhead>>20, available>>20)
 }
+
+// FitParallel is the most sequences, up to want, whose estimate fits in
+// available bytes (0: unknown, want); at least 1, so that a model too big
+// even for one is refused by CheckMemory with the numbers, not here.
+func FitParallel(info *gguf.Info, seqCtx, want int, available int64) int {
+	if available <= 0 {
+		return want
+	}
+	for p := want; p > 1; p-- {
+		if EstimateMemory(info, seqCtx, p).Total() <= available {
+			return p
+		}
+	}
+	return 1
+}

@@ -43,3 +43,28 @@ func TestMemoryEstimate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestFitParallel(t *testing.T) {
+	info, err := gguf.ValidateFile(writeModel(t, gguf.TinySpec(1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := EstimateMemory(info, 256, 1).Total()
+	three := EstimateMemory(info, 256, 3).Total()
+	tests := []struct {
+		available int64
+		want      int
+	}{
+		{0, 8},                     // unknown: the default
+		{1 << 40, 8},               // plenty
+		{three, 3},                 // exactly three fit
+		{three + (three-one)/4, 3}, // a bit more than three, less than four
+		{one, 1},                   // one
+		{one / 2, 1},               // not even one: CheckMemory refuses it
+	}
+	for _, tt := range tests {
+		if got := FitParallel(info, 256, 8, tt.available); got != tt.want {
+			t.Errorf("FitParallel(available %d) = %d, want %d", tt.available, got, tt.want)
+		}
+	}
+}

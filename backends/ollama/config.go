@@ -43,11 +43,25 @@ type Config struct {
 	// MaxIdleConnsPerHost bounds the kept-alive connections per endpoint
 	// (default 8).
 	MaxIdleConnsPerHost int
+	// Parallel is how many requests each endpoint serves at once
+	// (OLLAMA_NUM_PARALLEL on that server; default 4). EndpointParallel
+	// overrides it per endpoint URL. Their sum is the engine's Capacity,
+	// which the daemon's max_concurrent follows unless configured: set
+	// them to what the servers really run, or requests wait in Ollama's
+	// queue (too high) or in mcpd's (too low) instead of running.
+	Parallel         int
+	EndpointParallel map[string]int
 	// OnHealthChange is called (on its own goroutine) when an endpoint's
 	// breaker changes state or a model appears or disappears.
 	OnHealthChange func()
 	Logger         *slog.Logger
 }
+
+// DefaultParallel is Config.Parallel when unset. Ollama's own
+// OLLAMA_NUM_PARALLEL default has been 4 or 1 depending on version and
+// memory; 4 keeps a server with 4 slots busy and costs a server with 1 only
+// a short queue on its side.
+const DefaultParallel = 4
 
 func (c *Config) defaults() {
 	if len(c.Endpoints) == 0 {
@@ -80,6 +94,9 @@ func (c *Config) defaults() {
 	}
 	if c.MaxIdleConnsPerHost <= 0 {
 		c.MaxIdleConnsPerHost = 8
+	}
+	if c.Parallel <= 0 {
+		c.Parallel = DefaultParallel
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -24,6 +24,7 @@ func (p Presence) String() string {
 
 type endpoint struct {
 	url      string
+	parallel int // requests the server runs at once
 	client   *api.Client
 	breaker  *breaker
 	inFlight atomic.Int64

@@ -37,6 +37,7 @@ var (
 	_ backends.EndpointReporter = (*Engine)(nil)
 	_ backends.Accelerated      = (*Engine)(nil)
 	_ backends.Refresher        = (*Engine)(nil)
+	_ backends.CapacityReporter = (*Engine)(nil)
 )
 
 // Starter returns the backends.Starter that opens an Ollama engine with
@@ -90,7 +91,13 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, fmt.Errorf("ollama: endpoint %q: want http://host:port", raw)
 		}
-		ep := &endpoint{url: u.String(), client: api.NewClient(u, client), presence: map[string]Presence{}}
+		ep := &endpoint{url: u.String(), client: api.NewClient(u, client), presence: map[string]Presence{},
+			parallel: cfg.Parallel}
+		if n, ok := cfg.EndpointParallel[raw]; ok && n > 0 {
+			ep.parallel = n
+		} else if n, ok := cfg.EndpointParallel[ep.url]; ok && n > 0 {
+			ep.parallel = n
+		}
 		ep.breaker = newBreaker(cfg.BreakerFailures, cfg.BreakerCooldown, func(from, to BreakerState) {
 			o.log.Warn("ollama endpoint breaker", "endpoint", ep.url, "from", from.String(), "to", to.String())
 			o.healthChanged()
@@ -213,7 +220,7 @@ func (o *Engine) Endpoints() []backends.EndpointStatus {
 		st, failures, opened := ep.breaker.snapshot()
 		ep.mu.Lock()
 		out[i] = backends.EndpointStatus{URL: ep.url, Breaker: st.String(), Failures: failures, Opened: opened,
-			InFlight: ep.inFlight.Load(), Requests: ep.requests.Load(), Model: o.cfg.Model,
+			InFlight: ep.inFlight.Load(), Parallel: ep.parallel, Requests: ep.requests.Load(), Model: o.cfg.Model,
 			Presence: ep.presence[canonicalModel(o.cfg.Model)].String(),
 			Size:     ep.size, SizeVRAM: ep.sizeVRAM, LastError: ep.lastError}
 		ep.mu.Unlock()
@@ -262,6 +269,16 @@ func (o *Engine) AccelerationHint() string {
 		return "Ollama endpoint on another host"
 	}
 	return ""
+}
+
+// Capacity implements backends.CapacityReporter: the parallel slots of
+// every endpoint, summed.
+func (o *Engine) Capacity() int {
+	n := 0
+	for _, ep := range o.endpoints {
+		n += ep.parallel
+	}
+	return n
 }
 
 // Degraded implements backends.DegradedReporter: some endpoint's breaker

@@ -453,3 +453,19 @@ func waitFor(t testing.TB, limit time.Duration, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestOllamaCapacity(t *testing.T) {
+	a, b := fakeOllama(t, ollamatest.Config{}), fakeOllama(t, ollamatest.Config{})
+	o := newOllama(t, Config{}, a, b)
+	if got := o.Capacity(); got != 2*DefaultParallel {
+		t.Fatalf("capacity %d, want %d", got, 2*DefaultParallel)
+	}
+	o2 := newOllama(t, Config{Parallel: 2, EndpointParallel: map[string]int{b.URL(): 8}}, a, b)
+	if got := o2.Capacity(); got != 10 {
+		t.Fatalf("capacity %d, want 2 + 8", got)
+	}
+	eps := o2.Endpoints()
+	if len(eps) != 2 || eps[0].Parallel != 2 || eps[1].Parallel != 8 {
+		t.Fatalf("endpoints %+v", eps)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/backends/llamacpp"
 	"github.com/mcpd-project/mcpd/backends/ollama"
+	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
@@ -33,6 +34,11 @@ type ollamaSection struct {
 	BreakerFailures   int       `toml:"breaker_failures"`
 	BreakerCooldown   duration  `toml:"breaker_cooldown"`
 	ProbeInterval     duration  `toml:"probe_interval"`
+	// Parallel is how many requests each endpoint runs at once (its
+	// OLLAMA_NUM_PARALLEL; default 4); ParallelPerEndpoint overrides it by
+	// endpoint URL. Their sum is what max_concurrent follows when unset.
+	Parallel            int            `toml:"parallel"`
+	ParallelPerEndpoint map[string]int `toml:"parallel_per_endpoint"`
 }
 
 // loadBackendEnv applies MCPD_OLLAMA_URL (comma-separated),
@@ -159,7 +165,8 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger) (backends.Ba
 			ConnectTimeout: o.ConnectTimeout.Duration, FirstTokenTimeout: o.FirstTokenTimeout.Duration,
 			TokenTimeout: o.TokenTimeout.Duration, TotalTimeout: o.TotalTimeout.Duration,
 			Retries: o.Retries, BreakerFailures: o.BreakerFailures, BreakerCooldown: o.BreakerCooldown.Duration,
-			ProbeInterval: o.ProbeInterval.Duration, Logger: log,
+			ProbeInterval: o.ProbeInterval.Duration, Parallel: o.Parallel, EndpointParallel: o.ParallelPerEndpoint,
+			Logger: log,
 		}
 		if o.KeepAlive != nil {
 			k := o.KeepAlive.Duration
@@ -168,4 +175,18 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger) (backends.Ba
 		sel.Ollama = ollama.Starter(oc)
 	}
 	return backends.Open(ctx, sel)
+}
+
+// followCapacity sets the daemon's max_concurrent, when the configuration
+// leaves it unset, to what the engine runs at once (its batched sequences,
+// Ollama's parallel slots): fewer would queue devices while the engine
+// could batch them, more would only move the queue into the engine.
+func followCapacity(dc *daemon.Config, b backends.Backend, log *slog.Logger) {
+	if dc.MaxConcurrent > 0 {
+		return
+	}
+	if c, ok := b.(backends.CapacityReporter); ok && c.Capacity() > 0 {
+		dc.MaxConcurrent = c.Capacity()
+		log.Info("max_concurrent follows the engine's capacity", "max_concurrent", dc.MaxConcurrent)
+	}
 }

@@ -57,6 +57,15 @@ func (f *faultEngine) Generate(ctx context.Context, req backends.Request, emit b
 	return f.Backend.Generate(ctx, req, emit)
 }
 
+// Capacity forwards the wrapped engine's, so max_concurrent follows it in
+// fault builds too.
+func (f *faultEngine) Capacity() int {
+	if c, ok := f.Backend.(backends.CapacityReporter); ok {
+		return c.Capacity()
+	}
+	return 0
+}
+
 func (f *faultEngine) Close() error {
 	f.once.Do(func() { close(f.closed) })
 	return f.Backend.Close()

@@ -68,7 +68,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	model := fs.String("model", "", "GGUF file (native) or model name (ollama)")
 	threads := fs.Int("threads", 0, "CPU threads for the native engine (default: all cores)")
 	ctxSize := fs.Int("ctx", 0, "context size per request in tokens (default: the model's, at most 2048)")
-	maxConc := fs.Int("max-concurrent", 0, "requests running at once (default 2)")
+	maxConc := fs.Int("max-concurrent", 0, "requests running at once (default: the engine's capacity — 8 batched sequences in-process, or Ollama's parallel slots)")
 	maxQueue := fs.Int("max-queue", 0, "requests waiting for the engine before BUSY (default 16; -1 none)")
 	maxSessions := fs.Int("max-sessions", 0, "devices at once (default 256)")
 	heartbeat := fs.Duration("heartbeat", 0, "device heartbeat interval (default 5s)")
@@ -160,6 +160,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		closeLinks(links)
 		return err
 	}
+	followCapacity(&dcfg, b, log)
 	d, err := daemon.New(dcfg, b, log)
 	if err != nil {
 		b.Close()

@@ -146,6 +146,21 @@ func TestEndToEndNative(t *testing.T) {
 	if !strings.Contains(string(metrics), `mcpd_tokens_generated_total{backend="llama.cpp"} 96`) {
 		t.Fatalf("metrics:\n%s", metrics)
 	}
+	// max_concurrent is unset: it follows the engine's 8 batched sequences.
+	resp, err = http.Get("http://" + httpAddr + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var status struct {
+		Daemon struct {
+			MaxConcurrent int `json:"max_concurrent"`
+		} `json:"daemon"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&status)
+	resp.Body.Close()
+	if err != nil || status.Daemon.MaxConcurrent != 8 {
+		t.Fatalf("/status: max_concurrent %d (%v), want the engine's 8", status.Daemon.MaxConcurrent, err)
+	}
 }
 
 // freeTCP is a loopback TCP address free a moment ago.

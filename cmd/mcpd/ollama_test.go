@@ -196,7 +196,8 @@ func TestBackendConfig(t *testing.T) {
 	_ = os.WriteFile(good, []byte("backend = \"ollama\"\nfallback = [\"native\"]\nmodel = \""+model+"\"\n"+
 		"[ollama]\nendpoints = [\"http://127.0.0.1:1\", \"http://gpu-box.lan:11434\"]\nmodel = \"llama3.2:1b\"\nkeep_alive = \"-1s\"\n"+
 		"connect_timeout = \"1s\"\nfirst_token_timeout = \"90s\"\ntoken_timeout = \"20s\"\ntotal_timeout = \"5m\"\nretries = -1\n"+
-		"breaker_failures = 5\nbreaker_cooldown = \"30s\"\nprobe_interval = \"1m\"\n"), 0o644)
+		"breaker_failures = 5\nbreaker_cooldown = \"30s\"\nprobe_interval = \"1m\"\nparallel = 2\n"+
+		"[ollama.parallel_per_endpoint]\n\"http://gpu-box.lan:11434\" = 8\n"), 0o644)
 	for _, tc := range []struct {
 		args []string
 		env  map[string]string
@@ -233,7 +234,8 @@ func TestBackendConfig(t *testing.T) {
 	}
 	o := cfg.Ollama
 	if o.KeepAlive == nil || o.KeepAlive.Duration != -time.Second || o.Retries != -1 || o.BreakerFailures != 5 ||
-		o.FirstTokenTimeout.Duration != 90*time.Second || len(o.Endpoints) != 2 || cfg.ollamaModel() != "llama3.2:1b" || cfg.ggufPath() != model {
+		o.FirstTokenTimeout.Duration != 90*time.Second || len(o.Endpoints) != 2 || cfg.ollamaModel() != "llama3.2:1b" || cfg.ggufPath() != model ||
+		o.Parallel != 2 || o.ParallelPerEndpoint["http://gpu-box.lan:11434"] != 8 {
 		t.Fatalf("%+v", cfg)
 	}
 }

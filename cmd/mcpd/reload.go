@@ -140,6 +140,11 @@ func (s *service) reload(ctx context.Context, d *daemon.Daemon, resolve func() (
 	}
 
 	// From here on, nothing is refused: the new configuration goes in.
+	if engine != nil {
+		followCapacity(&p.daemon, engine, s.log)
+	} else {
+		followCapacity(&p.daemon, d.Backend(), s.log)
+	}
 	if err := d.Reconfigure(p.daemon); err != nil { // checked by prepare; kept for safety
 		closeNew()
 		if engine != nil {
