@@ -40,7 +40,7 @@ func TestFirstTokenIsNotHeldBack(t *testing.T) {
 // going out a token at a time; the acknowledgement releases it.
 func TestBusyLinkCoalesces(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(patientPeer{p}, nil, systemClock{}, 1, 7, 64, 2, time.Hour, 3)
+	st := newStream(patientPeer{p}, nil, newFakeClock(), 1, 7, 64, 2, time.Hour, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)

@@ -35,6 +35,20 @@ func startDaemonLogging(t *testing.T, cfg Config, e *testEngine, log *slog.Logge
 	return d, addr
 }
 
+// startDaemonOnClock is startDaemon on a fake clock: heartbeats, budget
+// periods, retransmission timeouts and liveness limits pass only when the
+// test advances it.
+func startDaemonOnClock(t *testing.T, cfg Config, e *testEngine) (*Daemon, string, *fakeClock) {
+	t.Helper()
+	clk := newFakeClock()
+	d, err := newDaemon(cfg, e, testLogger(), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := runDaemon(t, d)
+	return d, addr, clk
+}
+
 // runDaemon runs an already built daemon (tests that set an observer or a
 // different engine first build their own) on a loopback UDP port. stop
 // cancels it and waits until Run returns, reporting its error; it runs at
@@ -418,13 +432,19 @@ func TestGarbageDoesNotDisturbOthers(t *testing.T) {
 	}
 }
 
+// TestSessionExpiry: a session silent for more than three heartbeats is
+// closed by the janitor's next tick, and not before.
 func TestSessionExpiry(t *testing.T) {
-	d, addr := startDaemon(t, Config{Heartbeat: 100 * time.Millisecond}, &testEngine{})
+	d, addr, clk := startDaemonOnClock(t, Config{Heartbeat: time.Second}, &testEngine{})
 	dial(t, addr, device.Config{DeviceID: "sleepy"})
 	if d.Stats().Sessions.Load() != 1 {
 		t.Fatal("no session")
 	}
-	waitFor(t, func() bool { return d.Stats().Sessions.Load() == 0 })
+	start := clk.Now()
+	advanceUntil(t, clk, 250*time.Millisecond, func() bool { return d.Stats().Sessions.Load() == 0 })
+	if silent := clk.Now().Sub(start); silent <= 3*time.Second {
+		t.Fatalf("expired after %v of silence, within three heartbeats", silent)
+	}
 }
 
 // lossyTransport drops and duplicates frames in both directions with a

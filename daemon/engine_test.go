@@ -13,13 +13,15 @@ import (
 
 // testEngine is a deterministic engine for tests: it answers with the words
 // of "echo: " + the last user message, one word per token, optionally with
-// a delay per token, failing after failAfter tokens, or blocking until
-// release is closed. It records every request it saw.
+// a delay per token, failing after failAfter tokens, blocking until release
+// is closed, or paced token by token by the test. It records every request
+// it saw.
 type testEngine struct {
 	delay     time.Duration
 	failAfter int           // 0: never fail
 	release   chan struct{} // non-nil: block before the first token until closed
 	hold      chan struct{} // non-nil: block after the first token until closed
+	pace      chan struct{} // non-nil: after each token, send on it, then wait to receive from it
 	calls     atomic.Int64
 	cancelled atomic.Int64
 
@@ -69,6 +71,20 @@ func (e *testEngine) Generate(ctx context.Context, req backends.Request, emit ba
 		}
 		if err := emit([]byte(w)); err != nil {
 			return res, err
+		}
+		if e.pace != nil {
+			select { // the test sees the token out…
+			case e.pace <- struct{}{}:
+			case <-ctx.Done():
+				e.cancelled.Add(1)
+				return res, ctx.Err()
+			}
+			select { // …and lets the next one come
+			case <-e.pace:
+			case <-ctx.Done():
+				e.cancelled.Add(1)
+				return res, ctx.Err()
+			}
 		}
 		if i == 0 {
 			res.TTFT = time.Since(start)

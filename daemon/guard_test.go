@@ -87,7 +87,7 @@ func TestPolicyRefusals(t *testing.T) {
 // budget; once spent, INFERs get RATE_LIMITED until the period ends.
 func TestTokenBudget(t *testing.T) {
 	e := &testEngine{}
-	d, addr := startDaemon(t, Config{Policy: AccessPolicy{Devices: map[string]DeviceRule{
+	d, addr, clk := startDaemonOnClock(t, Config{Policy: AccessPolicy{Devices: map[string]DeviceRule{
 		"meter": {TokenBudget: 12, BudgetPeriod: 400 * time.Millisecond},
 	}}}, e)
 	c, err := hello(addr, device.Config{DeviceID: "meter"})
@@ -106,7 +106,7 @@ func TestTokenBudget(t *testing.T) {
 		t.Fatalf("third, budget spent: %v", err)
 	}
 	calls := e.calls.Load()
-	time.Sleep(450 * time.Millisecond) // a new period
+	clk.Advance(400 * time.Millisecond) // a new period (well within the session's heartbeats)
 	if _, done, err := ask(t, c, prompt); err != nil || done.Tokens != 9 {
 		t.Fatalf("after the period: %v %+v", err, done)
 	}
@@ -116,46 +116,52 @@ func TestTokenBudget(t *testing.T) {
 }
 
 // TestPeerRateLimit: a source sending faster than its rate has the excess
-// dropped and counted, hears RATE_LIMITED at most once a second, and
-// another device is still served.
+// dropped and counted, hears RATE_LIMITED at most once a second, gets its
+// rate back as time passes, and another device is still served.
 func TestPeerRateLimit(t *testing.T) {
 	e := &testEngine{}
-	d, addr := startDaemon(t, Config{PeerRate: 50, PeerBurst: 20}, e)
+	d, addr, clk := startDaemonOnClock(t, Config{PeerRate: 50, PeerBurst: 20}, e)
 	flood := rawSession(t, addr, "flooder") // the HELLO took one token
-	ping := func(seq uint8) []byte {
+	seq := uint8(1)
+	burst := func(n int) (pongs, limited int) {
 		b, _ := (&serialproto.Ping{}).AppendBody(nil)
-		raw, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdPing, Seq: seq, Data: b})
-		return raw
-	}
-	start := time.Now()
-	const sent = 500
-	for i := range sent {
-		_ = flood.Send(ping(uint8(i + 2)))
-		time.Sleep(50 * time.Microsecond) // paced so that the socket buffer drops nothing
-	}
-	elapsed := time.Since(start)
-	pongs, limited := 0, 0
-	for {
-		f, err := flood.Recv(time.Now().Add(200 * time.Millisecond))
-		if err != nil {
-			break
+		for range n {
+			seq++
+			raw, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdPing, Seq: seq, Data: b})
+			_ = flood.Send(raw)
+			time.Sleep(50 * time.Microsecond) // paced so that the socket buffer drops nothing
 		}
-		switch f.Cmd {
-		case serialproto.CmdPong:
-			pongs++
-		case serialproto.CmdError:
-			if serialproto.ErrorCode(f.Data[0]) == serialproto.CodeRateLimited {
-				limited++
+		for {
+			f, err := flood.Recv(time.Now().Add(200 * time.Millisecond))
+			if err != nil {
+				return pongs, limited
+			}
+			switch f.Cmd {
+			case serialproto.CmdPong:
+				pongs++
+			case serialproto.CmdError:
+				if serialproto.ErrorCode(f.Data[0]) == serialproto.CodeRateLimited {
+					limited++
+				}
 			}
 		}
 	}
-	allowed := 20 + int(50*elapsed.Seconds()) + 1
-	t.Logf("%d PINGs in %v: %d PONGs (at most %d allowed), %d RATE_LIMITED, %d counted", sent, elapsed, pongs, allowed, limited, d.Stats().RateLimited.Load())
-	if pongs > allowed || pongs < 15 || limited < 1 || limited > 1+int(elapsed.Seconds()) {
-		t.Fatalf("%d PONGs, %d RATE_LIMITED answers", pongs, limited)
+	// The clock stands still: the bucket's 19 tokens left, then nothing.
+	if pongs, limited := burst(200); pongs != 19 || limited != 1 {
+		t.Fatalf("200 PINGs at once: %d PONGs (want 19), %d RATE_LIMITED (want 1)", pongs, limited)
 	}
-	if got := d.Stats().RateLimited.Load(); got != int64(sent-pongs) {
-		t.Fatalf("rate-limited counted %d, dropped %d", got, sent-pongs)
+	if got := d.Stats().RateLimited.Load(); got != 200-19 {
+		t.Fatalf("rate-limited counted %d, dropped %d", got, 200-19)
+	}
+	// 200 ms at 50 a second: 10 tokens; the last answer was 200 ms ago.
+	clk.Advance(200 * time.Millisecond)
+	if pongs, limited := burst(20); pongs != 10 || limited != 0 {
+		t.Fatalf("200 ms later: %d PONGs (want 10), %d RATE_LIMITED (want 0)", pongs, limited)
+	}
+	// A second later the bucket is full (20), and RATE_LIMITED may be said again.
+	clk.Advance(time.Second)
+	if pongs, limited := burst(30); pongs != 20 || limited != 1 {
+		t.Fatalf("a second later: %d PONGs (want 20), %d RATE_LIMITED (want 1)", pongs, limited)
 	}
 	c := dial(t, addr, device.Config{DeviceID: "neighbour"})
 	if text, _, err := ask(t, c, "still there?"); err != nil || text != answerFor("still there?") {

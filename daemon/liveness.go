@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"sync"
@@ -24,9 +23,8 @@ const janitorStall = 15 * time.Second
 // the stream never blocks the engine's callback, so a call without output
 // is the engine's own doing.
 type liveness struct {
-	clock        clock
-	lastBeat     atomic.Int64  // unix ns of the janitor's last tick, 0 before Run
-	janitorStall time.Duration // 0: the janitorStall constant (tests shorten it)
+	clock    clock
+	lastBeat atomic.Int64 // unix ns of the janitor's last tick, 0 before Run
 
 	mu    sync.Mutex
 	calls map[*engineCall]struct{}
@@ -68,8 +66,7 @@ func (c *engineCall) step() { c.last.Store(c.clock.Now().UnixNano()) }
 // (the model still loading) is alive: start-up has its own timeout.
 func (d *Daemon) Alive(now time.Time) error {
 	if beat := d.live.lastBeat.Load(); beat != 0 {
-		limit := cmp.Or(d.live.janitorStall, janitorStall)
-		if since := now.Sub(time.Unix(0, beat)); since > limit {
+		if since := now.Sub(time.Unix(0, beat)); since > janitorStall {
 			return fmt.Errorf("%w: the dispatch loop has not ticked for %v", ErrStalled, since.Round(time.Millisecond))
 		}
 	}

@@ -113,18 +113,16 @@ func TestStatsCountEachFrameOnce(t *testing.T) {
 		}
 		return n, all
 	}
-	waitFor(t, func() bool { // the device's last ACK may still be on its way
+	waitFor(t, func() bool { // the DONE is counted once sent; the device's last ACK may be on its way
+		dones, out := frames(FrameOut, serialproto.CmdDone)
 		_, in := frames(FrameIn, 0)
-		_, out := frames(FrameOut, 0)
-		return in == d.Stats().FramesIn.Load() && out == d.Stats().FramesOut.Load()
+		return dones == 1 && in == d.Stats().FramesIn.Load() && out == d.Stats().FramesOut.Load()
 	})
 	if n, _ := frames(FrameOut, serialproto.CmdToken); n < 2 {
 		t.Fatalf("%d TOKEN frames counted; the answer needs several at max_data 32", n)
 	}
-	infers, _ := frames(FrameIn, serialproto.CmdInfer)
-	dones, _ := frames(FrameOut, serialproto.CmdDone)
-	if infers == 0 || dones != 1 {
-		t.Fatalf("%d INFER frames in, %d DONE out", infers, dones)
+	if infers, _ := frames(FrameIn, serialproto.CmdInfer); infers == 0 {
+		t.Fatal("no INFER frame counted")
 	}
 	links := d.Stats().Links()
 	if len(links) != 1 || !strings.HasPrefix(links[0].Link, "udp:") || links[0].Sessions != 1 ||

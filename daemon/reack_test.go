@@ -48,7 +48,7 @@ func (l *loseFinalAck) Send(frame []byte) error {
 // it again, so the finished stream lets go of the device's request place
 // at once rather than after the daemon's retransmissions run out.
 func TestFinalAckLost(t *testing.T) {
-	d, addr := startDaemon(t, Config{}, &testEngine{})
+	d, addr, clk := startDaemonOnClock(t, Config{}, &testEngine{})
 	tr, err := device.DialUDP(addr)
 	if err != nil {
 		t.Fatal(err)
@@ -78,15 +78,15 @@ func TestFinalAckLost(t *testing.T) {
 		t.Fatalf("the stream should still wait for its final ACK, active %d", active())
 	}
 	// The device goes on with its life (PINGs); the daemon's DONE
-	// retransmission (RTO 250 ms) must be acknowledged on the way.
-	deadline := time.Now().Add(1500 * time.Millisecond)
-	for active() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the finished stream still holds a request place after %v", 1500*time.Millisecond)
-		}
+	// retransmission (RTO 250 ms on UDP) must be acknowledged on the way.
+	start := clk.Now()
+	advanceUntil(t, clk, 250*time.Millisecond, func() bool {
 		if _, err := c.Ping(ctx); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		return active() == 0
+	})
+	if waited := clk.Now().Sub(start); waited > time.Second {
+		t.Fatalf("the finished stream held its request place for %v: the DONE's first retransmission was not acknowledged", waited)
 	}
 }

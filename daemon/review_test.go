@@ -129,7 +129,8 @@ func (p *recordPeer) chunks() []int {
 // probes with the last acknowledged chunk and sends nothing new.
 func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(p, nil, systemClock{}, 1, 7, 32, 2, time.Millisecond, 3)
+	clk := newFakeClock()
+	st := newStream(p, nil, clk, 1, 7, 32, 2, time.Millisecond, 3)
 	for range 10 {
 		_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz"))
 	}
@@ -138,8 +139,18 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- st.run(ctx) }()
 	waitFor(t, func() bool { return len(p.chunks()) >= 2 })
-	st.ack(2, 0)  // two chunks in, and the device is full
-	err := <-errc // probes count as retransmissions: given up after 3
+	st.ack(2, 0) // two chunks in, and the device is full
+	// Each timeout (10 ms, doubling) sends a probe; probes count as
+	// retransmissions: given up after 3.
+	var err error
+	advanceUntil(t, clk, 100*time.Millisecond, func() bool {
+		select {
+		case err = <-errc:
+			return true
+		default:
+			return false
+		}
+	})
 	if !errors.Is(err, errGaveUp) {
 		t.Fatalf("want errGaveUp, got %v", err)
 	}
@@ -154,7 +165,7 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 // device's data limit like every other frame it gets.
 func TestFinalErrorFitsTheDevice(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(p, nil, systemClock{}, 1, 7, 32, 2, time.Millisecond, 3)
+	st := newStream(p, nil, newFakeClock(), 1, 7, 32, 2, time.Millisecond, 3)
 	st.finish(func(chunk uint16, _, _ uint32) serialproto.Message {
 		e := serialproto.NewError(serialproto.CodeBackendFailed, strings.Repeat("engine error ", 4)) // 52 bytes: legal, but not in 32
 		e.Flags |= serialproto.ErrorFlagStream

@@ -260,19 +260,23 @@ func TestSwapBackendLetsRunningRequestsFinish(t *testing.T) {
 // and it is alive again once the call returns.
 func TestAliveDetectsAHungEngine(t *testing.T) {
 	e := &testEngine{release: make(chan struct{})}
-	d, addr := startDaemon(t, Config{StallTimeout: 300 * time.Millisecond}, e)
-	if err := d.Alive(time.Now()); err != nil {
+	d, addr, clk := startDaemonOnClock(t, Config{StallTimeout: 300 * time.Millisecond}, e)
+	if err := d.Alive(clk.Now()); err != nil {
 		t.Fatalf("idle daemon: %v", err)
 	}
 	c := dial(t, addr, device.Config{DeviceID: "hang"})
 	answer := make(chan error, 1)
 	go func() { _, _, err := ask(t, c, "a b c"); answer <- err }()
 	waitFor(t, func() bool { return e.calls.Load() == 1 })
-	if err := d.Alive(time.Now()); err != nil {
+	if err := d.Alive(clk.Now()); err != nil {
 		t.Fatalf("an engine call just started: %v", err)
 	}
-	var err error
-	waitFor(t, func() bool { err = d.Alive(time.Now()); return err != nil })
+	clk.Advance(300 * time.Millisecond)
+	if err := d.Alive(clk.Now()); err != nil {
+		t.Fatalf("silent for exactly StallTimeout: %v", err)
+	}
+	clk.Advance(time.Millisecond)
+	err := d.Alive(clk.Now())
 	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "engine") {
 		t.Fatalf("Alive: %v", err)
 	}
@@ -280,43 +284,43 @@ func TestAliveDetectsAHungEngine(t *testing.T) {
 	if err := <-answer; err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Alive(time.Now()); err != nil {
+	if err := d.Alive(clk.Now()); err != nil {
 		t.Fatalf("after the call returned: %v", err)
 	}
 
-	// A slow engine that keeps producing is alive throughout.
-	slow := &testEngine{delay: 100 * time.Millisecond}
-	d2, addr2 := startDaemon(t, Config{StallTimeout: 300 * time.Millisecond}, slow)
+	// A slow engine that keeps producing — a token every 200 ms of the
+	// clock, against a limit of 300 — is alive throughout.
+	slow := &testEngine{pace: make(chan struct{})}
+	d2, addr2, clk2 := startDaemonOnClock(t, Config{StallTimeout: 300 * time.Millisecond}, slow)
 	c2 := dial(t, addr2, device.Config{DeviceID: "slow"})
+	prompt := "one two three four five six seven eight"
 	answer2 := make(chan error, 1)
-	go func() { _, _, err := ask(t, c2, "one two three four five six seven eight"); answer2 <- err }()
-	for {
-		select {
-		case err := <-answer2:
-			if err != nil {
-				t.Fatal(err)
-			}
-			return
-		case <-time.After(20 * time.Millisecond):
-			if err := d2.Alive(time.Now()); err != nil {
-				t.Fatalf("a slow but steady engine: %v", err)
-			}
+	go func() { _, _, err := ask(t, c2, prompt); answer2 <- err }()
+	for range strings.SplitAfter(answerFor(prompt), " ") {
+		<-slow.pace // a token is out
+		clk2.Advance(200 * time.Millisecond)
+		if err := d2.Alive(clk2.Now()); err != nil {
+			t.Fatalf("a slow but steady engine: %v", err)
 		}
+		slow.pace <- struct{}{} // the next token
+	}
+	if err := <-answer2; err != nil {
+		t.Fatal(err)
 	}
 }
 
 // TestAliveDetectsAStuckDispatchLock: with the lock every frame takes held,
-// the janitor stops ticking and Alive says so.
+// the janitor stops ticking and Alive says so once janitorStall has passed
+// without a tick; it is alive again once the lock is free.
 func TestAliveDetectsAStuckDispatchLock(t *testing.T) {
-	d, _ := startDaemon(t, Config{Heartbeat: 200 * time.Millisecond}, &testEngine{})
-	d.live.janitorStall = 300 * time.Millisecond
-	waitFor(t, func() bool { return d.live.lastBeat.Load() != 0 })
+	d, _, clk := startDaemonOnClock(t, Config{Heartbeat: 200 * time.Millisecond}, &testEngine{})
+	advanceUntil(t, clk, 50*time.Millisecond, func() bool { return d.live.lastBeat.Load() != 0 })
 	d.sessions.mu.Lock()
-	var err error
-	waitFor(t, func() bool { err = d.Alive(time.Now()); return err != nil })
+	clk.Advance(janitorStall + time.Second) // the janitor's ticks wait for the lock
+	err := d.Alive(clk.Now())
 	d.sessions.mu.Unlock()
 	if !errors.Is(err, ErrStalled) || !strings.Contains(err.Error(), "dispatch") {
 		t.Fatalf("Alive: %v", err)
 	}
-	waitFor(t, func() bool { return d.Alive(time.Now()) == nil })
+	waitFor(t, func() bool { return d.Alive(clk.Now()) == nil })
 }

@@ -1,0 +1,51 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestStreamRetransmitsWithBackoff: unacknowledged chunks are sent again
+// go-back-N once the peer's RTO has passed, the timeout doubling each time,
+// and the stream gives up after maxRetransmits timeouts without progress —
+// on the fake clock, so the test takes no time whatever the machine's load.
+func TestStreamRetransmitsWithBackoff(t *testing.T) {
+	p := &recordPeer{} // RTO 10 ms
+	clk := newFakeClock()
+	st := newStream(p, nil, clk, 1, 7, 32, 2, time.Millisecond, 3)
+	_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == 2 }) // a window's worth
+
+	start := clk.Now()
+	var at []time.Duration // when each go-back-N round went out
+	var err error
+	for len(at) < 3 {
+		sent := len(p.chunks())
+		advanceUntil(t, clk, 5*time.Millisecond, func() bool { return len(p.chunks()) >= sent+2 })
+		at = append(at, clk.Now().Sub(start))
+	}
+	advanceUntil(t, clk, 5*time.Millisecond, func() bool {
+		select {
+		case err = <-errc:
+			return true
+		default:
+			return false
+		}
+	})
+	if !errors.Is(err, errGaveUp) {
+		t.Fatalf("after 3 retransmissions without progress: %v", err)
+	}
+	// 10, then 20, then 40 ms after the previous transmission.
+	if at[0] < 10*time.Millisecond || at[1]-at[0] < 20*time.Millisecond || at[2]-at[1] < 40*time.Millisecond {
+		t.Fatalf("retransmissions at %v: the timeout must start at the RTO and double", at)
+	}
+	if got := p.chunks(); len(got) != 8 || got[2] != 0 || got[3] != 1 {
+		t.Fatalf("chunks sent %v, want 0 1 three times more", got)
+	}
+}
