@@ -59,17 +59,7 @@ type holder interface {
 // places counts one holder's admitted requests.
 type places struct{ n atomic.Int64 }
 
-func (p *places) take(max int) bool {
-	for {
-		n := p.n.Load()
-		if n >= int64(max) {
-			return false
-		}
-		if p.n.CompareAndSwap(n, n+1) {
-			return true
-		}
-	}
-}
+func (p *places) take(max int) bool { return addBelow(&p.n, max) }
 
 func (p *places) give()      { p.n.Add(-1) }
 func (p *places) count() int { return int(p.n.Load()) }
@@ -98,7 +88,7 @@ func (a *admission) admit(h holder, device string, want int) (*ticket, error) {
 		return nil, errHolderFull
 	}
 	t.placeHeld.Store(true)
-	if !a.enqueue(cfg.MaxConcurrent + cfg.MaxQueue) {
+	if !addBelow(&a.queued, cfg.MaxConcurrent+cfg.MaxQueue) {
 		t.release()
 		a.stats.Busy.Add(1)
 		return nil, ErrQueueFull
@@ -121,13 +111,15 @@ func (a *admission) admit(h holder, device string, want int) (*ticket, error) {
 	return t, nil
 }
 
-func (a *admission) enqueue(limit int) bool {
+// addBelow adds one to n unless n has reached limit; it reports whether it
+// did. Lock-free: the queue bound is checked on every INFER.
+func addBelow(n *atomic.Int64, limit int) bool {
 	for {
-		n := a.queued.Load()
-		if n >= int64(limit) {
+		v := n.Load()
+		if v >= int64(limit) {
 			return false
 		}
-		if a.queued.CompareAndSwap(n, n+1) {
+		if n.CompareAndSwap(v, v+1) {
 			return true
 		}
 	}

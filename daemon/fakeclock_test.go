@@ -115,6 +115,22 @@ func advanceUntil(t *testing.T, clk *fakeClock, step time.Duration, cond func() 
 	}
 }
 
+// advanceUntilDone is advanceUntil for a goroutine that reports its end on
+// done: it returns what the goroutine reported.
+func advanceUntilDone(t *testing.T, clk *fakeClock, step time.Duration, done <-chan error) error {
+	t.Helper()
+	var err error
+	advanceUntil(t, clk, step, func() bool {
+		select {
+		case err = <-done:
+			return true
+		default:
+			return false
+		}
+	})
+	return err
+}
+
 func TestFakeClockFiresTimersAndTickers(t *testing.T) {
 	clk := newFakeClock()
 	start := clk.Now()

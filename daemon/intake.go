@@ -95,28 +95,25 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 		res.evicted.cancel(errSessionClosed)
 	}
 	switch res.outcome {
+	case helloOpened:
+		if res.old != nil {
+			res.old.close(errSessionClosed)
+		}
+		d.log.Info("session opened", "device", h.DeviceID, "peer", p.Key(), "max_data", h.MaxData, "window", h.Window, "signed", !key.IsZero())
+		res.session.send(f.Seq, res.session.welcome())
 	case helloRepeated:
 		d.stats.Duplicates.Add(1)
 		res.session.touch()
 		res.session.send(f.Seq, res.session.welcome())
-		return
-	case helloOpened:
 	default:
-		switch res.outcome {
-		case helloReplayed:
+		if res.outcome == helloReplayed {
 			d.countAuth(serialproto.ErrReplay)
-		case helloFull:
+		}
+		if res.outcome == helloFull {
 			d.stats.refused(p.LinkName(), serialproto.CodeBusy)
 		}
 		d.send(p, f.Seq, helloRefusal(res))
-		return
 	}
-	if res.old != nil {
-		res.old.close(errSessionClosed)
-	}
-	s := res.session
-	d.log.Info("session opened", "device", h.DeviceID, "peer", p.Key(), "max_data", h.MaxData, "window", h.Window, "signed", !key.IsZero())
-	s.send(f.Seq, s.welcome())
 }
 
 // send answers a peer that has no session (yet): its data limit is

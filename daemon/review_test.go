@@ -142,16 +142,7 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 	st.ack(2, 0) // two chunks in, and the device is full
 	// Each timeout (10 ms, doubling) sends a probe; probes count as
 	// retransmissions: given up after 3.
-	var err error
-	advanceUntil(t, clk, 100*time.Millisecond, func() bool {
-		select {
-		case err = <-errc:
-			return true
-		default:
-			return false
-		}
-	})
-	if !errors.Is(err, errGaveUp) {
+	if err := advanceUntilDone(t, clk, 100*time.Millisecond, errc); !errors.Is(err, errGaveUp) {
 		t.Fatalf("want errGaveUp, got %v", err)
 	}
 	for _, c := range p.chunks()[2:] {

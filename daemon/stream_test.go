@@ -24,21 +24,12 @@ func TestStreamRetransmitsWithBackoff(t *testing.T) {
 
 	start := clk.Now()
 	var at []time.Duration // when each go-back-N round went out
-	var err error
 	for len(at) < 3 {
 		sent := len(p.chunks())
 		advanceUntil(t, clk, 5*time.Millisecond, func() bool { return len(p.chunks()) >= sent+2 })
 		at = append(at, clk.Now().Sub(start))
 	}
-	advanceUntil(t, clk, 5*time.Millisecond, func() bool {
-		select {
-		case err = <-errc:
-			return true
-		default:
-			return false
-		}
-	})
-	if !errors.Is(err, errGaveUp) {
+	if err := advanceUntilDone(t, clk, 5*time.Millisecond, errc); !errors.Is(err, errGaveUp) {
 		t.Fatalf("after 3 retransmissions without progress: %v", err)
 	}
 	// 10, then 20, then 40 ms after the previous transmission.
