@@ -24,7 +24,7 @@ import (
 	"github.com/mcpd-project/mcpd/daemon/httpapi"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	"github.com/mcpd-project/mcpd/native/gguf"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"github.com/ollama/ollama/api"
 )
 
@@ -70,7 +70,7 @@ func serve(b *testing.B, e backends.Backend) (*device.Client, string) {
 
 // viaDevice asks as a device over UDP; it returns the tokens generated.
 func viaDevice(b *testing.B, c *device.Client) int {
-	m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: maxTokens, Prompt: prompt}
+	m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature).With(serialproto.OptNewChat), MaxTokens: maxTokens, Prompt: prompt}
 	done, err := c.Ask(context.Background(), m, func([]byte) error { return nil })
 	if err != nil {
 		b.Fatal(err)

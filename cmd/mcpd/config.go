@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // DefaultConfigPath is read when --config is not given and the file exists.
@@ -139,17 +139,17 @@ func (c *config) loadEnv(getenv func(string) string) error {
 func getenvFromOS(k string) string { return os.Getenv(k) }
 
 // deviceKeys decodes the [keys] table. Errors name the device, never the key.
-func (c *config) deviceKeys() (map[string]sp.Key, error) {
-	keys := make(map[string]sp.Key, len(c.Keys))
+func (c *config) deviceKeys() (map[string]serialproto.Key, error) {
+	keys := make(map[string]serialproto.Key, len(c.Keys))
 	for id, h := range c.Keys {
-		if !sp.ValidDeviceID(id) {
+		if !serialproto.ValidDeviceID(id) {
 			return nil, fmt.Errorf("keys: %q is not a device id", id)
 		}
 		b, err := hex.DecodeString(h)
 		if err != nil {
 			return nil, fmt.Errorf("keys: device %s: the key is not hex", id)
 		}
-		if keys[id], err = sp.NewKey(b); err != nil {
+		if keys[id], err = serialproto.NewKey(b); err != nil {
 			return nil, fmt.Errorf("keys: device %s: %w", id, err)
 		}
 	}

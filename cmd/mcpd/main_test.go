@@ -19,7 +19,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/testmodel"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // syncBuffer is a bytes.Buffer safe for the daemon's logger and the test.
@@ -101,7 +101,7 @@ func TestEndToEndNative(t *testing.T) {
 	helloUntilReady(ctx, c) // the model may still be loading
 	for i := range 2 {      // twice: greedy output is the same every time
 		var got bytes.Buffer
-		m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: 32, Prompt: prompt}
+		m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature).With(serialproto.OptNewChat), MaxTokens: 32, Prompt: prompt}
 		d, err := c.Ask(ctx, m, func(b []byte) error { got.Write(b); return nil })
 		if err != nil {
 			t.Fatalf("ask %d: %v\n%s", i, err, logs.String())
@@ -109,7 +109,7 @@ func TestEndToEndNative(t *testing.T) {
 		if !bytes.Equal(got.Bytes(), want.Bytes()) {
 			t.Fatalf("ask %d: the device got %q, the engine produced %q", i, got.Bytes(), want.Bytes())
 		}
-		if d.Tokens != 32 || d.Reason != sp.StopLength {
+		if d.Tokens != 32 || d.Reason != serialproto.StopLength {
 			t.Fatalf("DONE %+v", d)
 		}
 	}

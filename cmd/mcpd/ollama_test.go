@@ -14,7 +14,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // countingTransport counts the frames a device receives, by command and
@@ -25,9 +25,9 @@ type countingTransport struct {
 	errors map[uint8]int // ERROR frames by seq
 }
 
-func (c *countingTransport) Recv(deadline time.Time) (sp.Frame, error) {
+func (c *countingTransport) Recv(deadline time.Time) (serialproto.Frame, error) {
 	f, err := c.Transport.Recv(deadline)
-	if err == nil && f.Cmd == sp.CmdError {
+	if err == nil && f.Cmd == serialproto.CmdError {
 		c.mu.Lock()
 		c.errors[f.Seq]++
 		c.mu.Unlock()
@@ -101,9 +101,9 @@ probe_interval = "100ms"
 	defer stop()
 	c, _ := dialCounting(t, addr, device.Config{DeviceID: "e2e-ollama", MaxData: 48, Window: 2})
 	helloUntilReady(ctx, c)
-	ask := func() (string, *sp.Done, error) {
+	ask := func() (string, *serialproto.Done, error) {
 		var got bytes.Buffer
-		m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: 16, Prompt: prompt}
+		m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature).With(serialproto.OptNewChat), MaxTokens: 16, Prompt: prompt}
 		d, err := c.Ask(ctx, m, func(b []byte) error { got.Write(b); return nil })
 		return got.String(), d, err
 	}
@@ -117,7 +117,7 @@ probe_interval = "100ms"
 		t.Fatalf("Ollama saw %+v", r)
 	}
 	st, err := c.Status(ctx)
-	if err != nil || st.State != sp.StateReady || st.Backend != "ollama" || st.Model != "tiny" {
+	if err != nil || st.State != serialproto.StateReady || st.Backend != "ollama" || st.Model != "tiny" {
 		t.Fatalf("STATUS %+v, %v", st, err)
 	}
 
@@ -134,7 +134,7 @@ probe_interval = "100ms"
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		st, err = c.Status(ctx)
-		if err == nil && st.State == sp.StateDegraded && st.Backend == "llama.cpp" {
+		if err == nil && st.State == serialproto.StateDegraded && st.Backend == "llama.cpp" {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -165,9 +165,9 @@ func TestEndToEndOllamaCut(t *testing.T) {
 	helloUntilReady(ctx, c)
 	srv.FailNext(ollamatest.CutMidStream)
 	var got bytes.Buffer
-	d, err := c.Ask(ctx, &sp.Infer{Prompt: "hi"}, func(b []byte) error { got.Write(b); return nil })
-	var e *sp.Error
-	if !errors.As(err, &e) || e.Code != sp.CodeBackendFailed || d != nil {
+	d, err := c.Ask(ctx, &serialproto.Infer{Prompt: "hi"}, func(b []byte) error { got.Write(b); return nil })
+	var e *serialproto.Error
+	if !errors.As(err, &e) || e.Code != serialproto.CodeBackendFailed || d != nil {
 		t.Fatalf("DONE %+v, err %v; want ERROR BACKEND_FAILED\n%s", d, err, logs.String())
 	}
 	if want := strings.Join(ollamatest.DefaultTokens[:3], ""); got.String() != want {
@@ -182,7 +182,7 @@ func TestEndToEndOllamaCut(t *testing.T) {
 	}
 	// The next request is answered in full (a cut is not an outage).
 	got.Reset()
-	if _, err := c.Ask(ctx, &sp.Infer{Prompt: "again"}, func(b []byte) error { got.Write(b); return nil }); err != nil || got.String() != strings.Join(ollamatest.DefaultTokens, "") {
+	if _, err := c.Ask(ctx, &serialproto.Infer{Prompt: "again"}, func(b []byte) error { got.Write(b); return nil }); err != nil || got.String() != strings.Join(ollamatest.DefaultTokens, "") {
 		t.Fatalf("%q, %v", got.String(), err)
 	}
 }

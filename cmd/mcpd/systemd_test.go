@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // These tests run the real mcpd binary, built here, as systemd would: with
@@ -223,10 +223,10 @@ func connect(t *testing.T, addr, id string) *device.Client {
 	}
 }
 
-func askDevice(c *device.Client, prompt string, maxTokens uint16, timeout time.Duration) (string, *sp.Done, error) {
+func askDevice(c *device.Client, prompt string, maxTokens uint16, timeout time.Duration) (string, *serialproto.Done, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature), MaxTokens: maxTokens, Prompt: prompt}
+	m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature), MaxTokens: maxTokens, Prompt: prompt}
 	var text strings.Builder
 	done, err := c.Ask(ctx, m, func(b []byte) error { text.Write(b); return nil })
 	return text.String(), done, err
@@ -239,8 +239,8 @@ func pingDevice(c *device.Client, timeout time.Duration) error {
 	return err
 }
 
-func protoCode(err error) sp.ErrorCode {
-	var e *sp.Error
+func protoCode(err error) serialproto.ErrorCode {
+	var e *serialproto.Error
 	if errors.As(err, &e) {
 		return e.Code
 	}
@@ -314,7 +314,7 @@ func TestSystemdLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	err = device.New(tr, device.Config{DeviceID: "third"}).Hello(ctx)
 	cancel()
-	if protoCode(err) != sp.CodeBusy {
+	if protoCode(err) != serialproto.CodeBusy {
 		t.Fatalf("a third device after max_sessions = 2: %v, want BUSY", err)
 	}
 
@@ -422,7 +422,7 @@ func TestDrainOnSIGTERM(t *testing.T) {
 
 	type result struct {
 		text string
-		done *sp.Done
+		done *serialproto.Done
 		err  error
 	}
 	shortRes, longRes := make(chan result, 1), make(chan result, 1)
@@ -451,7 +451,7 @@ func TestDrainOnSIGTERM(t *testing.T) {
 		defer cancel()
 		return device.New(tr, device.Config{DeviceID: "late"}).Hello(ctx)
 	}()
-	if protoCode(late) != sp.CodeShuttingDown {
+	if protoCode(late) != serialproto.CodeShuttingDown {
 		t.Fatalf("HELLO while draining: %v, want SHUTTING_DOWN", late)
 	}
 	s := <-shortRes
@@ -460,7 +460,7 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	}
 	l := <-longRes
 	ended := time.Since(sigterm)
-	if protoCode(l.err) != sp.CodeShuttingDown {
+	if protoCode(l.err) != serialproto.CodeShuttingDown {
 		t.Fatalf("the long request: %+v, want ERROR SHUTTING_DOWN", l)
 	}
 	if ended < drain {

@@ -17,7 +17,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // floodSources is how many hostile UDP sources the flood uses: distinct
@@ -50,8 +50,8 @@ func newFlood(t *testing.T) *flood {
 	return f
 }
 
-func frame(t *testing.T, f sp.Frame) []byte {
-	raw, err := sp.AppendFrame(nil, f)
+func frame(t *testing.T, f serialproto.Frame) []byte {
+	raw, err := serialproto.AppendFrame(nil, f)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,16 +62,16 @@ func frame(t *testing.T, f sp.Frame) []byte {
 func (f *flood) run(ctx context.Context, t *testing.T, target netip.AddrPort, rate int) {
 	dst := net.UDPAddrFromAddrPort(target)
 	hello := func(i, round int) []byte {
-		b, _ := (&sp.Hello{MinVersion: 1, MaxVersion: 1, MaxData: 256, Window: 4, BootNonce: uint32(round<<16 | i), DeviceID: "hostile-" + strconv.Itoa(i)}).AppendBody(nil)
-		return frame(t, sp.Frame{Version: sp.Version1, Cmd: sp.CmdHello, Seq: 1, Data: b})
+		b, _ := (&serialproto.Hello{MinVersion: 1, MaxVersion: 1, MaxData: 256, Window: 4, BootNonce: uint32(round<<16 | i), DeviceID: "hostile-" + strconv.Itoa(i)}).AppendBody(nil)
+		return frame(t, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdHello, Seq: 1, Data: b})
 	}
 	infer := func(seq uint8, prompt string, onlyFirst bool) []byte {
-		body, _ := (&sp.Infer{Prompt: prompt}).AppendBody(nil)
-		datas, _ := sp.Fragments(body, 200)
+		body, _ := (&serialproto.Infer{Prompt: prompt}).AppendBody(nil)
+		datas, _ := serialproto.Fragments(body, 200)
 		if onlyFirst {
 			datas = datas[:1]
 		}
-		return frame(t, sp.Frame{Version: sp.Version1, Cmd: sp.CmdInfer, Flags: sp.FlagFragment, Seq: seq, Data: datas[0]})
+		return frame(t, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdInfer, Flags: serialproto.FlagFragment, Seq: seq, Data: datas[0]})
 	}
 	long := strings.Repeat("never finished ", 40) // three fragments
 	r := rand.New(rand.NewPCG(1, 2))
@@ -103,7 +103,7 @@ func (f *flood) run(ctx context.Context, t *testing.T, target netip.AddrPort, ra
 					garbage[k] = byte(r.Uint32())
 				}
 				if r.IntN(2) == 0 {
-					garbage[0] = sp.Magic // looks like a frame, fails its checks
+					garbage[0] = serialproto.Magic // looks like a frame, fails its checks
 				}
 				pkt = garbage[:n]
 			case 1:

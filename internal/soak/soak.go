@@ -19,7 +19,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Row is one scenario's outcome, a line of the table.
@@ -37,8 +37,8 @@ type Row struct {
 	Elapsed     time.Duration
 	Retransmits int64 // stream chunks the daemon sent again
 	TTFT        []time.Duration
-	Codes       map[sp.ErrorCode]int // the ERRORs by code
-	BusyRetries int                  // refusals (BUSY, RATE_LIMITED, NO_SESSION) retried
+	Codes       map[serialproto.ErrorCode]int // the ERRORs by code
+	BusyRetries int                           // refusals (BUSY, RATE_LIMITED, NO_SESSION) retried
 	Note        string
 }
 
@@ -87,9 +87,9 @@ func (r *Row) Add(o Row) {
 	}
 }
 
-func (r *Row) count(c sp.ErrorCode, n int) {
+func (r *Row) count(c serialproto.ErrorCode, n int) {
 	if r.Codes == nil {
-		r.Codes = make(map[sp.ErrorCode]int)
+		r.Codes = make(map[serialproto.ErrorCode]int)
 	}
 	r.Codes[c] += n
 }
@@ -133,7 +133,7 @@ func Outcome(r *Row, text, want string, err error, ttft time.Duration) {
 	if ttft > 0 {
 		r.TTFT = append(r.TTFT, ttft)
 	}
-	var perr *sp.Error
+	var perr *serialproto.Error
 	switch {
 	case err == nil && text == want:
 		r.Done++
@@ -162,7 +162,7 @@ func Outcome(r *Row, text, want string, err error, ttft time.Duration) {
 // daemon forgot the session: evicted, expired) is answered with HELLO and
 // the request repeated, which the daemon never accepted. retries counts
 // both.
-func Ask(ctx context.Context, c *device.Client, m *sp.Infer, retries *int) (string, time.Duration, error) {
+func Ask(ctx context.Context, c *device.Client, m *serialproto.Infer, retries *int) (string, time.Duration, error) {
 	var text strings.Builder
 	start := time.Now()
 	var ttft time.Duration
@@ -178,8 +178,8 @@ func Ask(ctx context.Context, c *device.Client, m *sp.Infer, retries *int) (stri
 		if retries != nil {
 			*retries += retried
 		}
-		var perr *sp.Error
-		if attempt < 5 && text.Len() == 0 && errors.As(err, &perr) && perr.Code == sp.CodeNoSession {
+		var perr *serialproto.Error
+		if attempt < 5 && text.Len() == 0 && errors.As(err, &perr) && perr.Code == serialproto.CodeNoSession {
 			if retries != nil {
 				*retries++
 			}

@@ -25,7 +25,7 @@ import (
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	"github.com/mcpd-project/mcpd/internal/testmodel"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 	"go.bug.st/serial"
 )
 
@@ -161,14 +161,14 @@ func record(t *testing.T, r Row) {
 // devices runs n devices against addr, each asking one distinct prompt
 // after another until the scenario's time is up (or max requests each).
 // want gives the engine's answer to a prompt.
-func devices(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, infer func(prompt string) *sp.Infer, want func(string) string) Row {
+func devices(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, infer func(prompt string) *serialproto.Infer, want func(string) string) Row {
 	return devicesThen(t, addr, n, max, cfg, infer, want, 0, nil)
 }
 
 // devicesThen is devices with a pause between one device's requests, as a
 // microcontroller has between readings, calling connected (when not nil)
 // once every device has its session and before any asks.
-func devicesThen(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, infer func(prompt string) *sp.Infer, want func(string) string, pause time.Duration, connected func()) Row {
+func devicesThen(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Config, infer func(prompt string) *serialproto.Infer, want func(string) string, pause time.Duration, connected func()) Row {
 	t.Helper()
 	var (
 		mu    sync.Mutex
@@ -235,12 +235,12 @@ func devicesThen(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Confi
 }
 
 func isDaemonError(err error) bool {
-	var e *sp.Error
+	var e *serialproto.Error
 	return errors.As(err, &e)
 }
 
-func plain(prompt string) *sp.Infer {
-	return &sp.Infer{Set: sp.OptionSet(0).With(sp.OptNewChat), Prompt: prompt}
+func plain(prompt string) *serialproto.Infer {
+	return &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptNewChat), Prompt: prompt}
 }
 
 var rows struct {
@@ -283,8 +283,8 @@ func TestLossyUDP(t *testing.T) {
 			cfg := daemon.Config{}
 			dcfg := device.Config{DeviceID: "wifi", MaxData: 64, Window: 4, RTO: 60 * time.Millisecond, Retries: 20}
 			if tc.signed {
-				cfg.Keys = map[string]sp.Key{}
-				key, _ := sp.NewKey(bytes.Repeat([]byte{0x42}, 32))
+				cfg.Keys = map[string]serialproto.Key{}
+				key, _ := serialproto.NewKey(bytes.Repeat([]byte{0x42}, 32))
 				for i := range 4 {
 					cfg.Keys[fmt.Sprintf("wifi-%d", i)] = key
 				}
@@ -338,8 +338,8 @@ func TestLossyUDPLlama(t *testing.T) {
 	}
 	defer eng.Close()
 	opts := backends.Options{MaxTokens: 24, TemperatureSet: true}
-	infer := func(prompt string) *sp.Infer {
-		return &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptNewChat), MaxTokens: 24, Prompt: prompt}
+	infer := func(prompt string) *serialproto.Infer {
+		return &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature).With(serialproto.OptNewChat), MaxTokens: 24, Prompt: prompt}
 	}
 	var wantMu sync.Mutex
 	wants := map[string]string{}
@@ -454,9 +454,9 @@ func TestBackendFaults(t *testing.T) {
 	e := &Echo{Faults: func(p string) Fault { return fault(p) }}
 	r := startDaemon(t, daemon.Config{}, e)
 	p := startProxy(t, r.addr, wifi, 13)
-	infer := func(prompt string) *sp.Infer {
+	infer := func(prompt string) *serialproto.Infer {
 		m := plain(prompt)
-		m.Set = m.Set.With(sp.OptDeadlineMS)
+		m.Set = m.Set.With(serialproto.OptDeadlineMS)
 		m.DeadlineMS = 400 // a stalled engine ends in TIMEOUT
 		return m
 	}

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // randomStream mixes sound frames with what a noisy UART adds: noise rich
@@ -29,17 +29,17 @@ func randomStream(r *rand.Rand) []byte {
 		for i := range data {
 			data[i] = byte(r.IntN(256))
 			if r.IntN(4) == 0 {
-				data[i] = sp.Magic
+				data[i] = serialproto.Magic
 			}
 		}
-		f, err := sp.AppendFrame(nil, sp.Frame{Version: uint8(1 + r.IntN(2)), Cmd: sp.Command(r.IntN(64)), Flags: sp.Flags(r.IntN(4) << 6), Seq: uint8(r.IntN(256)), Data: data})
+		f, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: uint8(1 + r.IntN(2)), Cmd: serialproto.Command(r.IntN(64)), Flags: serialproto.Flags(r.IntN(4) << 6), Seq: uint8(r.IntN(256)), Data: data})
 		if err != nil {
 			panic(err)
 		}
 		switch r.IntN(7) {
 		case 0:
 			for range r.IntN(12) {
-				b = append(b, []byte{sp.Magic, byte(r.IntN(256)), sp.Magic}[r.IntN(3)])
+				b = append(b, []byte{serialproto.Magic, byte(r.IntN(256)), serialproto.Magic}[r.IntN(3)])
 			}
 		case 1:
 			f[1+r.IntN(len(f)-1)] ^= 1 << r.IntN(8)
@@ -47,7 +47,7 @@ func randomStream(r *rand.Rand) []byte {
 		case 2:
 			b = append(b, f[:r.IntN(len(f))]...)
 		case 3:
-			b = append(b, sp.Magic, 1, byte(1+r.IntN(255)), byte(r.IntN(256)))
+			b = append(b, serialproto.Magic, 1, byte(1+r.IntN(255)), byte(r.IntN(256)))
 		default:
 			b = append(b, f...)
 		}
@@ -59,14 +59,14 @@ func randomStream(r *rand.Rand) []byte {
 // output format.
 func goDecode(t *testing.T, stream []byte) string {
 	t.Helper()
-	d := sp.NewDecoder(bytes.NewReader(stream))
+	d := serialproto.NewDecoder(bytes.NewReader(stream))
 	var out strings.Builder
 	for {
 		f, err := d.Next()
-		var re *sp.ReadError
+		var re *serialproto.ReadError
 		switch {
 		case err == nil:
-			w, err := sp.AppendFrame(nil, f)
+			w, err := serialproto.AppendFrame(nil, f)
 			if err != nil {
 				t.Fatal(err)
 			}

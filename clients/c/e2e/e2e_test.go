@@ -30,7 +30,7 @@ import (
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/internal/testmodel"
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 const (
@@ -125,7 +125,7 @@ func goAnswer(ctx context.Context, t *testing.T, tr device.Transport, cfg device
 			t.Fatalf("Go device: mcpd did not answer HELLO: %v", err)
 		}
 	}
-	m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature).With(sp.OptSeed),
+	m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature).With(serialproto.OptSeed),
 		MaxTokens: maxTokens, Temperature: 0, Seed: seed, Prompt: prompt}
 	var text bytes.Buffer
 	if _, err := c.Ask(ctx, m, func(b []byte) error { text.Write(b); return nil }); err != nil {
