@@ -15,4 +15,9 @@
 // mutable state. Encoding appends to caller-owned buffers and decoding
 // returns frames that alias the decoder's buffer, so the hot path allocates
 // nothing per frame.
+//
+// The name says where the frame was born, a UART, not where it is used:
+// the same frames travel in UDP datagrams, one per datagram. The name is
+// kept (it is in the project's layout and in every device vendor's code);
+// importers use it as it is, without an alias.
 package serialproto
