@@ -63,7 +63,7 @@ func BenchmarkDecode(b *testing.B) {
 }
 
 // benchStream is 1,000 frames of mixed sizes, optionally with line noise.
-func benchStream(b *testing.B, noisy bool) ([]byte, int) {
+func benchStream(b testing.TB, noisy bool) ([]byte, int) {
 	var s []byte
 	for i := range 1000 {
 		if noisy && i%10 == 0 {

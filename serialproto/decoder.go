@@ -20,6 +20,9 @@ var ErrIdle = errors.New("serialproto: line idle")
 // ReadError is a non-fatal decoding error: the decoder has already resumed
 // scanning one byte after the false magic, so the caller logs or counts it
 // (a byte-stream link answers a bad CRC with a NACK) and calls Next again.
+// The *ReadError Next returns belongs to the decoder and is valid until the
+// next call, like a frame's Data: a noisy line rejects candidates by the
+// hundred, and none of them may cost an allocation. Copy it to keep it.
 type ReadError struct {
 	Err    error // ErrBadCRC or ErrTooLong
 	Offset int64 // stream offset of the rejected magic byte
@@ -62,6 +65,7 @@ type Decoder struct {
 	eof        error // sticky error from the reader, reported once the buffer drains
 	idle       bool  // the last read brought nothing: drain candidates, then report ErrIdle
 	stats      DecoderStats
+	rejected   ReadError // what Next returns for a rejected candidate, reused
 }
 
 // NewDecoder returns a Decoder reading from r.
@@ -81,7 +85,8 @@ func (d *Decoder) Buffered() int { return d.end - d.start }
 
 // Next returns the next frame whose structure and CRC are sound. Its Data
 // aliases the decoder's buffer until the next call. Errors:
-//   - *ReadError: a rejected candidate; non-fatal, call again;
+//   - *ReadError: a rejected candidate (the decoder's, valid until the next
+//     call); non-fatal, call again;
 //   - ErrIdle: the reader returned (0, nil); non-fatal, call again;
 //   - the reader's error (io.EOF, a closed port) once no complete frame is
 //     left in the buffer; bytes still pending then are counted as skipped.
@@ -143,17 +148,22 @@ func (d *Decoder) Next() (Frame, error) {
 }
 
 // isTimeout reports a read that ended for its deadline, which means a quiet
-// line, not a broken one.
+// line, not a broken one. The end of the input is answered first: errors.As
+// allocates its target, and every stream ends in io.EOF.
 func isTimeout(err error) bool {
+	if errors.Is(err, io.EOF) {
+		return false
+	}
 	var t interface{ Timeout() bool }
 	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &t) && t.Timeout()
 }
 
-// reject drops the magic of a failed candidate and reports it.
+// reject drops the magic of a failed candidate and reports it in the
+// decoder's own ReadError, so a rejection allocates nothing.
 func (d *Decoder) reject(err error) error {
-	e := &ReadError{Err: err, Offset: d.base + int64(d.start)}
+	d.rejected = ReadError{Err: err, Offset: d.base + int64(d.start)}
 	d.skip(1)
-	return e
+	return &d.rejected
 }
 
 func (d *Decoder) skip(n int) {

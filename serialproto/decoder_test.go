@@ -271,3 +271,35 @@ func TestReadErrorIsNonFatalAndTyped(t *testing.T) {
 		t.Fatalf("after a ReadError: %v, %v", f, err)
 	}
 }
+
+// TestDecoderRejectsWithoutAllocating: a noisy line makes the decoder
+// reject candidates by the hundred (false magics, bad CRCs, lengths above
+// 256); none of them, nor the end of the input, may cost an allocation.
+func TestDecoderRejectsWithoutAllocating(t *testing.T) {
+	stream, frames := benchStream(t, true)
+	r := bytes.NewReader(stream)
+	d := NewDecoder(r)
+	var decoded, rejected int
+	allocs := testing.AllocsPerRun(10, func() {
+		r.Reset(stream)
+		*d = Decoder{r: r, buf: d.buf}
+		decoded, rejected = 0, 0
+		for {
+			_, err := d.Next()
+			if err == nil {
+				decoded++
+				continue
+			}
+			if _, ok := err.(*ReadError); !ok { // errors.As would allocate its target here
+				break
+			}
+			rejected++
+		}
+	})
+	if decoded != frames || rejected == 0 {
+		t.Fatalf("decoded %d frames (want %d), rejected %d candidates: the test proves nothing", decoded, frames, rejected)
+	}
+	if allocs != 0 {
+		t.Fatalf("%v allocations decoding a stream with %d rejected candidates, want 0", allocs, rejected)
+	}
+}
