@@ -6,7 +6,7 @@ import (
 	"sync"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Replug is a device's side of a serial cable that can be pulled and
@@ -52,12 +52,12 @@ func (r *Replug) Send(f []byte) error {
 
 // Recv waits for a frame until deadline, across unplugging: it polls the
 // current stream in short steps so a stream plugged in meanwhile is heard.
-func (r *Replug) Recv(deadline time.Time) (sp.Frame, error) {
+func (r *Replug) Recv(deadline time.Time) (serialproto.Frame, error) {
 	for {
 		s := r.cur()
 		if s == nil {
 			if time.Now().After(deadline) {
-				return sp.Frame{}, os.ErrDeadlineExceeded
+				return serialproto.Frame{}, os.ErrDeadlineExceeded
 			}
 			time.Sleep(5 * time.Millisecond)
 			continue

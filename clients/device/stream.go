@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Stream is a Transport over a byte stream — a serial port, a pty — decoded
@@ -35,20 +35,20 @@ func NewStream(rw io.ReadWriteCloser) *Stream {
 
 func (s *Stream) read() {
 	defer close(s.done)
-	dec := sp.NewDecoder(s.rw)
+	dec := serialproto.NewDecoder(s.rw)
 	for {
 		f, err := dec.Next()
-		var rerr *sp.ReadError
+		var rerr *serialproto.ReadError
 		switch {
 		case err == nil:
-			raw, _ := sp.AppendFrame(nil, f) // a copy: the decoder reuses its buffer
+			raw, _ := serialproto.AppendFrame(nil, f) // a copy: the decoder reuses its buffer
 			select {
 			case s.frames <- raw:
 			default: // a device that does not keep up loses frames, as on a UART
 			}
 		case errors.As(err, &rerr):
 			s.nackBadFrame()
-		case errors.Is(err, sp.ErrIdle):
+		case errors.Is(err, serialproto.ErrIdle):
 		default:
 			s.mu.Lock()
 			s.err = err
@@ -65,8 +65,8 @@ func (s *Stream) nackBadFrame() {
 		return
 	}
 	s.lastNack = time.Now()
-	body, _ := (&sp.Nack{Reason: sp.NackBadFrame}).AppendBody(nil)
-	frame, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdNack, Data: body})
+	body, _ := (&serialproto.Nack{Reason: serialproto.NackBadFrame}).AppendBody(nil)
+	frame, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdNack, Data: body})
 	_ = s.Send(frame)
 }
 
@@ -77,23 +77,23 @@ func (s *Stream) Send(frame []byte) error {
 	return err
 }
 
-func (s *Stream) Recv(deadline time.Time) (sp.Frame, error) {
+func (s *Stream) Recv(deadline time.Time) (serialproto.Frame, error) {
 	select { // frames already read come before the reader's end
 	case raw := <-s.frames:
-		return sp.Decode(raw)
+		return serialproto.Decode(raw)
 	default:
 	}
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
 	case raw := <-s.frames:
-		return sp.Decode(raw)
+		return serialproto.Decode(raw)
 	case <-s.done:
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return sp.Frame{}, s.err
+		return serialproto.Frame{}, s.err
 	case <-timer.C:
-		return sp.Frame{}, os.ErrDeadlineExceeded
+		return serialproto.Frame{}, os.ErrDeadlineExceeded
 	}
 }
 

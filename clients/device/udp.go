@@ -6,13 +6,13 @@ import (
 	"net"
 	"time"
 
-	sp "github.com/mcpd-project/mcpd/serialproto"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // UDP is a Transport over a connected UDP socket.
 type UDP struct {
 	conn *net.UDPConn
-	buf  [sp.MaxFrameLen + 1]byte
+	buf  [serialproto.MaxFrameLen + 1]byte
 }
 
 // DialUDP connects to the daemon at addr ("127.0.0.1:7700").
@@ -34,9 +34,9 @@ func (u *UDP) Send(frame []byte) error {
 }
 
 // Recv skips datagrams that are not one sound frame, as a device must.
-func (u *UDP) Recv(deadline time.Time) (sp.Frame, error) {
+func (u *UDP) Recv(deadline time.Time) (serialproto.Frame, error) {
 	if err := u.conn.SetReadDeadline(deadline); err != nil {
-		return sp.Frame{}, err
+		return serialproto.Frame{}, err
 	}
 	for {
 		n, err := u.conn.Read(u.buf[:])
@@ -45,9 +45,9 @@ func (u *UDP) Recv(deadline time.Time) (sp.Frame, error) {
 			if errors.As(err, &ne) && !ne.Timeout() && !errors.Is(err, net.ErrClosed) {
 				continue // ICMP port unreachable while the daemon restarts; the deadline still ends the wait
 			}
-			return sp.Frame{}, err
+			return serialproto.Frame{}, err
 		}
-		if f, err := sp.Decode(u.buf[:n]); err == nil {
+		if f, err := serialproto.Decode(u.buf[:n]); err == nil {
 			return f, nil
 		}
 	}

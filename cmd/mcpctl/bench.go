@@ -197,19 +197,13 @@ func makeScenario(name, addr, serialPath string, baud, devices int) (scenario, e
 			return scenario{}, errors.New("scenario serial needs --serial")
 		}
 		return scenario{name: name, transport: "serial", baud: baud, devices: 1,
-			dial: func(int) (device.Transport, error) { return openSerial(serialPath, baud) },
+			dial: func(int) (device.Transport, error) { return device.OpenSerial(serialPath, baud) },
 			config: func(int) device.Config {
 				// A UART device: small frames, a window of 2, the RTO a UART needs.
-				return device.Config{DeviceID: "bench-serial", MaxData: 64, Window: 2, RTO: serialRTO(baud)}
+				return device.Config{DeviceID: "bench-serial", MaxData: 64, Window: 2, RTO: device.SerialRTO(baud, 2)}
 			}}, nil
 	}
 	return scenario{}, fmt.Errorf("unknown scenario %q (single, udp, serial)", name)
-}
-
-// serialRTO is docs/protocol.md §7.1's 2 × window × T(263) + 100 ms.
-func serialRTO(baud int) time.Duration {
-	frame := time.Duration(float64(sp.MaxFrameLen*10) / float64(baud) * float64(time.Second))
-	return 2*2*frame + 100*time.Millisecond
 }
 
 // runScenario runs sc's devices: HELLO, the warm-up requests, then

@@ -13,18 +13,7 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/clients/device"
-	"go.bug.st/serial"
 )
-
-// openSerial opens the device side of a serial line.
-func openSerial(path string, baud int) (device.Transport, error) {
-	port, err := serial.Open(path, &serial.Mode{BaudRate: baud, DataBits: 8})
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
-	_ = port.SetReadTimeout(50 * time.Millisecond)
-	return device.NewStream(port), nil
-}
 
 // spawned is an mcpd that bench started: on a loopback UDP port, and on a
 // pseudo-terminal joined to a second one by a line paced at the baud rate

@@ -11,7 +11,6 @@ import (
 
 	"github.com/mcpd-project/mcpd/clients/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
-	"go.bug.st/serial"
 )
 
 // linkFlags are the flags every device command shares.
@@ -39,10 +38,7 @@ func (l *linkFlags) register(fs *flag.FlagSet) {
 
 // connect opens the link and says HELLO.
 func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error) {
-	var (
-		t   device.Transport
-		rto = 250 * time.Millisecond
-	)
+	var t device.Transport
 	switch {
 	case l.udp != "" && l.serial != "":
 		return nil, nil, errors.New("give either --udp or --serial, not both")
@@ -53,20 +49,21 @@ func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error)
 		}
 		t = u
 	case l.serial != "":
-		port, err := serial.Open(l.serial, &serial.Mode{BaudRate: l.baud, DataBits: 8})
+		s, err := device.OpenSerial(l.serial, l.baud)
 		if err != nil {
-			return nil, nil, fmt.Errorf("open %s: %w", l.serial, err)
+			return nil, nil, err
 		}
-		_ = port.SetReadTimeout(50 * time.Millisecond)
-		t = device.NewStream(port)
-		// §7.1: 2 × window × T(263) + 100 ms.
-		rto = time.Duration(2*l.window*sp.MaxFrameLen*10)*time.Second/time.Duration(l.baud) + 100*time.Millisecond
+		t = s
 	default:
 		return nil, nil, errors.New("say where the daemon is: --udp ADDR or --serial PATH")
 	}
 	if l.maxData < sp.MinDataLimit || l.maxData > sp.MaxData || l.window < 1 || l.window > 255 {
 		t.Close()
 		return nil, nil, fmt.Errorf("--max-data must be %d..%d and --window 1..255", sp.MinDataLimit, sp.MaxData)
+	}
+	rto := 250 * time.Millisecond
+	if l.serial != "" {
+		rto = device.SerialRTO(l.baud, uint8(l.window)) // §7.1
 	}
 	var key sp.Key
 	if l.key != "" {

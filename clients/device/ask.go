@@ -1,0 +1,179 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+// Ask sends a prompt and streams the answer to onText, which sees each
+// TOKEN's text once, in order. It returns DONE, or the daemon's *serialproto.Error
+// (usable with errors.As). If ctx ends mid-answer, Ask sends CANCEL and
+// waits briefly for the stream's end.
+func (c *Client) Ask(ctx context.Context, m *serialproto.Infer, onText func([]byte) error) (*serialproto.Done, error) {
+	if c.welcome.Version == 0 {
+		return nil, ErrNoSession
+	}
+	c.seq++
+	return c.ask(ctx, c.seq, m, onText)
+}
+
+// AskRetrying is Ask for a device that retries a refused request — BUSY or
+// RATE_LIMITED, before any text — after a back-off of 200 ms × 2ⁿ,
+// jittered, at most 5 s, up to retries times (protocol.md §12). It
+// retransmits the same INFER with the same seq, never a new request: a
+// delayed copy of the refused INFER may still reach the daemon and be
+// accepted once there is room, and with one seq that copy and the retry
+// are one request, which runs once (§5). It returns how often it retried.
+func (c *Client) AskRetrying(ctx context.Context, m *serialproto.Infer, onText func([]byte) error, retries int) (*serialproto.Done, int, error) {
+	if c.welcome.Version == 0 {
+		return nil, 0, ErrNoSession
+	}
+	c.seq++
+	seq := c.seq
+	for attempt := 0; ; attempt++ {
+		done, err := c.ask(ctx, seq, m, onText)
+		var perr *serialproto.Error
+		if attempt >= retries || !errors.As(err, &perr) || perr.Stream() ||
+			(perr.Code != serialproto.CodeBusy && perr.Code != serialproto.CodeRateLimited) {
+			return done, attempt, err
+		}
+		backoff := min(200*time.Millisecond<<attempt, 5*time.Second)
+		select {
+		case <-time.After(backoff/2 + rand.N(backoff/2)):
+		case <-ctx.Done():
+			return nil, attempt, ctx.Err()
+		}
+	}
+}
+
+func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onText func([]byte) error) (*serialproto.Done, error) {
+	body, err := m.AppendBody(nil)
+	if err != nil {
+		return nil, err
+	}
+	piece := serialproto.PieceSize(int(c.welcome.MaxData), c.signer != nil)
+	if c.cfg.MaxSend > 0 {
+		piece = min(piece, serialproto.PieceSize(c.cfg.MaxSend, c.signer != nil))
+	}
+	datas, err := serialproto.Fragments(body, piece)
+	if err != nil {
+		return nil, err
+	}
+	frames := make([]serialproto.Frame, len(datas))
+	for i, d := range datas {
+		frames[i] = serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdInfer, Flags: serialproto.FlagFragment, Seq: seq, Data: d}
+	}
+	send := func(f serialproto.Frame) error { // encoded (and signed) anew each time
+		raw, err := c.encode(f)
+		if err != nil {
+			return err
+		}
+		return c.t.Send(raw)
+	}
+	var (
+		accepted bool
+		next     uint16
+		crc      uint32
+		size     uint32
+		done     *serialproto.Done
+		missing  []byte
+		nacks    int
+	)
+	ack := func() error { return c.sendMsg(seq, &serialproto.Ack{Next: next, Window: c.cfg.Window}) }
+	resend := func(attempt int) error {
+		switch {
+		case attempt == 0: // the whole message
+			for _, f := range frames {
+				if err := send(f); err != nil {
+					return err
+				}
+			}
+		case missing != nil: // what the daemon asked for
+			for _, i := range missing {
+				if int(i) < len(frames) {
+					if err := send(frames[i]); err != nil {
+						return err
+					}
+				}
+			}
+			missing = nil
+		case !accepted: // probe with the last fragment (§6)
+			return send(frames[len(frames)-1])
+		default: // streaming: repeat our ACK in case it was lost
+			return ack()
+		}
+		return nil
+	}
+	err = c.exchange(ctx, seq, resend, func(f serialproto.Frame, msg serialproto.Message) (bool, error) {
+		switch msg := msg.(type) {
+		case *serialproto.Ack:
+			accepted = true
+		case *serialproto.Nack:
+			if nacks++; nacks > c.cfg.Retries {
+				return true, fmt.Errorf("%w: the daemon keeps asking for the prompt again (%d NACKs)", ErrTimeout, nacks)
+			}
+			switch msg.Reason {
+			case serialproto.NackMissing:
+				missing = append([]byte(nil), msg.Missing...)
+				return false, resend(1)
+			case serialproto.NackBadChecksum, serialproto.NackBadFrame:
+				return false, resend(0)
+			}
+		case *serialproto.Token:
+			accepted = true
+			if msg.Chunk != next { // duplicate or a gap: go-back-N
+				return false, ack()
+			}
+			next++
+			size += uint32(len(msg.Text))
+			crc = serialproto.UpdateCRC32C(crc, msg.Text)
+			if err := onText(msg.Text); err != nil {
+				return true, err
+			}
+			return false, ack()
+		case *serialproto.Done:
+			if msg.Chunk != next {
+				return false, ack()
+			}
+			next++
+			done = msg
+			c.finish(seq, next)
+			return true, ack()
+		case *serialproto.Error:
+			if msg.Stream() {
+				if msg.Chunk != next {
+					return false, ack()
+				}
+				next++
+				c.finish(seq, next)
+				_ = ack()
+				return true, msg
+			}
+			if accepted && msg.Code != serialproto.CodeNoSession {
+				// Only the stream's own final chunk ends an accepted INFER
+				// (§11.7). This ERROR answers another frame of ours — an ACK
+				// the line mangled into an unknown command or version that
+				// still passed the CRC-8 — and the stream goes on.
+				return false, nil
+			}
+			return true, msg
+		}
+		return false, nil
+	}, func() bool { return accepted })
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		c.cancel(seq, next)
+		return nil, err
+	}
+	if err != nil {
+		return nil, err
+	}
+	if done.TextBytes != size || done.TextCRC32C != crc {
+		return done, fmt.Errorf("%w: DONE says %d bytes crc %08x, received %d bytes crc %08x", ErrChecksum, done.TextBytes, done.TextCRC32C, size, crc)
+	}
+	return done, nil
+}

@@ -1,0 +1,466 @@
+package device_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/clients/device"
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+// TestAskUDP: HELLO, a prompt in several fragments (the WELCOME's max_data
+// is small), the answer acknowledged chunk by chunk, PING, STATUS and BYE.
+func TestAskUDP(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{DeviceID: "greenhouse-1", MaxData: 128, Window: 2, RTO: time.Second})
+	h := hello(t, p, c, serialproto.Welcome{MaxData: 48, HeartbeatMS: 3000})
+	if h.DeviceID != "greenhouse-1" || h.MaxData != 128 || h.Window != 2 || h.MinVersion != 1 || h.Features != 0 {
+		t.Fatalf("HELLO %+v", h)
+	}
+	if w := c.Welcome(); w.MaxData != 48 || w.HeartbeatMS != 3000 {
+		t.Fatalf("Welcome() = %+v", w)
+	}
+
+	prompt := strings.Repeat("Is the soil dry? ", 20)
+	var got strings.Builder
+	ch := async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Prompt: prompt}, func(b []byte) error { got.Write(b); return nil })
+	})
+	m, seq, frags := p.expectInfer()
+	if m.Prompt != prompt || frags < 8 {
+		t.Fatalf("INFER: %d fragments, prompt %q", frags, m.Prompt)
+	}
+	p.send(seq, &serialproto.Ack{Next: uint16(frags)})
+	sent := p.stream(seq, "Water bed 3 first: the soil reads 31 %.", 7)
+	done, err := await(t, ch)
+	if err != nil || *done != *sent || got.String() != "Water bed 3 first: the soil reads 31 %." {
+		t.Fatalf("Ask: %v, DONE %+v, text %q", err, done, got.String())
+	}
+
+	pong := async(func() (time.Duration, error) { return c.Ping(context.Background()) })
+	f, ping := p.expect(serialproto.CmdPing)
+	p.send(f.Seq, &serialproto.Pong{Data: ping.(*serialproto.Ping).Data})
+	if rtt, err := await(t, pong); err != nil || rtt <= 0 {
+		t.Fatalf("Ping: %v, %v", rtt, err)
+	}
+
+	status := async(func() (*serialproto.StatusReply, error) { return c.Status(context.Background()) })
+	f, _ = p.expect(serialproto.CmdStatus)
+	p.send(f.Seq, &serialproto.StatusReply{State: serialproto.StateDegraded, LoadPct: 40, Queue: 2, Backend: "llama.cpp", Model: "tiny"})
+	if st, err := await(t, status); err != nil || st.State != serialproto.StateDegraded || st.Queue != 2 || st.Model != "tiny" {
+		t.Fatalf("Status: %+v, %v", st, err)
+	}
+
+	bye := async(func() (struct{}, error) { return struct{}{}, c.Bye(context.Background()) })
+	f, _ = p.expect(serialproto.CmdBye)
+	p.send(f.Seq, &serialproto.Bye{})
+	if _, err := await(t, bye); err != nil {
+		t.Fatalf("Bye: %v", err)
+	}
+}
+
+// TestGoBackN: a chunk out of order is not taken but acknowledged with the
+// chunk expected, a duplicate is taken once, and the text arrives in order.
+func TestGoBackN(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	hello(t, p, c, serialproto.Welcome{})
+	var got strings.Builder
+	ch := async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func(b []byte) error { got.Write(b); return nil })
+	})
+	_, seq, n := p.expectInfer()
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte("world")}) // chunk 0 lost
+	p.expectAck(seq, 0)
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("hello ")})
+	p.expectAck(seq, 1)
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("hello ")}) // a duplicate
+	p.expectAck(seq, 1)
+	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte("world")})
+	p.expectAck(seq, 2)
+	p.send(seq, &serialproto.Done{Chunk: 2, TextBytes: 11, TextCRC32C: serialproto.CRC32C([]byte("hello world"))})
+	p.expectAck(seq, 3)
+	if _, err := await(t, ch); err != nil || got.String() != "hello world" {
+		t.Fatalf("Ask: %v, text %q", err, got.String())
+	}
+}
+
+// TestChecksumMismatch: a DONE whose size or CRC-32C disagrees with the
+// text received is ErrChecksum, with the DONE.
+func TestChecksumMismatch(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	hello(t, p, c, serialproto.Welcome{})
+	ch := async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
+	})
+	_, seq, n := p.expectInfer()
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("hello")})
+	p.send(seq, &serialproto.Done{Chunk: 1, TextBytes: 5, TextCRC32C: serialproto.CRC32C([]byte("hellO"))})
+	done, err := await(t, ch)
+	if !errors.Is(err, device.ErrChecksum) || done == nil || done.TextBytes != 5 {
+		t.Fatalf("want ErrChecksum with the DONE, got %v, %+v", err, done)
+	}
+}
+
+// TestErrorReply: the daemon's ERROR is the call's error, usable with
+// errors.As, for HELLO, INFER, a stream's final chunk and STATUS.
+func TestErrorReply(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	ch := async(func() (struct{}, error) { return struct{}{}, c.Hello(context.Background()) })
+	f, _ := p.expect(serialproto.CmdHello)
+	p.send(f.Seq, serialproto.NewError(serialproto.CodeAuthRequired, "this device must sign"))
+	var perr *serialproto.Error
+	if _, err := await(t, ch); !errors.As(err, &perr) || perr.Code != serialproto.CodeAuthRequired || perr.Text != "this device must sign" {
+		t.Fatalf("Hello: want AUTH_REQUIRED, got %v", err)
+	}
+
+	hello(t, p, c, serialproto.Welcome{})
+	ask := func() <-chan result[*serialproto.Done] {
+		return async(func() (*serialproto.Done, error) {
+			return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
+		})
+	}
+	ch2 := ask()
+	_, seq, _ := p.expectInfer()
+	p.send(seq, serialproto.NewError(serialproto.CodeModelNotFound, "no such model"))
+	if _, err := await(t, ch2); !errors.As(err, &perr) || perr.Code != serialproto.CodeModelNotFound {
+		t.Fatalf("Ask: want MODEL_NOT_FOUND, got %v", err)
+	}
+
+	// An engine failing mid-answer: the ERROR is the stream's final chunk,
+	// and the device acknowledges it so the daemon can let go.
+	ch2 = ask()
+	_, seq, n := p.expectInfer()
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("half an ans")})
+	p.expectAck(seq, 1)
+	// A non-final ERROR for the same seq (a mangled ACK of ours, §11.7)
+	// does not end an accepted request.
+	p.send(seq, serialproto.NewError(serialproto.CodeUnknownCommand, "cmd 0x7a"))
+	fail := serialproto.NewError(serialproto.CodeBackendFailed, "engine died")
+	fail.Flags |= serialproto.ErrorFlagStream
+	fail.Chunk = 1
+	p.send(seq, fail)
+	p.expectAck(seq, 2)
+	if _, err := await(t, ch2); !errors.As(err, &perr) || perr.Code != serialproto.CodeBackendFailed || !perr.Stream() {
+		t.Fatalf("Ask: want the stream's BACKEND_FAILED, got %v", err)
+	}
+
+	st := async(func() (*serialproto.StatusReply, error) { return c.Status(context.Background()) })
+	f, _ = p.expect(serialproto.CmdStatus)
+	p.send(f.Seq, serialproto.NewError(serialproto.CodeShuttingDown, ""))
+	if _, err := await(t, st); !errors.As(err, &perr) || perr.Code != serialproto.CodeShuttingDown {
+		t.Fatalf("Status: want SHUTTING_DOWN, got %v", err)
+	}
+}
+
+// TestAskBeforeHello is ErrNoSession, and nothing is sent.
+func TestAskBeforeHello(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{})
+	if _, err := c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, nil); !errors.Is(err, device.ErrNoSession) {
+		t.Fatalf("Ask: want ErrNoSession, got %v", err)
+	}
+	if _, _, err := c.AskRetrying(context.Background(), &serialproto.Infer{Prompt: "hi"}, nil, 3); !errors.Is(err, device.ErrNoSession) {
+		t.Fatalf("AskRetrying: want ErrNoSession, got %v", err)
+	}
+	if f, err := p.link.Recv(time.Now().Add(50 * time.Millisecond)); !isTimeout(err) {
+		t.Fatalf("the device sent %v (%v)", f.Cmd, err)
+	}
+}
+
+// TestDeadPeer: a daemon that never answers ends HELLO in ErrTimeout after
+// the retransmission budget, each copy the same HELLO; a daemon that falls
+// silent mid-answer ends the answer after three heartbeats.
+func TestDeadPeer(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: 10 * time.Millisecond, Retries: 3})
+	start := time.Now()
+	ch := async(func() (struct{}, error) { return struct{}{}, c.Hello(context.Background()) })
+	var first *serialproto.Hello
+	for i := range 4 { // the HELLO and 3 retransmissions
+		_, m := p.expect(serialproto.CmdHello)
+		if h := m.(*serialproto.Hello); first == nil {
+			first = h
+		} else if *h != *first {
+			t.Fatalf("retransmission %d differs: %+v, first %+v", i, h, first)
+		}
+	}
+	_, err := await(t, ch)
+	if !errors.Is(err, device.ErrTimeout) || !strings.Contains(err.Error(), "3 retransmissions") {
+		t.Fatalf("want ErrTimeout after 3 retransmissions, got %v", err)
+	}
+	if el := time.Since(start); el < 10*(1+2+4)*time.Millisecond {
+		t.Fatalf("gave up after %v: no back-off", el)
+	}
+	if f, err := p.link.Recv(time.Now().Add(100 * time.Millisecond)); !isTimeout(err) {
+		t.Fatalf("a 5th HELLO: %v (%v)", f.Cmd, err)
+	}
+
+	// Mid-answer: heartbeat 40 ms, so the device keeps the stream alive
+	// with an ACK every RTO (100 ms) and gives up after 6 × 100 ms of
+	// silence.
+	p, c = newUDPPeer(t, device.Config{RTO: 100 * time.Millisecond})
+	hello(t, p, c, serialproto.Welcome{HeartbeatMS: 40})
+	ask := async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
+	})
+	_, seq, n := p.expectInfer()
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	start = time.Now()
+	p.expectAck(seq, 0) // a keepalive
+	if _, err := await(t, ask); !errors.Is(err, device.ErrTimeout) || !strings.Contains(err.Error(), "silent") {
+		t.Fatalf("want ErrTimeout for a silent stream, got %v", err)
+	}
+	if el := time.Since(start); el < 500*time.Millisecond {
+		t.Fatalf("a silent stream abandoned after %v", el)
+	}
+}
+
+// TestContextEnds: the context's error, promptly; mid-answer the device
+// sends CANCEL and acknowledges the stream's final chunk.
+func TestContextEnds(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := c.Hello(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Hello: want DeadlineExceeded, got %v", err)
+	}
+
+	p, c = newUDPPeer(t, device.Config{RTO: time.Second}) // without the HELLOs above
+	hello(t, p, c, serialproto.Welcome{})
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	ch := async(func() (*serialproto.Done, error) {
+		return c.Ask(ctx, &serialproto.Infer{Prompt: "hi"}, func([]byte) error { cancel(); return nil })
+	})
+	_, seq, n := p.expectInfer()
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("one")})
+	f, _ := p.expect(serialproto.CmdCancel)
+	if f.Seq != seq {
+		t.Fatalf("CANCEL of request %d, want %d", f.Seq, seq)
+	}
+	end := serialproto.NewError(serialproto.CodeCancelled, "")
+	end.Flags |= serialproto.ErrorFlagStream
+	end.Chunk = 1
+	p.send(seq, end)
+	p.expectAck(seq, 2)
+	if _, err := await(t, ch); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Ask: want Canceled, got %v", err)
+	}
+}
+
+// TestReackFinishedStream: a final chunk the daemon sends again after the
+// answer ended (the device's ACK was lost) is acknowledged again.
+func TestReackFinishedStream(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	hello(t, p, c, serialproto.Welcome{})
+	ch := async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
+	})
+	_, seq, n := p.expectInfer()
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	done := p.stream(seq, "ok", 8)
+	if _, err := await(t, ch); err != nil {
+		t.Fatal(err)
+	}
+	pong := async(func() (time.Duration, error) { return c.Ping(context.Background()) })
+	f, _ := p.expect(serialproto.CmdPing)
+	p.send(seq, done) // the old DONE again
+	p.expectAck(seq, done.Chunk+1)
+	p.send(f.Seq, &serialproto.Pong{})
+	if _, err := await(t, pong); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNackResends: NACK BAD_FRAME repeats the frame at once rather than
+// after the RTO; NACK MISSING resends just the fragments named.
+func TestNackResends(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: 10 * time.Second})
+	start := time.Now()
+	ch := async(func() (struct{}, error) { return struct{}{}, c.Hello(context.Background()) })
+	p.expect(serialproto.CmdHello)
+	p.send(0, &serialproto.Nack{Reason: serialproto.NackBadFrame})
+	p.welcome(serialproto.Welcome{MaxData: 32}) // the repeated HELLO
+	if _, err := await(t, ch); err != nil || time.Since(start) > wait {
+		t.Fatalf("Hello: %v after %v", err, time.Since(start))
+	}
+
+	prompt := strings.Repeat("abcdefgh", 12)
+	ask := async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Prompt: prompt}, func([]byte) error { return nil })
+	})
+	var frags []serialproto.Frame
+	for {
+		f, _ := p.expect(serialproto.CmdInfer)
+		frags = append(frags, serialproto.Frame{Seq: f.Seq, Flags: f.Flags, Data: append([]byte(nil), f.Data...)})
+		if int(f.Data[0]) == int(f.Data[1])-1 {
+			break
+		}
+	}
+	if len(frags) < 4 {
+		t.Fatalf("%d fragments", len(frags))
+	}
+	seq := frags[0].Seq
+	for i, f := range frags {
+		if i == 2 {
+			continue // lost
+		}
+		if _, _, err := p.reasm.Add(time.Now(), serialproto.CmdInfer, seq, f.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.send(seq, &serialproto.Nack{Reason: serialproto.NackMissing, Missing: []byte{2}})
+	f, _ := p.expect(serialproto.CmdInfer)
+	if f.Data[0] != 2 {
+		t.Fatalf("resent fragment %d, want 2", f.Data[0])
+	}
+	body, _, err := p.reasm.Add(time.Now(), serialproto.CmdInfer, seq, f.Data)
+	if err != nil || body == nil {
+		t.Fatalf("reassembly after the resend: %v", err)
+	}
+	p.send(seq, &serialproto.Ack{Next: uint16(len(frags))})
+	p.stream(seq, "fine", 4)
+	if _, err := await(t, ask); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCorruptFramesUDP: datagrams that are not one sound frame, frames for
+// another request and a WELCOME for another seq are skipped; a sound frame
+// with a bad body ends the exchange with the body's error.
+func TestCorruptFramesUDP(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	ch := async(func() (struct{}, error) { return struct{}{}, c.Hello(context.Background()) })
+	f, _ := p.expect(serialproto.CmdHello)
+	good, _ := (&serialproto.Welcome{Version: 1, MaxData: 256, Window: 4, HeartbeatMS: 5000, MaxMessage: 4096}).AppendBody(nil)
+	raw, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdWelcome, Seq: f.Seq, Data: good})
+	p.sendRaw([]byte("not a frame at all"))
+	bad := append([]byte(nil), raw...)
+	bad[len(bad)-1] ^= 0x40 // the CRC-8
+	p.sendRaw(bad)
+	p.sendRaw(raw[:len(raw)-3]) // cut short
+	p.send(f.Seq+1, &serialproto.Welcome{Version: 1, MaxData: 32, Window: 1})
+	p.sendRaw(raw)
+	if _, err := await(t, ch); err != nil || c.Welcome().MaxData != 256 {
+		t.Fatalf("Hello: %v, WELCOME %+v", err, c.Welcome())
+	}
+
+	st := async(func() (*serialproto.StatusReply, error) { return c.Status(context.Background()) })
+	f, _ = p.expect(serialproto.CmdStatus)
+	raw, _ = serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdStatusReply, Seq: f.Seq, Data: []byte{0}})
+	p.sendRaw(raw) // sound frame, body too short
+	if _, err := await(t, st); !errors.Is(err, serialproto.ErrMalformed) {
+		t.Fatalf("Status: want ErrMalformed, got %v", err)
+	}
+}
+
+// TestBusyRetrySameSeq: AskRetrying repeats a refused INFER under the same
+// seq (spec §12), so a delayed copy and the retry are one request.
+func TestBusyRetrySameSeq(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	hello(t, p, c, serialproto.Welcome{})
+	type retried struct {
+		done    *serialproto.Done
+		retries int
+	}
+	ch := async(func() (retried, error) {
+		d, n, err := c.AskRetrying(context.Background(), &serialproto.Infer{Prompt: "water?"}, func([]byte) error { return nil }, 3)
+		return retried{d, n}, err
+	})
+	_, seq, _ := p.expectInfer()
+	p.send(seq, serialproto.NewError(serialproto.CodeBusy, "queue full"))
+	start := time.Now()
+	m, seq2, n := p.expectInfer()
+	if seq2 != seq || m.Prompt != "water?" {
+		t.Fatalf("retry under seq %d (%q), want seq %d", seq2, m.Prompt, seq)
+	}
+	if el := time.Since(start); el < 90*time.Millisecond {
+		t.Fatalf("retried after %v: no back-off", el)
+	}
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	p.stream(seq, "yes", 3)
+	r, err := await(t, ch)
+	if err != nil || r.retries != 1 || r.done == nil {
+		t.Fatalf("AskRetrying: %v after %d retries", err, r.retries)
+	}
+
+	// The budget spent, the refusal is the error; a refusal that is not
+	// BUSY or RATE_LIMITED is not retried.
+	ch = async(func() (retried, error) {
+		d, n, err := c.AskRetrying(context.Background(), &serialproto.Infer{Prompt: "again"}, func([]byte) error { return nil }, 1)
+		return retried{d, n}, err
+	})
+	for range 2 {
+		_, seq, _ = p.expectInfer()
+		p.send(seq, serialproto.NewError(serialproto.CodeRateLimited, ""))
+	}
+	var perr *serialproto.Error
+	if r, err := await(t, ch); !errors.As(err, &perr) || perr.Code != serialproto.CodeRateLimited || r.retries != 1 {
+		t.Fatalf("want RATE_LIMITED after 1 retry, got %v after %d", err, r.retries)
+	}
+	ch = async(func() (retried, error) {
+		d, n, err := c.AskRetrying(context.Background(), &serialproto.Infer{Prompt: "again"}, func([]byte) error { return nil }, 5)
+		return retried{d, n}, err
+	})
+	_, seq, _ = p.expectInfer()
+	p.send(seq, serialproto.NewError(serialproto.CodeTooLarge, ""))
+	if r, err := await(t, ch); !errors.As(err, &perr) || perr.Code != serialproto.CodeTooLarge || r.retries != 0 {
+		t.Fatalf("want TOO_LARGE without retries, got %v after %d", err, r.retries)
+	}
+}
+
+// TestSignedSession: HELLO signed with boot_nonce ‖ 0, a signed WELCOME
+// checked, every later frame signed; the daemon's frames that fail
+// verification are ignored, and a WELCOME that does not verify is no
+// session.
+func TestSignedSession(t *testing.T) {
+	key, err := serialproto.NewKey([]byte("0123456789abcdef0123456789abcdef"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, c := newUDPPeer(t, device.Config{DeviceID: "locked", Key: key, LinkID: 1, RTO: time.Second})
+	if h := hello(t, p, c, serialproto.Welcome{}); h.Features&serialproto.FeatureSign == 0 {
+		t.Fatalf("HELLO without SIGN: %+v", h)
+	}
+	var got strings.Builder
+	ch := async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "signed"}, func(b []byte) error { got.Write(b); return nil })
+	})
+	m, seq, n := p.expectInfer() // recv verifies every frame
+	if m.Prompt != "signed" {
+		t.Fatalf("prompt %q", m.Prompt)
+	}
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	// A forged TOKEN (another key) and an unsigned one are dropped.
+	other, _ := serialproto.NewKey([]byte("fedcba9876543210fedcba9876543210"))
+	forger, _ := serialproto.NewSigner(other, serialproto.DaemonToDevice, p.signer.Nonce, 0, 100)
+	body, _ := (&serialproto.Token{Chunk: 0, Text: []byte("forged")}).AppendBody(nil)
+	raw, _ := forger.AppendSigned(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdToken, Seq: seq, Data: body})
+	p.sendRaw(raw)
+	raw, _ = serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdToken, Seq: seq, Data: body})
+	p.sendRaw(raw)
+	p.stream(seq, "genuine", 4)
+	if _, err := await(t, ch); err != nil || got.String() != "genuine" {
+		t.Fatalf("Ask: %v, text %q", err, got.String())
+	}
+
+	// A WELCOME under the wrong key: not our daemon, so no session.
+	p2, c2 := newUDPPeer(t, device.Config{DeviceID: "locked", Key: key, RTO: 10 * time.Millisecond, Retries: 2})
+	ch2 := async(func() (struct{}, error) { return struct{}{}, c2.Hello(context.Background()) })
+	f, err := p2.link.Recv(time.Now().Add(wait))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Data = f.Data[:len(f.Data)-serialproto.SignatureLen]
+	hm, _ := serialproto.ParseBody(serialproto.CmdHello, f.Data)
+	nonce := serialproto.MakeNonce(hm.(*serialproto.Hello).BootNonce, 7)
+	p2.signer, _ = serialproto.NewSigner(other, serialproto.DaemonToDevice, nonce, 0, 0)
+	p2.send(f.Seq, &serialproto.Welcome{Version: 1, MaxData: 256, Features: serialproto.FeatureSign, Window: 4, HeartbeatMS: 5000, MaxMessage: 4096, DaemonNonce: 7})
+	if _, err := await(t, ch2); !errors.Is(err, device.ErrTimeout) {
+		t.Fatalf("Hello with a forged WELCOME: want ErrTimeout, got %v", err)
+	}
+}

@@ -1,0 +1,114 @@
+package device
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+// exchange sends frames and waits for an answer with the request's seq,
+// retransmitting (resend(attempt)) on every RTO. handle returns done=true
+// when the answer is complete.
+//
+// keepalive, when it returns true, makes a timeout not count as a failed
+// attempt: while the daemon streams an answer it is the one retransmitting,
+// and the device only has to stay alive (a slow engine is not a dead link).
+func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt int) error, handle func(f serialproto.Frame, m serialproto.Message) (bool, error), keepalive func() bool) error {
+	if err := resend(0); err != nil {
+		return err
+	}
+	streaming := func() bool { return keepalive != nil && keepalive() }
+	attempt, heard := 1, time.Now()
+	corrupt := 0 // NACK BAD_FRAME answers while not streaming
+	// Each attempt's deadline is fixed when it starts: frames of other
+	// requests must not push our retransmission back.
+	next := func() time.Time {
+		wait := c.cfg.RTO << min(attempt-1, 4)
+		if streaming() {
+			wait = min(c.keepaliveInterval(), wait)
+		}
+		return time.Now().Add(wait)
+	}
+	deadline := next()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		dl := deadline
+		if cdl, ok := ctx.Deadline(); ok && cdl.Before(dl) {
+			dl = cdl
+		}
+		f, err := c.t.Recv(dl)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if cdl, ok := ctx.Deadline(); ok && !time.Now().Before(cdl) {
+				// ctx's own timer may not have fired yet: without this,
+				// every retransmission would go out at once.
+				return context.DeadlineExceeded
+			}
+			if streaming() {
+				// The daemon retransmits a stream; if nothing at all comes
+				// for three heartbeats it has given up or gone.
+				if time.Since(heard) > 6*c.keepaliveInterval() { // three heartbeats
+					return fmt.Errorf("%w: silent for %v", ErrTimeout, time.Since(heard).Round(time.Second))
+				}
+			} else if attempt > c.cfg.Retries {
+				return fmt.Errorf("%w (%d retransmissions): %v", ErrTimeout, c.cfg.Retries, err)
+			}
+			if err := resend(attempt); err != nil {
+				return err
+			}
+			if !streaming() {
+				attempt++
+			}
+			deadline = next()
+			continue
+		}
+		if f.Cmd == serialproto.CmdNack && len(f.Data) == 1 && f.Data[0] == serialproto.NackBadFrame {
+			// The daemon saw a corrupt frame (serial, §7.1): likely ours, so
+			// repeat now rather than wait for the timer — counted, so a
+			// line that corrupts everything still ends in ErrTimeout. The
+			// NACK proves the line and the daemon alive, and it may answer
+			// noise or an earlier request's ACK rather than this request,
+			// so it has its own, larger budget and does not lengthen the
+			// timer's back-off: at BER 1e-3 three in four 128-byte frames
+			// are corrupt, and Retries NACKs in a row happen.
+			if !streaming() {
+				if corrupt++; corrupt > 4*c.cfg.Retries {
+					return fmt.Errorf("%w: every frame arrives corrupt (%d NACK BAD_FRAME)", ErrTimeout, corrupt-1)
+				}
+			}
+			if err := resend(max(attempt-1, 1)); err != nil {
+				return err
+			}
+			continue
+		}
+		if f.Seq != seq {
+			c.reackFinished(f) // a late answer to an earlier request
+			continue
+		}
+		heard = time.Now()
+		if c.verifier != nil {
+			var err error
+			if f, _, _, err = c.verifier.Verify(f); err != nil {
+				continue // unsigned, forged or replayed: not from our daemon
+			}
+		} else if f.Flags&serialproto.FlagSigned != 0 && len(f.Data) >= serialproto.SignatureLen {
+			// The signed WELCOME: its body holds the nonce its tag needs;
+			// Hello verifies it before trusting it.
+			f.Data = f.Data[:len(f.Data)-serialproto.SignatureLen]
+		}
+		m, err := serialproto.ParseBody(f.Cmd, f.Data)
+		if err != nil {
+			return fmt.Errorf("device: daemon sent a bad %s: %w", f.Cmd, err)
+		}
+		done, err := handle(f, m)
+		if done || err != nil {
+			return err
+		}
+	}
+}

@@ -1,0 +1,75 @@
+package device
+
+import (
+	"context"
+
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+// finishedStream is an answer stream that ended: its request's seq and the
+// ACK that acknowledged its final chunk.
+type finishedStream struct {
+	valid bool
+	seq   uint8
+	next  uint16
+}
+
+// cancel tells the daemon to stop request seq and waits a little for the
+// stream's final chunk. It keeps acknowledging the TOKENs still arriving
+// (next is the chunk expected), or a closed window would hold the final
+// chunk back, and acknowledges the final chunk so the daemon can let go.
+func (c *Client) cancel(seq uint8, next uint16) {
+	ctx, stop := context.WithTimeout(context.Background(), 8*c.cfg.RTO)
+	defer stop()
+	_ = c.exchange(ctx, seq, func(int) error { return c.sendMsg(seq, &serialproto.Cancel{}) }, func(f serialproto.Frame, m serialproto.Message) (bool, error) {
+		switch m := m.(type) {
+		case *serialproto.Token:
+			if m.Chunk == next {
+				next++
+			}
+			return false, c.sendMsg(seq, &serialproto.Ack{Next: next, Window: c.cfg.Window})
+		case *serialproto.Done:
+			return true, c.sendMsg(seq, &serialproto.Ack{Next: m.Chunk + 1, Window: c.cfg.Window})
+		case *serialproto.Error:
+			if m.Stream() {
+				return true, c.sendMsg(seq, &serialproto.Ack{Next: m.Chunk + 1, Window: c.cfg.Window})
+			}
+			return true, nil
+		}
+		return false, nil
+	}, nil)
+}
+
+func (c *Client) finish(seq uint8, next uint16) {
+	c.finished[c.nfin%len(c.finished)] = finishedStream{valid: true, seq: seq, next: next}
+	c.nfin++
+}
+
+// reackFinished answers a chunk of the last finished stream with that
+// stream's final ACK again (§8.2: a duplicate chunk is acknowledged again).
+// Without it a daemon whose final ACK was lost retransmits the final chunk
+// until it gives up, holding one of the device's request places meanwhile.
+func (c *Client) reackFinished(f serialproto.Frame) {
+	var fin *finishedStream
+	for i := range c.finished { // the newest with this seq
+		e := &c.finished[(c.nfin-1-i+2*len(c.finished))%len(c.finished)]
+		if e.valid && e.seq == f.Seq {
+			fin = e
+			break
+		}
+	}
+	if fin == nil {
+		return
+	}
+	switch f.Cmd {
+	case serialproto.CmdToken, serialproto.CmdDone, serialproto.CmdError:
+	default:
+		return
+	}
+	if c.verifier != nil {
+		if _, _, _, err := c.verifier.Verify(f); err != nil {
+			return
+		}
+	}
+	_ = c.sendMsg(f.Seq, &serialproto.Ack{Next: fin.next, Window: c.cfg.Window})
+}
