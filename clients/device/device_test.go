@@ -25,9 +25,7 @@ func TestAskUDP(t *testing.T) {
 
 	prompt := strings.Repeat("Is the soil dry? ", 20)
 	var got strings.Builder
-	ch := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: prompt}, func(b []byte) error { got.Write(b); return nil })
-	})
+	ch := ask(context.Background(), c, prompt, func(b []byte) error { got.Write(b); return nil })
 	m, seq, frags := p.expectInfer()
 	if m.Prompt != prompt || frags < 8 {
 		t.Fatalf("INFER: %d fragments, prompt %q", frags, m.Prompt)
@@ -67,11 +65,7 @@ func TestGoBackN(t *testing.T) {
 	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
 	hello(t, p, c, serialproto.Welcome{})
 	var got strings.Builder
-	ch := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func(b []byte) error { got.Write(b); return nil })
-	})
-	_, seq, n := p.expectInfer()
-	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	seq, ch := p.askAccepted(context.Background(), c, "hi", func(b []byte) error { got.Write(b); return nil })
 	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte("world")}) // chunk 0 lost
 	p.expectAck(seq, 0)
 	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("hello ")})
@@ -92,11 +86,7 @@ func TestGoBackN(t *testing.T) {
 func TestChecksumMismatch(t *testing.T) {
 	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
 	hello(t, p, c, serialproto.Welcome{})
-	ch := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
-	})
-	_, seq, n := p.expectInfer()
-	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	seq, ch := p.askAccepted(context.Background(), c, "hi", nil)
 	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("hello")})
 	p.send(seq, &serialproto.Done{Chunk: 1, TextBytes: 5, TextCRC32C: serialproto.CRC32C([]byte("hellO"))})
 	done, err := await(t, ch)
@@ -118,12 +108,7 @@ func TestErrorReply(t *testing.T) {
 	}
 
 	hello(t, p, c, serialproto.Welcome{})
-	ask := func() <-chan result[*serialproto.Done] {
-		return async(func() (*serialproto.Done, error) {
-			return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
-		})
-	}
-	ch2 := ask()
+	ch2 := ask(context.Background(), c, "hi", nil)
 	_, seq, _ := p.expectInfer()
 	p.send(seq, serialproto.NewError(serialproto.CodeModelNotFound, "no such model"))
 	if _, err := await(t, ch2); !errors.As(err, &perr) || perr.Code != serialproto.CodeModelNotFound {
@@ -132,9 +117,7 @@ func TestErrorReply(t *testing.T) {
 
 	// An engine failing mid-answer: the ERROR is the stream's final chunk,
 	// and the device acknowledges it so the daemon can let go.
-	ch2 = ask()
-	_, seq, n := p.expectInfer()
-	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	seq, ch2 = p.askAccepted(context.Background(), c, "hi", nil)
 	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("half an ans")})
 	p.expectAck(seq, 1)
 	// A non-final ERROR for the same seq (a mangled ACK of ours, §11.7)
@@ -203,14 +186,10 @@ func TestDeadPeer(t *testing.T) {
 	// silence.
 	p, c = newUDPPeer(t, device.Config{RTO: 100 * time.Millisecond})
 	hello(t, p, c, serialproto.Welcome{HeartbeatMS: 40})
-	ask := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
-	})
-	_, seq, n := p.expectInfer()
-	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	seq, asked := p.askAccepted(context.Background(), c, "hi", nil)
 	start = time.Now()
 	p.expectAck(seq, 0) // a keepalive
-	if _, err := await(t, ask); !errors.Is(err, device.ErrTimeout) || !strings.Contains(err.Error(), "silent") {
+	if _, err := await(t, asked); !errors.Is(err, device.ErrTimeout) || !strings.Contains(err.Error(), "silent") {
 		t.Fatalf("want ErrTimeout for a silent stream, got %v", err)
 	}
 	if el := time.Since(start); el < 500*time.Millisecond {
@@ -232,11 +211,7 @@ func TestContextEnds(t *testing.T) {
 	hello(t, p, c, serialproto.Welcome{})
 	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
-	ch := async(func() (*serialproto.Done, error) {
-		return c.Ask(ctx, &serialproto.Infer{Prompt: "hi"}, func([]byte) error { cancel(); return nil })
-	})
-	_, seq, n := p.expectInfer()
-	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	seq, ch := p.askAccepted(ctx, c, "hi", func([]byte) error { cancel(); return nil })
 	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("one")})
 	f, _ := p.expect(serialproto.CmdCancel)
 	if f.Seq != seq {
@@ -257,11 +232,7 @@ func TestContextEnds(t *testing.T) {
 func TestReackFinishedStream(t *testing.T) {
 	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
 	hello(t, p, c, serialproto.Welcome{})
-	ch := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "hi"}, func([]byte) error { return nil })
-	})
-	_, seq, n := p.expectInfer()
-	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	seq, ch := p.askAccepted(context.Background(), c, "hi", nil)
 	done := p.stream(seq, "ok", 8)
 	if _, err := await(t, ch); err != nil {
 		t.Fatal(err)
@@ -290,9 +261,7 @@ func TestNackResends(t *testing.T) {
 	}
 
 	prompt := strings.Repeat("abcdefgh", 12)
-	ask := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: prompt}, func([]byte) error { return nil })
-	})
+	asked := ask(context.Background(), c, prompt, nil)
 	var frags []serialproto.Frame
 	for {
 		f, _ := p.expect(serialproto.CmdInfer)
@@ -324,7 +293,7 @@ func TestNackResends(t *testing.T) {
 	}
 	p.send(seq, &serialproto.Ack{Next: uint16(len(frags))})
 	p.stream(seq, "fine", 4)
-	if _, err := await(t, ask); err != nil {
+	if _, err := await(t, asked); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -427,9 +396,7 @@ func TestSignedSession(t *testing.T) {
 		t.Fatalf("HELLO without SIGN: %+v", h)
 	}
 	var got strings.Builder
-	ch := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: "signed"}, func(b []byte) error { got.Write(b); return nil })
-	})
+	ch := ask(context.Background(), c, "signed", func(b []byte) error { got.Write(b); return nil })
 	m, seq, n := p.expectInfer() // recv verifies every frame
 	if m.Prompt != "signed" {
 		t.Fatalf("prompt %q", m.Prompt)

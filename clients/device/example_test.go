@@ -39,7 +39,17 @@ func Example() {
 		fmt.Printf("%s", text)
 		return nil
 	})
-	if err != nil {
+	var refused *serialproto.Error
+	switch {
+	case errors.As(err, &refused) && refused.Code == serialproto.CodeBusy:
+		log.Fatal("busy: ask again later under the same seq (AskRetrying does)")
+	case errors.As(err, &refused):
+		log.Fatalf("mcpd refused: %v", refused.Code)
+	case errors.Is(err, device.ErrTimeout):
+		log.Fatal("no answer: is mcpd running, is the link up?")
+	case errors.Is(err, device.ErrChecksum):
+		log.Fatal("the answer arrived damaged")
+	case err != nil:
 		log.Fatal(err)
 	}
 	fmt.Printf("\n%d tokens, %d bytes, CRC-32C %08x\n", done.Tokens, done.TextBytes, done.TextCRC32C)
@@ -49,72 +59,6 @@ func Example() {
 	// Output:
 	// Which bed needs water first?
 	// 5 tokens, 28 bytes, CRC-32C 7fa60706
-}
-
-// What went wrong, when Ask fails: the daemon's refusal, a dead link, or
-// a damaged answer.
-func ExampleClient_Ask() {
-	mcpd, err := devicetest.NewPeer()
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer mcpd.Close()
-	udp, err := device.DialUDP(mcpd.Addr())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer udp.Close()
-	c := device.New(udp, device.Config{DeviceID: "pump-7"})
-	ctx := context.Background()
-
-	_, err = c.Ask(ctx, &serialproto.Infer{Prompt: "too early"}, func([]byte) error { return nil })
-	fmt.Println(errors.Is(err, device.ErrNoSession))
-
-	if err := c.Hello(ctx); err != nil {
-		log.Fatal(err)
-	}
-	_, err = c.Ask(ctx, &serialproto.Infer{Prompt: "Pump on?"}, func([]byte) error { return nil })
-	var refused *serialproto.Error
-	switch {
-	case err == nil:
-		fmt.Println("answered")
-	case errors.As(err, &refused) && refused.Code == serialproto.CodeBusy:
-		fmt.Println("busy: retry later under the same seq (AskRetrying does)")
-	case errors.As(err, &refused):
-		fmt.Println("refused:", refused.Code)
-	case errors.Is(err, device.ErrTimeout):
-		fmt.Println("no answer: is mcpd running, is the link up?")
-	case errors.Is(err, device.ErrChecksum):
-		fmt.Println("the answer arrived damaged")
-	}
-	// Output:
-	// true
-	// answered
-}
-
-// The daemon's state, as mcpctl status shows it.
-func ExampleClient_Status() {
-	mcpd, err := devicetest.NewPeer()
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer mcpd.Close()
-	udp, err := device.DialUDP(mcpd.Addr())
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer udp.Close()
-	c := device.New(udp, device.Config{DeviceID: "panel-2"})
-	ctx := context.Background()
-	if err := c.Hello(ctx); err != nil {
-		log.Fatal(err)
-	}
-	st, err := c.Status(ctx)
-	if err != nil {
-		log.Fatal(err)
-	}
-	fmt.Printf("state %d, backend %s, %d queued\n", st.State, st.Backend, st.Queue)
-	// Output: state 0, backend echo, 0 queued
 }
 
 // The retransmission timeout for a device with a two-frame window on a

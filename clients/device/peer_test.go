@@ -289,6 +289,28 @@ func await[T any](t *testing.T, ch <-chan result[T]) (T, error) {
 	}
 }
 
+// ask runs c.Ask of prompt in the background; a nil onText discards the
+// text.
+func ask(ctx context.Context, c *device.Client, prompt string, onText func([]byte) error) <-chan result[*serialproto.Done] {
+	if onText == nil {
+		onText = func([]byte) error { return nil }
+	}
+	return async(func() (*serialproto.Done, error) { return c.Ask(ctx, &serialproto.Infer{Prompt: prompt}, onText) })
+}
+
+// askAccepted is ask, its INFER read and accepted with the ACK of its
+// fragments; it returns the request's seq.
+func (p *peer) askAccepted(ctx context.Context, c *device.Client, prompt string, onText func([]byte) error) (uint8, <-chan result[*serialproto.Done]) {
+	p.t.Helper()
+	ch := ask(ctx, c, prompt, onText)
+	m, seq, n := p.expectInfer()
+	if m.Prompt != prompt {
+		p.t.Fatalf("peer: prompt %q, want %q", m.Prompt, prompt)
+	}
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	return seq, ch
+}
+
 // hello runs c.Hello against p with WELCOME w and fails the test on error.
 func hello(t *testing.T, p *peer, c *device.Client, w serialproto.Welcome) *serialproto.Hello {
 	t.Helper()

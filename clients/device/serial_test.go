@@ -3,34 +3,20 @@ package device_test
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/clients/device"
+	"github.com/mcpd-project/mcpd/internal/ptytest"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
-
-// cable is a pseudo-terminal standing in for a UART: the device opens the
-// terminal by name through go.bug.st/serial (OpenSerial), the daemon's
-// side is the master.
-func cable(t *testing.T) (master *os.File, tty string) {
-	t.Helper()
-	m, s, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminals: %v", err)
-	}
-	t.Cleanup(func() { m.Close(); s.Close() })
-	return m, s.Name()
-}
 
 // serialPeer returns the daemon's end of a pty cable and a device client
 // on the other end, opened as a serial port.
 func serialPeer(t *testing.T, cfg device.Config) (*peer, *device.Client, *device.Stream) {
 	t.Helper()
-	master, tty := cable(t)
+	master, tty := ptytest.Open(t) // a UART: the daemon's side is the master
 	line, err := device.OpenSerial(tty, 115200)
 	if err != nil {
 		t.Fatal(err)
@@ -50,7 +36,7 @@ func TestAskSerial(t *testing.T) {
 	body, _ := (&serialproto.Welcome{Version: 1, MaxData: 64, Window: 2, HeartbeatMS: 5000, MaxMessage: 4096}).AppendBody(nil)
 	welcome, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdWelcome, Seq: f.Seq, Data: body})
 	corrupt := append([]byte(nil), welcome...)
-	corrupt[len(corrupt)-2] ^= 0x10 // a bit of the body: the CRC-8 fails
+	corrupt[len(corrupt)-2] ^= 0x10                     // a bit of the body: the CRC-8 fails
 	noise := []byte{0x00, 0xff, 0x13, 0x37, 0x55, 0x01} // a magic byte among it
 	p.sendRaw(append(append(noise, corrupt...), welcome...))
 	nack, m := p.expect(serialproto.CmdNack)
@@ -63,16 +49,14 @@ func TestAskSerial(t *testing.T) {
 
 	prompt := "Grüße aus dem Gewächshaus 🌱 " + strings.Repeat("feucht? ", 30)
 	var got strings.Builder
-	ask := async(func() (*serialproto.Done, error) {
-		return c.Ask(context.Background(), &serialproto.Infer{Prompt: prompt}, func(b []byte) error { got.Write(b); return nil })
-	})
+	asked := ask(context.Background(), c, prompt, func(b []byte) error { got.Write(b); return nil })
 	m2, seq, n := p.expectInfer()
 	if m2.Prompt != prompt || n < 4 {
 		t.Fatalf("INFER in %d fragments: %q", n, m2.Prompt)
 	}
 	p.send(seq, &serialproto.Ack{Next: uint16(n)})
 	p.stream(seq, "Gießen: Beet 3 zuerst.", 9)
-	if _, err := await(t, ask); err != nil || got.String() != "Gießen: Beet 3 zuerst." {
+	if _, err := await(t, asked); err != nil || got.String() != "Gießen: Beet 3 zuerst." {
 		t.Fatalf("Ask: %v, %q", err, got.String())
 	}
 }

@@ -12,11 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
-	"github.com/mcpd-project/mcpd/clients/device"
-
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/internal/ptytest"
 )
 
 // wordEngine answers with the prompt's words in reverse order, or fails
@@ -151,24 +149,13 @@ func TestBench(t *testing.T) {
 // returns the terminal the daemon opens and the one the device opens.
 func pacedLine(t *testing.T, baud int) (daemonEnd, deviceEnd string) {
 	t.Helper()
-	var ends [2]string
-	var masters [2]*os.File
-	for i := range 2 {
-		m, tty, err := pty.Open()
-		if err != nil {
-			t.Skipf("no pseudo-terminals: %v", err)
-		}
-		if err := device.MakeRaw(tty); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close(); tty.Close() })
-		masters[i], ends[i] = m, tty.Name()
-	}
+	m0, daemonEnd := ptytest.Open(t)
+	m1, deviceEnd := ptytest.Open(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	go pace(ctx, masters[0], masters[1], baud)
-	go pace(ctx, masters[1], masters[0], baud)
-	return ends[0], ends[1]
+	go pace(ctx, m0, m1, baud)
+	go pace(ctx, m1, m0, baud)
+	return daemonEnd, deviceEnd
 }
 
 func TestPaceHoldsTheBaudRate(t *testing.T) {

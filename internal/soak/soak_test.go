@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/backends/llamacpp"
 	"github.com/mcpd-project/mcpd/backends/ollama"
@@ -24,6 +23,7 @@ import (
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
+	"github.com/mcpd-project/mcpd/internal/ptytest"
 	"github.com/mcpd-project/mcpd/internal/testmodel"
 	"github.com/mcpd-project/mcpd/serialproto"
 	"go.bug.st/serial"
@@ -370,20 +370,6 @@ func TestLossyUDPLlama(t *testing.T) {
 	record(t, row)
 }
 
-// ptyPair opens a pseudo-terminal; the terminal side is raw.
-func ptyPair(t *testing.T) (master *os.File, ttyPath string) {
-	t.Helper()
-	m, tty, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pseudo-terminals: %v", err)
-	}
-	if err := device.MakeRaw(tty); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close(); tty.Close() })
-	return m, tty.Name()
-}
-
 // TestNoisySerial: a UART at 115200 baud through the line shim flipping
 // bits at 1e-3: every answer exact, or a corruption caught by the DONE
 // checksum; none wrong.
@@ -391,8 +377,8 @@ func TestNoisySerial(t *testing.T) {
 	if testing.Short() {
 		t.Skip("paced serial line")
 	}
-	daemonSide, daemonPath := ptyPair(t)
-	deviceSide, devicePath := ptyPair(t)
+	daemonSide, daemonPath := ptytest.Open(t)
+	deviceSide, devicePath := ptytest.Open(t)
 	e := &Echo{}
 	sc, err := daemon.ParseSerial(daemonPath + ":115200")
 	if err != nil {
@@ -538,7 +524,7 @@ func TestUnplugSerial(t *testing.T) {
 		t.Skip("serial replug")
 	}
 	link := filepath.Join(t.TempDir(), "ttyMCU")
-	master, path := ptyPair(t)
+	master, path := ptytest.Open(t)
 	if err := os.Symlink(path, link); err != nil {
 		t.Fatal(err)
 	}
@@ -575,7 +561,7 @@ func TestUnplugSerial(t *testing.T) {
 				unplugs++
 				go func() { // pull the cable, wait, plug a new pty in at the same link
 					defer close(replugged)
-					if err := rt.ReplugAt(link, 200*time.Millisecond, func() (io.ReadWriteCloser, string) { return ptyPair(t) }); err != nil {
+					if err := rt.ReplugAt(link, 200*time.Millisecond, func() (io.ReadWriteCloser, string) { return ptytest.Open(t) }); err != nil {
 						t.Error(err)
 					}
 				}()

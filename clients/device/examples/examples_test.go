@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,10 +18,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/backends"
-	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/internal/ptytest"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
 
@@ -110,24 +108,9 @@ func startDaemon(t *testing.T) (udp, port string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Two pty pairs joined master to master: a cable with a named terminal
-	// at each end, as socat makes one.
-	var ends [2]string
-	var masters [2]*os.File
-	for i := range 2 {
-		m, tty, err := pty.Open()
-		if err != nil {
-			t.Skipf("no pseudo-terminals: %v", err)
-		}
-		if err := device.MakeRaw(tty); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Close(); tty.Close() })
-		masters[i], ends[i] = m, tty.Name()
-	}
-	go func() { _, _ = io.Copy(masters[1], masters[0]) }()
-	go func() { _, _ = io.Copy(masters[0], masters[1]) }()
-	sc, err := daemon.ParseSerial(ends[0] + ":115200")
+	// A serial cable with a named terminal at each end, as socat makes.
+	daemonEnd, deviceEnd := ptytest.Cable(t)
+	sc, err := daemon.ParseSerial(daemonEnd + ":115200")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +125,7 @@ func startDaemon(t *testing.T) (udp, port string) {
 			t.Error("the daemon did not stop")
 		}
 	})
-	return l.Addr().String(), ends[1]
+	return l.Addr().String(), deviceEnd
 }
 
 // run runs an example for at most 30 s and returns its stdout and stderr.
