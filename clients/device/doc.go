@@ -27,7 +27,7 @@
 //
 // A Client is one device: not safe for concurrent use, as a
 // microcontroller does one thing at a time. Run one Client per simulated
-// device; mcpd keys sessions by device id and source address.
+// device, each with its own DeviceID and Transport.
 //
 // The programs in examples/ ask over UDP, over a serial line, in a signed
 // session and through a lossy link, against bin/mcpd. Package devicetest

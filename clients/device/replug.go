@@ -43,6 +43,7 @@ func (r *Replug) Plug(s *Stream) {
 	r.mu.Unlock()
 }
 
+// Send writes to the stream plugged in; unplugged, the frame is lost.
 func (r *Replug) Send(f []byte) error {
 	if s := r.cur(); s != nil {
 		return s.Send(f)

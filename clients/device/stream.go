@@ -70,6 +70,7 @@ func (s *Stream) nackBadFrame() {
 	_ = s.Send(frame)
 }
 
+// Send writes one encoded frame; concurrent Sends do not interleave.
 func (s *Stream) Send(frame []byte) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -77,6 +78,9 @@ func (s *Stream) Send(frame []byte) error {
 	return err
 }
 
+// Recv returns the next sound frame decoded from the stream before
+// deadline: os.ErrDeadlineExceeded when none came, the read error once the
+// stream has ended.
 func (s *Stream) Recv(deadline time.Time) (serialproto.Frame, error) {
 	select { // frames already read come before the reader's end
 	case raw := <-s.frames:
@@ -97,4 +101,5 @@ func (s *Stream) Recv(deadline time.Time) (serialproto.Frame, error) {
 	}
 }
 
+// Close closes the underlying stream, which ends the reader.
 func (s *Stream) Close() error { return s.rw.Close() }

@@ -28,12 +28,14 @@ func DialUDP(addr string) (*UDP, error) {
 	return &UDP{conn: conn}, nil
 }
 
+// Send writes one encoded frame as one datagram.
 func (u *UDP) Send(frame []byte) error {
 	_, err := u.conn.Write(frame)
 	return err
 }
 
-// Recv skips datagrams that are not one sound frame, as a device must.
+// Recv returns the next datagram that is one sound frame before deadline;
+// others are skipped, as a device must.
 func (u *UDP) Recv(deadline time.Time) (serialproto.Frame, error) {
 	if err := u.conn.SetReadDeadline(deadline); err != nil {
 		return serialproto.Frame{}, err
@@ -53,6 +55,7 @@ func (u *UDP) Recv(deadline time.Time) (serialproto.Frame, error) {
 	}
 }
 
+// Close closes the socket.
 func (u *UDP) Close() error { return u.conn.Close() }
 
 // LocalAddr is the device's own address.
