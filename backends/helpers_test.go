@@ -11,7 +11,6 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/backends/detect"
-	"github.com/mcpd-project/mcpd/internal/ollamatest"
 )
 
 // fakeMachine writes files under a temporary root: path → content.
@@ -70,16 +69,6 @@ func openSelector(t testing.TB, cfg backends.OpenConfig) *backends.Selector {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func fakeOllama(t testing.TB, cfg ollamatest.Config) *ollamatest.Server {
-	t.Helper()
-	s, err := ollamatest.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
 	return s
 }
 

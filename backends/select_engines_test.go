@@ -29,7 +29,7 @@ func tinyNative(t testing.TB) backends.Starter {
 }
 
 func TestAutoSelectsByMachine(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	native := tinyNative(t)
 	tests := []struct {
 		name   string
@@ -57,7 +57,7 @@ func TestAutoSelectsByMachine(t *testing.T) {
 }
 
 func TestFailoverBeforeFirstTokenIsInvisible(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyAuto, Native: tinyNative(t), Detector: gpuMachine(t),
 		Ollama: ollama.Starter(ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny", Retries: -1, FirstTokenTimeout: 200 * time.Millisecond})})
 	if s.Name() != "ollama" {
@@ -90,7 +90,7 @@ func TestFailoverBeforeFirstTokenIsInvisible(t *testing.T) {
 }
 
 func TestSelectionFollowsHealth(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	det := &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": meminfo}), Run: runner("", errNoSMI)}
 	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyOllama, Fallback: []backends.Policy{backends.PolicyNative}, Native: tinyNative(t), Detector: det,
 		DetectInterval: 50 * time.Millisecond,
@@ -112,7 +112,7 @@ func TestSelectionFollowsHealth(t *testing.T) {
 }
 
 func TestAutoNoticesAGPUAppearing(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	root := fakeMachine(t, map[string]string{"proc/meminfo": meminfo, "proc/cpuinfo": cpuinfoX86})
 	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyAuto, Native: tinyNative(t), DetectInterval: 30 * time.Millisecond,
 		Detector: &detect.Detector{Root: root, Run: runner("NVIDIA RTX A2000, 6138\n", nil)},
@@ -139,7 +139,7 @@ func TestAutoNoticesAGPUAppearing(t *testing.T) {
 // model first; a model deleted since the last probe keeps them where they
 // are, with a reason naming it.
 func TestModelCheckedOnSelection(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	root := fakeMachine(t, map[string]string{"proc/meminfo": meminfo})
 	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyAuto, Native: tinyNative(t), DetectInterval: 30 * time.Millisecond,
 		Detector: &detect.Detector{Root: root, Run: runner("NVIDIA L4, 23034\n", nil)},
@@ -164,7 +164,7 @@ func TestModelCheckedOnSelection(t *testing.T) {
 }
 
 func TestAutoPrefersOllamaWithModelInVRAM(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{Models: []ollamatest.Model{{Name: "tiny", Size: 1 << 30, SizeVRAM: 1 << 30}}})
+	srv := ollamatest.Start(t, ollamatest.Config{Models: []ollamatest.Model{{Name: "tiny", Size: 1 << 30, SizeVRAM: 1 << 30}}})
 	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyAuto, Native: tinyNative(t), Detector: cpuMachine(t),
 		Ollama: ollama.Starter(ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny", ProbeInterval: 30 * time.Millisecond})})
 	if s.Name() != "llama.cpp" {
@@ -182,7 +182,7 @@ func TestAutoPrefersOllamaWithModelInVRAM(t *testing.T) {
 }
 
 func TestOpenPolicies(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	native := tinyNative(t)
 	lowMem := &detect.Detector{Root: fakeMachine(t, map[string]string{"proc/meminfo": "MemTotal: 65536 kB\nMemAvailable: 16384 kB\n"}),
 		Run: runner("", errNoSMI)}

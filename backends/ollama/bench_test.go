@@ -38,7 +38,7 @@ func BenchmarkOllamaOverhead(b *testing.B) {
 		delay time.Duration
 	}{{"instant", 0}, {"paced", 2 * time.Millisecond}} {
 		b.Run(c.name, func(b *testing.B) {
-			srv := fakeOllama(b, ollamatest.Config{Tokens: tokens, TokenDelay: c.delay})
+			srv := ollamatest.Start(b, ollamatest.Config{Tokens: tokens, TokenDelay: c.delay})
 			// The backend as the daemon sees it: the Selector in front of
 			// the Ollama engine.
 			noGPU := &detect.Detector{Root: b.TempDir(), Run: func(context.Context, string, ...string) ([]byte, error) {

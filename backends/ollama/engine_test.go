@@ -13,16 +13,6 @@ import (
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 )
 
-func fakeOllama(t testing.TB, cfg ollamatest.Config) *ollamatest.Server {
-	t.Helper()
-	s, err := ollamatest.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(s.Close)
-	return s
-}
-
 func newOllama(t testing.TB, cfg Config, servers ...*ollamatest.Server) *Engine {
 	t.Helper()
 	for _, s := range servers {
@@ -57,7 +47,7 @@ func collectPieces(ctx context.Context, b backends.Backend, req backends.Request
 }
 
 func TestOllamaStreamsChat(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	keep := -1 * time.Second
 	o := newOllama(t, Config{KeepAlive: &keep}, srv)
 	req := backends.Request{
@@ -103,7 +93,7 @@ func TestOllamaStreamsChat(t *testing.T) {
 }
 
 func TestOllamaReusesConnections(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	o := newOllama(t, Config{}, srv)
 	before := srv.Connections() // the start-up probe's
 	for i := range 20 {
@@ -164,7 +154,7 @@ func TestOllamaFaults(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := fakeOllama(t, ollamatest.Config{})
+			srv := ollamatest.Start(t, ollamatest.Config{})
 			if tt.stop {
 				srv.Stop()
 			}
@@ -191,7 +181,7 @@ func TestOllamaFaults(t *testing.T) {
 }
 
 func TestOllamaSlowTokensAreNotAStall(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{TokenDelay: 60 * time.Millisecond, FirstTokenDelay: 150 * time.Millisecond})
+	srv := ollamatest.Start(t, ollamatest.Config{TokenDelay: 60 * time.Millisecond, FirstTokenDelay: 150 * time.Millisecond})
 	o := newOllama(t, Config{Retries: -1, FirstTokenTimeout: 2 * time.Second, TokenTimeout: 1 * time.Second}, srv)
 	pieces, res, err := collectPieces(context.Background(), o, chatReq("hi"))
 	if err != nil || len(pieces) != len(ollamatest.DefaultTokens) {
@@ -203,7 +193,7 @@ func TestOllamaSlowTokensAreNotAStall(t *testing.T) {
 }
 
 func TestOllamaTotalTimeoutAndCallerContext(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{TokenDelay: 100 * time.Millisecond})
+	srv := ollamatest.Start(t, ollamatest.Config{TokenDelay: 100 * time.Millisecond})
 	o := newOllama(t, Config{TotalTimeout: 250 * time.Millisecond}, srv)
 	pieces, _, err := collectPieces(context.Background(), o, chatReq("hi"))
 	if !errors.Is(err, context.DeadlineExceeded) || len(pieces) == 0 || len(pieces) == len(ollamatest.DefaultTokens) {
@@ -229,7 +219,7 @@ func TestOllamaTotalTimeoutAndCallerContext(t *testing.T) {
 }
 
 func TestOllamaRetriesOnlyBeforeFirstToken(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	o := newOllama(t, Config{Retries: 2, RetryBackoff: 5 * time.Millisecond, FirstTokenTimeout: 300 * time.Millisecond,
 		BreakerFailures: 10}, srv)
 
@@ -258,8 +248,8 @@ func TestOllamaRetriesOnlyBeforeFirstToken(t *testing.T) {
 }
 
 func TestOllamaFailsOverAndRoutesByLoad(t *testing.T) {
-	a := fakeOllama(t, ollamatest.Config{})
-	b := fakeOllama(t, ollamatest.Config{})
+	a := ollamatest.Start(t, ollamatest.Config{})
+	b := ollamatest.Start(t, ollamatest.Config{})
 	o := newOllama(t, Config{Retries: 1, RetryBackoff: time.Millisecond}, a, b)
 	a.Stop()
 	for range 3 {
@@ -278,8 +268,8 @@ func TestOllamaFailsOverAndRoutesByLoad(t *testing.T) {
 	a.RemoveModel("tiny")
 	// Two slow requests at once go to different endpoints (fewest in
 	// flight), once both are healthy.
-	c := fakeOllama(t, ollamatest.Config{TokenDelay: 40 * time.Millisecond})
-	d := fakeOllama(t, ollamatest.Config{TokenDelay: 40 * time.Millisecond})
+	c := ollamatest.Start(t, ollamatest.Config{TokenDelay: 40 * time.Millisecond})
+	d := ollamatest.Start(t, ollamatest.Config{TokenDelay: 40 * time.Millisecond})
 	o2 := newOllama(t, Config{}, c, d)
 	var wg sync.WaitGroup
 	for range 4 {
@@ -301,7 +291,7 @@ func TestOllamaFailsOverAndRoutesByLoad(t *testing.T) {
 }
 
 func TestOllamaBreakerOpensAndHalfOpens(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	changes := make(chan struct{}, 64)
 	o := newOllama(t, Config{Retries: -1, BreakerFailures: 2, BreakerCooldown: 300 * time.Millisecond,
 		ProbeInterval: time.Hour, OnHealthChange: func() { changes <- struct{}{} }}, srv)
@@ -341,7 +331,7 @@ func TestOllamaBreakerOpensAndHalfOpens(t *testing.T) {
 }
 
 func TestOllamaModelCheckedAtStart(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{})
+	srv := ollamatest.Start(t, ollamatest.Config{})
 	_, err := New(context.Background(), Config{Endpoints: []string{srv.URL()}, Model: "llama3.2:1b",
 		Logger: slog.New(slog.DiscardHandler)})
 	if !errors.Is(err, backends.ErrModelNotFound) || !strings.Contains(err.Error(), `"llama3.2:1b"`) || !strings.Contains(err.Error(), srv.URL()) {
@@ -352,7 +342,7 @@ func TestOllamaModelCheckedAtStart(t *testing.T) {
 
 	// Nothing reachable: the start succeeds, the engine is unhealthy until
 	// Ollama comes up and the probe finds the model.
-	down := fakeOllama(t, ollamatest.Config{})
+	down := ollamatest.Start(t, ollamatest.Config{})
 	down.Stop()
 	o := newOllama(t, Config{ProbeInterval: 50 * time.Millisecond, BreakerCooldown: 50 * time.Millisecond}, down)
 	if err := o.Healthy(context.Background()); !errors.Is(err, backends.ErrUnavailable) {
@@ -374,7 +364,7 @@ func TestOllamaModelCheckedAtStart(t *testing.T) {
 }
 
 func TestOllamaReportsVRAM(t *testing.T) {
-	srv := fakeOllama(t, ollamatest.Config{Models: []ollamatest.Model{{Name: "tiny", Size: 100, SizeVRAM: 100, ContextLength: 2048}}})
+	srv := ollamatest.Start(t, ollamatest.Config{Models: []ollamatest.Model{{Name: "tiny", Size: 100, SizeVRAM: 100, ContextLength: 2048}}})
 	o := newOllama(t, Config{ProbeInterval: 50 * time.Millisecond}, srv)
 	if o.ModelOnGPU() {
 		t.Fatal("on GPU before anything loaded it")
@@ -455,7 +445,7 @@ func waitFor(t testing.TB, limit time.Duration, cond func() bool) {
 }
 
 func TestOllamaCapacity(t *testing.T) {
-	a, b := fakeOllama(t, ollamatest.Config{}), fakeOllama(t, ollamatest.Config{})
+	a, b := ollamatest.Start(t, ollamatest.Config{}), ollamatest.Start(t, ollamatest.Config{})
 	o := newOllama(t, Config{}, a, b)
 	if got := o.Capacity(); got != 2*DefaultParallel {
 		t.Fatalf("capacity %d, want %d", got, 2*DefaultParallel)

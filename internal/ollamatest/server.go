@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/ollama/ollama/api"
@@ -185,6 +186,18 @@ func (s *Server) serve(ln net.Listener) {
 	s.listener, s.httpServer = ln, hs
 	s.mu.Unlock()
 	go func() { _ = hs.Serve(countingListener{ln, &s.conns}) }()
+}
+
+// Start is New for tests: a failure to start fails tb, and the server is
+// closed when tb ends.
+func Start(tb testing.TB, cfg Config) *Server {
+	tb.Helper()
+	s, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(s.Close)
+	return s
 }
 
 // URL is the server's base URL, e.g. http://127.0.0.1:41234.
