@@ -5,10 +5,10 @@ import "time"
 // clock is where the daemon reads the time and sets its timers: session
 // expiry (the janitor's ticks and each session's last frame), reassembly
 // expiry, token budget periods, the per-source rate limit, the AUTH_FAILED
-// and NACK rate limits, the liveness checks and a stream's retransmission
-// and flush timers. Tests put a fake clock in its place (newDaemon) and
-// move it forward instead of sleeping through heartbeats and budget
-// periods.
+// and NACK rate limits, the NACK MISSING timer, the liveness checks and a
+// stream's retransmission and flush timers. Tests put a fake clock in its
+// place (newDaemon) and move it forward instead of sleeping through
+// heartbeats and budget periods.
 //
 // Left on the real clock: a request's deadline (a context deadline the
 // engine sees), the shutdown drain, and the links' own reopen and scan

@@ -122,11 +122,15 @@ func TestPeerRateLimit(t *testing.T) {
 	e := &testEngine{}
 	d, addr, clk := startDaemonOnClock(t, Config{PeerRate: 50, PeerBurst: 20}, e)
 	flood := rawSession(t, addr, "flooder") // the HELLO took one token
-	seq := uint8(1)
+	sent := 0
 	burst := func(n int) (pongs, limited int) {
 		b, _ := (&serialproto.Ping{}).AppendBody(nil)
 		for range n {
-			seq++
+			// 16 PINGs outstanding at most, retransmitted over and over, as a
+			// device may (§5): a device that ran hundreds of seqs ahead of
+			// what the daemon saw would find its requests stale.
+			seq := uint8(2 + sent%16)
+			sent++
 			raw, _ := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdPing, Seq: seq, Data: b})
 			_ = flood.Send(raw)
 			time.Sleep(50 * time.Microsecond) // paced so that the socket buffer drops nothing

@@ -19,6 +19,9 @@ func (s *session) infer(f serialproto.Frame) {
 	s.mu.Lock()
 	body, missing, err := s.reasm.Add(now, f.Cmd, f.Seq, f.Data)
 	first := s.noteFragment(f.Seq, now, body != nil)
+	if err == nil && body == nil {
+		s.watchGap(f.Seq) // incomplete: NACK what is missing if the device falls silent (§6)
+	}
 	s.mu.Unlock()
 	switch {
 	case errors.Is(err, serialproto.ErrDuplicate):
@@ -94,15 +97,33 @@ func maxTokens(m *serialproto.Infer, defaultMaxTokens int) int {
 	return defaultMaxTokens
 }
 
-// repeatAck answers a retransmitted INFER whose request is known.
+// repeatAck answers a copy of an accepted INFER with its ACK again (§5),
+// and reports whether the request was known. Only the ACK: while the
+// stream lives its own retransmission delivers every chunk, the final one
+// included, and once the device has acknowledged the final chunk a copy of
+// the INFER can only be the network's. A seq taken by a request that is no
+// INFER (a device reusing a PING's seq) is answered UNEXPECTED: it cannot
+// be a copy, and it must not run.
 func (s *session) repeatAck(seq uint8) bool {
 	r := s.request(seq)
 	if r == nil {
+		if s.seqTaken(seq) {
+			s.d.stats.refused(s.peer.LinkName(), serialproto.CodeUnexpected)
+			s.send(seq, serialproto.NewError(serialproto.CodeUnexpected, "seq taken by another request"))
+			return true
+		}
 		return false
 	}
 	s.d.stats.Duplicates.Add(1)
 	s.send(seq, &serialproto.Ack{Next: uint16(r.fragments)})
 	return true
+}
+
+// seqTaken reports whether the device's request seq was taken (§5).
+func (s *session) seqTaken(seq uint8) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seqs.Classify(seq) == serialproto.SeqDuplicate
 }
 
 // noteFragment remembers when an INFER's first fragment arrived and, once
@@ -163,5 +184,6 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 	}
 	s.requests[seq] = r
 	s.order = append(s.order, seq)
+	s.seqs.Take(seq) // accepted: from now on a copy is a duplicate (§5)
 	return r
 }

@@ -41,6 +41,12 @@ func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
 	case !f.Cmd.Known():
 		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnknownCommand, f.Cmd.String()))
 		return
+	case !f.Cmd.Travels(serialproto.DeviceToDaemon):
+		// Judged by the command alone, like an unknown one: the body of a
+		// frame sent the wrong way is never parsed, so it is UNEXPECTED
+		// whatever it holds, session or not (§4).
+		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnexpected, f.Cmd.String()+" is sent by the daemon"))
+		return
 	case f.Cmd == serialproto.CmdHello:
 		d.hello(p, f)
 		return

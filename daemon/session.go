@@ -38,8 +38,9 @@ type session struct {
 	lastAuthErr time.Time // AUTH_FAILED answers are rate-limited (§9.2)
 	reasm       *serialproto.Reassembler
 	requests    map[uint8]*request
-	order       []uint8 // seqs of requests, oldest first
-	newest      uint8   // the newest request seq seen (§5); starts at the HELLO's
+	order       []uint8                // seqs of requests, oldest first
+	seqs        serialproto.SeqHistory // the device's request seqs (§5), from the HELLO's on
+	gaps        map[uint8]bool         // INFERs in reassembly with a NACK MISSING timer running (gap.go)
 	history     []backends.Message
 	lastNack    time.Time
 	// firstFrag holds when the first fragment of each INFER in reassembly
@@ -56,7 +57,7 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *serialproto.Hello,
 		ctx: ctx, cancel: cancel,
 		reasm:    serialproto.NewReassembler(serialproto.ReassemblerConfig{MaxMessage: cfg.MaxMessage, MaxPending: cfg.MaxPendingPerPeer}),
 		requests: make(map[uint8]*request),
-		newest:   helloSeq,
+		seqs:     serialproto.NewSeqHistory(helloSeq),
 	}
 	if !key.IsZero() {
 		n := serialproto.MakeNonce(h.BootNonce, nonce)
@@ -73,23 +74,32 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *serialproto.Hello,
 	return s, nil
 }
 
-// advance notes a request seq (§5). A seq after the newest one starts a new
-// request, so whatever an old request with the same seq (256 requests ago,
-// PINGs included) left behind is forgotten: it must run, not be mistaken
-// for a retransmission.
-func (s *session) advance(seq uint8) {
+// fresh applies the freshness rule of §5 (serialproto.SeqHistory) to a
+// request the device originates, and notes its seq. A seq after the newest
+// starts a new request, so whatever an old request with the same seq (256
+// requests ago, PINGs included) left behind is forgotten: it must run, not
+// be mistaken for a retransmission. PING, STATUS and BYE are answered at
+// once and taken now; an INFER is taken when it is accepted (newRequest),
+// so a refused one is judged again when its retransmission comes.
+func (s *session) fresh(cmd serialproto.Command, seq uint8) serialproto.SeqState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !serialproto.SeqAfter(seq, s.newest) {
-		return
+	state := s.seqs.Classify(seq)
+	if state == serialproto.SeqStale {
+		return state
 	}
-	s.newest = seq
-	if r := s.requests[seq]; r != nil {
-		delete(s.requests, seq)
-		s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
+	if s.seqs.Advance(seq) {
+		if r := s.requests[seq]; r != nil {
+			delete(s.requests, seq)
+			s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
+		}
+		s.reasm.Forget(serialproto.CmdInfer, seq)
+		delete(s.firstFrag, seq)
 	}
-	s.reasm.Forget(serialproto.CmdInfer, seq)
-	delete(s.firstFrag, seq)
+	if cmd != serialproto.CmdInfer {
+		s.seqs.Take(seq)
+	}
+	return state
 }
 
 func (s *session) welcome() *serialproto.Welcome {
@@ -154,11 +164,21 @@ func (s *session) handle(f serialproto.Frame) {
 		return
 	}
 	s.touch()
-	switch f.Cmd {
-	case serialproto.CmdPing, serialproto.CmdStatus, serialproto.CmdInfer, serialproto.CmdBye:
-		s.advance(f.Seq) // requests the device originates
+	state := serialproto.SeqNew
+	if f.Cmd.Request() {
+		if state = s.fresh(f.Cmd, f.Seq); state == serialproto.SeqStale {
+			// A delayed copy of a request too old to be remembered: it may
+			// have run already, so it must not run now (§5).
+			s.d.stats.refused(s.peer.LinkName(), serialproto.CodeUnexpected)
+			s.send(f.Seq, serialproto.NewError(serialproto.CodeUnexpected, "stale seq"))
+			return
+		}
 	}
 	if f.Cmd == serialproto.CmdInfer {
+		if state == serialproto.SeqDuplicate {
+			s.repeatAck(f.Seq)
+			return
+		}
 		s.infer(f)
 		return
 	}
@@ -202,9 +222,9 @@ func (s *session) handle(f serialproto.Frame) {
 		}
 	case *serialproto.Error:
 		s.d.log.Info("device reported an error", "device", s.deviceID, "code", m.Code, "text", m.Text)
-	default: // WELCOME, TOKEN, DONE, STATUS_REPLY travel the other way
-		s.send(f.Seq, serialproto.NewError(serialproto.CodeUnexpected, f.Cmd.String()+" is sent by the daemon"))
 	}
+	// WELCOME, TOKEN, DONE and STATUS_REPLY never get here: HandleFrame
+	// answers them UNEXPECTED before a session or a body is looked at (§4).
 }
 
 func (s *session) request(seq uint8) *request {

@@ -45,6 +45,30 @@ func (c Command) Known() bool {
 	return int(c) < len(commandNames) && commandNames[c] != ""
 }
 
+// Request reports whether c starts a request of its sender, taking a new
+// seq from the sender's counter (§5): HELLO, PING, INFER, STATUS, BYE.
+// Every other command carries the seq of the request it belongs to.
+func (c Command) Request() bool {
+	switch c {
+	case CmdHello, CmdPing, CmdInfer, CmdStatus, CmdBye:
+		return true
+	}
+	return false
+}
+
+// Travels reports whether c is sent in direction dir (§4's "dir" column).
+// A known command received the other way is answered with ERROR
+// UNEXPECTED before its body is looked at (§4).
+func (c Command) Travels(dir Direction) bool {
+	switch c {
+	case CmdHello, CmdInfer, CmdCancel, CmdStatus:
+		return dir == DeviceToDaemon
+	case CmdWelcome, CmdToken, CmdDone, CmdStatusReply:
+		return dir == DaemonToDevice
+	}
+	return c.Known()
+}
+
 func (c Command) String() string {
 	if c.Known() {
 		return commandNames[c]

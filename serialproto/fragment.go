@@ -245,6 +245,17 @@ func (r *Reassembler) missing(p *pending) []byte {
 	return out
 }
 
+// LastProgress is when a fragment of the message (cmd, seq) last added a
+// piece; ok is false when no such message is in reassembly (complete,
+// discarded, expired or never begun). A receiver NACKs the missing
+// fragments once this lies half an RTO back (§6).
+func (r *Reassembler) LastProgress(cmd Command, seq uint8) (last time.Time, ok bool) {
+	if p := r.pending[fragKey{cmd, seq}]; p != nil {
+		return p.last, true
+	}
+	return time.Time{}, false
+}
+
 // Expire discards messages without progress for the timeout and returns how
 // many it discarded.
 func (r *Reassembler) Expire(now time.Time) int {

@@ -233,3 +233,30 @@ func TestReassemblerExpire(t *testing.T) {
 		t.Fatalf("expired %d", n)
 	}
 }
+
+// TestReassemblerLastProgress: the time a receiver's NACK MISSING timer
+// runs from (§6) moves only when a fragment adds a piece — not for a copy of
+// one it has — and is gone with the message.
+func TestReassemblerLastProgress(t *testing.T) {
+	datas := fragmentsOf(t, bytes.Repeat([]byte("x"), 100), 40) // 3 fragments
+	r := NewReassembler(ReassemblerConfig{})
+	if _, ok := r.LastProgress(CmdInfer, 1); ok {
+		t.Fatal("progress of a message never begun")
+	}
+	t1, t2 := t0.Add(time.Second), t0.Add(2*time.Second)
+	_, _, _ = r.Add(t0, CmdInfer, 1, datas[0])
+	_, _, _ = r.Add(t1, CmdInfer, 1, datas[0]) // a copy: no progress
+	if last, ok := r.LastProgress(CmdInfer, 1); !ok || !last.Equal(t0) {
+		t.Fatalf("after a copy: %v %v, want %v", last, ok, t0)
+	}
+	_, _, _ = r.Add(t2, CmdInfer, 1, datas[1])
+	if last, _ := r.LastProgress(CmdInfer, 1); !last.Equal(t2) {
+		t.Fatalf("after a new piece: %v, want %v", last, t2)
+	}
+	if b, _, err := r.Add(t2, CmdInfer, 1, datas[2]); b == nil || err != nil {
+		t.Fatalf("complete: %v", err)
+	}
+	if _, ok := r.LastProgress(CmdInfer, 1); ok {
+		t.Fatal("progress of a finished message")
+	}
+}

@@ -76,3 +76,27 @@ func TestErrorCodes(t *testing.T) {
 		t.Fatal("an ERROR body is not usable as a Go error")
 	}
 }
+
+// TestCommandRoles is §4's table: which way each command travels and
+// which start a request of their own (§5).
+func TestCommandRoles(t *testing.T) {
+	const d2m, m2d, both = 1, 2, 3
+	table := map[Command]struct {
+		dir     int
+		request bool
+	}{
+		CmdHello: {d2m, true}, CmdWelcome: {m2d, false}, CmdPing: {both, true}, CmdPong: {both, false},
+		CmdInfer: {d2m, true}, CmdToken: {m2d, false}, CmdDone: {m2d, false}, CmdError: {both, false},
+		CmdCancel: {d2m, false}, CmdAck: {both, false}, CmdNack: {both, false}, CmdStatus: {d2m, true},
+		CmdStatusReply: {m2d, false}, CmdBye: {both, true},
+	}
+	for c := range Command(64) {
+		want, known := table[c]
+		if c.Travels(DeviceToDaemon) != (want.dir&d2m != 0) || c.Travels(DaemonToDevice) != (want.dir&m2d != 0) {
+			t.Errorf("%v travels device→daemon %v, daemon→device %v; want dir %d", c, c.Travels(DeviceToDaemon), c.Travels(DaemonToDevice), want.dir)
+		}
+		if c.Request() != want.request || (!known && c.Request()) {
+			t.Errorf("%v.Request() = %v", c, c.Request())
+		}
+	}
+}
