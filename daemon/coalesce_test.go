@@ -86,4 +86,4 @@ func TestBusyLinkCoalesces(t *testing.T) {
 // what the stream chose to send, not retransmissions.
 type patientPeer struct{ *recordPeer }
 
-func (patientPeer) RTO() time.Duration { return time.Hour }
+func (patientPeer) RTO(int) time.Duration { return time.Hour }

@@ -17,13 +17,14 @@ import (
 // is closed, or paced token by token by the test. It records every request
 // it saw.
 type testEngine struct {
-	delay     time.Duration
-	failAfter int           // 0: never fail
-	release   chan struct{} // non-nil: block before the first token until closed
-	hold      chan struct{} // non-nil: block after the first token until closed
-	pace      chan struct{} // non-nil: after each token, send on it, then wait to receive from it
-	calls     atomic.Int64
-	cancelled atomic.Int64
+	delay        time.Duration
+	failAfter    int           // 0: never fail
+	release      chan struct{} // non-nil: block before the first token until closed
+	hold         chan struct{} // non-nil: block after the first token until closed
+	pace         chan struct{} // non-nil: after each token, send on it, then wait to receive from it
+	contextWords int           // >0: a prompt of more words fails with ErrPromptTooLong, before any token
+	calls        atomic.Int64
+	cancelled    atomic.Int64
 
 	mu   sync.Mutex
 	seen []backends.Request
@@ -39,6 +40,9 @@ func (e *testEngine) Generate(ctx context.Context, req backends.Request, emit ba
 	e.seen = append(e.seen, req)
 	e.mu.Unlock()
 	start := time.Now()
+	if n := len(strings.Fields(req.Messages[len(req.Messages)-1].Content)); e.contextWords > 0 && n > e.contextWords {
+		return backends.Result{}, fmt.Errorf("%w: %d words, context %d", backends.ErrPromptTooLong, n, e.contextWords)
+	}
 	if e.release != nil {
 		select {
 		case <-e.release:

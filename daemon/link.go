@@ -51,6 +51,9 @@ type Peer interface {
 	// ByteStream is true for serial links: corrupt frames are answered with
 	// NACK BAD_FRAME there (docs/protocol.md §7.1), never on UDP.
 	ByteStream() bool
-	// RTO is the initial retransmission timeout for this peer (§7).
-	RTO() time.Duration
+	// RTO is the initial retransmission timeout towards this peer, whose
+	// device announced window in its HELLO: fixed on UDP (§7.2); on a
+	// serial line 2 × window × T(263) + 100 ms (§7.1), the time the device's
+	// window of full frames takes on the wire, both ways, and some slack.
+	RTO(window int) time.Duration
 }

@@ -102,11 +102,11 @@ type recordPeer struct {
 	sent [][]byte
 }
 
-func (p *recordPeer) Key() string          { return "rec" }
-func (p *recordPeer) LinkName() string     { return "rec" }
-func (p *recordPeer) Addr() netip.AddrPort { return netip.AddrPort{} }
-func (p *recordPeer) ByteStream() bool     { return false }
-func (p *recordPeer) RTO() time.Duration   { return 10 * time.Millisecond }
+func (p *recordPeer) Key() string           { return "rec" }
+func (p *recordPeer) LinkName() string      { return "rec" }
+func (p *recordPeer) Addr() netip.AddrPort  { return netip.AddrPort{} }
+func (p *recordPeer) ByteStream() bool      { return false }
+func (p *recordPeer) RTO(int) time.Duration { return 10 * time.Millisecond }
 func (p *recordPeer) Send(f []byte) error {
 	p.mu.Lock()
 	p.sent = append(p.sent, append([]byte(nil), f...))

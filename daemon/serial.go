@@ -85,7 +85,7 @@ func (l *SerialLink) peer(path string) *serialPeer {
 	defer l.mu.Unlock()
 	p := l.peers[path]
 	if p == nil {
-		p = &serialPeer{name: "serial:" + path, rto: serialRTO(l.cfg.Baud)}
+		p = &serialPeer{name: "serial:" + path, baud: l.cfg.Baud}
 		l.peers[path] = p
 	}
 	return p
@@ -198,16 +198,18 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 	}
 }
 
-// serialRTO is docs/protocol.md §7.1's 2 × window × T(263) + 100 ms for a
-// window of 2.
-func serialRTO(baud int) time.Duration {
+// serialRTO is docs/protocol.md §7.1's 2 × window × T(263) + 100 ms, window
+// being the device's (its HELLO's): the chunks the daemon may have queued
+// on the line ahead of the device's answer. (The WELCOME's window, 255, is
+// reserved and enters no timer.)
+func serialRTO(baud, window int) time.Duration {
 	frame := time.Duration(float64(serialproto.MaxFrameLen*10) / float64(baud) * float64(time.Second))
-	return 2*2*frame + 100*time.Millisecond
+	return 2*time.Duration(max(window, 1))*frame + 100*time.Millisecond
 }
 
 type serialPeer struct {
 	name string
-	rto  time.Duration
+	baud int
 
 	writeMu sync.Mutex // one frame at a time on the wire
 	mu      sync.Mutex // guards port, opened
@@ -215,11 +217,11 @@ type serialPeer struct {
 	opened  bool // the port was open before: a later attach is a reconnect
 }
 
-func (p *serialPeer) Key() string          { return p.name }
-func (p *serialPeer) LinkName() string     { return p.name }
-func (p *serialPeer) Addr() netip.AddrPort { return netip.AddrPort{} } // a port has no source address
-func (p *serialPeer) ByteStream() bool     { return true }
-func (p *serialPeer) RTO() time.Duration   { return p.rto }
+func (p *serialPeer) Key() string                  { return p.name }
+func (p *serialPeer) LinkName() string             { return p.name }
+func (p *serialPeer) Addr() netip.AddrPort         { return netip.AddrPort{} } // a port has no source address
+func (p *serialPeer) ByteStream() bool             { return true }
+func (p *serialPeer) RTO(window int) time.Duration { return serialRTO(p.baud, window) }
 
 var errUnplugged = errors.New("daemon: serial port is not connected")
 

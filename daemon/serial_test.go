@@ -211,3 +211,22 @@ func TestNoisyPacedUART(t *testing.T) {
 }
 
 var berForTest = 1e-3
+
+// TestSerialRTOUsesTheDevicesWindow: protocol.md §7.1's examples, with the
+// window the device announced — not a fixed one, and never the WELCOME's
+// reserved 255.
+func TestSerialRTOUsesTheDevicesWindow(t *testing.T) {
+	for _, tc := range []struct {
+		baud, window int
+		want         time.Duration
+	}{
+		{115200, 4, 283 * time.Millisecond},
+		{9600, 1, 648 * time.Millisecond},
+		{115200, 1, 146 * time.Millisecond},
+	} {
+		p := &serialPeer{baud: tc.baud}
+		if got := p.RTO(tc.window).Round(time.Millisecond); got != tc.want {
+			t.Errorf("%d baud, window %d: RTO %v, want %v", tc.baud, tc.window, got, tc.want)
+		}
+	}
+}

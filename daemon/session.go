@@ -150,7 +150,7 @@ func (s *session) expireFragments(now time.Time) {
 func (s *session) allowNack(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if now.Sub(s.lastNack) < s.peer.RTO()/4 {
+	if now.Sub(s.lastNack) < s.peer.RTO(s.window)/4 {
 		return false
 	}
 	s.lastNack = now

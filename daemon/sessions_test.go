@@ -12,12 +12,12 @@ import (
 // keyPeer is a peer known only by its key, for the session table's tests.
 type keyPeer string
 
-func (p keyPeer) Key() string          { return string(p) }
-func (p keyPeer) LinkName() string     { return "udp:test" }
-func (p keyPeer) Addr() netip.AddrPort { return netip.AddrPort{} }
-func (p keyPeer) Send([]byte) error    { return nil }
-func (p keyPeer) ByteStream() bool     { return false }
-func (p keyPeer) RTO() time.Duration   { return time.Second }
+func (p keyPeer) Key() string           { return string(p) }
+func (p keyPeer) LinkName() string      { return "udp:test" }
+func (p keyPeer) Addr() netip.AddrPort  { return netip.AddrPort{} }
+func (p keyPeer) Send([]byte) error     { return nil }
+func (p keyPeer) ByteStream() bool      { return false }
+func (p keyPeer) RTO(int) time.Duration { return time.Second }
 
 // tableHello asks the table to decide on a HELLO from peer, as the daemon
 // does, making a bare session when one is to open.

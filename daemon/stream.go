@@ -57,7 +57,7 @@ func newStream(p Peer, seal *sealer, clk clock, version, seq uint8, maxData, win
 		peer: p, seal: seal, clock: clk, version: version, seq: seq,
 		limit:          serialproto.BodyLimit(maxData, seal.signed()) - 2,
 		flush:          flush,
-		rto:            p.RTO(),
+		rto:            p.RTO(window),
 		maxRetransmits: maxRetransmits,
 		window:         window,
 		wake:           make(chan struct{}, 1),
@@ -102,7 +102,11 @@ func (s *stream) ack(next, window int) (complete bool) {
 	case next > s.acked:
 		s.acked, s.dupAcks, s.retries = next, 0, 0
 		s.sent = max(s.sent, next)
-	case next == s.acked && s.acked < s.sent:
+	case next == s.acked && s.acked < s.sent && window == s.window:
+		// A duplicate: next and window as in the ACK before, chunks from
+		// next on outstanding. The ACK that moved next here is not one, and
+		// one that changes the window is a window update — the device
+		// freed or filled its buffer — not news of a loss (§8.2).
 		s.dupAcks++
 		if s.dupAcks >= 2 { // fast retransmit (§8.2)
 			s.sent, s.dupAcks = s.acked, 0

@@ -74,11 +74,11 @@ type udpPeer struct {
 	addr netip.AddrPort
 }
 
-func (p *udpPeer) Key() string          { return p.link.name + "|" + p.addr.String() }
-func (p *udpPeer) LinkName() string     { return p.link.name }
-func (p *udpPeer) Addr() netip.AddrPort { return p.addr }
-func (p *udpPeer) ByteStream() bool     { return false }
-func (p *udpPeer) RTO() time.Duration   { return p.link.rto }
+func (p *udpPeer) Key() string           { return p.link.name + "|" + p.addr.String() }
+func (p *udpPeer) LinkName() string      { return p.link.name }
+func (p *udpPeer) Addr() netip.AddrPort  { return p.addr }
+func (p *udpPeer) ByteStream() bool      { return false }
+func (p *udpPeer) RTO(int) time.Duration { return p.link.rto }
 func (p *udpPeer) Send(frame []byte) error {
 	_, err := p.link.conn.WriteToUDPAddrPort(frame, p.addr)
 	return err
