@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds mcpd and mcpctl for one target into $CROSS_DIST/linux-TARGET/,
+# Builds mcpd, mcpctl and mcpd-mkmodel (the demo-model writer the package
+# ships) for one target into $CROSS_DIST/linux-TARGET/,
 # reproducibly: -trimpath (no build paths), -buildvcs=false and an explicit
 # version from git (no clock, no VCS dirtiness probe), -s -w (stripped),
 # -buildid= (no content hash of the inputs' paths). Externally linked
@@ -30,7 +31,7 @@ flags=(-trimpath -buildvcs=false)
 # both get RELRO and immediate binding like any Debian binary.
 ldflags="-s -w -buildid= -X main.version=$version -linkmode=external -extldflags=-Wl,-z,relro,-z,now"
 start=$(date +%s.%N)
-for cmd in mcpd mcpctl; do
+for cmd in mcpd mcpctl mcpd-mkmodel; do
 	"$go" build "${flags[@]}" -ldflags "$ldflags" -o "$out/$cmd" "./cmd/$cmd"
 done
 if [ "$tests" = "--tests" ]; then
@@ -43,4 +44,4 @@ fi
 end=$(date +%s.%N)
 printf '%s\n' "$version" >"$out/VERSION"
 printf 'cross: linux-%s (%s, CFLAGS %s %s) built in %.0f s\n' "$target" "$CC" "$CFLAGS" "$CPPFLAGS" "$(awk "BEGIN{print $end - $start}")"
-ls -l "$out"/mcpd "$out"/mcpctl
+ls -l "$out"/mcpd "$out"/mcpctl "$out"/mcpd-mkmodel

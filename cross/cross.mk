@@ -9,9 +9,9 @@ export DEB_DIST := $(abspath $(DEB_DIST))
 
 .PHONY: cross cross-test cross-golden deb deb-check
 
-cross: ## mcpd + mcpctl for linux amd64, arm64, armv7 (cgo llama.cpp), SHA256SUMS; installs the cross toolchains
+cross: ## mcpd + mcpctl + mcpd-mkmodel for linux amd64, arm64, armv7 (cgo llama.cpp), SHA256SUMS; installs the cross toolchains
 	@set -e; for t in $(CROSS_TARGETS); do cross/build.sh $$t; done
-	cross/sums.sh $(CROSS_DIST) 'linux-*/mcpd' 'linux-*/mcpctl'
+	cross/sums.sh $(CROSS_DIST) 'linux-*/mcpd' 'linux-*/mcpctl' 'linux-*/mcpd-mkmodel'
 
 cross-test: $(MODELS)/tiny.gguf ## ARM builds under qemu-user: protocol + engine tests, tokens vs amd64 golden, mcpd on UDP
 	@set -e; cross/build.sh amd64; for t in $(CROSS_TEST_TARGETS); do cross/build.sh $$t --tests; cross/test.sh $$t; done

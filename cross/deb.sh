@@ -4,7 +4,8 @@
 # runs lintian on it (errors fail the build) and checks its contents
 # (cross/debcheck.sh).
 #
-# Contents: /usr/bin/mcpd, /usr/bin/mcpctl; /etc/mcpd/mcpd.toml (conffile);
+# Contents: /usr/bin/mcpd, /usr/bin/mcpctl, /usr/bin/mcpd-mkmodel (writes a
+# demo model for a first install); /etc/mcpd/mcpd.toml (conffile);
 # the systemd units, sysusers file and udev example from systemd/ when
 # present; docs. The maintainer scripts (cross/deb/) create the system user
 # "mcpd" in group dialout. Depends comes from the binaries' NEEDED
@@ -35,6 +36,10 @@ mkdir -p "$pkg/DEBIAN" "$debdist"
 
 install -D -m 0755 "$bins/mcpd" "$pkg/usr/bin/mcpd"
 install -D -m 0755 "$bins/mcpctl" "$pkg/usr/bin/mcpctl"
+# A first install has no model; mcpd waits for one (docs/systemd.md), and
+# mcpd-mkmodel writes a small demo one (random weights: gibberish answers)
+# that shows the whole path works before a real model is chosen.
+install -D -m 0755 "$bins/mcpd-mkmodel" "$pkg/usr/bin/mcpd-mkmodel"
 
 # The default configuration: the systemd helper's if systemd/ ships one,
 # else the example config mcpd documents (cmd/mcpd/mcpd.toml).
@@ -73,7 +78,7 @@ for s in postinst prerm postrm; do
 	chmod 0755 "$pkg/DEBIAN/$s"
 done
 
-depends=$("$here/debdeps.sh" "$pkg/usr/bin/mcpd" "$pkg/usr/bin/mcpctl")
+depends=$("$here/debdeps.sh" "$pkg/usr/bin/mcpd" "$pkg/usr/bin/mcpctl" "$pkg/usr/bin/mcpd-mkmodel")
 cat >"$pkg/DEBIAN/control" <<CONTROL
 Package: mcpd
 Version: $version
@@ -90,9 +95,11 @@ Description: local LLM daemon for microcontrollers (serial and UDP)
  a serial UART or UDP; mcpd runs inference in-process with llama.cpp (or
  through a local Ollama server) and streams the tokens back.
  .
- This package has mcpd, the mcpctl tool, the systemd units and the default
- configuration (/etc/mcpd/mcpd.toml). Put a GGUF model in
- /var/lib/mcpd/models/, then: systemctl enable --now mcpd
+ This package has mcpd, the mcpctl tool, mcpd-mkmodel (writes a small
+ demo model), the systemd units and the default configuration
+ (/etc/mcpd/mcpd.toml). systemctl enable --now mcpd starts it; until a GGUF
+ model is at /var/lib/mcpd/models/model.gguf it answers devices
+ MODEL_NOT_FOUND, and it loads the model as soon as the file is there.
 CONTROL
 (cd "$pkg" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | LC_ALL=C sort -z | xargs -0 md5sum) >"$pkg/DEBIAN/md5sums"
 find "$pkg" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +

@@ -35,6 +35,7 @@ want_file() { # MODE PATH
 }
 want_file -rwxr-xr-x usr/bin/mcpd
 want_file -rwxr-xr-x usr/bin/mcpctl
+want_file -rwxr-xr-x usr/bin/mcpd-mkmodel
 want_file -rw-r--r-- etc/mcpd/mcpd.toml
 want_file -rw-r--r-- usr/share/doc/mcpd/copyright
 want_file -rw-r--r-- usr/share/doc/mcpd/changelog.gz
@@ -59,7 +60,7 @@ done
 
 # Depends must name each library's package at the version the binaries need.
 depends=$(field Depends)
-need=$("$here/debdeps.sh" "$ctrl/root/usr/bin/mcpd" "$ctrl/root/usr/bin/mcpctl")
+need=$("$here/debdeps.sh" "$ctrl/root/usr/bin/mcpd" "$ctrl/root/usr/bin/mcpctl" "$ctrl/root/usr/bin/mcpd-mkmodel")
 IFS=, read -ra parts <<<"$need"
 for p in "${parts[@]}"; do
 	p=${p# }
@@ -74,7 +75,7 @@ done
 
 # The binaries are this architecture's, stripped, and the packaged mcpd runs.
 case "$DEBARCH" in amd64) machine='X86-64' ;; arm64) machine='AArch64' ;; armhf) machine='ARM' ;; esac
-for b in mcpd mcpctl; do
+for b in mcpd mcpctl mcpd-mkmodel; do
 	f=$ctrl/root/usr/bin/$b
 	readelf -h "$f" | grep -q "Machine:.* $machine\$" || bad "$b is not $machine: $(readelf -h "$f" | grep Machine)"
 	readelf -S -W "$f" | grep -q '\.symtab\|\.debug_' && bad "$b is not stripped"
@@ -85,7 +86,7 @@ got=$("${run[@]}" "$ctrl/root/usr/bin/mcpd" --version 2>&1) || bad "packaged mcp
 [ "$got" = "mcpd $version" ] || bad "packaged mcpd --version says '$got', want 'mcpd $version'"
 
 # Every Go module compiled in is named in the copyright file.
-for m in $(go version -m "$ctrl/root/usr/bin/mcpd" "$ctrl/root/usr/bin/mcpctl" | awk '$1 == "dep" { print $2 }' | sort -u); do
+for m in $(go version -m "$ctrl/root/usr/bin/mcpd" "$ctrl/root/usr/bin/mcpctl" "$ctrl/root/usr/bin/mcpd-mkmodel" | awk '$1 == "dep" { print $2 }' | sort -u); do
 	grep -qF "vendor/$m/*" "$ctrl/root/usr/share/doc/mcpd/copyright" || bad "copyright does not name $m (compiled into the binaries)"
 done
 

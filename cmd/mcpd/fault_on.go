@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -69,4 +70,17 @@ func (f *faultEngine) Capacity() int {
 func (f *faultEngine) Close() error {
 	f.once.Do(func() { close(f.closed) })
 	return f.Backend.Close()
+}
+
+// faultLoadDelay makes every engine load take MCPD_FAULT_LOAD_DELAY (a
+// duration) longer: the tiny test model loads in milliseconds, too fast
+// for the PID-1 test to see that systemd holds the unit in "activating"
+// until the engine is loaded.
+func faultLoadDelay(log *slog.Logger) {
+	d, err := time.ParseDuration(os.Getenv("MCPD_FAULT_LOAD_DELAY"))
+	if err != nil || d <= 0 {
+		return
+	}
+	log.Warn("test build: delaying the engine load", "delay", d)
+	time.Sleep(d)
 }

@@ -144,6 +144,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		lim.Keys = nil // printed as a count: keys never reach output
 		fmt.Fprintf(stdout, "configuration ok: udp %v, serial %v, backend %s, model %q, %d device keys, limits %+v\n",
 			cfg.ListenUDP, cfg.Serial, cfg.Backend, cfg.Model, len(keys), lim)
+		if problem := modelProblem(cfg); problem != nil {
+			fmt.Fprintf(stdout, "model: %s: mcpd starts anyway, answers devices MODEL_NOT_FOUND and loads the model once it is there\n",
+				problem.waitingFor())
+		}
 		return nil
 	}
 
@@ -155,11 +159,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	svc.status("loading model " + cfg.Model)
-	b, err := svc.openEngine(ctx, cfg)
+	key := engineSettings(cfg)
+	b, problem, err := svc.openEngine(ctx, cfg)
 	if err != nil {
 		closeLinks(links)
 		return err
 	}
+	svc.engineOpened(key, problem)
 	followCapacity(&dcfg, b, log)
 	d, err := daemon.New(dcfg, b, log)
 	if err != nil {

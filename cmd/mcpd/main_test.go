@@ -55,7 +55,6 @@ func TestBadInvocations(t *testing.T) {
 	}{
 		{[]string{"--backend", "gpu-magic"}, `want auto, native or ollama`},
 		{[]string{"--backend", "native"}, "needs a GGUF file"},
-		{[]string{"--model", filepath.Join(dir, "missing.gguf")}, "no such file"},
 		{[]string{"--serial", "/dev/ttyS0:fast"}, "baud"},
 		{[]string{"--config", badTOML}, `unknown keys: colour`},
 		{[]string{"--config", filepath.Join(dir, "absent.toml")}, "no such file"},

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -65,15 +64,14 @@ func prepare(cfg config) (prepared, error) {
 
 // engineSettings is what, when it changes, needs a new engine: the
 // backend and its fallbacks, the [ollama] section, the model (its file
-// replaced in place counts), threads, context, and the number of parallel
-// sequences.
+// replaced in place, appearing or going counts: fileState), threads,
+// context, and the number of parallel sequences. The service keeps the
+// value it had when the engine in use was opened (engineKey): comparing
+// two configurations' values now would stat the same file twice and miss
+// a replaced model.
 func engineSettings(cfg config) string {
-	key := fmt.Sprintf("%s|%q|%+v|%s|%d|%d|%d", cfg.Backend, cfg.Fallback, cfg.Ollama, cfg.Model,
-		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent)
-	if st, err := os.Stat(cfg.Model); err == nil {
-		key += fmt.Sprintf("|%d|%d", st.Size(), st.ModTime().UnixNano())
-	}
-	return key
+	return fmt.Sprintf("%s|%q|%+v|%s|%d|%d|%d|%s", cfg.Backend, cfg.Fallback, cfg.Ollama, cfg.Model,
+		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent, fileState(cfg.Model))
 }
 
 // udpKey names a listen address by what it resolves to, so that
@@ -96,6 +94,14 @@ func (s *service) reload(ctx context.Context, d *daemon.Daemon, resolve func() (
 	if err != nil {
 		return err
 	}
+	return s.apply(ctx, d, cfg)
+}
+
+// apply puts cfg in force in the running daemon (see reload). While the
+// in-process engine waits for its model, a configuration whose model is
+// still unusable is applied and the wait goes on; once an engine serves, a
+// configuration with an unusable model is refused and the engine stays.
+func (s *service) apply(ctx context.Context, d *daemon.Daemon, cfg config) error {
 	p, err := prepare(cfg)
 	if err != nil {
 		return err
@@ -129,13 +135,22 @@ func (s *service) reload(ctx context.Context, d *daemon.Daemon, resolve func() (
 		}
 	}
 
-	reloadEngine := engineSettings(cfg) != engineSettings(s.cur)
-	var engine backends.Backend
+	key := engineSettings(cfg)
+	reloadEngine := key != s.engineKey
+	var (
+		engine  backends.Backend
+		problem *noModelError
+	)
 	if reloadEngine {
 		s.status("reloading: loading model " + cfg.Model)
-		if engine, err = s.openEngine(ctx, cfg); err != nil {
+		if engine, problem, err = s.openEngine(ctx, cfg); err != nil {
 			closeNew()
 			return fmt.Errorf("new engine: %w", err)
+		}
+		if problem != nil && s.wait == nil {
+			engine.Close()
+			closeNew()
+			return fmt.Errorf("new engine: model: %w", problem.why)
 		}
 	}
 
@@ -159,6 +174,7 @@ func (s *service) reload(ctx context.Context, d *daemon.Daemon, resolve func() (
 			return err
 		}
 		s.retire(old, idle)
+		s.engineOpened(key, problem)
 	}
 
 	var errs []error

@@ -36,6 +36,8 @@ type service struct {
 
 	// The configuration in force and the links made from it (reload.go).
 	cur       config
+	engineKey string            // engineSettings of the configuration the engine in use was opened with
+	wait      *modelWait        // while the in-process engine has no usable model (waiting.go)
 	activated bool              // UDP sockets came from systemd
 	udp       map[string]string // udpKey(listen address) → link name
 	serial    map[string]string // serial spec → link name
@@ -137,13 +139,36 @@ func closeLinks(links []daemon.Link) {
 }
 
 // openEngine starts the engine cfg names (backend.go), with the faults of
-// a test build (fault_*.go).
-func (s *service) openEngine(ctx context.Context, cfg config) (backends.Backend, error) {
-	b, err := openBackend(ctx, cfg, s.log)
-	if err != nil {
-		return nil, err
+// a test build (fault_*.go). When the GGUF file is missing or unusable it
+// returns, with the problem, what serves without it (waiting.go): Ollama
+// when the policy has it and it can start, else a waitingEngine.
+func (s *service) openEngine(ctx context.Context, cfg config) (backends.Backend, *noModelError, error) {
+	problem := modelProblem(cfg)
+	if problem == nil {
+		faultLoadDelay(s.log)
+		b, err := openBackend(ctx, cfg, s.log, true)
+		if err != nil {
+			return nil, nil, err
+		}
+		return withFaults(b, s.log), nil, nil
 	}
-	return withFaults(b, s.log), nil
+	if servesWithoutNative(cfg) {
+		b, err := openBackend(ctx, cfg, s.log, false)
+		if err == nil {
+			s.log.Warn("no usable model for the in-process engine; Ollama serves until there is one",
+				"path", problem.path, "reason", describeModelProblem(problem.why))
+			return withFaults(b, s.log), problem, nil
+		}
+		s.log.Warn("Ollama cannot serve meanwhile", "err", err)
+	}
+	s.log.Warn("no usable model: waiting for it; devices get MODEL_NOT_FOUND until then",
+		"path", problem.path, "reason", describeModelProblem(problem.why))
+	return &waitingEngine{problem}, problem, nil
+}
+
+// engineOpened records what the engine in use was opened from.
+func (s *service) engineOpened(key string, problem *noModelError) {
+	s.engineKey, s.wait = key, newModelWait(problem)
 }
 
 // serve runs d until ctx ends (SIGTERM, SIGINT) or a link fails, and
@@ -173,6 +198,8 @@ func (s *service) serve(ctx context.Context, d *daemon.Daemon, links []daemon.Li
 
 	tick := time.NewTicker(5 * time.Second)
 	defer tick.Stop()
+	poll := time.NewTicker(modelPollInterval)
+	defer poll.Stop()
 	shown := ""
 	for {
 		select {
@@ -201,6 +228,12 @@ func (s *service) serve(ctx context.Context, d *daemon.Daemon, links []daemon.Li
 			if err := s.notify.Ready(shown); err != nil {
 				s.log.Warn("systemd notify failed", "err", err)
 			}
+		case <-poll.C:
+			s.pollModel(ctx, d) // only while waiting for a model
+			if line := s.statusLine(d); line != shown {
+				s.status(line)
+				shown = line
+			}
 		case <-tick.C:
 			if line := s.statusLine(d); line != shown {
 				s.status(line)
@@ -214,9 +247,18 @@ func (s *service) serve(ctx context.Context, d *daemon.Daemon, links []daemon.Li
 func (s *service) statusLine(d *daemon.Daemon) string {
 	st := d.Stats()
 	running := st.Accepted.Load() - st.Done.Load() - st.Failed.Load() - st.Canceled.Load()
-	model := filepath.Base(s.cur.Model)
-	line := fmt.Sprintf("serving: backend %s, model %s; %d links; %d sessions, %d requests; %d answered",
-		d.Backend().Name(), model, len(d.Links()), st.Sessions.Load(), running, st.Done.Load())
+	counts := fmt.Sprintf("%d links; %d sessions, %d requests; %d answered",
+		len(d.Links()), st.Sessions.Load(), running, st.Done.Load())
+	var line string
+	switch _, none := d.Backend().(*waitingEngine); {
+	case none && s.wait != nil:
+		line = s.wait.err.waitingFor() + "; " + counts
+	case s.wait != nil: // Ollama serves while the in-process engine waits
+		line = fmt.Sprintf("serving: backend %s, model %s; %s; in-process engine %s",
+			d.Backend().Name(), s.cur.ollamaModel(), counts, s.wait.err.waitingFor())
+	default:
+		line = fmt.Sprintf("serving: backend %s, model %s; %s", d.Backend().Name(), filepath.Base(s.cur.Model), counts)
+	}
 	if e := s.lastErr.get(); e != "" {
 		line += "; last error: " + e
 	}
