@@ -126,7 +126,7 @@ bench-native: native-headers models ## llama.cpp engine benchmarks on the 135M Q
 # llama.cpp: on a shared machine wrap it in the heavy lock.
 SOAK_DURATION ?= 15s
 SOAK_OUT ?= $(BIN)/soak.md
-soak: native-headers ## fault scenarios (lossy UDP, noisy UART, dying engines, replug, 1,000-source flood) for SOAK_DURATION each; table in SOAK_OUT
+soak: native-headers ## fault scenarios (lossy UDP, late replays, noisy UART, dying engines, replug, 1,000-source flood) for SOAK_DURATION each; table in SOAK_OUT
 	@mkdir -p $(dir $(SOAK_OUT))
 	MCPD_SOAK_DURATION=$(SOAK_DURATION) MCPD_SOAK_OUT=$(abspath $(SOAK_OUT)) \
 	  $(GO) test -count=1 -timeout 30m ./internal/soak/

@@ -41,5 +41,5 @@ func ExampleNewUDPProxy() {
 	fmt.Printf("%+v\n", p.Stats().Up)
 	// Output:
 	// server heard something: false
-	// {In:3 Out:0 Dropped:3 Duplicated:0 Reordered:0}
+	// {In:3 Out:0 Dropped:3 Duplicated:0 Reordered:0 Replayed:0}
 }

@@ -170,6 +170,33 @@ func TestProxySeeded(t *testing.T) {
 	}
 }
 
+// TestProxyReplaysLate: with Replay, a share of the datagrams arrives once
+// more, ReplayAfter to ReplayAfter+ReplayJitter after the original — here
+// after every original — and the other faults make the same decisions as
+// without it (the replays draw from their own random stream).
+func TestProxyReplaysLate(t *testing.T) {
+	echo := echoServer(t)
+	run := func(f Faults) ([]uint32, DirStats) {
+		p := startProxy(t, UDPConfig{Target: echo, Up: f, Seed: 3})
+		got := roundTrip(t, p, 100, 200*time.Microsecond)
+		return got, p.Stats().Up
+	}
+	plain, _ := run(Faults{Loss: 0.2})
+	got, st := run(Faults{Loss: 0.2, Replay: 0.2, ReplayAfter: 250 * time.Millisecond, ReplayJitter: 50 * time.Millisecond})
+	if st.Replayed < 5 || st.Replayed > 45 {
+		t.Fatalf("%d of 100 replayed, expected about 20", st.Replayed)
+	}
+	originals := len(got) - int(st.Replayed)
+	if originals < 0 || !slicesEqual(got[:originals], plain) {
+		t.Fatalf("with replays the originals differ: %d of them, %d without replays", originals, len(plain))
+	}
+	for _, v := range got[originals:] {
+		if v >= 100 {
+			t.Fatalf("replayed %d, never sent", v)
+		}
+	}
+}
+
 func slicesEqual(a, b []uint32) bool {
 	if len(a) != len(b) {
 		return false

@@ -31,15 +31,23 @@ type Faults struct {
 	// ReorderHold is the longest a held-back datagram waits for a successor
 	// before it goes out anyway; default 50 ms.
 	ReorderHold time.Duration
+	// Replay is the probability that a datagram is captured and delivered
+	// once more, late — ReplayAfter plus uniform 0..ReplayJitter after the
+	// original, whatever became of the original: a path that held a copy,
+	// or an attacker replaying what it recorded. Its decisions come from a
+	// random stream of their own, so setting it moves no other fault.
+	Replay       float64
+	ReplayAfter  time.Duration
+	ReplayJitter time.Duration
 }
 
 func (f Faults) validate() error {
-	for _, p := range []float64{f.Loss, f.Duplicate, f.Reorder} {
+	for _, p := range []float64{f.Loss, f.Duplicate, f.Reorder, f.Replay} {
 		if p < 0 || p > 1 {
 			return fmt.Errorf("impair: probability %v outside 0..1", p)
 		}
 	}
-	if f.Delay < 0 || f.Jitter < 0 || f.ReorderHold < 0 {
+	if f.Delay < 0 || f.Jitter < 0 || f.ReorderHold < 0 || f.ReplayAfter < 0 || f.ReplayJitter < 0 {
 		return errors.New("impair: negative delay")
 	}
 	return nil
@@ -54,20 +62,21 @@ type UDPConfig struct {
 	Seed   uint64
 }
 
-// DirStats count one direction's datagrams.
+// DirStats count one direction's datagrams. Replayed counts the late copies
+// sent (Out does not include them).
 type DirStats struct {
-	In, Out, Dropped, Duplicated, Reordered int64
+	In, Out, Dropped, Duplicated, Reordered, Replayed int64
 }
 
 // UDPStats count both directions.
 type UDPStats struct{ Up, Down DirStats }
 
 type dirCounters struct {
-	in, out, dropped, duplicated, reordered atomic.Int64
+	in, out, dropped, duplicated, reordered, replayed atomic.Int64
 }
 
 func (c *dirCounters) snapshot() DirStats {
-	return DirStats{In: c.in.Load(), Out: c.out.Load(), Dropped: c.dropped.Load(), Duplicated: c.duplicated.Load(), Reordered: c.reordered.Load()}
+	return DirStats{In: c.in.Load(), Out: c.out.Load(), Dropped: c.dropped.Load(), Duplicated: c.duplicated.Load(), Reordered: c.reordered.Load(), Replayed: c.replayed.Load()}
 }
 
 // UDPProxy forwards datagrams between clients and one target through its
@@ -171,11 +180,11 @@ func (p *UDPProxy) flow(ctx context.Context, client netip.AddrPort) (*flow, erro
 	k := p.nflow
 	p.nflow++
 	f := &flow{conn: conn}
-	f.upDir = newDirection(p.cfg.Up, rand.New(rand.NewPCG(p.cfg.Seed, 2*k)), &p.up, func(b []byte) error {
+	f.upDir = newDirection(p.cfg.Up, p.rngs(2*k), &p.up, func(b []byte) error {
 		_, err := conn.Write(b)
 		return err
 	})
-	f.downDir = newDirection(p.cfg.Down, rand.New(rand.NewPCG(p.cfg.Seed, 2*k+1)), &p.down, func(b []byte) error {
+	f.downDir = newDirection(p.cfg.Down, p.rngs(2*k+1), &p.down, func(b []byte) error {
 		_, err := p.conn.WriteToUDPAddrPort(b, client)
 		return err
 	})
@@ -198,11 +207,21 @@ func (p *UDPProxy) flow(ctx context.Context, client netip.AddrPort) (*flow, erro
 	return f, nil
 }
 
+// replaySalt keeps the replay decisions' random stream apart from the
+// other faults' under the same seed.
+const replaySalt = 0x7265706c6179 // "replay"
+
+// rngs are one direction's random streams: the faults', and the replays'.
+func (p *UDPProxy) rngs(stream uint64) [2]*rand.Rand {
+	return [2]*rand.Rand{rand.New(rand.NewPCG(p.cfg.Seed, stream)), rand.New(rand.NewPCG(p.cfg.Seed^replaySalt, stream))}
+}
+
 // direction applies Faults to a sequence of datagrams. Decisions are drawn
 // in arrival order from a seeded RNG; delays run on timers.
 type direction struct {
 	faults Faults
 	rng    *rand.Rand
+	replay *rand.Rand // Replay's own decisions
 	count  *dirCounters
 	send   func([]byte) error
 
@@ -217,11 +236,11 @@ type direction struct {
 	halted  atomic.Bool   // stopped, for the delay line
 }
 
-func newDirection(f Faults, r *rand.Rand, c *dirCounters, send func([]byte) error) *direction {
+func newDirection(f Faults, r [2]*rand.Rand, c *dirCounters, send func([]byte) error) *direction {
 	if f.ReorderHold <= 0 {
 		f.ReorderHold = 50 * time.Millisecond
 	}
-	d := &direction{faults: f, rng: r, count: c, send: send}
+	d := &direction{faults: f, rng: r[0], replay: r[1], count: c, send: send}
 	if f.Delay > 0 || f.Jitter > 0 {
 		d.queue = make(chan timed, 4096)
 		d.drained = make(chan struct{})
@@ -241,6 +260,11 @@ func (d *direction) push(b []byte) {
 	// Draw every number each time, whatever the outcome, so that one
 	// setting's change does not shift the others' decisions.
 	lose, dup, reorder, jit := d.rng.Float64(), d.rng.Float64(), d.rng.Float64(), d.rng.Float64()
+	if d.faults.Replay > 0 {
+		if replay, late := d.replay.Float64(), d.replay.Float64(); replay < d.faults.Replay {
+			d.replayLate(append([]byte(nil), b...), d.faults.ReplayAfter+time.Duration(late*float64(d.faults.ReplayJitter)))
+		}
+	}
 	if lose < d.faults.Loss {
 		d.count.dropped.Add(1)
 		return
@@ -278,6 +302,18 @@ func (d *direction) push(b []byte) {
 		d.emit(d.held, jit)
 		d.held = nil
 	}
+}
+
+// replayLate sends pkt once more after late, unless the direction has
+// stopped by then. Called with d.mu held.
+func (d *direction) replayLate(pkt []byte, late time.Duration) {
+	time.AfterFunc(late, func() {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if !d.stopped && d.send(pkt) == nil {
+			d.count.replayed.Add(1)
+		}
+	})
 }
 
 // emit sends now, or queues for the delay. Called with d.mu held.

@@ -1,9 +1,10 @@
 // Package soak runs mcpd's fault scenarios (docs/reliability.md): devices
-// talk to a real daemon through the impairing UDP proxy and serial line of
-// package impair, engines die, stall and fail, a thousand hostile sources
-// flood the port, and every request's outcome is checked against what the
-// engine produced. Its tests run each scenario briefly; `make soak` runs
-// them longer and writes the table.
+// talk to a real daemon through the impairing UDP proxy (old datagrams
+// replayed late among its faults) and serial line of package impair,
+// engines die, stall and fail, a thousand hostile sources flood the port,
+// and every request's outcome is checked against what the engine produced.
+// Its tests run each scenario briefly; `make soak` runs them longer and
+// writes the table.
 package soak
 
 import (
