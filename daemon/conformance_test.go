@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"bytes"
-	"context"
 	"testing"
 	"time"
 
@@ -18,6 +17,11 @@ import (
 type capturingTransport struct {
 	device.Transport
 	infers [][]byte
+}
+
+func (c *capturingTransport) wrap(t device.Transport) device.Transport {
+	c.Transport = t
+	return c
 }
 
 func (c *capturingTransport) Send(raw []byte) error {
@@ -75,16 +79,8 @@ func rawFrame(t *testing.T, f serialproto.Frame) []byte {
 func TestStaleRequestsNeverRunAgain(t *testing.T) {
 	e := &testEngine{}
 	_, addr := startDaemon(t, Config{}, e)
-	udp, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &capturingTransport{Transport: udp}
-	c := device.New(tr, device.Config{DeviceID: "stale"})
-	if err := c.Hello(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	tr := &capturingTransport{}
+	c, udp := dialVia(t, addr, device.Config{DeviceID: "stale"}, tr.wrap)
 	for i := range 40 {
 		if text, _, err := ask(t, c, "reading "+string(rune('A'+i))); err != nil || text == "" {
 			t.Fatalf("request %d: %q %v", i, text, err)

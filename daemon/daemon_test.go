@@ -90,18 +90,31 @@ func testLogger() *slog.Logger {
 
 func dial(t *testing.T, addr string, cfg device.Config) *device.Client {
 	t.Helper()
-	tr, err := device.DialUDP(addr)
+	c, _ := dialVia(t, addr, cfg, nil)
+	return c
+}
+
+// dialVia is dial with the device's transport wrapped (a recorder, a
+// capture) when wrap is not nil; it also returns the bare UDP transport,
+// for frames the test sends and reads itself.
+func dialVia(t *testing.T, addr string, cfg device.Config, wrap func(device.Transport) device.Transport) (*device.Client, *device.UDP) {
+	t.Helper()
+	udp, err := device.DialUDP(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { tr.Close() })
+	t.Cleanup(func() { udp.Close() })
+	var tr device.Transport = udp
+	if wrap != nil {
+		tr = wrap(udp)
+	}
 	c := device.New(tr, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := c.Hello(ctx); err != nil {
 		t.Fatalf("HELLO: %v", err)
 	}
-	return c
+	return c, udp
 }
 
 func ask(t *testing.T, c *device.Client, prompt string, opts ...func(*serialproto.Infer)) (string, *serialproto.Done, error) {
@@ -533,6 +546,30 @@ func (r *recorder) Recv(deadline time.Time) (serialproto.Frame, error) {
 		r.mu.Unlock()
 	}
 	return f, err
+}
+
+func (r *recorder) wrap(t device.Transport) device.Transport {
+	r.Transport = t
+	return r
+}
+
+// withSeq returns the frames received with seq, from index from on.
+func (r *recorder) withSeq(seq uint8, from int) []serialproto.Frame {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []serialproto.Frame
+	for _, f := range r.frames[min(from, len(r.frames)):] {
+		if f.Seq == seq {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+func (r *recorder) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.frames)
 }
 
 // TestStreamInvariant: on a clean link every accepted INFER is answered by

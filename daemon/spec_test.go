@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,62 +14,14 @@ import (
 // The answers docs/protocol.md gives where a second implementer used to
 // have to guess (issue 17), each pinned by what the daemon does.
 
-// recvLog records every frame a device's transport receives, whoever
-// reads it, so a test can tell what the daemon sent while the device
-// library was busy with something else.
-type recvLog struct {
-	device.Transport
-	mu     sync.Mutex
-	frames []serialproto.Frame
-}
-
-func (r *recvLog) Recv(deadline time.Time) (serialproto.Frame, error) {
-	f, err := r.Transport.Recv(deadline)
-	if err == nil {
-		c := f
-		c.Data = append([]byte(nil), f.Data...)
-		r.mu.Lock()
-		r.frames = append(r.frames, c)
-		r.mu.Unlock()
-	}
-	return f, err
-}
-
-// withSeq returns the frames received with seq, from index from on.
-func (r *recvLog) withSeq(seq uint8, from int) []serialproto.Frame {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []serialproto.Frame
-	for _, f := range r.frames[min(from, len(r.frames)):] {
-		if f.Seq == seq {
-			out = append(out, f)
-		}
-	}
-	return out
-}
-
-func (r *recvLog) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.frames)
-}
-
 // TestCopyOfFinishedInferGetsOnlyItsAck: once the device has acknowledged
 // the final chunk, a copy of its INFER is answered with the ACK again and
 // nothing else — no stream, no final chunk (§5, §7.3).
 func TestCopyOfFinishedInferGetsOnlyItsAck(t *testing.T) {
 	e := &testEngine{}
 	_, addr := startDaemon(t, Config{}, e)
-	udp, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	tr := &capturingTransport{Transport: udp}
-	c := device.New(tr, device.Config{DeviceID: "finished"})
-	if err := c.Hello(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	tr := &capturingTransport{}
+	c, udp := dialVia(t, addr, device.Config{DeviceID: "finished"}, tr.wrap)
 	if _, _, err := ask(t, c, "once"); err != nil {
 		t.Fatal(err)
 	}
@@ -94,17 +45,8 @@ func TestCopyOfFinishedInferGetsOnlyItsAck(t *testing.T) {
 func TestReplacedSessionsStreamEndsSilently(t *testing.T) {
 	e := &testEngine{hold: make(chan struct{})}
 	d, addr := startDaemon(t, Config{}, e)
-	udp, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	log := &recvLog{Transport: udp}
-	c := device.New(log, device.Config{DeviceID: "rebooter"})
-	ctx := context.Background()
-	if err := c.Hello(ctx); err != nil {
-		t.Fatal(err)
-	}
+	log := &recorder{}
+	c, _ := dialVia(t, addr, device.Config{DeviceID: "rebooter"}, log.wrap)
 	const seq = 9
 	if f := answer(t, log, rawInfer(t, seq, "a long answer"), seq); f.Cmd != serialproto.CmdAck {
 		t.Fatalf("INFER: %v", f)
@@ -114,7 +56,7 @@ func TestReplacedSessionsStreamEndsSilently(t *testing.T) {
 			t.Fatalf("chunk 0: %v", err)
 		}
 	}
-	if err := c.Hello(ctx); err != nil { // the device rebooted: a new boot nonce
+	if err := c.Hello(context.Background()); err != nil { // the device rebooted: a new boot nonce
 		t.Fatal(err)
 	}
 	replaced := log.count()
@@ -160,16 +102,8 @@ func TestPromptAboveContextIsTooLargeAfterTheAck(t *testing.T) {
 func TestSignedOverUDPAnyLinkID(t *testing.T) {
 	key := testKey(t, 0x17)
 	_, addr := startDaemon(t, Config{Keys: map[string]serialproto.Key{"wifi": key}}, &testEngine{})
-	udp, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer udp.Close()
-	log := &recvLog{Transport: udp}
-	c := device.New(log, device.Config{DeviceID: "wifi", Key: key, LinkID: 1})
-	if err := c.Hello(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	log := &recorder{}
+	c, _ := dialVia(t, addr, device.Config{DeviceID: "wifi", Key: key, LinkID: 1}, log.wrap)
 	if text, _, err := ask(t, c, "over wifi"); err != nil || text != answerFor("over wifi") {
 		t.Fatalf("%q %v", text, err)
 	}
