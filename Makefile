@@ -26,7 +26,7 @@ export CGO_CFLAGS := $(NATIVE_CFLAGS)
 export CGO_CXXFLAGS := $(NATIVE_CFLAGS)
 export GO
 
-.PHONY: all build run test test-nocgo test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models ctest cfuzz footprint soak bench-report
+.PHONY: all build run test test-systemd test-nocgo test-short bench bench-native fuzz lint lint-units fmt vet help clean native-headers models ctest cfuzz footprint soak bench-report
 
 all: build
 
@@ -134,6 +134,15 @@ soak: native-headers ## fault scenarios (lossy UDP, late replays, noisy UART, dy
 
 bench-report: build models ## Go benchmarks + mcpctl bench scenarios → bench/reports/YYYY-MM-DD.md (~4 min; on a shared machine: flock /work/heavy.lock make bench-report)
 	GO=$(GO) BIN=$(BIN) MODEL=$(MODELS)/bench-135m-q8_0.gguf bench/report.sh
+
+# PID-1 tests (systemd/pid1, docs/systemd.md): the amd64 .deb, built into
+# $(PID1_DIR) so dist/ is left alone, installed with dpkg -i in a Debian 12
+# container booted by systemd-nspawn with systemd as PID 1. Needs root,
+# systemd-container and debootstrap; the rootfs is cached in $(PID1_DIR).
+PID1_DIR ?= $(BIN)/systemd-test
+test-systemd: ## mcpd's .deb under real systemd (PID 1 in systemd-nspawn): install, first start without a model, reload, socket activation, watchdog, drain, journald, hardening, upgrade
+	$(MAKE) deb CROSS_TARGETS=amd64 CROSS_DIST=$(abspath $(PID1_DIR))/cross DEB_DIST=$(abspath $(PID1_DIR))/deb
+	PID1_DIR=$(PID1_DIR) systemd/pid1/run.sh $(PID1_DIR)/deb/mcpd_*_amd64.deb
 
 clean:
 	rm -rf $(BIN) native/include $(MODELS) clients/c/build dist
