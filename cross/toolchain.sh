@@ -18,7 +18,7 @@ for arg in "$@"; do
 		;;
 	*)
 		target_env "$arg"
-		command -v "$CC" >/dev/null || want+=($(echo "$APT_PKGS" | tr ' ' '\n' | grep -v qemu | grep -- '-gcc\|^gcc$'))
+		command -v "$CC" >/dev/null || want+=($(echo "$APT_PKGS" | tr ' ' '\n' | grep -v qemu | grep -- '^gcc'))
 		command -v "$CXX" >/dev/null || want+=($(echo "$APT_PKGS" | tr ' ' '\n' | grep -- 'g++'))
 		if [ -n "$QEMU" ]; then
 			command -v "$QEMU" >/dev/null || want+=(qemu-user-static)
