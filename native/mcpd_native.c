@@ -1,5 +1,6 @@
 #include "mcpd_native.h"
 #include "_cgo_export.h"
+#include "ggml-cpu.h"
 
 static void mcpd_log_cb(enum ggml_log_level level, const char * text, void * user_data) {
 	(void) user_data;
@@ -69,8 +70,56 @@ struct llama_context * mcpd_init_context(struct llama_model * model, uint32_t n_
 	return llama_init_from_model(model, p);
 }
 
-int32_t mcpd_decode(struct llama_context * ctx, struct llama_batch * batch, int32_t n,
+static struct ggml_threadpool * mcpd_pool(int32_t n, uint32_t poll) {
+	struct ggml_threadpool_params p = ggml_threadpool_params_default(n);
+	p.poll = poll;
+	return ggml_threadpool_new(&p);
+}
+
+bool mcpd_attach_pools(struct llama_context * ctx, int32_t n, int32_t n_batch, uint32_t poll, mcpd_pools * pools) {
+	mcpd_pools p = { mcpd_pool(n, poll), NULL };
+	if (p.tp == NULL) {
+		return false;
+	}
+	p.tp_batch = p.tp;
+	if (n_batch != n) {
+		p.tp_batch = mcpd_pool(n_batch, poll);
+		if (p.tp_batch == NULL) {
+			ggml_threadpool_free(p.tp);
+			return false;
+		}
+	}
+	llama_attach_threadpool(ctx, p.tp, p.tp_batch);
+	*pools = p;
+	return true;
+}
+
+void mcpd_pause_pools(mcpd_pools * pools) {
+	if (pools->tp != NULL) {
+		ggml_threadpool_pause(pools->tp);
+	}
+	if (pools->tp_batch != NULL && pools->tp_batch != pools->tp) {
+		ggml_threadpool_pause(pools->tp_batch);
+	}
+}
+
+void mcpd_free_pools(mcpd_pools * pools) {
+	if (pools->tp_batch != NULL && pools->tp_batch != pools->tp) {
+		ggml_threadpool_free(pools->tp_batch);
+	}
+	if (pools->tp != NULL) {
+		ggml_threadpool_free(pools->tp);
+	}
+	pools->tp = pools->tp_batch = NULL;
+}
+
+int32_t mcpd_decode(struct llama_context * ctx, struct llama_batch * batch, mcpd_pools * pools, int32_t n,
 		const int32_t * tokens, const int32_t * pos, const int32_t * seq, const int8_t * logits) {
+	// llama.cpp computes a batch of more than one token on the batch pool,
+	// one token on the other: the idle one must not poll meanwhile.
+	if (pools->tp_batch != pools->tp) {
+		ggml_threadpool_pause(n > 1 ? pools->tp : pools->tp_batch);
+	}
 	for (int32_t i = 0; i < n; i++) {
 		batch->token[i] = tokens[i];
 		batch->pos[i] = pos[i];

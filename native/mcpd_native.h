@@ -33,11 +33,27 @@ struct llama_context * mcpd_init_context(struct llama_model * model, uint32_t n_
 		uint32_t n_batch, uint32_t n_seq_max, int32_t n_threads, int32_t n_threads_batch,
 		bool kv_unified, mcpd_abort * abort);
 
+// The persistent ggml threadpools a context computes on: one when decode
+// and batch thread counts are equal. Without them ggml starts and joins
+// its worker threads inside every llama_decode.
+typedef struct mcpd_pools { struct ggml_threadpool * tp, * tp_batch; } mcpd_pools;
+
+// Creates pools for n and n_batch threads polling at level poll (0–100)
+// and attaches them to ctx; false (ctx unchanged) when threads cannot be
+// had. The caller frees the pools it replaces, after this returns.
+bool mcpd_attach_pools(struct llama_context * ctx, int32_t n, int32_t n_batch, uint32_t poll, mcpd_pools * pools);
+// Lets the pools' worker threads sleep now instead of polling for the next
+// decode (which wakes them).
+void mcpd_pause_pools(mcpd_pools * pools);
+// Frees pools no context uses any more.
+void mcpd_free_pools(mcpd_pools * pools);
+
 // Loads a model with mmap, CPU only; n_gpu_layers is kept for later.
 struct llama_model * mcpd_load_model(const char * path, int32_t n_gpu_layers, bool use_mmap);
 
-// Fills batch from parallel arrays (one sequence per token) and decodes.
-int32_t mcpd_decode(struct llama_context * ctx, struct llama_batch * batch, int32_t n,
+// Fills batch from parallel arrays (one sequence per token) and decodes on
+// pools.
+int32_t mcpd_decode(struct llama_context * ctx, struct llama_batch * batch, mcpd_pools * pools, int32_t n,
 		const int32_t * tokens, const int32_t * pos, const int32_t * seq, const int8_t * logits);
 
 // Builds a sampler chain: penalties, then greedy or top-k, top-p, min-p,

@@ -132,6 +132,65 @@ func TestGreedyGolden(t *testing.T) {
 	}
 }
 
+// The worker threads live from decode to decode (a ggml threadpool per
+// context): changing their number replaces the pool, Idle puts it to sleep,
+// and neither changes a token.
+func TestWorkerThreads(t *testing.T) {
+	m := load(t, tinyModel(t))
+	const prompt, n = "Hello, world", 24
+	want := greedy(t, m, 1, prompt, n)
+	for _, poll := range []int{0, -1, 100} {
+		c, err := m.NewContext(ContextParams{ContextSize: 256, BatchSize: 64, Threads: 2, ThreadsBatch: 1, Poll: poll})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewSampler(SamplerParams{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks, err := m.Tokenize(prompt, true, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b Batch
+		for i, tok := range toks {
+			b.Add(tok, i, 0, i == len(toks)-1)
+		}
+		var got []Token
+		for i := range n {
+			switch i {
+			case 5:
+				err = c.SetThreads(1, 1)
+			case 10:
+				err = c.Idle()
+			case 15:
+				err = c.SetThreads(3, 2)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := c.Decode(context.Background(), &b); err != nil {
+				t.Fatal(err)
+			}
+			tok, err := s.Sample(c, b.Len()-1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, tok)
+			b.Reset()
+			b.Add(tok, len(toks)+i, 0, true)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("poll %d: %v, want %v", poll, got, want)
+		}
+		s.Close()
+		c.Close()
+	}
+	if _, err := m.NewContext(ContextParams{Poll: 101}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("poll 101: %v", err)
+	}
+}
+
 func TestLoadBadFiles(t *testing.T) {
 	dir := t.TempDir()
 	good, err := os.ReadFile(tinyModel(t))
@@ -268,6 +327,7 @@ func TestCloseAndUseAfterClose(t *testing.T) {
 		"clear":    c.ClearSequence(0),
 		"clearAll": c.Clear(),
 		"threads":  c.SetThreads(1, 1),
+		"idle":     c.Idle(),
 		"close":    c.Close(),
 	}
 	_, checks["tokenize"] = m.Tokenize("x", true, false)

@@ -60,7 +60,8 @@ func (e *Engine) run() {
 		}
 	}()
 	var batch native.Batch
-	rr := 0 // round-robin start for prompt chunks
+	rr := 0          // round-robin start for prompt chunks
+	decoded := false // since the workers were last told to sleep
 	for {
 		select {
 		case <-e.closing:
@@ -133,7 +134,13 @@ func (e *Engine) run() {
 		}
 		rr++
 		if batch.Len() == 0 {
-			// Idle, or every sequence waits on a slow caller.
+			// Idle, or every sequence waits on a slow caller. ggml's
+			// workers would poll for the next decode for a while,
+			// holding a core that the callers (or anything else) need.
+			if decoded {
+				e.nctx.Idle()
+				decoded = false
+			}
 			select {
 			case <-e.closing:
 				return
@@ -147,6 +154,7 @@ func (e *Engine) run() {
 				outputs++
 			}
 		}
+		decoded = true
 		e.steps.Add(1)
 		e.stepTokens.Add(int64(batch.Len()))
 		e.stepOutputs.Add(int64(outputs))
