@@ -116,9 +116,18 @@ models: ## write the generated models (tiny, 135M Q8_0) into $(MODELS)
 	$(GO) run ./cmd/mcpd-mkmodel -shape tiny -o $(MODELS)/tiny.gguf
 	$(GO) run ./cmd/mcpd-mkmodel -shape 135m -o $(MODELS)/bench-135m-q8_0.gguf
 
-bench-native: native-headers models ## llama.cpp engine benchmarks on the 135M Q8_0 model, 2 threads
-	MCPD_BENCH_MODEL=$(abspath $(MODELS)/bench-135m-q8_0.gguf) MCPD_BENCH_THREADS=2 \
-	  $(GO) test -run '^$$' -bench 'Native' -benchtime $(BENCHTIME) -count 1 ./backends/llamacpp/
+# bench-native: first the references of the same run — the machine's
+# memory bandwidth, llama.cpp settings against each other, the engine
+# against the C harness (native/harness), each alternating with its
+# baseline every few tens of milliseconds (BENCH_ROUNDS rounds) — then
+# the engine's own figures. About 3 minutes; on a shared machine run it
+# under the heavy lock.
+BENCH_ROUNDS ?= 16
+BENCH_NATIVE_ENV = MCPD_BENCH_MODEL=$(abspath $(MODELS)/bench-135m-q8_0.gguf) MCPD_BENCH_THREADS=2
+bench-native: native-headers models ## llama.cpp on the 135M Q8_0 model, 2 threads: engine ÷ C harness, bytes/s ÷ memory bandwidth, then speed figures
+	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^Benchmark(Memory|Settings)$$' -benchtime $(BENCH_ROUNDS)x -count 1 ./native/harness/
+	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^BenchmarkNativeVsHarness$$' -benchtime $(BENCH_ROUNDS)x -count 1 ./backends/llamacpp/
+	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^BenchmarkNative(Generate|Prompt|Parallel)$$' -benchtime $(BENCHTIME) -count 1 ./backends/llamacpp/
 
 # The fault scenarios of docs/reliability.md, each for SOAK_DURATION (12
 # rows: about 3 minutes at 15s, plus llama.cpp's warm-up); the table goes

@@ -23,7 +23,9 @@ import (
 	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/daemon/httpapi"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
+	"github.com/mcpd-project/mcpd/native"
 	"github.com/mcpd-project/mcpd/native/gguf"
+	"github.com/mcpd-project/mcpd/native/harness"
 	"github.com/mcpd-project/mcpd/serialproto"
 	"github.com/ollama/ollama/api"
 )
@@ -125,11 +127,13 @@ func interleave(b *testing.B, names []string, paths []func() int) {
 // BenchmarkNativePath: the in-process llama.cpp engine generating 32
 // greedy tokens — engine: the raw loop, Generate called directly (the
 // baseline); device: the same engine through the daemon, asked by a device
-// over loopback UDP; http: through POST /v1/generate. One engine serves
-// all three, interleaved, so the ratios (device/engine, http/engine) are
-// the daemon's cost. The model is
-// MCPD_BENCH_MODEL (make bench-report: the 135M Q8_0), else the tiny one;
-// threads MCPD_BENCH_THREADS (default 2).
+// over loopback UDP; http: through POST /v1/generate; harness: the C
+// reference loop (native/harness) on the same llama.cpp objects and the
+// same prompt, no Go at all. One engine serves the first three, all four
+// interleaved, so the ratios (device/engine, http/engine) are the daemon's
+// cost and device/harness what a device pays over bare llama.cpp. The model
+// is MCPD_BENCH_MODEL (make bench-report: the 135M Q8_0), else the tiny
+// one; threads MCPD_BENCH_THREADS (default 2).
 func BenchmarkNativePath(b *testing.B) {
 	path := os.Getenv("MCPD_BENCH_MODEL")
 	if path == "" {
@@ -147,17 +151,19 @@ func BenchmarkNativePath(b *testing.B) {
 	if threads == 0 {
 		threads = 2
 	}
+	const seqCtx = 512
 	e, err := llamacpp.New(context.Background(), llamacpp.Config{ModelPath: path, Threads: threads, Parallel: 2,
-		SequenceContext: 512, Logger: slog.New(slog.DiscardHandler)})
+		SequenceContext: seqCtx, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { e.Close() })
-	req := backends.Request{Messages: []backends.Message{{Role: backends.RoleUser, Content: prompt}},
-		Options: backends.Options{MaxTokens: maxTokens, TemperatureSet: true}}
+	msgs := []backends.Message{{Role: backends.RoleUser, Content: prompt}}
+	req := backends.Request{Messages: msgs, Options: backends.Options{MaxTokens: maxTokens, TemperatureSet: true}}
+	h, htoks := harnessFor(b, path, threads, seqCtx, msgs)
 
 	c, base := serve(b, e)
-	interleave(b, []string{"engine", "device", "http"}, []func() int{
+	interleave(b, []string{"engine", "device", "http", "harness"}, []func() int{
 		func() int {
 			res, err := e.Generate(context.Background(), req, func([]byte) error { return nil })
 			if err != nil {
@@ -167,7 +173,39 @@ func BenchmarkNativePath(b *testing.B) {
 		},
 		func() int { return viaDevice(b, c) },
 		func() int { return viaHTTP(b, base) },
+		func() int {
+			toks, _, err := h.Run(htoks, maxTokens)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return len(toks)
+		},
 	})
+}
+
+// harnessFor opens the C reference harness on the model at path and
+// tokenizes msgs as the engine does (the plain template: the generated
+// models carry no chat template).
+func harnessFor(b *testing.B, path string, threads, seqCtx int, msgs []backends.Message) (*harness.Harness, []int32) {
+	m, err := native.Load(context.Background(), path, native.ModelParams{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	toks, err := m.Tokenize(llamacpp.PlainTemplate(msgs), true, false)
+	m.Close()
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := make([]int32, len(toks))
+	for i, t := range toks {
+		out[i] = int32(t)
+	}
+	h, err := harness.Open(path, harness.Params{Threads: threads, Context: seqCtx})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(h.Close)
+	return h, out
 }
 
 // BenchmarkOllamaPath: a fake Ollama (internal/ollamatest) streaming 32

@@ -4,7 +4,7 @@
 # scenarios, then writes bench/reports/YYYY-MM-DD.md (+ the latency
 # histogram PNG). On a shared machine run it under the heavy lock:
 #   flock /work/heavy.lock make bench-report
-# Bounded: about 4 minutes on 2 cores (COUNT runs of each Go benchmark,
+# Bounded: about 5 minutes on 2 cores (COUNT runs of each Go benchmark,
 # SCENARIO_TIME per mcpctl scenario).
 set -euo pipefail
 GO=${GO:-go}
@@ -28,6 +28,9 @@ run $GO test -run '^$' -bench '^BenchmarkObserverOverhead$' -benchmem -count "$C
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
   run $GO test -run '^$' -bench '^BenchmarkNativePath$' -benchtime 5x -count "$COUNT" ./bench/ | tee "$tmp/paths.txt" >&2
 run $GO test -run '^$' -bench '^BenchmarkOllamaPath$' -count "$COUNT" ./bench/ | tee -a "$tmp/paths.txt" >&2
+# The engine against the C harness and the memory system (rounds interleaved inside).
+MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
+  run $GO test -run '^$' -bench '^BenchmarkNativeVsHarness$' -benchtime 12x -count "$COUNT" ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
 
 # What devices see: the three scenarios against a spawned mcpd.
 run "$BIN/mcpctl" bench --mcpd "$BIN/mcpd" --model "$MODEL" --threads "$THREADS" \

@@ -44,6 +44,11 @@ type Config struct {
 	MinP          float32 // default 0.05
 	RepeatPenalty float32 // default 1 (off)
 	Logger        *slog.Logger
+
+	// beforeStep, set by benchmarks only, runs on the scheduler goroutine
+	// before every decode step; backlog counts the tokens the callers
+	// have not taken yet.
+	beforeStep func(backlog func() int)
 }
 
 // defaultParallel is Config.Parallel when unset.

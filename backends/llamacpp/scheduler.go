@@ -102,6 +102,17 @@ func (e *Engine) run() {
 				free(i, event{done: true, err: s.req.ctx.Err()})
 			}
 		}
+		if e.cfg.beforeStep != nil {
+			e.cfg.beforeStep(func() int {
+				n := 0
+				for _, s := range slots {
+					if s != nil {
+						n += s.req.backlog()
+					}
+				}
+				return n
+			})
+		}
 		// Build one step: each generating sequence's next token, then
 		// prompt chunks round-robin in the room left.
 		batch.Reset()

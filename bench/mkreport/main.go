@@ -35,6 +35,9 @@ var comparisons = []comparison{
 	{"Observers: metrics + tracing", "BenchmarkObserverOverhead/none", "BenchmarkObserverOverhead/metrics+tracing", "the same with a trace per request as well", ""},
 	{"llama.cpp through the daemon (UDP device)", "engine", "device", "32 greedy tokens asked by a device over UDP vs the raw engine loop, interleaved", "BenchmarkNativePath"},
 	{"llama.cpp through the daemon (HTTP)", "engine", "http", "the same through POST /v1/generate vs the raw engine loop, interleaved", "BenchmarkNativePath"},
+	{"llama.cpp through the daemon vs the C harness", "harness", "device", "32 greedy tokens asked by a device over UDP vs the same generation in a C loop on the same llama.cpp (target ≤ 1.03×)", "BenchmarkNativePath"},
+	{"llama.cpp engine vs the C harness", "harness", "engine", "time per generated token, engine vs the C loop, alternating every 8 tokens (target ≤ 1.03×)", "BenchmarkNativeVsHarness"},
+	{"llama.cpp decode vs memory bandwidth", "memory", "engine", "time per generated token vs reading the weights once at the machine's measured 2-thread read bandwidth (target ≤ 1.25×, i.e. ≥ 80 %)", "BenchmarkNativeVsHarness"},
 	{"Ollama path", "client", "device", "a device over UDP through the daemon and our Ollama backend vs Ollama's api.Client, same fake server, interleaved", "BenchmarkOllamaPath"},
 }
 

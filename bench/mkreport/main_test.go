@@ -13,6 +13,7 @@ BenchmarkUDPEchoBaseline-2   	   50000	     30000 ns/op
 BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
 BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
 BenchmarkNativePath-2 	      10	  2100000 ns/op	  1.1 device-ms/op	  29.1 device-tok/s	  1.1 device/engine	  1.0 engine-ms/op	  32.0 engine-tok/s
+BenchmarkNativeVsHarness-2 	      10	  900000000 ns/op	  5.0 engine-ms/op	  4.0 harness-ms/op	  2.5 memory-ms/op
 PASS
 `
 
@@ -36,6 +37,9 @@ func TestReportRatios(t *testing.T) {
 		"| Daemon: PING round trip | 25.0 µs | 50.0 µs | **2.00×** |",
 		"| llama.cpp through the daemon (UDP device) | 1.00 ms | 1.10 ms | **1.10×** |",
 		"| Ollama path | – | – | not measured |",
+		"| llama.cpp engine vs the C harness | 4.00 ms | 5.00 ms | **1.25×** |",
+		"| llama.cpp decode vs memory bandwidth | 2.50 ms | 5.00 ms | **2.00×** |",
+		"| llama.cpp through the daemon vs the C harness | – | – | not measured |",
 		"| DaemonPing | 50.0 µs | 2 runs, 50.0 µs–50.0 µs | 12 B/op |",
 		"| NativePath | 2.10 ms | 1 run | 1.1 device-ms/op, 29.1 device-tok/s, 1.1 device/engine, 1 engine-ms/op, 32 engine-tok/s |",
 		"| llama.cpp through the daemon (HTTP) | – | – | not measured |",

@@ -1,0 +1,215 @@
+package llamacpp
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/native"
+	"github.com/mcpd-project/mcpd/native/gguf"
+	"github.com/mcpd-project/mcpd/native/harness"
+)
+
+// BenchmarkNativeVsHarness is the engine against its same-run references:
+//
+//   - the C harness (native/harness): the same greedy decode loop in C, on
+//     the same llama.cpp objects and the same mapped model file, with a
+//     persistent ggml threadpool as llama.cpp's own tools use;
+//   - the memory system: a 2-thread read of a buffer far larger than the
+//     caches, the bound for decoding a quantized model on a CPU.
+//
+// The engine generates one 128-token greedy answer per round, as a device
+// would ask for it; every 8 tokens its scheduler hands the cores to the
+// harness for 8 tokens of the same generation. So engine and harness
+// alternate every ~40 ms and meet the same machine load — on a shared
+// machine the only way to see differences of a few percent. The engine's
+// intervals include everything it does per token (decode, sampling, the
+// hop to the caller's goroutine, detokenizing) except the first token.
+// Metrics are medians over rounds:
+//
+//	engine/harness   harness time ÷ engine time per generated token (target ≥ 0.97)
+//	engine-bw-%      engine weight bytes/s ÷ read bandwidth (target ≥ 80)
+//	harness-bw-%     the same for the harness
+//	read-GB/s        the machine's 2-thread read bandwidth (huge pages)
+//	engine-tok/s, harness-tok/s   decode speed after the first token
+//	engine-, harness-, memory-ms/op   the same per token, and the time to
+//	                 read the weights once at the measured bandwidth
+func BenchmarkNativeVsHarness(b *testing.B) {
+	path := os.Getenv("MCPD_BENCH_MODEL")
+	if path == "" {
+		path = writeModel(b, gguf.TinySpec(1))
+	}
+	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
+	if threads == 0 {
+		threads = 2
+	}
+	info, err := gguf.ValidateFile(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	weights := float64(harness.WeightBytesPerToken(info))
+	const n, chunk = 128, 8
+	req := greedyReq("Hello", n)
+
+	var h *harness.Harness
+	var e *Engine
+	var hprompt []int32
+	var measuring atomic.Bool
+	var engT, harT time.Duration
+	var engN, harN, start, markSteps int
+	var mark time.Time
+	hook := func(backlog func() int) {
+		if !measuring.Load() {
+			return
+		}
+		now, steps := time.Now(), int(e.steps.Load())
+		switch {
+		case mark.IsZero() && steps == start: // the prompt is next
+			return
+		case mark.IsZero(): // time from the first generated token
+			mark, markSteps = now, steps
+			return
+		case steps-markSteps < chunk:
+			return
+		}
+		engT += now.Sub(mark)
+		engN += steps - markSteps
+		// The caller's goroutine catches up first, so its work is not
+		// done on the harness's time.
+		for backlog() > 0 {
+			runtime.Gosched()
+		}
+		if err := e.nctx.Idle(); err != nil {
+			b.Error(err)
+		}
+		k, d, err := h.Step(chunk)
+		if err == nil && k == 0 {
+			if err = h.Begin(hprompt); err == nil {
+				k, d, err = h.Step(chunk)
+			}
+		}
+		if err != nil {
+			b.Error(err)
+		}
+		harT += d
+		harN += k
+		mark, markSteps = time.Now(), steps
+	}
+	e, err = New(context.Background(), Config{ModelPath: path, Threads: threads, Logger: slog.New(slog.DiscardHandler),
+		beforeStep: hook})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	prompt, err := e.tokenizePrompt(req.Messages)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, t := range prompt {
+		hprompt = append(hprompt, int32(t))
+	}
+	h, err = harness.Open(path, harness.Params{Threads: threads, Context: e.seqCtx})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer h.Close()
+	mem, err := harness.NewMemory(512<<20, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer mem.Free()
+
+	// The same work both ways: the harness's tokens are the engine's text.
+	var text []byte
+	res, err := e.Generate(context.Background(), req, func(p []byte) error { text = append(text, p...); return nil })
+	if err != nil {
+		b.Fatal(err)
+	}
+	htoks, hres, err := h.Run(hprompt, n)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if want := e.harnessText(b, htoks); string(text) != want || res.Tokens != hres.Tokens {
+		b.Fatalf("engine and harness disagree: %d tokens %q, harness %d tokens %q", res.Tokens, text, hres.Tokens, want)
+	}
+
+	var ratio, engBW, harBW, readBW, engTok, harTok []float64
+	for b.Loop() {
+		bw, err := mem.ReadBandwidth(threads, 3)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := h.Begin(hprompt); err != nil {
+			b.Fatal(err)
+		}
+		engT, harT, engN, harN, mark = 0, 0, 0, 0, time.Time{}
+		start = int(e.steps.Load())
+		measuring.Store(true)
+		if _, err := e.Generate(context.Background(), req, discard); err != nil {
+			b.Fatal(err)
+		}
+		measuring.Store(false)
+		if engN == 0 || harN == 0 {
+			b.Fatalf("nothing measured: %d engine and %d harness tokens", engN, harN)
+		}
+		eg, hg := float64(engN)/engT.Seconds(), float64(harN)/harT.Seconds()
+		ratio = append(ratio, eg/hg)
+		engBW = append(engBW, 100*eg*weights/bw)
+		harBW = append(harBW, 100*hg*weights/bw)
+		readBW = append(readBW, bw/1e9)
+		engTok = append(engTok, eg)
+		harTok = append(harTok, hg)
+		if testing.Verbose() {
+			b.Logf("round %d: engine/harness %.3f, engine %.1f tok/s, harness %.1f tok/s (%d, %d tokens), read %.1f GB/s",
+				len(ratio), eg/hg, eg, hg, engN, harN, bw/1e9)
+		}
+	}
+	b.ReportMetric(median(ratio), "engine/harness")
+	b.ReportMetric(median(engBW), "engine-bw-%")
+	b.ReportMetric(median(harBW), "harness-bw-%")
+	b.ReportMetric(median(readBW), "read-GB/s")
+	b.ReportMetric(median(engTok), "engine-tok/s")
+	b.ReportMetric(median(harTok), "harness-tok/s")
+	// Per generated token, for bench/mkreport's ratios: the engine, the
+	// harness, and reading the weights once at the measured bandwidth.
+	b.ReportMetric(1e3/median(engTok), "engine-ms/op")
+	b.ReportMetric(1e3/median(harTok), "harness-ms/op")
+	b.ReportMetric(1e3*weights/(median(readBW)*1e9), "memory-ms/op")
+}
+
+// harnessText is the text the engine would emit for the harness's tokens.
+func (e *Engine) harnessText(b *testing.B, toks []int32) string {
+	b.Helper()
+	out := newTextStream(nil)
+	var s []byte
+	for _, t := range toks {
+		if eog, _ := e.model.IsEOG(native.Token(t)); eog {
+			break
+		}
+		piece, err := e.model.TokenPiece(native.Token(t), false)
+		if err != nil {
+			b.Fatal(err)
+		}
+		text, _ := out.add(piece)
+		s = append(s, text...)
+	}
+	return string(append(s, out.flush()...))
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}

@@ -1,0 +1,68 @@
+// The reference harness: a minimal greedy decode loop written in C against
+// the same llama.cpp objects (same sources, same CGO_CFLAGS) mcpd links,
+// and a STREAM-like memory read benchmark. Go calls each once per run, so
+// no Go code runs inside the timed loops.
+#ifndef MCPD_HARNESS_H
+#define MCPD_HARNESS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "llama.h"
+
+typedef struct hb_params {
+	int32_t n_threads;
+	uint32_t n_ctx;
+	uint32_t n_batch;
+	bool use_mmap;
+	// Attach a persistent ggml threadpool, as llama.cpp's own tools do;
+	// without one, every llama_decode starts and joins its worker threads.
+	bool threadpool;
+	uint32_t poll; // the threadpool's polling level (ggml: 0–100, default 50)
+} hb_params;
+
+typedef struct hb_harness hb_harness;
+
+// hb_open loads the model and creates one context and a greedy sampler;
+// NULL on failure.
+hb_harness * hb_open(const char * path, const hb_params * p);
+void hb_close(hb_harness * h);
+
+typedef struct hb_result {
+	int32_t n_gen;      // tokens generated (stops early at end of generation)
+	int64_t first_ns;   // prompt decode + first sample: time to first token
+	int64_t total_ns;   // the whole run
+	int64_t decode_ns;  // inside llama_decode for generated tokens
+	int64_t sample_ns;  // inside llama_sampler_sample for generated tokens
+} hb_result;
+
+// hb_run clears the KV cache, decodes prompt[0..n_prompt) in one batch and
+// then generates up to n_gen tokens greedily, one llama_decode each, writing
+// them to out, and lets the worker threads sleep. Returns 0, or a negative
+// llama_decode status.
+int hb_run(hb_harness * h, const int32_t * prompt, int32_t n_prompt, int32_t n_gen, int32_t * out, hb_result * r);
+
+// hb_begin starts a generation in steps: clears the KV cache, decodes the
+// prompt and samples the first token. hb_step then decodes up to n tokens,
+// one llama_decode and one greedy sample each, and returns how many (0
+// once an end-of-generation token came; a negative llama_decode status on
+// failure), with the time they took in ns. Both let the worker threads
+// sleep before they return, as hb_run does, so a harness that waits costs
+// the machine nothing: step chunks of several harnesses, or of the
+// harness and another engine, can take turns on the same cores.
+int hb_begin(hb_harness * h, const int32_t * prompt, int32_t n_prompt);
+int32_t hb_step(hb_harness * h, int32_t n, int64_t * ns);
+
+// A buffer for the read benchmark, every page faulted in; huge asks for
+// transparent huge pages. NULL when memory cannot be had.
+void * hb_buffer_new(size_t bytes, bool huge);
+void hb_buffer_free(void * buf, size_t bytes);
+
+// hb_stream runs a kernel over buf with n_threads threads (each its own
+// contiguous part), reps times, and returns the best pass in bytes per
+// second; 0 when threads cannot be started.
+#define HB_KERNEL_READ 0 // sum 64-bit words: the memory system's read bandwidth
+#define HB_KERNEL_Q8_0 1 // ggml's Q8_0 dot product, the buffer as weight rows
+double hb_stream(const void * buf, size_t bytes, int kernel, int n_threads, int reps);
+
+#endif
