@@ -1,6 +1,8 @@
 #include "mcpd_native.h"
 #include "_cgo_export.h"
 #include "ggml-cpu.h"
+#include "mcpd_thp.h"
+#include <stdlib.h>
 
 static void mcpd_log_cb(enum ggml_log_level level, const char * text, void * user_data) {
 	(void) user_data;
@@ -46,11 +48,27 @@ void mcpd_abort_set(mcpd_abort * a, int v) {
 	__atomic_store_n(&a->flag, v, __ATOMIC_RELAXED);
 }
 
-struct llama_model * mcpd_load_model(const char * path, int32_t n_gpu_layers, bool use_mmap) {
+struct llama_model * mcpd_load_model(const char * path, int32_t n_gpu_layers, bool use_mmap, size_t huge_min,
+		size_t * huge_bytes) {
 	struct llama_model_params p = llama_model_default_params();
 	p.n_gpu_layers = n_gpu_layers;
 	p.use_mmap = use_mmap;
-	return llama_model_load_from_file(path, p);
+	*huge_bytes = 0;
+	mcpd_thp * thp = NULL;
+	if (!use_mmap && huge_min > 0) {
+		thp = malloc(sizeof *thp);
+		if (thp != NULL) {
+			mcpd_thp_begin(thp, huge_min);
+			p.progress_callback = mcpd_thp_progress;
+			p.progress_callback_user_data = thp;
+		}
+	}
+	struct llama_model * m = llama_model_load_from_file(path, p);
+	if (thp != NULL) {
+		*huge_bytes = thp->advised;
+		free(thp);
+	}
+	return m;
 }
 
 struct llama_context * mcpd_init_context(struct llama_model * model, uint32_t n_ctx,

@@ -48,8 +48,12 @@ void mcpd_pause_pools(mcpd_pools * pools);
 // Frees pools no context uses any more.
 void mcpd_free_pools(mcpd_pools * pools);
 
-// Loads a model with mmap, CPU only; n_gpu_layers is kept for later.
-struct llama_model * mcpd_load_model(const char * path, int32_t n_gpu_layers, bool use_mmap);
+// Loads a model, CPU only; n_gpu_layers is kept for later. Without mmap
+// and with huge_min > 0, the weights go to transparent huge pages
+// (mcpd_thp.h: the new buffer of at least huge_min bytes); *huge_bytes
+// gets the bytes so advised.
+struct llama_model * mcpd_load_model(const char * path, int32_t n_gpu_layers, bool use_mmap, size_t huge_min,
+		size_t * huge_bytes);
 
 // Fills batch from parallel arrays (one sequence per token) and decodes on
 // pools.

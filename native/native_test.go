@@ -191,6 +191,39 @@ func TestWorkerThreads(t *testing.T) {
 	}
 }
 
+// HugePages reads the weights into memory that asked for huge pages: the
+// buffer is found (llama.cpp gives no handle on it) and the model decodes
+// the same tokens as when mapped. A model over 32 MiB, so that malloc maps
+// its buffer on its own whatever its threshold.
+func TestHugePages(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("transparent huge pages are Linux's")
+	}
+	s := gguf.TinySpec(1)
+	s.Name, s.Dim, s.Vocab = "mcpd-wide", 256, 32000 // 2 × 32.8 MB of F32 embedding and output
+	path := writeModel(t, s)
+	mapped := load(t, path)
+	huge, err := Load(context.Background(), path, ModelParams{HugePages: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer huge.Close()
+	var tensors int64
+	for _, ti := range huge.Info().Tensors {
+		tensors += ti.Size
+	}
+	if got := huge.HugePageBytes(); got < tensors {
+		t.Errorf("%d bytes asked for huge pages, the weights are %d", got, tensors)
+	}
+	if got := mapped.HugePageBytes(); got != 0 {
+		t.Errorf("mapped model: %d bytes asked for huge pages", got)
+	}
+	want := greedy(t, mapped, 1, "Hello, world", 16)
+	if got := greedy(t, huge, 1, "Hello, world", 16); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("huge pages: %v, mapped: %v", got, want)
+	}
+}
+
 func TestLoadBadFiles(t *testing.T) {
 	dir := t.TempDir()
 	good, err := os.ReadFile(tinyModel(t))

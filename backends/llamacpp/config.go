@@ -15,6 +15,12 @@ type Config struct {
 	ModelName string
 	// Threads for decoding (default: the CPU count).
 	Threads int
+	// MapModel maps the model file instead of reading it into memory that
+	// asks for transparent huge pages (the default; native.ModelParams.
+	// HugePages): less read at start and pages the kernel may drop and
+	// re-read, but decoding was 8–11 % slower on the reference VM
+	// (docs/native.md).
+	MapModel bool
 	// SequenceContext is the context each sequence gets, in tokens
 	// (default: min(training context, 2048)). The KV cache holds
 	// Parallel × SequenceContext tokens.

@@ -93,7 +93,7 @@ func Open(ctx context.Context, cfg Config, memAvailable int64) (*Engine, error) 
 
 // New loads cfg.ModelPath and starts the engine.
 func New(ctx context.Context, cfg Config) (*Engine, error) {
-	model, err := native.Load(ctx, cfg.ModelPath, native.ModelParams{})
+	model, err := native.Load(ctx, cfg.ModelPath, native.ModelParams{HugePages: !cfg.MapModel})
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %w", backends.ErrModelNotFound, err)
@@ -132,7 +132,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	}
 	cfg.Logger.Info("llama.cpp engine ready", "model", cfg.ModelName, "params", e.info.Parameters,
 		"quantization", e.info.Quantization, "parallel", cfg.Parallel, "sequence_context", e.seqCtx,
-		"threads", cfg.Threads, "build", native.BuildInfo())
+		"threads", cfg.Threads, "huge_page_mib", model.HugePageBytes()>>20, "build", native.BuildInfo())
 	go e.run()
 	return e, nil
 }
