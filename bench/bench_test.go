@@ -200,7 +200,9 @@ func harnessFor(b *testing.B, path string, threads, seqCtx int, msgs []backends.
 	for i, t := range toks {
 		out[i] = int32(t)
 	}
-	h, err := harness.Open(path, harness.Params{Threads: threads, Context: seqCtx})
+	// The engine's memory setup (weights in huge pages), so that the ratio
+	// is what mcpd adds, not a difference of settings.
+	h, err := harness.Open(path, harness.Params{Threads: threads, Context: seqCtx, HugePages: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -19,25 +19,30 @@ import (
 // BenchmarkNativeVsHarness is the engine against its same-run references:
 //
 //   - the C harness (native/harness): the same greedy decode loop in C, on
-//     the same llama.cpp objects and the same mapped model file, with a
-//     persistent ggml threadpool as llama.cpp's own tools use;
+//     the same llama.cpp objects, with a persistent ggml threadpool as
+//     llama.cpp's own tools use, twice: on the engine's own model (the
+//     same weights in memory, read into huge pages) — the binding's
+//     baseline — and on its own mapping of the file, llama.cpp's default,
+//     what llama.cpp's own tools and servers run;
 //   - the memory system: a 2-thread read of a buffer far larger than the
 //     caches, the bound for decoding a quantized model on a CPU.
 //
 // The engine generates one 128-token greedy answer per round, as a device
-// would ask for it; every 8 tokens its scheduler hands the cores to the
-// harness for 8 tokens of the same generation. So engine and harness
+// would ask for it; every 8 tokens its scheduler hands the cores to each
+// harness in turn for 8 tokens of the same generation. So all three
 // alternate every ~40 ms and meet the same machine load — on a shared
 // machine the only way to see differences of a few percent. The engine's
-// intervals include everything it does per token (decode, sampling, the
-// hop to the caller's goroutine, detokenizing) except the first token.
-// Metrics are medians over rounds:
+// turns include everything it does per token (decode, sampling, the hop to
+// the caller's goroutine, detokenizing) except the first token. Metrics
+// are medians over rounds:
 //
-//	engine/harness   harness time ÷ engine time per generated token (target ≥ 0.97)
+//	engine/harness   harness time ÷ engine time per generated token, same
+//	                 settings: what the binding costs (target ≥ 0.97)
+//	engine/llama.cpp the same against llama.cpp's defaults (mapped file)
 //	engine-bw-%      engine weight bytes/s ÷ read bandwidth (target ≥ 80)
 //	harness-bw-%     the same for the harness
 //	read-GB/s        the machine's 2-thread read bandwidth (huge pages)
-//	engine-tok/s, harness-tok/s   decode speed after the first token
+//	engine-tok/s, harness-tok/s, llama.cpp-tok/s   decode speed after the first token
 //	engine-, harness-, memory-ms/op   the same per token, and the time to
 //	                 read the weights once at the measured bandwidth
 func BenchmarkNativeVsHarness(b *testing.B) {
@@ -56,13 +61,17 @@ func BenchmarkNativeVsHarness(b *testing.B) {
 	weights := float64(harness.WeightBytesPerToken(info))
 	const n, chunk = 128, 8
 	req := greedyReq("Hello", n)
+	trainCtx, _ := info.Uint("llama.context_length")
+	seqCtx := min(int(trainCtx), 2048) // the engine's default (Config.defaults)
 
-	var h *harness.Harness
+	var hs [2]*harness.Harness // same settings as the engine, llama.cpp's defaults
 	var e *Engine
 	var hprompt []int32
 	var measuring atomic.Bool
-	var engT, harT time.Duration
-	var engN, harN, start, markSteps int
+	var engT time.Duration
+	var harT [2]time.Duration
+	var engN, start, markSteps, turn int
+	var harN [2]int
 	var mark time.Time
 	hook := func(backlog func() int) {
 		if !measuring.Load() {
@@ -81,32 +90,54 @@ func BenchmarkNativeVsHarness(b *testing.B) {
 		engT += now.Sub(mark)
 		engN += steps - markSteps
 		// The caller's goroutine catches up first, so its work is not
-		// done on the harness's time.
+		// done on the harnesses' time.
 		for backlog() > 0 {
 			runtime.Gosched()
 		}
 		if err := e.nctx.Idle(); err != nil {
 			b.Error(err)
 		}
-		k, d, err := h.Step(chunk)
-		if err == nil && k == 0 {
-			if err = h.Begin(hprompt); err == nil {
-				k, d, err = h.Step(chunk)
+		turn++
+		for x := range hs {
+			j := (x + turn) % len(hs) // neither harness always first
+			k, d, err := hs[j].Step(chunk)
+			if err == nil && k == 0 {
+				if err = hs[j].Begin(hprompt); err == nil {
+					k, d, err = hs[j].Step(chunk)
+				}
 			}
+			if err != nil {
+				b.Error(err)
+			}
+			harT[j] += d
+			harN[j] += k
 		}
-		if err != nil {
-			b.Error(err)
-		}
-		harT += d
-		harN += k
 		mark, markSteps = time.Now(), steps
 	}
-	e, err = New(context.Background(), Config{ModelPath: path, Threads: threads, Logger: slog.New(slog.DiscardHandler),
-		beforeStep: hook})
-	if err != nil {
+	// The mapped harness, llama.cpp's default, first: it reads the file as
+	// llama.cpp would after a reboot — mapped, from a cold cache — not as
+	// whatever filled the page cache last (see harness.DropCache).
+	if err := harness.DropCache(path); err != nil {
+		b.Fatal(err)
+	}
+	if hs[1], err = harness.Open(path, harness.Params{Threads: threads, Context: seqCtx}); err != nil {
+		b.Fatal(err)
+	}
+	defer hs[1].Close()
+	cfg := Config{ModelPath: path, Threads: threads, Logger: slog.New(slog.DiscardHandler), beforeStep: hook}
+	if e, err = New(context.Background(), cfg); err != nil {
 		b.Fatal(err)
 	}
 	defer e.Close()
+	if e.seqCtx != seqCtx {
+		b.Fatalf("engine context %d, harnesses %d", e.seqCtx, seqCtx)
+	}
+	// The same-settings harness runs on the engine's own model: the very
+	// same weights in memory (harness.OpenModel says why).
+	if hs[0], err = harness.OpenModel(e.model.LlamaModel(), harness.Params{Threads: threads, Context: seqCtx}); err != nil {
+		b.Fatal(err)
+	}
+	defer hs[0].Close() // before the engine's model
 	prompt, err := e.tokenizePrompt(req.Messages)
 	if err != nil {
 		b.Fatal(err)
@@ -114,72 +145,77 @@ func BenchmarkNativeVsHarness(b *testing.B) {
 	for _, t := range prompt {
 		hprompt = append(hprompt, int32(t))
 	}
-	h, err = harness.Open(path, harness.Params{Threads: threads, Context: e.seqCtx})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h.Close()
 	mem, err := harness.NewMemory(512<<20, true)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer mem.Free()
 
-	// The same work both ways: the harness's tokens are the engine's text.
+	// The same work each way: the harnesses' tokens are the engine's text.
 	var text []byte
 	res, err := e.Generate(context.Background(), req, func(p []byte) error { text = append(text, p...); return nil })
 	if err != nil {
 		b.Fatal(err)
 	}
-	htoks, hres, err := h.Run(hprompt, n)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if want := e.harnessText(b, htoks); string(text) != want || res.Tokens != hres.Tokens {
-		b.Fatalf("engine and harness disagree: %d tokens %q, harness %d tokens %q", res.Tokens, text, hres.Tokens, want)
+	for _, h := range hs {
+		htoks, hres, err := h.Run(hprompt, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if want := e.harnessText(b, htoks); string(text) != want || res.Tokens != hres.Tokens {
+			b.Fatalf("engine and harness disagree: %d tokens %q, harness %d tokens %q", res.Tokens, text, hres.Tokens, want)
+		}
 	}
 
-	var ratio, engBW, harBW, readBW, engTok, harTok []float64
+	var ratio, ratioLlama, engBW, harBW, readBW, engTok, harTok, llamaTok []float64
 	for b.Loop() {
 		bw, err := mem.ReadBandwidth(threads, 3)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := h.Begin(hprompt); err != nil {
-			b.Fatal(err)
+		for _, h := range hs {
+			if err := h.Begin(hprompt); err != nil {
+				b.Fatal(err)
+			}
 		}
-		engT, harT, engN, harN, mark = 0, 0, 0, 0, time.Time{}
+		engT, harT, engN, harN, mark = 0, [2]time.Duration{}, 0, [2]int{}, time.Time{}
 		start = int(e.steps.Load())
 		measuring.Store(true)
 		if _, err := e.Generate(context.Background(), req, discard); err != nil {
 			b.Fatal(err)
 		}
 		measuring.Store(false)
-		if engN == 0 || harN == 0 {
-			b.Fatalf("nothing measured: %d engine and %d harness tokens", engN, harN)
+		if engN == 0 || harN[0] == 0 || harN[1] == 0 {
+			b.Fatalf("nothing measured: %d engine and %v harness tokens", engN, harN)
 		}
-		eg, hg := float64(engN)/engT.Seconds(), float64(harN)/harT.Seconds()
+		eg := float64(engN) / engT.Seconds()
+		hg, lg := float64(harN[0])/harT[0].Seconds(), float64(harN[1])/harT[1].Seconds()
 		ratio = append(ratio, eg/hg)
+		ratioLlama = append(ratioLlama, eg/lg)
 		engBW = append(engBW, 100*eg*weights/bw)
 		harBW = append(harBW, 100*hg*weights/bw)
 		readBW = append(readBW, bw/1e9)
 		engTok = append(engTok, eg)
 		harTok = append(harTok, hg)
+		llamaTok = append(llamaTok, lg)
 		if testing.Verbose() {
-			b.Logf("round %d: engine/harness %.3f, engine %.1f tok/s, harness %.1f tok/s (%d, %d tokens), read %.1f GB/s",
-				len(ratio), eg/hg, eg, hg, engN, harN, bw/1e9)
+			b.Logf("round %d: engine/harness %.3f, engine/llama.cpp %.3f; engine %.1f, harness %.1f, llama.cpp %.1f tok/s; read %.1f GB/s",
+				len(ratio), eg/hg, eg/lg, eg, hg, lg, bw/1e9)
 		}
 	}
 	b.ReportMetric(median(ratio), "engine/harness")
+	b.ReportMetric(median(ratioLlama), "engine/llama.cpp")
 	b.ReportMetric(median(engBW), "engine-bw-%")
 	b.ReportMetric(median(harBW), "harness-bw-%")
 	b.ReportMetric(median(readBW), "read-GB/s")
 	b.ReportMetric(median(engTok), "engine-tok/s")
 	b.ReportMetric(median(harTok), "harness-tok/s")
+	b.ReportMetric(median(llamaTok), "llama.cpp-tok/s")
 	// Per generated token, for bench/mkreport's ratios: the engine, the
-	// harness, and reading the weights once at the measured bandwidth.
+	// harnesses, and reading the weights once at the measured bandwidth.
 	b.ReportMetric(1e3/median(engTok), "engine-ms/op")
 	b.ReportMetric(1e3/median(harTok), "harness-ms/op")
+	b.ReportMetric(1e3/median(llamaTok), "llama.cpp-ms/op")
 	b.ReportMetric(1e3*weights/(median(readBW)*1e9), "memory-ms/op")
 }
 

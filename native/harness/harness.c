@@ -4,11 +4,14 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ggml-cpu.h"
 #include "ggml.h"
+#include "../mcpd_thp.h"
 
 struct hb_harness {
 	struct llama_model * model;
@@ -16,6 +19,7 @@ struct hb_harness {
 	struct llama_sampler * smpl;
 	struct ggml_threadpool * tp;
 	const struct llama_vocab * vocab;
+	bool own_model; // hb_open loaded it; hb_open_model borrowed it
 	llama_token next; // sampled, not yet decoded (hb_begin, hb_step)
 	bool done;        // next ends generation
 };
@@ -35,17 +39,38 @@ static void hb_quiet(enum ggml_log_level level, const char * text, void * data) 
 hb_harness * hb_open(const char * path, const hb_params * p) {
 	llama_log_set(hb_quiet, NULL);
 	llama_backend_init();
+	struct llama_model_params mp = llama_model_default_params();
+	mp.use_mmap = p->use_mmap;
+	// The engine's way to huge pages (native/mcpd_thp.h).
+	mcpd_thp * thp = NULL;
+	if (p->huge && !p->use_mmap) {
+		thp = malloc(sizeof *thp);
+		if (thp != NULL) {
+			mcpd_thp_begin(thp, p->huge_min);
+			mp.progress_callback = mcpd_thp_progress;
+			mp.progress_callback_user_data = thp;
+		}
+	}
+	struct llama_model * model = llama_model_load_from_file(path, mp);
+	free(thp);
+	if (model == NULL) {
+		return NULL;
+	}
+	hb_harness * h = hb_open_model(model, p);
+	if (h == NULL) {
+		llama_model_free(model);
+		return NULL;
+	}
+	h->own_model = true;
+	return h;
+}
+
+hb_harness * hb_open_model(struct llama_model * model, const hb_params * p) {
 	hb_harness * h = calloc(1, sizeof *h);
 	if (h == NULL) {
 		return NULL;
 	}
-	struct llama_model_params mp = llama_model_default_params();
-	mp.use_mmap = p->use_mmap;
-	h->model = llama_model_load_from_file(path, mp);
-	if (h->model == NULL) {
-		hb_close(h);
-		return NULL;
-	}
+	h->model = model;
 	h->vocab = llama_model_get_vocab(h->model);
 	struct llama_context_params cp = llama_context_default_params();
 	cp.n_ctx = p->n_ctx;
@@ -53,6 +78,9 @@ hb_harness * hb_open(const char * path, const hb_params * p) {
 	cp.n_threads = p->n_threads;
 	cp.n_threads_batch = p->n_threads;
 	cp.no_perf = true;
+	if (p->no_flash_attn) {
+		cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+	}
 	h->ctx = llama_init_from_model(h->model, cp);
 	if (h->ctx == NULL) {
 		hb_close(h);
@@ -92,7 +120,7 @@ void hb_close(hb_harness * h) {
 	if (h->tp) {
 		ggml_threadpool_free(h->tp);
 	}
-	if (h->model) {
+	if (h->model && h->own_model) {
 		llama_model_free(h->model);
 	}
 	free(h);
@@ -164,6 +192,21 @@ int32_t hb_step(hb_harness * h, int32_t n, int64_t * ns) {
 	*ns = hb_now() - t0;
 	hb_pause(h);
 	return i;
+}
+
+int hb_drop_cache(const char * path) {
+#ifdef POSIX_FADV_DONTNEED
+	int fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		return -1;
+	}
+	int ret = posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+	close(fd);
+	return ret;
+#else
+	(void) path;
+	return 0;
+#endif
 }
 
 // The memory benchmarks: each thread streams through its own contiguous

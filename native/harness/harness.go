@@ -41,7 +41,11 @@ type Params struct {
 	// NoThreadpool leaves ggml to start and join its worker threads on
 	// every decode, as it does when no threadpool is attached.
 	NoThreadpool bool
-	Poll         int // threadpool polling level 0–100 (0: ggml's default, 50; <0: none)
+	Poll         int  // threadpool polling level 0–100 (0: ggml's default, 50; <0: none)
+	NoFlashAttn  bool // llama.cpp's default is auto: on for the CPU
+	// HugePages reads the weights into transparent huge pages (implies
+	// NoMmap).
+	HugePages bool
 }
 
 // Harness is one model, context and greedy sampler driven from C.
@@ -52,9 +56,45 @@ type Harness struct {
 
 // Open validates and loads the GGUF file at path.
 func Open(path string, p Params) (*Harness, error) {
-	if _, err := gguf.ValidateFile(path); err != nil {
+	info, err := gguf.ValidateFile(path)
+	if err != nil {
 		return nil, err
 	}
+	var tensors int64
+	for _, t := range info.Tensors {
+		tensors += t.Size
+	}
+	cp := p.c()
+	cp.huge_min = C.size_t(tensors * 9 / 10)
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	h := C.hb_open(cpath, &cp)
+	if h == nil {
+		return nil, fmt.Errorf("harness: llama.cpp could not load %s", path)
+	}
+	return &Harness{h: h}, nil
+}
+
+// OpenModel runs the harness on a model already loaded — the engine's,
+// from native.Model.LlamaModel — so that harness and engine read the very
+// same weights in memory: on a VM, where two copies of the same bytes can
+// be 10–15 % apart in read speed (how the host backs each page), that is
+// the only fair comparison of the code around them. The model must
+// outlive the harness; its loading settings (NoMmap, HugePages) are moot.
+func OpenModel(model unsafe.Pointer, p Params) (*Harness, error) {
+	if model == nil {
+		return nil, errors.New("harness: no model")
+	}
+	cp := p.c()
+	h := C.hb_open_model((*C.struct_llama_model)(model), &cp)
+	if h == nil {
+		return nil, errors.New("harness: llama.cpp could not create a context")
+	}
+	return &Harness{h: h}, nil
+}
+
+// c fills in defaults and converts.
+func (p Params) c() C.hb_params {
 	if p.Threads == 0 {
 		p.Threads = 2
 	}
@@ -71,15 +111,24 @@ func Open(path string, p Params) (*Harness, error) {
 	case p.Poll > 0:
 		poll = min(p.Poll, 100)
 	}
-	cp := C.hb_params{n_threads: C.int32_t(p.Threads), n_ctx: C.uint32_t(p.Context), n_batch: C.uint32_t(p.Batch),
-		use_mmap: C.bool(!p.NoMmap), threadpool: C.bool(!p.NoThreadpool), poll: C.uint32_t(poll)}
+	return C.hb_params{n_threads: C.int32_t(p.Threads), n_ctx: C.uint32_t(p.Context), n_batch: C.uint32_t(p.Batch),
+		use_mmap: C.bool(!p.NoMmap && !p.HugePages), threadpool: C.bool(!p.NoThreadpool), poll: C.uint32_t(poll),
+		no_flash_attn: C.bool(p.NoFlashAttn), huge: C.bool(p.HugePages)}
+}
+
+// DropCache asks the kernel to drop the file at path from the page cache
+// (pages no process maps), so that the next harness mapping it reads it
+// as after a reboot. How the cache was filled decides how fast llama.cpp
+// decodes from a mapped file: on the reference VM a file just written
+// (make models) decoded 2× slower than one read back from disk, whose
+// pages come in large folios the kernel can map 2 MiB at a time.
+func DropCache(path string) error {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
-	h := C.hb_open(cpath, &cp)
-	if h == nil {
-		return nil, fmt.Errorf("harness: llama.cpp could not load %s", path)
+	if ret := C.hb_drop_cache(cpath); ret != 0 {
+		return fmt.Errorf("harness: cannot drop %s from the page cache (%d)", path, int(ret))
 	}
-	return &Harness{h: h}, nil
+	return nil
 }
 
 // Close frees everything; a second Close does nothing.

@@ -19,13 +19,22 @@ typedef struct hb_params {
 	// without one, every llama_decode starts and joins its worker threads.
 	bool threadpool;
 	uint32_t poll; // the threadpool's polling level (ggml: 0–100, default 50)
+	bool no_flash_attn; // llama.cpp's default is auto (on for the CPU)
+	// With use_mmap false: ask for transparent huge pages for the weights'
+	// buffer before llama.cpp reads the file into it (a new anonymous
+	// mapping of at least huge_min bytes when loading starts).
+	bool huge;
+	size_t huge_min;
 } hb_params;
 
 typedef struct hb_harness hb_harness;
 
 // hb_open loads the model and creates one context and a greedy sampler;
-// NULL on failure.
+// NULL on failure. hb_open_model does the same on a model loaded
+// elsewhere (the engine's: the very same weights in memory), which must
+// outlive the harness.
 hb_harness * hb_open(const char * path, const hb_params * p);
+hb_harness * hb_open_model(struct llama_model * model, const hb_params * p);
 void hb_close(hb_harness * h);
 
 typedef struct hb_result {
@@ -52,6 +61,10 @@ int hb_run(hb_harness * h, const int32_t * prompt, int32_t n_prompt, int32_t n_g
 // harness and another engine, can take turns on the same cores.
 int hb_begin(hb_harness * h, const int32_t * prompt, int32_t n_prompt);
 int32_t hb_step(hb_harness * h, int32_t n, int64_t * ns);
+
+// hb_drop_cache asks the kernel to drop path's pages from the page cache
+// (those no process maps); 0 or an error.
+int hb_drop_cache(const char * path);
 
 // A buffer for the read benchmark, every page faulted in; huge asks for
 // transparent huge pages. NULL when memory cannot be had.
