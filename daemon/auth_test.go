@@ -143,3 +143,60 @@ func (s *syncBuf) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestSignedHelloRetryAfterBusy: a keyed device refused BUSY for a full
+// session table sends the same signed HELLO again (same boot nonce, as the
+// C library's retry does) and is welcomed once there is room — the nonce
+// is recorded only when a HELLO is admitted. Played back from elsewhere
+// after that, the same HELLO is refused as a replay.
+func TestSignedHelloRetryAfterBusy(t *testing.T) {
+	key := testKey(t, 0x3C)
+	_, addr := startDaemon(t, Config{MaxSessions: 1, Keys: map[string]serialproto.Key{"locked": key}}, &testEngine{})
+	holder := dial(t, addr, device.Config{DeviceID: "holder"})
+	if _, _, err := ask(t, holder, "served"); err != nil { // served: not evictable while fresh
+		t.Fatal(err)
+	}
+
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	rec := &capture{Transport: tr}
+	c := device.New(rec, device.Config{DeviceID: "locked", Key: key, Retries: 1, RTO: 100 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Hello(ctx); errCode(err) != serialproto.CodeBusy {
+		t.Fatalf("HELLO to a full daemon: %v, want BUSY", err)
+	}
+	helloFrame := rec.sent[0]
+
+	if err := holder.Bye(ctx); err != nil {
+		t.Fatal(err)
+	}
+	answer := func(tr *device.UDP) serialproto.Frame {
+		t.Helper()
+		if err := tr.Send(helloFrame); err != nil {
+			t.Fatal(err)
+		}
+		f, err := tr.Recv(time.Now().Add(2 * time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	if f := answer(tr); f.Cmd != serialproto.CmdWelcome {
+		m, _ := serialproto.ParseBody(f.Cmd, f.Data)
+		t.Fatalf("the same HELLO after BUSY got %v %v, want WELCOME", f.Cmd, m)
+	}
+	other, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	f := answer(other)
+	m, _ := serialproto.ParseBody(f.Cmd, f.Data)
+	if e, ok := m.(*serialproto.Error); !ok || e.Code != serialproto.CodeAuthFailed {
+		t.Fatalf("the admitted HELLO played back from another port got %v %v, want AUTH_FAILED", f.Cmd, m)
+	}
+}

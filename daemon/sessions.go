@@ -19,13 +19,24 @@ const bootNoncesKept = 16
 type sessionTable struct {
 	stats *Stats
 
-	mu         sync.Mutex
-	byPeer     map[string]*session
-	bootNonces map[string][]uint32 // per keyed device, its last HELLO boot nonces
+	mu     sync.Mutex
+	byPeer map[string]*session
+	// Per keyed device, the boot nonces of its last admitted HELLOs, and
+	// of the HELLOs refused since (BUSY, draining): a refused HELLO may be
+	// sent again — a device retries after BUSY with the same boot nonce —
+	// until one of the device's HELLOs is admitted; then they all count
+	// as used, so none can be played back to tear down the new session.
+	bootNonces map[string]*bootNonces
+}
+
+// bootNonces is one keyed device's record of HELLO boot nonces.
+type bootNonces struct {
+	used    []uint32 // admitted, or refused before an admission
+	refused []uint32 // refused since the last admission: may be retried
 }
 
 func newSessionTable(stats *Stats) *sessionTable {
-	return &sessionTable{stats: stats, byPeer: make(map[string]*session), bootNonces: make(map[string][]uint32)}
+	return &sessionTable{stats: stats, byPeer: make(map[string]*session), bootNonces: make(map[string]*bootNonces)}
 }
 
 // get returns the peer's session, or nil.
@@ -103,6 +114,11 @@ func (t *sessionTable) hello(h helloRequest) helloResult {
 		return helloResult{outcome: helloReplayed}
 	}
 	var res helloResult
+	defer func() { // the nonce counts as used only once admitted (§9.3)
+		if h.keyed {
+			t.noteBootNonce(h.deviceID, h.bootNonce, res.outcome == helloOpened)
+		}
+	}()
 	if old == nil && len(t.byPeer) >= h.maxSessions {
 		res.evicted = t.evictIdle(h.now, h.heartbeat)
 		if len(t.byPeer) >= h.maxSessions {
@@ -127,20 +143,42 @@ func (t *sessionTable) hello(h helloRequest) helloResult {
 	return res
 }
 
-// seenBootNonce reports whether a keyed device used boot nonce n in one of
-// its last HELLOs, and records it. Called with t.mu held; the map holds
-// only configured devices.
+// seenBootNonce reports whether a keyed device's boot nonce n was used by
+// an admitted HELLO, or by one refused before an admission. Called with
+// t.mu held.
 func (t *sessionTable) seenBootNonce(id string, n uint32) bool {
-	ring := t.bootNonces[id]
-	if slices.Contains(ring, n) {
-		return true
+	r := t.bootNonces[id]
+	return r != nil && slices.Contains(r.used, n)
+}
+
+// noteBootNonce records a keyed device's HELLO: admitted, its nonce and
+// those of the HELLOs refused before it are used; refused, it may be
+// retried. Called with t.mu held; the map holds only configured devices,
+// and each ring at most bootNoncesKept nonces.
+func (t *sessionTable) noteBootNonce(id string, n uint32, admitted bool) {
+	r := t.bootNonces[id]
+	if r == nil {
+		r = &bootNonces{}
+		t.bootNonces[id] = r
 	}
-	ring = append(ring, n)
-	if len(ring) > bootNoncesKept {
-		ring = ring[1:]
+	keep := func(ring []uint32, n uint32) []uint32 {
+		if slices.Contains(ring, n) {
+			return ring
+		}
+		ring = append(ring, n)
+		if len(ring) > bootNoncesKept {
+			ring = ring[len(ring)-bootNoncesKept:]
+		}
+		return ring
 	}
-	t.bootNonces[id] = ring
-	return false
+	if !admitted {
+		r.refused = keep(r.refused, n)
+		return
+	}
+	for _, m := range append(r.refused, n) {
+		r.used = keep(r.used, m)
+	}
+	r.refused = r.refused[:0]
 }
 
 // remove takes s out of the table, unless another session has taken its

@@ -133,3 +133,36 @@ func TestSessionTableExpiry(t *testing.T) {
 		t.Fatalf("expired %v of %d", expired, len(tb.all()))
 	}
 }
+
+// TestSessionTableRetryAfterBusy: a keyed device's HELLO refused for a
+// full table may be sent again with the same boot nonce (the C library
+// does) and opens a session once there is room; once a HELLO of the device
+// is admitted, every earlier boot nonce, refused ones included, is a
+// replay.
+func TestSessionTableRetryAfterBusy(t *testing.T) {
+	tb := newSessionTable(&Stats{})
+	now := time.Now()
+	holder := tableHello(tb, 1, now, "p0", "other", 1, false).session
+	holder.delivered.Store(true)
+	holder.places.take(1) // served and busy: not evictable
+
+	for i := range 3 {
+		if res := tableHello(tb, 1, now, "p1", "dev", 7, true); res.outcome != helloFull {
+			t.Fatalf("try %d while full: %+v", i, res)
+		}
+	}
+	if res := tableHello(tb, 1, now, "p1", "dev", 8, true); res.outcome != helloFull {
+		t.Fatalf("another boot while full: %+v", res)
+	}
+	holder.places.give()
+	tb.remove(holder)
+	opened := tableHello(tb, 1, now, "p1", "dev", 7, true)
+	if opened.outcome != helloOpened {
+		t.Fatalf("the retry after BUSY: %+v, want opened", opened)
+	}
+	for _, n := range []uint32{7, 8} {
+		if res := tableHello(tb, 2, now, "p2", "dev", n, true); res.outcome != helloReplayed || tb.get("p1") != opened.session {
+			t.Fatalf("boot nonce %d played back after the admission: %+v", n, res)
+		}
+	}
+}

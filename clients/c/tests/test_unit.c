@@ -701,6 +701,48 @@ static void test_session_signed(void)
     CHECK(feed(&s, 60, MCPF_BYE, (uint8_t)(s.seq + 1), NULL, 0, &ev) == MCPF_EV_NONE && s.open, "unsigned BYE of another seq dropped");
     CHECK(feed(&s, 60, MCPF_BYE, s.seq, NULL, 0, &ev) == MCPF_EV_BYE && !s.open, "unsigned answer to our BYE");
 }
+
+/* A signed HELLO answered BUSY and then sent again (the application
+ * retries later with the same boot nonce): the new HELLO carries the same
+ * boot nonce and is signed afresh under boot_nonce ‖ 0 from counter 0, so
+ * the daemon, which records a boot nonce only when it admits a HELLO,
+ * verifies and admits it (daemon/TestSignedHelloRetryAfterBusy). */
+static void test_session_signed_busy_retry(void)
+{
+    static const uint8_t keyb[16] = {9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 1, 2, 3, 4, 5, 6};
+    uint8_t nonce[8] = {0x11, 0x22, 0x33, 0x44, 0, 0, 0, 0}, eb[64];
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_error e;
+    mcpf_replay w;
+    mcpf_frame f;
+    uint64_t first = 99, counter = 99;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "retrier";
+    cfg.max_data = 64;
+    cfg.window = 2;
+    cfg.key.k = keyb;
+    cfg.key.len = 16;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 0x11223344u);
+    nsent = 0;
+    mcpf_session_hello(&s, 0);
+    memset(&w, 0, sizeof w);
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, &first) == 0, "first HELLO signed");
+    memset(&e, 0, sizeof e);
+    e.code = 6; /* BUSY */
+    CHECK(feed(&s, 10, MCPF_ERROR, s.seq, eb, mcpf_put_error(eb, &e), &ev) == MCPF_EV_ERROR && ev.u.error.code == 6 && !s.open,
+          "HELLO answered BUSY");
+    CHECK(mcpf_session_hello(&s, 1000) == 0 && nsent == 2, "HELLO sent again after BUSY");
+    memset(&w, 0, sizeof w);
+    f = decoded(sent[1], sent_len[1]);
+    CHECK(f.cmd == MCPF_HELLO && mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, &counter) == 0 && counter == first,
+          "the retry verifies under boot_nonce ‖ 0 from the first counter again (%lu, first %lu)", (unsigned long)counter, (unsigned long)first);
+    CHECK(sent_len[1] == sent_len[0] && memcmp(sent[1] + 6, sent[0] + 6, 11 + 7) == 0,
+          "the retry repeats the HELLO body, boot nonce included");
+}
 #endif
 
 /* Usage: test_unit [ITERATIONS [SEED]]: more iterations of the decoder's
@@ -723,6 +765,7 @@ int main(int argc, char **argv)
     test_session_stale_bye();
 #if MCPF_SIGN
     test_session_signed();
+    test_session_signed_busy_retry();
 #endif
     printf("unit tests (signing %s): %d failures\n", MCPF_SIGN ? "on" : "off", failures);
     return failures ? 1 : 0;
