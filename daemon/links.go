@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 )
 
 // linkSet is the links being served and the context they run under, from
@@ -24,6 +25,7 @@ type runningLink struct {
 	link   Link
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the link's Run has returned
+	since  time.Time     // when it started being served
 }
 
 func newLinkSet() linkSet {
@@ -78,7 +80,7 @@ func (d *Daemon) AddLink(l Link) error {
 		return fmt.Errorf("daemon: link %s is already served", name)
 	}
 	ctx, cancel := context.WithCancel(ls.ctx)
-	rl := &runningLink{link: l, cancel: cancel, done: make(chan struct{})}
+	rl := &runningLink{link: l, cancel: cancel, done: make(chan struct{}), since: d.clock.Now()}
 	ls.running[name] = rl
 	go func() {
 		defer close(rl.done)
@@ -94,7 +96,9 @@ func (d *Daemon) AddLink(l Link) error {
 		default:
 		}
 	}()
-	d.log.Info("link up", "link", name)
+	// Serving, not necessarily up: a serial link says when its port opens
+	// (or why it does not); LinkStates tells.
+	d.log.Info("serving link", "link", name)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
@@ -65,8 +66,11 @@ type SerialLink struct {
 	log  *slog.Logger
 	scan time.Duration // how often a glob is re-read
 
-	mu    sync.Mutex
-	peers map[string]*serialPeer // one per path, kept across replugs
+	mu     sync.Mutex
+	peers  map[string]*serialPeer // one per path, kept across replugs
+	health map[string]*portHealth // one per path tried
+	// globIdle: since when a glob has matched no port (zero: it matches).
+	globIdle time.Time
 }
 
 // NewSerialLink returns a link for cfg.
@@ -74,7 +78,45 @@ func NewSerialLink(cfg SerialConfig, log *slog.Logger) *SerialLink {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &SerialLink{cfg: cfg, log: log, scan: time.Second, peers: map[string]*serialPeer{}}
+	return &SerialLink{cfg: cfg, log: log, scan: time.Second, peers: map[string]*serialPeer{}, health: map[string]*portHealth{}}
+}
+
+// portHealth returns path's health record.
+func (l *SerialLink) portHealth(path string) *portHealth {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.health[path]
+	if h == nil {
+		h = &portHealth{state: LinkState{Name: "serial:" + path}}
+		l.health[path] = h
+	}
+	return h
+}
+
+// LinkStates reports each port the link has tried: up once open, down
+// with the cause of the last failure. A glob that matches nothing yet is
+// one entry, down, under the pattern's name.
+func (l *SerialLink) LinkStates() []LinkState {
+	l.mu.Lock()
+	hs := make([]*portHealth, 0, len(l.health))
+	for _, h := range l.health {
+		hs = append(hs, h)
+	}
+	idle := l.globIdle
+	l.mu.Unlock()
+	var out []LinkState
+	for _, h := range hs {
+		out = append(out, h.get())
+	}
+	if len(out) == 0 {
+		st := LinkState{Name: l.Name(), Error: "not opened yet", Since: idle}
+		if isGlob(l.cfg.Path) {
+			st.Error = "no port matches " + l.cfg.Path
+			st.Hint = serialHint(fs.ErrNotExist)
+		}
+		out = append(out, st)
+	}
+	return out
 }
 
 // peer returns the path's peer. It outlives the port's handle: a session
@@ -107,8 +149,23 @@ func (l *SerialLink) Run(ctx context.Context, h Handler) error {
 	var mu sync.Mutex
 	tick := time.NewTicker(l.scan)
 	defer tick.Stop()
+	warned := false
 	for {
 		matches, _ := filepath.Glob(l.cfg.Path) // the pattern was checked by ParseSerial
+		l.mu.Lock()
+		switch {
+		case len(matches) > 0:
+			l.globIdle, warned = time.Time{}, false
+		case l.globIdle.IsZero():
+			l.globIdle = time.Now()
+		}
+		l.mu.Unlock()
+		if len(matches) == 0 && !warned {
+			// Expected while nothing is plugged in: said once, not per scan.
+			l.log.Warn("no serial port matches the pattern yet; watching for one", "pattern", l.cfg.Path,
+				"hint", serialHint(fs.ErrNotExist))
+			warned = true
+		}
 		for _, path := range matches {
 			mu.Lock()
 			if active[path] {
@@ -154,9 +211,16 @@ func (l *SerialLink) keepOpen(ctx context.Context, path string, h Handler) {
 // serve opens path and reads frames until the port fails or ctx ends. It
 // reports whether the port was opened at all.
 func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
+	health := l.portHealth(path)
 	port, err := serial.Open(path, &serial.Mode{BaudRate: l.cfg.Baud, DataBits: l.cfg.DataBits, Parity: l.cfg.Parity, StopBits: l.cfg.StopBits})
 	if err != nil {
-		l.log.Debug("serial port not available", "port", path, "err", err)
+		// One WARN per cause, then quiet retries: a port left unplugged
+		// must not fill the journal, and the cause must not hide at debug.
+		if news, hint := health.failed(time.Now(), err); news {
+			l.log.Warn("serial port cannot be opened; retrying quietly", "port", path, "err", openCause(err), "hint", hint)
+		} else {
+			l.log.Debug("serial port not available", "port", path, "err", err)
+		}
 		return false
 	}
 	// A short read timeout lets the decoder see a quiet line (§7.1 step 5);
@@ -173,6 +237,7 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 	stop := context.AfterFunc(ctx, func() { p.detach(port) })
 	defer stop()
 	defer p.detach(port)
+	health.opened(time.Now())
 	l.log.Info("serial port open", "port", path, "baud", l.cfg.Baud)
 	dec := serialproto.NewDecoder(port)
 	var skipped int64 // reported so far
@@ -191,6 +256,7 @@ func (l *SerialLink) serve(ctx context.Context, path string, h Handler) bool {
 		case errors.Is(err, serialproto.ErrIdle):
 		default:
 			if ctx.Err() == nil {
+				health.lost(time.Now(), err)
 				l.log.Warn("serial port lost; will reopen", "port", path, "err", err)
 			}
 			return true

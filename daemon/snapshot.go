@@ -18,6 +18,8 @@ type Snapshot struct {
 	Backend       string        `json:"backend"`
 	Model         string        `json:"model"`
 	Links         []string      `json:"links"`
+	LinkStates    []LinkState   `json:"link_states"` // per port for serial links
+	LinksUp       int           `json:"links_up"`
 	Sessions      []SessionInfo `json:"sessions"`
 	Running       int           `json:"running"`        // requests holding an engine slot
 	Queued        int           `json:"queued"`         // accepted, waiting for a slot
@@ -46,6 +48,7 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 	open := d.sessions.all()
 	snap := Snapshot{
 		Links:         d.links.names(),
+		LinkStates:    d.LinkStates(),
 		Sessions:      make([]SessionInfo, 0, len(open)),
 		MaxConcurrent: cfg.MaxConcurrent,
 		MaxQueue:      cfg.MaxQueue,
@@ -59,6 +62,11 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 		})
 	}
 	slices.SortFunc(snap.Sessions, func(a, b SessionInfo) int { return strings.Compare(a.Peer, b.Peer) })
+	for _, l := range snap.LinkStates {
+		if l.Up {
+			snap.LinksUp++
+		}
+	}
 	snap.Running, snap.Queued = d.admission.load()
 	snap.LocalRequests = d.local.count()
 	snap.Counters = d.stats.Counters()

@@ -41,6 +41,8 @@ type config struct {
 	// "off".
 	HTTP struct {
 		Listen string `toml:"listen"`
+		// ReadyNeedsLink: /readyz is 503 while no link is up.
+		ReadyNeedsLink bool `toml:"ready_needs_link"`
 	} `toml:"http"`
 	Limits struct {
 		MaxSessions    int      `toml:"max_sessions"`

@@ -60,7 +60,8 @@ func (o *observability) serve(ctx context.Context, d *daemon.Daemon, cfg config,
 	if o.ln == nil {
 		return
 	}
-	srv := httpapi.New(httpapi.Config{Daemon: d, Metrics: o.metrics, Backend: backendReporter(cfg, b), Version: version, Log: log})
+	srv := httpapi.New(httpapi.Config{Daemon: d, Metrics: o.metrics, Backend: backendReporter(cfg, b), Version: version, Log: log,
+		ReadyNeedsLink: cfg.HTTP.ReadyNeedsLink})
 	log.Info("http endpoint up", "addr", o.ln.Addr().String())
 	if err := srv.Serve(ctx, o.ln, 2*time.Second); err != nil {
 		log.Error("http endpoint failed", "err", err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -247,8 +248,8 @@ func (s *service) serve(ctx context.Context, d *daemon.Daemon, links []daemon.Li
 func (s *service) statusLine(d *daemon.Daemon) string {
 	st := d.Stats()
 	running := st.Accepted.Load() - st.Done.Load() - st.Failed.Load() - st.Canceled.Load()
-	counts := fmt.Sprintf("%d links; %d sessions, %d requests; %d answered",
-		len(d.Links()), st.Sessions.Load(), running, st.Done.Load())
+	counts := fmt.Sprintf("%d links%s; %d sessions, %d requests; %d answered",
+		len(d.Links()), linksDown(d.LinkStates()), st.Sessions.Load(), running, st.Done.Load())
 	var line string
 	switch _, none := d.Backend().(*waitingEngine); {
 	case none && s.wait != nil:
@@ -263,6 +264,21 @@ func (s *service) statusLine(d *daemon.Daemon) string {
 		line += "; last error: " + e
 	}
 	return line
+}
+
+// linksDown is the status line's note of the links that are down
+// (" (serial:/dev/ttyAMA0 down: permission denied)"); "" when all are up.
+func linksDown(states []daemon.LinkState) string {
+	var down []string
+	for _, l := range states {
+		if !l.Up {
+			down = append(down, l.Name+" down: "+l.Error)
+		}
+	}
+	if len(down) == 0 {
+		return ""
+	}
+	return " (" + strings.Join(down, ", ") + ")"
 }
 
 // retire closes a replaced engine once its last request is done.

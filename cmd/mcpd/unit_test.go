@@ -107,3 +107,52 @@ func TestUnitReloadNeedsOnlyEssentials(t *testing.T) {
 	notify.next(t, "READY=1", 10*time.Second)
 	p.waitLog(t, "configuration reloaded", 5*time.Second)
 }
+
+// The unit lets mcpd open every kind of serial port a gateway has — USB
+// adapters and on-board UARTs (a Raspberry Pi's ttyAMA0/ttyS0 behind
+// /dev/serial0) — by device class, and the udev example covers the same.
+// Where this host has such a port, its class as the kernel names it in
+// /proc/devices (which is what DeviceAllow=char-CLASS matches) is checked.
+func TestUnitAllowsEverySerialClass(t *testing.T) {
+	unit, err := os.ReadFile("../../systemd/mcpd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, err := os.ReadFile("../../systemd/60-mcpd-serial.rules")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allowed := map[string]bool{}
+	for _, l := range strings.Split(string(unit), "\n") {
+		if v, ok := strings.CutPrefix(l, "DeviceAllow=char-"); ok {
+			class, mode, _ := strings.Cut(v, " ")
+			if mode != "rw" {
+				t.Errorf("DeviceAllow=char-%s: mode %q, want rw", class, mode)
+			}
+			allowed[class] = true
+		}
+	}
+	for _, tc := range []struct{ node, class string }{
+		{"ttyUSB0", "ttyUSB"}, {"ttyACM0", "ttyACM"}, {"ttyAMA0", "ttyAMA"}, {"ttyS0", "ttyS"},
+	} {
+		if !allowed[tc.class] {
+			t.Errorf("mcpd.service cannot open /dev/%s: no DeviceAllow=char-%s rw", tc.node, tc.class)
+		}
+	}
+	for _, want := range []string{"ttyAMA[0-9]*", "ttyS[0-9]*", "serial0", "enable_uart=1"} {
+		if !strings.Contains(string(rules), want) {
+			t.Errorf("60-mcpd-serial.rules does not mention %s", want)
+		}
+	}
+	// This host's own on-board UARTs, by the kernel's class names.
+	devices, err := os.ReadFile("/proc/devices")
+	if err != nil {
+		t.Skip("no /proc/devices")
+	}
+	for _, l := range strings.Split(string(devices), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 2 && (strings.HasPrefix(f[1], "ttyS") || strings.HasPrefix(f[1], "ttyAMA")) && !allowed[f[1]] {
+			t.Errorf("this host's serial class %s is not allowed by mcpd.service", f[1])
+		}
+	}
+}

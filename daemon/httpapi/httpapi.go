@@ -44,6 +44,10 @@ type Config struct {
 	Backend telemetry.BackendReporter // nil: /status reports the daemon's backend name only
 	Version string
 	Log     *slog.Logger
+	// ReadyNeedsLink makes /readyz answer 503 while no link is up (every
+	// serial port missing or refused): for a gateway whose devices are all
+	// on serial ports. Off, readiness is the engine's and the drain's.
+	ReadyNeedsLink bool
 }
 
 // Server is the HTTP API.
@@ -104,14 +108,24 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
 }
 
 // readyz: 200 while the daemon takes requests, 503 with the state (and
-// why) otherwise — starting, draining, engine unavailable.
+// why) otherwise — starting, draining, engine unavailable, and with
+// ReadyNeedsLink no link up. Each link that is down follows on its own line.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	snap := s.cfg.Daemon.Snapshot(r.Context())
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if snap.State != "ready" {
+	state, reason := snap.State, snap.StateReason
+	if state == "ready" && s.cfg.ReadyNeedsLink && snap.LinksUp == 0 {
+		state, reason = "no_link", "no link is up"
+	}
+	if state != "ready" {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
-	fmt.Fprintln(w, snap.State, snap.StateReason)
+	fmt.Fprintln(w, state, reason)
+	for _, l := range snap.LinkStates {
+		if !l.Up {
+			fmt.Fprintf(w, "link %s down: %s\n", l.Name, l.Error)
+		}
+	}
 }
 
 // Status is the /status document.
