@@ -79,6 +79,9 @@ func ParseBody(cmd Command, body []byte) (Message, error) {
 // Feature bits of HELLO and WELCOME.
 const (
 	FeatureSign uint16 = 1 << 0
+	// FeatureSACK: the device keeps answer chunks that arrive after a gap
+	// and lists them in its ACKs; the daemon resends only the gaps (§8.2).
+	FeatureSACK uint16 = 1 << 1
 )
 
 // Limits of the message layer.
@@ -90,6 +93,7 @@ const (
 	MaxDeviceIDLen     = 64
 	MaxErrorText       = 64
 	MaxNackIndexes     = 64
+	MaxSACKBytes       = 32 // an ACK's bitmap covers a window of 255 after next
 	MaxPingData        = 8
 	MaxModelLen        = 128
 	MaxSystemLen       = 253 // the whole options block is at most 255 bytes

@@ -155,24 +155,68 @@ func (m *Error) UnmarshalBody(b []byte) error {
 }
 
 // Ack acknowledges a message (Next = fragments received) or a stream (Next =
-// the chunk expected next), granting Window more.
+// the chunk expected next), granting Window more. In a session with
+// FeatureSACK a stream's ACK may also list the chunks after Next that the
+// device holds (§8.2, §11.9): SACK[i/8] bit 7−i%8 set means chunk
+// Next+1+i arrived. Its last byte is never 0.
 type Ack struct {
 	Next   uint16
 	Window uint8
+	SACK   []byte // 0..MaxSACKBytes bytes; aliases the body it was parsed from
 }
 
 func (*Ack) Command() Command { return CmdAck }
 
 func (m *Ack) AppendBody(dst []byte) ([]byte, error) {
-	return append(binary.BigEndian.AppendUint16(dst, m.Next), m.Window), nil
+	if err := validSACK(m.SACK); err != nil {
+		return dst, err
+	}
+	dst = append(binary.BigEndian.AppendUint16(dst, m.Next), m.Window)
+	return append(dst, m.SACK...), nil
 }
 
 func (m *Ack) UnmarshalBody(b []byte) error {
-	if len(b) != 3 {
-		return malformed(CmdAck, "%d bytes, want 3", len(b))
+	if len(b) < 3 {
+		return malformed(CmdAck, "%d bytes, want 3..%d", len(b), 3+MaxSACKBytes)
 	}
-	*m = Ack{Next: binary.BigEndian.Uint16(b), Window: b[2]}
+	a := Ack{Next: binary.BigEndian.Uint16(b), Window: b[2]}
+	if len(b) > 3 {
+		a.SACK = b[3:]
+	}
+	if err := validSACK(a.SACK); err != nil {
+		return err
+	}
+	*m = a
 	return nil
+}
+
+func validSACK(b []byte) error {
+	switch {
+	case len(b) > MaxSACKBytes:
+		return malformed(CmdAck, "%d SACK bytes, want at most %d", len(b), MaxSACKBytes)
+	case len(b) > 0 && b[len(b)-1] == 0:
+		return malformed(CmdAck, "SACK bitmap ends in a zero byte")
+	}
+	return nil
+}
+
+// Sacked reports whether the ACK says chunk Next+1+i arrived.
+func (m *Ack) Sacked(i int) bool {
+	return i >= 0 && i/8 < len(m.SACK) && m.SACK[i/8]&(0x80>>(i%8)) != 0
+}
+
+// SetSACK returns bitmap with the bit of chunk Next+1+i set, grown as
+// needed; i beyond the bitmap's 256 bits is ignored. Building it in a
+// [MaxSACKBytes]byte array's slice (buf[:0]) allocates nothing.
+func SetSACK(bitmap []byte, i int) []byte {
+	if i < 0 || i >= 8*MaxSACKBytes {
+		return bitmap
+	}
+	for len(bitmap) <= i/8 {
+		bitmap = append(bitmap, 0)
+	}
+	bitmap[i/8] |= 0x80 >> (i % 8)
+	return bitmap
 }
 
 // NACK reasons.

@@ -117,7 +117,7 @@ func messageFields(m Message) []string {
 	case *Error:
 		return []string{"code=" + itoa(m.Code), "flags=" + itoa(m.Flags), "chunk=" + itoa(m.Chunk), "text=" + hx([]byte(m.Text))}
 	case *Ack:
-		return []string{"next=" + itoa(m.Next), "window=" + itoa(m.Window)}
+		return []string{"next=" + itoa(m.Next), "window=" + itoa(m.Window), "sack=" + hx(m.SACK)}
 	case *Nack:
 		idx := make([]string, len(m.Missing))
 		for i, v := range m.Missing {
@@ -393,6 +393,7 @@ func validMessages() []namedMessage {
 	return []namedMessage{
 		{"hello", exampleHello()},
 		{"hello_signed_max", &Hello{MinVersion: 1, MaxVersion: 3, MaxData: 256, Features: FeatureSign, Window: 255, BootNonce: 0xFFFFFFFF, DeviceID: strings.Repeat("d", 64)}},
+		{"hello_sack", &Hello{MinVersion: 1, MaxVersion: 1, MaxData: 256, Features: FeatureSACK, Window: 8, BootNonce: 7, DeviceID: "uart-1"}},
 		{"welcome", &Welcome{Version: 1, MaxData: 256, Window: 255, HeartbeatMS: 5000, MaxMessage: DefaultMaxMessage, DaemonNonce: 0x01020304}},
 		{"ping_empty", &Ping{}},
 		{"ping_8", &Ping{Data: []byte{1, 2, 3, 4, 5, 6, 7, 8}}},
@@ -409,6 +410,11 @@ func validMessages() []namedMessage {
 		{"error_in_stream", &Error{Code: CodeBackendFailed, Flags: ErrorFlagRetryable | ErrorFlagStream, Chunk: 7, Text: "engine died"}},
 		{"cancel", &Cancel{}},
 		{"ack", &Ack{Next: 300, Window: 4}},
+		// SACK (§8.2): next 5 missing; 6, 8 and 13 held (bits 0, 2, 7).
+		{"ack_sack", &Ack{Next: 5, Window: 8, SACK: []byte{0xA1}}},
+		// The bitmap's last bit: chunk next+256 of a window of 255 is never
+		// sent, but the bitmap can say so.
+		{"ack_sack_full", &Ack{Next: 65000, Window: 255, SACK: append(bytes.Repeat([]byte{0xFF}, 31), 0x01)}},
 		{"nack_bad_frame", &Nack{Reason: NackBadFrame}},
 		{"nack_missing", &Nack{Reason: NackMissing, Missing: []byte{1, 4, 200}}},
 		{"status", &Status{}},
@@ -445,7 +451,9 @@ func invalidBodies() []badBody {
 		{"token_empty_text", "malformed", CmdToken, []byte{0, 0}},
 		{"done_short", "malformed", CmdDone, make([]byte, 26)},
 		{"error_text_65", "malformed", CmdError, append([]byte{6, 1, 0, 0}, bytes.Repeat([]byte{'x'}, 65)...)},
-		{"ack_long", "malformed", CmdAck, []byte{0, 1, 2, 3}},
+		{"ack_short", "malformed", CmdAck, []byte{0, 1}},
+		{"ack_sack_trailing_zero", "malformed", CmdAck, []byte{0, 1, 2, 0x80, 0}},
+		{"ack_sack_33_bytes", "malformed", CmdAck, append([]byte{0, 1, 2}, bytes.Repeat([]byte{1}, 33)...)},
 		{"nack_unknown_reason", "malformed", CmdNack, []byte{9}},
 		{"nack_missing_unsorted", "malformed", CmdNack, []byte{2, 5, 3}},
 		{"nack_missing_empty", "malformed", CmdNack, []byte{2}},

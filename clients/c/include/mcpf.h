@@ -48,6 +48,7 @@ extern "C" {
 #define MCPF_FRAGMENT 0x40u /* cmd bit 6 (§6) */
 #define MCPF_SIGNED 0x80u   /* cmd bit 7 (§9) */
 #define MCPF_SIG_BLOCK 15u  /* link id, counter u48, tag 8 */
+#define MCPF_MAX_SACK 32u   /* SACK bitmap bytes in an ACK (§11.9) */
 
 enum mcpf_cmd {
     MCPF_HELLO = 0x01, MCPF_WELCOME = 0x02, MCPF_PING = 0x03, MCPF_PONG = 0x04,
@@ -181,7 +182,13 @@ typedef struct mcpf_error {
     const uint8_t *text; uint8_t len;
 } mcpf_error;
 
-typedef struct mcpf_ack { uint16_t next; uint8_t window; } mcpf_ack;
+/* sack: the SACK bitmap (§11.9), 0..32 bytes, the last nonzero; bit 7 of
+ * sack[0] is chunk next+1. This library never sends one (it does not ask
+ * for FEATURE_SACK) but parses it. */
+typedef struct mcpf_ack {
+    uint16_t next; uint8_t window;
+    const uint8_t *sack; uint8_t sack_len;
+} mcpf_ack;
 
 enum { MCPF_NACK_BAD_FRAME = 1, MCPF_NACK_MISSING = 2, MCPF_NACK_BAD_CHECKSUM = 3 };
 typedef struct mcpf_nack {

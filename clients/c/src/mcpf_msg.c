@@ -324,15 +324,17 @@ size_t mcpf_put_ack(uint8_t *out, const mcpf_ack *m)
 {
     put16(out, m->next);
     out[2] = m->window;
-    return 3;
+    return (size_t)(put_bytes(out + 3, m->sack, m->sack_len) - out);
 }
 
 int mcpf_parse_ack(const uint8_t *b, size_t n, mcpf_ack *m)
 {
-    if (n != 3)
+    if (n < 3 || n > 3 + MCPF_MAX_SACK || (n > 3 && b[n - 1] == 0))
         return BAD;
     m->next = get16(b);
     m->window = b[2];
+    m->sack = b + 3;
+    m->sack_len = (uint8_t)(n - 3);
     return 0;
 }
 

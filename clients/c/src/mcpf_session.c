@@ -50,6 +50,7 @@ static void send_body(mcpf_session *s, uint32_t now, uint8_t cmd, uint8_t seq, s
 static void send_ack(mcpf_session *s, uint32_t now)
 {
     mcpf_ack a;
+    memset(&a, 0, sizeof a);
     a.next = s->next;
     a.window = s->cfg->window;
     s->acked = s->next;

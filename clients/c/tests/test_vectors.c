@@ -322,6 +322,8 @@ static size_t build(int cmd, uint8_t *out, uint8_t *bufs)
     case MCPF_ACK:
         m.ack.next = (uint16_t)num("next");
         m.ack.window = (uint8_t)num("window");
+        m.ack.sack = bufs;
+        m.ack.sack_len = (uint8_t)hexf("sack", bufs);
         return mcpf_put_ack(out, &m.ack);
     case MCPF_NACK: {
         const char *p = field("indexes", &n), *end = p + n;
@@ -441,6 +443,7 @@ static int parse_and_check(int cmd, const uint8_t *b, size_t n, int check)
             return err;
         want_num("next", m.ack.next);
         want_num("window", m.ack.window);
+        want_hex("sack", m.ack.sack, m.ack.sack_len);
         return 0;
     case MCPF_NACK: {
         char list[512];

@@ -18,7 +18,7 @@ INT_FIELDS = set("""min_version max_version max_data features window boot_nonce 
     heartbeat_ms max_message daemon_nonce chunk reason tokens prompt_tokens ttft_ms
     duration_ms text_bytes text_crc32c code flags next state load queue max_tokens
     temperature seed top_k top_p min_p repeat_penalty deadline_ms context""".split())
-HEX_FIELDS = {"device_id", "data", "text", "backend", "model", "system", "prompt", "new_chat"}
+HEX_FIELDS = {"device_id", "data", "text", "backend", "model", "system", "prompt", "new_chat", "sack"}
 LIST_FIELDS = {"indexes"}
 
 
@@ -246,7 +246,7 @@ SAMPLES = {
              "duration_ms": 900, "text_bytes": 40, "text_crc32c": 0xE3069283},
     "ERROR": {"code": 6, "flags": 1, "chunk": 0, "text": b"busy"},
     "CANCEL": {}, "STATUS": {}, "BYE": {},
-    "ACK": {"next": 1, "window": 4},
+    "ACK": {"next": 1, "window": 4, "sack": b"\xa1"},
     "NACK": {"reason": 2, "indexes": [0, 3, 7]},
     "STATUS_REPLY": {"state": 0, "load": 50, "queue": 1, "backend": b"llama.cpp", "model": b"qwen"},
 }
@@ -360,7 +360,7 @@ def selftest():
     ]:
         cmd = "ACK" if what.startswith("ACK") else "HELLO" if what.startswith("HELLO") else "INFER"
         if body is None:
-            body = m.encode_body("ACK", SAMPLES["ACK"]) + b"\x00"
+            body = m.encode_body("ACK", SAMPLES["ACK"]) + b"\x00"  # a SACK byte of 0
         try:
             got = m.decode_body(cmd, body)
             check(what, cls is None, f"accepted {got}")

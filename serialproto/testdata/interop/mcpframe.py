@@ -257,7 +257,11 @@ def decode_body(cmd, body):
         _need(len(rest) >= 1 + n, f"backend_len {n} past the body")
         f["backend"] = _utf8(rest[1:1 + n], "backend")
         f["model"] = _utf8(rest[1 + n:], "model")
-    else:  # fixed-size bodies: WELCOME, DONE, ACK, CANCEL, STATUS, BYE
+    elif cmd == "ACK":  # the SACK bitmap (§11.9): 0..32 bytes, the last nonzero
+        _need(len(rest) <= 32, f"SACK of {len(rest)} bytes > 32")
+        _need(not rest or rest[-1] != 0, "SACK bitmap ends in a zero byte")
+        f["sack"] = rest
+    else:  # fixed-size bodies: WELCOME, DONE, CANCEL, STATUS, BYE
         _need(not rest, f"{len(rest)} trailing bytes after {cmd}")
     return f
 
@@ -325,6 +329,8 @@ def encode_body(cmd, fields):
             body += bytes(fields["text"])
         elif cmd == "NACK":
             body += bytes(fields.get("indexes", []))
+        elif cmd == "ACK":
+            body += bytes(fields.get("sack", b""))
         elif cmd == "STATUS_REPLY":
             backend = bytes(fields["backend"])
             _need(len(backend) <= 255, "backend longer than 255 bytes")
