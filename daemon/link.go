@@ -57,3 +57,10 @@ type Peer interface {
 	// window of full frames takes on the wire, both ways, and some slack.
 	RTO(window int) time.Duration
 }
+
+// boundPeer is a peer whose link vouches for its device id: on MQTT the
+// id in the topic, which the broker authenticated and its ACL allowed.
+// HELLO must name that id (guard.go, admitPeer).
+type boundPeer interface {
+	BoundDevice() string
+}

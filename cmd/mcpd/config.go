@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/mcpd-project/mcpd/daemon"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
 
@@ -22,9 +23,11 @@ const DefaultConfigPath = "/etc/mcpd/mcpd.toml"
 type config struct {
 	ListenUDP []string `toml:"listen_udp"`
 	Serial    []string `toml:"serial"`
-	Backend   string   `toml:"backend"`
-	Model     string   `toml:"model"`
-	LogLevel  string   `toml:"log_level"`
+	// MQTT is one entry per broker (docs/protocol.md §7.4).
+	MQTT     []mqttSection `toml:"mqtt"`
+	Backend  string        `toml:"backend"`
+	Model    string        `toml:"model"`
+	LogLevel string        `toml:"log_level"`
 	// Fallback lists engines ("native", "ollama") tried after the
 	// backend's own when it fails before the first token.
 	Fallback []string      `toml:"fallback"`
@@ -60,6 +63,43 @@ type config struct {
 		EngineStall   duration `toml:"engine_stall"`   // an engine call silent this long stops the watchdog
 	} `toml:"limits"`
 	Policy policyConfig `toml:"policy"`
+}
+
+// mqttSection is one [[mqtt]] broker connection.
+type mqttSection struct {
+	URL          string `toml:"url"`           // tcp://host:1883, mqtts://host:8883
+	Username     string `toml:"username"`      //
+	Password     string `toml:"password"`      // or, better, password_file
+	PasswordFile string `toml:"password_file"` // the password, alone in a file readable by mcpd only
+	CAFile       string `toml:"ca_file"`       // PEM CAs for the broker's certificate
+	CertFile     string `toml:"cert_file"`     // client certificate…
+	KeyFile      string `toml:"key_file"`      // …and its key
+	Group        string `toml:"group"`         // shared subscription group: instances that share devices
+	Instance     string `toml:"instance"`      // client id and topic level; default mcpd-<random>
+	QoS          int    `toml:"qos"`           // 0 (default) or 1
+}
+
+// daemonConfig reads the password file and checks the entry.
+func (m mqttSection) daemonConfig() (daemon.MQTTConfig, error) {
+	if m.QoS < 0 || m.QoS > 1 {
+		return daemon.MQTTConfig{}, fmt.Errorf("mqtt %s: qos %d, want 0 or 1", m.URL, m.QoS)
+	}
+	c := daemon.MQTTConfig{
+		URL: m.URL, Username: m.Username, Password: m.Password,
+		CAFile: m.CAFile, CertFile: m.CertFile, KeyFile: m.KeyFile,
+		Group: m.Group, Instance: m.Instance, QoS: byte(m.QoS),
+	}
+	if m.PasswordFile != "" {
+		if m.Password != "" {
+			return c, fmt.Errorf("mqtt %s: password and password_file both set", m.URL)
+		}
+		b, err := os.ReadFile(m.PasswordFile)
+		if err != nil {
+			return c, fmt.Errorf("mqtt password_file: %w", err)
+		}
+		c.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	return c, c.Validate()
 }
 
 // duration reads "5s", "2m" from TOML.

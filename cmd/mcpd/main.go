@@ -63,6 +63,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	configPath := fs.String("config", "", "TOML config file (default "+DefaultConfigPath+" if it exists)")
 	fs.Var(&udp, "listen-udp", "UDP address to listen on (repeatable)")
 	fs.Var(&ser, "serial", "serial port PATH[:BAUD[:8N1]] (repeatable; globs like /dev/ttyUSB* pick up devices plugged in later)")
+	var mqttURLs multiFlag
+	fs.Var(&mqttURLs, "mqtt", "MQTT broker URL, tcp://[user:password@]host:1883 or mqtts://… (repeatable; replaces the config's [[mqtt]] entries)")
+	mqttGroup := fs.String("mqtt-group", "", "share the broker's devices with the other mcpd instances of this group (shared subscription)")
+	mqttUser := fs.String("mqtt-user", "", "MQTT username for the --mqtt brokers")
+	mqttPasswordFile := fs.String("mqtt-password-file", "", "file holding the MQTT password for the --mqtt brokers")
 	backend := fs.String("backend", "auto", "inference engine: auto, native (in-process llama.cpp) or ollama")
 	applyBackendFlags := backendFlags(fs)
 	model := fs.String("model", "", "GGUF file (native) or model name (ollama)")
@@ -111,6 +116,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		apply("listen-udp", func() { cfg.ListenUDP = udp })
 		apply("serial", func() { cfg.Serial = ser })
+		apply("mqtt", func() {
+			cfg.MQTT = nil
+			for _, u := range mqttURLs {
+				cfg.MQTT = append(cfg.MQTT, mqttSection{URL: u})
+			}
+		})
+		for i := range cfg.MQTT {
+			apply("mqtt-group", func() { cfg.MQTT[i].Group = *mqttGroup })
+			apply("mqtt-user", func() { cfg.MQTT[i].Username = *mqttUser })
+			apply("mqtt-password-file", func() { cfg.MQTT[i].Password, cfg.MQTT[i].PasswordFile = "", *mqttPasswordFile })
+		}
 		apply("backend", func() { cfg.Backend = *backend })
 		applyBackendFlags(&cfg, set)
 		apply("model", func() { cfg.Model = *model })
@@ -122,7 +138,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		apply("max-queue", func() { cfg.Limits.MaxQueue = *maxQueue })
 		apply("max-sessions", func() { cfg.Limits.MaxSessions = *maxSessions })
 		apply("heartbeat", func() { cfg.Limits.Heartbeat.Duration = *heartbeat })
-		if len(cfg.ListenUDP) == 0 && len(cfg.Serial) == 0 {
+		if len(cfg.ListenUDP) == 0 && len(cfg.Serial) == 0 && len(cfg.MQTT) == 0 {
 			cfg.ListenUDP = []string{"127.0.0.1:7700"}
 		}
 		return cfg, nil
@@ -135,15 +151,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	dcfg, serials, keys := p.daemon, p.serials, p.daemon.Keys
+	dcfg, serials, brokers, keys := p.daemon, p.serials, p.mqtt, p.daemon.Keys
 	level := new(slog.LevelVar) // a reload may change it
 	level.Set(p.level)
 	log, lastErr := newLogger(stderr, level) // journald under systemd (service.go)
 	if *checkConfig {
 		lim := dcfg.WithDefaults()
 		lim.Keys = nil // printed as a count: keys never reach output
-		fmt.Fprintf(stdout, "configuration ok: udp %v, serial %v, backend %s, model %q, %d device keys, limits %+v\n",
-			cfg.ListenUDP, cfg.Serial, cfg.Backend, cfg.Model, len(keys), lim)
+		var mqttNames []string
+		for _, m := range brokers {
+			l, err := daemon.NewMQTTLink(m, nil) // reads the TLS files: a bad one fails the check
+			if err != nil {
+				return err
+			}
+			mqttNames = append(mqttNames, l.Name())
+		}
+		fmt.Fprintf(stdout, "configuration ok: udp %v, serial %v, mqtt %v, backend %s, model %q, %d device keys, limits %+v\n",
+			cfg.ListenUDP, cfg.Serial, mqttNames, cfg.Backend, cfg.Model, len(keys), lim)
 		if problem := modelProblem(cfg); problem != nil {
 			fmt.Fprintf(stdout, "model: %s: mcpd starts anyway, answers devices MODEL_NOT_FOUND and loads the model once it is there\n",
 				problem.waitingFor())
@@ -154,7 +178,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// systemd: notify, watchdog, socket activation, SIGHUP (service.go).
 	svc := newService(ctx, log, lastErr, level, getenv)
 	defer svc.stop()
-	links, err := svc.openLinks(cfg, serials)
+	links, err := svc.openLinks(cfg, serials, brokers)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 type prepared struct {
 	daemon  daemon.Config
 	serials map[string]daemon.SerialConfig // by the spec in the config
+	mqtt    []daemon.MQTTConfig
 	level   slog.Level
 }
 
@@ -49,6 +50,13 @@ func prepare(cfg config) (prepared, error) {
 			return p, err
 		}
 		p.serials[s] = sc
+	}
+	for _, m := range cfg.MQTT {
+		mc, err := m.daemonConfig()
+		if err != nil {
+			return p, err
+		}
+		p.mqtt = append(p.mqtt, mc)
 	}
 	if err := p.daemon.WithDefaults().Validate(); err != nil {
 		return p, err
@@ -219,6 +227,10 @@ func (s *service) apply(ctx context.Context, d *daemon.Daemon, cfg config) error
 		}
 		s.serial[spec] = l.Name()
 		added = append(added, l.Name())
+	}
+	if !slices.Equal(cfg.MQTT, s.cur.MQTT) {
+		s.log.Warn("the mqtt links' settings take effect at the next restart")
+		cfg.MQTT = s.cur.MQTT
 	}
 	if cfg.HTTP != s.cur.HTTP {
 		s.log.Warn("the http endpoint's settings take effect at the next restart", "listen", s.cur.HTTP.Listen)

@@ -93,7 +93,7 @@ func (s *service) status(text string) {
 
 // openLinks makes the start-up links: the UDP sockets systemd passed, or
 // else the configured addresses; and the serial ports.
-func (s *service) openLinks(cfg config, serials map[string]daemon.SerialConfig) ([]daemon.Link, error) {
+func (s *service) openLinks(cfg config, serials map[string]daemon.SerialConfig, brokers []daemon.MQTTConfig) ([]daemon.Link, error) {
 	inherited, err := systemd.UDPSockets()
 	if err != nil {
 		return nil, err
@@ -125,6 +125,14 @@ func (s *service) openLinks(cfg config, serials map[string]daemon.SerialConfig) 
 		l := daemon.NewSerialLink(sc, s.log)
 		links = append(links, l)
 		s.serial[spec] = l.Name()
+	}
+	for _, mc := range brokers {
+		l, err := daemon.NewMQTTLink(mc, s.log)
+		if err != nil {
+			closeLinks(links)
+			return nil, err
+		}
+		links = append(links, l)
 	}
 	s.cur = cfg
 	return links, nil

@@ -1,0 +1,451 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	mathrand "math/rand/v2"
+	"net/netip"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+// MQTT binding (docs/protocol.md §7.4): one MCPFrame per message, binary
+// payload. A device publishes on mcpd/v1/<id>/up and reads
+// mcpd/v1/<id>/down; instances sharing devices through a group answer on
+// mcpd/v1/<id>/down/<instance> and read mcpd/v1/<id>/up/<instance>, so a
+// device's session stays on the instance that welcomed it.
+const mqttTopicRoot = "mcpd/v1/"
+
+// ErrMQTTTopic: a message on a topic that names no valid device.
+var ErrMQTTTopic = errors.New("daemon: mqtt: topic names no valid device")
+
+// errMQTTDown: a frame to send while the broker connection is down; the
+// protocol's retransmissions repair the loss once it is back.
+var errMQTTDown = errors.New("daemon: mqtt: not connected to the broker")
+
+// MQTTConfig is one broker connection.
+type MQTTConfig struct {
+	// URL is the broker: tcp://host:1883 or mqtt://…; ssl://, tls:// or
+	// mqtts://host:8883 for TLS. A user:password in the URL is used when
+	// Username is empty.
+	URL      string
+	Username string
+	Password string
+	// CAFile is a PEM bundle of the CAs that sign the broker's
+	// certificate (default: the system's); CertFile and KeyFile are a
+	// client certificate for brokers that require one.
+	CAFile, CertFile, KeyFile string
+	// Group shares devices among the instances with the same group through
+	// a shared subscription ($share/<group>/mcpd/v1/+/up). Empty: this
+	// instance alone serves the broker's devices.
+	Group string
+	// Instance names this instance: its MQTT client id and, in a group,
+	// the last level of its topics. Default "mcpd-" and 8 random hex
+	// digits. Two connections with one client id push each other off the
+	// broker.
+	Instance string
+	// QoS of the subscriptions and of what the daemon publishes: 0
+	// (default: MCPFrame's own acknowledgements repair loss) or 1.
+	QoS byte
+}
+
+// brokerURL returns the URL without credentials and the credentials it
+// carried.
+func (c MQTTConfig) brokerURL() (u *url.URL, user, password string, err error) {
+	u, err = url.Parse(c.URL)
+	if err != nil {
+		return nil, "", "", fmt.Errorf("daemon: mqtt url: %w", err)
+	}
+	switch u.Scheme {
+	case "tcp", "mqtt", "ssl", "tls", "mqtts":
+	default:
+		return nil, "", "", fmt.Errorf("daemon: mqtt url %q: scheme %q, want tcp, mqtt, ssl, tls or mqtts", u.Redacted(), u.Scheme)
+	}
+	if u.Host == "" || u.Port() == "" {
+		return nil, "", "", fmt.Errorf("daemon: mqtt url %q: want scheme://host:port", u.Redacted())
+	}
+	if u.User != nil {
+		user = u.User.Username()
+		password, _ = u.User.Password()
+		u.User = nil
+	}
+	if u.Path != "" && u.Path != "/" {
+		return nil, "", "", fmt.Errorf("daemon: mqtt url %q: no path expected", u.Redacted())
+	}
+	u.Path = ""
+	return u, user, password, nil
+}
+
+func (c MQTTConfig) secure() bool {
+	s, _, _ := strings.Cut(c.URL, "://")
+	return s == "ssl" || s == "tls" || s == "mqtts"
+}
+
+// validLevel reports whether s can be one topic level and a client id.
+func validLevel(s string) bool {
+	return s != "" && len(s) <= 64 && !strings.ContainsAny(s, "/+#\x00 ") && s[0] != '$'
+}
+
+// Validate checks the configuration without connecting or reading files.
+func (c MQTTConfig) Validate() error {
+	if _, _, _, err := c.brokerURL(); err != nil {
+		return err
+	}
+	if c.Group != "" && !validLevel(c.Group) {
+		return fmt.Errorf("daemon: mqtt group %q: want 1..64 characters without / + # $ or spaces", c.Group)
+	}
+	if c.Instance != "" && !validLevel(c.Instance) {
+		return fmt.Errorf("daemon: mqtt instance %q: want 1..64 characters without / + # $ or spaces", c.Instance)
+	}
+	if c.QoS > 1 {
+		return fmt.Errorf("daemon: mqtt qos %d: want 0 or 1", c.QoS)
+	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		return errors.New("daemon: mqtt: a client certificate needs both cert_file and key_file")
+	}
+	if (c.CAFile != "" || c.CertFile != "") && !c.secure() {
+		return fmt.Errorf("daemon: mqtt: ca_file and cert_file need a TLS URL (ssl://, mqtts://), not %q", c.URL)
+	}
+	return nil
+}
+
+// tlsConfig reads the CA and client certificate files.
+func (c MQTTConfig) tlsConfig() (*tls.Config, error) {
+	if !c.secure() {
+		return nil, nil
+	}
+	conf := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: mqtt ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("daemon: mqtt ca_file %s: no PEM certificate in it", c.CAFile)
+		}
+		conf.RootCAs = pool
+	}
+	if c.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: mqtt client certificate: %w", err)
+		}
+		conf.Certificates = []tls.Certificate{cert}
+	}
+	return conf, nil
+}
+
+// MQTTLink serves the devices behind one MQTT broker. It keeps
+// reconnecting, with backoff, whatever the broker does — refuses the
+// credentials, restarts, goes away — and sessions, which live in the
+// daemon keyed by link and device id, outlast the connection: a device
+// picks up where it was once both are back, as after a serial unplug.
+type MQTTLink struct {
+	cfg      MQTTConfig
+	broker   string // the URL paho dials, without credentials
+	user     string
+	password string
+	tls      *tls.Config
+	name     string
+	log      *slog.Logger
+	rto      time.Duration
+	// Reconnection backoff: doubled after each failed attempt, jittered.
+	minBackoff, maxBackoff time.Duration
+
+	mu     sync.Mutex
+	client mqtt.Client // nil while not connected
+
+	connected atomic.Bool
+	dropped   atomic.Int64 // messages dropped because the daemon fell behind
+}
+
+// NewMQTTLink checks cfg and reads its TLS files; it connects only when
+// run.
+func NewMQTTLink(cfg MQTTConfig, log *slog.Logger) (*MQTTLink, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	u, user, password, _ := cfg.brokerURL()
+	if cfg.Username == "" {
+		cfg.Username, cfg.Password = user, password
+	}
+	t, err := cfg.tlsConfig()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Instance == "" {
+		var b [4]byte
+		rand.Read(b[:])
+		cfg.Instance = "mcpd-" + hex.EncodeToString(b[:])
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	scheme := map[string]string{"mqtt": "tcp", "mqtts": "ssl", "tls": "ssl"}[u.Scheme]
+	if scheme != "" {
+		u.Scheme = scheme
+	}
+	name := "mqtt:" + u.Host
+	if cfg.Group != "" {
+		name += "/" + cfg.Group
+	}
+	return &MQTTLink{
+		cfg: cfg, broker: u.String(), user: cfg.Username, password: cfg.Password, tls: t,
+		name: name, log: log, rto: 250 * time.Millisecond,
+		minBackoff: 100 * time.Millisecond, maxBackoff: 10 * time.Second,
+	}, nil
+}
+
+func (l *MQTTLink) Name() string { return l.name }
+
+// Instance is this instance's client id (and topic level in a group).
+func (l *MQTTLink) Instance() string { return l.cfg.Instance }
+
+// Connected reports whether the link holds a broker connection now.
+func (l *MQTTLink) Connected() bool { return l.connected.Load() }
+
+// Owns reports whether a session key belongs to a device behind this link.
+func (l *MQTTLink) Owns(peerKey string) bool { return strings.HasPrefix(peerKey, l.name+"|") }
+
+// SetBackoff sets the reconnection backoff's bounds (tests shorten them).
+func (l *MQTTLink) SetBackoff(lo, hi time.Duration) { l.minBackoff, l.maxBackoff = lo, hi }
+
+// filters are the subscriptions: every device's up topic (shared in a
+// group) and, in a group, the up topics addressed to this instance.
+func (l *MQTTLink) filters() map[string]byte {
+	if l.cfg.Group == "" {
+		return map[string]byte{mqttTopicRoot + "+/up": l.cfg.QoS}
+	}
+	return map[string]byte{
+		"$share/" + l.cfg.Group + "/" + mqttTopicRoot + "+/up": l.cfg.QoS,
+		mqttTopicRoot + "+/up/" + l.cfg.Instance:               l.cfg.QoS,
+	}
+}
+
+// deviceOf returns the device id of an up topic this link subscribes to.
+func (l *MQTTLink) deviceOf(topic string) (string, bool) {
+	rest, ok := strings.CutPrefix(topic, mqttTopicRoot)
+	if !ok {
+		return "", false
+	}
+	id, tail, ok := strings.Cut(rest, "/")
+	if !ok || !serialproto.ValidDeviceID(id) {
+		return "", false
+	}
+	if tail == "up" || (l.cfg.Group != "" && tail == "up/"+l.cfg.Instance) {
+		return id, true
+	}
+	return "", false
+}
+
+// Run connects and serves until ctx is done.
+func (l *MQTTLink) Run(ctx context.Context, h Handler) error {
+	// paho calls the message handler from its own goroutine; the frames
+	// are handed over here so a busy daemon never stalls paho's keepalive.
+	// A full queue drops (loss that retransmission repairs), as a full
+	// UDP socket buffer does.
+	in := make(chan mqtt.Message, 256)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.connectLoop(ctx, h, in)
+	}()
+	defer func() { <-done }()
+	stray := &mqttPeer{link: l}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-in:
+			id, ok := l.deviceOf(m.Topic())
+			if !ok {
+				h.HandleBadFrame(stray, fmt.Errorf("%w: %q", ErrMQTTTopic, m.Topic()))
+				continue
+			}
+			p := l.peer(id)
+			f, err := serialproto.Decode(m.Payload())
+			if err != nil {
+				h.HandleBadFrame(p, err)
+				continue
+			}
+			h.HandleFrame(p, f)
+		}
+	}
+}
+
+// peer is the device id's peer: stateless, like a UDP source, so devices
+// that only ever sent garbage cost no memory.
+func (l *MQTTLink) peer(id string) *mqttPeer {
+	down := mqttTopicRoot + id + "/down"
+	if l.cfg.Group != "" {
+		down += "/" + l.cfg.Instance
+	}
+	return &mqttPeer{link: l, id: id, down: down}
+}
+
+// connectLoop connects, subscribes, waits for the connection to drop and
+// starts over, with backoff between failed attempts, until ctx is done.
+func (l *MQTTLink) connectLoop(ctx context.Context, h Handler, in chan<- mqtt.Message) {
+	backoff, connectedBefore := l.minBackoff, false
+	for ctx.Err() == nil {
+		lost := make(chan error, 1)
+		c := mqtt.NewClient(l.options(lost))
+		err := l.connect(ctx, c, in)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			wait := backoff/2 + mathrand.N(backoff/2+1)
+			l.log.Error("mqtt: cannot connect; retrying", "link", l.name, "user", l.user, "err", err, "retry_in", wait.Round(time.Millisecond))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			backoff = min(2*backoff, l.maxBackoff)
+			continue
+		}
+		backoff = l.minBackoff
+		l.setClient(c)
+		if connectedBefore {
+			h.LinkStats(l.name, 0, 1)
+		}
+		connectedBefore = true
+		l.log.Info("mqtt connected", "link", l.name, "instance", l.cfg.Instance, "group", l.cfg.Group, "qos", l.cfg.QoS)
+		select {
+		case <-ctx.Done():
+			l.setClient(nil)
+			c.Disconnect(250)
+			return
+		case err := <-lost:
+			l.setClient(nil)
+			l.log.Warn("mqtt connection lost; reconnecting", "link", l.name, "err", err)
+		}
+	}
+}
+
+func (l *MQTTLink) setClient(c mqtt.Client) {
+	l.mu.Lock()
+	l.client = c
+	l.mu.Unlock()
+	l.connected.Store(c != nil)
+}
+
+func (l *MQTTLink) current() mqtt.Client {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.client
+}
+
+func (l *MQTTLink) options(lost chan<- error) *mqtt.ClientOptions {
+	o := mqtt.NewClientOptions().AddBroker(l.broker).SetClientID(l.cfg.Instance).
+		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(10 * time.Second).SetWriteTimeout(5 * time.Second).
+		SetKeepAlive(15 * time.Second).SetPingTimeout(5 * time.Second).SetOrderMatters(true).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			select {
+			case lost <- err:
+			default:
+			}
+		})
+	if l.user != "" {
+		o.SetUsername(l.user).SetPassword(l.password)
+	}
+	if l.tls != nil {
+		o.SetTLSConfig(l.tls)
+	}
+	return o
+}
+
+// connect opens the connection and subscribes; on any failure the client
+// is disconnected and the error says what the broker refused.
+func (l *MQTTLink) connect(ctx context.Context, c mqtt.Client, in chan<- mqtt.Message) error {
+	if err := wait(ctx, c.Connect()); err != nil {
+		return fmt.Errorf("connect to %s: %w", l.broker, err)
+	}
+	deliver := func(_ mqtt.Client, m mqtt.Message) {
+		select {
+		case in <- m:
+		default:
+			if l.dropped.Add(1)%256 == 1 {
+				l.log.Warn("mqtt: daemon behind, messages dropped", "link", l.name, "dropped", l.dropped.Load())
+			}
+		}
+	}
+	filters := l.filters()
+	tok := c.SubscribeMultiple(filters, deliver)
+	err := wait(ctx, tok)
+	if err == nil {
+		for f, q := range tok.(*mqtt.SubscribeToken).Result() {
+			if q == 0x80 {
+				err = errors.Join(err, fmt.Errorf("broker refused the subscription %s (ACL?)", f))
+			}
+		}
+	}
+	if err != nil {
+		c.Disconnect(0)
+		return fmt.Errorf("subscribe at %s: %w", l.broker, err)
+	}
+	return nil
+}
+
+// wait waits for a paho token or ctx.
+func wait(ctx context.Context, t mqtt.Token) error {
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// mqttPeer is a device behind the broker, known by its device id.
+type mqttPeer struct {
+	link *MQTTLink
+	id   string
+	down string
+}
+
+func (p *mqttPeer) Key() string           { return p.link.name + "|" + p.id }
+func (p *mqttPeer) LinkName() string      { return p.link.name }
+func (p *mqttPeer) Addr() netip.AddrPort  { return netip.AddrPort{} } // behind a broker: no source address
+func (p *mqttPeer) ByteStream() bool      { return false }
+func (p *mqttPeer) RTO(int) time.Duration { return p.link.rto }
+
+// BoundDevice is the device id of the topic the frame came on: the broker
+// authenticated its publisher and its ACL let it publish there.
+func (p *mqttPeer) BoundDevice() string { return p.id }
+
+// Send publishes one frame on the device's down topic. It does not wait
+// for the broker: paho writes the frame later, so it gets its own copy.
+func (p *mqttPeer) Send(frame []byte) error {
+	if p.id == "" {
+		return ErrMQTTTopic
+	}
+	c := p.link.current()
+	if c == nil {
+		return errMQTTDown
+	}
+	t := c.Publish(p.down, p.link.cfg.QoS, false, bytes.Clone(frame))
+	select {
+	case <-t.Done():
+		return t.Error()
+	default:
+		return nil
+	}
+}
