@@ -338,10 +338,18 @@ func (s *Selector) evaluate(ctx context.Context, why string) {
 	if old != nil && old.chosen == chosen && slices.Equal(old.names, names) && old.reason == reason && old.degraded == c.degraded {
 		return
 	}
+	same := old != nil && old.chosen == chosen && slices.Equal(old.names, names) && old.degraded == c.degraded
 	if old != nil && old.chosen == chosen && slices.Equal(old.names, names) {
 		c.since = old.since
 	}
 	s.current.Store(c)
+	if same {
+		// Only the wording moved (the free memory in the machine's
+		// summary, an unhealthy engine's error text): /status shows the
+		// new reason; the log says only what changes the serving.
+		s.log.Debug("backend selection unchanged", "engine", s.engines[chosen].Name(), "reason", reason, "trigger", why)
+		return
+	}
 	s.log.Info("backend selected", "engine", s.engines[chosen].Name(), "order", fmt.Sprint(names),
 		"reason", reason, "trigger", why, "degraded", c.degraded)
 }

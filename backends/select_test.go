@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -221,5 +223,59 @@ func TestSelectorCapacityIsTheLargest(t *testing.T) {
 		Native: starter(&fakeEngine{name: "llama.cpp"}, nil)})
 	if got := alone.Capacity(); got != 0 {
 		t.Fatalf("capacity %d of an engine that reports none, want 0", got)
+	}
+}
+
+// lockedBuffer is a log destination safe for the selector's goroutine.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// The periodic probe sees the free memory move every time, which changes
+// the selection's reason text but not the selection: that is logged once,
+// at start, and the later probes only at debug level; a real change (the
+// engine failing over) is logged again.
+func TestSelectionLoggedOnlyWhenItChanges(t *testing.T) {
+	det := cpuMachine(t)
+	native := &fakeEngine{name: "llama.cpp", output: []string{"n"}}
+	oll := fakeOllamaEngine{&fakeEngine{name: "ollama", output: []string{"o"}}}
+	var poke func()
+	logs := &lockedBuffer{}
+	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyAuto, Detector: det, DetectInterval: 5 * time.Millisecond,
+		Native: starter(native, nil), Ollama: starter(oll, &poke),
+		Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	meminfo := filepath.Join(det.Root, "proc/meminfo")
+	for i := range 20 {
+		content := fmt.Sprintf("MemTotal:       16303368 kB\nMemAvailable:    %d kB\n", 8000000+1024*(i+1))
+		if err := os.WriteFile(meminfo, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("%d MiB available", (8000000+1024*(i+1))>>10)
+		waitFor(t, 5*time.Second, func() bool { return strings.Contains(s.Status().Reason, want) })
+	}
+	if n := strings.Count(logs.String(), `msg="backend selected"`); n != 1 {
+		t.Fatalf("%d 'backend selected' lines while nothing changed but free memory:\n%s", n, logs)
+	}
+	if n := strings.Count(logs.String(), `msg="backend selection unchanged"`); n < 19 {
+		t.Fatalf("only %d debug lines for 20 reason changes", n)
+	}
+	oll.set(func(f *fakeEngine) { f.hint = "model in VRAM" })
+	poke()
+	waitFor(t, 5*time.Second, func() bool { return s.Name() == "ollama" })
+	if n := strings.Count(logs.String(), `msg="backend selected"`); n != 2 {
+		t.Fatalf("a failover logged %d times in all, want the start and the change", n-1)
 	}
 }

@@ -127,12 +127,9 @@ func (s *session) seqTaken(seq uint8) bool {
 }
 
 // noteFragment remembers when an INFER's first fragment arrived and, once
-// the message is complete, returns that time. Called with s.mu held; a
-// no-op (returning now) when nothing observes the daemon.
+// the message is complete, returns that time (the request log's and the
+// observers' start). Called with s.mu held.
 func (s *session) noteFragment(seq uint8, now time.Time, complete bool) time.Time {
-	if s.d.obs == nil {
-		return now
-	}
 	first, ok := s.firstFrag[seq]
 	if !ok {
 		first = now

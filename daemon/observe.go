@@ -129,10 +129,16 @@ func (m multiRequest) Delivered(err error) {
 	}
 }
 
-// requestObserver starts observing a request; nil when nobody observes.
+// requestObserver starts observing a request: the request log always, and
+// the installed observers.
 func (d *Daemon) requestObserver(ctx context.Context, info RequestInfo) (context.Context, RequestObserver) {
+	rl := &reqLogger{log: d.log, clock: d.clock, info: info}
 	if d.obs == nil {
-		return ctx, nil
+		return ctx, rl
 	}
-	return d.obs.RequestStarted(ctx, info)
+	ctx, o := d.obs.RequestStarted(ctx, info)
+	if o == nil {
+		return ctx, rl
+	}
+	return ctx, multiRequest{o, rl}
 }

@@ -24,10 +24,11 @@ type config struct {
 	ListenUDP []string `toml:"listen_udp"`
 	Serial    []string `toml:"serial"`
 	// MQTT is one entry per broker (docs/protocol.md §7.4).
-	MQTT     []mqttSection `toml:"mqtt"`
-	Backend  string        `toml:"backend"`
-	Model    string        `toml:"model"`
-	LogLevel string        `toml:"log_level"`
+	MQTT      []mqttSection `toml:"mqtt"`
+	Backend   string        `toml:"backend"`
+	Model     string        `toml:"model"`
+	LogLevel  string        `toml:"log_level"`
+	LogFormat string        `toml:"log_format"` // auto, logfmt or json
 	// Fallback lists engines ("native", "ollama") tried after the
 	// backend's own when it fails before the first token.
 	Fallback []string      `toml:"fallback"`
@@ -116,7 +117,7 @@ func (d *duration) UnmarshalText(b []byte) error {
 
 func defaultConfig() config {
 	var c config
-	c.Backend, c.LogLevel = "auto", "info"
+	c.Backend, c.LogLevel, c.LogFormat = "auto", "info", logAuto
 	c.HTTP.Listen = "127.0.0.1:7701"
 	return c
 }
@@ -168,6 +169,7 @@ func (c *config) loadEnv(getenv func(string) string) error {
 	str("MCPD_BACKEND", &c.Backend)
 	str("MCPD_MODEL", &c.Model)
 	str("MCPD_LOG_LEVEL", &c.LogLevel)
+	str("MCPD_LOG_FORMAT", &c.LogFormat)
 	str("MCPD_HTTP_LISTEN", &c.HTTP.Listen)
 	return errors.Join(
 		c.loadBackendEnv(getenv),

@@ -47,7 +47,7 @@ MCPFrame (docs/protocol.md).
 Configuration, later sources winning: built-in defaults; the TOML file
 (--config, or %s if it exists); MCPD_* environment variables
 (MCPD_LISTEN_UDP and MCPD_SERIAL comma-separated, MCPD_BACKEND, MCPD_MODEL,
-MCPD_LOG_LEVEL, MCPD_HTTP_LISTEN, MCPD_THREADS, MCPD_MAX_CONCURRENT, MCPD_MAX_QUEUE,
+MCPD_LOG_LEVEL, MCPD_LOG_FORMAT, MCPD_HTTP_LISTEN, MCPD_THREADS, MCPD_MAX_CONCURRENT, MCPD_MAX_QUEUE,
 MCPD_MAX_SESSIONS, MCPD_OLLAMA_URL comma-separated, MCPD_OLLAMA_MODEL,
 MCPD_OLLAMA_KEEP_ALIVE, MCPD_FALLBACK); then these flags. With no link configured it listens on
 UDP 127.0.0.1:7700 only; all interfaces is an explicit --listen-udp :7700.
@@ -78,6 +78,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	maxSessions := fs.Int("max-sessions", 0, "devices at once (default 256)")
 	heartbeat := fs.Duration("heartbeat", 0, "device heartbeat interval (default 5s)")
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFormat := fs.String("log-format", logAuto, "auto (the journal under systemd, else logfmt), logfmt or json")
 	httpListen := fs.String("http", "", "local HTTP endpoint (status, metrics, /v1/generate) host:port, or off (default 127.0.0.1:7701)")
 	checkConfig := fs.Bool("check-config", false, "validate the configuration, print it, and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -131,6 +132,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		applyBackendFlags(&cfg, set)
 		apply("model", func() { cfg.Model = *model })
 		apply("log-level", func() { cfg.LogLevel = *logLevel })
+		apply("log-format", func() { cfg.LogFormat = *logFormat })
 		apply("http", func() { cfg.HTTP.Listen = *httpListen })
 		apply("threads", func() { cfg.Engine.Threads = *threads })
 		apply("ctx", func() { cfg.Engine.ContextSize = *ctxSize })
@@ -154,7 +156,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	dcfg, serials, brokers, keys := p.daemon, p.serials, p.mqtt, p.daemon.Keys
 	level := new(slog.LevelVar) // a reload may change it
 	level.Set(p.level)
-	log, lastErr := newLogger(stderr, level) // journald under systemd (service.go)
+	log, lastErr := newLogger(stderr, level, cfg.LogFormat) // journald under systemd unless told (service.go)
 	if *checkConfig {
 		lim := dcfg.WithDefaults()
 		lim.Keys = nil // printed as a count: keys never reach output

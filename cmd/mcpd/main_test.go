@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -58,7 +59,8 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--serial", "/dev/ttyS0:fast"}, "baud"},
 		{[]string{"--config", badTOML}, `unknown keys: colour`},
 		{[]string{"--config", filepath.Join(dir, "absent.toml")}, "no such file"},
-		{[]string{"--log-level", "chatty"}, "log level"},
+		{[]string{"--log-level", "chatty"}, "log_level"},
+		{[]string{"--log-format", "xml"}, `log_format "xml": want auto, logfmt or json`},
 		{[]string{"stray"}, "unexpected argument"},
 		{[]string{"--http", "nowhere"}, "listen address"},
 	} {
@@ -242,5 +244,61 @@ func TestConfigKeys(t *testing.T) {
 	err := run(context.Background(), []string{"--config", bad, "--check-config"}, noEnv, &out, &out)
 	if err == nil || !strings.Contains(err.Error(), "esp32-kitchen") || strings.Contains(err.Error(), "abcd") {
 		t.Fatalf("a short key: %v", err)
+	}
+}
+
+// --log-format json: every line mcpd writes is one JSON object with time,
+// level and msg; logfmt: key=value lines. Run in-process waiting for a
+// model that is not there (it starts anyway), then stopped.
+func TestLogFormats(t *testing.T) {
+	for _, tc := range []struct {
+		format string
+		check  func(line string) error
+	}{
+		{"json", func(line string) error {
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				return err
+			}
+			for _, k := range []string{"time", "level", "msg"} {
+				if _, ok := rec[k]; !ok {
+					return errors.New("no " + k)
+				}
+			}
+			return nil
+		}},
+		{"logfmt", func(line string) error {
+			if !strings.HasPrefix(line, "time=") || !strings.Contains(line, " level=") || !strings.Contains(line, " msg=") {
+				return errors.New("not logfmt")
+			}
+			return nil
+		}},
+	} {
+		t.Run(tc.format, func(t *testing.T) {
+			var out syncBuffer
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- run(ctx, []string{"--listen-udp", "127.0.0.1:0", "--http", "off", "--backend", "native",
+					"--model", filepath.Join(t.TempDir(), "absent.gguf"), "--log-format", tc.format}, noEnv, &out, &out)
+			}()
+			deadline := time.Now().Add(20 * time.Second)
+			for !strings.Contains(out.String(), "mcpd ready") && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+			if len(lines) < 3 || !strings.Contains(out.String(), "mcpd ready") {
+				t.Fatalf("output:\n%s", out.String())
+			}
+			for _, l := range lines {
+				if err := tc.check(l); err != nil {
+					t.Errorf("%s line %q: %v", tc.format, l, err)
+				}
+			}
+		})
 	}
 }

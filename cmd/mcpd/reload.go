@@ -28,7 +28,12 @@ type prepared struct {
 func prepare(cfg config) (prepared, error) {
 	var p prepared
 	if err := p.level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return p, fmt.Errorf("log level %q: want debug, info, warn or error", cfg.LogLevel)
+		return p, fmt.Errorf("log_level %q: want debug, info, warn or error", cfg.LogLevel)
+	}
+	switch cfg.LogFormat {
+	case logAuto, logLogfmt, logJSON:
+	default:
+		return p, fmt.Errorf("log_format %q: want auto, logfmt or json", cfg.LogFormat)
 	}
 	keys, err := cfg.deviceKeys()
 	if err != nil {
@@ -235,6 +240,10 @@ func (s *service) apply(ctx context.Context, d *daemon.Daemon, cfg config) error
 	if cfg.HTTP != s.cur.HTTP {
 		s.log.Warn("the http endpoint's settings take effect at the next restart", "listen", s.cur.HTTP.Listen)
 		cfg.HTTP = s.cur.HTTP
+	}
+	if cfg.LogFormat != s.cur.LogFormat {
+		s.log.Warn("log_format takes effect at the next restart", "log_format", s.cur.LogFormat)
+		cfg.LogFormat = s.cur.LogFormat
 	}
 	s.cur = cfg
 	slices.Sort(added)

@@ -304,10 +304,25 @@ func (s *service) retire(old backends.Backend, idle <-chan struct{}) {
 	}()
 }
 
-// newLogger logs to the journal with fields under systemd, as text
-// otherwise, and remembers the last error for the status line.
-func newLogger(stderr io.Writer, level slog.Leveler) (*slog.Logger, *lastError) {
-	h, _ := systemd.NewLogHandler(stderr, level)
+// Log formats (--log-format, log_format).
+const (
+	logAuto   = "auto"   // the journal's fields under systemd, logfmt otherwise
+	logLogfmt = "logfmt" // key=value lines on stderr
+	logJSON   = "json"   // one JSON object a line on stderr, for log shippers
+)
+
+// newLogger logs in format (auto: to the journal with fields under systemd,
+// logfmt otherwise) and remembers the last error for the status line.
+func newLogger(stderr io.Writer, level slog.Leveler, format string) (*slog.Logger, *lastError) {
+	var h slog.Handler
+	switch format {
+	case logJSON:
+		h = slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})
+	case logLogfmt:
+		h = slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})
+	default:
+		h, _ = systemd.NewLogHandler(stderr, level)
+	}
 	le := &lastError{}
 	return slog.New(&lastErrorHandler{Handler: h, last: le}), le
 }
