@@ -14,6 +14,8 @@ import (
 // the HTTP API tells a full queue from a client over its cap.
 var (
 	errHolderFull  = errors.New("daemon: too many requests from one holder")
+	errSourceFull  = errors.New("daemon: too many requests from one source")
+	errLocalFull   = errors.New("daemon: local applications hold their share of the queue")
 	errBudgetSpent = errors.New("daemon: token budget spent")
 )
 
@@ -22,10 +24,16 @@ var (
 //
 //   - a place among its holder's (a device's session, or a local client):
 //     at most MaxPerSession each, so one device cannot fill the queue;
+//   - a place among its device id's (across its sessions, MaxPerSession)
+//     and its source's (one IP address or serial port, MaxPerSource), so
+//     many sessions or many device ids from one host cannot either;
+//   - for a local application, a place within the local share of the
+//     queue (LocalShare), so the devices always have the rest;
 //   - a place in the daemon's queue: running + waiting below
 //     MaxConcurrent + MaxQueue;
 //   - the tokens it may generate, reserved from its device's budget;
-//   - while it generates, one of MaxConcurrent engine slots (slot).
+//   - while it generates, one of MaxConcurrent engine slots, handed out
+//     round-robin by device (fair.go).
 //
 // Everything a request holds comes back through its ticket: a refusal
 // halfway through admit, the end of generation and the end of delivery
@@ -35,18 +43,54 @@ type admission struct {
 	clock clock
 	stats *Stats
 
-	slots      atomic.Pointer[chan struct{}] // one token per running request; replaced by resize
-	queued     atomic.Int64                  // admitted requests not done generating
-	delivering atomic.Int64                  // requests whose answer is still going out
+	slots      *fairSlots   // the engine's slots, fair by device
+	queued     atomic.Int64 // admitted requests not done generating
+	local      atomic.Int64 // of those, local applications'
+	delivering atomic.Int64 // requests whose answer is still going out
 	draining   atomic.Bool
 
+	counts  keyCounts // places by device id and by source
 	budgets budgets
 }
 
 func newAdmission(conf func() *Config, clk clock, stats *Stats) *admission {
-	a := &admission{conf: conf, clock: clk, stats: stats}
-	a.resize(conf().MaxConcurrent)
+	a := &admission{conf: conf, clock: clk, stats: stats, slots: newFairSlots(conf().MaxConcurrent)}
 	return a
+}
+
+// claim is who a request is counted against besides its holder.
+type claim struct {
+	device string // device id: its budget and its places across sessions; "" none
+	source string // source (IP address, serial port): its places; "" none
+	local  bool   // a local application's: within the local share
+}
+
+// keyCounts counts places by key (a device id, a source); only keys with
+// places held are in the map, so it is bounded by the queue.
+type keyCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (k *keyCounts) take(key string, max int) bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.n[key] >= max {
+		return false
+	}
+	if k.n == nil {
+		k.n = make(map[string]int)
+	}
+	k.n[key]++
+	return true
+}
+
+func (k *keyCounts) give(key string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.n[key]--; k.n[key] <= 0 {
+		delete(k.n, key)
+	}
 }
 
 // holder is whoever a request's place is counted against: a device's
@@ -71,6 +115,8 @@ type ticket struct {
 	device string     // whose budget the tokens came from; "" for none
 	rule   DeviceRule // the budget's rule when reserved
 	tokens int        // reserved from the budget
+	keys   []string   // counted in a.counts (device id, source) with the place
+	local  bool       // counted in a.local with the queue place
 
 	placeHeld, queueHeld atomic.Bool
 }
@@ -81,14 +127,50 @@ type ticket struct {
 // errHolderFull, ErrQueueFull, errShuttingDown or errBudgetSpent — with
 // nothing left held. Refusals for load and budget are counted.
 func (a *admission) admit(h holder, device string, want int) (*ticket, error) {
+	return a.admitAs(h, claim{device: device}, want)
+}
+
+// admitAs is admit with the request's device id, source and class: the
+// places of each are bounded too (errHolderFull for the device id,
+// errSourceFull, errLocalFull).
+func (a *admission) admitAs(h holder, c claim, want int) (*ticket, error) {
 	cfg := a.conf()
+	device := c.device
 	t := &ticket{a: a, holder: h}
 	if !h.take(cfg.MaxPerSession) {
 		a.stats.Busy.Add(1)
 		return nil, errHolderFull
 	}
 	t.placeHeld.Store(true)
-	if !addBelow(&a.queued, cfg.MaxConcurrent+cfg.MaxQueue) {
+	for _, k := range []struct {
+		key string
+		max int
+		err error
+	}{{"device:" + c.device, cfg.MaxPerSession, errHolderFull}, {"source:" + c.source, cfg.MaxPerSource, errSourceFull}} {
+		if k.key == "device:" || k.key == "source:" || k.max <= 0 {
+			continue
+		}
+		if !a.counts.take(k.key, k.max) {
+			t.release()
+			a.stats.Busy.Add(1)
+			return nil, k.err
+		}
+		t.keys = append(t.keys, k.key)
+	}
+	total := cfg.MaxConcurrent + cfg.MaxQueue
+	if c.local {
+		if !addBelow(&a.local, localLimit(cfg)) {
+			t.release()
+			a.stats.Busy.Add(1)
+			return nil, errLocalFull
+		}
+		t.local = true
+	}
+	if !addBelow(&a.queued, total) {
+		if t.local {
+			a.local.Add(-1)
+			t.local = false
+		}
 		t.release()
 		a.stats.Busy.Add(1)
 		return nil, ErrQueueFull
@@ -146,37 +228,40 @@ func (t *ticket) release() { t.giveBack(true, true, 0) }
 func (t *ticket) giveBack(place, queue bool, used int) {
 	if queue && t.queueHeld.CompareAndSwap(true, false) {
 		t.a.queued.Add(-1)
+		if t.local {
+			t.a.local.Add(-1)
+		}
 		if t.budgeted() {
 			t.a.budgets.take(t.device, t.rule, -max(t.tokens-used, 0), t.a.clock.Now())
 		}
 	}
 	if place && t.placeHeld.CompareAndSwap(true, false) {
 		t.holder.give()
+		for _, k := range t.keys {
+			t.a.counts.give(k)
+		}
 	}
 }
 
-// slot waits for an engine slot; the returned func gives it back.
-func (a *admission) slot(ctx context.Context) (func(), error) {
-	slots := *a.slots.Load() // given back to the pool it came from, even after a resize
-	select {
-	case slots <- struct{}{}:
-		return func() { <-slots }, nil
-	case <-ctx.Done():
-		return nil, context.Cause(ctx)
-	}
+// slot waits for an engine slot for holder key (round-robin among the
+// holders waiting, fair.go); the returned func gives it back.
+func (a *admission) slot(ctx context.Context, key string) (func(), error) {
+	return a.slots.acquire(ctx, key)
 }
 
-// resize sets the number of engine slots; requests holding a slot give it
-// back to the old pool.
-func (a *admission) resize(n int) {
-	slots := make(chan struct{}, n)
-	a.slots.Store(&slots)
-}
+// resize sets the number of engine slots; requests holding a slot keep it.
+func (a *admission) resize(n int) { a.slots.resize(n) }
 
 // load is how many requests hold an engine slot and how many wait for one.
 func (a *admission) load() (running, waiting int) {
-	running = len(*a.slots.Load())
+	running, _ = a.slots.load()
 	return running, max(int(a.queued.Load())-running, 0)
+}
+
+// localLimit is how many places of the queue local applications may hold:
+// LocalShare percent of it, at least one.
+func localLimit(cfg *Config) int {
+	return max((cfg.MaxConcurrent+cfg.MaxQueue)*cfg.LocalShare/100, 1)
 }
 
 // drain refuses every request from now on.
@@ -209,6 +294,8 @@ func refusal(err error) *serialproto.Error {
 	switch {
 	case errors.Is(err, errHolderFull):
 		return serialproto.NewError(serialproto.CodeBusy, "this device has too many requests")
+	case errors.Is(err, errSourceFull):
+		return serialproto.NewError(serialproto.CodeBusy, "this source has too many requests")
 	case errors.Is(err, ErrQueueFull):
 		return serialproto.NewError(serialproto.CodeBusy, "request queue full")
 	case errors.Is(err, errBudgetSpent):

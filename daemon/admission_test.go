@@ -120,30 +120,50 @@ func TestTicketSettlesTheBudget(t *testing.T) {
 	}
 }
 
-// TestSlotsAfterResize: a slot taken before a resize goes back to the pool
-// it came from; the new pool has the new size.
+// TestSlotsAfterResize: a resize keeps the slots in use and hands out the
+// new ones at once; shrinking lets the running finish and grants nothing
+// until they are below the new size.
 func TestSlotsAfterResize(t *testing.T) {
 	a, _, _ := newTestAdmission(Config{MaxConcurrent: 1})
 	ctx := context.Background()
-	give, err := a.slot(ctx)
+	give, err := a.slot(ctx, "d")
 	if err != nil {
 		t.Fatal(err)
 	}
 	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
 	defer cancel()
-	if _, err := a.slot(short); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := a.slot(short, "d"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("a second slot of one: %v", err)
 	}
+	if running, waiting := a.slots.load(); running != 1 || waiting != 0 {
+		t.Fatalf("after a cancelled wait: %d running, %d waiting", running, waiting)
+	}
+	got := make(chan func(), 1)
+	go func() {
+		g, err := a.slot(ctx, "e")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- g
+	}()
+	waitFor(t, func() bool { _, w := a.slots.load(); return w == 1 })
 	a.resize(2)
-	if running, _ := a.load(); running != 0 {
-		t.Fatalf("the new pool starts with %d running", running)
+	g1 := <-got // the waiter gets the new slot
+	if running, _ := a.load(); running != 2 {
+		t.Fatalf("after growing to 2: %d running", running)
 	}
-	g1, err1 := a.slot(ctx)
-	g2, err2 := a.slot(ctx)
-	if err1 != nil || err2 != nil {
-		t.Fatal(err1, err2)
+	a.resize(1)
+	give()
+	give() // a second call gives back nothing
+	short2, cancel2 := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel2()
+	if _, err := a.slot(short2, "d"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a slot beyond the shrunk size: %v", err)
 	}
-	give() // into the old pool: must not block
 	g1()
+	g2, err := a.slot(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
 	g2()
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -53,7 +54,7 @@ func (d *Daemon) authHello(f serialproto.Frame) (*serialproto.Hello, serialproto
 		}
 		if err != nil {
 			d.countAuth(err)
-			d.log.Info("HELLO rejected", "device", h.DeviceID, "reason", err)
+			d.remoteLog(slog.LevelInfo, "HELLO rejected", "device", h.DeviceID, "reason", err)
 			return nil, key, serialproto.NewError(serialproto.CodeAuthFailed, "HELLO signature rejected")
 		}
 	}
@@ -86,7 +87,7 @@ func (s *session) open(f serialproto.Frame) (serialproto.Frame, bool) {
 		return f, true
 	}
 	s.d.countAuth(err)
-	s.d.log.Info("frame rejected", "device", s.deviceID, "reason", err)
+	s.d.remoteLog(slog.LevelInfo, "frame rejected", "device", s.deviceID, "reason", err)
 	if answer {
 		s.send(f.Seq, serialproto.NewError(serialproto.CodeAuthFailed, "frame signature rejected"))
 	}

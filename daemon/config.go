@@ -21,15 +21,29 @@ type Config struct {
 	DefaultMaxTokens  int           // when INFER has no MAX_TOKENS
 	ShutdownDrain     time.Duration // how long in-flight requests may finish on shutdown
 	MaxPendingPerPeer int           // fragmented messages in reassembly per session
-	MaxPerSession     int           // accepted requests one device may have at once
-	StallTimeout      time.Duration // an engine call with no output for this long counts as hung (Alive)
+	MaxPerSession     int           // accepted requests one device may have at once (per session and per device id)
+	// Fairness between sources and devices (admission.go, sessions.go):
+	// a source is one IP address (any port) or one serial port.
+	MaxPerSource         int // accepted requests one source may have at once; default half the queue; negative: none
+	MaxSessionsPerSource int // sessions one source may hold; default 32; negative: none
+	MaxSessionsPerDevice int // sessions one device id may hold (a new one replaces its oldest); default 4; negative: none
+	// MaxTokens caps an INFER's MAX_TOKENS (and a local request's, and
+	// DefaultMaxTokens); default 1024, or DefaultMaxTokens if larger.
+	MaxTokens int
+	// LocalShare is the percentage of the queue (MaxConcurrent + MaxQueue)
+	// local applications (the HTTP API) may hold; the rest is the
+	// devices'. Default 50; 100: no reservation for devices.
+	LocalShare   int
+	StallTimeout time.Duration // an engine call with no output for this long counts as hung (Alive)
 	// Keys holds each signing device's pre-shared key by device id: such a
 	// device must sign every frame, and so does the daemon (§9).
 	Keys map[string]serialproto.Key
-	// Per-source rate limit on UDP (guard.go): PeerRate frames a second on
-	// average, PeerBurst at once; 0: no limit (the default: a benchmark on
-	// loopback sends far faster than a device). MaxPeers bounds the
-	// sources tracked.
+	// Per-source rate limit on UDP (guard.go), by IP address whatever the
+	// port: PeerRate frames a second on average, PeerBurst at once. Default
+	// 2000/s and 1024: far above what a microcontroller sends (a UART at
+	// 115200 baud carries about 45 full frames a second), far below a
+	// flood. Negative: no limit (benchmarks on loopback). MaxPeers bounds
+	// the sources tracked.
 	PeerRate  float64
 	PeerBurst int
 	MaxPeers  int
@@ -62,8 +76,27 @@ func (c Config) WithDefaults() Config {
 	def(&c.DefaultMaxTokens, 128)
 	def(&c.MaxPendingPerPeer, 2)
 	def(&c.MaxPerSession, 4)
-	c.PeerRate = max(c.PeerRate, 0) // 0 or negative: no limit
-	def(&c.PeerBurst, 512)          // a 255-fragment INFER, sent twice
+	// Negative limits stay negative (none), so defaults apply once however
+	// often WithDefaults runs.
+	if c.MaxPerSource == 0 {
+		c.MaxPerSource = max(c.MaxPerSession, (c.MaxConcurrent+c.MaxQueue)/2)
+	}
+	if c.MaxSessionsPerSource == 0 {
+		c.MaxSessionsPerSource = 32
+	}
+	if c.MaxSessionsPerDevice == 0 {
+		c.MaxSessionsPerDevice = 4
+	}
+	if c.MaxTokens <= 0 {
+		c.MaxTokens = max(1024, c.DefaultMaxTokens)
+	}
+	c.DefaultMaxTokens = min(c.DefaultMaxTokens, c.MaxTokens)
+	def(&c.LocalShare, 50)
+	c.LocalShare = min(c.LocalShare, 100)
+	if c.PeerRate == 0 {
+		c.PeerRate = 2000
+	}
+	def(&c.PeerBurst, 1024) // a 255-fragment INFER, sent twice, and then some
 	def(&c.MaxPeers, 4096)
 	defDur(&c.Heartbeat, 5*time.Second)
 	defDur(&c.RequestTimeout, 2*time.Minute)

@@ -41,6 +41,7 @@ type Daemon struct {
 	admission *admission    // who may run: slots, queue, places, budgets
 	sessions  *sessionTable // the devices' sessions by peer
 	limiter   peerLimiter   // per-source rate limit (guard.go)
+	sampler   logSampler    // bounds the log lines remote peers cause (logsample.go)
 	links     linkSet       // the links being served, and their lifetime
 	local     localRequests // local applications' requests (local.go)
 }
@@ -145,7 +146,7 @@ func (d *Daemon) janitor(ctx context.Context) {
 			expired := d.sessions.expire(now, 3*d.conf().Heartbeat)
 			d.live.beat(now) // the lock every frame takes is not stuck
 			for _, s := range expired {
-				d.log.Info("session expired", "device", s.deviceID, "peer", s.peer.Key())
+				d.remoteLog(slog.LevelInfo, "session expired", "device", s.deviceID, "peer", s.peer.Key())
 				s.close(errSessionClosed)
 			}
 		}

@@ -94,6 +94,24 @@ func dial(t *testing.T, addr string, cfg device.Config) *device.Client {
 	return c
 }
 
+// dialFrom is dial from the local address local (another source host on
+// loopback: "127.0.0.2:0").
+func dialFrom(t *testing.T, local, addr string, cfg device.Config) *device.Client {
+	t.Helper()
+	udp, err := device.DialUDPFrom(local, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { udp.Close() })
+	c := device.New(udp, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Hello(ctx); err != nil {
+		t.Fatalf("HELLO: %v", err)
+	}
+	return c
+}
+
 // dialVia is dial with the device's transport wrapped (a recorder, a
 // capture) when wrap is not nil; it also returns the bare UDP transport,
 // for frames the test sends and reads itself.

@@ -110,7 +110,21 @@ func (s *session) allowModel(m *serialproto.Infer) *serialproto.Error {
 	return serialproto.NewError(serialproto.CodeForbidden, "model not allowed for this device")
 }
 
-// peerLimiter is a token bucket per source (a UDP address and port): a
+// sourceKey names a peer's source for the per-source limits: its IP
+// address for a datagram peer, whatever its port (a host opening sockets
+// on many ports is still one host), and the link itself for a byte stream
+// (one serial port, one device).
+func sourceKey(p Peer) string {
+	if p.ByteStream() {
+		return p.LinkName()
+	}
+	if a := p.Addr(); a.IsValid() {
+		return a.Addr().Unmap().String()
+	}
+	return p.Key()
+}
+
+// peerLimiter is a token bucket per source (a UDP source address): a
 // flooding source is cut off before its frames cost a session lookup, a
 // decode of its body or an answer. It tracks at most max sources; beyond
 // that an arbitrary one is forgotten (it starts again with a full bucket),
@@ -188,7 +202,7 @@ func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool) bool {
 	if p.ByteStream() {
 		return true
 	}
-	ok, reply := d.limiter.allow(p.Key(), d.clock.Now())
+	ok, reply := d.limiter.allow(sourceKey(p), d.clock.Now())
 	if !ok {
 		d.stats.RateLimited.Add(1)
 		if reply && answer {

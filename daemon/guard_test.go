@@ -167,7 +167,19 @@ func TestPeerRateLimit(t *testing.T) {
 	if pongs, limited := burst(30); pongs != 20 || limited != 1 {
 		t.Fatalf("a second later: %d PONGs (want 20), %d RATE_LIMITED (want 1)", pongs, limited)
 	}
-	c := dial(t, addr, device.Config{DeviceID: "neighbour"})
+	// The limit is the source address's, whatever the port: a second
+	// socket of the flooding host is limited too; another host is served.
+	same, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer same.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := device.New(same, device.Config{DeviceID: "second-port", Retries: 1, RTO: 100 * time.Millisecond}).Hello(ctx); err == nil {
+		t.Fatal("a second port of the flooding address was not limited")
+	}
+	c := dialFrom(t, "127.0.0.2:0", addr, device.Config{DeviceID: "neighbour"})
 	if text, _, err := ask(t, c, "still there?"); err != nil || text != answerFor("still there?") {
 		t.Fatalf("neighbour: %q %v", text, err)
 	}
@@ -188,9 +200,9 @@ func TestPeerLimiterBounded(t *testing.T) {
 }
 
 // TestEvictHalfOpenSessions: when the daemon is full, a new device takes
-// the place of the oldest half-open session — one whose device never
-// acknowledged a whole answer, even with requests in flight — and never
-// that of a device being served.
+// the place of the oldest half-open session — a HELLO and nothing since —
+// and never that of a device being served or with a request in flight
+// (it is not evicted before its answer).
 func TestEvictHalfOpenSessions(t *testing.T) {
 	d, addr := startDaemon(t, Config{MaxSessions: 3, ShutdownDrain: 100 * time.Millisecond}, &testEngine{})
 	served := dial(t, addr, device.Config{DeviceID: "served"})
@@ -203,7 +215,7 @@ func TestEvictHalfOpenSessions(t *testing.T) {
 	}
 	waitFor(t, func() bool { return d.Stats().Accepted.Load() == 2 })
 	rawSession(t, addr, "half-open")
-	for i := range 3 { // the taker, the half-open one, then newcomer-0
+	for i := range 3 { // the half-open one, then newcomer-0, then newcomer-1
 		if _, err := hello(addr, device.Config{DeviceID: fmt.Sprintf("newcomer-%d", i)}); err != nil {
 			t.Fatalf("newcomer %d: %v", i, err)
 		}
@@ -216,7 +228,7 @@ func TestEvictHalfOpenSessions(t *testing.T) {
 		left = append(left, s.Device)
 	}
 	slices.Sort(left)
-	if !slices.Equal(left, []string{"newcomer-1", "newcomer-2", "served"}) {
+	if !slices.Equal(left, []string{"newcomer-2", "served", "taker"}) {
 		t.Fatalf("sessions left: %v", left)
 	}
 	if text, _, err := ask(t, served, "still here?"); err != nil || text != answerFor("still here?") {

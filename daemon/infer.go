@@ -63,7 +63,7 @@ func (s *session) infer(f serialproto.Frame) {
 		s.refuse(f.Seq, e)
 		return
 	}
-	t, err := s.d.admission.admit(&s.places, s.deviceID, maxTokens(&m, s.d.conf().DefaultMaxTokens))
+	t, err := s.d.admission.admitAs(&s.places, claim{device: s.deviceID, source: sourceKey(s.peer)}, maxTokens(&m, s.d.conf()))
 	if err != nil {
 		s.refuse(f.Seq, refusal(err))
 		return
@@ -89,12 +89,13 @@ func (s *session) refuse(seq uint8, e *serialproto.Error) {
 	s.send(seq, e)
 }
 
-// maxTokens is how many tokens an INFER asks for.
-func maxTokens(m *serialproto.Infer, defaultMaxTokens int) int {
+// maxTokens is how many tokens an INFER may generate: what it asks for,
+// at most the daemon's cap (MaxTokens), or the default.
+func maxTokens(m *serialproto.Infer, cfg *Config) int {
 	if m.Set.Has(serialproto.OptMaxTokens) && m.MaxTokens > 0 {
-		return int(m.MaxTokens)
+		return min(int(m.MaxTokens), cfg.MaxTokens)
 	}
-	return defaultMaxTokens
+	return cfg.DefaultMaxTokens
 }
 
 // repeatAck answers a copy of an accepted INFER with its ACK again (§5),

@@ -3,6 +3,7 @@ package daemon
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"log/slog"
 
 	"github.com/mcpd-project/mcpd/serialproto"
 )
@@ -84,14 +85,14 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 	if e := d.admitPeer(p, h.DeviceID); e != nil {
 		d.stats.Forbidden.Add(1)
 		d.stats.refused(p.LinkName(), e.Code)
-		d.log.Info("HELLO refused by policy", "device", h.DeviceID, "peer", p.Key(), "reason", e.Text)
+		d.remoteLog(slog.LevelInfo, "HELLO refused by policy", "device", h.DeviceID, "peer", p.Key(), "reason", e.Text)
 		d.send(p, f.Seq, e)
 		return
 	}
 	cfg := d.conf()
 	res := d.sessions.hello(helloRequest{
-		peerKey: p.Key(), deviceID: h.DeviceID, bootNonce: h.BootNonce, keyed: !key.IsZero(),
-		maxSessions: cfg.MaxSessions, heartbeat: cfg.Heartbeat, now: d.clock.Now(),
+		peerKey: p.Key(), deviceID: h.DeviceID, bootNonce: h.BootNonce, keyed: !key.IsZero(), source: sourceKey(p),
+		maxSessions: cfg.MaxSessions, maxSource: max(cfg.MaxSessionsPerSource, 0), maxDevice: max(cfg.MaxSessionsPerDevice, 0), heartbeat: cfg.Heartbeat, now: d.clock.Now(),
 		draining: d.admission.isDraining,
 		create: func() (*session, error) {
 			return newSession(d, d.links.context(), p, h, f.Seq, randomNonce(), key)
@@ -105,7 +106,7 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 		if res.old != nil {
 			res.old.close(errSessionClosed)
 		}
-		d.log.Info("session opened", "device", h.DeviceID, "peer", p.Key(), "max_data", h.MaxData, "window", h.Window, "signed", !key.IsZero())
+		d.remoteLog(slog.LevelInfo, "session opened", "device", h.DeviceID, "peer", p.Key(), "max_data", h.MaxData, "window", h.Window, "signed", !key.IsZero())
 		res.session.send(f.Seq, res.session.welcome())
 	case helloRepeated:
 		d.stats.Duplicates.Add(1)
@@ -115,7 +116,7 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 		if res.outcome == helloReplayed {
 			d.countAuth(serialproto.ErrReplay)
 		}
-		if res.outcome == helloFull {
+		if res.outcome == helloFull || res.outcome == helloSourceFull || res.outcome == helloDeviceFull {
 			d.stats.refused(p.LinkName(), serialproto.CodeBusy)
 		}
 		d.send(p, f.Seq, helloRefusal(res))

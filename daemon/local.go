@@ -74,10 +74,12 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	case d.admission.isDraining():
 		return refuse(serialproto.CodeShuttingDown, errShuttingDown)
 	}
-	t, err := d.admission.admit(d.local.client(req.Client), "", 0)
+	t, err := d.admission.admitAs(d.local.client(req.Client), claim{local: true}, 0)
 	switch {
 	case errors.Is(err, errHolderFull):
 		return refuse(serialproto.CodeBusy, ErrClientBusy)
+	case errors.Is(err, errLocalFull):
+		return refuse(serialproto.CodeBusy, fmt.Errorf("%w: %w", ErrQueueFull, err))
 	case err != nil:
 		return refuse(refusal(err).Code, err)
 	}
@@ -96,7 +98,7 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	defer unregister()
 	ctx, obs := d.requestObserver(ctx, RequestInfo{Link: LocalLink, Device: req.Client, First: first, Model: req.Model})
 
-	res, err := d.generate(ctx, func() backends.Request { return d.localRequest(req) }, obs, emit)
+	res, err := d.generate(ctx, "local:"+req.Client, func() backends.Request { return d.localRequest(req) }, obs, emit)
 	t.generated(res.Tokens)
 	var code serialproto.ErrorCode
 	if err != nil {
@@ -125,6 +127,7 @@ func (d *Daemon) localRequest(req LocalRequest) backends.Request {
 	if opts.MaxTokens <= 0 {
 		opts.MaxTokens = d.conf().DefaultMaxTokens
 	}
+	opts.MaxTokens = min(opts.MaxTokens, d.conf().MaxTokens)
 	return backends.Request{Model: req.Model, Messages: msgs, Options: opts}
 }
 

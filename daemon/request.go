@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 
 	"github.com/mcpd-project/mcpd/backends"
@@ -64,7 +65,7 @@ func (r *request) run() {
 	r.st.finish(r.final(res, err))
 	err = <-sent
 	if err != nil {
-		d.log.Info("stream ended early", "device", r.s.deviceID, "seq", r.seq, "err", err)
+		d.remoteLog(slog.LevelInfo, "stream ended early", "device", r.s.deviceID, "seq", r.seq, "err", err)
 	}
 	if r.obs != nil {
 		r.obs.Delivered(err)
@@ -76,20 +77,21 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 	// The conversation is read once the slot is taken: an earlier request
 	// of the session that held it up has added its turn by then.
 	request := func() backends.Request {
-		return backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.conf().DefaultMaxTokens)}
+		return backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.conf())}
 	}
-	return d.generate(r.ctx, request, r.obs, func(piece []byte) error {
+	return d.generate(r.ctx, "device:"+r.s.deviceID, request, r.obs, func(piece []byte) error {
 		answer.Write(piece)
 		return r.st.write(piece)
 	})
 }
 
-// generate waits for an engine slot, then runs the request that request
-// builds: the one way to the engine for devices' and local requests alike,
-// watched by the liveness check and the request's observer (obs may be
-// nil).
-func (d *Daemon) generate(ctx context.Context, request func() backends.Request, obs RequestObserver, emit backends.Emit) (backends.Result, error) {
-	release, err := d.admission.slot(ctx)
+// generate waits for an engine slot — its turn among the holders waiting,
+// holder naming a device id or a local client (fair.go) —, then runs the
+// request that request builds: the one way to the engine for devices' and
+// local requests alike, watched by the liveness check and the request's
+// observer (obs may be nil).
+func (d *Daemon) generate(ctx context.Context, holder string, request func() backends.Request, obs RequestObserver, emit backends.Emit) (backends.Result, error) {
+	release, err := d.admission.slot(ctx, holder)
 	if err != nil {
 		return backends.Result{}, err
 	}
@@ -170,8 +172,8 @@ func errorCode(err, cause error) serialproto.ErrorCode {
 }
 
 // options maps INFER options to the engine's.
-func options(m *serialproto.Infer, defaultMaxTokens int) backends.Options {
-	o := backends.Options{MaxTokens: maxTokens(m, defaultMaxTokens)}
+func options(m *serialproto.Infer, cfg *Config) backends.Options {
+	o := backends.Options{MaxTokens: maxTokens(m, cfg)}
 	milli := func(v uint16) float32 { return float32(v) / 1000 }
 	if m.Set.Has(serialproto.OptTemperature) {
 		o.Temperature, o.TemperatureSet = milli(m.Temperature), true

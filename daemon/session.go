@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ type session struct {
 	d           *Daemon
 	peer        Peer
 	deviceID    string
+	source      string // sourceKey(peer): the per-source limits' key
 	bootNonce   uint32
 	daemonNonce uint32
 	maxData     int // the device's
@@ -52,7 +54,7 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *serialproto.Hello,
 	ctx, cancel := context.WithCancelCause(parent)
 	cfg := d.conf()
 	s := &session{
-		d: d, peer: p, deviceID: h.DeviceID, bootNonce: h.BootNonce, daemonNonce: nonce,
+		d: d, peer: p, deviceID: h.DeviceID, source: sourceKey(p), bootNonce: h.BootNonce, daemonNonce: nonce,
 		maxData: int(h.MaxData), window: int(h.Window),
 		ctx: ctx, cancel: cancel,
 		reasm:    serialproto.NewReassembler(serialproto.ReassemblerConfig{MaxMessage: cfg.MaxMessage, MaxPending: cfg.MaxPendingPerPeer}),
@@ -221,7 +223,7 @@ func (s *session) handle(f serialproto.Frame) {
 			s.mu.Unlock()
 		}
 	case *serialproto.Error:
-		s.d.log.Info("device reported an error", "device", s.deviceID, "code", m.Code, "text", m.Text)
+		s.d.remoteLog(slog.LevelInfo, "device reported an error", "device", s.deviceID, "code", m.Code, "text", m.Text)
 	}
 	// WELCOME, TOKEN, DONE and STATUS_REPLY never get here: HandleFrame
 	// answers them UNEXPECTED before a session or a body is looked at (§4).

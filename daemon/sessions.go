@@ -19,8 +19,10 @@ const bootNoncesKept = 16
 type sessionTable struct {
 	stats *Stats
 
-	mu     sync.Mutex
-	byPeer map[string]*session
+	mu       sync.Mutex
+	byPeer   map[string]*session
+	bySource map[string]int // sessions per source (sourceKey)
+	byDevice map[string]int // sessions per device id
 	// Per keyed device, the boot nonces of its last admitted HELLOs, and
 	// of the HELLOs refused since (BUSY, draining): a refused HELLO may be
 	// sent again — a device retries after BUSY with the same boot nonce —
@@ -36,7 +38,21 @@ type bootNonces struct {
 }
 
 func newSessionTable(stats *Stats) *sessionTable {
-	return &sessionTable{stats: stats, byPeer: make(map[string]*session), bootNonces: make(map[string]*bootNonces)}
+	return &sessionTable{stats: stats, byPeer: make(map[string]*session), bootNonces: make(map[string]*bootNonces),
+		bySource: make(map[string]int), byDevice: make(map[string]int)}
+}
+
+// index counts s in (+1) or out (-1) of its source's and device id's
+// sessions. Called with t.mu held, whenever byPeer gains or loses s.
+func (t *sessionTable) index(s *session, n int) {
+	for _, c := range []struct {
+		m   map[string]int
+		key string
+	}{{t.bySource, s.source}, {t.byDevice, s.deviceID}} {
+		if c.m[c.key] += n; c.m[c.key] <= 0 {
+			delete(c.m, c.key)
+		}
+	}
 }
 
 // get returns the peer's session, or nil.
@@ -69,12 +85,14 @@ func (t *sessionTable) filter(keep func(*session) bool) []*session {
 type helloOutcome int
 
 const (
-	helloOpened   helloOutcome = iota // a new session (replacing old, if any)
-	helloRepeated                     // a retransmitted HELLO: old is the session
-	helloReplayed                     // an older HELLO of a keyed device, played back
-	helloFull                         // MaxSessions reached, nobody to evict
-	helloDraining                     // the daemon is shutting down
-	helloFailed                       // the session could not be made (err)
+	helloOpened     helloOutcome = iota // a new session (replacing old, if any)
+	helloRepeated                       // a retransmitted HELLO: old is the session
+	helloReplayed                       // an older HELLO of a keyed device, played back
+	helloFull                           // MaxSessions reached, nobody to evict
+	helloSourceFull                     // the source's MaxSessionsPerSource reached, none of its sessions to evict
+	helloDeviceFull                     // the device id's MaxSessionsPerDevice reached, all of them busy
+	helloDraining                       // the daemon is shutting down
+	helloFailed                         // the session could not be made (err)
 )
 
 // helloResult is the table's decision on a HELLO.
@@ -91,8 +109,11 @@ type helloRequest struct {
 	peerKey     string
 	deviceID    string
 	bootNonce   uint32
-	keyed       bool // the device has a key: its boot nonces are remembered
+	keyed       bool   // the device has a key: its boot nonces are remembered
+	source      string // sourceKey of the peer
 	maxSessions int
+	maxSource   int           // sessions per source; 0: no limit
+	maxDevice   int           // sessions per device id; 0: no limit
 	heartbeat   time.Duration // eviction: silent for longer is idle
 	now         time.Time
 	draining    func() bool
@@ -119,11 +140,33 @@ func (t *sessionTable) hello(h helloRequest) helloResult {
 			t.noteBootNonce(h.deviceID, h.bootNonce, res.outcome == helloOpened)
 		}
 	}()
-	if old == nil && len(t.byPeer) >= h.maxSessions {
-		res.evicted = t.evictIdle(h.now, h.heartbeat)
+	if old == nil {
+		// Room for the new session, from the narrowest bound out: the
+		// device id's own sessions (a device back on a new port: its
+		// oldest idle session goes), the source's, then the table's. At
+		// most one session is evicted per HELLO.
+		switch {
+		case h.maxDevice > 0 && t.byDevice[h.deviceID] >= h.maxDevice:
+			res.evicted = t.evict(h.now, h.heartbeat, h.source, func(s *session) bool { return s.deviceID == h.deviceID && !s.busy() })
+			if res.evicted == nil {
+				res.outcome = helloDeviceFull
+				return res
+			}
+		case h.maxSource > 0 && t.bySource[h.source] >= h.maxSource:
+			res.evicted = t.evict(h.now, h.heartbeat, h.source, func(s *session) bool { return s.source == h.source })
+			if res.evicted == nil {
+				res.outcome = helloSourceFull
+				return res
+			}
+		}
 		if len(t.byPeer) >= h.maxSessions {
-			res.outcome = helloFull
-			return res
+			if ev := t.evictIdle(h.now, h.heartbeat, h.source); ev != nil {
+				res.evicted = ev // at most one: the narrower bound evicted nobody then
+			}
+			if len(t.byPeer) >= h.maxSessions {
+				res.outcome = helloFull
+				return res
+			}
 		}
 	}
 	if h.draining() {
@@ -138,7 +181,10 @@ func (t *sessionTable) hello(h helloRequest) helloResult {
 	t.byPeer[h.peerKey] = s
 	if old == nil {
 		t.opened(s)
+	} else {
+		t.index(old, -1)
 	}
+	t.index(s, 1)
 	res.outcome, res.session, res.old = helloOpened, s, old
 	return res
 }
@@ -188,6 +234,7 @@ func (t *sessionTable) remove(s *session) {
 	defer t.mu.Unlock()
 	if t.byPeer[s.peer.Key()] == s {
 		delete(t.byPeer, s.peer.Key())
+		t.index(s, -1)
 		t.closed(s)
 	}
 }
@@ -212,38 +259,89 @@ func (t *sessionTable) expire(now time.Time, limit time.Duration) (expired []*se
 	return expired
 }
 
-// evictIdle makes room for a new session when the daemon is full. First
-// choice: the session silent for longest, if it has been silent for more
-// than a heartbeat (a device must send at least that often, §10) and runs
-// no request. Second: the oldest half-open session — one whose device has
-// never acknowledged a whole answer: a HELLO and nothing after, fragments
-// that never made a message, or INFERs whose answers it never takes (its
-// requests are cancelled). A flood of HELLOs or INFERs therefore churns
-// through its own sessions and not through those of devices that are
-// being served; a device that just connected is the youngest, so the last
-// to go. Called with t.mu held; the caller cancels the returned session
-// once t.mu is released.
-func (t *sessionTable) evictIdle(now time.Time, heartbeat time.Duration) *session {
-	var silent, halfOpen *session
+// evict makes room for a new session among the sessions for which among
+// is true (nil: all), and returns the session evicted, or nil when none
+// may go. The order (victimRank): a session silent for more than a
+// heartbeat (a device must send at least that often, §10) — not busy
+// before busy; then a half-open one — a HELLO and nothing after, or
+// fragments that never made a message, never a request —; then, when the
+// table is full of served devices, an idle one from another source that
+// holds several sessions (a crowding host yields to a new one). Never a device being served and talking: one with a
+// request queued, running or streaming that is not silent, so a device
+// is never evicted before its first answer. Ties go against the source
+// holding the most sessions, then unkeyed before keyed, then the oldest.
+// (Silent: more than a heartbeat; with a request, more than two — a device
+// waiting for its answer keeps the session alive.) A flood of HELLOs or INFERs from one host therefore churns through its
+// own sessions. Called with t.mu held; the caller cancels the returned
+// session once t.mu is released.
+func (t *sessionTable) evict(now time.Time, heartbeat time.Duration, from string, among func(*session) bool) *session {
+	var victim *session
+	var best victimRank
 	for _, s := range t.byPeer {
-		if !s.delivered.Load() && (halfOpen == nil || s.opened.Before(halfOpen.opened)) {
-			halfOpen = s
+		if among != nil && !among(s) {
+			continue
 		}
-		if now.Sub(s.lastSeen()) > heartbeat && !s.busy() && (silent == nil || s.lastSeen().Before(silent.lastSeen())) {
-			silent = s
+		r, ok := t.rank(s, now, heartbeat, from)
+		if ok && (victim == nil || r.before(best)) {
+			victim, best = s, r
 		}
-	}
-	victim := silent
-	if victim == nil {
-		victim = halfOpen
 	}
 	if victim == nil {
 		return nil
 	}
 	delete(t.byPeer, victim.peer.Key())
+	t.index(victim, -1)
 	t.closed(victim)
 	t.stats.Evicted.Add(1)
 	return victim
+}
+
+// evictIdle makes room anywhere in the table for a HELLO from source from.
+func (t *sessionTable) evictIdle(now time.Time, heartbeat time.Duration, from string) *session {
+	return t.evict(now, heartbeat, from, nil)
+}
+
+// victimRank orders eviction candidates: lower class first, then more
+// sessions from the same source, then unkeyed, then older.
+type victimRank struct {
+	class int
+	crowd int // sessions of its source
+	keyed bool
+	since time.Time // last heard (silent class) or opened
+}
+
+func (a victimRank) before(b victimRank) bool {
+	switch {
+	case a.class != b.class:
+		return a.class < b.class
+	case a.crowd != b.crowd:
+		return a.crowd > b.crowd
+	case a.keyed != b.keyed:
+		return !a.keyed
+	}
+	return a.since.Before(b.since)
+}
+
+// rank is s's place in the eviction order, or false when s must stay.
+// Called with t.mu held.
+func (t *sessionTable) rank(s *session, now time.Time, heartbeat time.Duration, from string) (victimRank, bool) {
+	r := victimRank{crowd: t.bySource[s.source], keyed: s.verifier != nil, since: s.opened}
+	busy, quiet := s.busy(), now.Sub(s.lastSeen())
+	switch {
+	case quiet > heartbeat && !busy:
+		r.class, r.since = 0, s.lastSeen()
+	case quiet > 2*heartbeat: // a device waiting for its answer still keeps alive
+		r.class, r.since = 1, s.lastSeen()
+	case busy:
+		return r, false // being served and talking
+	case !s.delivered.Load():
+		r.class = 2 // half-open
+	case r.crowd > 1 && s.source != from:
+		r.class = 3 // served, idle, one of several from a host other than the newcomer's
+	default:
+		return r, false
+	}
+	return r, true
 }
 
 // helloRefusal is how a device hears a HELLO the table turned down.
@@ -253,6 +351,10 @@ func helloRefusal(r helloResult) *serialproto.Error {
 		return serialproto.NewError(serialproto.CodeAuthFailed, "replayed HELLO")
 	case helloFull:
 		return serialproto.NewError(serialproto.CodeBusy, "too many sessions")
+	case helloSourceFull:
+		return serialproto.NewError(serialproto.CodeBusy, "too many sessions from this source")
+	case helloDeviceFull:
+		return serialproto.NewError(serialproto.CodeBusy, "too many sessions for this device")
 	case helloDraining:
 		return serialproto.NewError(serialproto.CodeShuttingDown, "shutting down")
 	}

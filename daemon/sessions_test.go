@@ -91,15 +91,17 @@ func TestSessionTableEviction(t *testing.T) {
 	if res.outcome != helloOpened || res.evicted != halfOpen || stats.Evicted.Load() != 1 || tb.get("half") != nil {
 		t.Fatalf("eviction: %+v", res)
 	}
-	// Now full of a served device and a fresh one that took an answer.
+	// Now full of a served device and a fresh one that took an answer,
+	// both busy and talking.
 	res.session.delivered.Store(true)
 	res.session.places.take(1)
+	served.seen.Store(later.UnixNano())
 	if full := tableHello(tb, 2, later, "more", "more", 1, false); full.outcome != helloFull || full.evicted != nil {
 		t.Fatalf("nobody to evict: %+v", full)
 	}
 	// Once the served device is done and silent, it is the idle one.
 	served.places.give()
-	if res := tableHello(tb, 2, later, "more", "more", 1, false); res.outcome != helloOpened || res.evicted != served {
+	if res := tableHello(tb, 2, later.Add(2*time.Second), "more", "more", 1, false); res.outcome != helloOpened || res.evicted != served {
 		t.Fatalf("idle eviction: %+v", res)
 	}
 	if stats.Sessions.Load() != 2 || stats.Evicted.Load() != 2 {

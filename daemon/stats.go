@@ -29,9 +29,32 @@ type Stats struct {
 	Forbidden                                       atomic.Int64 // HELLOs and INFERs the policy refused
 	Evicted                                         atomic.Int64 // idle sessions closed to make room
 	Retransmits                                     atomic.Int64 // stream chunks sent again
+	LogSuppressed                                   atomic.Int64 // remote-caused log lines held back (logsample.go)
 
 	links  sync.Map // link name → *linkCounters
 	tokens sync.Map // engine name → *atomic.Int64
+	quiet  sync.Map // remote-caused log event → *atomic.Int64 lines held back; bounded by the code's events
+}
+
+// suppressed counts a remote-caused log line the sampler held back.
+func (s *Stats) suppressed(event string) {
+	s.LogSuppressed.Add(1)
+	n, ok := s.quiet.Load(event)
+	if !ok {
+		n, _ = s.quiet.LoadOrStore(event, new(atomic.Int64))
+	}
+	n.(*atomic.Int64).Add(1)
+}
+
+// SuppressedLogs is how many remote-caused log lines of each event were
+// held back (logsample.go).
+func (s *Stats) SuppressedLogs() map[string]int64 {
+	out := make(map[string]int64)
+	s.quiet.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	return out
 }
 
 // linkCounters are one link's share of the totals. Links are bounded by
@@ -183,6 +206,9 @@ type Counters struct {
 	Forbidden    int64 `json:"forbidden"`
 	Evicted      int64 `json:"evicted"`
 	Retransmits  int64 `json:"retransmits"`
+	// LogSuppressed: log lines remote peers caused that the sampler held
+	// back (written at debug level only).
+	LogSuppressed int64 `json:"log_suppressed"`
 }
 
 // Counters copies the totals.
@@ -193,6 +219,7 @@ func (s *Stats) Counters() Counters {
 		Done: s.Done.Load(), Failed: s.Failed.Load(), Canceled: s.Canceled.Load(), Duplicates: s.Duplicates.Load(),
 		AuthUnsigned: s.AuthUnsigned.Load(), AuthBadTag: s.AuthBadTag.Load(), AuthReplay: s.AuthReplay.Load(), AuthStale: s.AuthStale.Load(),
 		RateLimited: s.RateLimited.Load(), Forbidden: s.Forbidden.Load(), Evicted: s.Evicted.Load(), Retransmits: s.Retransmits.Load(),
+		LogSuppressed: s.LogSuppressed.Load(),
 	}
 }
 

@@ -16,12 +16,24 @@ type UDP struct {
 }
 
 // DialUDP connects to the daemon at addr ("127.0.0.1:7700").
-func DialUDP(addr string) (*UDP, error) {
+func DialUDP(addr string) (*UDP, error) { return DialUDPFrom("", addr) }
+
+// DialUDPFrom is DialUDP from the local address local ("127.0.0.2:0"; ""
+// lets the system choose): a gateway with several addresses, or a test
+// that needs devices on distinct hosts (the daemon's limits are per source
+// address).
+func DialUDPFrom(local, addr string) (*UDP, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	conn, err := net.DialUDP("udp", nil, ua)
+	var la *net.UDPAddr
+	if local != "" {
+		if la, err = net.ResolveUDPAddr("udp", local); err != nil {
+			return nil, fmt.Errorf("device: %w", err)
+		}
+	}
+	conn, err := net.DialUDP("udp", la, ua)
 	if err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}

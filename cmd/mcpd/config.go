@@ -55,13 +55,19 @@ type config struct {
 		Heartbeat      duration `toml:"heartbeat"`
 		RequestTimeout duration `toml:"request_timeout"`
 		// Hostile peers (docs/reliability.md, cmd/mcpd/guard.go).
-		PeerRate      float64  `toml:"peer_rate"`      // frames/s per UDP source; 0: no limit
-		PeerBurst     int      `toml:"peer_burst"`     // frames at once above the rate
-		MaxPeers      int      `toml:"max_peers"`      // UDP sources the rate limiter tracks
-		MaxPerDevice  int      `toml:"max_per_device"` // requests one device may have queued or running
-		MaxReassembly int      `toml:"max_reassembly"` // fragmented messages in reassembly per device
-		ShutdownDrain duration `toml:"shutdown_drain"` // SIGTERM: how long in-flight requests may finish
-		EngineStall   duration `toml:"engine_stall"`   // an engine call silent this long stops the watchdog
+		PeerRate      float64 `toml:"peer_rate"`      // frames/s per UDP source address; 0: default 2000; negative: no limit
+		PeerBurst     int     `toml:"peer_burst"`     // frames at once above the rate
+		MaxPeers      int     `toml:"max_peers"`      // UDP sources the rate limiter tracks
+		MaxPerDevice  int     `toml:"max_per_device"` // requests one device may have queued or running
+		MaxReassembly int     `toml:"max_reassembly"` // fragmented messages in reassembly per device
+		// Fairness (docs/reliability.md): 0 takes the default, negative: none.
+		MaxPerSource         int      `toml:"max_per_source"`          // requests one source address may have queued or running
+		MaxSessionsPerSource int      `toml:"max_sessions_per_source"` // sessions one source address may hold
+		MaxSessionsPerDevice int      `toml:"max_sessions_per_device"` // sessions one device id may hold
+		MaxTokens            int      `toml:"max_tokens"`              // cap on a request's MAX_TOKENS
+		LocalShare           int      `toml:"local_share"`             // percent of the queue local HTTP applications may hold
+		ShutdownDrain        duration `toml:"shutdown_drain"`          // SIGTERM: how long in-flight requests may finish
+		EngineStall          duration `toml:"engine_stall"`            // an engine call silent this long stops the watchdog
 	} `toml:"limits"`
 	Policy policyConfig `toml:"policy"`
 }

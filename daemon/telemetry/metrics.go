@@ -123,12 +123,14 @@ var (
 	runningDesc     = prometheus.NewDesc("mcpd_requests_running", "Requests holding an engine slot.", nil, nil)
 	readyDesc       = prometheus.NewDesc("mcpd_ready", "1 when the daemon takes requests (state ready).", nil, nil)
 	selectedDesc    = prometheus.NewDesc("mcpd_backend_selected", "1 for the backend in use, with why it was chosen.", []string{"backend", "reason"}, nil)
+	suppressedDesc  = prometheus.NewDesc("mcpd_log_lines_suppressed_total", "Log lines remote peers caused that the sampler held back (written at debug level only), by event.", []string{"event"}, nil)
+	guardDesc       = prometheus.NewDesc("mcpd_guard_total", "Hostile-peer defences at work: sessions evicted, frames over a source's rate, HELLOs and INFERs the policy refused.", []string{"action"}, nil)
 	breakerDesc     = prometheus.NewDesc("mcpd_backend_breaker_state", "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open.", []string{"backend"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{framesDesc, badFramesDesc, skippedDesc, retransmitsDesc, reconnectsDesc,
-		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, selectedDesc, breakerDesc} {
+		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, selectedDesc, breakerDesc, suppressedDesc, guardDesc} {
 		ch <- d
 	}
 }
@@ -190,6 +192,12 @@ func collectCounters(ch chan<- prometheus.Metric, st *daemon.Stats) {
 	}
 	for engine, n := range st.Tokens() {
 		counter(tokensDesc, n, engine)
+	}
+	for event, n := range st.SuppressedLogs() {
+		counter(suppressedDesc, n, event)
+	}
+	for action, n := range map[string]int64{"evicted": st.Evicted.Load(), "rate_limited": st.RateLimited.Load(), "forbidden": st.Forbidden.Load()} {
+		counter(guardDesc, n, action)
 	}
 }
 
