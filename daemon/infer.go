@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -32,13 +33,13 @@ func (s *session) infer(f serialproto.Frame) {
 		s.send(f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many messages in reassembly"))
 		return
 	case errors.Is(err, serialproto.ErrTooLarge):
-		s.send(f.Seq, serialproto.NewError(serialproto.CodeTooLarge, "message above max_message"))
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeTooLarge, fmt.Sprintf("message above max_message, %d bytes", s.d.conf().MaxMessage)))
 		return
 	case errors.Is(err, serialproto.ErrBadChecksum):
 		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackBadChecksum})
 		return
 	case err != nil:
-		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, err.Error()))
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, deviceText(err)))
 		return
 	case missing != nil:
 		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackMissing, Missing: missing})
@@ -56,7 +57,7 @@ func (s *session) infer(f serialproto.Frame) {
 		if errors.Is(err, serialproto.ErrUnsupportedOption) {
 			code = serialproto.CodeUnsupportedOption
 		}
-		s.refuse(f.Seq, serialproto.NewError(code, err.Error()))
+		s.refuse(f.Seq, serialproto.NewError(code, deviceText(err)))
 		return
 	}
 	if e := s.allowModel(&m); e != nil {

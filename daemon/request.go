@@ -130,7 +130,7 @@ func (r *request) final(res backends.Result, err error) finalFunc {
 		}
 	}
 	code := errorCode(err, context.Cause(r.ctx))
-	text := err.Error()
+	text := deviceText(err)
 	return func(chunk uint16, _, _ uint32) serialproto.Message {
 		e := serialproto.NewError(code, text)
 		e.Flags |= serialproto.ErrorFlagStream
@@ -197,4 +197,16 @@ func options(m *serialproto.Infer, cfg *Config) backends.Options {
 		o.ContextSize = int(m.Context)
 	}
 	return o
+}
+
+// deviceText is an error's text for an ERROR frame: at most 64 bytes
+// reach a device, so the Go package prefixes of the chain ("backends: ",
+// "llamacpp: ") go and the cause and its figures stay ("prompt exceeds the
+// context: 5033 prompt tokens, context 2048").
+func deviceText(err error) string {
+	text := err.Error()
+	for _, p := range []string{"backends: ", "daemon: ", "llamacpp: ", "ollama: ", "native: ", "serialproto: "} {
+		text = strings.ReplaceAll(text, p, "")
+	}
+	return text
 }

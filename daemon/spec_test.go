@@ -83,6 +83,11 @@ func TestPromptAboveContextIsTooLargeAfterTheAck(t *testing.T) {
 	if !errors.As(err, &perr) || perr.Code != serialproto.CodeTooLarge || !perr.Stream() {
 		t.Fatalf("prompt above the context: %v, want TOO_LARGE as the stream's final chunk", err)
 	}
+	// The device reads the cause with its figures, not Go's package
+	// prefixes cut mid-word.
+	if perr.Text != "prompt exceeds the context: 7 words, context 4" {
+		t.Fatalf("ERROR text %q", perr.Text)
+	}
 	if d.Stats().Accepted.Load() != 1 {
 		t.Fatal("the prompt above the context was not accepted (ACKed) first")
 	}

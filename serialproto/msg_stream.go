@@ -3,6 +3,7 @@ package serialproto
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -107,7 +108,26 @@ func (*Error) Command() Command { return CmdError }
 // Fit cuts the text, at a character boundary, to the protocol's 64 bytes
 // and so the body fits limit bytes (use BodyLimit of the receiver's
 // max_data). docs/protocol.md §11.7.
-func (m *Error) Fit(limit int) { m.Text = cutUTF8(m.Text, min(limit-4, MaxErrorText)) }
+func (m *Error) Fit(limit int) { m.Text = cutWords(m.Text, min(limit-4, MaxErrorText)) }
+
+// cutWords returns s cut to at most n bytes at a word boundary, ending in
+// "…" when anything was cut, so that a reader never sees half a word (or
+// half a number: "context 20" for "context 2048"). A text with no space
+// early enough is cut within its last word, still marked.
+func cutWords(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const ellipsis = "…"
+	if n < len(ellipsis)+1 {
+		return cutUTF8(s, n)
+	}
+	cut := cutUTF8(s, n-len(ellipsis))
+	if i := strings.LastIndexByte(cut, ' '); i > 0 {
+		cut = cut[:i]
+	}
+	return strings.TrimRight(cut, " ,:;") + ellipsis
+}
 
 // cutUTF8 returns s cut to at most n bytes without splitting a character.
 func cutUTF8(s string, n int) string {

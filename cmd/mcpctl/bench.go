@@ -109,7 +109,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	jsonOut := fs.String("json-out", "", "also write the JSON report to this file")
 	mdOut := fs.String("markdown", "", "also write a markdown report to this file")
 	pngOut := fs.String("png", "", "also write a latency histogram (PNG) to this file")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *devices < 1 || *duration <= 0 || *warmup < 0 || *maxTokens < 1 || *maxTokens > 65535 {
@@ -154,7 +154,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "bench: scenario %s (%d devices over %s) for %v\n", sc.name, sc.devices, sc.transport, *duration)
+		fmt.Fprintf(stderr, "bench: scenario %s (%s over %s) for %v\n", sc.name, plural(sc.devices, "device", "devices"), sc.transport, *duration)
 		rep.Scenarios = append(rep.Scenarios, runScenario(ctx, sc, opts))
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -168,12 +168,22 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
+	writeText(stdout, rep)
+	return nil
+}
+
+// writeText is the report as the terminal shows it.
+func writeText(stdout io.Writer, rep benchReport) {
 	for _, s := range rep.Scenarios {
-		fmt.Fprintf(stdout, "%s: %d devices over %s, %.1f s: %d requests, %d errors %v\n", s.Name, s.Devices, s.Transport, s.Duration, s.Requests, sum(s.Errors), s.Errors)
+		errs := "no errors"
+		if n := sum(s.Errors); n > 0 {
+			errs = plural(n, "error", "errors") + " (" + errorList(s.Errors) + ")"
+		}
+		fmt.Fprintf(stdout, "%s: %s over %s, %.1f s: %s, %s\n", s.Name, plural(s.Devices, "device", "devices"), s.Transport, s.Duration,
+			plural(s.Requests, "request", "requests"), errs)
 		fmt.Fprintf(stdout, "  time to first token: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms\n", s.TTFTp50, s.TTFTp95, s.TTFTp99)
 		fmt.Fprintf(stdout, "  request latency: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms; %d tokens, %.1f tokens/s\n", s.Latencyp50, s.Latencyp95, s.Latencyp99, s.Tokens, s.TokensPerSec)
 	}
-	return nil
 }
 
 func makeScenario(name, addr, serialPath string, baud, devices int) (scenario, error) {

@@ -94,7 +94,7 @@ func writeHistogram(w io.Writer, rep benchReport) error {
 func drawPanel(img *image.RGBA, top int, s scenarioReport, bar color.RGBA) {
 	x0, x1 := marginL, histWidth-marginR
 	y0, y1 := top+marginTop, top+marginTop+panelH // plot area, y1 = baseline
-	title := fmt.Sprintf("%s: %d devices over %s, %d requests - latency (ms)", s.Name, s.Devices, s.Transport, s.Requests)
+	title := fmt.Sprintf("%s: %s over %s, %s - latency (ms)", s.Name, plural(s.Devices, "device", "devices"), s.Transport, plural(s.Requests, "request", "requests"))
 	label(img, x0, top+16, title)
 	hline(img, x0, x1, y1, histAxis)
 	vline(img, x0, y0, y1, histAxis)

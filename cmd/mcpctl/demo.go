@@ -32,7 +32,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	model := fs.String("model", "testdata/models/tiny.gguf", "GGUF model for the native engine")
 	question := fs.String("prompt", "What should I water first?", "the question each device asks")
 	maxTokens := fs.Int("max-tokens", 24, "tokens per answer")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if _, err := os.Stat(*model); err != nil {

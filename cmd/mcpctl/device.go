@@ -15,24 +15,26 @@ import (
 
 // linkFlags are the flags every device command shares.
 type linkFlags struct {
-	udp      string
-	serial   string
-	baud     int
-	deviceID string
-	maxData  int
-	window   int
-	timeout  time.Duration
-	key      string
+	udp       string
+	serial    string
+	baud      int
+	deviceID  string
+	maxData   int
+	window    int
+	timeout   time.Duration
+	helloWait time.Duration
+	key       string
 }
 
 func (l *linkFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&l.udp, "udp", "", "daemon's UDP address, e.g. 127.0.0.1:7700")
+	fs.StringVar(&l.udp, "udp", "", "daemon's UDP address (default "+DefaultTarget+" unless --serial is given)")
 	fs.StringVar(&l.serial, "serial", "", "serial port the daemon listens on the other end of, e.g. /dev/ttyUSB0")
 	fs.IntVar(&l.baud, "baud", 115200, "baud rate with --serial")
 	fs.StringVar(&l.deviceID, "device-id", "mcpctl", "device id sent in HELLO")
 	fs.IntVar(&l.maxData, "max-data", 256, "largest data field this device accepts (32..256)")
 	fs.IntVar(&l.window, "window", 4, "TOKEN frames this device buffers (1..255)")
 	fs.DurationVar(&l.timeout, "timeout", 2*time.Minute, "give up after this long")
+	fs.DurationVar(&l.helloWait, "connect-timeout", 2*time.Second, "how long to wait for mcpd's answer to HELLO")
 	fs.StringVar(&l.key, "key", "", "this device's signing key in hex (the daemon's [keys] entry); empty: unsigned")
 }
 
@@ -55,7 +57,12 @@ func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error)
 		}
 		t = s
 	default:
-		return nil, nil, errors.New("say where the daemon is: --udp ADDR or --serial PATH")
+		l.udp = DefaultTarget
+		u, err := device.DialUDP(l.udp)
+		if err != nil {
+			return nil, nil, err
+		}
+		t = u
 	}
 	if l.maxData < sp.MinDataLimit || l.maxData > sp.MaxData || l.window < 1 || l.window > 255 {
 		t.Close()
@@ -77,8 +84,22 @@ func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error)
 		}
 	}
 	c := device.New(t, device.Config{DeviceID: l.deviceID, MaxData: uint16(l.maxData), Window: uint8(l.window), RTO: rto, Key: key})
-	if err := c.Hello(ctx); err != nil {
+	hctx, cancel := context.WithTimeout(ctx, l.helloWait)
+	defer cancel()
+	if err := c.Hello(hctx); err != nil {
 		t.Close()
+		var perr *sp.Error
+		switch {
+		case errors.As(err, &perr):
+			return nil, nil, err
+		case ctx.Err() != nil:
+			return nil, nil, ctx.Err()
+		case errors.Is(err, context.DeadlineExceeded):
+			if l.serial != "" {
+				return nil, nil, unreachable{addr: l.serial, wait: l.helloWait, serial: true}
+			}
+			return nil, nil, unreachable{addr: l.udp, wait: l.helloWait}
+		}
 		return nil, nil, fmt.Errorf("HELLO: %w", err)
 	}
 	return c, func() { _ = c.Bye(ctx); t.Close() }, nil
@@ -91,31 +112,16 @@ func (l *linkFlags) session(ctx context.Context) (context.Context, context.Cance
 	c, closeFn, err := l.connect(ctx)
 	if err != nil {
 		cancel()
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, nil, asExit(ctx, err)
 	}
 	return ctx, cancel, c, closeFn, nil
-}
-
-// protocolExit makes a daemon ERROR the process's exit status: the
-// protocol's error code (docs/protocol.md §12).
-type protocolExit struct{ e *sp.Error }
-
-func (p protocolExit) Error() string { return "daemon answered ERROR " + p.e.Error() }
-func (p protocolExit) ExitCode() int { return int(p.e.Code) }
-
-func asExit(err error) error {
-	var e *sp.Error
-	if errors.As(err, &e) {
-		return protocolExit{e}
-	}
-	return err
 }
 
 func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ask", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: mcpctl ask (--udp ADDR | --serial PATH [--baud N]) [flags] PROMPT\n\nSends PROMPT as a device would, writes the answer to stdout as it streams\nand the statistics to stderr. Exits 0 on DONE, with the protocol's error\ncode on ERROR (6 = BUSY, 9 = MODEL_NOT_FOUND, ...; docs/protocol.md §12),\nand 1 on other failures.\n\nFlags:")
+		fmt.Fprintln(stderr, "usage: mcpctl ask [--udp ADDR | --serial PATH [--baud N]] [flags] PROMPT\n\nSends PROMPT as a device would (default target "+DefaultTarget+"), writes the\nanswer to stdout as it streams and the statistics to stderr. Exits 0 on\nDONE, with the protocol's error code on ERROR (6 = BUSY, 9 = MODEL_NOT_FOUND,\n...; docs/protocol.md §12), 130 on Ctrl-C (after telling mcpd to CANCEL),\nand 1 on other failures.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	var l linkFlags
@@ -126,7 +132,7 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	seed := fs.Int64("seed", -1, "sampler seed for reproducible output")
 	system := fs.String("system", "", "system prompt")
 	newChat := fs.Bool("new-chat", false, "forget the conversation so far")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
@@ -169,7 +175,7 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	})
 	fmt.Fprintln(stdout)
 	if err != nil {
-		return asExit(err)
+		return asExit(ctx, err)
 	}
 	el := time.Since(start)
 	fmt.Fprintf(stderr, "done: %d tokens (%s), prompt %d tokens, first token %v (daemon: %d ms), total %v, %.1f tokens/s, %d bytes, CRC-32C %08x ok\n",
@@ -191,10 +197,12 @@ func stopName(r uint8) string {
 func runPing(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ping", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describeCommand(fs, stderr, "[--udp ADDR | --serial PATH] [-n N]", `Says HELLO as a device, then measures N PING round trips to mcpd
+(default target `+DefaultTarget+`). Exits 0 when every PING was answered.`)
 	var l linkFlags
 	l.register(fs)
 	count := fs.Int("n", 5, "pings to send")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	ctx, cancel, c, closeFn, err := l.session(ctx)
@@ -206,7 +214,7 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for i := range *count {
 		rtt, err := c.Ping(ctx)
 		if err != nil {
-			return asExit(err)
+			return asExit(ctx, err)
 		}
 		fmt.Fprintf(stdout, "PONG %d: %v\n", i+1, rtt.Round(time.Microsecond))
 	}
@@ -216,9 +224,13 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describeCommand(fs, stderr, "[--udp ADDR | --serial PATH]", `Asks mcpd for its STATUS as a device does: state, engine, model, load and
+queue (default target `+DefaultTarget+`). Exits 0 when mcpd is ready (or
+degraded: serving on a fallback), 1 when it is loading, unavailable or
+draining — usable in scripts and health checks.`)
 	var l linkFlags
 	l.register(fs)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	ctx, cancel, c, closeFn, err := l.session(ctx)
@@ -229,13 +241,30 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer closeFn()
 	st, err := c.Status(ctx)
 	if err != nil {
-		return asExit(err)
+		return asExit(ctx, err)
 	}
-	states := []string{"ready", "loading", "degraded", "unavailable", "draining"}
-	state := fmt.Sprintf("state %d", st.State)
-	if int(st.State) < len(states) {
-		state = states[st.State]
+	state := stateName(st.State)
+	model := st.Model
+	if model == "" {
+		model = "none loaded"
 	}
-	fmt.Fprintf(stdout, "%s: backend %s, model %s, load %d%%, %d queued\n", state, st.Backend, st.Model, st.LoadPct, st.Queue)
+	fmt.Fprintf(stdout, "%s: backend %s, model %s, load %d%%, %d queued\n", state, st.Backend, model, st.LoadPct, st.Queue)
+	if st.State != sp.StateReady && st.State != sp.StateDegraded {
+		return notReady{state}
+	}
 	return nil
 }
+
+func stateName(s uint8) string {
+	states := []string{"ready", "loading", "degraded", "unavailable", "draining"}
+	if int(s) < len(states) {
+		return states[s]
+	}
+	return fmt.Sprintf("state %d", s)
+}
+
+// notReady is status's answer when mcpd does not serve.
+type notReady struct{ state string }
+
+func (n notReady) Error() string { return "mcpd is not ready: " + n.state }
+func (notReady) ExitCode() int   { return 1 }

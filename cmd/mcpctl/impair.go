@@ -18,6 +18,11 @@ import (
 func runImpair(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("impair", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	describeCommand(fs, stderr, "[flags]", `A lossy link on loopback for testing firmware and the daemon: devices send
+to --listen, the proxy forwards to mcpd at --target and back, losing,
+duplicating, reordering and delaying datagrams with a seeded random source
+(the same --seed drops the same datagrams). Runs until interrupted or for
+--duration.`)
 	listen := fs.String("listen", "127.0.0.1:7800", "where devices send (loopback only)")
 	target := fs.String("target", "127.0.0.1:7700", "mcpd's UDP address (loopback only)")
 	loss := fs.Float64("loss", 0.10, "probability a datagram is lost, each direction")
@@ -27,7 +32,7 @@ func runImpair(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	jitter := fs.Duration("jitter", 0, "up to this much more delay (order kept)")
 	seed := fs.Uint64("seed", 1, "random seed: the same seed drops the same datagrams")
 	duration := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	la, err := netip.ParseAddrPort(*listen)

@@ -34,7 +34,7 @@ func runLoopback(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	maxData := fs.Int("max-data", 64, "largest data field the device accepts (32..256)")
 	window := fs.Int("window", 2, "frames the device can buffer (credit window, 1..255)")
 	trace := fs.Bool("v", false, "print every frame")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	peer, err := devicetest.NewPeer()

@@ -45,7 +45,7 @@ func TestDecodeCommand(t *testing.T) {
 		t.Fatal("a bad CRC was not reported as an error")
 	}
 	out, _, err = runCmd(t, "ff 00 55010004030770696e6781 55", "decode", "-hex")
-	if err != nil || !strings.Contains(out, "@2 v1 PING") || !strings.Contains(out, "1 frames, 3 bytes skipped") {
+	if err != nil || !strings.Contains(out, "@2 v1 PING") || !strings.Contains(out, "1 frame, 3 bytes skipped") {
 		t.Fatalf("%v: %s", err, out)
 	}
 }

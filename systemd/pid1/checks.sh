@@ -58,7 +58,7 @@ wait_for() {
 }
 status_has() { prop mcpd.service StatusText | grep -qF "$1"; }
 journal_has() { since "$1" | grep -qF "$2"; }
-ask() { mcpctl ask --udp "$UDP" --timeout 60s --temperature 0 --max-tokens "${2:-8}" "$1"; }
+ask() { mcpctl ask --udp "$UDP" --connect-timeout 30s --timeout 60s --temperature 0 --max-tokens "${2:-8}" "$1"; }
 # http PATH: GET on mcpd's local endpoint without curl (minbase has none).
 http() {
 	exec 3<>/dev/tcp/127.0.0.1/7701 || return 1
