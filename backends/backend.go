@@ -10,6 +10,7 @@ package backends
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"time"
 )
@@ -30,6 +31,9 @@ var (
 	ErrFailed = errors.New("backends: engine failed")
 	// ErrClosed: the engine was closed.
 	ErrClosed = errors.New("backends: engine closed")
+	// ErrUnsupported: the request asks for something this engine cannot
+	// do (a GBNF grammar of Ollama).
+	ErrUnsupported = errors.New("backends: not supported by this engine")
 )
 
 // Role of a chat message.
@@ -61,6 +65,13 @@ type Options struct {
 	SeedSet        bool
 	Stop           []string
 	ContextSize    int // 0: engine default
+	// Constrained answers (backends/grammar, docs/protocol.md §11.4.1).
+	// Grammar is GBNF with root rule "root", which the in-process engine
+	// samples under; Schema is the JSON Schema it came from, if any, which
+	// Ollama takes as `format`. An engine that cannot honour the one it is
+	// given returns ErrUnsupported rather than an unconstrained answer.
+	Grammar string
+	Schema  json.RawMessage
 }
 
 // Request is one generation: the conversation so far (the last message is

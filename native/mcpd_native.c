@@ -2,6 +2,7 @@
 #include "_cgo_export.h"
 #include "ggml-cpu.h"
 #include "mcpd_thp.h"
+#include <math.h>
 #include <stdlib.h>
 
 static void mcpd_log_cb(enum ggml_log_level level, const char * text, void * user_data) {
@@ -176,4 +177,39 @@ struct llama_sampler * mcpd_sampler(bool greedy, float temp, int32_t top_k, floa
 	llama_sampler_chain_add(chain, llama_sampler_init_temp(temp));
 	llama_sampler_chain_add(chain, llama_sampler_init_dist(seed));
 	return chain;
+}
+
+int32_t mcpd_sample_grammar(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,
+		int32_t idx, int32_t n_vocab, llama_token_data * buf) {
+	const float * logits = llama_get_logits_ith(ctx, idx);
+	if (logits == NULL) {
+		return -1;
+	}
+	for (int32_t i = 0; i < n_vocab; i++) {
+		buf[i].id = i;
+		buf[i].logit = logits[i];
+		buf[i].p = 0.0f;
+	}
+	llama_token_data_array cur = { buf, (size_t) n_vocab, -1, false };
+	llama_sampler_apply(grammar, &cur);
+	bool any = false;
+	for (size_t i = 0; i < cur.size; i++) {
+		if (cur.data[i].logit != -INFINITY) {
+			any = true;
+			break;
+		}
+	}
+	if (!any) {
+		return -1;
+	}
+	llama_sampler_apply(chain, &cur);
+	if (cur.selected < 0 || (size_t) cur.selected >= cur.size || cur.data[cur.selected].logit == -INFINITY) {
+		return -1;
+	}
+	llama_token t = cur.data[cur.selected].id;
+	// Only a token the grammar admitted reaches accept: accepting any
+	// other throws a C++ exception, which would abort the process.
+	llama_sampler_accept(grammar, t);
+	llama_sampler_accept(chain, t);
+	return t;
 }

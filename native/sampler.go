@@ -1,15 +1,22 @@
 package native
 
 /*
+#include <stdlib.h>
 #include "mcpd_native.h"
 */
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"sync"
+	"unsafe"
 )
+
+// ErrGrammar: a grammar did not parse, or admits no token at this point
+// (the model's vocabulary cannot continue it).
+var ErrGrammar = errors.New("native: grammar")
 
 // SamplerParams choose how the next token is picked. The zero value is
 // greedy (argmax) with no penalty.
@@ -21,6 +28,11 @@ type SamplerParams struct {
 	RepeatPenalty float32 // 0 or 1: off
 	RepeatLastN   int     // tokens the penalty looks back over (0: 64)
 	Seed          uint32
+	// Grammar, in llama.cpp's GBNF with root rule "root", constrains every
+	// sampled token (backends/grammar makes one from a JSON Schema). It
+	// needs Model, whose vocabulary it is matched against.
+	Grammar string
+	Model   *Model
 }
 
 // Sampler is a llama.cpp sampler chain. It keeps per-sequence state (the
@@ -28,6 +40,12 @@ type SamplerParams struct {
 type Sampler struct {
 	mu  sync.Mutex
 	ptr *C.struct_llama_sampler
+	// With a grammar: its sampler, kept out of the chain so that Accept
+	// (prompt tokens for the penalty) never reaches it, and a candidate
+	// buffer of nVocab entries.
+	grammar *C.struct_llama_sampler
+	buf     *C.llama_token_data
+	nVocab  int
 }
 
 // NewSampler builds a sampler chain: repeat penalty, then either greedy or
@@ -48,7 +66,32 @@ func NewSampler(p SamplerParams) (*Sampler, error) {
 	if ptr == nil {
 		return nil, fmt.Errorf("%w: sampler", ErrInvalid)
 	}
-	return &Sampler{ptr: ptr}, nil
+	s := &Sampler{ptr: ptr}
+	if p.Grammar != "" {
+		if err := s.setGrammar(p.Model, p.Grammar); err != nil {
+			C.llama_sampler_free(ptr)
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *Sampler) setGrammar(m *Model, gbnf string) error {
+	if m == nil {
+		return fmt.Errorf("%w: a grammar needs the model", ErrInvalid)
+	}
+	cg, root := C.CString(gbnf), C.CString("root")
+	defer C.free(unsafe.Pointer(cg))
+	defer C.free(unsafe.Pointer(root))
+	return m.read(func() error {
+		s.grammar = C.llama_sampler_init_grammar(m.vocab, cg, root)
+		if s.grammar == nil {
+			return fmt.Errorf("%w: does not parse", ErrGrammar)
+		}
+		s.nVocab = m.nVocab
+		s.buf = (*C.llama_token_data)(C.malloc(C.size_t(m.nVocab) * C.size_t(unsafe.Sizeof(C.llama_token_data{}))))
+		return nil
+	})
 }
 
 // Sample picks a token from the logits at batch index i of c's last Decode
@@ -64,6 +107,16 @@ func (s *Sampler) Sample(c *Context, i int) (Token, error) {
 	// llama.cpp aborts on an index without logits: check first.
 	if err := c.checkOutput(i); err != nil {
 		return 0, err
+	}
+	if s.grammar != nil {
+		if s.nVocab != c.model.nVocab {
+			return 0, fmt.Errorf("%w: grammar of another model", ErrInvalid)
+		}
+		t := C.mcpd_sample_grammar(s.ptr, s.grammar, c.ptr, C.int32_t(i), C.int32_t(s.nVocab), s.buf)
+		if t < 0 {
+			return 0, fmt.Errorf("%w: no token continues the grammar", ErrGrammar)
+		}
+		return Token(t), nil
 	}
 	return Token(C.llama_sampler_sample(s.ptr, c.ptr, C.int32_t(i))), nil
 }
@@ -88,6 +141,9 @@ func (s *Sampler) Reset() error {
 		return fmt.Errorf("sampler: %w", ErrClosed)
 	}
 	C.llama_sampler_reset(s.ptr)
+	if s.grammar != nil {
+		C.llama_sampler_reset(s.grammar)
+	}
 	return nil
 }
 
@@ -100,5 +156,10 @@ func (s *Sampler) Close() error {
 	}
 	C.llama_sampler_free(s.ptr)
 	s.ptr = nil
+	if s.grammar != nil {
+		C.llama_sampler_free(s.grammar)
+		C.free(unsafe.Pointer(s.buf))
+		s.grammar, s.buf = nil, nil
+	}
 	return nil
 }

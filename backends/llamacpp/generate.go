@@ -177,6 +177,9 @@ func (e *Engine) poke() {
 func (e *Engine) sampling(o backends.Options) native.SamplerParams {
 	p := native.SamplerParams{Temperature: e.cfg.Temperature, TopK: e.cfg.TopK, TopP: e.cfg.TopP,
 		MinP: e.cfg.MinP, RepeatPenalty: e.cfg.RepeatPenalty}
+	if o.Grammar != "" {
+		p.Grammar, p.Model = o.Grammar, e.model
+	}
 	if o.TemperatureSet {
 		p.Temperature = o.Temperature
 	}

@@ -459,3 +459,36 @@ func TestOllamaCapacity(t *testing.T) {
 		t.Fatalf("endpoints %+v", eps)
 	}
 }
+
+// TestOllamaFormatCarriesSchema: a constrained answer reaches Ollama as
+// `format` with the JSON Schema, byte for byte; a request without one sends
+// no format; a GBNF grammar alone is refused before any request.
+func TestOllamaFormatCarriesSchema(t *testing.T) {
+	const schema = `{"type":"object","properties":{"fan":{"type":"integer","minimum":0,"maximum":3}}}`
+	srv := ollamatest.Start(t, ollamatest.Config{Tokens: []string{`{"fan":`, `2}`}})
+	o := newOllama(t, Config{}, srv)
+	req := chatReq("fan?")
+	req.Options.Grammar, req.Options.Schema = `root ::= "x"`, []byte(schema)
+	pieces, _, err := collectPieces(context.Background(), o, req)
+	if err != nil || strings.Join(pieces, "") != `{"fan":2}` {
+		t.Fatalf("pieces %q, %v", pieces, err)
+	}
+	if _, _, err := collectPieces(context.Background(), o, chatReq("plain")); err != nil {
+		t.Fatal(err)
+	}
+	grammarOnly := chatReq("gbnf")
+	grammarOnly.Options.Grammar = `root ::= "x"`
+	if _, _, err := collectPieces(context.Background(), o, grammarOnly); !errors.Is(err, backends.ErrUnsupported) {
+		t.Fatalf("grammar without schema: %v, want ErrUnsupported", err)
+	}
+	reqs := srv.Requests()
+	if len(reqs) != 2 {
+		t.Fatalf("%d requests reached Ollama, want 2", len(reqs))
+	}
+	if got := string(reqs[0].Format); got != schema {
+		t.Errorf("format %s, want %s", got, schema)
+	}
+	if reqs[1].Format != nil {
+		t.Errorf("unconstrained request carries format %s", reqs[1].Format)
+	}
+}

@@ -54,6 +54,9 @@ func (o *Engine) Generate(ctx context.Context, req backends.Request, emit backen
 	if model == "" {
 		model = o.cfg.Model
 	}
+	if req.Options.Grammar != "" && len(req.Options.Schema) == 0 {
+		return backends.Result{}, fmt.Errorf("%w: Ollama takes a JSON Schema, not a GBNF grammar", backends.ErrUnsupported)
+	}
 	chat := o.chatRequest(model, req)
 	var (
 		res     backends.Result
@@ -198,6 +201,11 @@ func (o *Engine) chatRequest(model string, req backends.Request) *api.ChatReques
 	}
 	stream := true
 	cr := &api.ChatRequest{Model: model, Messages: msgs, Stream: &stream, Options: opts}
+	if len(op.Schema) > 0 {
+		// Ollama constrains the answer to the schema (its own grammar
+		// sampler underneath).
+		cr.Format = op.Schema
+	}
 	if o.cfg.KeepAlive != nil {
 		cr.KeepAlive = &api.Duration{Duration: *o.cfg.KeepAlive}
 	}
