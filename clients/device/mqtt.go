@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -63,6 +64,23 @@ func DialMQTT(ctx context.Context, cfg MQTTConfig) (*MQTT, error) {
 	if cfg.QoS > 1 {
 		return nil, fmt.Errorf("device: mqtt: qos %d, want 0 or 1", cfg.QoS)
 	}
+	// mqtt:// and mqtts:// are paho's tcp:// and ssl://; user:password in
+	// the URL are the credentials when none are given.
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("device: mqtt url: %w", err)
+	}
+	if s, ok := map[string]string{"mqtt": "tcp", "mqtts": "ssl", "tls": "ssl"}[u.Scheme]; ok {
+		u.Scheme = s
+	}
+	if u.User != nil {
+		if cfg.Username == "" {
+			cfg.Username = u.User.Username()
+			cfg.Password, _ = u.User.Password()
+		}
+		u.User = nil
+	}
+	cfg.URL = u.String()
 	m := &MQTT{qos: cfg.QoS, id: cfg.DeviceID, in: make(chan []byte, 64)}
 	filter := "mcpd/v1/" + cfg.DeviceID + "/down/#"
 	subscribed := make(chan error, 1)

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -94,11 +95,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
 	addr := fs.String("udp", "", "daemon's UDP address")
 	serialPath := fs.String("serial", "", "serial port to the daemon (device side)")
+	mqttURL := fs.String("mqtt", "", "MQTT broker the daemon serves, tcp://[user:password@]host:1883; every device uses that account")
 	baud := fs.Int("baud", 115200, "serial baud rate (the pty pair is paced at it)")
 	mcpd := fs.String("mcpd", "", "start this mcpd binary for the run (with --model) instead of using --udp/--serial")
 	model := fs.String("model", "", "GGUF model for the spawned mcpd")
 	threads := fs.Int("threads", 0, "the spawned mcpd's --threads (0: its default)")
-	scenarios := fs.String("scenario", "", "comma-separated: single, udp, serial (default: those the targets allow)")
+	scenarios := fs.String("scenario", "", "comma-separated: single, udp, serial, mqtt-single, mqtt (default: those the targets allow)")
 	devices := fs.Int("devices", 4, "simulated devices of the udp scenario")
 	duration := fs.Duration("duration", 10*time.Second, "how long each scenario runs")
 	maxRequests := fs.Int("requests", 0, "stop a scenario after this many requests (0: only the duration bounds it)")
@@ -132,7 +134,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	} else {
-		rep.Target = strings.Trim(strings.Join([]string{*addr, *serialPath}, " "), " ")
+		rep.Target = strings.Trim(strings.Join([]string{*addr, *serialPath, redactURL(*mqttURL)}, " "), " ")
 	}
 	names := strings.Split(*scenarios, ",")
 	if *scenarios == "" {
@@ -143,14 +145,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if *serialPath != "" {
 			names = append(names, "serial")
 		}
+		if *mqttURL != "" {
+			names = append(names, "mqtt-single", "mqtt")
+		}
 	}
 	if len(names) == 0 {
 		fs.Usage()
-		return errors.New("bench needs --udp, --serial or --mcpd")
+		return errors.New("bench needs --udp, --serial, --mqtt or --mcpd")
 	}
 	opts := benchOptions{duration: *duration, maxRequests: *maxRequests, warmup: *warmup, prompt: *prompt, maxTokens: *maxTokens, log: stderr}
 	for _, name := range names {
-		sc, err := makeScenario(strings.TrimSpace(name), *addr, *serialPath, *baud, *devices)
+		sc, err := makeScenario(ctx, strings.TrimSpace(name), *addr, *serialPath, *mqttURL, *baud, *devices)
 		if err != nil {
 			return err
 		}
@@ -186,8 +191,13 @@ func writeText(stdout io.Writer, rep benchReport) {
 	}
 }
 
-func makeScenario(name, addr, serialPath string, baud, devices int) (scenario, error) {
+func makeScenario(ctx context.Context, name, addr, serialPath, mqttURL string, baud, devices int) (scenario, error) {
 	udp := func(int) (device.Transport, error) { return device.DialUDP(addr) }
+	mqtt := func(prefix string) func(int) (device.Transport, error) {
+		return func(i int) (device.Transport, error) {
+			return device.DialMQTT(ctx, device.MQTTConfig{URL: mqttURL, DeviceID: fmt.Sprintf("%s-%d", prefix, i)})
+		}
+	}
 	cfg := func(prefix string) func(int) device.Config {
 		return func(i int) device.Config { return device.Config{DeviceID: fmt.Sprintf("%s-%d", prefix, i)} }
 	}
@@ -212,8 +222,17 @@ func makeScenario(name, addr, serialPath string, baud, devices int) (scenario, e
 				// A UART device: small frames, a window of 2, the RTO a UART needs.
 				return device.Config{DeviceID: "bench-serial", MaxData: 64, Window: 2, RTO: device.SerialRTO(baud, 2)}
 			}}, nil
+	case "mqtt-single", "mqtt":
+		if mqttURL == "" {
+			return scenario{}, fmt.Errorf("scenario %s needs --mqtt", name)
+		}
+		n, prefix := devices, "bench-mqtt"
+		if name == "mqtt-single" {
+			n, prefix = 1, "bench-mqtt-single"
+		}
+		return scenario{name: name, transport: "mqtt", devices: n, dial: mqtt(prefix), config: cfg(prefix)}, nil
 	}
-	return scenario{}, fmt.Errorf("unknown scenario %q (single, udp, serial)", name)
+	return scenario{}, fmt.Errorf("unknown scenario %q (single, udp, serial, mqtt-single, mqtt)", name)
 }
 
 // runScenario runs sc's devices: HELLO, the warm-up requests, then
@@ -388,4 +407,12 @@ func writeReports(rep benchReport, jsonOut, mdOut, pngOut string) error {
 		write(mdOut, func(w io.Writer) error { return writeMarkdown(w, rep, pngOut) }),
 		write(pngOut, func(w io.Writer) error { return writeHistogram(w, rep) }),
 	)
+}
+
+// redactURL hides a password in a broker URL.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return s
 }

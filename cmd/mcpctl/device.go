@@ -7,6 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
@@ -17,6 +19,9 @@ import (
 type linkFlags struct {
 	udp       string
 	serial    string
+	mqtt      string
+	mqttUser  string
+	mqttPass  string // file
 	baud      int
 	deviceID  string
 	maxData   int
@@ -29,6 +34,9 @@ type linkFlags struct {
 func (l *linkFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&l.udp, "udp", "", "daemon's UDP address (default "+DefaultTarget+" unless --serial is given)")
 	fs.StringVar(&l.serial, "serial", "", "serial port the daemon listens on the other end of, e.g. /dev/ttyUSB0")
+	fs.StringVar(&l.mqtt, "mqtt", "", "MQTT broker the daemon serves, e.g. tcp://[user:password@]127.0.0.1:1883 (docs/protocol.md §7.4)")
+	fs.StringVar(&l.mqttUser, "mqtt-user", "", "MQTT username with --mqtt (default: the URL's, else the device id)")
+	fs.StringVar(&l.mqttPass, "mqtt-password-file", "", "file holding the MQTT password with --mqtt")
 	fs.IntVar(&l.baud, "baud", 115200, "baud rate with --serial")
 	fs.StringVar(&l.deviceID, "device-id", "mcpctl", "device id sent in HELLO")
 	fs.IntVar(&l.maxData, "max-data", 256, "largest data field this device accepts (32..256)")
@@ -42,8 +50,14 @@ func (l *linkFlags) register(fs *flag.FlagSet) {
 func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error) {
 	var t device.Transport
 	switch {
-	case l.udp != "" && l.serial != "":
-		return nil, nil, errors.New("give either --udp or --serial, not both")
+	case (l.udp != "") && (l.serial != "") || (l.udp != "" || l.serial != "") && l.mqtt != "":
+		return nil, nil, errors.New("give one of --udp, --serial, --mqtt")
+	case l.mqtt != "":
+		m, err := dialMQTT(ctx, l.mqtt, l.deviceID, l.mqttUser, l.mqttPass)
+		if err != nil {
+			return nil, nil, err
+		}
+		t = m
 	case l.udp != "":
 		u, err := device.DialUDP(l.udp)
 		if err != nil {
@@ -98,6 +112,9 @@ func (l *linkFlags) connect(ctx context.Context) (*device.Client, func(), error)
 			if l.serial != "" {
 				return nil, nil, unreachable{addr: l.serial, wait: l.helloWait, serial: true}
 			}
+			if l.mqtt != "" {
+				return nil, nil, unreachable{addr: redactURL(l.mqtt), wait: l.helloWait}
+			}
 			return nil, nil, unreachable{addr: l.udp, wait: l.helloWait}
 		}
 		return nil, nil, fmt.Errorf("HELLO: %w", err)
@@ -121,7 +138,7 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs := flag.NewFlagSet("ask", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: mcpctl ask [--udp ADDR | --serial PATH [--baud N]] [flags] PROMPT\n\nSends PROMPT as a device would (default target "+DefaultTarget+"), writes the\nanswer to stdout as it streams and the statistics to stderr. Exits 0 on\nDONE, with the protocol's error code on ERROR (6 = BUSY, 9 = MODEL_NOT_FOUND,\n...; docs/protocol.md §12), 130 on Ctrl-C (after telling mcpd to CANCEL),\nand 1 on other failures.\n\nFlags:")
+		fmt.Fprintln(stderr, "usage: mcpctl ask [--udp ADDR | --serial PATH [--baud N] | --mqtt URL] [flags] PROMPT\n\nSends PROMPT as a device would (default target "+DefaultTarget+"), writes the\nanswer to stdout as it streams and the statistics to stderr. Exits 0 on\nDONE, with the protocol's error code on ERROR (6 = BUSY, 9 = MODEL_NOT_FOUND,\n...; docs/protocol.md §12), 130 on Ctrl-C (after telling mcpd to CANCEL),\nand 1 on other failures.\n\nFlags:")
 		fs.PrintDefaults()
 	}
 	var l linkFlags
@@ -268,3 +285,21 @@ type notReady struct{ state string }
 
 func (n notReady) Error() string { return "mcpd is not ready: " + n.state }
 func (notReady) ExitCode() int   { return 1 }
+
+// dialMQTT connects device id through the broker at url; the username
+// defaults to the URL's, then to the device id (one broker account per
+// device, as the broker's ACL expects).
+func dialMQTT(ctx context.Context, url, id, user, passwordFile string) (*device.MQTT, error) {
+	cfg := device.MQTTConfig{URL: url, DeviceID: id, Username: user}
+	if passwordFile != "" {
+		b, err := os.ReadFile(passwordFile)
+		if err != nil {
+			return nil, fmt.Errorf("--mqtt-password-file: %w", err)
+		}
+		cfg.Password = strings.TrimRight(string(b), "\r\n")
+		if cfg.Username == "" {
+			cfg.Username = id
+		}
+	}
+	return device.DialMQTT(ctx, cfg)
+}

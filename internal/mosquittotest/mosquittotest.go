@@ -124,7 +124,10 @@ func Start(tb testing.TB, opts Options) *Broker {
 	b.URL = "tcp://127.0.0.1:" + strconv.Itoa(port)
 	var conf strings.Builder
 	fmt.Fprintf(&conf, "per_listener_settings false\nallow_anonymous false\npassword_file %s\nacl_file %s\n", pwFile, aclFile)
-	conf.WriteString("persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\n")
+	// set_tcp_nodelay: without it mosquitto's Nagle and the peers' delayed
+	// ACKs held each small frame ~40 ms per leg (TTFT p50 88 ms over MQTT
+	// against 0.09 ms over UDP in one bench run; 0.47 ms with it).
+	conf.WriteString("set_tcp_nodelay true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\nconnection_messages true\n")
 	if os.Getuid() == 0 {
 		// Started as root, mosquitto drops to the user "mosquitto", which
 		// cannot read the test's private directory.
