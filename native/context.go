@@ -304,6 +304,47 @@ func (c *Context) ClearSequence(seq int) error {
 	return nil
 }
 
+// TrimSequence drops positions from and after of sequence seq from the KV
+// cache, keeping [0, from): what a new request sharing a prefix with the
+// sequence's old tokens reuses. It reports false when llama.cpp cannot
+// cut a sequence in the middle (recurrent models): clear it instead.
+func (c *Context) TrimSequence(seq, from int) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr == nil {
+		return false, fmt.Errorf("context: %w", ErrClosed)
+	}
+	if seq < 0 || seq >= c.nSeq || from < 0 {
+		return false, fmt.Errorf("%w: sequence %d from %d", ErrInvalid, seq, from)
+	}
+	return bool(C.llama_memory_seq_rm(C.llama_get_memory(c.ptr), C.llama_seq_id(seq), C.llama_pos(from), -1)), nil
+}
+
+// CopySequence makes sequence dst hold what sequence src holds, dropping
+// dst's own cells: a prefix evaluated once serves many sequences. Where
+// the sequences have their own cells (not Unified), llama.cpp copies the
+// whole of src's cells — SequenceSize positions, whatever src uses — at
+// the start of the next Decode, before that batch is evaluated.
+func (c *Context) CopySequence(src, dst int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ptr == nil {
+		return fmt.Errorf("context: %w", ErrClosed)
+	}
+	if src < 0 || src >= c.nSeq || dst < 0 || dst >= c.nSeq {
+		return fmt.Errorf("%w: sequences %d → %d", ErrInvalid, src, dst)
+	}
+	if src == dst {
+		return nil
+	}
+	mem := C.llama_get_memory(c.ptr)
+	// llama.cpp copies between sequences of different cells only whole,
+	// into an emptied destination.
+	C.llama_memory_seq_rm(mem, C.llama_seq_id(dst), -1, -1)
+	C.llama_memory_seq_cp(mem, C.llama_seq_id(src), C.llama_seq_id(dst), -1, -1)
+	return nil
+}
+
 // Clear empties the whole KV cache.
 func (c *Context) Clear() error {
 	c.mu.Lock()

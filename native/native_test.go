@@ -669,3 +669,104 @@ func TestDecodeAbort(t *testing.T) {
 		t.Log("decode finished before Close (slow scheduling); no abort observed")
 	}
 }
+
+// A prefix kept in a sequence (TrimSequence) or copied from another
+// (CopySequence) continues exactly as if the whole prompt had been
+// evaluated there: the same greedy tokens. Sequence 1 first holds other
+// tokens, which the copy must replace.
+func TestSequenceReuse(t *testing.T) {
+	m := load(t, tinyModel(t))
+	const prompt, n = "Hello, world, and the quick brown fox", 12
+	want := greedy(t, m, 1, prompt, n)
+	toks, err := m.Tokenize(prompt, true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := m.Tokenize("zzz sensor 7", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := len(toks) / 2
+	for _, tc := range []struct {
+		name    string
+		prepare func(t *testing.T, c *Context) int // the sequence to continue on
+	}{
+		{"trim", func(t *testing.T, c *Context) int {
+			if ok, err := c.TrimSequence(0, cut); err != nil || !ok {
+				t.Fatalf("TrimSequence: %v %v", ok, err)
+			}
+			return 0
+		}},
+		{"copy", func(t *testing.T, c *Context) int {
+			if err := c.CopySequence(0, 1); err != nil {
+				t.Fatal(err)
+			}
+			if ok, err := c.TrimSequence(1, cut); err != nil || !ok {
+				t.Fatalf("TrimSequence: %v %v", ok, err)
+			}
+			// The source is not touched: cut it differently.
+			if ok, err := c.TrimSequence(0, 1); err != nil || !ok {
+				t.Fatalf("TrimSequence: %v %v", ok, err)
+			}
+			return 1
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			c, err := m.NewContext(ContextParams{ContextSize: 512, BatchSize: 64, Sequences: 2, Threads: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			s, err := NewSampler(SamplerParams{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var b Batch
+			for i, tok := range toks {
+				b.Add(tok, i, 0, false)
+			}
+			for i, tok := range other {
+				b.Add(tok, i, 1, false)
+			}
+			if err := c.Decode(ctx, &b); err != nil {
+				t.Fatal(err)
+			}
+			seq := tc.prepare(t, c)
+			b.Reset()
+			for i := cut; i < len(toks); i++ {
+				b.Add(toks[i], i, seq, i == len(toks)-1)
+			}
+			var got []Token
+			for pos := len(toks); len(got) < n; pos++ {
+				if err := c.Decode(ctx, &b); err != nil {
+					t.Fatal(err)
+				}
+				tok, err := s.Sample(c, b.Len()-1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, tok)
+				b.Reset()
+				b.Add(tok, pos, seq, true)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("after %s: %v, whole prompt: %v", tc.name, got, want)
+			}
+		})
+	}
+	c, err := m.NewContext(ContextParams{ContextSize: 64, BatchSize: 16, Sequences: 2, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, bad := range [][2]int{{-1, 0}, {2, 0}, {0, 2}} {
+		if err := c.CopySequence(bad[0], bad[1]); !errors.Is(err, ErrInvalid) {
+			t.Errorf("CopySequence(%d, %d): %v", bad[0], bad[1], err)
+		}
+	}
+	if _, err := c.TrimSequence(2, 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("TrimSequence(2, 0): %v", err)
+	}
+}
