@@ -95,7 +95,8 @@ const (
 // Result is what a finished generation reports.
 type Result struct {
 	Tokens       int           // tokens generated
-	PromptTokens int           // prompt tokens evaluated
+	PromptTokens int           // prompt tokens
+	PromptCached int           // of those, found in the engine's cache, not evaluated again
 	TTFT         time.Duration // from the call to the first piece
 	Duration     time.Duration // from the call to the last piece
 	Stop         StopReason

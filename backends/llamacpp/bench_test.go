@@ -27,6 +27,12 @@ import (
 
 func benchEngine(b *testing.B, parallel int) *Engine {
 	b.Helper()
+	return benchEngineCfg(b, Config{Parallel: parallel})
+}
+
+// benchEngineCfg starts an engine with cfg on the benchmark model.
+func benchEngineCfg(b *testing.B, cfg Config) *Engine {
+	b.Helper()
 	path := os.Getenv("MCPD_BENCH_MODEL")
 	if path == "" {
 		path = writeModel(b, gguf.TinySpec(1))
@@ -35,8 +41,8 @@ func benchEngine(b *testing.B, parallel int) *Engine {
 	if threads == 0 {
 		threads = 2
 	}
-	e, err := New(context.Background(), Config{ModelPath: path, Threads: threads, Parallel: parallel,
-		SequenceContext: 512, Logger: slog.New(slog.DiscardHandler)})
+	cfg.ModelPath, cfg.Threads, cfg.SequenceContext, cfg.Logger = path, threads, 512, slog.New(slog.DiscardHandler)
+	e, err := New(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -65,21 +71,31 @@ func BenchmarkNativeGenerate(b *testing.B) {
 	reportRSS(b)
 }
 
+// BenchmarkNativePrompt: the same prompt again and again, evaluated whole
+// (NoKVReuse: prompt processing speed) and found in the KV cache (only
+// its last token evaluated: what a repeated prompt costs by default).
 func BenchmarkNativePrompt(b *testing.B) {
-	e := benchEngine(b, 1)
-	prompt := strings.Repeat("the sensor reads twenty one degrees ", 8)
-	var toks int
-	var ttft time.Duration
-	for b.Loop() {
-		res, err := e.Generate(context.Background(), greedyReq(prompt, 1), discard)
-		if err != nil {
-			b.Fatal(err)
-		}
-		toks += res.PromptTokens
-		ttft += res.TTFT
+	for _, c := range []struct {
+		name    string
+		noReuse bool
+	}{{"whole", true}, {"cached", false}} {
+		b.Run(c.name, func(b *testing.B) {
+			e := benchEngineCfg(b, Config{Parallel: 1, NoKVReuse: c.noReuse})
+			prompt := strings.Repeat("the sensor reads twenty one degrees ", 8)
+			var toks int
+			var ttft time.Duration
+			for b.Loop() {
+				res, err := e.Generate(context.Background(), greedyReq(prompt, 1), discard)
+				if err != nil {
+					b.Fatal(err)
+				}
+				toks += res.PromptTokens
+				ttft += res.TTFT
+			}
+			b.ReportMetric(float64(toks)/ttft.Seconds(), "prompt-tok/s")
+			b.ReportMetric(float64(ttft.Microseconds())/1000/float64(b.N), "ttft-ms")
+		})
 	}
-	b.ReportMetric(float64(toks)/ttft.Seconds(), "prompt-tok/s")
-	b.ReportMetric(float64(ttft.Milliseconds())/float64(b.N), "ttft-ms")
 }
 
 func BenchmarkNativeParallel(b *testing.B) {

@@ -41,6 +41,12 @@ type Config struct {
 	// step, so a long prompt cannot stall the others' generation for long
 	// (default 128).
 	PromptChunk int
+	// NoKVReuse clears a sequence's KV cache when its request ends, so
+	// every prompt is evaluated whole. By default a sequence keeps it, and
+	// a new request evaluates only what its prompt adds to what some
+	// sequence holds (a conversation's earlier turns, another device's
+	// system prompt; kv.go). For comparisons and tests.
+	NoKVReuse bool
 	// MaxTokens is the default generation limit (default 256).
 	MaxTokens int
 	// Defaults for sampling when a request leaves them unset.

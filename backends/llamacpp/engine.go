@@ -37,17 +37,29 @@ type Engine struct {
 	steps       atomic.Int64 // llama_decode calls
 	stepTokens  atomic.Int64 // tokens decoded in them
 	stepOutputs atomic.Int64 // of which sampled (generated-token rows)
+	// KV cache reuse (kv.go).
+	promptTokens atomic.Int64 // prompt tokens of admitted requests
+	promptCached atomic.Int64 // of which found in a sequence's cache
+	kvCopies     atomic.Int64 // prefixes copied from another sequence
+	kvDropped    atomic.Int64 // cached tokens dropped for another prompt
 }
 
 // Stats are the scheduler's counters since start.
 type Stats struct {
 	Steps, Tokens, Outputs int64
+	// PromptTokens of admitted requests, PromptCached of them not
+	// evaluated again (kept in a sequence's KV cache, or copied from
+	// another sequence KVCopies times); KVDropped cached tokens were
+	// dropped to make room for other prompts.
+	PromptTokens, PromptCached, KVCopies, KVDropped int64
 }
 
 // Stats returns the scheduler's counters; Outputs/Steps is the mean number
 // of sequences batched per decode step.
 func (e *Engine) Stats() Stats {
-	return Stats{Steps: e.steps.Load(), Tokens: e.stepTokens.Load(), Outputs: e.stepOutputs.Load()}
+	return Stats{Steps: e.steps.Load(), Tokens: e.stepTokens.Load(), Outputs: e.stepOutputs.Load(),
+		PromptTokens: e.promptTokens.Load(), PromptCached: e.promptCached.Load(),
+		KVCopies: e.kvCopies.Load(), KVDropped: e.kvDropped.Load()}
 }
 
 var (

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
@@ -27,6 +28,7 @@ type request struct {
 	maxTokens int
 	atMax     backends.StopReason // the stop reason when maxTokens is reached
 	sampling  native.SamplerParams
+	cached    atomic.Int64 // prompt tokens found in the KV cache, set at admission
 
 	mu     sync.Mutex
 	events []event
@@ -131,6 +133,8 @@ func (e *Engine) Generate(ctx context.Context, req backends.Request, emit backen
 		case <-r.notify:
 		}
 		evs = r.take(evs)
+		// Set at admission, before any event.
+		res.PromptCached = int(r.cached.Load())
 		e.poke() // the backlog shrank: a paused sequence may resume
 		for _, ev := range evs {
 			if ev.done {

@@ -14,26 +14,44 @@ type slot struct {
 	seq     int
 	req     *request
 	sampler *native.Sampler
-	prefill int          // prompt tokens already decoded
+	prefill int          // prompt tokens already decoded (or reused)
 	pos     int          // next position
 	next    native.Token // sampled, to be decoded next step
 	hasNext bool
 	emitted int
-	out     int // batch index of this slot's logits in the current step; -1 none
+	out     int            // batch index of this slot's logits in the current step; -1 none
+	adding  []native.Token // this step's tokens, held once the decode succeeds
 }
 
 // run is the scheduler: the only goroutine that touches e.nctx.
 func (e *Engine) run() {
 	defer close(e.done)
 	slots := make([]*slot, e.cfg.Parallel)
+	kv := newKVState(e.cfg.Parallel)
+	clear := func(seq int) {
+		if err := e.nctx.ClearSequence(seq); err != nil {
+			e.cfg.Logger.Warn("clearing a sequence failed", "seq", seq, "err", err)
+		}
+		kv.held[seq] = kv.held[seq][:0]
+	}
+	// free ends a request. Its sequence keeps its KV cache (kv.held says
+	// what it holds) for the conversation's next turn, or for another
+	// request that starts the same way.
 	free := func(i int, ev event) {
 		s := slots[i]
 		s.req.push(ev)
 		s.sampler.Close()
-		if err := e.nctx.ClearSequence(s.seq); err != nil {
-			e.cfg.Logger.Warn("clearing a sequence failed", "seq", s.seq, "err", err)
+		kv.used[i] = e.steps.Load()
+		if e.cfg.NoKVReuse {
+			clear(i)
 		}
 		slots[i] = nil
+	}
+	// failed ends a request whose sequence's cache a failed decode left
+	// undefined.
+	failed := func(i int, ev event) {
+		free(i, ev)
+		clear(i)
 	}
 	// Decodes are aborted by Close, not by any one request.
 	life, stop := context.WithCancel(context.Background())
@@ -95,7 +113,11 @@ func (e *Engine) run() {
 					smp.Accept(t)
 				}
 			}
-			slots[i] = &slot{seq: i, req: r, sampler: smp}
+			seq, reuse := e.place(kv, slots, r.prompt)
+			r.cached.Store(int64(reuse))
+			e.promptTokens.Add(int64(len(r.prompt)))
+			e.promptCached.Add(int64(reuse))
+			slots[seq] = &slot{seq: seq, req: r, sampler: smp, prefill: reuse, pos: reuse}
 		}
 		// Drop sequences whose caller left (cancelled, stop string, emit error).
 		for i, s := range slots {
@@ -122,9 +144,11 @@ func (e *Engine) run() {
 				continue
 			}
 			s.out = -1
+			s.adding = s.adding[:0]
 			if s.hasNext && s.req.backlog() < maxBacklog {
 				s.out = batch.Len()
 				batch.Add(s.next, s.pos, s.seq, true)
+				s.adding = append(s.adding, s.next)
 			}
 		}
 		for k := range slots {
@@ -141,6 +165,7 @@ func (e *Engine) run() {
 				}
 				batch.Add(s.req.prompt[s.prefill+j], s.prefill+j, s.seq, last)
 			}
+			s.adding = append(s.adding, s.req.prompt[s.prefill:s.prefill+n]...)
 			s.prefill += n
 			s.pos = s.prefill
 		}
@@ -177,11 +202,16 @@ func (e *Engine) run() {
 			// A failed step leaves its sequences' caches undefined.
 			e.cfg.Logger.Error("llama_decode failed", "tokens", batch.Len(), "err", err)
 			for i, s := range slots {
-				if s != nil && (s.out >= 0 || s.prefill > 0) {
-					free(i, event{done: true, err: fmt.Errorf("%w: %w", backends.ErrFailed, err)})
+				if s != nil && len(s.adding) > 0 {
+					failed(i, event{done: true, err: fmt.Errorf("%w: %w", backends.ErrFailed, err)})
 				}
 			}
 			continue
+		}
+		for _, s := range slots {
+			if s != nil {
+				kv.held[s.seq] = append(kv.held[s.seq], s.adding...)
+			}
 		}
 		for i, s := range slots {
 			if s == nil || s.out < 0 {

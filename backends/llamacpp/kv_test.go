@@ -1,0 +1,154 @@
+package llamacpp
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/native/gguf"
+)
+
+// chat is one device's conversation: its messages so far.
+type chat struct {
+	msgs []backends.Message
+}
+
+// turn asks e for the next answer to user and appends both to the chat.
+func (c *chat) turn(t *testing.T, e *Engine, user string) (string, backends.Result) {
+	t.Helper()
+	c.msgs = append(c.msgs, backends.Message{Role: backends.RoleUser, Content: user})
+	req := backends.Request{Messages: c.msgs, Options: backends.Options{TemperatureSet: true, MaxTokens: 12}}
+	text, res, err := collect(t, e, context.Background(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.msgs = append(c.msgs, backends.Message{Role: backends.RoleAssistant, Content: text})
+	return text, res
+}
+
+const systemPrompt = "You are a greenhouse controller. Answer briefly; name the sensor and unit."
+
+// The conversations the tests play: which chat speaks, and what it says.
+type line struct {
+	chat int
+	user string
+}
+
+// play runs the lines on e and returns each answer and result.
+func play(t *testing.T, e *Engine, system []bool, lines []line) ([]string, []backends.Result) {
+	t.Helper()
+	chats := make([]chat, len(system))
+	for i, s := range system {
+		if s {
+			chats[i].msgs = []backends.Message{{Role: backends.RoleSystem, Content: systemPrompt}}
+		}
+	}
+	var texts []string
+	var results []backends.Result
+	for _, l := range lines {
+		text, res := chats[l.chat].turn(t, e, l.user)
+		texts = append(texts, text)
+		results = append(results, res)
+	}
+	return texts, results
+}
+
+// TestKVReuse: a conversation's later turns evaluate only what is new,
+// conversations that push each other out of the cache are recomputed, a
+// second device's system prompt is copied from the first's sequence — and
+// the greedy answers are byte for byte those of an engine that evaluates
+// every prompt whole.
+func TestKVReuse(t *testing.T) {
+	path := writeModel(t, gguf.TinySpec(1))
+	tests := []struct {
+		name     string
+		parallel int
+		system   []bool
+		lines    []line
+		check    func(t *testing.T, res []backends.Result, st Stats)
+	}{
+		{
+			name: "one chat", parallel: 2, system: []bool{false},
+			lines: []line{{0, "Hello, world"}, {0, "sensor 7 humidity 40%"}, {0, "What time is it?"}, {0, "zzz"}},
+			check: func(t *testing.T, res []backends.Result, st Stats) {
+				for i := 1; i < len(res); i++ {
+					// All of the last prompt is kept (its answer is
+					// tokenized anew and may differ from the tokens
+					// generated).
+					if res[i].PromptCached < res[i-1].PromptTokens {
+						t.Errorf("turn %d: %d of %d prompt tokens cached, the turn before had %d", i+1,
+							res[i].PromptCached, res[i].PromptTokens, res[i-1].PromptTokens)
+					}
+				}
+				if st.KVDropped > int64(len(res))*12 {
+					t.Errorf("%d cached tokens dropped: more than the answers", st.KVDropped)
+				}
+			},
+		},
+		{
+			name: "evicted", parallel: 1, system: []bool{false, false},
+			lines: []line{{0, "Hello, world"}, {1, "the quick brown fox"}, {0, "sensor 7 humidity 40%"},
+				{1, "What time is it?"}, {0, "zzz"}},
+			check: func(t *testing.T, res []backends.Result, st Stats) {
+				if st.KVDropped == 0 {
+					t.Error("one sequence for two chats dropped nothing")
+				}
+			},
+		},
+		{
+			name: "shared system prompt", parallel: 3, system: []bool{true, true, false},
+			lines: []line{{0, "What is the temperature in the east bed right now, please?"}, {1, "Humidity?"},
+				{0, "And in the west bed?"}, {2, "Hello"}, {1, "Soil moisture?"}},
+			check: func(t *testing.T, res []backends.Result, st Stats) {
+				if st.KVCopies == 0 {
+					t.Error("no prefix copied between sequences")
+				}
+				// The second chat's first turn found the system prompt.
+				if res[1].PromptCached < res[1].PromptTokens/2 {
+					t.Errorf("second device's first turn: %d of %d prompt tokens cached", res[1].PromptCached, res[1].PromptTokens)
+				}
+				// And the first chat kept its own sequence meanwhile.
+				if res[2].PromptCached < res[0].PromptTokens {
+					t.Errorf("first chat's second turn: %d of %d cached, the first turn had %d",
+						res[2].PromptCached, res[2].PromptTokens, res[0].PromptTokens)
+				}
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			whole := newEngine(t, path, Config{Parallel: tc.parallel, NoKVReuse: true, SequenceContext: 512})
+			want, wantRes := play(t, whole, tc.system, tc.lines)
+			for i, r := range wantRes {
+				if r.PromptCached != 0 {
+					t.Fatalf("NoKVReuse: turn %d had %d prompt tokens cached", i+1, r.PromptCached)
+				}
+			}
+			e := newEngine(t, path, Config{Parallel: tc.parallel, SequenceContext: 512})
+			got, res := play(t, e, tc.system, tc.lines)
+			for i := range want {
+				if got[i] != want[i] || res[i].Tokens != wantRes[i].Tokens || res[i].Stop != wantRes[i].Stop {
+					t.Errorf("line %d: %q (%d tokens), evaluated whole: %q (%d)", i+1, got[i], res[i].Tokens,
+						want[i], wantRes[i].Tokens)
+				}
+				if res[i].PromptTokens != wantRes[i].PromptTokens {
+					t.Errorf("line %d: %d prompt tokens, evaluated whole: %d", i+1, res[i].PromptTokens, wantRes[i].PromptTokens)
+				}
+			}
+			st := e.Stats()
+			if st.PromptCached == 0 || st.PromptCached >= st.PromptTokens {
+				t.Errorf("stats: %d of %d prompt tokens cached", st.PromptCached, st.PromptTokens)
+			}
+			if testing.Verbose() {
+				var b strings.Builder
+				for _, r := range res {
+					fmt.Fprintf(&b, " %d/%d", r.PromptCached, r.PromptTokens)
+				}
+				t.Logf("cached/prompt per line:%s; %+v", b.String(), st)
+			}
+			tc.check(t, res, st)
+		})
+	}
+}
