@@ -55,7 +55,11 @@ type OpenConfig struct {
 	// DetectInterval is how often the machine is probed again: a GPU
 	// driver may come up after mcpd (default 30s).
 	DetectInterval time.Duration
-	Logger         *slog.Logger
+	// ResponseCache is the byte budget of the response cache (0: none):
+	// deterministic requests answered before are answered again from it
+	// (ResponseCache).
+	ResponseCache int64
+	Logger        *slog.Logger
 }
 
 // Open starts the engines the policy needs and returns the Selector that
@@ -89,6 +93,9 @@ func Open(ctx context.Context, cfg OpenConfig) (*Selector, error) {
 	required := func(name Policy) bool { return cfg.Policy == name || len(want) == 1 }
 	s := &Selector{cfg: cfg, log: log, engines: map[Policy]Backend{}, wake: make(chan bool, 1),
 		closing: make(chan struct{}), done: make(chan struct{})}
+	if cfg.ResponseCache > 0 {
+		s.cache = NewResponseCache(cfg.ResponseCache)
+	}
 	s.machine = cfg.Detector.Probe(ctx)
 	log.Info("machine", "summary", s.machine.Summary())
 	fail := func(err error) (*Selector, error) {
@@ -164,6 +171,8 @@ type Selector struct {
 
 	mu      sync.Mutex
 	machine detect.Machine
+
+	cache *ResponseCache // nil: none
 }
 
 // choice is one evaluation's outcome; Generate reads it without locks.
@@ -440,10 +449,71 @@ func failoverable(err error) bool {
 		errors.Is(err, ErrModelNotFound) || errors.Is(err, ErrClosed) || errors.Is(err, ErrNoMemory)
 }
 
-// Generate implements Backend: the chosen engine first; while no output
-// has reached emit, a failure moves the request to the next engine, so the
-// device never sees it.
+// Generate implements Backend: a deterministic request answered before
+// comes from the response cache, if there is one; otherwise the chosen
+// engine first, and while no output has reached emit, a failure moves the
+// request to the next engine, so the device never sees it.
 func (s *Selector) Generate(ctx context.Context, req Request, emit Emit) (Result, error) {
+	if s.cache == nil {
+		res, _, err := s.generate(ctx, req, emit)
+		return res, err
+	}
+	if !Deterministic(req.Options) {
+		s.cache.skipped()
+		res, _, err := s.generate(ctx, req, emit)
+		return res, err
+	}
+	start := time.Now()
+	engine := s.current.Load().engines[0]
+	info, err := engine.Model(ctx, req.Model)
+	if err != nil { // the engine says why
+		res, _, err := s.generate(ctx, req, emit)
+		return res, err
+	}
+	k := key(engine.Name(), info.Name, req)
+	if text, res, ok := s.cache.get(k); ok {
+		if len(text) > 0 {
+			if err := emit(text); err != nil {
+				return Result{}, err
+			}
+		}
+		res.TTFT = time.Since(start)
+		res.Duration, res.PromptCached = res.TTFT, res.PromptTokens
+		return res, nil
+	}
+	var text []byte
+	res, served, err := s.generate(ctx, req, func(p []byte) error {
+		text = append(text, p...)
+		return emit(p)
+	})
+	if err == nil && served == engine { // not an answer of a fallback's model
+		s.cache.put(k, text, res)
+	}
+	return res, err
+}
+
+// CacheStats implements CacheReporter: the response cache's counters
+// (zero, Budget 0, without one) and the engines' KV cache reuse.
+func (s *Selector) CacheStats() CacheStats {
+	var st CacheStats
+	if s.cache != nil {
+		st = s.cache.Stats()
+	}
+	for _, e := range s.engines {
+		if r, ok := e.(KVReporter); ok {
+			kv := r.KVStats()
+			st.KV.PromptTokens += kv.PromptTokens
+			st.KV.PromptCached += kv.PromptCached
+			st.KV.Copies += kv.Copies
+			st.KV.Dropped += kv.Dropped
+		}
+	}
+	return st
+}
+
+// generate runs req on the engines in order; it returns the one that
+// answered.
+func (s *Selector) generate(ctx context.Context, req Request, emit Emit) (Result, Backend, error) {
 	c := s.current.Load()
 	var errs []error
 	for i, e := range c.engines {
@@ -457,7 +527,7 @@ func (s *Selector) Generate(ctx context.Context, req Request, emit Emit) (Result
 			return emit(p)
 		})
 		if err == nil || started || ctx.Err() != nil || !failoverable(err) {
-			return res, err
+			return res, e, err
 		}
 		errs = append(errs, err)
 		if i+1 < len(c.engines) {
@@ -467,19 +537,19 @@ func (s *Selector) Generate(ctx context.Context, req Request, emit Emit) (Result
 		s.poke(true) // a failure: look at the machine and the engines again
 	}
 	if ctx.Err() != nil {
-		return Result{}, ctx.Err()
+		return Result{}, nil, ctx.Err()
 	}
 	// The most useful error: a missing model only when nothing else went
 	// wrong (the other engine may simply name models differently).
 	for _, err := range errs {
 		if !errors.Is(err, ErrModelNotFound) {
-			return Result{}, err
+			return Result{}, nil, err
 		}
 	}
 	if len(errs) > 0 {
-		return Result{}, errs[0]
+		return Result{}, nil, errs[0]
 	}
-	return Result{}, fmt.Errorf("%w: no engine", ErrUnavailable)
+	return Result{}, nil, fmt.Errorf("%w: no engine", ErrUnavailable)
 }
 
 // Close implements Backend: it stops re-evaluation and closes every engine.

@@ -279,3 +279,48 @@ func TestSelectionLoggedOnlyWhenItChanges(t *testing.T) {
 		t.Fatalf("a failover logged %d times in all, want the start and the change", n-1)
 	}
 }
+
+// The response cache on a fake engine: least recently used answers go
+// first when the budget is full, and an answer is never half stored.
+func TestResponseCacheBudgetOnFakes(t *testing.T) {
+	native := &fakeEngine{name: "llama.cpp", output: []string{strings.Repeat("x", 200)}}
+	// Room for two entries of ~200 bytes of text plus bookkeeping.
+	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyNative, Detector: cpuMachine(t), Native: starter(native, nil),
+		ResponseCache: 1000})
+	ask := func(prompt string) {
+		t.Helper()
+		if _, _, err := collectPieces(context.Background(), s, greedyReq(prompt, 8)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct {
+		prompt string
+		ran    bool // the engine was called
+	}{
+		{"a", true}, {"b", true}, {"a", false}, // a is now the most recent
+		{"c", true},  // evicts b
+		{"a", false}, // still there
+		{"b", true},  // was evicted
+	}
+	for i, st := range steps {
+		before := native.calls.Load()
+		ask(st.prompt)
+		if ran := native.calls.Load() > before; ran != st.ran {
+			t.Fatalf("step %d (%q): engine ran %v, want %v", i, st.prompt, ran, st.ran)
+		}
+	}
+	if st := s.CacheStats(); st.Evictions != 2 || st.Entries != 2 || st.Bytes > st.Budget || st.Hits != 2 || st.Misses != 4 {
+		t.Fatalf("stats %+v", st)
+	}
+	// A failed generation is not stored.
+	native.set(func(f *fakeEngine) { f.genErr = errors.New("boom") })
+	if _, _, err := collectPieces(context.Background(), s, greedyReq("d", 8)); err == nil {
+		t.Fatal("no error")
+	}
+	native.set(func(f *fakeEngine) { f.genErr = nil })
+	before := native.calls.Load()
+	ask("d")
+	if native.calls.Load() == before {
+		t.Fatal("a failed answer was served from the cache")
+	}
+}

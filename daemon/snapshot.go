@@ -27,6 +27,9 @@ type Snapshot struct {
 	MaxConcurrent int           `json:"max_concurrent"`
 	MaxQueue      int           `json:"max_queue"`
 	Counters      Counters      `json:"counters"`
+	// Cache is what the engines reuse (docs/caching.md): the response
+	// cache's counters when it is on, and the KV cache's prompt reuse.
+	Cache *backends.CacheStats `json:"cache,omitempty"`
 }
 
 // SessionInfo is one device's session.
@@ -70,6 +73,10 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 	snap.Running, snap.Queued = d.admission.load()
 	snap.LocalRequests = d.local.count()
 	snap.Counters = d.stats.Counters()
+	if r, ok := d.backend().(backends.CacheReporter); ok {
+		st := r.CacheStats()
+		snap.Cache = &st
+	}
 	if info, err := d.backend().Model(ctx, ""); err == nil {
 		snap.Model = info.Name
 	}

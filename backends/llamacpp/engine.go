@@ -203,3 +203,12 @@ func (e *Engine) Close() error {
 	<-e.done
 	return e.model.Close() // also frees the context
 }
+
+var _ backends.KVReporter = (*Engine)(nil)
+
+// KVStats implements backends.KVReporter.
+func (e *Engine) KVStats() backends.KVStats {
+	st := e.Stats()
+	return backends.KVStats{PromptTokens: st.PromptTokens, PromptCached: st.PromptCached, Copies: st.KVCopies,
+		Dropped: st.KVDropped}
+}

@@ -112,6 +112,9 @@ func checkBackend(cfg config) error {
 	if err != nil {
 		return err
 	}
+	if err := cfg.Cache.validate(); err != nil {
+		return err
+	}
 	engines := map[backends.Policy]bool{policy: true}
 	for _, f := range cfg.Fallback {
 		p, err := backends.ParsePolicy(strings.TrimSpace(f))
@@ -141,7 +144,7 @@ func checkBackend(cfg config) error {
 // openBackend starts the engines and the selection between them, the
 // in-process one only when native is true; call checkBackend first.
 func openBackend(ctx context.Context, cfg config, log *slog.Logger, native bool) (backends.Backend, error) {
-	sel := backends.OpenConfig{Policy: backends.Policy(cfg.Backend), Logger: log}
+	sel := backends.OpenConfig{Policy: backends.Policy(cfg.Backend), ResponseCache: cfg.Cache.responseBudget(), Logger: log}
 	for _, f := range cfg.Fallback {
 		sel.Fallback = append(sel.Fallback, backends.Policy(strings.TrimSpace(f)))
 	}
@@ -152,6 +155,7 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger, native bool)
 			Threads:         cfg.Engine.Threads,
 			SequenceContext: cfg.Engine.ContextSize,
 			Parallel:        max(cfg.Limits.MaxConcurrent, 0),
+			NoKVReuse:       cfg.Cache.NoKVReuse,
 			Logger:          log,
 		})
 	}

@@ -33,6 +33,7 @@ type config struct {
 	// backend's own when it fails before the first token.
 	Fallback []string      `toml:"fallback"`
 	Ollama   ollamaSection `toml:"ollama"`
+	Cache    cacheSection  `toml:"cache"`
 	Engine   struct {
 		Threads     int `toml:"threads"`
 		ContextSize int `toml:"context_size"`

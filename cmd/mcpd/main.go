@@ -70,6 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	mqttPasswordFile := fs.String("mqtt-password-file", "", "file holding the MQTT password for the --mqtt brokers")
 	backend := fs.String("backend", "auto", "inference engine: auto, native (in-process llama.cpp) or ollama")
 	applyBackendFlags := backendFlags(fs)
+	applyCacheFlags := cacheFlags(fs)
 	model := fs.String("model", "", "GGUF file (native) or model name (ollama)")
 	threads := fs.Int("threads", 0, "CPU threads for the native engine (default: all cores)")
 	ctxSize := fs.Int("ctx", 0, "context size per request in tokens (default: the model's, at most 2048)")
@@ -130,6 +131,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		apply("backend", func() { cfg.Backend = *backend })
 		applyBackendFlags(&cfg, set)
+		applyCacheFlags(&cfg, set)
 		apply("model", func() { cfg.Model = *model })
 		apply("log-level", func() { cfg.LogLevel = *logLevel })
 		apply("log-format", func() { cfg.LogFormat = *logFormat })

@@ -83,8 +83,8 @@ func prepare(cfg config) (prepared, error) {
 // two configurations' values now would stat the same file twice and miss
 // a replaced model.
 func engineSettings(cfg config) string {
-	return fmt.Sprintf("%s|%q|%+v|%s|%d|%d|%d|%s", cfg.Backend, cfg.Fallback, cfg.Ollama, cfg.Model,
-		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent, fileState(cfg.Model))
+	return fmt.Sprintf("%s|%q|%+v|%s|%d|%d|%d|%+v|%s", cfg.Backend, cfg.Fallback, cfg.Ollama, cfg.Model,
+		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent, cfg.Cache, fileState(cfg.Model))
 }
 
 // udpKey names a listen address by what it resolves to, so that

@@ -126,11 +126,15 @@ var (
 	suppressedDesc  = prometheus.NewDesc("mcpd_log_lines_suppressed_total", "Log lines remote peers caused that the sampler held back (written at debug level only), by event.", []string{"event"}, nil)
 	guardDesc       = prometheus.NewDesc("mcpd_guard_total", "Hostile-peer defences at work: sessions evicted, frames over a source's rate, HELLOs and INFERs the policy refused.", []string{"action"}, nil)
 	breakerDesc     = prometheus.NewDesc("mcpd_backend_breaker_state", "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open.", []string{"backend"}, nil)
+	cacheDesc       = prometheus.NewDesc("mcpd_response_cache_total", "Response cache events: hit, miss, skipped (a sampled request), evicted.", []string{"event"}, nil)
+	cacheBytesDesc  = prometheus.NewDesc("mcpd_response_cache_bytes", "Bytes the response cache holds.", nil, nil)
+	promptDesc      = prometheus.NewDesc("mcpd_prompt_tokens_total", "Prompt tokens of engine requests, by whether the engine's KV cache held them (cached) or they were evaluated.", []string{"source"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{framesDesc, badFramesDesc, skippedDesc, retransmitsDesc, reconnectsDesc,
-		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, selectedDesc, breakerDesc, suppressedDesc, guardDesc} {
+		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, selectedDesc, breakerDesc, suppressedDesc, guardDesc,
+		cacheDesc, cacheBytesDesc, promptDesc} {
 		ch <- d
 	}
 }
@@ -148,6 +152,18 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ready = 1
 		}
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, ready)
+		if c := s.Cache; c != nil {
+			if c.Budget > 0 {
+				for event, n := range map[string]int64{"hit": c.Hits, "miss": c.Misses, "skipped": c.Skipped, "evicted": c.Evictions} {
+					ch <- prometheus.MustNewConstMetric(cacheDesc, prometheus.CounterValue, float64(n), event)
+				}
+				ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(c.Bytes))
+			}
+			if c.KV.PromptTokens > 0 {
+				ch <- prometheus.MustNewConstMetric(promptDesc, prometheus.CounterValue, float64(c.KV.PromptCached), "cached")
+				ch <- prometheus.MustNewConstMetric(promptDesc, prometheus.CounterValue, float64(c.KV.PromptTokens-c.KV.PromptCached), "evaluated")
+			}
+		}
 	}
 	if c.backend != nil {
 		b := c.backend()
