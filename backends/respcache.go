@@ -123,6 +123,8 @@ func key(engine, model string, req Request) cacheKey {
 	for _, s := range o.Stop {
 		str(s)
 	}
+	str(o.Grammar)
+	str(string(o.Schema))
 	h.Write(buf)
 	var k cacheKey
 	h.Sum(k[:0])
