@@ -63,6 +63,10 @@ type claim struct {
 	device string // device id: its budget and its places across sessions; "" none
 	source string // source (IP address, serial port): its places; "" none
 	local  bool   // a local application's: within the local share
+	// holderMax is the holder's cap; 0: MaxPerSession (a device's). A
+	// local client — an address, so all the applications of this machine
+	// are one — has the local share as its cap.
+	holderMax int
 }
 
 // keyCounts counts places by key (a device id, a source); only keys with
@@ -137,7 +141,11 @@ func (a *admission) admitAs(h holder, c claim, want int) (*ticket, error) {
 	cfg := a.conf()
 	device := c.device
 	t := &ticket{a: a, holder: h}
-	if !h.take(cfg.MaxPerSession) {
+	holderMax := cfg.MaxPerSession
+	if c.holderMax > 0 {
+		holderMax = c.holderMax
+	}
+	if !h.take(holderMax) {
 		a.stats.Busy.Add(1)
 		return nil, errHolderFull
 	}

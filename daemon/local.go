@@ -22,9 +22,9 @@ var (
 	// takes (max_concurrent + max_queue) — the device's ERROR BUSY
 	// "request queue full".
 	ErrQueueFull = errors.New("daemon: request queue full")
-	// ErrClientBusy: this client already has as many requests as one
-	// device may have (MaxPerSession) — the device's ERROR BUSY "this
-	// device has too many requests".
+	// ErrClientBusy: this client already holds the local share of the
+	// queue (LocalShare) — the device's ERROR BUSY "this device has too
+	// many requests".
 	ErrClientBusy = errors.New("daemon: this client has too many requests")
 	// ErrNotRunning: Generate (or AddLink) was called before Run or after it ended.
 	ErrNotRunning = errors.New("daemon: not serving")
@@ -43,8 +43,9 @@ func (e *RequestError) Unwrap() error { return e.Err }
 // LocalRequest is a generation asked for by an application on this machine
 // (the HTTP API's POST /v1/generate).
 type LocalRequest struct {
-	// Client identifies the caller: the per-device request cap applies to
-	// each client as to each device.
+	// Client identifies the caller — the HTTP API gives its address, never
+	// a name the caller chose —: each client may hold at most the local
+	// share of the queue (Config.LocalShare).
 	Client string
 	Model  string
 	System string
@@ -74,7 +75,7 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	case d.admission.isDraining():
 		return refuse(serialproto.CodeShuttingDown, errShuttingDown)
 	}
-	t, err := d.admission.admitAs(d.local.client(req.Client), claim{local: true}, 0)
+	t, err := d.admission.admitAs(d.local.client(req.Client), claim{local: true, holderMax: localLimit(d.conf())}, 0)
 	switch {
 	case errors.Is(err, errHolderFull):
 		return refuse(serialproto.CodeBusy, ErrClientBusy)

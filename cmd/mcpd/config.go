@@ -48,6 +48,11 @@ type config struct {
 		Listen string `toml:"listen"`
 		// ReadyNeedsLink: /readyz is 503 while no link is up.
 		ReadyNeedsLink bool `toml:"ready_needs_link"`
+		// Guard (docs/observability.md): host names and browser origins
+		// besides loopback ones, and the open-connection cap.
+		AllowedHosts   []string `toml:"allowed_hosts"`
+		AllowedOrigins []string `toml:"allowed_origins"`
+		MaxConns       int      `toml:"max_conns"`
 	} `toml:"http"`
 	Limits struct {
 		MaxSessions    int      `toml:"max_sessions"`

@@ -61,7 +61,7 @@ func (o *observability) serve(ctx context.Context, d *daemon.Daemon, cfg config,
 		return
 	}
 	srv := httpapi.New(httpapi.Config{Daemon: d, Metrics: o.metrics, Backend: backendReporter(cfg, b), Version: version, Log: log,
-		ReadyNeedsLink: cfg.HTTP.ReadyNeedsLink})
+		ReadyNeedsLink: cfg.HTTP.ReadyNeedsLink, AllowedHosts: cfg.HTTP.AllowedHosts, AllowedOrigins: cfg.HTTP.AllowedOrigins, MaxConns: cfg.HTTP.MaxConns})
 	log.Info("http endpoint up", "addr", o.ln.Addr().String())
 	if err := srv.Serve(ctx, o.ln, 2*time.Second); err != nil {
 		log.Error("http endpoint failed", "err", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -237,7 +238,7 @@ func (s *service) apply(ctx context.Context, d *daemon.Daemon, cfg config) error
 		s.log.Warn("the mqtt links' settings take effect at the next restart")
 		cfg.MQTT = s.cur.MQTT
 	}
-	if cfg.HTTP != s.cur.HTTP {
+	if !reflect.DeepEqual(cfg.HTTP, s.cur.HTTP) {
 		s.log.Warn("the http endpoint's settings take effect at the next restart", "listen", s.cur.HTTP.Listen)
 		cfg.HTTP = s.cur.HTTP
 	}

@@ -14,6 +14,8 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
@@ -48,13 +50,22 @@ type Config struct {
 	// serial port missing or refused): for a gateway whose devices are all
 	// on serial ports. Off, readiness is the engine's and the drain's.
 	ReadyNeedsLink bool
+	// AllowedHosts are host names, besides loopback ones, that requests
+	// may name in Host (when the API is reached under another name, e.g.
+	// through a reverse proxy); AllowedOrigins are browser origins
+	// ("https://dash.example") besides loopback ones that may call it.
+	AllowedHosts   []string
+	AllowedOrigins []string
+	MaxConns       int // open connections at once; 0: DefaultMaxConns
 }
 
 // Server is the HTTP API.
 type Server struct {
-	cfg   Config
-	start time.Time
-	mux   *http.ServeMux
+	cfg     Config
+	start   time.Time
+	mux     *http.ServeMux
+	handler http.Handler // the mux behind the guard (guard.go)
+	refused atomic.Int64 // requests the guard refused
 }
 
 // New returns the API's server.
@@ -70,20 +81,36 @@ func New(cfg Config) *Server {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.Registry(), promhttp.HandlerOpts{}))
 	}
 	s.mux.HandleFunc("POST /v1/generate", s.generate)
+	for i, h := range s.cfg.AllowedHosts {
+		s.cfg.AllowedHosts[i] = strings.ToLower(h)
+	}
+	s.handler = s.guard(s.mux)
 	return s
 }
 
-// ServeHTTP makes Server an http.Handler.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+// ServeHTTP makes Server an http.Handler: the guard's checks, then the
+// endpoints.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
 
 // Serve answers on ln until ctx is done, then gives requests in flight up
 // to grace to finish.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	s.warnOffLoopback(ln)
+	maxConns := s.cfg.MaxConns
+	if maxConns <= 0 {
+		maxConns = DefaultMaxConns
+	}
+	ln = newLimitListener(ln, maxConns)
 	srv := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 5 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
-		ErrorLog:          slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelDebug),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		// No overall WriteTimeout: a stream lasts as long as its request;
+		// each write has its own deadline (writeTimeout, streamer).
+		IdleTimeout:    idleTimeout,
+		MaxHeaderBytes: maxHeaderBytes,
+		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
+		ErrorLog:       slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -160,8 +187,8 @@ type GenerateRequest struct {
 	TopK        int      `json:"top_k,omitempty"`
 	TopP        float32  `json:"top_p,omitempty"`
 	DeadlineMS  int      `json:"deadline_ms,omitempty"`
-	// Client names the caller for the per-client request cap (the cap a
-	// device has); default: the X-Mcpd-Client header, then the peer address.
+	// Client is accepted for compatibility and ignored: the per-client
+	// cap applies to the caller's address, which a caller cannot choose.
 	Client string `json:"client,omitempty"`
 }
 
@@ -202,13 +229,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, serialproto.CodeMalformed, "max_tokens, deadline_ms, top_k and top_p must not be negative")
 		return
 	}
-	client := req.Client
-	if client == "" {
-		client = r.Header.Get("X-Mcpd-Client")
-	}
-	if client == "" {
-		client, _, _ = net.SplitHostPort(r.RemoteAddr)
-	}
+	client := clientOf(r)
 	opts := backends.Options{MaxTokens: req.MaxTokens, TopK: req.TopK, TopP: req.TopP}
 	if req.Temperature != nil {
 		opts.Temperature, opts.TemperatureSet = *req.Temperature, true
@@ -220,29 +241,45 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 	// The status line waits for the first piece, so an error before any
 	// output gets its own HTTP status (BUSY: 503 or 429); once text has
 	// gone out, a failure is the stream's last line.
-	started := false
-	enc := json.NewEncoder(w)
-	flusher, _ := w.(http.Flusher)
+	//
+	// The engine's callback only queues a line (streamer, guard.go): a
+	// client that stops reading fills the bounded buffer, and its request
+	// is cancelled and its connection cut instead of holding the engine.
+	ctx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	var st *streamer
+	head := func() {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+	}
 	begin := func() {
-		if !started {
-			started = true
-			w.Header().Set("Content-Type", "application/x-ndjson")
-			w.WriteHeader(http.StatusOK)
+		if st == nil {
+			head()
+			st = newStreamer(w, cancel, writeTimeout)
 		}
 	}
-	res, err := s.cfg.Daemon.Generate(r.Context(), daemon.LocalRequest{
+	res, err := s.cfg.Daemon.Generate(ctx, daemon.LocalRequest{
 		Client: client, Model: req.Model, System: req.System, Prompt: req.Prompt,
 		Options: opts, Deadline: time.Duration(req.DeadlineMS) * time.Millisecond,
 	}, func(piece []byte) error {
 		begin()
-		if err := enc.Encode(GenerateLine{Response: string(piece)}); err != nil {
-			return err // the caller went away: the daemon stops the engine
+		line, err := json.Marshal(GenerateLine{Response: string(piece)})
+		if err != nil {
+			return err
 		}
-		if flusher != nil {
-			flusher.Flush()
-		}
-		return nil
+		return st.push(append(line, '\n'))
 	})
+	started := st != nil
+	enc := json.NewEncoder(w)
+	if started {
+		if serr := st.close(); serr != nil {
+			s.cfg.Log.Debug("stream cut", "client", client, "err", serr)
+			// Cut the connection; the write deadline has passed, so the
+			// server's last flush fails at once instead of waiting.
+			panic(http.ErrAbortHandler)
+		}
+	}
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout)) // the last line's
 	if err != nil {
 		code := serialproto.CodeBackendFailed
 		var rerr *daemon.RequestError
@@ -260,7 +297,9 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 		_ = enc.Encode(GenerateLine{Error: &Error{Code: code.String(), Message: err.Error(), Retryable: code.Retryable()}})
 		return
 	}
-	begin()
+	if !started {
+		head()
+	}
 	_ = enc.Encode(GenerateLine{
 		Done: true, Stop: stopName(res.Stop), Tokens: res.Tokens, PromptTokens: res.PromptTokens,
 		TTFTMS: res.TTFT.Milliseconds(), DurationMS: res.Duration.Milliseconds(),

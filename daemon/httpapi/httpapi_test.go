@@ -140,6 +140,7 @@ func (f *fixture) generate(t *testing.T, body string, header ...string) (*http.R
 	if err != nil {
 		t.Fatal(err)
 	}
+	req.Header.Set("Content-Type", "application/json")
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
@@ -220,12 +221,13 @@ func TestGenerateRejectsBadRequests(t *testing.T) {
 }
 
 // TestGenerateObeysTheDevicesLimits: the HTTP API and the devices share
-// one queue and one set of engine slots; BUSY means the same to both.
+// one queue and one set of engine slots; BUSY means the same to both. A
+// client is its address: a name it claims changes nothing.
 func TestGenerateObeysTheDevicesLimits(t *testing.T) {
 	e := &echoEngine{gate: make(chan struct{})}
-	f := start(t, daemon.Config{MaxConcurrent: 1, MaxQueue: 1, MaxPerSession: 1}, e)
+	f := start(t, daemon.Config{MaxConcurrent: 1, MaxQueue: 2, MaxPerSession: 1, LocalShare: 34, MaxPerSource: -1}, e)
 
-	// A device takes the only slot, a local app the only queue place.
+	// A device takes the only slot, a local app its share of the queue (1).
 	devDone := make(chan error, 1)
 	go func() { _, err := askDevice(t, f.udp, "sensor-1", "hold"); devDone <- err }()
 	waitFor(t, func() bool { return e.calls.Load() == 1 })
@@ -236,23 +238,27 @@ func TestGenerateObeysTheDevicesLimits(t *testing.T) {
 	}()
 	waitFor(t, func() bool { return f.d.Snapshot(context.Background()).Queued == 1 })
 
-	// The queue is full: another app gets 503 and Retry-After, a second
-	// request of app-a is over its own cap (429), and a device gets BUSY.
-	resp, _ := f.generate(t, `{"prompt":"no room"}`, "X-Mcpd-Client", "app-b")
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("queue full: status %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	// Another request from this machine, whatever name it claims, is over
+	// the local share (429); a device still gets the place kept for devices.
+	for _, claim := range [][]string{nil, {"X-Mcpd-Client", "app-b"}} {
+		resp, _ := f.generate(t, `{"prompt":"me again","client":"app-c"}`, claim...)
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("local client over its share (claims %v): status %d", claim, resp.StatusCode)
+		}
 	}
-	resp, _ = f.generate(t, `{"prompt":"me again","client":"app-a"}`)
-	if resp.StatusCode != http.StatusTooManyRequests {
-		t.Fatalf("client over its cap: status %d", resp.StatusCode)
-	}
+	dev2 := make(chan error, 1)
+	go func() { _, err := askDevice(t, f.udp, "sensor-2", "room for me"); dev2 <- err }()
+	waitFor(t, func() bool { return f.d.Snapshot(context.Background()).Queued == 2 })
+	// Now the queue is full: a device gets BUSY.
 	var perr *serialproto.Error
-	if _, err := askDevice(t, f.udp, "sensor-2", "me too"); !errors.As(err, &perr) || perr.Code != serialproto.CodeBusy {
+	if _, err := askDevice(t, f.udp, "sensor-3", "me too"); !errors.As(err, &perr) || perr.Code != serialproto.CodeBusy {
 		t.Fatalf("device while full: %v", err)
 	}
 	close(e.gate)
-	if err := <-devDone; err != nil {
-		t.Fatal(err)
+	for _, ch := range []chan error{devDone, dev2} {
+		if err := <-ch; err != nil {
+			t.Fatal(err)
+		}
 	}
 	lines := <-httpDone
 	if len(lines) == 0 || !lines[len(lines)-1].Done {
@@ -262,7 +268,7 @@ func TestGenerateObeysTheDevicesLimits(t *testing.T) {
 	for _, want := range []string{
 		`mcpd_requests_total{code="BUSY",link="http",outcome="refused"} 2`,
 		`mcpd_requests_total{code="none",link="http",outcome="done"} 1`,
-		`mcpd_requests_total{code="none",link="udp:` + f.udp + `",outcome="done"} 1`,
+		`mcpd_requests_total{code="none",link="udp:` + f.udp + `",outcome="done"} 2`,
 	} {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
