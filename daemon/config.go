@@ -48,6 +48,9 @@ type Config struct {
 	PeerBurst int
 	MaxPeers  int
 	Policy    AccessPolicy // who may connect, with which models, how many tokens
+	// Schemas are the answer constraints a device names by id in an
+	// INFER's SCHEMA option (docs/protocol.md §11.4.1).
+	Schemas map[uint8]Schema
 }
 
 // WithDefaults returns c with every zero field set to its default.

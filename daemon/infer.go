@@ -64,6 +64,11 @@ func (s *session) infer(f serialproto.Frame) {
 		s.refuse(f.Seq, e)
 		return
 	}
+	schema, e := s.schemaFor(&m)
+	if e != nil {
+		s.refuse(f.Seq, e)
+		return
+	}
 	t, err := s.d.admission.admitAs(&s.places, claim{device: s.deviceID, source: sourceKey(s.peer)}, maxTokens(&m, s.d.conf()))
 	if err != nil {
 		s.refuse(f.Seq, refusal(err))
@@ -74,6 +79,7 @@ func (s *session) infer(f serialproto.Frame) {
 		m.MaxTokens = uint16(t.tokens)
 	}
 	r := s.newRequest(f.Seq, count, &m, first, t)
+	r.schema = schema
 	s.d.stats.Accepted.Add(1)
 	s.send(f.Seq, &serialproto.Ack{Next: uint16(count)})
 	go r.run()

@@ -22,6 +22,7 @@ type request struct {
 	cancelTimeout context.CancelFunc
 	st            *stream
 	obs           RequestObserver // nil when nothing observes
+	schema        *Schema         // the answer's constraint (§11.4.1), nil for none
 }
 
 func (r *request) cancel(cause error) { r.cancelCause(cause) }
@@ -77,7 +78,11 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 	// The conversation is read once the slot is taken: an earlier request
 	// of the session that held it up has added its turn by then.
 	request := func() backends.Request {
-		return backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.conf())}
+		req := backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.conf())}
+		if r.schema != nil {
+			req.Options.Grammar, req.Options.Schema = r.schema.Grammar, r.schema.JSON
+		}
+		return req
 	}
 	return d.generate(r.ctx, "device:"+r.s.deviceID, request, r.obs, func(piece []byte) error {
 		answer.Write(piece)
@@ -167,6 +172,8 @@ func errorCode(err, cause error) serialproto.ErrorCode {
 		return serialproto.CodeBusy
 	case errors.Is(err, backends.ErrPromptTooLong):
 		return serialproto.CodeTooLarge
+	case errors.Is(err, backends.ErrUnsupported):
+		return serialproto.CodeUnsupportedOption
 	}
 	return serialproto.CodeBackendFailed
 }
@@ -205,7 +212,7 @@ func options(m *serialproto.Infer, cfg *Config) backends.Options {
 // context: 5033 prompt tokens, context 2048").
 func deviceText(err error) string {
 	text := err.Error()
-	for _, p := range []string{"backends: ", "daemon: ", "llamacpp: ", "ollama: ", "native: ", "serialproto: "} {
+	for _, p := range []string{"backends: ", "daemon: ", "llamacpp: ", "ollama: ", "native: ", "serialproto: ", "grammar: "} {
 		text = strings.ReplaceAll(text, p, "")
 	}
 	return text

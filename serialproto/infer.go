@@ -27,6 +27,11 @@ const (
 	OptContext       OptionType = 0x0C
 	optKnownLimit    OptionType = 0x0D
 	optCritical      OptionType = 0x80
+	// Critical options: a daemon that does not know them must refuse the
+	// INFER rather than answer in prose a device cannot parse.
+	OptSchema        OptionType = 0x81 // id of a schema the daemon has registered
+	OptSchemaJSON    OptionType = 0x82 // an inline JSON Schema of the subset
+	optCriticalLimit OptionType = 0x83
 )
 
 // Infer is a prompt with its options. Set records which options are
@@ -45,17 +50,58 @@ type Infer struct {
 	System        string
 	DeadlineMS    uint32
 	Context       uint32
+	SchemaID      uint8  // OptSchema: a schema of the daemon's config
+	SchemaJSON    string // OptSchemaJSON: ≤ MaxSchemaJSONLen bytes
 	Prompt        string
 }
 
-// OptionSet is a bit set of option types below 0x20.
-type OptionSet uint32
+// MaxSchemaJSONLen is the longest inline schema (SCHEMA_JSON): what an
+// options block of 255 bytes leaves after the option's own two bytes.
+const MaxSchemaJSONLen = 253
+
+// OptionSet is a bit set of option types: bits 0..31 for types 0x00..0x1F,
+// bits 32..63 for the critical types 0x80..0x9F.
+type OptionSet uint64
+
+func optBit(t OptionType) (uint, bool) {
+	switch {
+	case t < 0x20:
+		return uint(t), true
+	case t >= 0x80 && t < 0xA0:
+		return 32 + uint(t-0x80), true
+	}
+	return 0, false
+}
 
 // Has reports whether t is in the set.
-func (s OptionSet) Has(t OptionType) bool { return t < 32 && s&(1<<t) != 0 }
+func (s OptionSet) Has(t OptionType) bool {
+	b, ok := optBit(t)
+	return ok && s&(1<<b) != 0
+}
 
-// With returns the set with t added.
-func (s OptionSet) With(t OptionType) OptionSet { return s | 1<<t }
+// With returns the set with t added (unchanged for a type it cannot hold).
+func (s OptionSet) With(t OptionType) OptionSet {
+	if b, ok := optBit(t); ok {
+		return s | 1<<b
+	}
+	return s
+}
+
+// known reports whether t is an option this package decodes.
+func known(t OptionType) bool {
+	return (t > 0 && t < optKnownLimit) || (t > optCritical && t < optCriticalLimit)
+}
+
+// optionOrder is the encoding order: ascending type.
+var optionOrder = func() []OptionType {
+	var ts []OptionType
+	for t := OptionType(1); t < optCriticalLimit; t++ {
+		if known(t) {
+			ts = append(ts, t)
+		}
+	}
+	return ts
+}()
 
 func (*Infer) Command() Command { return CmdInfer }
 
@@ -68,7 +114,7 @@ func (m *Infer) AppendBody(dst []byte) ([]byte, error) {
 	}
 	start := len(dst)
 	dst = append(dst, 0) // opt_len, patched below
-	for t := OptionType(1); t < optKnownLimit; t++ {
+	for _, t := range optionOrder {
 		if !m.Set.Has(t) {
 			continue
 		}
@@ -86,34 +132,38 @@ func (m *Infer) AppendBody(dst []byte) ([]byte, error) {
 }
 
 // field returns where option t lives in m: a string with its size limit, a
-// u16 or a u32 (exactly one non-nil), or all nil for the flag NEW_CHAT. One
-// table serves encoding and decoding, so the two can't disagree.
-func (m *Infer) field(t OptionType) (str *string, limit int, u16 *uint16, u32 *uint32) {
+// u8, u16 or a u32 (exactly one non-nil), or all nil for the flag NEW_CHAT.
+// One table serves encoding and decoding, so the two can't disagree.
+func (m *Infer) field(t OptionType) (str *string, limit int, u8 *uint8, u16 *uint16, u32 *uint32) {
 	switch t {
+	case OptSchema:
+		return nil, 0, &m.SchemaID, nil, nil
+	case OptSchemaJSON:
+		return &m.SchemaJSON, MaxSchemaJSONLen, nil, nil, nil
 	case OptModel:
-		return &m.Model, MaxModelLen, nil, nil
+		return &m.Model, MaxModelLen, nil, nil, nil
 	case OptSystem:
-		return &m.System, MaxSystemLen, nil, nil
+		return &m.System, MaxSystemLen, nil, nil, nil
 	case OptMaxTokens:
-		return nil, 0, &m.MaxTokens, nil
+		return nil, 0, nil, &m.MaxTokens, nil
 	case OptTemperature:
-		return nil, 0, &m.Temperature, nil
+		return nil, 0, nil, &m.Temperature, nil
 	case OptTopK:
-		return nil, 0, &m.TopK, nil
+		return nil, 0, nil, &m.TopK, nil
 	case OptTopP:
-		return nil, 0, &m.TopP, nil
+		return nil, 0, nil, &m.TopP, nil
 	case OptMinP:
-		return nil, 0, &m.MinP, nil
+		return nil, 0, nil, &m.MinP, nil
 	case OptRepeatPenalty:
-		return nil, 0, &m.RepeatPenalty, nil
+		return nil, 0, nil, &m.RepeatPenalty, nil
 	case OptSeed:
-		return nil, 0, nil, &m.Seed
+		return nil, 0, nil, nil, &m.Seed
 	case OptDeadlineMS:
-		return nil, 0, nil, &m.DeadlineMS
+		return nil, 0, nil, nil, &m.DeadlineMS
 	case OptContext:
-		return nil, 0, nil, &m.Context
+		return nil, 0, nil, nil, &m.Context
 	}
-	return nil, 0, nil, nil // OptNewChat: presence is the value
+	return nil, 0, nil, nil, nil // OptNewChat: presence is the value
 }
 
 func badString(t OptionType, limit int) error {
@@ -121,13 +171,15 @@ func badString(t OptionType, limit int) error {
 }
 
 func (m *Infer) appendOption(dst []byte, t OptionType) ([]byte, error) {
-	str, limit, u16, u32 := m.field(t)
+	str, limit, u8, u16, u32 := m.field(t)
 	switch {
 	case str != nil:
 		if len(*str) == 0 || len(*str) > limit || !utf8.ValidString(*str) {
 			return dst, badString(t, limit)
 		}
 		return append(append(dst, byte(t), byte(len(*str))), *str...), nil
+	case u8 != nil:
+		return append(dst, byte(t), 1, *u8), nil
 	case u16 != nil:
 		return binary.BigEndian.AppendUint16(append(dst, byte(t), 2), *u16), nil
 	case u32 != nil:
@@ -154,7 +206,7 @@ func (m *Infer) UnmarshalBody(b []byte) error {
 		}
 		t, v := OptionType(opts[0]), opts[2:2+int(opts[1])]
 		opts = opts[2+len(v):]
-		if t >= optKnownLimit || t == 0 {
+		if !known(t) {
 			if t&optCritical != 0 && unsupported == nil {
 				unsupported = fmt.Errorf("%w: %#02x", ErrUnsupportedOption, uint8(t))
 			}
@@ -176,9 +228,11 @@ func (m *Infer) UnmarshalBody(b []byte) error {
 }
 
 func (m *Infer) setOption(t OptionType, v []byte) error {
-	str, limit, u16, u32 := m.field(t)
+	str, limit, u8, u16, u32 := m.field(t)
 	size := 0
 	switch {
+	case u8 != nil:
+		size = 1
 	case u16 != nil:
 		size = 2
 	case u32 != nil:
@@ -193,6 +247,8 @@ func (m *Infer) setOption(t OptionType, v []byte) error {
 			return badString(t, limit)
 		}
 		*str = string(v)
+	case u8 != nil:
+		*u8 = v[0]
 	case u16 != nil:
 		*u16 = binary.BigEndian.Uint16(v)
 	case u32 != nil:

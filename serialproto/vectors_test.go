@@ -146,6 +146,8 @@ func messageFields(m Message) []string {
 		add(OptSystem, "system", hx([]byte(m.System)))
 		add(OptDeadlineMS, "deadline_ms", itoa(m.DeadlineMS))
 		add(OptContext, "context", itoa(m.Context))
+		add(OptSchema, "schema", itoa(m.SchemaID))
+		add(OptSchemaJSON, "schema_json", hx([]byte(m.SchemaJSON)))
 		return append(out, "prompt="+hx([]byte(m.Prompt)))
 	}
 	return nil // CANCEL, STATUS, BYE: no fields
@@ -402,6 +404,10 @@ func validMessages() []namedMessage {
 		{"infer_greedy_seeded", &Infer{Set: OptionSet(0).With(OptMaxTokens).With(OptTemperature).With(OptSeed), MaxTokens: 16, Temperature: 0, Seed: 42, Prompt: "Hi"}},
 		{"infer_all_options", allOpts},
 		{"infer_utf8_prompt", &Infer{Set: OptionSet(0).With(OptNewChat), Prompt: "Grüße, 世界 🌍"}},
+		// §11.4.1: a registered schema by its one-byte id, and an inline one.
+		{"infer_schema_id", &Infer{Set: OptionSet(0).With(OptMaxTokens).With(OptSchema), MaxTokens: 64, SchemaID: 1, Prompt: "Fan?"}},
+		{"infer_schema_json", &Infer{Set: OptionSet(0).With(OptSchemaJSON), Prompt: "Fan?",
+			SchemaJSON: `{"type":"object","properties":{"fan":{"type":"integer","minimum":0,"maximum":3}}}`}},
 		{"token", &Token{Chunk: 0, Text: []byte("Hello")}},
 		{"token_multibyte", &Token{Chunk: 65535, Text: []byte("€🌍")}},
 		{"done", &Done{Chunk: 3, Reason: StopLength, Tokens: 16, PromptTokens: 9, TTFTMS: 120, DurationMS: 900, TextBytes: 61, TextCRC32C: 0xDEADBEEF}},
@@ -445,6 +451,10 @@ func invalidBodies() []badBody {
 		{"infer_option_repeated", "malformed", CmdInfer, []byte{8, 2, 2, 0, 16, 2, 2, 0, 16, 'h'}},
 		{"infer_critical_unknown_option", "unsupported_option", CmdInfer, []byte{3, 0x80, 1, 0, 'h', 'i'}},
 		{"infer_critical_and_malformed", "malformed", CmdInfer, []byte{6, 0x80, 1, 0, 2, 1, 16, 'h', 'i'}},
+		{"infer_schema_wrong_size", "malformed", CmdInfer, []byte{4, 0x81, 2, 0, 1, 'h', 'i'}},
+		{"infer_schema_json_empty", "malformed", CmdInfer, []byte{2, 0x82, 0, 'h', 'i'}},
+		{"infer_schema_json_not_utf8", "malformed", CmdInfer, []byte{3, 0x82, 1, 0xFF, 'h', 'i'}},
+		{"infer_critical_0x83_unknown", "unsupported_option", CmdInfer, []byte{3, 0x83, 1, 0, 'h', 'i'}},
 		{"infer_model_not_utf8", "malformed", CmdInfer, []byte{3, 1, 1, 0xFF, 'h', 'i'}},
 		{"infer_prompt_not_utf8", "malformed", CmdInfer, []byte{0, 0xC3, 0x28}},
 		{"token_split_utf8", "malformed", CmdToken, []byte{0, 0, 0xE2, 0x82}},

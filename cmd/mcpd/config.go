@@ -76,6 +76,9 @@ type config struct {
 		EngineStall          duration `toml:"engine_stall"`            // an engine call silent this long stops the watchdog
 	} `toml:"limits"`
 	Policy policyConfig `toml:"policy"`
+	// Schemas are the answer constraints devices name by id
+	// (docs/protocol.md §11.4.1), by name for the operator.
+	Schemas map[string]schemaConfig `toml:"schemas"`
 }
 
 // mqttSection is one [[mqtt]] broker connection.

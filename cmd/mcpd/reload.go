@@ -49,6 +49,9 @@ func prepare(cfg config) (prepared, error) {
 	if err := cfg.applyGuard(&p.daemon); err != nil {
 		return p, err
 	}
+	if p.daemon.Schemas, err = cfg.schemas(); err != nil {
+		return p, err
+	}
 	p.serials = make(map[string]daemon.SerialConfig, len(cfg.Serial))
 	for _, s := range cfg.Serial {
 		sc, err := daemon.ParseSerial(s)

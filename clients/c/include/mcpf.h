@@ -146,13 +146,17 @@ typedef struct mcpf_welcome {
     uint32_t daemon_nonce;
 } mcpf_welcome;
 
-/* INFER options (§11.4): bit (1 << type) of present marks an option set. */
+/* INFER options (§11.4): bit MCPF_HAS(type) of present marks an option set.
+ * SCHEMA and SCHEMA_JSON (§11.4.1) are critical: a daemon that does not know
+ * them refuses the INFER instead of answering in prose. */
 enum mcpf_opt {
     MCPF_OPT_MODEL = 0x01, MCPF_OPT_MAX_TOKENS, MCPF_OPT_TEMPERATURE, MCPF_OPT_SEED,
     MCPF_OPT_TOP_K, MCPF_OPT_TOP_P, MCPF_OPT_MIN_P, MCPF_OPT_REPEAT_PENALTY,
-    MCPF_OPT_NEW_CHAT, MCPF_OPT_SYSTEM, MCPF_OPT_DEADLINE_MS, MCPF_OPT_CONTEXT
+    MCPF_OPT_NEW_CHAT, MCPF_OPT_SYSTEM, MCPF_OPT_DEADLINE_MS, MCPF_OPT_CONTEXT,
+    MCPF_OPT_SCHEMA = 0x81, MCPF_OPT_SCHEMA_JSON = 0x82
 };
-#define MCPF_HAS(opt) ((uint16_t)(1u << (opt)))
+/* Types 0x01..0x0C are bits 1..12, 0x81..0x82 bits 13..14. */
+#define MCPF_HAS(opt) ((uint16_t)(1u << (((opt) & 0x80u) ? 12u + ((opt) & 0x7Fu) : (unsigned)(opt))))
 
 typedef struct mcpf_infer {
     uint16_t present; /* MCPF_HAS(MCPF_OPT_...) bits */
@@ -160,6 +164,8 @@ typedef struct mcpf_infer {
     uint32_t seed, deadline_ms, context;
     const uint8_t *model;  uint8_t model_len;
     const uint8_t *system; uint8_t system_len;
+    uint8_t schema; /* SCHEMA: id of a schema in the daemon's config */
+    const uint8_t *schema_json; uint8_t schema_json_len; /* SCHEMA_JSON: 1..253 bytes */
     const uint8_t *prompt; size_t prompt_len;
 } mcpf_infer;
 

@@ -151,6 +151,24 @@ int mcpf_parse_welcome(const uint8_t *b, size_t n, mcpf_welcome *m)
 /* Option value sizes by type 1..12: 0xFF a string, else the exact size. */
 static const uint8_t opt_size[13] = {0, 0xFF, 2, 2, 4, 2, 2, 2, 2, 0, 0xFF, 4, 4};
 
+/* The known option types in encoding order (ascending). */
+static const uint8_t opt_order[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, MCPF_OPT_SCHEMA, MCPF_OPT_SCHEMA_JSON};
+
+static int opt_known(uint8_t t)
+{
+    return (t >= 1 && t <= MCPF_OPT_CONTEXT) || t == MCPF_OPT_SCHEMA || t == MCPF_OPT_SCHEMA_JSON;
+}
+
+/* Size of option t's value: 0xFF a string, else exact. */
+static uint8_t opt_sz(uint8_t t)
+{
+    if (t == MCPF_OPT_SCHEMA)
+        return 1;
+    if (t == MCPF_OPT_SCHEMA_JSON)
+        return 0xFF;
+    return opt_size[t];
+}
+
 /* Where option t's integer lives in m. */
 static void *opt_field(mcpf_infer *m, uint8_t t)
 {
@@ -170,10 +188,12 @@ static void *opt_field(mcpf_infer *m, uint8_t t)
 size_t mcpf_put_infer(uint8_t *out, size_t cap, const mcpf_infer *m)
 {
     uint8_t *p = out + 1, t;
-    size_t used;
-    for (t = 1; t <= MCPF_OPT_CONTEXT; t++) {
+    size_t used, k;
+    for (k = 0; k < sizeof opt_order; k++) {
         const uint8_t *s = NULL;
-        uint8_t sz = opt_size[t];
+        uint8_t sz;
+        t = opt_order[k];
+        sz = opt_sz(t);
         if (!(m->present & MCPF_HAS(t)))
             continue;
         if (t == MCPF_OPT_MODEL) {
@@ -182,6 +202,11 @@ size_t mcpf_put_infer(uint8_t *out, size_t cap, const mcpf_infer *m)
         } else if (t == MCPF_OPT_SYSTEM) {
             s = m->system;
             sz = m->system_len;
+        } else if (t == MCPF_OPT_SCHEMA_JSON) {
+            s = m->schema_json;
+            sz = m->schema_json_len;
+        } else if (t == MCPF_OPT_SCHEMA) {
+            s = &m->schema;
         }
         used = (size_t)(p - out) + 2u + sz;
         if (used > 256u || used > cap) /* the options block is at most 255 bytes */
@@ -220,7 +245,7 @@ int mcpf_parse_infer(const uint8_t *b, size_t n, mcpf_infer *m)
         len = b[i + 1];
         v = b + i + 2;
         i += 2u + len;
-        if (t == 0 || t > MCPF_OPT_CONTEXT) {
+        if (!opt_known(t)) {
             if (t & 0x80u)
                 critical = 1;
             continue; /* an unknown hint is skipped */
@@ -228,18 +253,23 @@ int mcpf_parse_infer(const uint8_t *b, size_t n, mcpf_infer *m)
         if (m->present & MCPF_HAS(t))
             return BAD;
         m->present |= MCPF_HAS(t);
-        if (opt_size[t] == 0xFF) {
+        if (opt_sz(t) == 0xFF) {
             if (len == 0 || len > (t == MCPF_OPT_MODEL ? 128 : 253) || !mcpf_utf8_valid(v, len))
                 return BAD;
             if (t == MCPF_OPT_MODEL) {
                 m->model = v;
                 m->model_len = len;
+            } else if (t == MCPF_OPT_SCHEMA_JSON) {
+                m->schema_json = v;
+                m->schema_json_len = len;
             } else {
                 m->system = v;
                 m->system_len = len;
             }
-        } else if (len != opt_size[t])
+        } else if (len != opt_sz(t))
             return BAD;
+        else if (t == MCPF_OPT_SCHEMA)
+            m->schema = v[0];
         else if (len == 2)
             *(uint16_t *)opt_field(m, t) = get16(v);
         else if (len == 4)

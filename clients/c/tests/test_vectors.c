@@ -237,7 +237,12 @@ static int cmd_code(void)
 }
 
 static const char *opt_names[] = {"", "model", "max_tokens", "temperature", "seed", "top_k", "top_p",
-                                  "min_p", "repeat_penalty", "new_chat", "system", "deadline_ms", "context"};
+                                  "min_p", "repeat_penalty", "new_chat", "system", "deadline_ms", "context",
+                                  "schema", "schema_json"};
+
+/* Option type of opt_names[i]: 1..12, then the critical 0x81, 0x82. */
+static int opt_type(int i) { return i <= MCPF_OPT_CONTEXT ? i : 0x80 + (i - MCPF_OPT_CONTEXT); }
+#define N_OPTS ((int)(sizeof opt_names / sizeof opt_names[0]))
 
 /* Builds the message from the vector's fields into out; returns its length.
  * bufs holds the byte strings the message points to. */
@@ -273,12 +278,15 @@ static size_t build(int cmd, uint8_t *out, uint8_t *bufs)
     case MCPF_PONG:
         return hexf("data", out);
     case MCPF_INFER: {
-        int t;
-        for (t = 1; t <= MCPF_OPT_CONTEXT; t++) {
-            if (!has(opt_names[t]))
+        int i, t;
+        for (i = 1; i < N_OPTS; i++) {
+            t = opt_type(i);
+            if (!has(opt_names[i]))
                 continue;
             m.infer.present |= MCPF_HAS(t);
             switch (t) {
+            case MCPF_OPT_SCHEMA: m.infer.schema = (uint8_t)num("schema"); break;
+            case MCPF_OPT_SCHEMA_JSON: m.infer.schema_json = bufs + 3072; m.infer.schema_json_len = (uint8_t)hexf("schema_json", bufs + 3072); break;
             case MCPF_OPT_MODEL: m.infer.model = bufs; m.infer.model_len = (uint8_t)hexf("model", bufs); break;
             case MCPF_OPT_SYSTEM: m.infer.system = bufs + 1024; m.infer.system_len = (uint8_t)hexf("system", bufs + 1024); break;
             case MCPF_OPT_MAX_TOKENS: m.infer.max_tokens = (uint16_t)num("max_tokens"); break;
@@ -383,18 +391,22 @@ static int parse_and_check(int cmd, const uint8_t *b, size_t n, int check)
         want_num("daemon_nonce", m.welcome.daemon_nonce);
         return 0;
     case MCPF_INFER: {
-        int t;
+        int i, t;
         if ((err = mcpf_parse_infer(b, n, &m.infer)) < 0 || !check)
             return err;
-        for (t = 1; t <= MCPF_OPT_CONTEXT; t++) {
-            int present = (m.infer.present & MCPF_HAS(t)) != 0;
-            if (present != has(opt_names[t])) {
-                FAIL("option %s present %d", opt_names[t], present);
+        for (i = 1; i < N_OPTS; i++) {
+            int present;
+            t = opt_type(i);
+            present = (m.infer.present & MCPF_HAS(t)) != 0;
+            if (present != has(opt_names[i])) {
+                FAIL("option %s present %d", opt_names[i], present);
                 continue;
             }
             if (!present)
                 continue;
             switch (t) {
+            case MCPF_OPT_SCHEMA: want_num("schema", m.infer.schema); break;
+            case MCPF_OPT_SCHEMA_JSON: want_hex("schema_json", m.infer.schema_json, m.infer.schema_json_len); break;
             case MCPF_OPT_MODEL: want_hex("model", m.infer.model, m.infer.model_len); break;
             case MCPF_OPT_SYSTEM: want_hex("system", m.infer.system, m.infer.system_len); break;
             case MCPF_OPT_NEW_CHAT: break;

@@ -201,6 +201,8 @@ INFER_OPTIONS = {
     "seed": (0x04, "I"), "top_k": (0x05, "H"), "top_p": (0x06, "H"), "min_p": (0x07, "H"),
     "repeat_penalty": (0x08, "H"), "new_chat": (0x09, ""), "system": (0x0A, (1, 255)),
     "deadline_ms": (0x0B, "I"), "context": (0x0C, "I"),
+    # Critical (§11.4.1): a daemon that does not know them refuses the INFER.
+    "schema": (0x81, "B"), "schema_json": (0x82, (1, 253)),
 }
 _OPTION_BY_TYPE = {t: (name, kind) for name, (t, kind) in INFER_OPTIONS.items()}
 
