@@ -18,6 +18,7 @@ func TestErrorFitCutsAtWords(t *testing.T) {
 		{"no endpoint reachable within 2s: http://127.0.0.1:11434", 32, "no endpoint reachable…"},
 		{"Grüße 🌱 sind zu lang für diesen Rahmen", 20, "Grüße 🌱…"},
 		{"abcdefghijklmnopqrstuvwxyz", 14, "abcdefg…"},
+		{"no model yet: install /var/lib/mcpd/models/model.gguf (no such file)", 50, "no model yet: install /var/lib/mcpd/models/…"},
 	} {
 		e := NewError(CodeTooLarge, tc.text)
 		e.Fit(tc.limit)

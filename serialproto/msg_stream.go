@@ -110,10 +110,13 @@ func (*Error) Command() Command { return CmdError }
 // max_data). docs/protocol.md §11.7.
 func (m *Error) Fit(limit int) { m.Text = cutWords(m.Text, min(limit-4, MaxErrorText)) }
 
+// maxWordCut is the longest word end cutWords drops to cut at a space.
+const maxWordCut = 16
+
 // cutWords returns s cut to at most n bytes at a word boundary, ending in
 // "…" when anything was cut, so that a reader never sees half a word (or
 // half a number: "context 20" for "context 2048"). A text with no space
-// early enough is cut within its last word, still marked.
+// in its last 16 bytes (a long path) is cut within that word, still marked.
 func cutWords(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -123,7 +126,9 @@ func cutWords(s string, n int) string {
 		return cutUTF8(s, n)
 	}
 	cut := cutUTF8(s, n-len(ellipsis))
-	if i := strings.LastIndexByte(cut, ' '); i > 0 {
+	// Back to the last space unless that loses more than a short word: a
+	// long path keeps what fits.
+	if i := strings.LastIndexByte(cut, ' '); i > 0 && len(cut)-i <= maxWordCut {
 		cut = cut[:i]
 	}
 	return strings.TrimRight(cut, " ,:;") + ellipsis

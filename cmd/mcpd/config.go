@@ -145,14 +145,14 @@ func (c *config) loadFile(path string, required bool) error {
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("config %s: %w", path, err)
+		}
+		return friendlyTOMLError(path, err) // configcheck.go
 	}
 	if und := md.Undecoded(); len(und) > 0 {
-		keys := make([]string, len(und))
-		for i, k := range und {
-			keys[i] = k.String()
-		}
-		return fmt.Errorf("config %s: unknown keys: %s", path, strings.Join(keys, ", "))
+		return unknownKeysError(path, und)
 	}
 	return nil
 }

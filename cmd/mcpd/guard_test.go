@@ -21,7 +21,8 @@ func TestConfigPolicy(t *testing.T) {
 		{"policy", "[limits]\npeer_rate = 20\npeer_burst = 8\nmax_per_device = 2\n" +
 			"[policy]\nnetworks = [\"192.168.4.7/24\"]\nonly_listed = true\n" +
 			"[policy.devices.pump]\nmodels = [\"tiny\"]\ntoken_budget = 500\nbudget_period = \"1h\"\n",
-			[]string{"PeerRate:20", "PeerBurst:8", "MaxPerSession:2", "192.168.4.0/24", "OnlyListed:true", "pump:{Models:[tiny] TokenBudget:500 BudgetPeriod:1h0m0s}"}, ""},
+			[]string{"peer_rate = 20.0", "peer_burst = 8", "max_per_device = 2", `networks = ["192.168.4.0/24"]`, "only_listed = true",
+				"[policy.devices.pump]", `models = ["tiny"]`, "token_budget = 500", `budget_period = "1h0m0s"`}, ""},
 		{"bad network", "[policy]\nnetworks = [\"192.168.4\"]\n", nil, "192.168.4"},
 		{"bad device id", "[policy.devices.\"\"]\ntoken_budget = 1\n", nil, "device id"},
 		{"negative budget", "[policy.devices.pump]\ntoken_budget = -1\n", nil, "negative budget"},

@@ -34,6 +34,10 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
+		var fe flagError
+		if errors.As(err, &fe) {
+			os.Exit(2)
+		}
 		fmt.Fprintln(os.Stderr, "mcpd:", err)
 		os.Exit(1)
 	}
@@ -54,6 +58,13 @@ UDP 127.0.0.1:7700 only; all interfaces is an explicit --listen-udp :7700.
 
 Flags:
 `
+
+// flagError is a bad command line the flag package has printed already,
+// with the usage: main must not print it again.
+type flagError struct{ err error }
+
+func (f flagError) Error() string { return f.err.Error() }
+func (f flagError) Unwrap() error { return f.err }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mcpd", flag.ContinueOnError)
@@ -84,7 +95,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	checkConfig := fs.Bool("check-config", false, "validate the configuration, print it, and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return flagError{err} // printed already, with the usage
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected argument %q (see mcpd -h)", fs.Arg(0))
@@ -170,8 +184,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			}
 			mqttNames = append(mqttNames, l.Name())
 		}
-		fmt.Fprintf(stdout, "configuration ok: udp %v, serial %v, mqtt %v, backend %s, model %q, %d device keys, limits %+v\n",
-			cfg.ListenUDP, cfg.Serial, mqttNames, cfg.Backend, cfg.Model, len(keys), lim)
+		fmt.Fprintf(stdout, "configuration ok: udp %v, serial %v, mqtt %v, backend %s, model %q, %d device keys\n\n",
+			cfg.ListenUDP, cfg.Serial, mqttNames, cfg.Backend, cfg.Model, len(keys))
+		if err := writeEffective(stdout, cfg, lim); err != nil { // by the file's key names (configcheck.go)
+			return err
+		}
 		if problem := modelProblem(cfg); problem != nil {
 			fmt.Fprintf(stdout, "model: %s: mcpd starts anyway, answers devices MODEL_NOT_FOUND and loads the model once it is there\n",
 				problem.waitingFor())

@@ -194,7 +194,7 @@ func TestConfigPrecedence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"udp [127.0.0.1:7702 127.0.0.1:7703]", "MaxConcurrent:4", "MaxQueue:9", "Heartbeat:2s"} {
+	for _, want := range []string{"udp [127.0.0.1:7702 127.0.0.1:7703]", "max_concurrent = 4", "max_queue = 9", `heartbeat = "2s"`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--check-config output lacks %q:\n%s", want, out.String())
 		}

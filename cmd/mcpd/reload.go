@@ -36,6 +36,9 @@ func prepare(cfg config) (prepared, error) {
 	default:
 		return p, fmt.Errorf("log_format %q: want auto, logfmt or json", cfg.LogFormat)
 	}
+	if err := checkRanges(cfg); err != nil {
+		return p, err
+	}
 	keys, err := cfg.deviceKeys()
 	if err != nil {
 		return p, err

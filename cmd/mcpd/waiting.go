@@ -73,6 +73,9 @@ func modelProblem(cfg config) *noModelError {
 	if path == "" {
 		return nil
 	}
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return &noModelError{path: path, why: errors.New("is a directory; model must name a .gguf file")}
+	}
 	if _, err := gguf.ValidateFile(path); err != nil {
 		return &noModelError{path: path, why: err}
 	}
