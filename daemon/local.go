@@ -50,6 +50,9 @@ type LocalRequest struct {
 	Model  string
 	System string
 	Prompt string
+	// Messages, when set, is a whole conversation (an OpenAI or Ollama chat
+	// request) sent instead of Prompt; System, if set, goes first.
+	Messages []backends.Message
 	// Options for the engine; MaxTokens 0 takes the daemon's default.
 	Options backends.Options
 	// Deadline shortens the daemon's RequestTimeout; 0 keeps it.
@@ -123,7 +126,11 @@ func (d *Daemon) localRequest(req LocalRequest) backends.Request {
 	if req.System != "" {
 		msgs = append(msgs, backends.Message{Role: backends.RoleSystem, Content: req.System})
 	}
-	msgs = append(msgs, backends.Message{Role: backends.RoleUser, Content: req.Prompt})
+	if len(req.Messages) > 0 {
+		msgs = append(msgs, req.Messages...)
+	} else {
+		msgs = append(msgs, backends.Message{Role: backends.RoleUser, Content: req.Prompt})
+	}
 	opts := req.Options
 	if opts.MaxTokens <= 0 {
 		opts.MaxTokens = d.conf().DefaultMaxTokens

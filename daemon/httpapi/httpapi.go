@@ -81,6 +81,13 @@ func New(cfg Config) *Server {
 		s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics.Registry(), promhttp.HandlerOpts{}))
 	}
 	s.mux.HandleFunc("POST /v1/generate", s.generate)
+	// Ollama- and OpenAI-compatible endpoints (compat.go).
+	s.mux.HandleFunc("POST /api/generate", s.ollamaGenerate)
+	s.mux.HandleFunc("POST /api/chat", s.ollamaChat)
+	s.mux.HandleFunc("GET /api/tags", s.ollamaTags)
+	s.mux.HandleFunc("GET /api/version", s.ollamaVersion)
+	s.mux.HandleFunc("POST /v1/chat/completions", s.openAIChat)
+	s.mux.HandleFunc("GET /v1/models", s.openAIModels)
 	for i, h := range s.cfg.AllowedHosts {
 		s.cfg.AllowedHosts[i] = strings.ToLower(h)
 	}
