@@ -30,6 +30,9 @@ type Snapshot struct {
 	// Cache is what the engines reuse (docs/caching.md): the response
 	// cache's counters when it is on, and the KV cache's prompt reuse.
 	Cache *backends.CacheStats `json:"cache,omitempty"`
+	// TokensGenerated is every engine's output since the start; the status
+	// page's tokens/s chart is drawn from its differences.
+	TokensGenerated int64 `json:"tokens_generated"`
 }
 
 // SessionInfo is one device's session.
@@ -73,6 +76,9 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 	snap.Running, snap.Queued = d.admission.load()
 	snap.LocalRequests = d.local.count()
 	snap.Counters = d.stats.Counters()
+	for _, n := range d.stats.Tokens() {
+		snap.TokensGenerated += n
+	}
 	if r, ok := d.backend().(backends.CacheReporter); ok {
 		st := r.CacheStats()
 		snap.Cache = &st

@@ -66,6 +66,7 @@ type Server struct {
 	mux     *http.ServeMux
 	handler http.Handler // the mux behind the guard (guard.go)
 	refused atomic.Int64 // requests the guard refused
+	history tokenHistory // the status page's tokens/s chart (page.go)
 }
 
 // New returns the API's server.
@@ -74,6 +75,7 @@ func New(cfg Config) *Server {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, start: time.Now(), mux: http.NewServeMux()}
+	s.mux.HandleFunc("GET /{$}", s.page) // the status page (page.go)
 	s.mux.HandleFunc("GET /healthz", s.healthz)
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /status", s.status)
@@ -119,6 +121,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		BaseContext:    func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ErrorLog:       slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelDebug),
 	}
+	stopSampling := make(chan struct{})
+	defer close(stopSampling)
+	go s.sampleTokens(ctx, stopSampling)
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
