@@ -283,6 +283,7 @@ var inferOptions = map[string]sp.OptionType{
 	"Model": sp.OptModel, "MaxTokens": sp.OptMaxTokens, "Temperature": sp.OptTemperature, "Seed": sp.OptSeed,
 	"TopK": sp.OptTopK, "TopP": sp.OptTopP, "MinP": sp.OptMinP, "RepeatPenalty": sp.OptRepeatPenalty,
 	"System": sp.OptSystem, "DeadlineMS": sp.OptDeadlineMS, "Context": sp.OptContext,
+	"SchemaID": sp.OptSchema, "SchemaJSON": sp.OptSchemaJSON,
 }
 
 // snake turns a Go field name into the protocol's style: MaxTokens →

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -9,10 +10,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/creack/pty"
+	"github.com/mcpd-project/mcpd/backends/grammar"
 	"github.com/mcpd-project/mcpd/clients/device"
 	sp "github.com/mcpd-project/mcpd/serialproto"
 )
@@ -55,7 +58,22 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 
-	cmd := exec.CommandContext(ctx, *mcpd, "--backend", "native", "--model", *model,
+	// A schema the third device names by id (docs/protocol.md §11.4.1).
+	cfgDir, err := os.MkdirTemp("", "mcpd-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(cfgDir)
+	cfgPath := filepath.Join(cfgDir, "mcpd.toml")
+	if err := os.WriteFile(cfgPath, []byte("[schemas.fan]\nid = 1\njson = '"+demoSchema+"'\n"), 0o600); err != nil {
+		return err
+	}
+	schema, err := grammar.Parse([]byte(demoSchema))
+	if err != nil {
+		return err
+	}
+
+	cmd := exec.CommandContext(ctx, *mcpd, "--config", cfgPath, "--backend", "native", "--model", *model,
 		"--listen-udp", addr, "--serial", tty.Name()+":115200", "--http", "127.0.0.1:0", "--log-level", "warn")
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
@@ -81,16 +99,16 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "mcpd started: model %s, UDP %s, UART %s\n", *model, addr, tty.Name())
 
 	m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature), MaxTokens: uint16(*maxTokens), Prompt: *question}
-	askOver := func(name string, t device.Transport, cfg device.Config) error {
+	askOver := func(name string, t device.Transport, cfg device.Config, out io.Writer) error {
 		c := device.New(t, cfg)
 		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
 		if err := helloWhenReady(ctx, c, exited, &waitErr); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
-		fmt.Fprintf(stdout, "\n[%s] device %q asks: %s\n[%s] answer: ", name, cfg.DeviceID, *question, name)
+		fmt.Fprintf(stdout, "\n[%s] device %q asks: %s\n[%s] answer: ", name, cfg.DeviceID, m.Prompt, name)
 		start := time.Now()
-		done, err := c.Ask(ctx, m, func(b []byte) error { _, err := stdout.Write(b); return err })
+		done, err := c.Ask(ctx, m, func(b []byte) error { _, err := out.Write(b); return err })
 		if err != nil {
 			return fmt.Errorf("%s: %w", name, err)
 		}
@@ -106,12 +124,28 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer udp.Close()
-	errUDP := askOver("udp", udp, device.Config{DeviceID: "greenhouse-esp32", MaxData: 128, Window: 2})
+	errUDP := askOver("udp", udp, device.Config{DeviceID: "greenhouse-esp32", MaxData: 128, Window: 2}, stdout)
 	uart := device.NewStream(master)
-	errUART := askOver("uart", uart, device.Config{DeviceID: "stm32-uart", MaxData: 64, Window: 1, RTO: 300 * time.Millisecond})
+	errUART := askOver("uart", uart, device.Config{DeviceID: "stm32-uart", MaxData: 64, Window: 1, RTO: 300 * time.Millisecond}, stdout)
+
+	// A constrained answer: one option byte names the schema, and the
+	// random-weight model, which otherwise emits garbage, answers JSON of
+	// it. The daemon sizes MAX_TOKENS for the longest answer.
+	fmt.Fprintf(stdout, "\n[udp] schema 1 (fan) in mcpd.toml: %s\n", demoSchema)
+	m = &sp.Infer{Set: sp.OptionSet(0).With(sp.OptTemperature).With(sp.OptSchema), SchemaID: 1,
+		Prompt: "The greenhouse is 31 C. Set the fan and the valve."}
+	var answer bytes.Buffer
+	errJSON := askOver("udp", udp, device.Config{DeviceID: "fan-controller", MaxData: 64, Window: 2}, io.MultiWriter(stdout, &answer))
+	if errJSON == nil {
+		if err := schema.Validate(answer.Bytes()); err != nil {
+			errJSON = fmt.Errorf("schema answer: %w", err)
+		} else {
+			fmt.Fprintf(stdout, "[udp] the answer is valid JSON of schema 1: %d bytes, minified ASCII\n", answer.Len())
+		}
+	}
 	errStop := stop()
 	fmt.Fprintln(stdout, "\nmcpd stopped.")
-	return errors.Join(errUDP, errUART, errStop)
+	return errors.Join(errUDP, errUART, errJSON, errStop)
 }
 
 // helloWhenReady says HELLO until mcpd answers: it may still be loading
@@ -143,3 +177,7 @@ func freeUDPAddr() (string, error) {
 	defer c.Close()
 	return c.LocalAddr().String(), nil
 }
+
+// demoSchema is the schema `make run`'s third device names by id.
+const demoSchema = `{"type":"object","properties":{"fan":{"type":"integer","minimum":0,"maximum":3},` +
+	`"valve":{"enum":["open","closed"]},"reason":{"type":"string","maxLength":24}}}`

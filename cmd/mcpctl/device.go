@@ -149,12 +149,18 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	seed := fs.Int64("seed", -1, "sampler seed for reproducible output")
 	system := fs.String("system", "", "system prompt")
 	newChat := fs.Bool("new-chat", false, "forget the conversation so far")
+	schemaID := fs.Int("schema", 0, "answer as JSON of the daemon's schema with this id, 1..255 (docs/protocol.md §11.4.1)")
+	schemaJSON := fs.String("schema-json", "", "answer as JSON of this inline JSON Schema (at most 253 bytes)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
 		fs.Usage()
 		return errors.New("ask wants exactly one PROMPT argument (quote it)")
+	}
+	if *schemaID < 0 || *schemaID > 255 {
+		fs.Usage()
+		return flagError{fmt.Errorf("--schema %d: want 1..255", *schemaID)}
 	}
 	m := &sp.Infer{Prompt: fs.Arg(0), Model: *model, System: *system}
 	if *model != "" {
@@ -174,6 +180,12 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	if *newChat {
 		m.Set = m.Set.With(sp.OptNewChat)
+	}
+	if *schemaID > 0 {
+		m.Set, m.SchemaID = m.Set.With(sp.OptSchema), uint8(*schemaID)
+	}
+	if *schemaJSON != "" {
+		m.Set, m.SchemaJSON = m.Set.With(sp.OptSchemaJSON), *schemaJSON
 	}
 	ctx, cancel, c, closeFn, err := l.session(ctx)
 	if err != nil {

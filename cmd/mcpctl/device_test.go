@@ -204,3 +204,23 @@ func TestBenchNeedsATarget(t *testing.T) {
 		t.Fatal("serial scenario without --serial accepted")
 	}
 }
+
+// ask --schema N sends SCHEMA (the daemon here has none registered: exit
+// 17, UNSUPPORTED_OPTION, with the daemon's reason); --schema-json sends
+// the schema inline and the request runs; a bad id is a usage error.
+func TestAskSchema(t *testing.T) {
+	addr := startDaemon(t, wordEngine{})
+	_, _, err := runCmd(t, "", "ask", "--udp", addr, "--schema", "7", "fan?")
+	var stderr bytes.Buffer
+	if st := exitStatus(err, &stderr); st != 17 || !strings.Contains(err.Error(), "no schema 7") {
+		t.Fatalf("--schema 7: exit %d, %v", st, err)
+	}
+	out, errOut, err := runCmd(t, "", "ask", "--udp", addr, "--schema-json", `{"type":"boolean"}`, "yes no")
+	if err != nil || out != "no yes \n" {
+		t.Fatalf("--schema-json: %q %v\n%s", out, err, errOut)
+	}
+	_, _, err = runCmd(t, "", "ask", "--udp", addr, "--schema", "256", "x")
+	if st := exitStatus(err, &stderr); st != 2 {
+		t.Fatalf("--schema 256: exit %d, %v", st, err)
+	}
+}
