@@ -482,3 +482,103 @@ func FuzzMQTTTopic(f *testing.F) {
 		}
 	})
 }
+
+// TestMQTTQoS1: with QoS 1 on both sides (the broker acknowledges every
+// message and resends unacknowledged ones) the exchange is the same.
+func TestMQTTQoS1(t *testing.T) {
+	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{"dev-q1"}})
+	d, err := New(Config{DefaultMaxTokens: 10000}, &testEngine{}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc := daemonMQTT(b)
+	mc.QoS = 1
+	startMQTTDaemon(t, d, mc, true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	m, err := device.DialMQTT(ctx, device.MQTTConfig{URL: b.URL, DeviceID: "dev-q1", Username: "dev-q1", Password: b.Password("dev-q1"), QoS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	c := helloOver(t, m, device.Config{DeviceID: "dev-q1"})
+	t0 := time.Now()
+	defer func() { t.Logf("ask took %v", time.Since(t0)) }()
+	prompt := strings.Repeat("qos one ", 40)
+	if text, done, err := ask(t, c, prompt); err != nil || text != answerFor(prompt) || done.Reason != serialproto.StopEOS {
+		t.Fatalf("ask at QoS 1: %q %+v %v", text, done, err)
+	}
+}
+
+// BenchmarkTTFTUDPvsMQTT: one daemon and engine serve a device over UDP and
+// a device through a real mosquitto on loopback; their requests alternate,
+// so both see the same box at the same moment. Reported: each link's time
+// to first token (p50, p99) and what the broker adds to the p50.
+func BenchmarkTTFTUDPvsMQTT(b *testing.B) {
+	br := mosquittotest.Start(b, mosquittotest.Options{Devices: []string{"bench-mqtt"}})
+	d, err := New(Config{PeerRate: -1}, &testEngine{}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	link, err := NewMQTTLink(daemonMQTT(br), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	udp, err := ListenUDP("127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, udp, link) }()
+	b.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(10 * time.Second); !link.Connected(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatal("no broker connection")
+		}
+	}
+	ut, err := device.DialUDP(udp.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ut.Close()
+	mt, err := device.DialMQTT(ctx, device.MQTTConfig{URL: br.URL, DeviceID: "bench-mqtt", Username: "bench-mqtt", Password: br.Password("bench-mqtt")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer mt.Close()
+	clients := map[string]*device.Client{
+		"udp":  device.New(ut, device.Config{DeviceID: "bench-udp"}),
+		"mqtt": device.New(mt, device.Config{DeviceID: "bench-mqtt"}),
+	}
+	for _, c := range clients {
+		if err := c.Hello(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	ttft := map[string][]time.Duration{}
+	m := &serialproto.Infer{Prompt: "soil 31 %, air 24.5 °C"}
+	for b.Loop() {
+		for _, name := range []string{"udp", "mqtt"} {
+			t0 := time.Now()
+			var first time.Duration
+			if _, err := clients[name].Ask(ctx, m, func([]byte) error {
+				if first == 0 {
+					first = time.Since(t0)
+				}
+				return nil
+			}); err != nil {
+				b.Fatalf("%s: %v", name, err)
+			}
+			ttft[name] = append(ttft[name], first)
+		}
+	}
+	u50, u99 := percentiles(ttft["udp"])
+	m50, m99 := percentiles(ttft["mqtt"])
+	b.ReportMetric(u50, "udp-ttft-p50-µs")
+	b.ReportMetric(u99, "udp-ttft-p99-µs")
+	b.ReportMetric(m50, "mqtt-ttft-p50-µs")
+	b.ReportMetric(m99, "mqtt-ttft-p99-µs")
+	b.ReportMetric(m50-u50, "added-p50-µs")
+	b.ReportMetric(0, "ns/op")
+}

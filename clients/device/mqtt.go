@@ -50,8 +50,9 @@ type MQTT struct {
 	in     chan []byte
 
 	mu       sync.Mutex
-	instance string // the instance that welcomed the session; "" none
-	hello    bool   // a HELLO went out: the next WELCOME decides the instance
+	instance string     // the instance that welcomed the session; "" none
+	hello    bool       // a HELLO went out: the next WELCOME decides the instance
+	last     mqtt.Token // the last publish, which Close lets finish
 }
 
 // DialMQTT connects to the broker and subscribes to the device's down
@@ -173,6 +174,9 @@ func (m *MQTT) Send(frame []byte) error {
 	}
 	m.mu.Unlock()
 	t := m.client.Publish(topic, m.qos, false, append([]byte(nil), frame...))
+	m.mu.Lock()
+	m.last = t
+	m.mu.Unlock()
 	select {
 	case <-t.Done():
 		return t.Error()
@@ -198,10 +202,18 @@ func (m *MQTT) Recv(deadline time.Time) (serialproto.Frame, error) {
 	}
 }
 
-// Close disconnects from the broker.
+// Close lets the last frame go out (the ACK of a final chunk, typically:
+// lost, it would keep the daemon retransmitting the chunk), for at most a
+// second, then disconnects from the broker.
 func (m *MQTT) Close() error {
 	if m.client == nil {
 		return errors.New("device: mqtt: not connected")
+	}
+	m.mu.Lock()
+	last := m.last
+	m.mu.Unlock()
+	if last != nil {
+		last.WaitTimeout(time.Second)
 	}
 	m.client.Disconnect(100)
 	return nil
