@@ -40,7 +40,7 @@ func TestFirstTokenIsNotHeldBack(t *testing.T) {
 // going out a token at a time; the acknowledgement releases it.
 func TestBusyLinkCoalesces(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(patientPeer{p}, nil, newFakeClock(), 1, 7, 64, 2, time.Hour, 3)
+	st := newStream(patientPeer{p}, nil, newFakeClock(), peerRTT(patientPeer{p}, 2), false, 1, 7, 64, 2, time.Hour, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	errc := make(chan error, 1)
@@ -57,13 +57,13 @@ func TestBusyLinkCoalesces(t *testing.T) {
 	if n := len(p.chunks()); n != 1 {
 		t.Fatalf("%d frames with half the window unacknowledged, want 1", n)
 	}
-	st.ack(1, 2)
+	st.ack(1, 2, nil)
 	waitFor(t, func() bool { return len(p.chunks()) == 2 })
 	st.finish(func(chunk uint16, n, crc uint32) serialproto.Message {
 		return &serialproto.Done{Chunk: chunk, TextBytes: n, TextCRC32C: crc}
 	})
 	waitFor(t, func() bool { return len(p.chunks()) == 3 })
-	st.ack(3, 2)
+	st.ack(3, 2, nil)
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}

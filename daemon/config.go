@@ -17,6 +17,7 @@ type Config struct {
 	Heartbeat         time.Duration // announced in WELCOME; a session expires after 3 missed
 	RequestTimeout    time.Duration // deadline of a request unless INFER's DEADLINE_MS is shorter
 	FlushInterval     time.Duration // longest wait before a partly filled TOKEN frame goes out
+	MinRTO            time.Duration // floor of the adaptive UDP retransmission timeout (§7.2); default 100 ms, at least 1 ms
 	MaxRetransmits    int           // retransmissions of one chunk before the request is dropped
 	DefaultMaxTokens  int           // when INFER has no MAX_TOKENS
 	ShutdownDrain     time.Duration // how long in-flight requests may finish on shutdown
@@ -104,6 +105,7 @@ func (c Config) WithDefaults() Config {
 	defDur(&c.Heartbeat, 5*time.Second)
 	defDur(&c.RequestTimeout, 2*time.Minute)
 	defDur(&c.FlushInterval, 20*time.Millisecond)
+	defDur(&c.MinRTO, serialproto.MinRTO)
 	defDur(&c.ShutdownDrain, 10*time.Second)
 	defDur(&c.StallTimeout, 2*time.Minute)
 	return c
@@ -114,6 +116,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.MaxMessage > serialproto.MaxMessageLimit:
 		return fmt.Errorf("daemon: max message %d above the protocol's %d", c.MaxMessage, serialproto.MaxMessageLimit)
+	case c.MinRTO != 0 && (c.MinRTO < serialproto.RTOGranularity || c.MinRTO > serialproto.MaxRTO):
+		return fmt.Errorf("daemon: min RTO %v outside %v..%v", c.MinRTO, serialproto.RTOGranularity, serialproto.MaxRTO)
 	case c.Heartbeat > 65535*time.Millisecond:
 		return fmt.Errorf("daemon: heartbeat %v above 65.535 s", c.Heartbeat)
 	}

@@ -29,7 +29,7 @@ func (s *session) watchGap(seq uint8) {
 // lost, the device's probe repairs it). It ends without a NACK when the
 // message completes, is discarded or expires, or the session ends.
 func (s *session) nackGap(seq uint8) {
-	half := s.peer.RTO(s.window) / 2
+	half := s.rtt.rto() / 2 // the RTO measured on the answer streams, or the initial one
 	t := s.d.clock.NewTimer(half)
 	defer t.Stop()
 	for {

@@ -169,7 +169,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 	r := &request{
 		s: s, seq: seq, fragments: fragments, infer: m, ticket: t,
 		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout, obs: obs,
-		st: newStream(s.peer, s.seal, s.d.clock, serialproto.Version1, seq, s.maxData, s.window, cfg.FlushInterval, cfg.MaxRetransmits),
+		st: newStream(s.peer, s.seal, s.d.clock, s.rtt, s.sack, serialproto.Version1, seq, s.maxData, s.window, cfg.FlushInterval, cfg.MaxRetransmits),
 	}
 	stats := &s.d.stats
 	r.st.onSend = func(cmd serialproto.Command, retransmit bool) {

@@ -130,7 +130,7 @@ func (p *recordPeer) chunks() []int {
 func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 	p := &recordPeer{}
 	clk := newFakeClock()
-	st := newStream(p, nil, clk, 1, 7, 32, 2, time.Millisecond, 3)
+	st := newStream(p, nil, clk, peerRTT(p, 2), false, 1, 7, 32, 2, time.Millisecond, 3)
 	for range 10 {
 		_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz"))
 	}
@@ -139,7 +139,7 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- st.run(ctx) }()
 	waitFor(t, func() bool { return len(p.chunks()) >= 2 })
-	st.ack(2, 0) // two chunks in, and the device is full
+	st.ack(2, 0, nil) // two chunks in, and the device is full
 	// Each timeout (10 ms, doubling) sends a probe; probes count as
 	// retransmissions: given up after 3.
 	if err := advanceUntilDone(t, clk, 100*time.Millisecond, errc); !errors.Is(err, errGaveUp) {
@@ -156,7 +156,7 @@ func TestWindowZeroProbeStaysInTheWindow(t *testing.T) {
 // device's data limit like every other frame it gets.
 func TestFinalErrorFitsTheDevice(t *testing.T) {
 	p := &recordPeer{}
-	st := newStream(p, nil, newFakeClock(), 1, 7, 32, 2, time.Millisecond, 3)
+	st := newStream(p, nil, newFakeClock(), peerRTT(p, 2), false, 1, 7, 32, 2, time.Millisecond, 3)
 	st.finish(func(chunk uint16, _, _ uint32) serialproto.Message {
 		e := serialproto.NewError(serialproto.CodeBackendFailed, strings.Repeat("engine error ", 4)) // 52 bytes: legal, but not in 32
 		e.Flags |= serialproto.ErrorFlagStream

@@ -27,6 +27,8 @@ type session struct {
 	daemonNonce uint32
 	maxData     int // the device's
 	window      int
+	sack        bool      // the device acknowledges selectively (§8.2); granted in WELCOME
+	rtt         *rttState // round-trip estimate towards the device (§7.2), shared by its streams
 	ctx         context.Context
 	cancel      context.CancelCauseFunc
 	seen        atomic.Int64          // unix nanoseconds of the last frame, on the daemon's clock
@@ -56,7 +58,9 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *serialproto.Hello,
 	s := &session{
 		d: d, peer: p, deviceID: h.DeviceID, source: sourceKey(p), bootNonce: h.BootNonce, daemonNonce: nonce,
 		maxData: int(h.MaxData), window: int(h.Window),
-		ctx: ctx, cancel: cancel,
+		sack: h.Features&serialproto.FeatureSACK != 0,
+		rtt:  newRTTState(p.RTO(int(h.Window)), minRTO(p, int(h.Window), cfg.MinRTO)),
+		ctx:  ctx, cancel: cancel,
 		reasm:    serialproto.NewReassembler(serialproto.ReassemblerConfig{MaxMessage: cfg.MaxMessage, MaxPending: cfg.MaxPendingPerPeer}),
 		requests: make(map[uint8]*request),
 		seqs:     serialproto.NewSeqHistory(helloSeq),
@@ -107,7 +111,10 @@ func (s *session) fresh(cmd serialproto.Command, seq uint8) serialproto.SeqState
 func (s *session) welcome() *serialproto.Welcome {
 	var features uint16
 	if s.verifier != nil {
-		features = serialproto.FeatureSign
+		features |= serialproto.FeatureSign
+	}
+	if s.sack {
+		features |= serialproto.FeatureSACK
 	}
 	cfg := s.d.conf()
 	return &serialproto.Welcome{
@@ -115,6 +122,16 @@ func (s *session) welcome() *serialproto.Welcome {
 		HeartbeatMS: uint16(cfg.Heartbeat / time.Millisecond),
 		MaxMessage:  uint16(cfg.MaxMessage), DaemonNonce: s.daemonNonce,
 	}
+}
+
+// minRTO is the floor of the adaptive RTO towards p: the configured one on
+// UDP; on a byte stream the line-rate RTO of §7.1, which already is the
+// least time a window of full frames takes there and back.
+func minRTO(p Peer, window int, configured time.Duration) time.Duration {
+	if p.ByteStream() {
+		return p.RTO(window)
+	}
+	return configured
 }
 
 func (s *session) touch()              { s.seen.Store(s.d.clock.Now().UnixNano()) }
@@ -195,7 +212,7 @@ func (s *session) handle(f serialproto.Frame) {
 	}
 	switch m := m.(type) {
 	case *serialproto.Ack:
-		if r := s.request(f.Seq); r != nil && r.st.ack(int(m.Next), int(m.Window)) {
+		if r := s.request(f.Seq); r != nil && r.st.ack(int(m.Next), int(m.Window), m.SACK) {
 			// Delivered: the device's place is free now, before this link
 			// reads its next INFER, not when the request's goroutine wakes.
 			r.ticket.delivered()

@@ -19,15 +19,20 @@ type finalFunc func(chunk uint16, textBytes, textCRC uint32) serialproto.Message
 // stream sends one request's answer (docs/protocol.md §8): TOKEN chunks cut
 // from the engine's text only when the device's credit window has room, so
 // a slow link gets full frames and a fast one gets low latency; then the
-// final chunk. It retransmits go-back-N on timeout or on two duplicate
-// ACKs, and gives up after maxRetransmits timeouts without progress.
+// final chunk. Without SACK it retransmits go-back-N on timeout or on two
+// duplicate ACKs; with SACK (§8.2) it resends only the holes: a chunk is
+// lost once a chunk sent after it is acknowledged, and on timeout every
+// chunk the device has not listed. Its timer is the session's RFC 6298
+// estimate, fed by chunks sent once (Karn's rule), doubled per timeout up
+// to 4 s; it gives up after maxRetransmits timeouts without progress.
 type stream struct {
 	peer           Peer
 	version        uint8
 	seq            uint8
 	limit          int // text bytes per TOKEN frame
 	flush          time.Duration
-	rto            time.Duration
+	rtt            *rttState // the session's round-trip estimate
+	sack           bool      // the device acknowledges selectively (§8.2)
 	maxRetransmits int
 	onSend         func(cmd serialproto.Command, retransmit bool) // metrics hook; may be nil
 	seal           *sealer                                        // encodes (and signs) each transmission
@@ -41,23 +46,58 @@ type stream struct {
 	final        finalFunc // set when the engine is done
 	finalCut     bool
 	frames       []serialproto.Frame // every chunk cut so far, encoded at each transmission (a signed retransmission is a new frame, §9.2)
+	meta         []chunkMeta         // per chunk: its transmissions, and what the device said of it
+	xmits        uint64              // transmissions so far: a chunk's order is its last one's number
 	textBytes    uint32
 	textCRC      uint32
 	acked        int // the device's "next"
 	window       int
-	sent         int // next chunk to transmit
+	sent         int // next chunk to transmit (with SACK: the next new one; holes are marked lost)
 	highest      int // chunks ever transmitted: below it a send is a retransmission
 	dupAcks      int
 	retries      int
 	lastSend     time.Time
 }
 
-func newStream(p Peer, seal *sealer, clk clock, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
+// chunkMeta is what the sender knows of one chunk.
+type chunkMeta struct {
+	sentAt time.Time // its last transmission
+	order  uint64    // that transmission's number (stream.xmits)
+	sends  uint16    // how often it went out
+	sacked bool      // the device listed it (or acknowledged it cumulatively)
+	lost   bool      // to be resent: a later-sent chunk arrived, or the timer expired
+}
+
+// rttState is a session's RFC 6298 estimate, shared by its streams.
+type rttState struct {
+	mu sync.Mutex
+	e  serialproto.RTTEstimator
+}
+
+func newRTTState(initial, minRTO time.Duration) *rttState {
+	return &rttState{e: serialproto.NewRTTEstimator(initial, minRTO, serialproto.MaxRTO)}
+}
+
+func (r *rttState) sample(d time.Duration) {
+	r.mu.Lock()
+	r.e.Sample(d)
+	r.mu.Unlock()
+}
+
+// rto is the estimate without back-off: each stream backs off on its own.
+func (r *rttState) rto() time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.e.RTO()
+}
+
+func newStream(p Peer, seal *sealer, clk clock, rtt *rttState, sack bool, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
 	return &stream{
 		peer: p, seal: seal, clock: clk, version: version, seq: seq,
 		limit:          serialproto.BodyLimit(maxData, seal.signed()) - 2,
 		flush:          flush,
-		rto:            p.RTO(window),
+		rtt:            rtt,
+		sack:           sack,
 		maxRetransmits: maxRetransmits,
 		window:         window,
 		wake:           make(chan struct{}, 1),
@@ -92,16 +132,23 @@ func (s *stream) finish(f finalFunc) {
 	s.notify()
 }
 
-// ack applies the device's cumulative acknowledgement; it reports whether
-// the whole stream, final chunk included, is now acknowledged.
-func (s *stream) ack(next, window int) (complete bool) {
+// ack applies the device's acknowledgement — cumulative, plus its SACK
+// bitmap when the session has SACK; it reports whether the whole stream,
+// final chunk included, is now acknowledged.
+func (s *stream) ack(next, window int, sack []byte) (complete bool) {
 	s.mu.Lock()
+	if next <= s.highest {
+		s.delivered(next, sack)
+	}
 	switch {
 	case next > len(s.frames):
 		// Acknowledges chunks never sent: ignore (a confused or hostile peer).
 	case next > s.acked:
 		s.acked, s.dupAcks, s.retries = next, 0, 0
 		s.sent = max(s.sent, next)
+	case s.sack:
+		// Losses are the bitmap's business (delivered); a repeated ACK is
+		// no news.
 	case next == s.acked && s.acked < s.sent && window == s.window:
 		// A duplicate: next and window as in the ACK before, chunks from
 		// next on outstanding. The ACK that moved next here is not one, and
@@ -119,6 +166,69 @@ func (s *stream) ack(next, window int) (complete bool) {
 	return complete
 }
 
+// delivered notes the chunks an ACK reports for the first time: those
+// below next and, with SACK, those its bitmap lists. The most recently sent
+// of them that went out once gives a round-trip sample (Karn's rule), and
+// with SACK every chunk outstanding that was sent before it is lost (§8.2).
+// Called with mu held; next is at most highest.
+func (s *stream) delivered(next int, bitmap []byte) {
+	now := s.clock.Now()
+	newest, sampleAt := uint64(0), -1
+	mark := func(i int) {
+		m := &s.meta[i]
+		if m.sacked {
+			return
+		}
+		m.sacked, m.lost = true, false
+		if m.order > newest {
+			newest = m.order
+			sampleAt = -1
+			if m.sends == 1 {
+				sampleAt = i
+			}
+		}
+	}
+	for i := s.acked; i < next; i++ {
+		mark(i)
+	}
+	if s.sack {
+		ack := serialproto.Ack{SACK: bitmap}
+		for i := range 8 * len(bitmap) {
+			if c := next + 1 + i; c < s.highest && ack.Sacked(i) {
+				mark(c)
+			}
+		}
+	}
+	if sampleAt >= 0 {
+		s.rtt.sample(now.Sub(s.meta[sampleAt].sentAt))
+	}
+	if !s.sack || newest == 0 {
+		return
+	}
+	for i := next; i < s.highest; i++ {
+		if m := &s.meta[i]; !m.sacked && m.order < newest {
+			m.lost = true
+		}
+	}
+}
+
+// nextToSend picks the chunk to transmit now, if any: with SACK the oldest
+// lost chunk, else the next new one, within the window. Called with mu held.
+func (s *stream) nextToSend() (int, bool) {
+	limit := min(len(s.frames), s.acked+s.window)
+	if s.sack {
+		for i := s.acked; i < min(s.highest, limit); i++ {
+			if m := &s.meta[i]; m.lost && !m.sacked {
+				return i, true
+			}
+		}
+	}
+	if s.sent < limit {
+		return s.sent, true
+	}
+	return 0, false
+}
+
 // run transmits until the final chunk is acknowledged, the device stops
 // answering, or ctx ends.
 func (s *stream) run(ctx context.Context) error {
@@ -128,11 +238,21 @@ func (s *stream) run(ctx context.Context) error {
 		s.mu.Lock()
 		now := s.clock.Now()
 		s.cut(now)
-		for s.sent < len(s.frames) && s.sent < s.acked+s.window {
-			frame := s.frames[s.sent]
-			retransmit := s.sent < s.highest
-			s.sent++
-			s.highest = max(s.highest, s.sent)
+		for {
+			i, ok := s.nextToSend()
+			if !ok {
+				break
+			}
+			frame := s.frames[i]
+			m := &s.meta[i]
+			retransmit := m.sends > 0
+			s.xmits++
+			m.sentAt, m.order, m.lost = now, s.xmits, false
+			m.sends++
+			if i == s.sent {
+				s.sent++
+			}
+			s.highest = max(s.highest, i+1)
 			s.lastSend = now
 			s.mu.Unlock()
 			// A failed send is a lost frame (an unplugged UART, a full
@@ -184,9 +304,10 @@ func (s *stream) run(ctx context.Context) error {
 	}
 }
 
-// backoff is the current RTO: doubled per retransmission, at most 4 s.
+// backoff is the current RTO: the session's estimate, doubled per
+// retransmission timeout without progress, at most 4 s (§7.2).
 func (s *stream) backoff() time.Duration {
-	return min(s.rto<<min(s.retries, 5), 4*time.Second)
+	return min(s.rtt.rto()<<min(s.retries, 6), serialproto.MaxRTO)
 }
 
 // timeout handles an expired retransmission timer: go back to the oldest
@@ -202,6 +323,12 @@ func (s *stream) timeout(now time.Time) (probe *serialproto.Frame, err error) {
 		return nil, nil
 	}
 	switch {
+	case s.sack && s.acked < s.highest:
+		for i := s.acked; i < s.highest; i++ {
+			if m := &s.meta[i]; !m.sacked {
+				m.lost = true
+			}
+		}
 	case s.acked < s.sent:
 		s.sent = s.acked
 	case s.window == 0:
@@ -270,13 +397,25 @@ func (s *stream) appendFrame(m serialproto.Message) {
 		body, _ = serialproto.NewError(serialproto.CodeInternal, "encoding failed").AppendBody(nil)
 	}
 	s.frames = append(s.frames, serialproto.Frame{Version: s.version, Cmd: cmd, Seq: s.seq, Data: body})
+	s.meta = append(s.meta, chunkMeta{})
 }
 
-// rewind retransmits from the oldest unacknowledged chunk now (the device
-// reported a corrupt frame: NACK BAD_FRAME).
+// rewind answers NACK BAD_FRAME (the device saw a corrupt frame, §7.1):
+// go-back-N from the oldest unacknowledged chunk; with SACK only that
+// oldest chunk the device has not listed — the device acknowledges every
+// chunk it gets, and those ACKs came ahead of the NACK on the line.
 func (s *stream) rewind() {
 	s.mu.Lock()
-	s.sent = s.acked
+	if s.sack {
+		for i := s.acked; i < s.highest; i++ {
+			if m := &s.meta[i]; !m.sacked {
+				m.lost = true
+				break
+			}
+		}
+	} else {
+		s.sent = s.acked
+	}
 	s.mu.Unlock()
 	s.notify()
 }

@@ -7,7 +7,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mcpd-project/mcpd/serialproto"
 )
+
+// peerRTT is the round-trip estimate a session towards p would start with:
+// the peer's initial RTO, which is also its floor here (1 ms).
+func peerRTT(p Peer, window int) *rttState { return newRTTState(p.RTO(window), time.Millisecond) }
 
 // TestStreamRetransmitsWithBackoff: unacknowledged chunks are sent again
 // go-back-N once the peer's RTO has passed, the timeout doubling each time,
@@ -16,7 +22,7 @@ import (
 func TestStreamRetransmitsWithBackoff(t *testing.T) {
 	p := &recordPeer{} // RTO 10 ms
 	clk := newFakeClock()
-	st := newStream(p, nil, clk, 1, 7, 32, 2, time.Millisecond, 3)
+	st := newStream(p, nil, clk, peerRTT(p, 2), false, 1, 7, 32, 2, time.Millisecond, 3)
 	_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -52,7 +58,7 @@ func TestStreamRetransmitsWithBackoff(t *testing.T) {
 func TestFastRetransmitCountsDuplicatesOnly(t *testing.T) {
 	p := &recordPeer{}
 	clk := newFakeClock() // never advanced: no timeout can retransmit
-	st := newStream(p, nil, clk, 1, 7, 32, 4, time.Millisecond, 3)
+	st := newStream(p, nil, clk, peerRTT(p, 4), false, 1, 7, 32, 4, time.Millisecond, 3)
 	_ = st.write([]byte(strings.Repeat("0123456789", 20)))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -60,16 +66,115 @@ func TestFastRetransmitCountsDuplicatesOnly(t *testing.T) {
 	waitFor(t, func() bool { return len(p.chunks()) == 4 }) // a window's worth
 	sent := func() []int { time.Sleep(20 * time.Millisecond); return p.chunks() }
 
-	st.ack(1, 4) // moves next to 1: chunk 4 goes out
+	st.ack(1, 4, nil) // moves next to 1: chunk 4 goes out
 	waitFor(t, func() bool { return len(p.chunks()) == 5 })
-	st.ack(1, 3) // a window update
-	st.ack(1, 3) // the first duplicate
+	st.ack(1, 3, nil) // a window update
+	st.ack(1, 3, nil) // the first duplicate
 	if got := sent(); len(got) != 5 {
 		t.Fatalf("after a window update and one duplicate: chunks %v, want no retransmission", got)
 	}
-	st.ack(1, 3) // the second: fast retransmit from 1, as far as the window allows
+	st.ack(1, 3, nil) // the second: fast retransmit from 1, as far as the window allows
 	waitFor(t, func() bool { return len(p.chunks()) == 8 })
 	if got := p.chunks(); !slices.Equal(got[5:], []int{1, 2, 3}) {
 		t.Fatalf("chunks %v, want 1 2 3 again after 0..4", got)
+	}
+}
+
+// sackOf is the bitmap listing chunks (after next) as held.
+func sackOf(next int, chunks ...int) []byte {
+	var bm []byte
+	for _, c := range chunks {
+		bm = serialproto.SetSACK(bm, c-next-1)
+	}
+	return bm
+}
+
+// startSACKStream runs a SACK stream of many chunks on the fake clock and
+// waits for the first window.
+func startSACKStream(t *testing.T, window int) (*recordPeer, *fakeClock, *stream) {
+	t.Helper()
+	p := &recordPeer{}
+	clk := newFakeClock()
+	st := newStream(p, nil, clk, peerRTT(p, window), true, 1, 7, 32, window, time.Millisecond, 3)
+	_ = st.write([]byte(strings.Repeat("0123456789", 60)))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == window })
+	return p, clk, st
+}
+
+// settled waits a moment and returns what was sent: the stream is woken
+// per ACK, so anything it would (wrongly) send goes out meanwhile.
+func settled(p *recordPeer) []int { time.Sleep(20 * time.Millisecond); return p.chunks() }
+
+// TestSACKResendsHolesOnly: with SACK (§8.2) a chunk is lost as soon as a
+// chunk sent after it is acknowledged, and only it is sent again — at once,
+// without duplicate ACKs or a timeout (the clock never moves). Its
+// retransmission is lost again only when a chunk sent after *it* arrives.
+func TestSACKResendsHolesOnly(t *testing.T) {
+	p, _, st := startSACKStream(t, 4)
+	st.ack(1, 4, sackOf(1, 2)) // 0 delivered, 1 missing, 2 held: resend 1; room for 4
+	if got := settled(p); !slices.Equal(got, []int{0, 1, 2, 3, 1, 4}) {
+		t.Fatalf("chunks %v, want 0 1 2 3 then 1 (the hole) and 4 (new)", got)
+	}
+	st.ack(1, 4, sackOf(1, 2, 3)) // 3 was sent before 1's retransmission: no news of it
+	if got := settled(p); len(got) != 6 {
+		t.Fatalf("chunks %v: the ACK of a chunk sent before the retransmission resent it", got)
+	}
+	st.ack(1, 4, sackOf(1, 2, 3, 4)) // 4 went out after it: 1 is lost again
+	if got := settled(p); !slices.Equal(got[6:], []int{1}) {
+		t.Fatalf("chunks %v, want 1 once more", got)
+	}
+	st.ack(5, 4, nil) // all in: 5..8 are new, nothing old goes out again
+	if got := settled(p); !slices.Equal(got[7:], []int{5, 6, 7, 8}) {
+		t.Fatalf("chunks %v, want 5 6 7 8", got)
+	}
+}
+
+// TestSACKTimeoutSkipsHeldChunks: when the timer expires, every chunk the
+// device has not listed goes out again, and none it holds.
+func TestSACKTimeoutSkipsHeldChunks(t *testing.T) {
+	p, clk, st := startSACKStream(t, 4)
+	st.ack(0, 4, sackOf(0, 1)) // 1 held: 0 was sent before it, so it is lost now
+	if got := settled(p); !slices.Equal(got, []int{0, 1, 2, 3, 0}) {
+		t.Fatalf("chunks %v, want 0 again", got)
+	}
+	advanceUntil(t, clk, 5*time.Millisecond, func() bool { return len(p.chunks()) >= 8 })
+	if got := settled(p); !slices.Equal(got[5:], []int{0, 2, 3}) {
+		t.Fatalf("chunks %v: after the timeout want 0 2 3, not the held 1", got)
+	}
+}
+
+// TestRTOFollowsTheRoundTrip: the stream's timer is the session's RFC 6298
+// estimate: a measured 30 ms round trip gives 30 + 4 × 15 = 90 ms, and a
+// chunk acknowledged after its retransmission gives no sample (Karn).
+func TestRTOFollowsTheRoundTrip(t *testing.T) {
+	p := &recordPeer{}
+	clk := newFakeClock()
+	rtt := newRTTState(250*time.Millisecond, time.Millisecond)
+	st := newStream(p, nil, clk, rtt, false, 1, 7, 32, 1, time.Millisecond, 8)
+	_ = st.write([]byte(strings.Repeat("0123456789", 10)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == 1 })
+	clk.Advance(30 * time.Millisecond)
+	st.ack(1, 1, nil)
+	if got := rtt.rto(); got != 90*time.Millisecond {
+		t.Fatalf("RTO %v after one 30 ms sample, want 90 ms", got)
+	}
+	waitFor(t, func() bool { return len(p.chunks()) == 2 })
+	start := clk.Now()
+	advanceUntil(t, clk, time.Millisecond, func() bool { return len(p.chunks()) == 3 }) // chunk 1 again
+	if waited := clk.Now().Sub(start); waited < 90*time.Millisecond || waited > 100*time.Millisecond {
+		t.Fatalf("retransmitted after %v, want the 90 ms RTO", waited)
+	}
+	clk.Advance(5 * time.Millisecond)
+	samples := func() uint64 { rtt.mu.Lock(); defer rtt.mu.Unlock(); return rtt.e.Samples() }
+	before := samples()
+	st.ack(2, 1, nil) // chunk 1 was sent twice: which copy arrived is unknown
+	if samples() != before || rtt.rto() != 90*time.Millisecond {
+		t.Fatalf("a retransmitted chunk's ACK fed the estimate: %d samples, RTO %v", samples()-before, rtt.rto())
 	}
 }

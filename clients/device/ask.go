@@ -83,8 +83,68 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 		done     *serialproto.Done
 		missing  []byte
 		nacks    int
+		// held are chunks that came after a gap, kept (with SACK, §8.2)
+		// until the gap is filled: copies, as frames are reused.
+		held  map[uint16]serialproto.Message
+		final error // the stream's closing ERROR
 	)
-	ack := func() error { return c.sendMsg(seq, &serialproto.Ack{Next: next, Window: c.cfg.Window}) }
+	ack := func() error {
+		a := serialproto.Ack{Next: next, Window: c.cfg.Window}
+		if len(held) > 0 {
+			var buf [serialproto.MaxSACKBytes]byte
+			a.SACK = buf[:0]
+			for k := range held {
+				a.SACK = serialproto.SetSACK(a.SACK, int(k-next)-1)
+			}
+		}
+		return c.sendMsg(seq, &a)
+	}
+	// deliver takes the chunk expected next; it reports whether it was the
+	// final one.
+	deliver := func(msg serialproto.Message) (bool, error) {
+		next++
+		switch msg := msg.(type) {
+		case *serialproto.Token:
+			size += uint32(len(msg.Text))
+			crc = serialproto.UpdateCRC32C(crc, msg.Text)
+			return false, onText(msg.Text)
+		case *serialproto.Done:
+			done = msg
+		case *serialproto.Error:
+			final = msg
+		}
+		c.finish(seq, next)
+		return true, nil
+	}
+	// chunk handles a chunk of the answer stream: in order it is delivered
+	// with whatever it releases from held; after a gap it is held (with
+	// SACK, within the window) or dropped (go-back-N); either way the
+	// device acknowledges again.
+	chunk := func(index uint16, msg serialproto.Message) (bool, error) {
+		accepted = true
+		switch {
+		case index == next:
+			end, err := deliver(msg)
+			for !end && err == nil && held[next] != nil {
+				m := held[next]
+				delete(held, next)
+				end, err = deliver(m)
+			}
+			if err != nil {
+				return true, err
+			}
+			if end {
+				_ = ack()
+				return true, final
+			}
+		case c.sack() && index > next && index-next < uint16(c.cfg.Window) && held[index] == nil:
+			if held == nil {
+				held = make(map[uint16]serialproto.Message)
+			}
+			held[index] = copyChunk(msg)
+		}
+		return false, ack()
+	}
 	resend := func(attempt int) error {
 		switch {
 		case attempt == 0: // the whole message
@@ -125,34 +185,12 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 				return false, resend(0)
 			}
 		case *serialproto.Token:
-			accepted = true
-			if msg.Chunk != next { // duplicate or a gap: go-back-N
-				return false, ack()
-			}
-			next++
-			size += uint32(len(msg.Text))
-			crc = serialproto.UpdateCRC32C(crc, msg.Text)
-			if err := onText(msg.Text); err != nil {
-				return true, err
-			}
-			return false, ack()
+			return chunk(msg.Chunk, msg)
 		case *serialproto.Done:
-			if msg.Chunk != next {
-				return false, ack()
-			}
-			next++
-			done = msg
-			c.finish(seq, next)
-			return true, ack()
+			return chunk(msg.Chunk, msg)
 		case *serialproto.Error:
 			if msg.Stream() {
-				if msg.Chunk != next {
-					return false, ack()
-				}
-				next++
-				c.finish(seq, next)
-				_ = ack()
-				return true, msg
+				return chunk(msg.Chunk, msg)
 			}
 			if accepted && msg.Code != serialproto.CodeNoSession {
 				// Only the stream's own final chunk ends an accepted INFER
@@ -172,8 +210,26 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 	if err != nil {
 		return nil, err
 	}
+	if done == nil {
+		return nil, errors.New("device: the stream ended without DONE") // unreachable: deliver sets one of done, final
+	}
 	if done.TextBytes != size || done.TextCRC32C != crc {
 		return done, fmt.Errorf("%w: DONE says %d bytes crc %08x, received %d bytes crc %08x", ErrChecksum, done.TextBytes, done.TextCRC32C, size, crc)
 	}
 	return done, nil
+}
+
+// copyChunk copies a chunk that must outlive its frame (§8.2's held chunks).
+func copyChunk(m serialproto.Message) serialproto.Message {
+	switch m := m.(type) {
+	case *serialproto.Token:
+		return &serialproto.Token{Chunk: m.Chunk, Text: append([]byte(nil), m.Text...)}
+	case *serialproto.Done:
+		d := *m
+		return &d
+	case *serialproto.Error:
+		e := *m // Text is a string: already a copy
+		return &e
+	}
+	return m
 }

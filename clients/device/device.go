@@ -34,14 +34,23 @@ type Transport interface {
 // Config describes the device. The zero value is a usable unsigned device
 // with the protocol's defaults.
 type Config struct {
-	DeviceID string          // sent in HELLO; the daemon keys sessions, limits and signing keys by it; default "mcpctl"
-	MaxData  uint16          // largest data field it accepts; default 256
-	Window   uint8           // chunks it buffers; default 4
-	MaxSend  int             // largest data field it sends (smaller frames survive a noisy line); default: the daemon's limit
-	RTO      time.Duration   // retransmission timeout; default 250 ms (for a UART see SerialRTO)
-	Key      serialproto.Key // the device's signing key; zero: an unsigned session
-	LinkID   uint8           // this link's id in signatures (0 UART, 1 Wi-Fi, ...)
-	Retries  int             // retransmissions before giving up; default 8
+	DeviceID string        // sent in HELLO; the daemon keys sessions, limits and signing keys by it; default "mcpctl"
+	MaxData  uint16        // largest data field it accepts; default 256
+	Window   uint8         // chunks it buffers; default 4
+	MaxSend  int           // largest data field it sends (smaller frames survive a noisy line); default: the daemon's limit
+	RTO      time.Duration // initial retransmission timeout; default 250 ms (for a UART see SerialRTO)
+	// MinRTO is the floor of the adaptive RTO (§7.2: RFC 6298 from the
+	// round trips of requests sent once). Default on UDP: RTO or 100 ms,
+	// whichever is less; on other transports RTO itself, so a serial line
+	// never retransmits sooner than its line-rate RTO.
+	MinRTO time.Duration
+	// NoSACK makes the device acknowledge go-back-N only, as devices before
+	// SACK did (§8.2): it does not ask for the feature and keeps no chunk
+	// that arrives after a gap.
+	NoSACK  bool
+	Key     serialproto.Key // the device's signing key; zero: an unsigned session
+	LinkID  uint8           // this link's id in signatures (0 UART, 1 Wi-Fi, ...)
+	Retries int             // retransmissions before giving up; default 8
 }
 
 // Client is one device's session with the daemon. Not safe for concurrent
@@ -52,6 +61,7 @@ type Client struct {
 	seq     uint8
 	welcome serialproto.Welcome
 	nonce   uint32
+	rtt     serialproto.RTTEstimator // towards the daemon, fed by requests answered at once
 
 	// Signing (docs/protocol.md §9): the session's signer and verifier,
 	// created from the WELCOME's daemon nonce.
@@ -97,7 +107,14 @@ func New(t Transport, cfg Config) *Client {
 	if cfg.DeviceID == "" {
 		cfg.DeviceID = "mcpctl"
 	}
-	return &Client{t: t, cfg: cfg, nonce: uint32(time.Now().UnixNano())}
+	if cfg.MinRTO <= 0 {
+		cfg.MinRTO = cfg.RTO
+		if _, udp := t.(*UDP); udp {
+			cfg.MinRTO = min(cfg.RTO, serialproto.MinRTO)
+		}
+	}
+	return &Client{t: t, cfg: cfg, nonce: uint32(time.Now().UnixNano()),
+		rtt: serialproto.NewRTTEstimator(cfg.RTO, cfg.MinRTO, max(serialproto.MaxRTO, cfg.RTO))}
 }
 
 // keepaliveInterval is how often a waiting device shows it is alive: well
@@ -108,6 +125,16 @@ func (c *Client) keepaliveInterval() time.Duration {
 		hb = 5 * time.Second
 	}
 	return max(hb/2, c.cfg.RTO)
+}
+
+// RTO is the current retransmission timeout towards the daemon, and the
+// smoothed round trip it comes from (0 before the first sample).
+func (c *Client) RTO() (rto, srtt time.Duration) { return c.rtt.RTO(), c.rtt.SRTT() }
+
+// sack reports whether the device asked for selective acknowledgment and
+// the daemon granted it.
+func (c *Client) sack() bool {
+	return !c.cfg.NoSACK && c.welcome.Features&serialproto.FeatureSACK != 0
 }
 
 // Welcome is what the daemon granted.

@@ -16,7 +16,7 @@ import (
 func TestAskUDP(t *testing.T) {
 	p, c := newUDPPeer(t, device.Config{DeviceID: "greenhouse-1", MaxData: 128, Window: 2, RTO: time.Second})
 	h := hello(t, p, c, serialproto.Welcome{MaxData: 48, HeartbeatMS: 3000})
-	if h.DeviceID != "greenhouse-1" || h.MaxData != 128 || h.Window != 2 || h.MinVersion != 1 || h.Features != 0 {
+	if h.DeviceID != "greenhouse-1" || h.MaxData != 128 || h.Window != 2 || h.MinVersion != 1 || h.Features != serialproto.FeatureSACK {
 		t.Fatalf("HELLO %+v", h)
 	}
 	if w := c.Welcome(); w.MaxData != 48 || w.HeartbeatMS != 3000 {
@@ -56,6 +56,60 @@ func TestAskUDP(t *testing.T) {
 	p.send(f.Seq, &serialproto.Bye{})
 	if _, err := await(t, bye); err != nil {
 		t.Fatalf("Bye: %v", err)
+	}
+}
+
+// TestSACK: granted SACK (§8.2), the device keeps chunks after a gap
+// within its window, lists them in its ACKs, and delivers the text in order
+// once the gap is filled; a chunk beyond the window is dropped, and a
+// duplicate of a held chunk changes nothing. The final chunk may be held
+// too.
+func TestSACK(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{Window: 4, RTO: time.Second})
+	hello(t, p, c, serialproto.Welcome{Features: serialproto.FeatureSACK})
+	var got strings.Builder
+	seq, ch := p.askAccepted(context.Background(), c, "hi", func(b []byte) error { got.Write(b); return nil })
+	text := []string{"a", "b", "c", "d"}
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte(text[0])})
+	p.expectSACK(seq, 1, nil)
+	p.send(seq, &serialproto.Token{Chunk: 2, Text: []byte(text[2])}) // 1 lost
+	p.expectSACK(seq, 1, []byte{0x80})
+	p.send(seq, &serialproto.Token{Chunk: 5, Text: []byte("x")}) // beyond next+window: dropped
+	p.expectSACK(seq, 1, []byte{0x80})
+	p.send(seq, &serialproto.Done{Chunk: 4, TextBytes: 4, TextCRC32C: serialproto.CRC32C([]byte("abcd"))})
+	p.expectSACK(seq, 1, []byte{0xA0})
+	p.send(seq, &serialproto.Token{Chunk: 2, Text: []byte(text[2])}) // a duplicate of a held chunk
+	p.expectSACK(seq, 1, []byte{0xA0})
+	if got.String() != "a" {
+		t.Fatalf("text %q delivered before the gap was filled", got.String())
+	}
+	p.send(seq, &serialproto.Token{Chunk: 3, Text: []byte(text[3])})
+	p.expectSACK(seq, 1, []byte{0xE0})
+	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte(text[1])}) // fills the gap: all of it is delivered
+	p.expectSACK(seq, 5, nil)
+	if _, err := await(t, ch); err != nil || got.String() != "abcd" {
+		t.Fatalf("Ask: %v, text %q", err, got.String())
+	}
+}
+
+// TestNoSACKDevice: a device configured as one from before SACK neither asks
+// for it nor sends bitmaps, even to a daemon that offers them.
+func TestNoSACKDevice(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{Window: 4, RTO: time.Second, NoSACK: true})
+	if h := hello(t, p, c, serialproto.Welcome{Features: serialproto.FeatureSACK}); h.Features != 0 {
+		t.Fatalf("HELLO features %#x", h.Features)
+	}
+	seq, ch := p.askAccepted(context.Background(), c, "hi", func([]byte) error { return nil })
+	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte("b")})
+	p.expectSACK(seq, 0, nil)
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("a")})
+	p.expectSACK(seq, 1, nil) // chunk 1 was not kept
+	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte("b")})
+	p.expectSACK(seq, 2, nil)
+	p.send(seq, &serialproto.Done{Chunk: 2, TextBytes: 2, TextCRC32C: serialproto.CRC32C([]byte("ab"))})
+	p.expectSACK(seq, 3, nil)
+	if _, err := await(t, ch); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -429,5 +483,42 @@ func TestSignedSession(t *testing.T) {
 	p2.send(f.Seq, &serialproto.Welcome{Version: 1, MaxData: 256, Features: serialproto.FeatureSign, Window: 4, HeartbeatMS: 5000, MaxMessage: 4096, DaemonNonce: 7})
 	if _, err := await(t, ch2); !errors.Is(err, device.ErrTimeout) {
 		t.Fatalf("Hello with a forged WELCOME: want ErrTimeout, got %v", err)
+	}
+}
+
+// TestRTOAdapts: the device's timer follows the measured round trip (RFC
+// 6298, §7.2): after a few prompt answers the retransmission of an
+// unanswered PING comes far sooner than the 1 s initial RTO, and an answer
+// to a retransmitted request does not feed the estimate (Karn's rule).
+func TestRTOAdapts(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second, MinRTO: 20 * time.Millisecond})
+	hello(t, p, c, serialproto.Welcome{})
+	pingOnce := func(answer bool) (first, second time.Time) {
+		ch := async(func() (time.Duration, error) { return c.Ping(context.Background()) })
+		f, m := p.expect(serialproto.CmdPing)
+		first = time.Now()
+		if !answer {
+			f, m = p.expect(serialproto.CmdPing) // the retransmission
+			second = time.Now()
+		}
+		p.send(f.Seq, &serialproto.Pong{Data: m.(*serialproto.Ping).Data})
+		if _, err := await(t, ch); err != nil {
+			t.Fatal(err)
+		}
+		return first, second
+	}
+	for range 5 {
+		pingOnce(true)
+	}
+	rto, srtt := c.RTO()
+	if srtt <= 0 || rto >= 200*time.Millisecond {
+		t.Fatalf("after 5 loopback round trips: RTO %v, SRTT %v", rto, srtt)
+	}
+	first, second := pingOnce(false)
+	if gap := second.Sub(first); gap > 500*time.Millisecond {
+		t.Fatalf("retransmitted after %v with an RTO of %v", gap, rto)
+	}
+	if after, _ := c.RTO(); after != rto {
+		t.Fatalf("the answer to a retransmitted PING moved the RTO from %v to %v", rto, after)
 	}
 }

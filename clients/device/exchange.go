@@ -16,16 +16,20 @@ import (
 // attempt: while the daemon streams an answer it is the one retransmitting,
 // and the device only has to stay alive (a slow engine is not a dead link).
 func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt int) error, handle func(f serialproto.Frame, m serialproto.Message) (bool, error), keepalive func() bool) error {
+	sentAt := time.Now()
 	if err := resend(0); err != nil {
 		return err
 	}
 	streaming := func() bool { return keepalive != nil && keepalive() }
 	attempt, heard := 1, time.Now()
+	// Karn's rule (§7.2): only an answer to a request sent once measures
+	// the round trip; any repeat makes it ambiguous.
+	once := true
 	corrupt := 0 // NACK BAD_FRAME answers while not streaming
 	// Each attempt's deadline is fixed when it starts: frames of other
 	// requests must not push our retransmission back.
 	next := func() time.Time {
-		wait := c.cfg.RTO << min(attempt-1, 4)
+		wait := min(c.rtt.RTO()<<min(attempt-1, 6), max(serialproto.MaxRTO, c.cfg.RTO))
 		if streaming() {
 			wait = min(c.keepaliveInterval(), wait)
 		}
@@ -59,6 +63,7 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			} else if attempt > c.cfg.Retries {
 				return fmt.Errorf("%w (%d retransmissions): %v", ErrTimeout, c.cfg.Retries, err)
 			}
+			once = false
 			if err := resend(attempt); err != nil {
 				return err
 			}
@@ -82,6 +87,7 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 					return fmt.Errorf("%w: every frame arrives corrupt (%d NACK BAD_FRAME)", ErrTimeout, corrupt-1)
 				}
 			}
+			once = false
 			if err := resend(max(attempt-1, 1)); err != nil {
 				return err
 			}
@@ -101,6 +107,15 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			// The signed WELCOME: its body holds the nonce its tag needs;
 			// Hello verifies it before trusting it.
 			f.Data = f.Data[:len(f.Data)-serialproto.SignatureLen]
+		}
+		if once {
+			switch f.Cmd {
+			case serialproto.CmdAck, serialproto.CmdWelcome, serialproto.CmdPong, serialproto.CmdStatusReply, serialproto.CmdBye:
+				// The daemon answers these at once; a TOKEN or a stream's
+				// ERROR may wait for the engine, a NACK for half an RTO.
+				c.rtt.Sample(heard.Sub(sentAt))
+				once = false
+			}
 		}
 		m, err := serialproto.ParseBody(f.Cmd, f.Data)
 		if err != nil {

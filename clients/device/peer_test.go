@@ -1,6 +1,7 @@
 package device_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -260,6 +261,16 @@ func (p *peer) expectAck(seq uint8, next uint16) {
 		}
 	}
 	p.t.Fatalf("peer: no ACK %d of request %d", next, seq)
+}
+
+// expectSACK reads the next ACK of request seq and checks its next and
+// bitmap exactly.
+func (p *peer) expectSACK(seq uint8, next uint16, sack []byte) {
+	p.t.Helper()
+	f, m := p.expect(serialproto.CmdAck)
+	if a := m.(*serialproto.Ack); f.Seq != seq || a.Next != next || !bytes.Equal(a.SACK, sack) {
+		p.t.Fatalf("peer: ACK %d %x of request %d, want %d %x", a.Next, a.SACK, f.Seq, next, sack)
+	}
 }
 
 // result is what a client call running in the background returned.

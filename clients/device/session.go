@@ -14,6 +14,9 @@ func (c *Client) Hello(ctx context.Context) error {
 	c.nonce++
 	hello := &serialproto.Hello{MinVersion: 1, MaxVersion: 1, MaxData: c.cfg.MaxData, Window: c.cfg.Window, BootNonce: c.nonce, DeviceID: c.cfg.DeviceID}
 	c.signer, c.verifier = nil, nil
+	if !c.cfg.NoSACK {
+		hello.Features |= serialproto.FeatureSACK
+	}
 	if c.signing() {
 		hello.Features |= serialproto.FeatureSign
 		// The HELLO is signed with boot_nonce ‖ 0 (§9.1).

@@ -74,6 +74,7 @@ type config struct {
 		LocalShare           int      `toml:"local_share"`             // percent of the queue local HTTP applications may hold
 		ShutdownDrain        duration `toml:"shutdown_drain"`          // SIGTERM: how long in-flight requests may finish
 		EngineStall          duration `toml:"engine_stall"`            // an engine call silent this long stops the watchdog
+		MinRTO               duration `toml:"min_rto"`                 // floor of the adaptive UDP RTO (protocol.md §7.2); default 100ms
 	} `toml:"limits"`
 	Policy policyConfig `toml:"policy"`
 	// Schemas are the answer constraints devices name by id

@@ -183,7 +183,7 @@ func TestConfigPrecedence(t *testing.T) {
 	model := tinyModel(t)
 	path := filepath.Join(t.TempDir(), "mcpd.toml")
 	conf := "listen_udp = [\"127.0.0.1:7701\"]\nbackend = \"native\"\nmodel = \"" + model + "\"\n" +
-		"[limits]\nmax_concurrent = 3\nmax_queue = 5\nheartbeat = \"2s\"\n"
+		"[limits]\nmax_concurrent = 3\nmax_queue = 5\nheartbeat = \"2s\"\nmin_rto = \"20ms\"\n"
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestConfigPrecedence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"udp [127.0.0.1:7702 127.0.0.1:7703]", "max_concurrent = 4", "max_queue = 9", `heartbeat = "2s"`} {
+	for _, want := range []string{"udp [127.0.0.1:7702 127.0.0.1:7703]", "max_concurrent = 4", "max_queue = 9", `heartbeat = "2s"`, `min_rto = "20ms"`} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--check-config output lacks %q:\n%s", want, out.String())
 		}
