@@ -26,6 +26,9 @@ var (
 	errCancelledByDevice = errors.New("daemon: cancelled by the device")
 	errSessionClosed     = errors.New("daemon: session closed")
 	errShuttingDown      = errors.New("daemon: shutting down")
+	// errSuperseded: the device sent a new request under the request's seq
+	// (256 requests later), so it has long forgotten this one (§5).
+	errSuperseded = errors.New("daemon: a new request took its seq")
 )
 
 // Daemon dispatches devices' requests to a backend.

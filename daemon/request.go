@@ -158,7 +158,7 @@ func stopReason(s backends.StopReason) uint8 {
 // ended, to a protocol error code (docs/protocol.md §12).
 func errorCode(err, cause error) serialproto.ErrorCode {
 	switch {
-	case errors.Is(cause, errCancelledByDevice), errors.Is(cause, errSessionClosed):
+	case errors.Is(cause, errCancelledByDevice), errors.Is(cause, errSessionClosed), errors.Is(cause, errSuperseded):
 		return serialproto.CodeCancelled
 	case errors.Is(cause, errShuttingDown):
 		return serialproto.CodeShuttingDown

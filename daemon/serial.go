@@ -277,10 +277,11 @@ type serialPeer struct {
 	name string
 	baud int
 
-	writeMu sync.Mutex // one frame at a time on the wire
-	mu      sync.Mutex // guards port, opened
-	port    serial.Port
-	opened  bool // the port was open before: a later attach is a reconnect
+	writeMu  sync.Mutex // one frame at a time on the wire
+	lineFree time.Time  // when the line will have sent what was written (guarded by writeMu)
+	mu       sync.Mutex // guards port, opened
+	port     serial.Port
+	opened   bool // the port was open before: a later attach is a reconnect
 }
 
 func (p *serialPeer) Key() string                  { return p.name }
@@ -300,8 +301,36 @@ func (p *serialPeer) Send(frame []byte) error {
 	}
 	p.writeMu.Lock()
 	defer p.writeMu.Unlock()
+	p.pace(frame)
 	_, err := port.Write(frame)
 	return err
+}
+
+// pace holds an answer chunk back while more than two full frames are
+// already waiting for the line, and notes how long frame will take there.
+// A port's driver takes kilobytes at once, so without it a window of
+// chunks would queue in the driver, and a chunk resent to repair a hole
+// would wait behind all of them: the device's window would close on the
+// hole and the line fall idle. Paced, a retransmission goes out within two
+// frame times, and the round trips the stream measures are the line's.
+// Control frames (ACK, PONG, ...) are never held back; they count.
+func (p *serialPeer) pace(frame []byte) {
+	now := time.Now()
+	perByte := 10 * time.Second / time.Duration(p.baud) // 8N1
+	backlog := 2 * serialproto.MaxFrameLen * perByte
+	if len(frame) > 4 {
+		switch serialproto.Command(frame[4] & 0x3F) {
+		case serialproto.CmdToken, serialproto.CmdDone:
+			if wait := p.lineFree.Sub(now) - backlog; wait > 0 {
+				time.Sleep(wait)
+				now = time.Now()
+			}
+		}
+	}
+	if p.lineFree.Before(now) {
+		p.lineFree = now // the line has drained
+	}
+	p.lineFree = p.lineFree.Add(time.Duration(len(frame)) * perByte)
 }
 
 // attach uses port from now on; it reports whether this is a reconnect.

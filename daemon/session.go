@@ -96,6 +96,11 @@ func (s *session) fresh(cmd serialproto.Command, seq uint8) serialproto.SeqState
 	}
 	if s.seqs.Advance(seq) {
 		if r := s.requests[seq]; r != nil {
+			// Still streaming 256 requests later (its final ACK lost, the
+			// device long past it): its chunks must stop now, or a
+			// retransmission would land in the new request's answer.
+			r.cancel(errSuperseded)
+			r.st.abandon()
 			delete(s.requests, seq)
 			s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
 		}

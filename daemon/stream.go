@@ -38,7 +38,9 @@ type stream struct {
 	seal           *sealer                                        // encodes (and signs) each transmission
 	clock          clock
 
-	wake chan struct{}
+	wake     chan struct{}
+	quit     chan struct{} // closed by abandon
+	quitOnce sync.Once
 
 	mu           sync.Mutex
 	text         serialproto.TextBuffer
@@ -101,6 +103,7 @@ func newStream(p Peer, seal *sealer, clk clock, rtt *rttState, sack bool, versio
 		maxRetransmits: maxRetransmits,
 		window:         window,
 		wake:           make(chan struct{}, 1),
+		quit:           make(chan struct{}),
 		lastSend:       clk.Now(), // the clock for a window closed from the start
 	}
 }
@@ -289,6 +292,8 @@ func (s *stream) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-s.quit:
+			return errSuperseded
 		case <-s.wake:
 		case <-timer.C():
 			probe, err := s.timeout(s.clock.Now())
@@ -400,18 +405,27 @@ func (s *stream) appendFrame(m serialproto.Message) {
 	s.meta = append(s.meta, chunkMeta{})
 }
 
+// abandon stops the stream for good: nothing more is sent, not even a
+// retransmission, because a new request now has its seq and any chunk of
+// ours would pass for one of that request's (§5).
+func (s *stream) abandon() { s.quitOnce.Do(func() { close(s.quit) }) }
+
 // rewind answers NACK BAD_FRAME (the device saw a corrupt frame, §7.1):
-// go-back-N from the oldest unacknowledged chunk; with SACK only that
-// oldest chunk the device has not listed — the device acknowledges every
-// chunk it gets, and those ACKs came ahead of the NACK on the line.
+// go-back-N from the oldest unacknowledged chunk; with SACK only the chunk
+// sent earliest of those the device has not listed (nor is already to be
+// resent) — the device acknowledges every chunk it gets, and the ACKs of
+// all sent before the corrupt one came ahead of the NACK on the line.
 func (s *stream) rewind() {
 	s.mu.Lock()
 	if s.sack {
+		oldest := -1
 		for i := s.acked; i < s.highest; i++ {
-			if m := &s.meta[i]; !m.sacked {
-				m.lost = true
-				break
+			if m := &s.meta[i]; !m.sacked && !m.lost && (oldest < 0 || m.order < s.meta[oldest].order) {
+				oldest = i
 			}
+		}
+		if oldest >= 0 {
+			s.meta[oldest].lost = true
 		}
 	} else {
 		s.sent = s.acked

@@ -178,3 +178,26 @@ func TestRTOFollowsTheRoundTrip(t *testing.T) {
 		t.Fatalf("a retransmitted chunk's ACK fed the estimate: %d samples, RTO %v", samples()-before, rtt.rto())
 	}
 }
+
+// TestAbandonedStreamFallsSilent: a stream whose seq a new request took
+// (§5: 256 requests later, its final ACK lost) sends nothing more, not even
+// on its timer: its chunks would pass for the new request's.
+func TestAbandonedStreamFallsSilent(t *testing.T) {
+	p := &recordPeer{}
+	clk := newFakeClock()
+	st := newStream(p, nil, clk, peerRTT(p, 2), true, 1, 7, 32, 2, time.Millisecond, 8)
+	_ = st.write([]byte(strings.Repeat("0123456789", 10)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == 2 })
+	st.abandon()
+	if err := advanceUntilDone(t, clk, 5*time.Millisecond, errc); !errors.Is(err, errSuperseded) {
+		t.Fatalf("run: %v", err)
+	}
+	clk.Advance(time.Second)
+	if got := settled(p); len(got) != 2 {
+		t.Fatalf("chunks %v after abandon", got)
+	}
+}

@@ -253,7 +253,7 @@ func TestProxyRefusesNonLoopback(t *testing.T) {
 
 // ptyPair opens a pseudo-terminal in raw mode; the test writes to and reads
 // from the terminal side, the shim uses the master.
-func ptyPair(t *testing.T) (master, tty *os.File) {
+func ptyPair(t testing.TB) (master, tty *os.File) {
 	t.Helper()
 	pm, s, err := pty.Open()
 	if err != nil {
@@ -286,7 +286,7 @@ func ptyPair(t *testing.T) (master, tty *os.File) {
 
 // lineTransfer sends payload from one end of a shimmed line and returns
 // what reached the other end once nothing more arrives.
-func lineTransfer(t *testing.T, cfg LineConfig, payload []byte) ([]byte, *Line, time.Duration) {
+func lineTransfer(t testing.TB, cfg LineConfig, payload []byte) ([]byte, *Line, time.Duration) {
 	t.Helper()
 	am, at := ptyPair(t)
 	bm, bt := ptyPair(t)
@@ -401,4 +401,19 @@ func waitLine(t *testing.T, l *Line) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the line did not stop after both ends closed")
 	}
+}
+
+// BenchmarkLinePacing reports how close the shim comes to the line rate it
+// claims (11,520 B/s at 115,200 baud): the ratio of bytes a second moved
+// through it to that rate, which must stay at or just below 1.
+func BenchmarkLinePacing(b *testing.B) {
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 144) // 2304 bytes: 0.2 s
+	var moved int
+	var took time.Duration
+	for b.Loop() {
+		got, _, d := lineTransfer(b, LineConfig{Baud: 115200}, payload)
+		moved += len(got)
+		took += d
+	}
+	b.ReportMetric(float64(moved)/took.Seconds()/11520, "line-rate-ratio")
 }

@@ -52,6 +52,7 @@ typedef struct mcpf_config {
     uint32_t baud;         /* serial: the line's rate, for the RTO */
     uint8_t retries;       /* retransmissions before giving up; 0: 8 */
     uint16_t max_send;     /* largest data field it sends; 0: as the daemon allows */
+    uint16_t min_rto;      /* UDP: floor of the adaptive RTO in ms (§7.2), 1..4000; 0: 100 */
 #if MCPF_SIGN
     mcpf_key key;          /* key.len 0: unsigned */
     uint8_t link_id;       /* 0 UART, 1 Wi-Fi, ... */

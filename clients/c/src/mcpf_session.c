@@ -225,7 +225,7 @@ void mcpf_session_badcrc(mcpf_session *s, uint32_t now)
 /* RFC 6298 on an answer to a request sent once (Karn's rule). */
 static void rtt_sample(mcpf_session *s, uint32_t now)
 {
-    uint32_t r = now - s->sent, v;
+    uint32_t r = now - s->sent, v, lo;
     if (s->attempt || s->cfg->link != MCPF_LINK_UDP)
         return;
     if (r > MAX_RTO)
@@ -238,8 +238,9 @@ static void rtt_sample(mcpf_session *s, uint32_t now)
         s->rttvar = (uint16_t)((3u * s->rttvar + d) / 4u);
         s->srtt = (uint16_t)((7u * s->srtt + r) / 8u);
     }
-    v = s->srtt + 4u * s->rttvar;
-    s->rto = (uint16_t)(v < 100u ? 100u : v > MAX_RTO ? MAX_RTO : v);
+    v = s->srtt + (s->rttvar > 0u ? 4u * s->rttvar : 1u); /* G = 1 ms */
+    lo = s->cfg->min_rto ? s->cfg->min_rto : 100u;
+    s->rto = (uint16_t)(v < lo ? lo : v > MAX_RTO ? MAX_RTO : v);
 }
 
 static int finish(mcpf_session *s, mcpf_event *ev, uint8_t type)

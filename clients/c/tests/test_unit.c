@@ -381,6 +381,30 @@ static void test_random_input(int iterations)
     }
 }
 
+/* The adaptive RTO's floor is the configured min_rto (§7.2): a 10 ms round
+ * trip gives 10 + 4 × 5 = 30 ms with a floor of 5 ms, 100 ms with none. */
+static void test_min_rto(void)
+{
+    static const uint16_t floors[] = {5, 0, 50};
+    static const uint16_t want[] = {30, 100, 50};
+    size_t i;
+    for (i = 0; i < 3; i++) {
+        mcpf_config cfg;
+        mcpf_session s;
+        memset(&cfg, 0, sizeof cfg);
+        cfg.device_id = "esp32-kitchen";
+        cfg.max_data = 128;
+        cfg.window = 2;
+        cfg.min_rto = floors[i];
+        cfg.send = capture;
+        nsent = 0;
+        mcpf_session_init(&s, &cfg, 0xa1b2c3d4u);
+        CHECK(mcpf_session_hello(&s, 1000) == 0, "hello");
+        welcome(&s, 1010);
+        CHECK(s.rto == want[i], "min_rto %u: RTO %u after a 10 ms sample, want %u", floors[i], s.rto, want[i]);
+    }
+}
+
 /* The exchange of docs/protocol.md §14, byte for byte. */
 static void test_session_spec_exchange(void)
 {
@@ -758,6 +782,7 @@ int main(int argc, char **argv)
     test_datagram_errors();
     test_utf8();
     test_session_spec_exchange();
+    test_min_rto();
     test_session_retransmission();
     test_session_infer_repairs();
     test_session_stream_keepalive_and_cancel();
