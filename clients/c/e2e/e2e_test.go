@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -59,6 +60,24 @@ func build(t *testing.T, dir string, sign bool) string {
 		fmt.Sprintf("-DMCPF_SIGN=%d", map[bool]int{false: 0, true: 1}[sign]),
 		"-I../include", "-o", out, "../examples/posix/mcpf_ask.c"}, src...)
 	if b, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, b)
+	}
+	return out
+}
+
+// buildESP32UDP compiles the ESP32 UDP example against the host shim of
+// ESP-IDF (tests/esp_udp_shim), aimed at host:port.
+func buildESP32UDP(t *testing.T, dir, host, port string) string {
+	t.Helper()
+	src, err := filepath.Glob("../src/*.c")
+	if err != nil || len(src) == 0 {
+		t.Fatalf("C sources: %v", err)
+	}
+	out := filepath.Join(dir, "esp32_udp")
+	args := append([]string{"-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-O1", "-D_POSIX_C_SOURCE=200809L",
+		"-DMCPD_HOST=\"" + host + "\"", "-DMCPD_PORT=" + port, "-I../include", "-I../tests/esp_udp_shim", "-o", out,
+		"../examples/esp32_udp/mcpd_udp.c", "../tests/esp_udp_shim/shim.c"}, src...)
+	if b, err := exec.Command("gcc", args...).CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v\n%s", err, b)
 	}
 	return out
@@ -273,6 +292,24 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 			}
 		})
 	}
+
+	// The ESP32 Wi-Fi UDP example (examples/esp32_udp), built for the host
+	// over its real sockets, asks this mcpd.
+	t.Run("esp32-udp-example", func(t *testing.T) {
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin := buildESP32UDP(t, dir, host, port)
+		out, errOut, err := runC(ctx, bin, nil)
+		if err != nil {
+			t.Fatalf("%v\nstdout %s\nstderr %s", err, out, errOut)
+		}
+		m := regexp.MustCompile(`(?s)^\[session open\]\n(.+)\n\[done: (\d+) tokens\]\n?$`).FindStringSubmatch(out)
+		if m == nil || m[2] == "0" {
+			t.Fatalf("output %q", out)
+		}
+	})
 
 	// Impaired links: the C device's retransmission, resync and NACK
 	// handling must still bring the exact answer — or, should a corruption

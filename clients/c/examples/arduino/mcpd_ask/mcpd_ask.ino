@@ -4,6 +4,12 @@
 // streamed answer on the USB console. Wire the board's Serial1 to the
 // machine running `mcpd --serial /dev/ttyUSB0:115200`. Install clients/c
 // as a library (include/ and src/ together in libraries/mcpf/src).
+//
+// Wiring: the board's TX1 to the gateway's RX, RX1 to its TX, and GND to
+// GND. A 5 V board (Uno, Mega) needs a level shifter towards a 3.3 V
+// gateway (Raspberry Pi GPIO 15/pin 10, an adapter set to 3.3 V). On a
+// Pi use /dev/serial0 with enable_uart=1. Power the board on its own
+// (USB), not from the gateway's 3.3 V pin. See clients/c/README.md.
 #include <Arduino.h>
 
 #include "mcpf.h"
