@@ -63,7 +63,7 @@ fi
 
 doc=$pkg/usr/share/doc/mcpd
 install -D -m 0644 "$here/deb/copyright" "$doc/copyright"
-for d in README.md docs/protocol.md docs/cross.md docs/systemd.md; do
+for d in README.md docs/protocol.md docs/cross.md docs/systemd.md docs/real-model.md; do
 	[ -f "$d" ] && install -m 0644 "$d" "$doc/"
 done
 [ -f systemd/60-mcpd-serial.rules ] && install -D -m 0644 systemd/60-mcpd-serial.rules "$doc/examples/60-mcpd-serial.rules"
