@@ -70,14 +70,14 @@ func (d *Daemon) admitPeer(p Peer, deviceID string) *serialproto.Error {
 	// A link that vouches for the device id (MQTT: the broker's ACL let
 	// only that device publish on the topic) admits no other id: a device
 	// cannot open a session under another's name, signed or not.
-	bound, isBound := p.(boundPeer)
-	if isBound && bound.BoundDevice() != deviceID {
+	bound := p.BoundDevice()
+	if bound != "" && bound != deviceID {
 		return serialproto.NewError(serialproto.CodeForbidden, "device id differs from the link's")
 	}
 	// Networks bind datagram peers, ports bind byte streams, and the broker
 	// binds devices behind it. A datagram peer without a source address
 	// matches no network: refused, never waved through.
-	if len(pol.Networks) > 0 && !p.ByteStream() && !isBound {
+	if len(pol.Networks) > 0 && !p.ByteStream() && bound == "" {
 		ip := p.Addr().Addr().Unmap()
 		if !slices.ContainsFunc(pol.Networks, func(n netip.Prefix) bool { return n.Contains(ip) }) {
 			return serialproto.NewError(serialproto.CodeForbidden, "source network not allowed")

@@ -51,16 +51,14 @@ type Peer interface {
 	// ByteStream is true for serial links: corrupt frames are answered with
 	// NACK BAD_FRAME there (docs/protocol.md §7.1), never on UDP.
 	ByteStream() bool
+	// BoundDevice is the device id the link vouches for, which HELLO must
+	// name (guard.go, admitPeer): on MQTT the id in the topic, whose
+	// publisher the broker authenticated and its ACL let publish there.
+	// Empty where the link knows no id (UDP, serial).
+	BoundDevice() string
 	// RTO is the initial retransmission timeout towards this peer, whose
 	// device announced window in its HELLO: fixed on UDP (§7.2); on a
 	// serial line 2 × window × T(263) + 100 ms (§7.1), the time the device's
 	// window of full frames takes on the wire, both ways, and some slack.
 	RTO(window int) time.Duration
-}
-
-// boundPeer is a peer whose link vouches for its device id: on MQTT the
-// id in the topic, which the broker authenticated and its ACL allowed.
-// HELLO must name that id (guard.go, admitPeer).
-type boundPeer interface {
-	BoundDevice() string
 }

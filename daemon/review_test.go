@@ -106,6 +106,7 @@ func (p *recordPeer) Key() string           { return "rec" }
 func (p *recordPeer) LinkName() string      { return "rec" }
 func (p *recordPeer) Addr() netip.AddrPort  { return netip.AddrPort{} }
 func (p *recordPeer) ByteStream() bool      { return false }
+func (p *recordPeer) BoundDevice() string   { return "" }
 func (p *recordPeer) RTO(int) time.Duration { return 10 * time.Millisecond }
 func (p *recordPeer) Send(f []byte) error {
 	p.mu.Lock()

@@ -288,6 +288,7 @@ func (p *serialPeer) Key() string                  { return p.name }
 func (p *serialPeer) LinkName() string             { return p.name }
 func (p *serialPeer) Addr() netip.AddrPort         { return netip.AddrPort{} } // a port has no source address
 func (p *serialPeer) ByteStream() bool             { return true }
+func (p *serialPeer) BoundDevice() string          { return "" }
 func (p *serialPeer) RTO(window int) time.Duration { return serialRTO(p.baud, window) }
 
 var errUnplugged = errors.New("daemon: serial port is not connected")

@@ -17,6 +17,7 @@ func (p keyPeer) LinkName() string      { return "udp:test" }
 func (p keyPeer) Addr() netip.AddrPort  { return netip.AddrPort{} }
 func (p keyPeer) Send([]byte) error     { return nil }
 func (p keyPeer) ByteStream() bool      { return false }
+func (p keyPeer) BoundDevice() string   { return "" }
 func (p keyPeer) RTO(int) time.Duration { return time.Second }
 
 // tableHello asks the table to decide on a HELLO from peer, as the daemon

@@ -78,6 +78,7 @@ func (p *udpPeer) Key() string           { return p.link.name + "|" + p.addr.Str
 func (p *udpPeer) LinkName() string      { return p.link.name }
 func (p *udpPeer) Addr() netip.AddrPort  { return p.addr }
 func (p *udpPeer) ByteStream() bool      { return false }
+func (p *udpPeer) BoundDevice() string   { return "" }
 func (p *udpPeer) RTO(int) time.Duration { return p.link.rto }
 func (p *udpPeer) Send(frame []byte) error {
 	_, err := p.link.conn.WriteToUDPAddrPort(frame, p.addr)

@@ -6,9 +6,10 @@
 // window, the DONE checksum, optional signing (§9) and the retry rules
 // (§12).
 //
-// A Client speaks over a Transport: DialUDP for mcpd's UDP port,
-// OpenSerial (or NewStream over any byte stream) for a serial line. Open
-// the session with Hello, then Ask as often as needed, and end it with Bye:
+// A Client speaks over a Transport: DialUDP for mcpd's UDP port, DialMQTT
+// through an MQTT broker, OpenSerial (or NewStream over any byte stream)
+// for a serial line. Open the session with Hello, then Ask as often as
+// needed, and end it with Bye:
 //
 //	udp, err := device.DialUDP("127.0.0.1:7700")
 //	...

@@ -136,11 +136,10 @@ func waitToken(ctx context.Context, t mqtt.Token) error {
 // would), which retransmission repairs.
 func (m *MQTT) deliver(_ mqtt.Client, msg mqtt.Message) {
 	p := msg.Payload()
-	rest, ok := strings.CutPrefix(msg.Topic(), "mcpd/v1/"+m.id+"/down")
-	if !ok || (rest != "" && (rest[0] != '/' || len(rest) < 2)) {
+	inst, ok := downInstance(m.id, msg.Topic())
+	if !ok {
 		return
 	}
-	inst := strings.TrimPrefix(rest, "/")
 	if len(p) >= serialproto.HeaderLen && serialproto.Command(p[4]&0x3F) == serialproto.CmdWelcome {
 		m.mu.Lock()
 		if m.hello {
@@ -152,6 +151,24 @@ func (m *MQTT) deliver(_ mqtt.Client, msg mqtt.Message) {
 	case m.in <- p:
 	default:
 	}
+}
+
+// downInstance reads a topic the device subscribed to: its own down topic,
+// mcpd/v1/<id>/down ("" instance), or an instance's, mcpd/v1/<id>/down/<inst>
+// with <inst> one topic level.
+func downInstance(id, topic string) (inst string, ok bool) {
+	rest, ok := strings.CutPrefix(topic, "mcpd/v1/"+id+"/down")
+	if !ok {
+		return "", false
+	}
+	if rest == "" {
+		return "", true
+	}
+	inst, ok = strings.CutPrefix(rest, "/")
+	if !ok || inst == "" || strings.Contains(inst, "/") {
+		return "", false
+	}
+	return inst, true
 }
 
 // Instance is the instance the session is on ("" for a daemon without a
