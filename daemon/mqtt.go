@@ -11,15 +11,18 @@ import (
 	"fmt"
 	"log/slog"
 	mathrand "math/rand/v2"
+	"net"
 	"net/netip"
 	"net/url"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
 
@@ -169,6 +172,7 @@ type MQTTLink struct {
 
 	mu     sync.Mutex
 	client mqtt.Client // nil while not connected
+	health portHealth  // what LinkStates reports; warned: the cause last logged at ERROR
 
 	connected atomic.Bool
 	dropped   atomic.Int64 // messages dropped because the daemon fell behind
@@ -208,6 +212,7 @@ func NewMQTTLink(cfg MQTTConfig, log *slog.Logger) (*MQTTLink, error) {
 		cfg: cfg, broker: u.String(), user: cfg.Username, password: cfg.Password, tls: t,
 		name: name, log: log, rto: 250 * time.Millisecond,
 		minBackoff: 100 * time.Millisecond, maxBackoff: 10 * time.Second,
+		health: portHealth{state: LinkState{Name: name, Error: "not connected yet", Since: time.Now()}},
 	}, nil
 }
 
@@ -311,7 +316,11 @@ func (l *MQTTLink) connectLoop(ctx context.Context, h Handler, in chan<- mqtt.Me
 				return
 			}
 			wait := backoff/2 + mathrand.N(backoff/2+1)
-			l.log.Error("mqtt: cannot connect; retrying", "link", l.name, "user", l.user, "err", err, "retry_in", wait.Round(time.Millisecond))
+			// Said at ERROR once per cause, with what usually fixes it; the
+			// retries that fail the same way are only debug lines.
+			level, hint := l.failed(err)
+			l.log.Log(ctx, level, "mqtt: cannot connect; retrying", "link", l.name, "user", l.user, "err", err,
+				"hint", hint, "retry_in", wait.Round(time.Millisecond))
 			select {
 			case <-ctx.Done():
 				return
@@ -321,6 +330,7 @@ func (l *MQTTLink) connectLoop(ctx context.Context, h Handler, in chan<- mqtt.Me
 			continue
 		}
 		backoff = l.minBackoff
+		l.health.opened(time.Now())
 		l.setClient(c)
 		if connectedBefore {
 			h.LinkStats(l.name, 0, 1)
@@ -334,10 +344,60 @@ func (l *MQTTLink) connectLoop(ctx context.Context, h Handler, in chan<- mqtt.Me
 			return
 		case err := <-lost:
 			l.setClient(nil)
+			l.health.lost(time.Now(), err)
 			l.log.Warn("mqtt connection lost; reconnecting", "link", l.name, "err", err)
 		}
 	}
 }
+
+// failed records a failed connection attempt: the level to log it at
+// (ERROR when the cause is news) and the hint for it.
+func (l *MQTTLink) failed(err error) (slog.Level, string) {
+	cause, hint := mqttCause(err)
+	h := &l.health
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.state.Up || h.state.Error != cause {
+		h.state.Since = time.Now()
+	}
+	h.state.Up, h.state.Error, h.state.Hint = false, cause, hint
+	news := h.warned != cause
+	h.warned = cause
+	if news {
+		return slog.LevelError, hint
+	}
+	return slog.LevelDebug, hint
+}
+
+// mqttCause is the short reason a connection failed and what usually
+// fixes it.
+func mqttCause(err error) (cause, hint string) {
+	var (
+		ce  *net.OpError
+		ue  x509.UnknownAuthorityError
+		he  x509.HostnameError
+		tle *tls.CertificateVerificationError
+	)
+	msg := err.Error()
+	switch {
+	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword), errors.Is(err, packets.ErrorRefusedNotAuthorised):
+		return "the broker refused the account: " + msg,
+			"check username and password (or password_file) against the broker's password file; mcpd keeps retrying"
+	case errors.Is(err, packets.ErrorRefusedIDRejected):
+		return "the broker rejected the client id: " + msg, "set instance to a client id the broker accepts"
+	case errors.As(err, &ue), errors.As(err, &he), errors.As(err, &tle):
+		return "TLS: " + msg, "ca_file must hold the CA that signed the broker's certificate, and the URL's host must be a name or address in it"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused", "no broker listens at that address: is it running? mcpd keeps retrying"
+	case errors.As(err, &ce) && ce.Timeout(), errors.Is(err, context.DeadlineExceeded):
+		return "timed out: " + msg, "the broker does not answer: check the address, the network and any firewall"
+	}
+	return msg, ""
+}
+
+// LinkStates reports the broker connection: up while connected, else why
+// not.
+func (l *MQTTLink) LinkStates() []LinkState { return []LinkState{l.health.get()} }
 
 func (l *MQTTLink) setClient(c mqtt.Client) {
 	l.mu.Lock()

@@ -37,7 +37,9 @@ func (l *logBuffer) String() string {
 	return l.b.String()
 }
 
-func slogTo(w *logBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+func slogTo(w *logBuffer) *slog.Logger {
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
 
 func linkReconnects(d *Daemon, name string) int64 {
 	for _, l := range d.Stats().Links() {
@@ -253,8 +255,15 @@ func TestMQTTWrongCredentials(t *testing.T) {
 	if !strings.Contains(out, "not Authorized") && !strings.Contains(out, "bad user name or password") {
 		t.Fatalf("the log does not say the broker refused the credentials:\n%s", out)
 	}
+	if n := strings.Count(out, "level=ERROR msg=\"mqtt: cannot connect"); n != 1 {
+		t.Fatalf("%d ERROR lines for one cause, want 1 (the retries at DEBUG):\n%s", n, out)
+	}
 	if strings.Contains(out, "wrong") {
 		t.Fatalf("the password reached the log:\n%s", out)
+	}
+	st := link.LinkStates()
+	if len(st) != 1 || st[0].Up || !strings.HasPrefix(st[0].Error, "the broker refused the account") || !strings.Contains(st[0].Hint, "password") {
+		t.Fatalf("link state %+v", st)
 	}
 	if link.Connected() {
 		t.Fatal("connected with a wrong password")
@@ -276,8 +285,14 @@ func TestMQTTWrongCredentials(t *testing.T) {
 	if link2.Connected() {
 		t.Fatal("connected to a stopped broker")
 	}
+	if st := link2.LinkStates(); st[0].Up || st[0].Error != "connection refused" {
+		t.Fatalf("link state with no broker: %+v", st)
+	}
 	b.Restart()
 	waitFor(t, link2.Connected)
+	if st := link2.LinkStates(); !st[0].Up || st[0].Error != "" {
+		t.Fatalf("link state once connected: %+v", st)
+	}
 }
 
 // TestMQTTBrokerRestartKeepsSessions: the broker restarts in the middle of
