@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/backends/grammar"
@@ -116,4 +117,39 @@ func TestLlamaSchemaAnswers(t *testing.T) {
 	wg.Wait()
 	t.Logf("%d of %d seeded answers valid JSON of their schema (%d schemas, 2 random models, %.1f tokens each)",
 		valid, seeds, len(schemas), float64(tokens)/float64(max(valid, 1)))
+}
+
+// BenchmarkSchemaDecode: decode speed with and without a schema's grammar
+// on the same engine (the grammar sampler looks at every vocabulary entry
+// each step, so its cost grows with the vocabulary: run it on the 135M
+// shape via MCPD_BENCH_MODEL, as make bench-native does).
+func BenchmarkSchemaDecode(b *testing.B) {
+	s, err := grammar.Parse([]byte(`{"type":"array","items":{"type":"string","maxLength":32},"minItems":4,"maxItems":4}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	e := benchEngine(b, 1)
+	for _, tc := range []struct {
+		name        string
+		constrained bool
+	}{{"free", false}, {"schema", true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			req := greedyReq("Hello", s.MaxBytes()+1)
+			if tc.constrained {
+				req.Options.Grammar = s.GBNF()
+			}
+			var toks int
+			var decode time.Duration
+			for b.Loop() {
+				res, err := e.Generate(context.Background(), req, discard)
+				if err != nil {
+					b.Fatal(err)
+				}
+				toks += res.Tokens - 1
+				decode += res.Duration - res.TTFT
+			}
+			b.ReportMetric(float64(toks)/decode.Seconds(), "gen-tok/s")
+			b.ReportMetric(float64(toks+b.N)/float64(b.N), "tokens/op")
+		})
+	}
 }
