@@ -31,6 +31,10 @@ type Config struct {
 	// MaxTokens caps an INFER's MAX_TOKENS (and a local request's, and
 	// DefaultMaxTokens); default 1024, or DefaultMaxTokens if larger.
 	MaxTokens int
+	// MaxContext caps an INFER's CONTEXT option (the engine's context size
+	// in tokens, Ollama's num_ctx): a device must not make the engine
+	// allocate a context of billions of tokens. Default 8192.
+	MaxContext int
 	// LocalShare is the percentage of the queue (MaxConcurrent + MaxQueue)
 	// local applications (the HTTP API) may hold; the rest is the
 	// devices'. Default 50; 100: no reservation for devices.
@@ -96,6 +100,7 @@ func (c Config) WithDefaults() Config {
 	}
 	c.DefaultMaxTokens = min(c.DefaultMaxTokens, c.MaxTokens)
 	def(&c.LocalShare, 50)
+	def(&c.MaxContext, 8192)
 	c.LocalShare = min(c.LocalShare, 100)
 	if c.PeerRate == 0 {
 		c.PeerRate = 2000

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
@@ -642,4 +643,43 @@ func TestStreamInvariant(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestHistoryTrimmedToContext: a conversation that outgrows the model's
+// context drops its oldest whole turns — the system prompt and the new
+// prompt stay — instead of failing every INFER with TOO_LARGE until
+// NEW_CHAT; a prompt too long on its own is still TOO_LARGE.
+func TestHistoryTrimmedToContext(t *testing.T) {
+	e := &testEngine{contextTotal: 40}
+	d, addr := startDaemon(t, Config{DefaultMaxTokens: 1000}, e)
+	c := dial(t, addr, device.Config{DeviceID: "chatty"})
+	system := func(m *serialproto.Infer) { m.Set, m.System = m.Set.With(serialproto.OptSystem), "be brief please" }
+	for turn := range 12 {
+		prompt := fmt.Sprintf("turn %d: how warm is it now", turn)
+		if text, _, err := ask(t, c, prompt, system); err != nil || text != answerFor(prompt) {
+			t.Fatalf("turn %d: %q %v", turn, text, err)
+		}
+	}
+	if d.Stats().HistoryTrimmed.Load() == 0 {
+		t.Fatal("no turn was dropped")
+	}
+	e.mu.Lock()
+	last := e.seen[len(e.seen)-1]
+	e.mu.Unlock()
+	msgs := last.Messages
+	if msgs[0].Role != backends.RoleSystem || msgs[0].Content != "be brief please" || msgs[len(msgs)-1].Content != "turn 11: how warm is it now" {
+		t.Fatalf("last conversation: %+v", msgs)
+	}
+	for i, m := range msgs[1 : len(msgs)-1] { // whole turns: user, assistant, user, …
+		if want := []backends.Role{backends.RoleUser, backends.RoleAssistant}[i%2]; m.Role != want {
+			t.Fatalf("message %d is %s, want %s: %+v", i+1, m.Role, want, msgs)
+		}
+	}
+	if len(msgs) < 4 || !strings.HasPrefix(msgs[1].Content, "turn ") {
+		t.Fatalf("nothing of the history kept: %+v", msgs)
+	}
+	long := strings.Repeat("word ", 50)
+	if _, _, err := ask(t, c, long, system); errCode(err) != serialproto.CodeTooLarge {
+		t.Fatalf("a prompt too long alone: %v, want TOO_LARGE", err)
+	}
 }

@@ -23,6 +23,7 @@ type testEngine struct {
 	hold         chan struct{} // non-nil: block after the first token until closed
 	pace         chan struct{} // non-nil: after each token, send on it, then wait to receive from it
 	contextWords int           // >0: a prompt of more words fails with ErrPromptTooLong, before any token
+	contextTotal int           // >0: a conversation (all messages) of more words fails so too
 	calls        atomic.Int64
 	cancelled    atomic.Int64
 
@@ -42,6 +43,15 @@ func (e *testEngine) Generate(ctx context.Context, req backends.Request, emit ba
 	start := time.Now()
 	if n := len(strings.Fields(req.Messages[len(req.Messages)-1].Content)); e.contextWords > 0 && n > e.contextWords {
 		return backends.Result{}, fmt.Errorf("%w: %d words, context %d", backends.ErrPromptTooLong, n, e.contextWords)
+	}
+	if e.contextTotal > 0 {
+		n := 0
+		for _, m := range req.Messages {
+			n += len(strings.Fields(m.Content))
+		}
+		if n > e.contextTotal {
+			return backends.Result{}, fmt.Errorf("%w: %d words, context %d", backends.ErrPromptTooLong, n, e.contextTotal)
+		}
 	}
 	if e.release != nil {
 		select {

@@ -102,7 +102,7 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	defer unregister()
 	ctx, obs := d.requestObserver(ctx, RequestInfo{Link: LocalLink, Device: req.Client, First: first, Model: req.Model})
 
-	res, err := d.generate(ctx, "local:"+req.Client, func() backends.Request { return d.localRequest(req) }, obs, emit)
+	res, err := d.generate(ctx, "local:"+req.Client, func() backends.Request { return d.localRequest(req) }, nil, obs, emit)
 	t.generated(res.Tokens)
 	var code serialproto.ErrorCode
 	if err != nil {

@@ -84,7 +84,7 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 		}
 		return req
 	}
-	return d.generate(r.ctx, "device:"+r.s.deviceID, request, r.obs, func(piece []byte) error {
+	return d.generate(r.ctx, "device:"+r.s.deviceID, request, r.s.dropOldestTurn, r.obs, func(piece []byte) error {
 		answer.Write(piece)
 		return r.st.write(piece)
 	})
@@ -94,8 +94,11 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 // holder naming a device id or a local client (fair.go) —, then runs the
 // request that request builds: the one way to the engine for devices' and
 // local requests alike, watched by the liveness check and the request's
-// observer (obs may be nil).
-func (d *Daemon) generate(ctx context.Context, holder string, request func() backends.Request, obs RequestObserver, emit backends.Emit) (backends.Result, error) {
+// observer (obs may be nil). When the engine finds the prompt too long for
+// its context before any output and shrink (may be nil) drops the
+// conversation's oldest turn, the request is built and run again, in the
+// same slot (docs/protocol.md §10).
+func (d *Daemon) generate(ctx context.Context, holder string, request func() backends.Request, shrink func() bool, obs RequestObserver, emit backends.Emit) (backends.Result, error) {
 	release, err := d.admission.slot(ctx, holder)
 	if err != nil {
 		return backends.Result{}, err
@@ -108,13 +111,22 @@ func (d *Daemon) generate(ctx context.Context, holder string, request func() bac
 	if obs != nil {
 		obs.Generating(e.b.Name())
 	}
-	res, err := e.b.Generate(ctx, request(), func(piece []byte) error {
-		call.step()
-		if obs != nil {
-			obs.Token(len(piece))
-		}
-		return emit(piece)
-	})
+	emitted := false
+	run := func() (backends.Result, error) {
+		return e.b.Generate(ctx, request(), func(piece []byte) error {
+			emitted = true
+			call.step()
+			if obs != nil {
+				obs.Token(len(piece))
+			}
+			return emit(piece)
+		})
+	}
+	res, err := run()
+	for errors.Is(err, backends.ErrPromptTooLong) && !emitted && shrink != nil && ctx.Err() == nil && shrink() {
+		d.stats.HistoryTrimmed.Add(1)
+		res, err = run()
+	}
 	d.stats.generated(e.b.Name(), res.Tokens)
 	if err == nil && ctx.Err() != nil {
 		err = context.Cause(ctx)
@@ -201,7 +213,7 @@ func options(m *serialproto.Infer, cfg *Config) backends.Options {
 		o.RepeatPenalty = milli(m.RepeatPenalty)
 	}
 	if m.Set.Has(serialproto.OptContext) {
-		o.ContextSize = int(m.Context)
+		o.ContextSize = int(min(m.Context, uint32(cfg.MaxContext)))
 	}
 	return o
 }

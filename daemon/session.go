@@ -279,6 +279,20 @@ func (s *session) conversation(m *serialproto.Infer) []backends.Message {
 	return append(msgs, backends.Message{Role: backends.RoleUser, Content: m.Prompt})
 }
 
+// dropOldestTurn forgets the oldest whole turn (a prompt and its answer)
+// of the chat history, when the conversation does not fit the model's
+// context; the system prompt, which comes with each INFER, and the new
+// prompt stay. It reports whether there was a turn to drop.
+func (s *session) dropOldestTurn() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.history) < 2 {
+		return false
+	}
+	s.history = append(s.history[:0:0], s.history[2:]...)
+	return true
+}
+
 // remember adds a finished turn to the history, dropping whole old turns
 // beyond MaxHistory messages.
 func (s *session) remember(prompt, answer string) {

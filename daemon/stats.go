@@ -30,6 +30,7 @@ type Stats struct {
 	Evicted                                         atomic.Int64 // idle sessions closed to make room
 	Retransmits                                     atomic.Int64 // stream chunks sent again
 	LogSuppressed                                   atomic.Int64 // remote-caused log lines held back (logsample.go)
+	HistoryTrimmed                                  atomic.Int64 // chat turns dropped to fit the model's context
 
 	links  sync.Map // link name → *linkCounters
 	tokens sync.Map // engine name → *atomic.Int64

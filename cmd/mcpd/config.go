@@ -72,6 +72,7 @@ type config struct {
 		MaxSessionsPerDevice int      `toml:"max_sessions_per_device"` // sessions one device id may hold
 		MaxTokens            int      `toml:"max_tokens"`              // cap on a request's MAX_TOKENS
 		LocalShare           int      `toml:"local_share"`             // percent of the queue local HTTP applications may hold
+		MaxContext           int      `toml:"max_context"`             // cap on a request's CONTEXT (tokens; Ollama's num_ctx)
 		ShutdownDrain        duration `toml:"shutdown_drain"`          // SIGTERM: how long in-flight requests may finish
 		EngineStall          duration `toml:"engine_stall"`            // an engine call silent this long stops the watchdog
 		MinRTO               duration `toml:"min_rto"`                 // floor of the adaptive UDP RTO (protocol.md §7.2); default 100ms

@@ -28,7 +28,7 @@ func (c *config) applyGuard(d *daemon.Config) error {
 	d.PeerRate, d.PeerBurst, d.MaxPeers = c.Limits.PeerRate, c.Limits.PeerBurst, c.Limits.MaxPeers
 	d.MaxPerSession, d.MaxPendingPerPeer = c.Limits.MaxPerDevice, c.Limits.MaxReassembly
 	d.MaxPerSource, d.MaxSessionsPerSource, d.MaxSessionsPerDevice = c.Limits.MaxPerSource, c.Limits.MaxSessionsPerSource, c.Limits.MaxSessionsPerDevice
-	d.MaxTokens, d.LocalShare = c.Limits.MaxTokens, c.Limits.LocalShare
+	d.MaxTokens, d.LocalShare, d.MaxContext = c.Limits.MaxTokens, c.Limits.LocalShare, c.Limits.MaxContext
 	p := daemon.AccessPolicy{Ports: c.Policy.Ports, OnlyListed: c.Policy.OnlyListed}
 	for _, n := range c.Policy.Networks {
 		pfx, err := netip.ParsePrefix(n)

@@ -261,3 +261,16 @@ func TestWarnOffLoopback(t *testing.T) {
 		}
 	}
 }
+
+// TestHugeDeadlineDoesNotOverflow: a deadline_ms whose nanoseconds wrap to a few hundred µs is bounded
+// before it becomes a duration, so the request runs instead of timing out
+// at once.
+func TestHugeDeadlineDoesNotOverflow(t *testing.T) {
+	e := &echoEngine{gate: make(chan struct{})}
+	f := start(t, daemon.Config{}, e)
+	time.AfterFunc(50*time.Millisecond, func() { close(e.gate) }) // the engine takes a while
+	resp, lines := f.generate(t, `{"prompt":"take your time","deadline_ms":18446744073710}`)
+	if resp.StatusCode != 200 || len(lines) == 0 || !lines[len(lines)-1].Done {
+		t.Fatalf("status %d, lines %+v", resp.StatusCode, lines)
+	}
+}

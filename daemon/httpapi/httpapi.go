@@ -33,6 +33,11 @@ const DefaultAddr = "127.0.0.1:7701"
 // protocol's largest message, and JSON escaping may double it.
 const maxBody = 2*serialproto.MaxMessageLimit + 4096
 
+// maxDeadlineMS bounds deadline_ms before it becomes a time.Duration (a
+// value near 2^63 ns would overflow); the daemon's request_timeout is
+// shorter anyway.
+const maxDeadlineMS = 24 * 60 * 60 * 1000
+
 // Daemon is what the API serves: *daemon.Daemon.
 type Daemon interface {
 	Snapshot(ctx context.Context) daemon.Snapshot
@@ -272,7 +277,7 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 	}
 	res, err := s.cfg.Daemon.Generate(ctx, daemon.LocalRequest{
 		Client: client, Model: req.Model, System: req.System, Prompt: req.Prompt,
-		Options: opts, Deadline: time.Duration(req.DeadlineMS) * time.Millisecond,
+		Options: opts, Deadline: time.Duration(min(req.DeadlineMS, maxDeadlineMS)) * time.Millisecond,
 	}, func(piece []byte) error {
 		begin()
 		line, err := json.Marshal(GenerateLine{Response: string(piece)})
