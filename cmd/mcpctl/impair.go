@@ -21,8 +21,11 @@ func runImpair(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	describeCommand(fs, stderr, "[flags]", `A lossy link on loopback for testing firmware and the daemon: devices send
 to --listen, the proxy forwards to mcpd at --target and back, losing,
 duplicating, reordering and delaying datagrams with a seeded random source
-(the same --seed drops the same datagrams). Runs until interrupted or for
---duration.`)
+(the same --seed drops the same datagrams). --replay also delivers a share
+of the datagrams once more, late (--replay-after plus up to --replay-jitter
+after the original): old INFERs, ACKs and HELLOs reaching mcpd long after
+their requests ended, as a path holding copies or an attacker replaying a
+recording would. Runs until interrupted or for --duration.`)
 	listen := fs.String("listen", "127.0.0.1:7800", "where devices send (loopback only)")
 	target := fs.String("target", "127.0.0.1:7700", "mcpd's UDP address (loopback only)")
 	loss := fs.Float64("loss", 0.10, "probability a datagram is lost, each direction")
@@ -30,6 +33,9 @@ duplicating, reordering and delaying datagrams with a seeded random source
 	reorder := fs.Float64("reorder", 0.10, "probability a datagram is held back until after the next")
 	delay := fs.Duration("delay", 0, "delay added to every datagram")
 	jitter := fs.Duration("jitter", 0, "up to this much more delay (order kept)")
+	replay := fs.Float64("replay", 0, "probability a datagram is delivered once more, late")
+	replayAfter := fs.Duration("replay-after", 500*time.Millisecond, "how late a replayed copy comes, at least")
+	replayJitter := fs.Duration("replay-jitter", time.Second, "up to this much later still")
 	seed := fs.Uint64("seed", 1, "random seed: the same seed drops the same datagrams")
 	duration := fs.Duration("duration", 0, "stop after this long (0: until interrupted)")
 	if err := parseFlags(fs, args); err != nil {
@@ -43,7 +49,8 @@ duplicating, reordering and delaying datagrams with a seeded random source
 	if err != nil {
 		return fmt.Errorf("--target: %w", err)
 	}
-	faults := impair.Faults{Loss: *loss, Duplicate: *dup, Reorder: *reorder, Delay: *delay, Jitter: *jitter}
+	faults := impair.Faults{Loss: *loss, Duplicate: *dup, Reorder: *reorder, Delay: *delay, Jitter: *jitter,
+		Replay: *replay, ReplayAfter: *replayAfter, ReplayJitter: *replayJitter}
 	p, err := impair.NewUDPProxy(impair.UDPConfig{Listen: la, Target: ta, Up: faults, Down: faults, Seed: *seed})
 	if err != nil {
 		return err
@@ -53,8 +60,8 @@ duplicating, reordering and delaying datagrams with a seeded random source
 		ctx, cancel = context.WithTimeout(ctx, *duration)
 		defer cancel()
 	}
-	fmt.Fprintf(stdout, "impairing %v → %v: loss %g, duplication %g, reordering %g, delay %v+%v, seed %d\n",
-		p.Addr(), ta, *loss, *dup, *reorder, *delay, *jitter, *seed)
+	fmt.Fprintf(stdout, "impairing %v → %v: loss %g, duplication %g, reordering %g, delay %v+%v, replay %g (%v+%v late), seed %d\n",
+		p.Addr(), ta, *loss, *dup, *reorder, *delay, *jitter, *replay, *replayAfter, *replayJitter, *seed)
 	start := time.Now()
 	err = p.Run(ctx)
 	st := p.Stats()
@@ -62,8 +69,8 @@ duplicating, reordering and delaying datagrams with a seeded random source
 		name string
 		s    impair.DirStats
 	}{{"to mcpd", st.Up}, {"to devices", st.Down}} {
-		fmt.Fprintf(stdout, "%-10s %d in, %d out, %d dropped, %d duplicated, %d reordered\n",
-			d.name, d.s.In, d.s.Out, d.s.Dropped, d.s.Duplicated, d.s.Reordered)
+		fmt.Fprintf(stdout, "%-10s %d in, %d out, %d dropped, %d duplicated, %d reordered, %d replayed\n",
+			d.name, d.s.In, d.s.Out, d.s.Dropped, d.s.Duplicated, d.s.Reordered, d.s.Replayed)
 	}
 	fmt.Fprintf(stdout, "ran %v\n", time.Since(start).Round(time.Millisecond))
 	return err

@@ -91,3 +91,72 @@ func TestImpairCommand(t *testing.T) {
 	}
 	t.Log(out.String())
 }
+
+// TestImpairReplay: with --replay 1 every datagram reaches the peer once
+// more, --replay-after later: the peer sees each PING twice, the copy late.
+func TestImpairReplay(t *testing.T) {
+	target, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	type arrival struct {
+		seq uint8
+		at  time.Time
+	}
+	arrivals := make(chan arrival, 64)
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, _, err := target.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if f, err := sp.Decode(buf[:n]); err == nil && f.Cmd == sp.CmdPing {
+				arrivals <- arrival{f.Seq, time.Now()}
+			}
+		}
+	}()
+	free, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := free.LocalAddr().(*net.UDPAddr).AddrPort()
+	free.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	var out strings.Builder
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"impair", "-listen", listen.String(), "-target", target.LocalAddr().String(),
+			"-loss", "0", "-dup", "0", "-reorder", "0", "-replay", "1", "-replay-after", "200ms", "-replay-jitter", "0s"}, nil, &out, &out)
+	}()
+	time.Sleep(100 * time.Millisecond) // the proxy binds its port
+	tr, err := device.DialUDP(listen.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	raw, _ := sp.AppendFrame(nil, sp.Frame{Version: sp.Version1, Cmd: sp.CmdPing, Seq: 9})
+	if err := tr.Send(raw); err != nil {
+		t.Fatal(err)
+	}
+	var got []arrival
+	for len(got) < 2 {
+		select {
+		case a := <-arrivals:
+			got = append(got, a)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the peer saw %d copies of the PING, want the original and its replay", len(got))
+		}
+	}
+	if late := got[1].at.Sub(got[0].at); got[1].seq != 9 || late < 200*time.Millisecond {
+		t.Fatalf("the copy came %v after the original, want at least 200 ms", late)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "1 replayed") {
+		t.Fatalf("output:\n%s", out.String())
+	}
+}
