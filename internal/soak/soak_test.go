@@ -683,7 +683,8 @@ func TestSerialLineRate(t *testing.T) {
 		want    float64 // the target, checked only in a long run (make soak)
 	}{
 		{"serial 115200 baud, clean, long answers", 0, 256, 0.90},
-		{"serial 115200 baud, BER 1e-4, long answers, full frames", 1e-4, 256, 0.75},
+		// Full frames on that line: the comparison, at most 78 %, not a target.
+		{"serial 115200 baud, BER 1e-4, long answers, full frames", 1e-4, 256, 0},
 		{"serial 115200 baud, BER 1e-4, long answers, 128-byte frames", 1e-4, 128, 0.75},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
