@@ -28,11 +28,16 @@ import (
 
 	"github.com/creack/pty"
 
+	"github.com/mcpd-project/mcpd/backends/grammar"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/internal/testmodel"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
+
+// fanSchema is schema 1 of the test's mcpd.toml: its longest answer
+// ({"fan":0,"on":false}, 20 bytes) fits the maxTokens every run asks for.
+const fanSchema = `{"type":"object","properties":{"fan":{"type":"integer","minimum":0,"maximum":3},"on":{"type":"boolean"}}}`
 
 const (
 	prompt    = "Which bed needs water?"
@@ -240,7 +245,8 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 		}
 	}
 	conf := filepath.Join(dir, "mcpd.toml")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[keys]\n%s = %q\n", signedID, hex.EncodeToString(key))), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[keys]\n%s = %q\n[schemas.fan]\nid = 1\njson = '%s'\n",
+		signedID, hex.EncodeToString(key), fanSchema)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	addr := freeUDPAddr(t)
@@ -292,6 +298,20 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 			}
 		})
 	}
+
+	// A constrained answer (docs/protocol.md §11.4.1): the C device names
+	// schema 1 of mcpd's config with one option byte and gets minified JSON
+	// of it from the random model (greedy, as every run here asks).
+	t.Run("udp-schema", func(t *testing.T) {
+		schema, err := grammar.Parse([]byte(fanSchema))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := cAnswer(ctx, t, plain, nil, "--udp", addr, "--device-id", "c-schema", "--max-data", "32", "--window", "1", "--schema", "1")
+		if err := schema.Validate([]byte(got)); err != nil {
+			t.Errorf("%v: %q", err, got)
+		}
+	})
 
 	// The ESP32 Wi-Fi UDP example (examples/esp32_udp), built for the host
 	// over its real sockets, asks this mcpd.

@@ -8,6 +8,7 @@
  *   mcpf_ask --serial-fd 3 [options] PROMPT     (an inherited open line)
  *
  * Options: --max-tokens N, --seed N, --temperature MILLI (0 = greedy),
+ * --schema ID (the answer is JSON of the daemon's schema ID, §11.4.1),
  * --device-id ID, --max-data N, --window N, --max-send N (cut the prompt
  * into frames of at most N data bytes), --retries N, --key HEX (built with
  * MCPF_SIGN=1). The answer goes to stdout, statistics to stderr. Exit
@@ -199,6 +200,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--max-tokens")) q.present |= MCPF_HAS(MCPF_OPT_MAX_TOKENS), q.max_tokens = (uint16_t)x;
         else if (!strcmp(a, "--seed")) q.present |= MCPF_HAS(MCPF_OPT_SEED), q.seed = (uint32_t)x;
         else if (!strcmp(a, "--temperature")) q.present |= MCPF_HAS(MCPF_OPT_TEMPERATURE), q.temperature = (uint16_t)x;
+        else if (!strcmp(a, "--schema")) q.present |= MCPF_HAS(MCPF_OPT_SCHEMA), q.schema = (uint8_t)x;
         else { fprintf(stderr, "mcpf_ask: bad argument %s %s (see the comment at the top of mcpf_ask.c)\n", a, v); return 1; }
     }
     if (fd < 0 || !prompt) {
