@@ -28,29 +28,31 @@ func TestOneLogLinePerRequest(t *testing.T) {
 		t.Fatalf("request line %q\nwant %v", line, want)
 	}
 
-	// A failing engine: outcome, protocol code and cause.
-	e.failAfter = 2
-	if _, _, err := ask(t, c, "one two three four"); err == nil {
-		t.Fatal("no error from a failing engine")
-	}
-	waitFor(t, func() bool { return logs.count(slog.LevelInfo, "request") == 2 })
-	line = logs.matching(slog.LevelInfo, "request")[1]
-	for _, part := range []string{"device=greenhouse-1", "tokens_out=2", "outcome=failed", "code=BACKEND_FAILED", "err=", "simulated engine crash"} {
-		if !strings.Contains(line, part) {
-			t.Errorf("failed request's line %q lacks %q", line, part)
-		}
-	}
-	e.failAfter = 0
-
 	// A local application's request.
 	if _, err := d.Generate(context.Background(), LocalRequest{Client: "cli", Prompt: "hi"}, func([]byte) error { return nil }); err != nil {
 		t.Fatal(err)
 	}
-	line = logs.matching(slog.LevelInfo, "request")[2]
+	line = logs.matching(slog.LevelInfo, "request")[1]
 	if !strings.HasPrefix(line, "request device=cli link=http backend=test-engine") || !strings.Contains(line, "outcome=done") || strings.Contains(line, "seq=") {
 		t.Fatalf("local request's line %q", line)
 	}
-	if n := logs.count(slog.LevelInfo, "request"); n != 3 {
-		t.Fatalf("%d request lines for 3 requests", n)
+	if n := logs.count(slog.LevelInfo, "request"); n != 2 {
+		t.Fatalf("%d request lines for 2 requests", n)
+	}
+
+	// A failing engine (its own daemon: the engine's settings are read
+	// by the daemon's goroutines): outcome, protocol code and cause.
+	failLogs := &logRecords{}
+	_, failAddr := startDaemonLogging(t, Config{DefaultMaxTokens: 1000}, &testEngine{failAfter: 2}, slog.New(failLogs))
+	fc := dial(t, failAddr, device.Config{DeviceID: "greenhouse-1"})
+	if _, _, err := ask(t, fc, "one two three four"); err == nil {
+		t.Fatal("no error from a failing engine")
+	}
+	waitFor(t, func() bool { return failLogs.count(slog.LevelInfo, "request") == 1 })
+	line = failLogs.matching(slog.LevelInfo, "request")[0]
+	for _, part := range []string{"device=greenhouse-1", "tokens_out=2", "outcome=failed", "code=BACKEND_FAILED", "err=", "simulated engine crash"} {
+		if !strings.Contains(line, part) {
+			t.Errorf("failed request's line %q lacks %q", line, part)
+		}
 	}
 }
