@@ -42,6 +42,13 @@ type config struct {
 	// (16..64 allowed). A listed device must sign. Keep the file readable
 	// by mcpd only.
 	Keys map[string]string `toml:"keys"`
+	// SecretsMode says what to do with a config file that holds secrets
+	// (device keys, an MQTT password) and that group or others may read:
+	// "warn" (default) logs a warning at start, "refuse" will not start.
+	SecretsMode string `toml:"secrets_mode"`
+	// exposed names the config files holding secrets that others may read,
+	// for the warning once the logger exists.
+	exposed []string
 	// HTTP is the local endpoint (docs/observability.md): host:port, or
 	// "off".
 	HTTP struct {
@@ -156,7 +163,32 @@ func (c *config) loadFile(path string, required bool) error {
 	if und := md.Undecoded(); len(und) > 0 {
 		return unknownKeysError(path, und)
 	}
-	return nil
+	return c.checkSecretsMode(path)
+}
+
+// checkSecretsMode refuses (secrets_mode = "refuse") or notes for a
+// warning a config file that holds device keys or an MQTT password and
+// that group or others may read.
+func (c *config) checkSecretsMode(path string) error {
+	secret := len(c.Keys) > 0
+	for _, m := range c.MQTT {
+		secret = secret || m.Password != ""
+	}
+	if !secret {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	switch c.SecretsMode {
+	case "refuse":
+		return fmt.Errorf("config %s holds secrets (device keys or a password) and its mode %04o lets group or others read it: chmod 600 %s (or 640 with group root)", path, fi.Mode().Perm(), path)
+	case "", "warn":
+		c.exposed = append(c.exposed, fmt.Sprintf("%s (mode %04o)", path, fi.Mode().Perm()))
+		return nil
+	}
+	return fmt.Errorf("config %s: secrets_mode %q: want warn or refuse", path, c.SecretsMode)
 }
 
 // loadEnv applies MCPD_* variables (lists are comma-separated).

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"reflect"
 	"regexp"
 	"runtime"
@@ -127,6 +128,11 @@ var tomlTypeErr = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): 
 func friendlyTOMLError(path string, err error) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
+		if text, rerr := os.ReadFile(path); rerr != nil || secretLine(string(text), pe.Position.Line) {
+			// The line, its neighbours and the parser's message (which may
+			// quote the bad value) could show a key: say where, not what.
+			return fmt.Errorf("config %s line %d: not valid TOML (in [keys] or a password: the line is not shown)", path, pe.Position.Line)
+		}
 		return fmt.Errorf("config %s line %d: %s\n%s", path, pe.Position.Line, pe.Message, pe.ErrorWithPosition())
 	}
 	m := tomlTypeErr.FindStringSubmatch(err.Error())
@@ -134,6 +140,25 @@ func friendlyTOMLError(path string, err error) error {
 		return fmt.Errorf("config %s: %w", path, err)
 	}
 	return fmt.Errorf("config %s line %s: %s must be %s, not %s%s", path, m[1], m[2], typeWord(m[4]), typeWord(m[3]), typeExample(m[2], m[4]))
+}
+
+// secretLine reports whether line n (1-based) of a TOML text, or one of
+// the lines shown around it, is in the [keys] table or sets a password.
+func secretLine(text string, n int) bool {
+	table := ""
+	for i, l := range strings.Split(text, "\n") {
+		t := strings.TrimSpace(l)
+		if strings.HasPrefix(t, "[") {
+			table = strings.Trim(t, "[] \t")
+		}
+		if i+1 < n-3 || i+1 > n+3 {
+			continue
+		}
+		if table == "keys" || strings.HasPrefix(table, "keys.") || strings.Contains(strings.ToLower(t), "password") || strings.HasPrefix(t, "keys") {
+			return true
+		}
+	}
+	return false
 }
 
 func typeWord(t string) string {

@@ -111,3 +111,60 @@ func TestUnknownFlagPrintedOnce(t *testing.T) {
 		t.Fatalf("printed %d times:\n%s", n, out.String())
 	}
 }
+
+// TestConfigSecrets: a key never appears in an error, whatever is wrong
+// with it; a config holding keys that group or others may read is warned
+// about, or refused with secrets_mode = "refuse".
+func TestConfigSecrets(t *testing.T) {
+	dir := t.TempDir()
+	model := tinyModel(t)
+	const secret = "5ec7e75ec7e75ec7e75ec7e75ec7e75e"
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tc := range []struct {
+		name    string
+		content string
+		mode    os.FileMode
+		wantErr string // "" : no error
+		wantLog string
+	}{
+		{"not hex", "[keys]\nkitchen = \"" + secret + "zz\"\n", 0o600, "the key is not hex", ""},
+		{"short", "[keys]\nkitchen = \"" + secret[:8] + "\"\n", 0o600, "keys: device kitchen", ""},
+		{"syntax in keys", "log_level = \"info\"\n[keys]\nkitchen = \"" + secret + "\n", 0o600, "the line is not shown", ""},
+		{"syntax next to keys", "[keys]\nkitchen = \"" + secret + "\"\n[limits]\nmax_queue = = 3\n", 0o600, "the line is not shown", ""},
+		{"readable by others", "[keys]\nkitchen = \"" + secret + "\"\n", 0o644, "", "group or others may read it"},
+		{"refused", "secrets_mode = \"refuse\"\n[keys]\nkitchen = \"" + secret + "\"\n", 0o640, "chmod 600", ""},
+		{"private", "secrets_mode = \"refuse\"\n[keys]\nkitchen = \"" + secret + "\"\n", 0o600, "", ""},
+		{"no secrets", "[limits]\nmax_queue = 3\n", 0o644, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := write(strings.ReplaceAll(tc.name, " ", "_")+".toml", "model = \""+model+"\"\n"+tc.content, tc.mode)
+			var out syncBuffer
+			err := run(context.Background(), []string{"--listen-udp", "127.0.0.1:0", "--check-config", "--threads", "1", "--config", p}, noEnv, &out, &out)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("error %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("got %v, want an error with %q", err, tc.wantErr)
+			}
+			all := out.String()
+			if err != nil {
+				all += err.Error()
+			}
+			if strings.Contains(all, secret[:8]) {
+				t.Fatalf("the key is in the output: %s", all)
+			}
+			if got := strings.Contains(all, "group or others may read it"); got != (tc.wantLog != "") {
+				t.Fatalf("warning %v, want %v: %s", got, tc.wantLog != "", all)
+			}
+		})
+	}
+}

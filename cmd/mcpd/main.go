@@ -173,6 +173,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	level := new(slog.LevelVar) // a reload may change it
 	level.Set(p.level)
 	log, lastErr := newLogger(stderr, level, cfg.LogFormat) // journald under systemd unless told (service.go)
+	for _, f := range cfg.exposed {
+		log.Warn("the config holds device keys or a password and group or others may read it: chmod 600 it (secrets_mode = \"refuse\" makes this fatal)", "file", f)
+	}
 	if *checkConfig {
 		lim := dcfg.WithDefaults()
 		lim.Keys = nil // printed as a count: keys never reach output
