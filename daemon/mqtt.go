@@ -172,8 +172,13 @@ type MQTTLink struct {
 
 	mu     sync.Mutex
 	client mqtt.Client // nil while not connected
-	health portHealth  // what LinkStates reports; warned: the cause last logged at ERROR
+	// orphans are the group's instances that died (their will said so):
+	// this instance shares their up topics, so that a device still
+	// addressing one is told NO_SESSION at once and re-HELLOs.
+	orphans map[string]bool
+	health  portHealth // what LinkStates reports; warned: the cause last logged at ERROR
 
+	in        chan<- mqtt.Message // Run's queue, for deliver
 	connected atomic.Bool
 	dropped   atomic.Int64 // messages dropped because the daemon fell behind
 }
@@ -239,6 +244,7 @@ func (l *MQTTLink) filters() map[string]byte {
 	return map[string]byte{
 		"$share/" + l.cfg.Group + "/" + mqttTopicRoot + "+/up": l.cfg.QoS,
 		mqttTopicRoot + "+/up/" + l.cfg.Instance:               l.cfg.QoS,
+		l.groupTopic("+"):                                      1,
 	}
 }
 
@@ -255,7 +261,52 @@ func (l *MQTTLink) deviceOf(topic string) (string, bool) {
 	if tail == "up" || (l.cfg.Group != "" && tail == "up/"+l.cfg.Instance) {
 		return id, true
 	}
+	if inst, ok := strings.CutPrefix(tail, "up/"); ok && l.orphaned(inst) {
+		return id, true
+	}
 	return "", false
+}
+
+// groupTopic is where the group's instances say "up" when they connect
+// and their will says "gone" when they die; "+" for every instance.
+func (l *MQTTLink) groupTopic(inst string) string {
+	return "mcpd/groups/" + l.cfg.Group + "/" + inst
+}
+
+func (l *MQTTLink) orphaned(inst string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.orphans[inst]
+}
+
+// instanceNews handles an instance's "up" or "gone": a dead instance's
+// up topics are shared among the survivors until it is back.
+func (l *MQTTLink) instanceNews(inst, news string) {
+	if inst == l.cfg.Instance || !validLevel(inst) {
+		return
+	}
+	l.mu.Lock()
+	c := l.client
+	was := l.orphans[inst]
+	switch news {
+	case "gone":
+		l.orphans[inst] = true
+	case "up":
+		delete(l.orphans, inst)
+	}
+	now := l.orphans[inst]
+	l.mu.Unlock()
+	if c == nil || was == now {
+		return
+	}
+	filter := "$share/" + l.cfg.Group + "/" + mqttTopicRoot + "+/up/" + inst
+	if now {
+		l.log.Info("mqtt: instance gone; its devices are told to HELLO again", "link", l.name, "instance", inst)
+		c.Subscribe(filter, l.cfg.QoS, l.deliver) // not waited for: Run's loop must go on
+	} else {
+		l.log.Info("mqtt: instance back", "link", l.name, "instance", inst)
+		c.Unsubscribe(filter)
+	}
 }
 
 // Run connects and serves until ctx is done.
@@ -277,6 +328,12 @@ func (l *MQTTLink) Run(ctx context.Context, h Handler) error {
 		case <-ctx.Done():
 			return nil
 		case m := <-in:
+			if l.cfg.Group != "" {
+				if inst, ok := strings.CutPrefix(m.Topic(), l.groupTopic("")); ok {
+					l.instanceNews(inst, string(m.Payload()))
+					continue
+				}
+			}
 			id, ok := l.deviceOf(m.Topic())
 			if !ok {
 				h.HandleBadFrame(stray, fmt.Errorf("%w: %q", ErrMQTTTopic, m.Topic()))
@@ -429,6 +486,11 @@ func (l *MQTTLink) options(lost chan<- error) *mqtt.ClientOptions {
 	if l.tls != nil {
 		o.SetTLSConfig(l.tls)
 	}
+	if l.cfg.Group != "" {
+		// The broker says "gone" for us when the connection dies without a
+		// DISCONNECT: killed, hung past the keepalive, cut off.
+		o.SetWill(l.groupTopic(l.cfg.Instance), "gone", 1, false)
+	}
 	return o
 }
 
@@ -438,17 +500,11 @@ func (l *MQTTLink) connect(ctx context.Context, c mqtt.Client, in chan<- mqtt.Me
 	if err := wait(ctx, c.Connect()); err != nil {
 		return fmt.Errorf("connect to %s: %w", l.broker, err)
 	}
-	deliver := func(_ mqtt.Client, m mqtt.Message) {
-		select {
-		case in <- m:
-		default:
-			if l.dropped.Add(1)%256 == 1 {
-				l.log.Warn("mqtt: daemon behind, messages dropped", "link", l.name, "dropped", l.dropped.Load())
-			}
-		}
-	}
+	l.mu.Lock()
+	l.in, l.orphans = in, map[string]bool{} // a clean session subscribes afresh
+	l.mu.Unlock()
 	filters := l.filters()
-	tok := c.SubscribeMultiple(filters, deliver)
+	tok := c.SubscribeMultiple(filters, l.deliver)
 	err := wait(ctx, tok)
 	if err == nil {
 		for f, q := range tok.(*mqtt.SubscribeToken).Result() {
@@ -461,7 +517,26 @@ func (l *MQTTLink) connect(ctx context.Context, c mqtt.Client, in chan<- mqtt.Me
 		c.Disconnect(0)
 		return fmt.Errorf("subscribe at %s: %w", l.broker, err)
 	}
+	if l.cfg.Group != "" {
+		// Up again (a restart under the same name): the others stop
+		// answering for us.
+		c.Publish(l.groupTopic(l.cfg.Instance), 1, false, "up")
+	}
 	return nil
+}
+
+// deliver is paho's message handler: it hands the message to Run.
+func (l *MQTTLink) deliver(_ mqtt.Client, m mqtt.Message) {
+	l.mu.Lock()
+	in := l.in
+	l.mu.Unlock()
+	select {
+	case in <- m:
+	default:
+		if l.dropped.Add(1)%256 == 1 {
+			l.log.Warn("mqtt: daemon behind, messages dropped", "link", l.name, "dropped", l.dropped.Load())
+		}
+	}
 }
 
 // wait waits for a paho token or ctx.

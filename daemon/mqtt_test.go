@@ -597,3 +597,70 @@ func BenchmarkTTFTUDPvsMQTT(b *testing.B) {
 	b.ReportMetric(m50-u50, "added-p50-µs")
 	b.ReportMetric(0, "ns/op")
 }
+
+// TestMQTTGroupTakesOverAGoneInstance: when the broker publishes an
+// instance's will ("gone"), the group's other instances share its up
+// topics and answer a device still addressing it with NO_SESSION, so the
+// device re-HELLOs at once instead of waiting out its retransmissions;
+// once the instance says "up" again they let its topics go.
+func TestMQTTGroupTakesOverAGoneInstance(t *testing.T) {
+	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{"dev-a"}})
+	d, err := New(Config{}, &testEngine{}, testLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mc := daemonMQTT(b)
+	mc.Group, mc.Instance = "hall", "inst-b"
+	startMQTTDaemon(t, d, mc, true)
+
+	adm := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL).SetClientID("admin-" + t.Name()).
+		SetUsername(mosquittotest.AdminUser).SetPassword(b.Password(mosquittotest.AdminUser)))
+	if tok := adm.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatalf("admin: %v", tok.Error())
+	}
+	defer adm.Disconnect(100)
+	answers := make(chan mqtt.Message, 16)
+	if tok := adm.Subscribe("mcpd/v1/dev-a/down/#", 0, func(_ mqtt.Client, m mqtt.Message) { answers <- m }); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	ping, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdPing, Seq: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// askGone sends a PING to inst-a's topic and reports whether inst-b
+	// answered it (with NO_SESSION) within wait.
+	askGone := func(wait time.Duration) bool {
+		adm.Publish("mcpd/v1/dev-a/up/inst-a", 0, false, ping).Wait()
+		select {
+		case m := <-answers:
+			f, err := serialproto.Decode(m.Payload())
+			if err != nil || m.Topic() != "mcpd/v1/dev-a/down/inst-b" || f.Cmd != serialproto.CmdError {
+				t.Fatalf("answer %s %v %v", m.Topic(), f, err)
+			}
+			if e := errorOf(t, f); e.Code != serialproto.CodeNoSession {
+				t.Fatalf("answer %v, want NO_SESSION", e)
+			}
+			return true
+		case <-time.After(wait):
+			return false
+		}
+	}
+	if askGone(200 * time.Millisecond) {
+		t.Fatal("inst-b answered for inst-a while inst-a was up")
+	}
+	adm.Publish("mcpd/groups/hall/inst-a", 1, false, "gone").Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for !askGone(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("inst-b never answered for the gone inst-a")
+		}
+	}
+	adm.Publish("mcpd/groups/hall/inst-a", 1, false, "up").Wait()
+	time.Sleep(200 * time.Millisecond) // the UNSUBSCRIBE is not waited for
+	for len(answers) > 0 {
+		<-answers
+	}
+	if askGone(300 * time.Millisecond) {
+		t.Fatal("inst-b still answered for inst-a after it came back")
+	}
+}

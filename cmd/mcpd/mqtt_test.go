@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -116,6 +117,8 @@ func TestMQTTScaleOutKillOne(t *testing.T) {
 		mu      sync.Mutex
 		results = map[string][]outcome{}
 		killed  atomic.Bool
+		killAt  time.Time
+		back    = map[string]time.Duration{} // device → from the kill to its first answer after it
 	)
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -157,6 +160,9 @@ func TestMQTTScaleOutKillOne(t *testing.T) {
 				}
 				mu.Lock()
 				results[id] = append(results[id], o)
+				if _, seen := back[id]; o.after && o.done && !seen {
+					back[id] = time.Since(killAt)
+				}
 				mu.Unlock()
 				if err != nil {
 					if err := hello(); err != nil {
@@ -189,6 +195,9 @@ func TestMQTTScaleOutKillOne(t *testing.T) {
 		return n
 	}
 	waitUntil(func() bool { return count("mcpd-a") >= 10 && count("mcpd-b") >= 10 })
+	mu.Lock()
+	killAt = time.Now()
+	mu.Unlock()
 	if err := procs["mcpd-a"].cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -214,6 +223,14 @@ func TestMQTTScaleOutKillOne(t *testing.T) {
 				if !r.done && r.instance == "mcpd-a" && !r.held {
 					failedOnA++
 				}
+				// The survivor shares the dead instance's topics once the
+				// broker publishes its will: a request caught by the kill
+				// ends in NO_SESSION from mcpd-b, not in the device's own
+				// timeout.
+				var perr *serialproto.Error
+				if !r.done && r.held && (!errors.As(r.err, &perr) || perr.Code != serialproto.CodeNoSession) {
+					t.Errorf("%s: a request caught by the kill ended in %v, want NO_SESSION", id, r.err)
+				}
 			case r.done:
 				afterDone++
 				if r.instance == "mcpd-a" {
@@ -232,6 +249,12 @@ func TestMQTTScaleOutKillOne(t *testing.T) {
 	}
 	t.Logf("asked before the kill: mcpd-a %d done / %d errors (in flight at the kill), mcpd-b %d done / %d errors; asked after: %d done (all on mcpd-b), %d errors (sent to mcpd-a before the device noticed); %d requests",
 		perInstance["mcpd-a"][0], perInstance["mcpd-a"][1], perInstance["mcpd-b"][0], perInstance["mcpd-b"][1], afterDone, afterErr, total)
+	var slowest time.Duration
+	for _, d := range back {
+		slowest = max(slowest, d)
+	}
+	t.Logf("every device answered on mcpd-b within %v of the kill", slowest.Round(time.Millisecond))
+	procs["mcpd-b"].waitLog(t, "instance gone", time.Second)
 	if perInstance["mcpd-b"][1] > 0 {
 		t.Errorf("requests failed on the survivor before the kill: %d", perInstance["mcpd-b"][1])
 	}

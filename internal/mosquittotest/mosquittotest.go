@@ -150,13 +150,15 @@ func Start(tb testing.TB, opts Options) *Broker {
 	return b
 }
 
-// acl: the daemon reads up and writes down for every device; a device
+// acl: the daemon reads up and writes down for every device, and its
+// instances tell each other they are up or gone on mcpd/groups/…; a device
 // (its username is its id) only its own. "#" after a level also matches
 // the level itself, so mcpd/v1/%u/up/# allows mcpd/v1/<id>/up and the
 // instance topics mcpd/v1/<id>/up/<instance> of a shared group.
 const acl = `user mcpd
 topic read mcpd/v1/+/up/#
 topic write mcpd/v1/+/down/#
+topic readwrite mcpd/groups/#
 
 user admin
 topic readwrite #
