@@ -353,6 +353,8 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 		args []string
 	}{
 		{"udp-lossy", plain, []string{"--udp", proxy.Addr().String(), "--device-id", "c-lossy", "--max-data", "32", "--window", "2", "--max-send", "32", "--retries", "20"}},
+		// With SACK (§8.2): chunks after a gap kept, only the gaps resent.
+		{"udp-lossy-sack", plain, []string{"--udp", proxy.Addr().String(), "--device-id", "c-lossy-sack", "--max-data", "32", "--window", "4", "--hold", "3", "--max-send", "32", "--retries", "20"}},
 		{"serial-noisy", plain, []string{"--serial", devTTY.Name(), "--device-id", "c-noisy", "--max-data", "64", "--window", "2", "--max-send", "48", "--retries", "20"}},
 		{"serial-noisy-signed", signed, []string{"--serial", devTTY.Name(), "--device-id", signedID, "--max-data", "64", "--window", "2", "--retries", "20", "--key", hex.EncodeToString(key)}},
 	} {

@@ -44,6 +44,8 @@ extern "C" {
 
 enum mcpf_link { MCPF_LINK_UDP = 0, MCPF_LINK_SERIAL = 1 };
 
+#define MCPF_HOLD_SLOT(max_data) (6u + (max_data)) /* used, chunk (2), cmd, len (2), data */
+
 typedef struct mcpf_config {
     const char *device_id; /* 1..64 of [A-Za-z0-9._:-] */
     uint16_t max_data;     /* largest data field this device accepts, 32..256 */
@@ -53,6 +55,12 @@ typedef struct mcpf_config {
     uint8_t retries;       /* retransmissions before giving up; 0: 8 */
     uint16_t max_send;     /* largest data field it sends; 0: as the daemon allows */
     uint16_t min_rto;      /* UDP: floor of the adaptive RTO in ms (§7.2), 1..4000; 0: 100 */
+    /* Selective acknowledgment (§8.2): with a buffer here the device asks
+     * for SACK and keeps answer chunks that arrive after a gap, so the
+     * daemon resends only the gap. Each held chunk takes MCPF_HOLD_SLOT(
+     * max_data) bytes; up to window − 1 are used. NULL: go-back-N. */
+    uint8_t *hold;
+    uint16_t hold_size;
 #if MCPF_SIGN
     mcpf_key key;          /* key.len 0: unsigned */
     uint8_t link_id;       /* 0 UART, 1 Wi-Fi, ... */
@@ -101,6 +109,7 @@ typedef struct mcpf_session {
     uint8_t nacked;    /* a NACK BAD_FRAME was sent, at last_nack */
     uint8_t ping_len, ping[8];
     uint16_t next, acked; /* the stream: chunk expected, and as last ACKed */
+    uint8_t sack;         /* the daemon granted SACK and cfg->hold has room */
     uint16_t rto, srtt, rttvar; /* ms; srtt 0: no sample yet */
     uint32_t boot_nonce;
     uint32_t deadline, sent, last_tx, last_rx, last_nack; /* ms */
@@ -134,7 +143,8 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
 void mcpf_session_badcrc(mcpf_session *s, uint32_t now);
 /* Timers: retransmission, keepalive. Returns ev->type. */
 int mcpf_session_tick(mcpf_session *s, uint32_t now, mcpf_event *ev);
-/* Milliseconds until mcpf_session_tick has work (0: now). */
+/* Milliseconds until mcpf_session_tick has work (0: now — also when a held
+ * chunk became the next in order: tick delivers it). */
 uint32_t mcpf_session_wait_ms(const mcpf_session *s, uint32_t now);
 
 #ifdef __cplusplus

@@ -47,12 +47,71 @@ static void send_body(mcpf_session *s, uint32_t now, uint8_t cmd, uint8_t seq, s
     xmit(s, now, mcpf_encode(s->tx, MCPF_VERSION, cmd, seq, s->tx + MCPF_HEADER, (uint16_t)n));
 }
 
+/* Held chunks (§8.2): slots of MCPF_HOLD_SLOT(max_data) bytes in
+ * cfg->hold, at most window − 1 of them. */
+static uint16_t hold_slots(const mcpf_session *s)
+{
+    uint16_t n = s->cfg->hold ? (uint16_t)(s->cfg->hold_size / MCPF_HOLD_SLOT(s->cfg->max_data)) : 0u;
+    return n < s->cfg->window ? n : (uint16_t)(s->cfg->window - 1u);
+}
+
+static uint8_t *slot(const mcpf_session *s, uint16_t i)
+{
+    return s->cfg->hold + (size_t)i * MCPF_HOLD_SLOT(s->cfg->max_data);
+}
+
+/* The held chunk with this index, or NULL. */
+static uint8_t *held(const mcpf_session *s, uint16_t chunk)
+{
+    uint16_t i, n = s->sack ? hold_slots(s) : 0u;
+    for (i = 0; i < n; i++) {
+        uint8_t *p = slot(s, i);
+        if (p[0] && (uint16_t)(p[1] << 8 | p[2]) == chunk)
+            return p;
+    }
+    return NULL;
+}
+
+static void hold(mcpf_session *s, const mcpf_frame *f, uint16_t chunk)
+{
+    uint16_t i, n = hold_slots(s);
+    if (!s->sack || held(s, chunk) || f->len > s->cfg->max_data)
+        return;
+    for (i = 0; i < n; i++) {
+        uint8_t *p = slot(s, i);
+        /* free, or left from before next (a copy also came in order) */
+        if (!p[0] || (uint16_t)((uint16_t)(p[1] << 8 | p[2]) - s->next) >= s->cfg->window) {
+            p[0] = 1;
+            p[1] = (uint8_t)(chunk >> 8);
+            p[2] = (uint8_t)chunk;
+            p[3] = f->cmd;
+            p[4] = (uint8_t)(f->len >> 8);
+            p[5] = (uint8_t)f->len;
+            memcpy(p + 6, f->data, f->len);
+            return;
+        }
+    }
+}
+
 static void send_ack(mcpf_session *s, uint32_t now)
 {
+    uint8_t bitmap[MCPF_MAX_SACK];
+    uint16_t i, n = s->sack ? hold_slots(s) : 0u;
     mcpf_ack a;
     memset(&a, 0, sizeof a);
+    memset(bitmap, 0, sizeof bitmap);
     a.next = s->next;
     a.window = s->cfg->window;
+    a.sack = bitmap;
+    for (i = 0; i < n; i++) { /* bit k: chunk next + 1 + k arrived */
+        const uint8_t *p = slot(s, i);
+        uint16_t k = (uint16_t)((uint16_t)(p[1] << 8 | p[2]) - s->next - 1u);
+        if (p[0] && k < 8u * MCPF_MAX_SACK && MCPF_HEADER + 3u + k / 8u + 1u < MCPF_TX_MAX) {
+            bitmap[k / 8u] |= (uint8_t)(0x80u >> (k % 8u));
+            if (k / 8u + 1u > a.sack_len)
+                a.sack_len = (uint8_t)(k / 8u + 1u);
+        }
+    }
     s->acked = s->next;
     send_body(s, now, MCPF_ACK, s->seq, mcpf_put_ack(s->tx + MCPF_HEADER, &a));
 }
@@ -73,6 +132,8 @@ static void send_hello(mcpf_session *s, uint32_t now)
     h.max_data = s->cfg->max_data;
     h.window = s->cfg->window;
     h.boot_nonce = s->boot_nonce;
+    if (hold_slots(s) > 0)
+        h.features |= 2u; /* SACK (§8.2) */
     h.device_id = (const uint8_t *)id;
     h.device_id_len = (uint8_t)strlen(id);
 #if MCPF_SIGN
@@ -81,7 +142,7 @@ static void send_hello(mcpf_session *s, uint32_t now)
         /* The HELLO is signed with boot_nonce ‖ 0; a retransmission
          * repeats the boot nonce but, a new frame, takes a new counter
          * (§9.2, §9.3). */
-        h.features = 1;
+        h.features |= 1u;
         memset(s->nonce, 0, sizeof s->nonce);
         s->nonce[0] = (uint8_t)(s->boot_nonce >> 24);
         s->nonce[1] = (uint8_t)(s->boot_nonce >> 16);
@@ -197,6 +258,8 @@ int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_
     s->body_crc = mcpf_crc32c(0, body, len);
     s->next = s->acked = 0;
     s->text_bytes = s->text_crc = 0;
+    if (s->cfg->hold)
+        memset(s->cfg->hold, 0, s->cfg->hold_size); /* nothing held from an earlier answer */
     s->last_rx = now;
     return start(s, now, MCPF_REQ_INFER);
 }
@@ -259,15 +322,45 @@ static void refuse(mcpf_session *s, uint32_t now, const mcpf_frame *f, uint8_t c
     send_body(s, now, MCPF_ERROR, f->seq, mcpf_put_error(s->tx + MCPF_HEADER, &e));
 }
 
-/* A chunk of the answer stream (§8): 1 if it is the one expected. */
-static int in_order(mcpf_session *s, uint32_t now, uint16_t chunk)
+/* A chunk of the answer stream (§8): 1 if it is the one expected. A chunk
+ * after a gap is held (with SACK, within the window) before the ACK that
+ * lists it; a duplicate or a gap is answered with where we are. */
+static int in_order(mcpf_session *s, uint32_t now, const mcpf_frame *f, uint16_t chunk)
 {
-    if (chunk != s->next) { /* a duplicate or a gap: tell where we are */
+    uint8_t *p;
+    if (chunk != s->next) {
+        if ((uint16_t)(chunk - s->next) < s->cfg->window)
+            hold(s, f, chunk);
         send_ack(s, now);
         return 0;
     }
+    if ((p = held(s, chunk)) != NULL)
+        p[0] = 0; /* a retransmission of one we hold: this copy is delivered */
     s->next++;
+    if (held(s, s->next) && s->next != s->acked)
+        send_ack(s, now); /* a gap filled: say so at once, the held chunks follow */
     return 1;
+}
+
+static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event *ev);
+
+/* Delivers the held chunk that is now next in order, if any (tick). */
+static int deliver_held(mcpf_session *s, uint32_t now, mcpf_event *ev)
+{
+    uint8_t *p = held(s, s->next);
+    mcpf_frame f;
+    if (!p || s->req != MCPF_REQ_INFER)
+        return MCPF_EV_NONE;
+    p[0] = 0; /* free: its bytes stay until another chunk is held */
+    memset(&f, 0, sizeof f);
+    f.ver = MCPF_VERSION;
+    f.cmd = p[3];
+    f.seq = s->seq;
+    f.len = (uint16_t)(p[4] << 8 | p[5]);
+    f.data = p + 6;
+    if (f.cmd == MCPF_ERROR && mcpf_parse_error(f.data, f.len, &ev->u.error) < 0)
+        return MCPF_EV_NONE;
+    return stream(s, now, &f, ev);
 }
 
 static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event *ev)
@@ -277,7 +370,7 @@ static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event
     switch (f->cmd) {
     case MCPF_TOKEN: {
         mcpf_token t;
-        if (mcpf_parse_token(f->data, f->len, &t) < 0 || !in_order(s, now, t.chunk))
+        if (mcpf_parse_token(f->data, f->len, &t) < 0 || !in_order(s, now, f, t.chunk))
             return MCPF_EV_NONE;
         ev->u.text.p = t.text;
         ev->u.text.len = t.len;
@@ -289,7 +382,7 @@ static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event
         return ev->type = MCPF_EV_TEXT;
     }
     case MCPF_DONE:
-        if (mcpf_parse_done(f->data, f->len, &ev->u.done) < 0 || !in_order(s, now, ev->u.done.chunk))
+        if (mcpf_parse_done(f->data, f->len, &ev->u.done) < 0 || !in_order(s, now, f, ev->u.done.chunk))
             return MCPF_EV_NONE;
         send_ack(s, now);
         return finish(s, ev, ev->u.done.text_bytes == s->text_bytes &&
@@ -297,7 +390,7 @@ static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event
                                  ? MCPF_EV_DONE
                                  : MCPF_EV_BAD_ANSWER);
     default: /* the closing ERROR */
-        if (!in_order(s, now, ev->u.error.chunk))
+        if (!in_order(s, now, f, ev->u.error.chunk))
             return MCPF_EV_NONE;
         send_ack(s, now);
         return finish(s, ev, MCPF_EV_ERROR);
@@ -415,6 +508,7 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
             return MCPF_EV_NONE;
         rtt_sample(s, now);
         s->open = 1;
+        s->sack = (s->welcome.features & 2u) && hold_slots(s) > 0;
         return finish(s, ev, MCPF_EV_WELCOME);
     case MCPF_REQ_PING:
     case MCPF_REQ_KEEPALIVE:
@@ -447,6 +541,8 @@ int mcpf_session_tick(mcpf_session *s, uint32_t now, mcpf_event *ev)
 {
     uint32_t hb = heartbeat(s);
     ev->type = MCPF_EV_NONE;
+    if (s->req == MCPF_REQ_INFER && s->accepted && held(s, s->next))
+        return deliver_held(s, now, ev);
     if (s->req == MCPF_REQ_INFER && s->accepted && !s->cancel) {
         /* The daemon retransmits the stream; we only stay alive. */
         if (AFTER(now, s->last_rx + 3u * hb))
@@ -476,6 +572,8 @@ int mcpf_session_tick(mcpf_session *s, uint32_t now, mcpf_event *ev)
 uint32_t mcpf_session_wait_ms(const mcpf_session *s, uint32_t now)
 {
     uint32_t hb = heartbeat(s), at;
+    if (s->req == MCPF_REQ_INFER && s->accepted && held(s, s->next))
+        return 0;
     if (s->req == MCPF_REQ_INFER && s->accepted && !s->cancel)
         at = s->last_tx + hb / 2u;
     else if (s->req != MCPF_REQ_NONE)

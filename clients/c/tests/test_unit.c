@@ -381,6 +381,61 @@ static void test_random_input(int iterations)
     }
 }
 
+/* SACK (§8.2): with a hold buffer the device asks for it; granted, it keeps
+ * chunks after a gap, lists them in its ACKs, delivers them in order once
+ * the gap is filled (mcpf_session_wait_ms says 0, tick delivers), and the
+ * held final chunk ends the answer with its checksum checked. */
+static void test_session_sack(void)
+{
+    static uint8_t holdbuf[3 * MCPF_HOLD_SLOT(64)];
+    static const char sack_welcome[] = "55 01 00 0e 02 00 01 01 00 00 02 ff 13 88 40 00 01 02 03 04";
+    uint8_t wb[MCPF_MAX_FRAME], body[8] = {0, 'h', 'i'};
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_frame f;
+    size_t n;
+    uint8_t seq;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "d";
+    cfg.max_data = 64;
+    cfg.window = 4;
+    cfg.hold = holdbuf;
+    cfg.hold_size = sizeof holdbuf;
+    cfg.send = capture;
+    nsent = 0;
+    mcpf_session_init(&s, &cfg, 1);
+    mcpf_session_hello(&s, 0);
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(f.cmd == MCPF_HELLO && (f.data[5] & 2u), "HELLO asks for SACK");
+    /* WELCOME granting SACK (features 2); its CRC computed here. */
+    n = unhex(sack_welcome, wb);
+    wb[n] = mcpf_crc8(wb + 1, n - 1);
+    f = decoded(wb, n + 1);
+    CHECK(mcpf_session_frame(&s, 5, &f, &ev) == MCPF_EV_WELCOME && s.sack, "SACK granted");
+    CHECK(mcpf_session_infer(&s, 10, body, 3) == 0, "infer");
+    seq = s.seq;
+    CHECK(feed(&s, 11, MCPF_ACK, seq, (const uint8_t *)"\0\1\0", 3, &ev) == MCPF_EV_NONE, "accepted");
+    CHECK(feed_token(&s, 12, seq, 0, "a", &ev) == MCPF_EV_TEXT, "chunk 0");
+    nsent = 0;
+    CHECK(feed_token(&s, 13, seq, 2, "c", &ev) == MCPF_EV_NONE, "chunk 2 held, not delivered");
+    CHECK(nsent == 1, "one ACK for the held chunk: %d", nsent);
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(f.len == 4 && f.data[1] == 1 && f.data[3] == 0x80, "ACK next 1 sack 80: len %u", f.len);
+    CHECK(feed_done(&s, 14, seq, 3, "abc", &ev) == MCPF_EV_NONE, "DONE held");
+    f = decoded(sent[1], sent_len[1]);
+    CHECK(f.len == 4 && f.data[1] == 1 && f.data[3] == 0xC0, "ACK next 1 sack c0");
+    CHECK(feed_token(&s, 15, seq, 2, "c", &ev) == MCPF_EV_NONE, "a copy of a held chunk");
+    CHECK(mcpf_session_wait_ms(&s, 15) > 0, "nothing deliverable yet");
+    CHECK(feed_token(&s, 16, seq, 1, "b", &ev) == MCPF_EV_TEXT && ev.u.text.len == 1 && ev.u.text.p[0] == 'b', "chunk 1 fills the gap");
+    CHECK(mcpf_session_wait_ms(&s, 16) == 0, "a held chunk is next: tick now");
+    CHECK(mcpf_session_tick(&s, 16, &ev) == MCPF_EV_TEXT && ev.u.text.len == 1 && ev.u.text.p[0] == 'c', "chunk 2 from the hold");
+    CHECK(mcpf_session_tick(&s, 16, &ev) == MCPF_EV_DONE, "DONE from the hold, checksum right");
+    f = decoded(sent[nsent - 1], sent_len[nsent - 1]);
+    CHECK(f.cmd == MCPF_ACK && f.len == 3 && f.data[1] == 4, "final ACK next 4, no bitmap");
+    CHECK(s.req == MCPF_REQ_NONE, "the request ended");
+}
+
 /* The adaptive RTO's floor is the configured min_rto (§7.2): a 10 ms round
  * trip gives 10 + 4 × 5 = 30 ms with a floor of 5 ms, 100 ms with none. */
 static void test_min_rto(void)
@@ -783,6 +838,7 @@ int main(int argc, char **argv)
     test_utf8();
     test_session_spec_exchange();
     test_min_rto();
+    test_session_sack();
     test_session_retransmission();
     test_session_infer_repairs();
     test_session_stream_keepalive_and_cancel();

@@ -10,8 +10,9 @@
  * Options: --max-tokens N, --seed N, --temperature MILLI (0 = greedy),
  * --schema ID (the answer is JSON of the daemon's schema ID, §11.4.1),
  * --device-id ID, --max-data N, --window N, --max-send N (cut the prompt
- * into frames of at most N data bytes), --retries N, --key HEX (built with
- * MCPF_SIGN=1). The answer goes to stdout, statistics to stderr. Exit
+ * into frames of at most N data bytes), --retries N, --hold N (keep up to
+ * N answer chunks that arrive after a gap and ask for SACK, §8.2; 0: go-back-N),
+ * --key HEX (built with MCPF_SIGN=1). The answer goes to stdout, statistics to stderr. Exit
  * status: 0 answer complete and verified, the protocol's error code on
  * ERROR (docs/protocol.md §12), 1 otherwise.
  *
@@ -167,6 +168,7 @@ int main(int argc, char **argv)
 {
     static mcpf_decoder dec;
     static uint8_t rx[MCPF_MAX_FRAME + 1];
+    static uint8_t holdbuf[8 * MCPF_HOLD_SLOT(MCPF_MAX_DATA)];
     mcpf_config cfg;
     mcpf_infer q;
     mcpf_event ev;
@@ -196,6 +198,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--window")) cfg.window = (uint8_t)x;
         else if (!strcmp(a, "--max-send")) cfg.max_send = (uint16_t)x;
         else if (!strcmp(a, "--retries")) cfg.retries = (uint8_t)x;
+        else if (!strcmp(a, "--hold")) cfg.hold = holdbuf, cfg.hold_size = (uint16_t)(x < 8 ? x : 8) * (uint16_t)MCPF_HOLD_SLOT(MCPF_MAX_DATA);
         else if (!strcmp(a, "--key")) key = v;
         else if (!strcmp(a, "--max-tokens")) q.present |= MCPF_HAS(MCPF_OPT_MAX_TOKENS), q.max_tokens = (uint16_t)x;
         else if (!strcmp(a, "--seed")) q.present |= MCPF_HAS(MCPF_OPT_SEED), q.seed = (uint32_t)x;
