@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,28 +68,31 @@ func TestAskUDP(t *testing.T) {
 func TestSACK(t *testing.T) {
 	p, c := newUDPPeer(t, device.Config{Window: 4, RTO: time.Second})
 	hello(t, p, c, serialproto.Welcome{Features: serialproto.FeatureSACK})
-	var got strings.Builder
-	seq, ch := p.askAccepted(context.Background(), c, "hi", func(b []byte) error { got.Write(b); return nil })
-	text := []string{"a", "b", "c", "d"}
-	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte(text[0])})
+	var (
+		mu  sync.Mutex // onText runs in Ask's goroutine
+		got strings.Builder
+	)
+	text := func() string { mu.Lock(); defer mu.Unlock(); return got.String() }
+	seq, ch := p.askAccepted(context.Background(), c, "hi", func(b []byte) error { mu.Lock(); got.Write(b); mu.Unlock(); return nil })
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("a")})
 	p.expectSACK(seq, 1, nil)
-	p.send(seq, &serialproto.Token{Chunk: 2, Text: []byte(text[2])}) // 1 lost
+	p.send(seq, &serialproto.Token{Chunk: 2, Text: []byte("c")}) // 1 lost
 	p.expectSACK(seq, 1, []byte{0x80})
 	p.send(seq, &serialproto.Token{Chunk: 5, Text: []byte("x")}) // beyond next+window: dropped
 	p.expectSACK(seq, 1, []byte{0x80})
 	p.send(seq, &serialproto.Done{Chunk: 4, TextBytes: 4, TextCRC32C: serialproto.CRC32C([]byte("abcd"))})
 	p.expectSACK(seq, 1, []byte{0xA0})
-	p.send(seq, &serialproto.Token{Chunk: 2, Text: []byte(text[2])}) // a duplicate of a held chunk
+	p.send(seq, &serialproto.Token{Chunk: 2, Text: []byte("c")}) // a duplicate of a held chunk
 	p.expectSACK(seq, 1, []byte{0xA0})
-	if got.String() != "a" {
-		t.Fatalf("text %q delivered before the gap was filled", got.String())
+	if got := text(); got != "a" {
+		t.Fatalf("text %q delivered before the gap was filled", got)
 	}
-	p.send(seq, &serialproto.Token{Chunk: 3, Text: []byte(text[3])})
+	p.send(seq, &serialproto.Token{Chunk: 3, Text: []byte("d")})
 	p.expectSACK(seq, 1, []byte{0xE0})
-	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte(text[1])}) // fills the gap: all of it is delivered
+	p.send(seq, &serialproto.Token{Chunk: 1, Text: []byte("b")}) // fills the gap: all of it is delivered
 	p.expectSACK(seq, 5, nil)
-	if _, err := await(t, ch); err != nil || got.String() != "abcd" {
-		t.Fatalf("Ask: %v, text %q", err, got.String())
+	if _, err := await(t, ch); err != nil || text() != "abcd" {
+		t.Fatalf("Ask: %v, text %q", err, text())
 	}
 }
 
