@@ -6,7 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -187,5 +191,54 @@ func TestHelpAndBadFlags(t *testing.T) {
 	st := exitStatus(err, &stderr)
 	if st != 2 || stderr.Len() != 0 || strings.Count(errOut, "flag provided but not defined: -bogus") != 1 {
 		t.Fatalf("exit %d; mcpctl printed %q after the flag package's %q", st, stderr.String(), errOut)
+	}
+}
+
+// The real binary and a real SIGINT: the answer is streaming, Ctrl-C
+// arrives, mcpctl tells mcpd to CANCEL (the engine stops) and exits 130.
+func TestSIGINTExits130(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds mcpctl")
+	}
+	bin := filepath.Join(t.TempDir(), "mcpctl")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	e := &slowEngine{started: make(chan struct{})}
+	addr := startDaemon(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "ask", "--udp", addr, "--timeout", "1m", "go on forever")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the answer streams, then interrupt as a terminal does.
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(stdout, buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _, _ = io.Copy(io.Discard, stdout) }()
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 130 || stderr.String() != "mcpctl: interrupted\n" {
+		t.Fatalf("exit %v, stderr %q", err, stderr.String())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for e.cancelled.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the engine was not stopped: no CANCEL reached mcpd")
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
