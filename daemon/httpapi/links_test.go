@@ -13,6 +13,7 @@ import (
 
 	"github.com/creack/pty"
 	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/daemon/telemetry"
 )
 
 // A daemon whose only link is a serial port that does not exist: /status
@@ -68,6 +69,14 @@ func TestReadinessFollowsLinks(t *testing.T) {
 		t.Fatalf("/status link states %+v", st.Daemon.LinkStates)
 	}
 
+	// The metrics say the same.
+	m := telemetry.NewMetrics(d, nil)
+	withMetrics := httptest.NewServer(New(Config{Daemon: d, Metrics: m}))
+	defer withMetrics.Close()
+	if _, body := get(withMetrics, "/metrics"); !strings.Contains(body, `mcpd_link_up{link="serial:`+path+`"} 0`) {
+		t.Errorf("metrics lack the port down")
+	}
+
 	// The port appears: ready, nothing listed down.
 	_, tty, err := pty.Open()
 	if err != nil {
@@ -80,5 +89,8 @@ func TestReadinessFollowsLinks(t *testing.T) {
 	waitFor(t, func() bool { return d.Snapshot(context.Background()).LinksUp == 1 })
 	if code, body := get(strict, "/readyz"); code != 200 || body != "ready \n" {
 		t.Errorf("strict readyz with the port up %d %q", code, body)
+	}
+	if _, body := get(withMetrics, "/metrics"); !strings.Contains(body, `mcpd_link_up{link="serial:`+path+`"} 1`) {
+		t.Errorf("metrics lack the port up")
 	}
 }

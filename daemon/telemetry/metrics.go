@@ -122,6 +122,7 @@ var (
 	queueDesc       = prometheus.NewDesc("mcpd_queue_depth", "Accepted requests waiting for an engine slot.", nil, nil)
 	runningDesc     = prometheus.NewDesc("mcpd_requests_running", "Requests holding an engine slot.", nil, nil)
 	readyDesc       = prometheus.NewDesc("mcpd_ready", "1 when the daemon takes requests (state ready).", nil, nil)
+	linkUpDesc      = prometheus.NewDesc("mcpd_link_up", "1 for a link (each serial port) that is up, 0 for one that cannot be opened or was lost.", []string{"link"}, nil)
 	selectedDesc    = prometheus.NewDesc("mcpd_backend_selected", "1 for the backend in use, with why it was chosen.", []string{"backend", "reason"}, nil)
 	suppressedDesc  = prometheus.NewDesc("mcpd_log_lines_suppressed_total", "Log lines remote peers caused that the sampler held back (written at debug level only), by event.", []string{"event"}, nil)
 	guardDesc       = prometheus.NewDesc("mcpd_guard_total", "Hostile-peer defences at work: sessions evicted, frames over a source's rate, HELLOs and INFERs the policy refused.", []string{"action"}, nil)
@@ -133,7 +134,7 @@ var (
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{framesDesc, badFramesDesc, skippedDesc, retransmitsDesc, reconnectsDesc,
-		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, selectedDesc, breakerDesc, suppressedDesc, guardDesc,
+		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, linkUpDesc, selectedDesc, breakerDesc, suppressedDesc, guardDesc,
 		cacheDesc, cacheBytesDesc, promptDesc} {
 		ch <- d
 	}
@@ -152,6 +153,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ready = 1
 		}
 		ch <- prometheus.MustNewConstMetric(readyDesc, prometheus.GaugeValue, ready)
+		for _, l := range s.LinkStates {
+			up := 0.0
+			if l.Up {
+				up = 1
+			}
+			ch <- prometheus.MustNewConstMetric(linkUpDesc, prometheus.GaugeValue, up, l.Name)
+		}
 		if c := s.Cache; c != nil {
 			if c.Budget > 0 {
 				for event, n := range map[string]int64{"hit": c.Hits, "miss": c.Misses, "skipped": c.Skipped, "evicted": c.Evictions} {
