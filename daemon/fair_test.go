@@ -36,7 +36,7 @@ func TestFairSlotsRoundRobin(t *testing.T) {
 	// a queues three, then b two, then c one whose context ends.
 	for _, key := range []string{"a", "a", "a", "b", "b"} {
 		wait(key, ctx)
-		waitFor(t, func() bool { _, w := f.load(); return w > 0 && len(f.turn) > 0 && len(f.waiting[key]) > 0 })
+		waitFor(t, func() bool { return f.waitersOf(key) > 0 })
 	}
 	waitFor(t, func() bool { _, w := f.load(); return w == 5 })
 	cctx, cancel := context.WithCancel(ctx)
@@ -76,7 +76,7 @@ func TestFairSlotsShare(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}()
-		waitFor(t, func() bool { _, w := f.load(); return len(f.waiting[key]) == 1 && w > 0 })
+		waitFor(t, func() bool { return f.waitersOf(key) == 1 })
 	}
 	a1() // a holds one, its share of two among two holders: b goes first
 	if first := <-got; first != "b" {
@@ -203,4 +203,12 @@ func TestContextOptionBounded(t *testing.T) {
 			t.Fatalf("CONTEXT %d reached the engine as %d, want %d", want.ask, got, want.got)
 		}
 	}
+}
+
+// waitersOf counts holder key's queued requests, under the lock the
+// waiting goroutines take (reading f.waiting bare raced with them).
+func (f *fairSlots) waitersOf(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.waiting[key])
 }
