@@ -108,7 +108,8 @@ func TestSerialLinkMissingThenPlugged(t *testing.T) {
 		t.Fatalf("state of a missing port: %+v", st)
 	}
 
-	_, tty := openPty(t)
+	master, tty := openPty(t)
+	defer master.Close() // referenced to the end: a collected master hangs the terminal up
 	if err := os.Symlink(tty, path); err != nil {
 		t.Fatal(err)
 	}

@@ -78,10 +78,13 @@ func TestReadinessFollowsLinks(t *testing.T) {
 	}
 
 	// The port appears: ready, nothing listed down.
-	_, tty, err := pty.Open()
+	master, tty, err := pty.Open()
 	if err != nil {
 		t.Skipf("no pseudo-terminals: %v", err)
 	}
+	// Both ends stay referenced: a master the garbage collector closes
+	// hangs the terminal up.
+	defer master.Close()
 	defer tty.Close()
 	if err := os.Symlink(tty.Name(), path); err != nil {
 		t.Fatal(err)
