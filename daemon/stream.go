@@ -258,14 +258,18 @@ func (s *stream) run(ctx context.Context) error {
 			s.highest = max(s.highest, i+1)
 			s.lastSend = now
 			s.mu.Unlock()
+			// Counted before it leaves: a device that has the frame must
+			// find it in the counters (counted after, a test or an operator
+			// reading /metrics could see a retransmitted chunk arrive before
+			// its count).
+			if s.onSend != nil {
+				s.onSend(frame.Cmd, retransmit)
+			}
 			// A failed send is a lost frame (an unplugged UART, a full
 			// socket buffer): retransmission repairs it or the retry
 			// budget ends the stream.
 			if raw, err := s.seal.seal(frame); err == nil {
 				_ = s.peer.Send(raw)
-			}
-			if s.onSend != nil {
-				s.onSend(frame.Cmd, retransmit)
 			}
 			s.mu.Lock()
 		}
