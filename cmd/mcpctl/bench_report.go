@@ -121,13 +121,11 @@ func drawPanel(img *image.RGBA, top int, s scenarioReport, bar color.RGBA) {
 		fill(img, bx, y1-h, bx+max(int(binW)-1, 1), y1, bar)
 	}
 	xOf := func(v float64) int { return x0 + int(v/hi*float64(x1-x0)) }
-	for _, p := range []struct {
-		name string
-		v    float64
-	}{{"p50", s.Latencyp50}, {"p95", s.Latencyp95}, {"p99", s.Latencyp99}} {
-		x := xOf(p.v)
-		vline(img, x, y0, y1, histP)
-		label(img, x+2, y0+12, p.name)
+	names := []string{"p50", "p95", "p99"}
+	xs := []int{xOf(s.Latencyp50), xOf(s.Latencyp95), xOf(s.Latencyp99)}
+	for i, pos := range markerLabels(xs, names, y0+12) {
+		vline(img, xs[i], y0, y1, histP)
+		label(img, pos.X, pos.Y, names[i])
 	}
 	// Axis: 0, the middle, the end; the peak count on the left.
 	for _, v := range []float64{0, hi / 2, hi} {
@@ -149,3 +147,23 @@ func fill(img *image.RGBA, x0, y0, x1, y1 int, c color.RGBA) {
 
 func hline(img *image.RGBA, x0, x1, y int, c color.RGBA) { fill(img, x0, y, x1, y+1, c) }
 func vline(img *image.RGBA, x, y0, y1 int, c color.RGBA) { fill(img, x, y0, x+1, y1, c) }
+
+// markerLabels places the percentile markers' names beside their lines,
+// each a line lower than the one before when it would overlap it (p95 and
+// p99 are often a few pixels apart).
+func markerLabels(xs []int, names []string, y int) []image.Point {
+	const lineH = 14
+	out := make([]image.Point, len(xs))
+	var placed []image.Rectangle
+	for i, x := range xs {
+		r := image.Rect(x+2, y-lineH+2, x+2+len(names[i])*glyphWidth, y+2)
+		for _, p := range placed {
+			if r.Overlaps(p) {
+				r = r.Add(image.Pt(0, lineH))
+			}
+		}
+		placed = append(placed, r)
+		out[i] = image.Pt(r.Min.X, r.Max.Y-2)
+	}
+	return out
+}

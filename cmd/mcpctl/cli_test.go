@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"image"
 	"io"
 	"net"
 	"os"
@@ -240,5 +241,26 @@ func TestSIGINTExits130(t *testing.T) {
 			t.Fatal("the engine was not stopped: no CANCEL reached mcpd")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// The histogram's p50/p95/p99 names never overlap, however close the
+// percentiles are.
+func TestMarkerLabelsDoNotOverlap(t *testing.T) {
+	names := []string{"p50", "p95", "p99"}
+	for _, xs := range [][]int{{100, 300, 500}, {100, 400, 403}, {200, 201, 202}, {50, 52, 300}} {
+		pos := markerLabels(xs, names, 40)
+		for i := range pos {
+			ri := image.Rect(pos[i].X, pos[i].Y-12, pos[i].X+len(names[i])*glyphWidth, pos[i].Y)
+			for j := range i {
+				rj := image.Rect(pos[j].X, pos[j].Y-12, pos[j].X+len(names[j])*glyphWidth, pos[j].Y)
+				if ri.Overlaps(rj) {
+					t.Errorf("xs %v: %s at %v overlaps %s at %v", xs, names[i], pos[i], names[j], pos[j])
+				}
+			}
+			if pos[i].X != xs[i]+2 {
+				t.Errorf("xs %v: %s not beside its line", xs, names[i])
+			}
+		}
 	}
 }
