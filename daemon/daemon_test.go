@@ -185,7 +185,7 @@ func TestChatHistory(t *testing.T) {
 	e := &testEngine{}
 	_, addr := startDaemon(t, Config{MaxHistory: 4}, e)
 	c := dial(t, addr, device.Config{DeviceID: "chat"})
-	for _, p := range []string{"one", "two", "three"} {
+	for _, p := range []string{"one", "two", "three", "four", "five"} {
 		if _, _, err := ask(t, c, p); err != nil {
 			t.Fatal(err)
 		}
@@ -199,8 +199,17 @@ func TestChatHistory(t *testing.T) {
 	if len(third) != 5 || third[0].Content != "one" || third[1].Content != answerFor("one") || third[4].Content != "three" {
 		t.Fatalf("third request history: %+v", third)
 	}
-	if fourth := reqs[3].Messages; len(fourth) != 1 {
-		t.Fatalf("NEW_CHAT kept history: %+v", fourth)
+	// Over the limit, the history drops to half of it (turn three), so
+	// that the fifth request starts as the fourth did (a KV cache keeps it).
+	fourth, fifth := reqs[3].Messages, reqs[4].Messages
+	if len(fourth) != 3 || fourth[0].Content != "three" || fourth[2].Content != "four" {
+		t.Fatalf("fourth request history: %+v", fourth)
+	}
+	if len(fifth) != 5 || fifth[0].Content != "three" || fifth[2].Content != "four" || fifth[4].Content != "five" {
+		t.Fatalf("fifth request history: %+v", fifth)
+	}
+	if fresh := reqs[5].Messages; len(fresh) != 1 {
+		t.Fatalf("NEW_CHAT kept history: %+v", fresh)
 	}
 }
 

@@ -293,15 +293,20 @@ func (s *session) dropOldestTurn() bool {
 	return true
 }
 
-// remember adds a finished turn to the history, dropping whole old turns
-// beyond MaxHistory messages.
+// remember adds a finished turn to the history. Beyond MaxHistory
+// messages it drops whole old turns down to half of MaxHistory, not just
+// the oldest one: every drop changes the start of the next prompt, and an
+// engine's KV cache only saves what a prompt starts with (docs/caching.md).
+// Dropping one turn per turn would make every turn of a long chat evaluate
+// its whole history again; this way one turn in MaxHistory/4 does.
 func (s *session) remember(prompt, answer string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.history = append(s.history,
 		backends.Message{Role: backends.RoleUser, Content: prompt},
 		backends.Message{Role: backends.RoleAssistant, Content: answer})
-	if extra := len(s.history) - s.d.conf().MaxHistory; extra > 0 {
-		s.history = append(s.history[:0:0], s.history[extra+extra%2:]...)
+	if limit := s.d.conf().MaxHistory; len(s.history) > limit {
+		keep := max(limit/2&^1, min(limit&^1, 2)) // whole turns
+		s.history = append(s.history[:0:0], s.history[len(s.history)-keep:]...)
 	}
 }

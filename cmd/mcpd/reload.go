@@ -48,7 +48,8 @@ func prepare(cfg config) (prepared, error) {
 		MaxConcurrent: cfg.Limits.MaxConcurrent, MaxQueue: cfg.Limits.MaxQueue, MaxSessions: cfg.Limits.MaxSessions,
 		Heartbeat: cfg.Limits.Heartbeat.Duration, RequestTimeout: cfg.Limits.RequestTimeout.Duration,
 		ShutdownDrain: cfg.Limits.ShutdownDrain.Duration, StallTimeout: cfg.Limits.EngineStall.Duration,
-		MinRTO: cfg.Limits.MinRTO.Duration,
+		MinRTO:     cfg.Limits.MinRTO.Duration,
+		MaxHistory: cfg.Limits.MaxHistory,
 	}
 	if err := cfg.applyGuard(&p.daemon); err != nil {
 		return p, err
