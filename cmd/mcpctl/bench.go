@@ -48,6 +48,10 @@ type scenarioReport struct {
 	// Latencies are every request's latency, for the histogram.
 	Latencies []float64 `json:"latencies_ms"`
 	TTFTs     []float64 `json:"ttfts_ms"`
+	// The chat scenario: time to first token by turn (p50), and the last
+	// turn's over the first's.
+	TurnTTFTp50   []float64 `json:"turn_ttft_p50_ms,omitempty"`
+	LastOverFirst float64   `json:"ttft_last_over_first,omitempty"`
 }
 
 // scenario is a set of simulated devices and how each reaches the daemon.
@@ -79,6 +83,8 @@ answer before the next, after a few unmeasured warm-up requests. Scenarios:
   udp      --devices devices over UDP at once
   serial   one device over a serial line (--serial PATH, or with --mcpd a
            pseudo-terminal pair paced at --baud like a real UART)
+  chat     one device over UDP holding --turns-turn conversations: time to
+           first token by turn, and the last turn's over the first's
 
 Against a running daemon give --udp (and/or --serial); or give --mcpd and
 --model and bench starts its own mcpd on loopback UDP and a paced pty,
@@ -100,7 +106,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	mcpd := fs.String("mcpd", "", "start this mcpd binary for the run (with --model) instead of using --udp/--serial")
 	model := fs.String("model", "", "GGUF model for the spawned mcpd")
 	threads := fs.Int("threads", 0, "the spawned mcpd's --threads (0: its default)")
-	scenarios := fs.String("scenario", "", "comma-separated: single, udp, serial, mqtt-single, mqtt (default: those the targets allow)")
+	scenarios := fs.String("scenario", "", "comma-separated: single, udp, serial, mqtt-single, mqtt, chat (default: those the targets allow, without chat)")
+	turns := fs.Int("turns", 10, "turns of each conversation of the chat scenario")
+	var mcpdFlags stringsFlag
+	fs.Var(&mcpdFlags, "mcpd-flag", "a flag for the spawned mcpd, e.g. --mcpd-flag=--no-kv-reuse (repeatable)")
 	devices := fs.Int("devices", 4, "simulated devices of the udp scenario")
 	duration := fs.Duration("duration", 10*time.Second, "how long each scenario runs")
 	maxRequests := fs.Int("requests", 0, "stop a scenario after this many requests (0: only the duration bounds it)")
@@ -114,22 +123,25 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *devices < 1 || *duration <= 0 || *warmup < 0 || *maxTokens < 1 || *maxTokens > 65535 {
+	if *devices < 1 || *duration <= 0 || *warmup < 0 || *maxTokens < 1 || *maxTokens > 65535 || *turns < 1 {
 		fs.Usage()
-		return errors.New("bench needs --devices ≥ 1, a positive --duration, --warmup ≥ 0, 1 ≤ --max-tokens ≤ 65535")
+		return errors.New("bench needs --devices ≥ 1, a positive --duration, --warmup ≥ 0, 1 ≤ --max-tokens ≤ 65535, --turns ≥ 1")
 	}
 	rep := benchReport{Started: time.Now().UTC(), Prompt: *prompt, MaxTokens: *maxTokens, Warmup: *warmup}
 	if *mcpd != "" {
 		if *model == "" {
 			return errors.New("bench --mcpd needs --model")
 		}
-		sp, err := spawnMcpd(ctx, *mcpd, *model, *baud, *threads, stderr)
+		sp, err := spawnMcpd(ctx, *mcpd, *model, *baud, *threads, mcpdFlags, stderr)
 		if err != nil {
 			return err
 		}
 		defer sp.stop()
 		*addr, *serialPath = sp.udp, sp.devicePort
 		rep.Target = fmt.Sprintf("spawned %s --model %s (UDP %s, pty paced at %d baud)", *mcpd, *model, sp.udp, *baud)
+		if len(mcpdFlags) > 0 {
+			rep.Target += " with " + strings.Join(mcpdFlags, " ")
+		}
 		if err := sp.ready(ctx); err != nil {
 			return err
 		}
@@ -160,7 +172,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		fmt.Fprintf(stderr, "bench: scenario %s (%s over %s) for %v\n", sc.name, plural(sc.devices, "device", "devices"), sc.transport, *duration)
-		rep.Scenarios = append(rep.Scenarios, runScenario(ctx, sc, opts))
+		if sc.name == "chat" {
+			rep.Scenarios = append(rep.Scenarios, runChat(ctx, sc, opts, *turns))
+		} else {
+			rep.Scenarios = append(rep.Scenarios, runScenario(ctx, sc, opts))
+		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -188,6 +204,7 @@ func writeText(stdout io.Writer, rep benchReport) {
 			plural(s.Requests, "request", "requests"), errs)
 		fmt.Fprintf(stdout, "  time to first token: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms\n", s.TTFTp50, s.TTFTp95, s.TTFTp99)
 		fmt.Fprintf(stdout, "  request latency: p50 %.2f ms, p95 %.2f ms, p99 %.2f ms; %d tokens, %.1f tokens/s\n", s.Latencyp50, s.Latencyp95, s.Latencyp99, s.Tokens, s.TokensPerSec)
+		writeTurns(stdout, s)
 	}
 }
 
@@ -222,6 +239,11 @@ func makeScenario(ctx context.Context, name, addr, serialPath, mqttURL string, b
 				// A UART device: small frames, a window of 2, the RTO a UART needs.
 				return device.Config{DeviceID: "bench-serial", MaxData: 64, Window: 2, RTO: device.SerialRTO(baud, 2)}
 			}}, nil
+	case "chat":
+		if addr == "" {
+			return scenario{}, errors.New("scenario chat needs --udp")
+		}
+		return scenario{name: name, transport: "udp", devices: 1, dial: udp, config: cfg("bench-chat")}, nil
 	case "mqtt-single", "mqtt":
 		if mqttURL == "" {
 			return scenario{}, fmt.Errorf("scenario %s needs --mqtt", name)
@@ -232,7 +254,7 @@ func makeScenario(ctx context.Context, name, addr, serialPath, mqttURL string, b
 		}
 		return scenario{name: name, transport: "mqtt", devices: n, dial: mqtt(prefix), config: cfg(prefix)}, nil
 	}
-	return scenario{}, fmt.Errorf("unknown scenario %q (single, udp, serial, mqtt-single, mqtt)", name)
+	return scenario{}, fmt.Errorf("unknown scenario %q (single, udp, serial, mqtt-single, mqtt, chat)", name)
 }
 
 // runScenario runs sc's devices: HELLO, the warm-up requests, then

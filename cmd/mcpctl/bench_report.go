@@ -34,6 +34,15 @@ func writeMarkdown(w io.Writer, rep benchReport, pngPath string) error {
 			s.Name, s.Devices, link, s.Requests, errorList(s.Errors), s.TokensPerSec,
 			s.TTFTp50, s.TTFTp95, s.TTFTp99, s.Latencyp50, s.Latencyp95, s.Latencyp99)
 	}
+	for _, s := range rep.Scenarios {
+		if len(s.TurnTTFTp50) > 0 {
+			fmt.Fprintf(&b, "\n%s: time to first token by turn (p50)", s.Name)
+			for i, v := range s.TurnTTFTp50 {
+				fmt.Fprintf(&b, "; %d: %.1f ms", i+1, v)
+			}
+			fmt.Fprintf(&b, ". Turn %d ÷ turn 1: **%.2f**.\n", len(s.TurnTTFTp50), s.LastOverFirst)
+		}
+	}
 	if pngPath != "" {
 		fmt.Fprintf(&b, "\n![request latency histogram](%s)\n", filepath.Base(pngPath))
 	}

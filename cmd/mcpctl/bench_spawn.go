@@ -28,7 +28,7 @@ type spawned struct {
 	cancel     context.CancelFunc
 }
 
-func spawnMcpd(ctx context.Context, bin, model string, baud, threads int, stderr io.Writer) (*spawned, error) {
+func spawnMcpd(ctx context.Context, bin, model string, baud, threads int, extra []string, stderr io.Writer) (*spawned, error) {
 	addr, err := freeUDPAddr()
 	if err != nil {
 		return nil, err
@@ -67,6 +67,7 @@ func spawnMcpd(ctx context.Context, bin, model string, baud, threads int, stderr
 	if threads > 0 {
 		args = append(args, "--threads", strconv.Itoa(threads))
 	}
+	args = append(args, extra...)
 	s.cmd = exec.Command(bin, args...)
 	s.cmd.Stdout, s.cmd.Stderr = stderr, stderr
 	if err := s.cmd.Start(); err != nil {
