@@ -31,6 +31,12 @@ type Config struct {
 	// MaxTokens caps an INFER's MAX_TOKENS (and a local request's, and
 	// DefaultMaxTokens); default 1024, or DefaultMaxTokens if larger.
 	MaxTokens int
+	// BoundLoopbackReplies applies the reflection bound (answers to a
+	// datagram source without a session never total more bytes than it
+	// sent, intake.go) to loopback sources too; off, they are exempt, as
+	// no packet from the network can claim a loopback source. For tests
+	// and the soak's hostile scenarios, which run on loopback.
+	BoundLoopbackReplies bool
 	// MaxContext caps an INFER's CONTEXT option (the engine's context size
 	// in tokens, Ollama's num_ctx): a device must not make the engine
 	// allocate a context of billions of tokens. Default 8192.

@@ -142,6 +142,56 @@ type bucket struct {
 	tokens    float64
 	last      time.Time
 	lastReply time.Time // RATE_LIMITED answers: at most one a second
+	credit    int       // bytes received and not yet answered (reflection bound)
+}
+
+// maxCredit bounds the bytes a source may have received and not been
+// answered for: a few HELLO retries' worth.
+const maxCredit = 4096
+
+// received credits a source with n bytes it sent (a sound frame): the
+// daemon's answers to a source without a session, which may be spoofed,
+// never total more bytes than it sent (spend).
+func (l *peerLimiter) received(key string, n int) {
+	if l.rate <= 0 {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.peers[key]; b != nil {
+		b.credit = min(b.credit+n, maxCredit)
+	}
+}
+
+// credit is how many bytes key may be answered with now; -1: unbounded
+// (the limiter is off).
+func (l *peerLimiter) credit(key string) int {
+	if l.rate <= 0 {
+		return -1
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if b := l.peers[key]; b != nil {
+		return b.credit
+	}
+	return 0
+}
+
+// spend takes n bytes of key's credit, or reports that there is not enough
+// (the answer is not sent). With the limiter off nothing is tracked and
+// everything may be sent.
+func (l *peerLimiter) spend(key string, n int) bool {
+	if l.rate <= 0 {
+		return true
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	b := l.peers[key]
+	if b == nil || b.credit < n {
+		return false
+	}
+	b.credit -= n
+	return true
 }
 
 // allow takes one frame's token; reply says whether to answer
@@ -198,11 +248,14 @@ func (l *peerLimiter) evict(now time.Time) {
 // serial ports are bounded by their baud rate and are not limited. answer
 // is false for datagrams that are not frames: their source may be spoofed,
 // so nothing is ever sent back to it.
-func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool) bool {
+func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool, size int) bool {
 	if p.ByteStream() {
 		return true
 	}
 	ok, reply := d.limiter.allow(sourceKey(p), d.clock.Now())
+	if ok && answer {
+		d.limiter.received(sourceKey(p), size)
+	}
 	if !ok {
 		d.stats.RateLimited.Add(1)
 		if reply && answer {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -343,5 +344,60 @@ func TestTokenBudgetReserved(t *testing.T) {
 		if f.Cmd == serialproto.CmdError {
 			t.Fatalf("after the first finished: %s", serialproto.ErrorCode(f.Data[0]))
 		}
+	}
+}
+
+// TestNoReflectionToUnprovenSources: a source without a session — its
+// address may be spoofed — never gets more bytes back than it sent,
+// whatever it sends; a real device still opens a session and is served.
+func TestNoReflectionToUnprovenSources(t *testing.T) {
+	d, addr := startDaemon(t, Config{BoundLoopbackReplies: true}, &testEngine{})
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hello1, _ := (&serialproto.Hello{MinVersion: 1, MaxVersion: 1, MaxData: 64, Window: 1, BootNonce: 1, DeviceID: "x"}).AppendBody(nil)
+	frames := []serialproto.Frame{
+		{Version: 1, Cmd: serialproto.CmdPing, Seq: 1},                                   // NO_SESSION
+		{Version: 1, Cmd: serialproto.CmdStatus, Seq: 2},                                 // NO_SESSION
+		{Version: 1, Cmd: 0x2A, Seq: 3},                                                  // UNKNOWN_COMMAND
+		{Version: 9, Cmd: serialproto.CmdPing, Seq: 4},                                   // UNSUPPORTED_VERSION
+		{Version: 1, Cmd: serialproto.CmdToken, Seq: 5},                                  // UNEXPECTED
+		{Version: 1, Cmd: serialproto.CmdBye, Seq: 6},                                    // BYE
+		{Version: 1, Cmd: serialproto.CmdHello, Seq: 7, Data: []byte{1, 1, 0}},           // MALFORMED
+		{Version: 1, Cmd: serialproto.CmdHello, Seq: 8, Data: hello1},                    // WELCOME, one byte more than the HELLO
+		{Version: 1, Cmd: serialproto.CmdInfer, Seq: 9, Data: []byte{0, 1, 0, 'h', 'i'}}, // NO_SESSION
+	}
+	var sent, got int
+	buf := make([]byte, 2048)
+	for round := range 50 {
+		for _, f := range frames {
+			f.Seq += uint8(round * 10)
+			raw, _ := serialproto.AppendFrame(nil, f)
+			if _, err := conn.Write(raw); err != nil {
+				t.Fatal(err)
+			}
+			sent += len(raw)
+		}
+		for {
+			_ = conn.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+			n, err := conn.Read(buf)
+			if err != nil {
+				break
+			}
+			got += n
+		}
+	}
+	if got == 0 || got > sent {
+		t.Fatalf("sent %d bytes, got %d back: want 0 < got <= sent", sent, got)
+	}
+	if d.Stats().Unanswered.Load() == 0 {
+		t.Fatal("nothing was left unanswered")
+	}
+	t.Logf("reply/request bytes %d/%d = %.2f; %d answers not sent", got, sent, float64(got)/float64(sent), d.Stats().Unanswered.Load())
+	c := dial(t, addr, device.Config{DeviceID: "real"})
+	if text, _, err := ask(t, c, "still served?"); err != nil || text != answerFor("still served?") {
+		t.Fatalf("a real device: %q %v", text, err)
 	}
 }

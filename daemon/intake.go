@@ -17,7 +17,7 @@ import (
 // learns of it through NACK BAD_FRAME (docs/protocol.md §7.1).
 func (d *Daemon) HandleBadFrame(p Peer, err error) {
 	d.stats.badFrame(p.LinkName(), err)
-	if !d.allowPeer(p, 0, false) {
+	if !d.allowPeer(p, 0, false, 0) {
 		return
 	}
 	if !p.ByteStream() {
@@ -32,7 +32,7 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 // HandleFrame is the entry point of every sound frame.
 func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
 	d.stats.frame(p.LinkName(), FrameIn, f.Cmd)
-	if !d.allowPeer(p, f.Seq, true) {
+	if !d.allowPeer(p, f.Seq, true, serialproto.Overhead+len(f.Data)) {
 		return
 	}
 	switch {
@@ -107,11 +107,11 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 			res.old.close(errSessionClosed)
 		}
 		d.remoteLog(slog.LevelInfo, "session opened", "device", h.DeviceID, "peer", p.Key(), "max_data", h.MaxData, "window", h.Window, "signed", !key.IsZero())
-		res.session.send(f.Seq, res.session.welcome())
+		d.sendTo(p, f.Seq, res.session.maxData, res.session.seal, res.session.welcome(), true)
 	case helloRepeated:
 		d.stats.Duplicates.Add(1)
 		res.session.touch()
-		res.session.send(f.Seq, res.session.welcome())
+		d.sendTo(p, f.Seq, res.session.maxData, res.session.seal, res.session.welcome(), true)
 	default:
 		if res.outcome == helloReplayed {
 			d.countAuth(serialproto.ErrReplay)
@@ -125,15 +125,30 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 
 // send answers a peer that has no session (yet): its data limit is
 // unknown, so the smallest one any device may have is assumed, and there is
-// no session to sign in (§9.2).
+// no session to sign in (§9.2). Its source address may be spoofed, so the
+// answers never total more bytes than it sent (bounded).
 func (d *Daemon) send(p Peer, seq uint8, m serialproto.Message) {
-	d.sendTo(p, seq, serialproto.MinDataLimit, nil, m)
+	d.sendTo(p, seq, serialproto.MinDataLimit, nil, m, true)
 }
 
 // sendTo encodes m in one frame to p, cutting texts to fit the peer's data
 // limit. Errors are logged, not returned: a device that vanished is
-// handled by session expiry.
-func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialproto.Message) {
+// handled by session expiry. bounded: an answer to a source not yet known
+// to be where it says (a sessionless frame, a HELLO): on a datagram link
+// it goes out only within the bytes the source sent (peerLimiter.spend),
+// so a spoofed source cannot make the daemon reflect more than it gets.
+func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialproto.Message, bounded bool) {
+	bounded = bounded && d.unproven(p)
+	if bounded {
+		// Texts are cut to what the source may still be answered with.
+		if c := d.limiter.credit(sourceKey(p)); c >= 0 {
+			over := serialproto.Overhead
+			if seal.signed() {
+				over += serialproto.SignatureLen
+			}
+			limit = max(min(limit, c-over), 4)
+		}
+	}
 	switch m := m.(type) {
 	case *serialproto.Error:
 		m.Fit(serialproto.BodyLimit(limit, seal.signed()))
@@ -150,11 +165,26 @@ func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialprot
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return
 	}
+	if bounded && !d.limiter.spend(sourceKey(p), len(frame)) {
+		d.stats.Unanswered.Add(1)
+		return
+	}
 	if err := p.Send(frame); err != nil {
 		d.log.Debug("send failed", "peer", p.Key(), "err", err)
 		return
 	}
 	d.stats.frame(p.LinkName(), FrameOut, m.Command())
+}
+
+// unproven reports whether p's source address could be spoofed: a datagram
+// peer off loopback (the kernel drops packets from the network that claim
+// a loopback source), unless the configuration bounds loopback too.
+func (d *Daemon) unproven(p Peer) bool {
+	if p.ByteStream() {
+		return false
+	}
+	a := p.Addr()
+	return !a.IsValid() || !a.Addr().Unmap().IsLoopback() || d.conf().BoundLoopbackReplies
 }
 
 func randomNonce() uint32 {

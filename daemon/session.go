@@ -147,7 +147,10 @@ func (s *session) lastSeen() time.Time { return time.Unix(0, s.seen.Load()) }
 func (s *session) busy() bool { return s.places.count() > 0 }
 
 func (s *session) send(seq uint8, m serialproto.Message) {
-	s.d.sendTo(s.peer, seq, s.maxData, s.seal, m)
+	// Until the device has taken a whole answer, its source address is
+	// unproven (a spoofed HELLO opens a session too): answers stay within
+	// the bytes it sent. Stream chunks go out by the stream, unbounded.
+	s.d.sendTo(s.peer, seq, s.maxData, s.seal, m, !s.delivered.Load())
 }
 
 // close ends the session and everything running in it.

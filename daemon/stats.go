@@ -31,6 +31,7 @@ type Stats struct {
 	Retransmits                                     atomic.Int64 // stream chunks sent again
 	LogSuppressed                                   atomic.Int64 // remote-caused log lines held back (logsample.go)
 	HistoryTrimmed                                  atomic.Int64 // chat turns dropped to fit the model's context
+	Unanswered                                      atomic.Int64 // answers to unproven sources not sent: they would reflect more bytes than came
 
 	links  sync.Map // link name → *linkCounters
 	tokens sync.Map // engine name → *atomic.Int64

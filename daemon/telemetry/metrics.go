@@ -220,7 +220,7 @@ func collectCounters(ch chan<- prometheus.Metric, st *daemon.Stats) {
 	for event, n := range st.SuppressedLogs() {
 		counter(suppressedDesc, n, event)
 	}
-	for action, n := range map[string]int64{"evicted": st.Evicted.Load(), "rate_limited": st.RateLimited.Load(), "forbidden": st.Forbidden.Load()} {
+	for action, n := range map[string]int64{"evicted": st.Evicted.Load(), "rate_limited": st.RateLimited.Load(), "forbidden": st.Forbidden.Load(), "unanswered": st.Unanswered.Load()} {
 		counter(guardDesc, n, action)
 	}
 }
