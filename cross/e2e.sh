@@ -53,9 +53,10 @@ cleanup() {
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 : >"$work/empty.toml" # not /etc/mcpd/mcpd.toml of the machine
+threads=$(( $(nproc) < 2 ? 1 : 2 )) # mcpd refuses more threads than cores
 "${run[@]}" --config "$work/empty.toml" --backend native --model "$model" --http off \
 	--listen-udp "127.0.0.1:$port" \
-	--threads 2 --max-concurrent 1 >"$work/mcpd.log" 2>&1 &
+	--threads "$threads" --max-concurrent 1 >"$work/mcpd.log" 2>&1 &
 pid=$!
 # Loading is quick natively and takes seconds under qemu; bounded at 120 s.
 for _ in $(seq 1200); do
