@@ -2,8 +2,10 @@ package llamacpp
 
 import (
 	"context"
+	"errors"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -151,5 +153,57 @@ func BenchmarkSchemaDecode(b *testing.B) {
 			b.ReportMetric(float64(toks)/decode.Seconds(), "gen-tok/s")
 			b.ReportMetric(float64(toks+b.N)/float64(b.N), "tokens/op")
 		})
+	}
+}
+
+// TestLlamaToolGrammar: under the tool grammar of docs/protocol.md §16 the
+// random-weight model either calls a declared tool with valid arguments
+// or answers in text — never a malformed call — for every seed; with
+// mustCall it calls, every time.
+func TestLlamaToolGrammar(t *testing.T) {
+	parse := func(s string) *grammar.Schema {
+		sc, err := grammar.Parse([]byte(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sc
+	}
+	tools := []grammar.Tool{
+		{Name: "soil", Args: parse(`{"type":"object","properties":{"bed":{"type":"integer","minimum":0,"maximum":3}}}`)},
+		{Name: "relay", Args: parse(`{"type":"object","properties":{"on":{"type":"boolean"}}}`)},
+		{Name: "time"},
+	}
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{})
+	for _, mustCall := range []bool{false, true} {
+		g, err := grammar.ToolGrammar(tools, mustCall)
+		if err != nil {
+			t.Fatal(err)
+		}
+		calls, texts, used := 0, 0, map[int]bool{}
+		for seed := range uint32(60) {
+			req := backends.Request{
+				Messages: []backends.Message{{Role: backends.RoleUser, Content: prompts[int(seed)%len(prompts)]}},
+				Options: backends.Options{TemperatureSet: true, Temperature: 1.5, Seed: seed, SeedSet: true,
+					MaxTokens: 48, Grammar: g},
+			}
+			out, res, err := collect(t, e, context.Background(), req)
+			if err != nil {
+				t.Fatalf("seed %d: %v", seed, err)
+			}
+			tool, _, perr := grammar.ParseCall(tools, []byte(out))
+			switch {
+			case perr == nil && res.Stop == backends.StopEOS:
+				calls++
+				used[tool] = true
+			case !mustCall && errors.Is(perr, grammar.ErrNoCall) && !strings.HasPrefix(out, "<"):
+				texts++
+			default:
+				t.Errorf("mustCall %v, seed %d: %q (stop %v): %v", mustCall, seed, out, res.Stop, perr)
+			}
+		}
+		t.Logf("mustCall %v, 60 seeds: %d calls (%d tools), %d text answers", mustCall, calls, len(used), texts)
+		if mustCall && (calls != 60 || len(used) != len(tools)) {
+			t.Fatalf("mustCall: %d calls of %d tools, want 60 of all %d", calls, len(used), len(tools))
+		}
 	}
 }
