@@ -23,7 +23,18 @@ func (d *Daemon) HandleBadFrame(p Peer, err error) {
 	if !p.ByteStream() {
 		return
 	}
-	if s := d.sessions.get(p.Key()); s != nil && !s.allowNack(d.clock.Now()) {
+	s := d.sessions.get(p.Key())
+	if s != nil {
+		// A port has one device, and this frame can only be its own: the
+		// device is talking, the line corrupts it. On a noisy line a
+		// device retrying a long INFER can go several heartbeats without a
+		// frame that passes its CRC (at BER 1e-3 four in five 193-byte
+		// frames fail); expiring the session then (§10) would answer its
+		// first good frame NO_SESSION. Not on UDP, where the source of a
+		// bad datagram may be spoofed.
+		s.touch()
+	}
+	if s != nil && !s.allowNack(d.clock.Now()) {
 		return
 	}
 	d.send(p, 0, &serialproto.Nack{Reason: serialproto.NackBadFrame})

@@ -230,3 +230,116 @@ func TestSerialRTOUsesTheDevicesWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestCorruptFramesKeepSerialSessionAlive is TestNoisyPacedUART's flake
+// made deterministic: a device retrying a long INFER over a noisy line
+// whose every copy fails the CRC-8 for longer than three heartbeats. The
+// daemon sees that device's own frames, corrupt, on its port, so the
+// session must live (§10): before, it expired and the first copy that got
+// through was answered NO_SESSION. Then the control: a port that goes
+// quiet still expires. The daemon runs on a fake clock; only the bytes on
+// the pty are real.
+func TestCorruptFramesKeepSerialSessionAlive(t *testing.T) {
+	const heartbeat = time.Second
+	master, path := openPty(t)
+	clk := newFakeClock()
+	d, err := newDaemon(Config{Heartbeat: heartbeat}, &testEngine{}, testLogger(), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, err := ParseSerial(path + ":115200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, NewSerialLink(sc, testLogger())) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			t.Error("daemon did not stop")
+		}
+	})
+	tr := device.NewStream(master)
+	defer tr.Close()
+	c := device.New(tr, device.Config{DeviceID: "noisy", MaxData: 128, Window: 2, RTO: 200 * time.Millisecond, Retries: 5})
+	hctx, hcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer hcancel()
+	if err := c.Hello(hctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// The INFER of TestNoisyPacedUART's requests as the device sends it
+	// (one fragment of 186 bytes, a 193-byte frame), with one bit of its
+	// prompt flipped: the CRC-8 rejects it, as it did four times in five
+	// on that line.
+	body, err := (&serialproto.Infer{Prompt: "reading 5: " + strings.Repeat("soil 31 % air 24.5 C ", 8)}).AppendBody(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pieces, err := serialproto.Fragments(body, serialproto.PieceSize(serialproto.MaxData, false))
+	if err != nil || len(pieces) != 1 {
+		t.Fatalf("%d fragments, %v", len(pieces), err)
+	}
+	raw, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdInfer, Flags: serialproto.FlagFragment, Seq: 2, Data: pieces[0]})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw[40] ^= 0x10
+	if _, err := serialproto.Decode(raw); !errors.Is(err, serialproto.ErrBadCRC) {
+		t.Fatalf("the corrupted INFER decodes: %v", err)
+	}
+
+	// tick advances the daemon's clock by one janitor period and waits
+	// until the janitor has handled that tick (it marks each one for the
+	// liveness check after expiring sessions, and closes what expired
+	// before it takes the next).
+	tick := func() {
+		t.Helper()
+		clk.Advance(heartbeat / 4)
+		want := clk.Now().UnixNano()
+		for deadline := time.Now().Add(5 * time.Second); d.live.lastBeat.Load() != want; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the janitor did not tick")
+			}
+		}
+	}
+	ping := func() error {
+		t.Helper()
+		pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer pcancel()
+		_, err := c.Ping(pctx)
+		return err
+	}
+
+	// Six heartbeats of corrupt copies, one a heartbeat, as the device's
+	// backed-off retransmissions came (4 s apart; 3 missed heartbeats
+	// expire a session).
+	for i := range 6 {
+		before := d.Stats().BadFrames.Load()
+		if err := tr.Send(raw); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(5 * time.Second); d.Stats().BadFrames.Load() == before; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("corrupt copy %d not seen by the daemon", i)
+			}
+		}
+		for range 4 {
+			tick()
+		}
+	}
+	if err := ping(); err != nil {
+		t.Fatalf("after %v of corrupt frames from the device: %v", 6*heartbeat, err)
+	}
+
+	// Control: the same port, silent for more than three heartbeats.
+	for range 4*3 + 2 {
+		tick()
+	}
+	if err := ping(); errCode(err) != serialproto.CodeNoSession {
+		t.Fatalf("a silent port's session did not expire: PING got %v", err)
+	}
+}
