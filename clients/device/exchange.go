@@ -3,6 +3,7 @@ package device
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -25,7 +26,8 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 	// Karn's rule (§7.2): only an answer to a request sent once measures
 	// the round trip; any repeat makes it ambiguous.
 	once := true
-	corrupt := 0 // NACK BAD_FRAME answers while not streaming
+	corrupt := 0      // NACK BAD_FRAME answers while not streaming
+	var lastBad error // the last frame of ours whose body did not parse
 	// Each attempt's deadline is fixed when it starts: frames of other
 	// requests must not push our retransmission back.
 	next := func() time.Time {
@@ -56,12 +58,20 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			}
 			if streaming() {
 				// The daemon retransmits a stream; if nothing at all comes
-				// for three heartbeats it has given up or gone.
-				if time.Since(heard) > 6*c.keepaliveInterval() { // three heartbeats
-					return fmt.Errorf("%w: silent for %v", ErrTimeout, time.Since(heard).Round(time.Second))
+				// for three heartbeats it has given up or gone. On a cable
+				// a frame that fails its CRC is the daemon still sending:
+				// at a bit error rate of 1e-3 two in three 133-byte chunks
+				// fail, and a hole can take the daemon a dozen resends
+				// backed off to 4 s apart to fill (protocol.md §10).
+				last := heard
+				if n, ok := c.t.(noisyLine); ok && n.lastCorrupt().After(last) {
+					last = n.lastCorrupt()
+				}
+				if time.Since(last) > 6*c.keepaliveInterval() { // three heartbeats
+					return fmt.Errorf("%w: silent for %v%s", ErrTimeout, time.Since(heard).Round(time.Second), malformedNote(lastBad))
 				}
 			} else if attempt > c.cfg.Retries {
-				return fmt.Errorf("%w (%d retransmissions): %v", ErrTimeout, c.cfg.Retries, err)
+				return fmt.Errorf("%w (%d retransmissions): %v%s", ErrTimeout, c.cfg.Retries, err, malformedNote(lastBad))
 			}
 			once = false
 			if err := resend(attempt); err != nil {
@@ -119,11 +129,36 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 		}
 		m, err := serialproto.ParseBody(f.Cmd, f.Data)
 		if err != nil {
-			return fmt.Errorf("device: daemon sent a bad %s: %w", f.Cmd, err)
+			err = fmt.Errorf("device: daemon sent a bad %s: %w", f.Cmd, err)
+			if _, line := c.t.(noisyLine); !line {
+				return err // a datagram has its own checksum: a daemon's bug
+			}
+			// On a cable a daemon's frame whose body does not parse is a
+			// corruption the CRC-8 missed (1 in 308 corrupted full frames,
+			// protocol.md §2.3): a TOKEN cut inside a character, an ACK of
+			// the wrong size. Dropped like a frame that failed its CRC, it
+			// is repaired the same way — the daemon resends what we do not
+			// acknowledge, we resend what it does not answer.
+			lastBad = err
+			continue
 		}
 		done, err := handle(f, m)
 		if done || err != nil {
 			return err
 		}
 	}
+}
+
+// noisyLine is a transport that knows when a frame last arrived corrupt:
+// a byte stream (Stream, Replug), where only the daemon sends.
+type noisyLine interface {
+	lastCorrupt() time.Time
+}
+
+// malformedNote adds the last unparseable frame to a timeout's error.
+func malformedNote(err error) string {
+	if err == nil {
+		return ""
+	}
+	return "; last dropped: " + strings.TrimPrefix(err.Error(), "device: ")
 }

@@ -74,6 +74,14 @@ func (r *Replug) Recv(deadline time.Time) (serialproto.Frame, error) {
 	}
 }
 
+// lastCorrupt is the plugged stream's (zero while unplugged).
+func (r *Replug) lastCorrupt() time.Time {
+	if s := r.cur(); s != nil {
+		return s.lastCorrupt()
+	}
+	return time.Time{}
+}
+
 // Close leaves the streams to their owner.
 func (r *Replug) Close() error { return nil }
 

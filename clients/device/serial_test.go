@@ -120,3 +120,73 @@ func TestOpenSerialMissing(t *testing.T) {
 		t.Fatalf("want an error naming the port, got %v", err)
 	}
 }
+
+// TestStreamHoleThroughNoise: a chunk the line corrupts copy after copy
+// for longer than three heartbeats — as TestNoisyPacedUART's seed 4 did to
+// a 133-byte TOKEN, a dozen resends at BER 1e-3 — is waited for, not
+// given up as a silent daemon: the corrupt copies are the daemon sending
+// (§10). The heartbeat is short so that three of them pass in 0.6 s.
+func TestStreamHoleThroughNoise(t *testing.T) {
+	p, c, _ := serialPeer(t, device.Config{DeviceID: "noisy", Window: 2, RTO: 50 * time.Millisecond})
+	hello(t, p, c, serialproto.Welcome{HeartbeatMS: 200})
+	seq, asked := p.askAccepted(context.Background(), c, "soil?", nil)
+
+	const text = "soil 31 %"
+	body, err := (&serialproto.Token{Chunk: 0, Text: []byte(text)}).AppendBody(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdToken, Seq: seq, Data: body})
+	if err != nil {
+		t.Fatal(err)
+	}
+	corrupt[9] ^= 0x04 // a bit of the text: the CRC-8 fails
+	// Three heartbeats are 600 ms (6 keepalive intervals of 100 ms); the
+	// copies come for 1.5 s, every 50 ms.
+	for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		p.sendRaw(corrupt)
+	}
+	select {
+	case r := <-asked:
+		t.Fatalf("Ask ended during the corrupt copies: %v", r.err)
+	default:
+	}
+	p.stream(seq, text, len(text))
+	if _, err := await(t, asked); err != nil {
+		t.Fatalf("Ask after 1.5 s of corrupt copies of its first chunk: %v", err)
+	}
+}
+
+// TestUnparseableFrameIsCorruption: TestNoisyPacedUART's seed 24 — a TOKEN
+// whose corruption the CRC-8 missed and whose text no longer ends on a
+// character — is dropped like a frame that failed its CRC; the daemon's
+// resend completes the answer. Before, Ask failed with "daemon sent a bad
+// TOKEN".
+func TestUnparseableFrameIsCorruption(t *testing.T) {
+	p, c, _ := serialPeer(t, device.Config{DeviceID: "noisy", Window: 2, RTO: 50 * time.Millisecond})
+	hello(t, p, c, serialproto.Welcome{})
+	var got strings.Builder
+	seq, asked := p.askAccepted(context.Background(), c, "Wetter?", func(b []byte) error { got.Write(b); return nil })
+
+	const text = "Gießen"
+	// The CRC-8 is computed over the mangled frame, as a corruption it
+	// misses leaves it: chunk 0 cut inside the ß.
+	bad := serialproto.Frame{Version: 1, Cmd: serialproto.CmdToken, Seq: seq, Data: append([]byte{0, 0}, text[:4]...)}
+	if _, err := serialproto.ParseBody(bad.Cmd, bad.Data); err == nil {
+		t.Fatal("the mangled TOKEN parses")
+	}
+	raw, err := serialproto.AppendFrame(nil, bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.sendRaw(raw)
+	select {
+	case r := <-asked:
+		t.Fatalf("Ask ended on the mangled TOKEN: %v", r.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	p.stream(seq, text, len(text))
+	if _, err := await(t, asked); err != nil || got.String() != text {
+		t.Fatalf("Ask: %v, %q", err, got.String())
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -21,7 +22,8 @@ type Stream struct {
 	err error // why the reader stopped
 
 	writeMu  sync.Mutex
-	lastNack time.Time // only the reader goroutine touches it
+	lastNack time.Time    // only the reader goroutine touches it
+	corrupt  atomic.Int64 // unix ns of the last frame that failed its CRC, 0 before any
 }
 
 // NewStream starts reading rw. A reader that returns (0, nil) or timeout
@@ -47,6 +49,7 @@ func (s *Stream) read() {
 			default: // a device that does not keep up loses frames, as on a UART
 			}
 		case errors.As(err, &rerr):
+			s.corrupt.Store(time.Now().UnixNano())
 			s.nackBadFrame()
 		case errors.Is(err, serialproto.ErrIdle):
 		default:
@@ -99,6 +102,16 @@ func (s *Stream) Recv(deadline time.Time) (serialproto.Frame, error) {
 	case <-timer.C:
 		return serialproto.Frame{}, os.ErrDeadlineExceeded
 	}
+}
+
+// lastCorrupt is when a frame last arrived corrupt (zero: never): on a
+// cable only the daemon sends, so the daemon is talking and the line
+// mangles it.
+func (s *Stream) lastCorrupt() time.Time {
+	if ns := s.corrupt.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
 }
 
 // Close closes the underlying stream, which ends the reader.
