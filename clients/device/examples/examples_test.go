@@ -20,6 +20,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/internal/mosquittotest"
 	"github.com/mcpd-project/mcpd/internal/ptytest"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
@@ -51,7 +52,7 @@ var (
 	buildErr  error
 )
 
-// build compiles the four examples once.
+// build compiles the examples once.
 func build(t *testing.T) string {
 	t.Helper()
 	gobin, err := exec.LookPath("go")
@@ -62,7 +63,7 @@ func build(t *testing.T) string {
 		if binDir, buildErr = os.MkdirTemp("", "mcpd-examples-"); buildErr != nil {
 			return
 		}
-		out, err := exec.Command(gobin, "build", "-o", binDir+string(filepath.Separator), "./ask-udp", "./ask-serial", "./signed", "./lossy-link").CombinedOutput()
+		out, err := exec.Command(gobin, "build", "-o", binDir+string(filepath.Separator), "./ask-udp", "./ask-serial", "./signed", "./lossy-link", "./ask-mqtt").CombinedOutput()
 		if err != nil {
 			buildErr = &buildError{err, out}
 		}
@@ -178,5 +179,46 @@ func TestSignedWrongKey(t *testing.T) {
 	out, errOut, err := run(t, "signed", "-addr", udp, "-key", wrong, "hi")
 	if err == nil || !strings.Contains(errOut, "refused this device's key") || !strings.Contains(errOut, "AUTH_FAILED") {
 		t.Fatalf("want a refusal, got %v\nstdout: %s\nstderr: %s", err, out, errOut)
+	}
+}
+
+// TestMQTTExample: ask-mqtt through a real mosquitto, with the device's
+// own account; a wrong password fails with the broker's refusal.
+func TestMQTTExample(t *testing.T) {
+	build(t)
+	b := mosquittotest.Start(t, mosquittotest.Options{Devices: []string{"kitchen"}})
+	d, err := daemon.New(daemon.Config{}, echo{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := daemon.NewMQTTLink(daemon.MQTTConfig{URL: b.URL, Username: mosquittotest.DaemonUser, Password: b.Password(mosquittotest.DaemonUser)}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = d.Run(ctx, link); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(10 * time.Second); !link.Connected(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the daemon did not connect to the broker")
+		}
+	}
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "good.pw"), filepath.Join(dir, "bad.pw")
+	if err := os.WriteFile(good, []byte(b.Password("kitchen")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("wrong\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	const prompt = "Is bed 3 dry?"
+	out, errOut, err := run(t, "ask-mqtt", "-broker", b.URL, "-id", "kitchen", "-password-file", good, prompt)
+	if err != nil || !strings.HasPrefix(out, prompt+"\n") || !strings.Contains(out, "4 tokens over MQTT") {
+		t.Fatalf("%v\nstdout: %s\nstderr: %s", err, out, errOut)
+	}
+	_, errOut, err = run(t, "ask-mqtt", "-broker", b.URL, "-id", "kitchen", "-password-file", bad, prompt)
+	if err == nil || (!strings.Contains(errOut, "not Authorized") && !strings.Contains(errOut, "bad user name or password")) {
+		t.Fatalf("a wrong password: %v\nstderr: %s", err, errOut)
 	}
 }
