@@ -19,7 +19,39 @@ func (c *Client) Ask(ctx context.Context, m *serialproto.Infer, onText func([]by
 		return nil, ErrNoSession
 	}
 	c.seq++
-	return c.ask(ctx, c.seq, m, onText)
+	seq := c.seq
+	return c.askInSession(ctx, &seq, m, onText)
+}
+
+// askInSession is ask, recovering from a session the daemon lost before
+// the request was accepted (protocol.md §10): NO_SESSION to an INFER of
+// which the device has seen nothing — no ACK, no chunk — is answered by a
+// new HELLO and the same INFER under a new seq. Exactly once holds: the
+// lost session's requests ended silently, so nothing of a first run can
+// reach the device, and the answer it gets is the only one (the engine may
+// have started the prompt twice). Not once text has come (onText would see
+// it twice), nor when the prompt continues a conversation the lost session
+// held (the new one has no history): those return the NO_SESSION error.
+// seq is updated to the request's seq in the new session.
+func (c *Client) askInSession(ctx context.Context, seq *uint8, m *serialproto.Infer, onText func([]byte) error) (*serialproto.Done, error) {
+	done, accepted, err := c.ask(ctx, *seq, m, onText)
+	var perr *serialproto.Error
+	if !accepted && errors.As(err, &perr) && perr.Code == serialproto.CodeNoSession &&
+		(c.turns == 0 || m.Set.Has(serialproto.OptNewChat)) {
+		if herr := c.Hello(ctx); herr != nil {
+			return nil, fmt.Errorf("%w (reopening the session: %w)", err, herr)
+		}
+		c.seq++
+		*seq = c.seq
+		done, _, err = c.ask(ctx, *seq, m, onText)
+	}
+	if done != nil { // the daemon keeps the turn (§10)
+		if m.Set.Has(serialproto.OptNewChat) {
+			c.turns = 0
+		}
+		c.turns++
+	}
+	return done, err
 }
 
 // AskRetrying is Ask for a device that retries a refused request — BUSY or
@@ -36,7 +68,7 @@ func (c *Client) AskRetrying(ctx context.Context, m *serialproto.Infer, onText f
 	c.seq++
 	seq := c.seq
 	for attempt := 0; ; attempt++ {
-		done, err := c.ask(ctx, seq, m, onText)
+		done, err := c.askInSession(ctx, &seq, m, onText)
 		var perr *serialproto.Error
 		if attempt >= retries || !errors.As(err, &perr) || perr.Stream() ||
 			(perr.Code != serialproto.CodeBusy && perr.Code != serialproto.CodeRateLimited) {
@@ -51,10 +83,12 @@ func (c *Client) AskRetrying(ctx context.Context, m *serialproto.Infer, onText f
 	}
 }
 
-func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onText func([]byte) error) (*serialproto.Done, error) {
+// ask sends the INFER under seq and streams its answer; accepted reports
+// whether the daemon acknowledged it or sent any of its answer.
+func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onText func([]byte) error) (_ *serialproto.Done, accepted bool, _ error) {
 	body, err := m.AppendBody(nil)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	piece := serialproto.PieceSize(int(c.welcome.MaxData), c.signer != nil)
 	if c.cfg.MaxSend > 0 {
@@ -62,7 +96,7 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 	}
 	datas, err := serialproto.Fragments(body, piece)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	frames := make([]serialproto.Frame, len(datas))
 	for i, d := range datas {
@@ -76,13 +110,12 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 		return c.t.Send(raw)
 	}
 	var (
-		accepted bool
-		next     uint16
-		crc      uint32
-		size     uint32
-		done     *serialproto.Done
-		missing  []byte
-		nacks    int
+		next    uint16
+		crc     uint32
+		size    uint32
+		done    *serialproto.Done
+		missing []byte
+		nacks   int
 		// held are chunks that came after a gap, kept (with SACK, §8.2)
 		// until the gap is filled: copies, as frames are reused.
 		held  map[uint16]serialproto.Message
@@ -205,18 +238,18 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 	}, func() bool { return accepted })
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		c.cancel(seq, next)
-		return nil, err
+		return nil, accepted, err
 	}
 	if err != nil {
-		return nil, err
+		return nil, accepted, err
 	}
 	if done == nil {
-		return nil, errors.New("device: the stream ended without DONE") // unreachable: deliver sets one of done, final
+		return nil, accepted, errors.New("device: the stream ended without DONE") // unreachable: deliver sets one of done, final
 	}
 	if done.TextBytes != size || done.TextCRC32C != crc {
-		return done, fmt.Errorf("%w: DONE says %d bytes crc %08x, received %d bytes crc %08x", ErrChecksum, done.TextBytes, done.TextCRC32C, size, crc)
+		return done, accepted, fmt.Errorf("%w: DONE says %d bytes crc %08x, received %d bytes crc %08x", ErrChecksum, done.TextBytes, done.TextCRC32C, size, crc)
 	}
-	return done, nil
+	return done, accepted, nil
 }
 
 // copyChunk copies a chunk that must outlive its frame (§8.2's held chunks).

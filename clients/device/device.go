@@ -61,6 +61,7 @@ type Client struct {
 	seq     uint8
 	welcome serialproto.Welcome
 	nonce   uint32
+	turns   int                      // answers (DONE) the daemon keeps in this session's chat history
 	rtt     serialproto.RTTEstimator // towards the daemon, fed by requests answered at once
 
 	// Signing (docs/protocol.md §9): the session's signer and verifier,

@@ -526,3 +526,69 @@ func TestRTOAdapts(t *testing.T) {
 		t.Fatalf("the answer to a retransmitted PING moved the RTO from %v to %v", rto, after)
 	}
 }
+
+// TestAskReopensLostSession: NO_SESSION to an INFER of which the device has
+// seen nothing is answered by a new HELLO and the same prompt under a new
+// seq, once, and the application sees one answer (protocol.md §10). Not
+// when the lost session held the conversation the prompt continues, nor
+// once text has come: then Ask returns NO_SESSION.
+func TestAskReopensLostSession(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{DeviceID: "reopen", RTO: time.Second})
+	first := hello(t, p, c, serialproto.Welcome{})
+	noSession := serialproto.NewError(serialproto.CodeNoSession, "send HELLO first")
+
+	// The daemon lost the session (expired, restarted) before the INFER.
+	var got strings.Builder
+	asked := ask(context.Background(), c, "dry?", func(b []byte) error { got.Write(b); return nil })
+	_, seq, _ := p.expectInfer()
+	p.send(seq, noSession)
+	_, again := p.welcome(serialproto.Welcome{})
+	if again.BootNonce == first.BootNonce {
+		t.Fatal("the new HELLO repeats the lost session's boot nonce")
+	}
+	m, seq2, n := p.expectInfer()
+	if m.Prompt != "dry?" || seq2 == seq {
+		t.Fatalf("resent INFER %q under seq %d (lost: %d)", m.Prompt, seq2, seq)
+	}
+	p.send(seq2, &serialproto.Ack{Next: uint16(n)})
+	p.stream(seq2, "bed 3", 8)
+	if _, err := await(t, asked); err != nil || got.String() != "bed 3" {
+		t.Fatalf("Ask after reopening: %v, %q", err, got.String())
+	}
+
+	// Now the session holds a turn: a continuation must not run without it.
+	asked = ask(context.Background(), c, "and bed 4?", nil)
+	_, seq, _ = p.expectInfer()
+	p.send(seq, noSession)
+	if _, err := await(t, asked); !isNoSession(err) {
+		t.Fatalf("a continued chat in a lost session: %v, want NO_SESSION", err)
+	}
+	if f, err := p.link.Recv(time.Now().Add(300 * time.Millisecond)); !isTimeout(err) {
+		t.Fatalf("the device sent %v after giving up the chat", f.Cmd)
+	}
+
+	// A new chat, accepted and partly answered when the session is lost:
+	// rerunning it would show the application its first words twice.
+	hello(t, p, c, serialproto.Welcome{})
+	got.Reset()
+	asked = async(func() (*serialproto.Done, error) {
+		return c.Ask(context.Background(), &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptNewChat), Prompt: "dry?"},
+			func(b []byte) error { got.Write(b); return nil })
+	})
+	_, seq, n = p.expectInfer()
+	p.send(seq, &serialproto.Ack{Next: uint16(n)})
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("bed")})
+	p.expectAck(seq, 1)
+	p.send(seq, noSession)
+	if _, err := await(t, asked); !isNoSession(err) || got.String() != "bed" {
+		t.Fatalf("a lost session mid-answer: %v, text %q; want NO_SESSION after \"bed\"", err, got.String())
+	}
+	if f, err := p.link.Recv(time.Now().Add(300 * time.Millisecond)); !isTimeout(err) {
+		t.Fatalf("the device sent %v after a lost answer", f.Cmd)
+	}
+}
+
+func isNoSession(err error) bool {
+	var e *serialproto.Error
+	return errors.As(err, &e) && e.Code == serialproto.CodeNoSession
+}

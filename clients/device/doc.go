@@ -24,7 +24,9 @@
 // errors.As and look at its Code); ErrTimeout means no answer within the
 // retransmission budget; ErrChecksum an answer that arrived damaged;
 // ErrNoSession an Ask before Hello. A cancelled context cancels the request
-// on the daemon too.
+// on the daemon too. A session the daemon lost before it accepted the
+// request is reopened (Hello) and the prompt sent again, once; a NO_SESSION
+// after text has come, or for a prompt continuing a chat, is returned.
 //
 // A Client is one device: not safe for concurrent use, as a
 // microcontroller does one thing at a time. Run one Client per simulated

@@ -40,6 +40,7 @@ func (c *Client) Hello(ctx context.Context) error {
 				}
 			}
 			c.welcome = *m
+			c.turns = 0 // a new session has no history
 			return true, nil
 		case *serialproto.Error:
 			return true, m
