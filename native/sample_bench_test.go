@@ -47,3 +47,53 @@ func BenchmarkSample(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkTokenPiece: turning one generated token into its bytes, as the
+// engine does for every token on the caller's goroutine (one cgo call).
+func BenchmarkTokenPiece(b *testing.B) {
+	path := os.Getenv("MCPD_BENCH_MODEL")
+	if path == "" {
+		path = tinyModel(b)
+	}
+	m := load(b, path)
+	n := Token(0)
+	for b.Loop() {
+		if _, err := m.TokenPiece(300+n%256, false); err != nil {
+			b.Fatal(err)
+		}
+		n++
+	}
+}
+
+// BenchmarkDecodeOne: one llama_decode of a single token on a context of
+// the engine's shape — the C side of a generated token, without sampling
+// or Go around it. Compare with the engine's time per token
+// (BenchmarkNativeGenerate) for what the binding adds.
+func BenchmarkDecodeOne(b *testing.B) {
+	path := os.Getenv("MCPD_BENCH_MODEL")
+	if path == "" {
+		path = tinyModel(b)
+	}
+	m := load(b, path)
+	c, err := m.NewContext(ContextParams{ContextSize: 512, BatchSize: 64, Threads: 2})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	var batch Batch
+	pos := 0
+	for b.Loop() {
+		if pos == 500 {
+			if err := c.ClearSequence(0); err != nil {
+				b.Fatal(err)
+			}
+			pos = 0
+		}
+		batch.Reset()
+		batch.Add(300, pos, 0, true)
+		if err := c.Decode(context.Background(), &batch); err != nil {
+			b.Fatal(err)
+		}
+		pos++
+	}
+}
