@@ -56,9 +56,9 @@ func BenchmarkTokenPiece(b *testing.B) {
 		path = tinyModel(b)
 	}
 	m := load(b, path)
-	n := Token(0)
+	n := 0
 	for b.Loop() {
-		if _, err := m.TokenPiece(300+n%256, false); err != nil {
+		if _, err := m.TokenPiece(Token(n%m.nVocab), false); err != nil {
 			b.Fatal(err)
 		}
 		n++
