@@ -26,7 +26,7 @@ run $GO test -run '^$' -bench '^(BenchmarkUDPEchoBaseline|BenchmarkDaemonPing|Be
   -benchmem -count "$COUNT" ./daemon/ | tee "$tmp/daemon.txt" >&2
 run $GO test -run '^$' -bench '^BenchmarkObserverOverhead$' -benchmem -count "$COUNT" ./daemon/telemetry/ | tee "$tmp/observer.txt" >&2
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
-  run $GO test -run '^$' -bench '^BenchmarkNativePath$' -benchtime 5x -count "$COUNT" ./bench/ | tee "$tmp/paths.txt" >&2
+  run $GO test -run '^$' -bench '^(BenchmarkNativePath|BenchmarkRepeatCached)$' -benchtime 5x -count "$COUNT" ./bench/ | tee "$tmp/paths.txt" >&2
 run $GO test -run '^$' -bench '^BenchmarkOllamaPath(Paced)?$' -count "$COUNT" ./bench/ | tee -a "$tmp/paths.txt" >&2
 # The engine against the C harness and the memory system (rounds interleaved inside).
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \

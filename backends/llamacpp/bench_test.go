@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
@@ -144,5 +145,45 @@ func reportRSS(b *testing.B) {
 			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")))
 			b.ReportMetric(float64(kb)/1024, "peak-rss-MB")
 		}
+	}
+}
+
+// BenchmarkSharedPrefix: a second device whose conversation starts with
+// the same system prompt as a first device's (which stays in its own
+// sequence): time to its first token with KV reuse (the system prompt
+// copied from the first device's sequence) and without (evaluated again).
+// Each iteration is a new second device: its own question, the first
+// device's conversation unchanged.
+func BenchmarkSharedPrefix(b *testing.B) {
+	system := strings.Repeat("You are the greenhouse controller's assistant: answer briefly, name each sensor and its unit. ", 6)
+	for _, c := range []struct {
+		name    string
+		noReuse bool
+	}{{"reuse", false}, {"whole", true}} {
+		b.Run(c.name, func(b *testing.B) {
+			e := benchEngineCfg(b, Config{Parallel: 4, NoKVReuse: c.noReuse})
+			ask := func(user string) backends.Result {
+				req := greedyReq(user, 1)
+				req.Messages = append([]backends.Message{{Role: backends.RoleSystem, Content: system}}, req.Messages...)
+				res, err := e.Generate(context.Background(), req, discard)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return res
+			}
+			ask("first device: what is the soil moisture?")
+			var ttft time.Duration
+			var cached, prompt int
+			i := 0
+			for b.Loop() {
+				i++
+				res := ask(fmt.Sprintf("device %d: is the east bed too dry?", i))
+				ttft += res.TTFT
+				cached += res.PromptCached
+				prompt += res.PromptTokens
+			}
+			b.ReportMetric(float64(ttft.Microseconds())/1000/float64(b.N), "ttft-ms")
+			b.ReportMetric(100*float64(cached)/float64(prompt), "cached-%")
+		})
 	}
 }

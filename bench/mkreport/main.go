@@ -39,6 +39,7 @@ var comparisons = []comparison{
 	{"llama.cpp engine vs the C harness", "harness", "engine", "time per generated token, engine vs the C loop, alternating every 8 tokens (target ≤ 1.03×)", "BenchmarkNativeVsHarness"},
 	{"llama.cpp decode vs memory bandwidth", "memory", "engine", "time per generated token vs reading the weights once at the machine's measured 2-thread read bandwidth (target ≤ 1.25×, i.e. ≥ 80 %)", "BenchmarkNativeVsHarness"},
 	{"Ollama path", "client", "device", "a device over UDP through the daemon and our Ollama backend vs Ollama's api.Client, same fake server, interleaved", "BenchmarkOllamaPath"},
+	{"Response cache (--cache)", "warm", "cached", "the same greedy 32-token question again at the device: from the response cache vs from the engine with the prompt in its KV cache (target ≤ 2 ms cached)", "BenchmarkRepeatCached"},
 	{"Ollama path, paced like a real Ollama", "client", "device", "128 tokens from a fake Ollama paced like the real one (20 ms, then 4 ms a piece): the time a request gains through the daemon (target ≤ 1.05×)", "BenchmarkOllamaPathPaced"},
 }
 
