@@ -135,10 +135,13 @@ bench-native: native-headers models ## llama.cpp on the 135M Q8_0 model, 2 threa
 # llama.cpp: on a shared machine wrap it in the heavy lock.
 SOAK_DURATION ?= 15s
 SOAK_OUT ?= $(BIN)/soak.md
+# SOAK_SET=hostile runs only the hostile-peer scenarios (issue 22, TestHostileSet).
+SOAK_SET ?=
+SOAK_RUN := $(if $(filter hostile,$(SOAK_SET)),-run TestHostileSet,)
 soak: native-headers ## fault scenarios (lossy UDP, late replays, noisy UART, dying engines, replug, 1,000-source flood) for SOAK_DURATION each; table in SOAK_OUT
 	@mkdir -p $(dir $(SOAK_OUT))
 	MCPD_SOAK_DURATION=$(SOAK_DURATION) MCPD_SOAK_OUT=$(abspath $(SOAK_OUT)) \
-	  $(GO) test -count=1 -timeout 30m ./internal/soak/
+	  $(GO) test -count=1 -timeout 30m $(SOAK_RUN) ./internal/soak/
 	@echo "table written to $(SOAK_OUT)"
 
 bench-report: build models ## Go benchmarks + mcpctl bench scenarios → bench/reports/YYYY-MM-DD.md (~4 min; on a shared machine: flock /work/heavy.lock make bench-report)

@@ -6,7 +6,8 @@ import (
 )
 
 // fairSlots are the engine's slots, handed out fairly: requests waiting
-// for one queue per holder (a device id, or a local client), and a freed
+// for one queue per holder (a device's source — its IP address or serial
+// port —, or a local client), and a freed
 // slot goes to the holders in turn — round-robin by holder, not by arrival
 // — so one device's queued requests cannot make another device wait
 // behind all of them. A holder already running its fair share (the slots

@@ -84,7 +84,10 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 		}
 		return req
 	}
-	return d.generate(r.ctx, "device:"+r.s.deviceID, request, r.s.dropOldestTurn, r.obs, func(piece []byte) error {
+	// The engine's turn is the source's (an IP address, a serial port):
+	// device ids are free to choose, so one host asking under many ids is
+	// still one turn.
+	return d.generate(r.ctx, "source:"+r.s.source, request, r.s.dropOldestTurn, r.obs, func(piece []byte) error {
 		answer.Write(piece)
 		return r.st.write(piece)
 	})
