@@ -2,6 +2,9 @@
 #include "_cgo_export.h"
 #include "ggml-cpu.h"
 #include "mcpd_thp.h"
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 
@@ -177,6 +180,40 @@ struct llama_sampler * mcpd_sampler(bool greedy, float temp, int32_t top_k, floa
 	llama_sampler_chain_add(chain, llama_sampler_init_temp(temp));
 	llama_sampler_chain_add(chain, llama_sampler_init_dist(seed));
 	return chain;
+}
+
+int32_t mcpd_argmax(struct llama_context * ctx, int32_t idx, int32_t n_vocab) {
+	const float * l = llama_get_logits_ith(ctx, idx);
+	if (l == NULL || n_vocab <= 0) {
+		return -1;
+	}
+	// Two passes, the first a max reduction the compiler vectorizes: the
+	// same choice as greedy's "first i with the largest logit" loop, NaNs
+	// included (a NaN is never greater, so never chosen; a NaN first
+	// logit, which greedy keeps, matches no value and falls back to 0).
+	float m = l[0];
+	int32_t i = 1;
+#if defined(__AVX__)
+	// _mm256_max_ps(x, acc) keeps acc when x is NaN: the scalar rule.
+	__m256 acc = _mm256_set1_ps(m);
+	for (; i + 8 <= n_vocab; i += 8) {
+		acc = _mm256_max_ps(_mm256_loadu_ps(l + i), acc);
+	}
+	float lanes[8];
+	_mm256_storeu_ps(lanes, acc);
+	for (int k = 0; k < 8; k++) {
+		m = lanes[k] > m ? lanes[k] : m;
+	}
+#endif
+	for (; i < n_vocab; i++) {
+		m = l[i] > m ? l[i] : m;
+	}
+	for (int32_t i = 0; i < n_vocab; i++) {
+		if (l[i] == m) {
+			return i;
+		}
+	}
+	return 0;
 }
 
 int32_t mcpd_sample_grammar(struct llama_sampler * chain, struct llama_sampler * grammar, struct llama_context * ctx,

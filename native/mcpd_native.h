@@ -65,6 +65,11 @@ int32_t mcpd_decode(struct llama_context * ctx, struct llama_batch * batch, mcpd
 struct llama_sampler * mcpd_sampler(bool greedy, float temp, int32_t top_k, float top_p,
 		float min_p, float repeat_penalty, int32_t repeat_last_n, uint32_t seed);
 
+// Greedy sampling without llama.cpp's sampler: the first token of the
+// highest logit at batch index idx, as llama_sampler_init_greedy picks it,
+// without building its 32000-entry candidate array; -1 without logits.
+int32_t mcpd_argmax(struct llama_context * ctx, int32_t idx, int32_t n_vocab);
+
 // Samples the logits at idx under a grammar: the grammar sampler first
 // (tokens it does not admit get -inf), then the chain; the token is
 // accepted by both. buf holds n_vocab entries. Returns -1, accepting

@@ -770,3 +770,76 @@ func TestSequenceReuse(t *testing.T) {
 		t.Errorf("TrimSequence(2, 0): %v", err)
 	}
 }
+
+// Greedy sampling without penalty or grammar takes the argmax shortcut:
+// the same token as llama.cpp's greedy sampler and as the first largest
+// logit, at every step of a generation.
+func TestArgmaxIsGreedy(t *testing.T) {
+	m := load(t, tinyModel(t))
+	c, err := m.NewContext(ContextParams{ContextSize: 256, BatchSize: 64, Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fast, err := NewSampler(SamplerParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	chain, err := NewSampler(SamplerParams{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer chain.Close()
+	if !fast.argmax {
+		t.Fatal("a greedy sampler without penalty does not take the shortcut")
+	}
+	chain.argmax = false // llama.cpp's greedy sampler
+	for _, p := range []SamplerParams{{RepeatPenalty: 1.1}, {Temperature: 0.5}} {
+		s, err := NewSampler(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.argmax {
+			t.Errorf("%+v takes the argmax shortcut", p)
+		}
+		s.Close()
+	}
+	toks, err := m.Tokenize("sensor 7 humidity 40%", true, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b Batch
+	for i, tok := range toks {
+		b.Add(tok, i, 0, i == len(toks)-1)
+	}
+	for pos := len(toks); pos < len(toks)+24; pos++ {
+		if err := c.Decode(context.Background(), &b); err != nil {
+			t.Fatal(err)
+		}
+		i := b.Len() - 1
+		got, err := fast.Sample(c, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := chain.Sample(c, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logits, err := c.Logits(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		best := 0
+		for j, l := range logits {
+			if l > logits[best] {
+				best = j
+			}
+		}
+		if got != want || int(got) != best {
+			t.Fatalf("position %d: argmax %d, llama.cpp's greedy %d, largest logit at %d", pos, got, want, best)
+		}
+		b.Reset()
+		b.Add(got, pos, 0, true)
+	}
+}
