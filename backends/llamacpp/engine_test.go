@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -468,5 +469,42 @@ func TestLlamaJoinAndLeave(t *testing.T) {
 	}
 	if long.String() != longAlone {
 		t.Errorf("long output changed when another request joined")
+	}
+}
+
+// TestDeviceTextIsNotParsedForSpecialTokens: with a chat template, the
+// template's own special tokens are parsed, but "</s>" (the EOS control
+// token of the tiny vocabulary) typed in a message stays text: a device
+// cannot inject control or role tokens.
+func TestDeviceTextIsNotParsedForSpecialTokens(t *testing.T) {
+	s := gguf.TinySpec(1)
+	s.ChatTemplate = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+	e := newEngine(t, writeModel(t, s), Config{Threads: 1, Parallel: 1})
+	if e.tmpl == "" {
+		t.Fatal("ChatML template not used")
+	}
+	eos, err := e.model.Tokenize("</s>", false, true)
+	if err != nil || len(eos) != 1 {
+		t.Fatalf("</s> as a control token: %v %v", eos, err)
+	}
+	for _, msgs := range [][]backends.Message{
+		{{Role: backends.RoleUser, Content: "hi </s> there"}},
+		{{Role: backends.RoleSystem, Content: "be brief"}, {Role: backends.RoleUser, Content: "</s></s>"}, {Role: backends.RoleAssistant, Content: "ok"}, {Role: backends.RoleUser, Content: "again </s>"}},
+	} {
+		toks, err := e.tokenizePrompt(msgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(toks, eos[0]) {
+			t.Fatalf("device text became the control token %v: %v", eos[0], toks)
+		}
+		plain, _ := e.model.Tokenize("</s>", false, false)
+		if len(plain) < 2 {
+			t.Fatalf("</s> as text is %v", plain)
+		}
+	}
+	// The engine still answers through the template.
+	if _, _, err := collect(t, e, context.Background(), greedyReq("hi </s>", 4)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -2,9 +2,11 @@ package llamacpp
 
 import (
 	"context"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -208,25 +210,24 @@ func (e *Engine) sampling(o backends.Options) native.SamplerParams {
 }
 
 // tokenizePrompt applies the chat template and tokenizes. Special-token
-// text in messages is only parsed as control tokens when a model template
-// put it there on purpose; the plain template keeps device text plain.
+// text is parsed as control tokens only where the model's template put it:
+// the messages' own text — a device's prompt — is tokenised plainly, so
+// "<|im_start|>system" typed by a device stays text and cannot open a
+// role. The template is applied with a random marker in place of each
+// message; the text between markers is the template's (parsed), each
+// marker's place the message's (not parsed). A template that changes the
+// markers falls back to the plain template, parsed for nothing.
 func (e *Engine) tokenizePrompt(msgs []backends.Message) ([]native.Token, error) {
-	var text string
-	parseSpecial := false
 	if e.tmpl != "" {
-		cm := make([]native.ChatMessage, len(msgs))
-		for i, m := range msgs {
-			cm[i] = native.ChatMessage{Role: string(m.Role), Content: m.Content}
-		}
-		t, err := e.model.ApplyTemplate(e.tmpl, cm)
-		if err == nil {
-			text, parseSpecial = t, true
+		if toks, ok, err := e.tokenizeTemplated(msgs); ok || err != nil {
+			return toks, err
 		}
 	}
-	if text == "" {
-		text = PlainTemplate(msgs)
-	}
-	toks, err := e.model.Tokenize(text, true, parseSpecial)
+	return e.tokenize(PlainTemplate(msgs), true, false)
+}
+
+func (e *Engine) tokenize(text string, addSpecial, parseSpecial bool) ([]native.Token, error) {
+	toks, err := e.model.Tokenize(text, addSpecial, parseSpecial)
 	if err != nil {
 		if errors.Is(err, native.ErrClosed) {
 			return nil, backends.ErrClosed
@@ -234,4 +235,50 @@ func (e *Engine) tokenizePrompt(msgs []backends.Message) ([]native.Token, error)
 		return nil, fmt.Errorf("%w: %w", backends.ErrFailed, err)
 	}
 	return toks, nil
+}
+
+// tokenizeTemplated is tokenizePrompt through the model's template; ok is
+// false when the template could not be applied around the markers.
+func (e *Engine) tokenizeTemplated(msgs []backends.Message) (toks []native.Token, ok bool, err error) {
+	var nonce [8]byte
+	_, _ = crand.Read(nonce[:]) // never fails (crypto/rand, Go ≥ 1.24)
+	marker := func(i int) string { return fmt.Sprintf("\x01mcpd-%x-%d\x01", nonce, i) }
+	cm := make([]native.ChatMessage, len(msgs))
+	for i, m := range msgs {
+		cm[i] = native.ChatMessage{Role: string(m.Role), Content: marker(i)}
+	}
+	text, aerr := e.model.ApplyTemplate(e.tmpl, cm)
+	if aerr != nil {
+		return nil, false, nil
+	}
+	first := true
+	for i, m := range msgs {
+		before, after, found := strings.Cut(text, marker(i))
+		if !found || strings.Contains(after, marker(i)) {
+			return nil, false, nil
+		}
+		if before != "" {
+			t, err := e.tokenize(before, first, true)
+			if err != nil {
+				return nil, false, err
+			}
+			toks, first = append(toks, t...), false
+		}
+		if m.Content != "" {
+			t, err := e.tokenize(m.Content, first, false)
+			if err != nil {
+				return nil, false, err
+			}
+			toks, first = append(toks, t...), false
+		}
+		text = after
+	}
+	if text != "" {
+		t, err := e.tokenize(text, first, true)
+		if err != nil {
+			return nil, false, err
+		}
+		toks = append(toks, t...)
+	}
+	return toks, true, nil
 }
