@@ -45,6 +45,7 @@ type Daemon struct {
 	sessions  *sessionTable // the devices' sessions by peer
 	limiter   peerLimiter   // per-source rate limit (guard.go)
 	sampler   logSampler    // bounds the log lines remote peers cause (logsample.go)
+	reqLines  logSampler    // bounds the request lines of remote links (reqlog.go)
 	links     linkSet       // the links being served, and their lifetime
 	local     localRequests // local applications' requests (local.go)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -93,6 +94,7 @@ func (s *session) refuse(seq uint8, e *serialproto.Error) {
 	s.reasm.Forget(serialproto.CmdInfer, seq)
 	s.mu.Unlock()
 	s.d.stats.refused(s.peer.LinkName(), e.Code)
+	s.d.remoteLog(slog.LevelInfo, "request refused", "device", s.deviceID, "link", s.peer.LinkName(), "seq", seq, "code", e.Code.String(), "reason", e.Text)
 	s.send(seq, e)
 }
 

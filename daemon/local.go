@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -70,6 +71,7 @@ func (d *Daemon) Generate(ctx context.Context, req LocalRequest, emit backends.E
 	first := d.clock.Now()
 	refuse := func(code serialproto.ErrorCode, err error) (backends.Result, error) {
 		d.stats.refused(LocalLink, code)
+		d.remoteLog(slog.LevelInfo, "request refused", "device", req.Client, "link", LocalLink, "code", code.String(), "reason", err.Error())
 		return backends.Result{}, &RequestError{Code: code, Err: err}
 	}
 	switch {

@@ -16,9 +16,16 @@ import (
 // the suppressed lines are still written at debug level (per-frame
 // detail, for whoever turns debug on), and counted
 // (mcpd_log_lines_suppressed_total).
+//
+// A device's finished requests (reqlog.go) have a bound of their own,
+// remoteRequestLines a second: a peer flooding INFERs it then cancels (or
+// that end in any other way) adds at most that many, and the other events
+// cannot crowd them out. All told a remote peer causes at most
+// remoteLinesTotal+remoteRequestLines = 20 lines a second.
 const (
 	remoteLinesPerEvent = 5
 	remoteLinesTotal    = 15
+	remoteRequestLines  = 5
 )
 
 // logSampler decides which remote-caused lines go out. Its map is bounded
@@ -38,6 +45,12 @@ type sampledEvent struct {
 // take reports whether a line of event may go out now, and how many of its
 // lines were suppressed before it.
 func (l *logSampler) take(event string, now time.Time) (ok bool, suppressed int64) {
+	return l.takeWithin(event, now, remoteLinesPerEvent, remoteLinesTotal)
+}
+
+// takeWithin is take with the bounds given: perEvent lines a second of
+// each event, total of all.
+func (l *logSampler) takeWithin(event string, now time.Time, perEvent, total int) (ok bool, suppressed int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now.Sub(l.second) >= time.Second || now.Before(l.second) {
@@ -54,7 +67,7 @@ func (l *logSampler) take(event string, now time.Time) (ok bool, suppressed int6
 		e = &sampledEvent{}
 		l.events[event] = e
 	}
-	if e.out >= remoteLinesPerEvent || l.total >= remoteLinesTotal {
+	if e.out >= perEvent || l.total >= total {
 		e.suppressed++
 		return false, 0
 	}

@@ -133,6 +133,9 @@ func (m multiRequest) Delivered(err error) {
 // the installed observers.
 func (d *Daemon) requestObserver(ctx context.Context, info RequestInfo) (context.Context, RequestObserver) {
 	rl := &reqLogger{log: d.log, clock: d.clock, info: info}
+	if info.Link != LocalLink { // a remote peer's: bounded (reqlog.go)
+		rl.sampler, rl.stats = &d.reqLines, &d.stats
+	}
 	if d.obs == nil {
 		return ctx, rl
 	}

@@ -12,13 +12,19 @@ import (
 // reqLogger writes one INFO line when a request it follows has ended:
 // who asked through which link, tokens in and out, the time to the first
 // token and in all (both from the request's first frame, as the device
-// sees them), and how it ended. Refusals before acceptance (BUSY,
-// FORBIDDEN …) are counted, not logged here: a flood of them must not
-// flood the journal.
+// sees them), and how it ended. The lines of a remote link's requests go
+// through a sampler of their own (remoteRequestLines a second, the next
+// line out saying how many were held back): a peer flooding INFERs that it
+// cancels must not flood the journal. A local application's requests are
+// all logged. Refusals before acceptance (BUSY, FORBIDDEN …) are the
+// sampled "request refused" event (infer.go, local.go).
 type reqLogger struct {
 	log   *slog.Logger
 	clock clock
 	info  RequestInfo
+	// sampler, when set, bounds these lines; stats counts those held back.
+	sampler *logSampler
+	stats   *Stats
 
 	backend  string
 	first    time.Time // first piece out of the engine
@@ -42,8 +48,20 @@ func (r *reqLogger) Generated(res backends.Result, err error, code serialproto.E
 
 func (r *reqLogger) Delivered(err error) {
 	now := r.clock.Now()
+	level := slog.LevelInfo
+	var suppressed int64
+	if r.sampler != nil {
+		var ok bool
+		if ok, suppressed = r.sampler.takeWithin("request", now, remoteRequestLines, remoteRequestLines); !ok {
+			r.stats.suppressed("request")
+			if !r.log.Enabled(context.Background(), slog.LevelDebug) {
+				return
+			}
+			level = slog.LevelDebug // held back: per-request detail for whoever turns debug on
+		}
+	}
 	outcome := Outcome(r.genErr, r.code)
-	attrs := make([]slog.Attr, 0, 12)
+	attrs := make([]slog.Attr, 0, 13)
 	attrs = append(attrs,
 		slog.String("device", r.info.Device),
 		slog.String("link", r.info.Link),
@@ -73,5 +91,8 @@ func (r *reqLogger) Delivered(err error) {
 	default:
 		attrs = append(attrs, slog.String("outcome", outcome))
 	}
-	r.log.LogAttrs(context.Background(), slog.LevelInfo, "request", attrs...) // the request's context has ended
+	if suppressed > 0 {
+		attrs = append(attrs, slog.Int64("suppressed", suppressed))
+	}
+	r.log.LogAttrs(context.Background(), level, "request", attrs...) // the request's context has ended
 }

@@ -2,12 +2,16 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/mcpd-project/mcpd/clients/device"
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // Every finished request — a device's over UDP, a failed one, a local
@@ -54,5 +58,87 @@ func TestOneLogLinePerRequest(t *testing.T) {
 		if !strings.Contains(line, part) {
 			t.Errorf("failed request's line %q lacks %q", line, part)
 		}
+	}
+}
+
+// TestRequestLinesBounded: a device asking many times in one second gets
+// remoteRequestLines request lines at info, the rest counted (and written
+// at debug); the first line of the next second says how many were held
+// back. A flood of refused INFERs is sampled the same way ("request
+// refused"). The daemon's clock is fake, so "one second" is the test's.
+func TestRequestLinesBounded(t *testing.T) {
+	logs := &logRecords{}
+	e := &testEngine{}
+	clk := newFakeClock()
+	d, err := newDaemon(Config{PeerRate: -1, DefaultMaxTokens: 1000}, e, slog.New(logs), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := runDaemon(t, d)
+	c := dial(t, addr, device.Config{DeviceID: "chatty"})
+	const n = 3 * remoteRequestLines
+	for range n {
+		if _, _, err := ask(t, c, "again"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return d.Stats().SuppressedLogs()["request"] == n-remoteRequestLines })
+	if got := logs.count(slog.LevelInfo, "request"); got != remoteRequestLines {
+		t.Fatalf("%d request lines at info for %d requests in one second, want %d", got, n, remoteRequestLines)
+	}
+	if got := logs.count(slog.LevelDebug, "request"); got != n-remoteRequestLines {
+		t.Fatalf("%d held-back request lines at debug, want %d", got, n-remoteRequestLines)
+	}
+	clk.Advance(time.Second)
+	if _, _, err := ask(t, c, "a second later"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return logs.count(slog.LevelInfo, "request") == remoteRequestLines+1 })
+	last := logs.matching(slog.LevelInfo, "request")[remoteRequestLines]
+	if want := fmt.Sprintf(" suppressed=%d", n-remoteRequestLines); !strings.HasSuffix(last, want) {
+		t.Fatalf("next second's line %q lacks %q", last, want)
+	}
+
+	// Refused INFERs: the engine is held, the queue is off, so a second
+	// device's INFERs are refused BUSY — a flood of them, sampled.
+	refLogs := &logRecords{}
+	hog := &testEngine{release: make(chan struct{})}
+	held, err := newDaemon(Config{PeerRate: -1, MaxConcurrent: 1, MaxQueue: -1}, hog, slog.New(refLogs), newFakeClock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	heldAddr, _ := runDaemon(t, held)
+	var release sync.Once
+	free := func() { release.Do(func() { close(hog.release) }) }
+	t.Cleanup(free)
+	holder := dial(t, heldAddr, device.Config{DeviceID: "holder"})
+	holderDone := make(chan error, 1)
+	go func() { _, _, err := ask(t, holder, "hold"); holderDone <- err }()
+	waitFor(t, func() bool { return held.Stats().Accepted.Load() == 1 })
+	tr := rawSession(t, heldAddr, "refused")
+	const refusals = 100 // seqs from 10: the HELLO took 1
+
+	for i := range refusals {
+		if err := tr.Send(rawInfer(t, uint8(i+10), "let me in")); err != nil {
+			t.Fatal(err)
+		}
+		f, err := tr.Recv(time.Now().Add(2 * time.Second))
+		if err != nil || f.Cmd != serialproto.CmdError {
+			t.Fatalf("INFER %d: want ERROR BUSY, got %v %v", i, f, err)
+		}
+	}
+	waitFor(t, func() bool { return held.Stats().SuppressedLogs()["request refused"] == refusals-remoteLinesPerEvent })
+	lines := refLogs.matching(slog.LevelInfo, "request refused")
+	if len(lines) != remoteLinesPerEvent {
+		t.Fatalf("%d refusal lines at info for %d refusals, want %d", len(lines), refusals, remoteLinesPerEvent)
+	}
+	for _, part := range []string{"device=refused", "link=udp:", "code=BUSY", "reason="} {
+		if !strings.Contains(lines[0], part) {
+			t.Errorf("refusal line %q lacks %q", lines[0], part)
+		}
+	}
+	free() // the held request ends before the daemons stop
+	if err := <-holderDone; err != nil {
+		t.Fatal(err)
 	}
 }
