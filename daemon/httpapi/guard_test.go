@@ -144,51 +144,60 @@ func (e *floodEngine) Close() error                  { return nil }
 // TestStreamCutsAClientThatStopsReading: a client that asks and then
 // reads nothing fills the stream's bounded buffer; its request is
 // cancelled (the engine's emit fails) and its connection cut, and the only
-// engine slot serves the next request.
+// engine slot serves the next request — on every streaming endpoint, the
+// Ollama- and OpenAI-compatible ones included.
 func TestStreamCutsAClientThatStopsReading(t *testing.T) {
-	e := &floodEngine{}
-	f := start(t, daemon.Config{MaxConcurrent: 1, MaxTokens: 100000, DefaultMaxTokens: 100000}, e)
-	conn, err := net.Dial("tcp", f.http.Listener.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	// A small receive buffer fills sooner, but not below loopback's MSS:
-	// then the kernel stops sending window updates and the drain below
-	// waits on zero-window probes.
-	_ = conn.(*net.TCPConn).SetReadBuffer(128 << 10)
-	body := `{"prompt":"never read","max_tokens":100000}`
-	fmt.Fprintf(conn, "POST /v1/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
-	waitFor(t, func() bool {
-		e.mu.Lock()
-		defer e.mu.Unlock()
-		return len(e.ending) == 1
-	})
-	e.mu.Lock()
-	ended := e.ending[0]
-	e.mu.Unlock()
-	if ended == nil {
-		t.Fatal("the engine ran to the end for a client that reads nothing")
-	}
-	// The connection is cut: reading what the kernel buffered ends in EOF
-	// or a reset, not in a wait.
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	br := bufio.NewReader(conn)
-	n := 0
-	for {
-		l, err := br.ReadString('\n')
-		n += len(l)
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				t.Fatalf("the connection of a client that stopped reading stays open (%d bytes read)", n)
+	for _, tc := range []struct{ path, body string }{
+		{"/v1/generate", `{"prompt":"never read","max_tokens":100000}`},
+		{"/api/generate", `{"model":"flood","prompt":"never read","options":{"num_predict":100000}}`},
+		{"/api/chat", `{"model":"flood","messages":[{"role":"user","content":"never read"}],"options":{"num_predict":100000}}`},
+		{"/v1/chat/completions", `{"model":"flood","messages":[{"role":"user","content":"never read"}],"stream":true,"max_tokens":100000}`},
+	} {
+		t.Run(strings.TrimPrefix(tc.path, "/"), func(t *testing.T) {
+			e := &floodEngine{}
+			f := start(t, daemon.Config{MaxConcurrent: 1, MaxTokens: 100000, DefaultMaxTokens: 100000}, e)
+			conn, err := net.Dial("tcp", f.http.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
 			}
-			break
-		}
-	}
-	resp, lines := f.generate(t, `{"prompt":"next","max_tokens":3}`)
-	if resp.StatusCode != 200 || len(lines) != 4 || !lines[3].Done {
-		t.Fatalf("the next request: %d %+v", resp.StatusCode, len(lines))
+			defer conn.Close()
+			// A small receive buffer fills sooner, but not below loopback's MSS:
+			// then the kernel stops sending window updates and the drain below
+			// waits on zero-window probes.
+			_ = conn.(*net.TCPConn).SetReadBuffer(128 << 10)
+			fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", tc.path, len(tc.body), tc.body)
+			waitFor(t, func() bool {
+				e.mu.Lock()
+				defer e.mu.Unlock()
+				return len(e.ending) == 1
+			})
+			e.mu.Lock()
+			ended := e.ending[0]
+			e.mu.Unlock()
+			if ended == nil {
+				t.Fatal("the engine ran to the end for a client that reads nothing")
+			}
+			// The connection is cut: reading what the kernel buffered ends in EOF
+			// or a reset, not in a wait.
+			_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			br := bufio.NewReader(conn)
+			n := 0
+			for {
+				l, err := br.ReadString('\n')
+				n += len(l)
+				if err != nil {
+					var ne net.Error
+					if errors.As(err, &ne) && ne.Timeout() {
+						t.Fatalf("the connection of a client that stopped reading stays open (%d bytes read)", n)
+					}
+					break
+				}
+			}
+			resp, lines := f.generate(t, `{"prompt":"next","max_tokens":3}`)
+			if resp.StatusCode != 200 || len(lines) != 4 || !lines[3].Done {
+				t.Fatalf("the next request: %d %+v", resp.StatusCode, len(lines))
+			}
+		})
 	}
 }
 
