@@ -405,7 +405,7 @@ func openAIStop(raw json.RawMessage) ([]string, error) {
 
 func openAIError(w http.ResponseWriter, status int, code serialproto.ErrorCode, msg string) {
 	retryAfter(w, status)
-	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": openAIErrorType(status), "code": code.String()}})
+	writeCompact(w, status, map[string]any{"error": map[string]any{"message": msg, "type": openAIErrorType(status), "code": code.String()}})
 }
 
 func openAIErrorType(status int) string {

@@ -2,9 +2,12 @@ package httpapi
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -218,6 +221,77 @@ func TestOpenAIChatCompletions(t *testing.T) {
 		r.Body.Close()
 		if r.StatusCode != 400 || e.Error.Type != "invalid_request_error" || e.Error.Message == "" {
 			t.Errorf("%s: %d %+v", body, r.StatusCode, e)
+		}
+	}
+}
+
+// TestGuardRefusalsAreOneLine: the guard's refusals are one line of JSON
+// in the asked API's error shape. The official Ollama client, naming the
+// API by a host it may not use (a DNS-rebinding name), gets a clean
+// StatusError carrying the reason — a multi-line body read line by line
+// gave it "{" as the error.
+func TestGuardRefusalsAreOneLine(t *testing.T) {
+	f := start(t, daemon.Config{}, &echoEngine{})
+	addr := f.http.Listener.Addr().String()
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse("http://rebound.example:" + port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dialer net.Dialer
+	c := api.NewClient(u, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, network, addr)
+		},
+	}})
+	ctx := context.Background()
+	wantRefusal := func(what string, err error) {
+		t.Helper()
+		var se api.StatusError
+		if !errors.As(err, &se) || se.StatusCode != http.StatusMisdirectedRequest || se.ErrorMessage != "FORBIDDEN: host not allowed: name this API by a loopback address or a configured host" {
+			t.Errorf("%s through a foreign host: %#v", what, err)
+		}
+	}
+	wantRefusal("generate", c.Generate(ctx, &api.GenerateRequest{Model: "echo-model", Prompt: "hi"}, func(api.GenerateResponse) error { return nil }))
+	wantRefusal("chat", c.Chat(ctx, &api.ChatRequest{Model: "echo-model", Messages: []api.Message{{Role: "user", Content: "hi"}}}, func(api.ChatResponse) error { return nil }))
+	_, err = c.List(ctx)
+	wantRefusal("list", err)
+
+	// A form POST (which a page may send cross-origin) to each API: one
+	// line, in that API's shape.
+	for _, tc := range []struct {
+		path string
+		ok   func(body []byte) bool
+	}{
+		{"/api/generate", func(b []byte) bool {
+			var v struct{ Error string }
+			return json.Unmarshal(b, &v) == nil && v.Error == "FORBIDDEN: Content-Type must be application/json"
+		}},
+		{"/v1/chat/completions", func(b []byte) bool {
+			var v struct {
+				Error struct{ Message, Type, Code string }
+			}
+			return json.Unmarshal(b, &v) == nil && v.Error.Code == "FORBIDDEN" && v.Error.Message == "Content-Type must be application/json" && v.Error.Type == "invalid_request_error"
+		}},
+		{"/v1/generate", func(b []byte) bool {
+			var v GenerateLine
+			return json.Unmarshal(b, &v) == nil && v.Error != nil && v.Error.Code == "FORBIDDEN" && v.Error.Message == "Content-Type must be application/json"
+		}},
+	} {
+		resp, err := http.Post(f.http.URL+tc.path, "application/x-www-form-urlencoded", strings.NewReader("prompt=hi"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != http.StatusUnsupportedMediaType || bytes.Count(body, []byte("\n")) != 1 || body[len(body)-1] != '\n' || !tc.ok(body) {
+			t.Errorf("form POST to %s: %d %q", tc.path, resp.StatusCode, body)
 		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/mcpd-project/mcpd/serialproto"
 )
 
 // The API's defences (docs/observability.md, "HTTP API"): nothing on it is
@@ -51,19 +53,19 @@ func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.hostAllowed(r.Host) {
 			s.refused.Add(1)
-			writeRefusal(w, http.StatusMisdirectedRequest, "host not allowed: name this API by a loopback address or a configured host")
+			writeRefusal(w, r, http.StatusMisdirectedRequest, "host not allowed: name this API by a loopback address or a configured host")
 			return
 		}
 		if o := r.Header.Get("Origin"); o != "" && !s.originAllowed(o) {
 			s.refused.Add(1)
-			writeRefusal(w, http.StatusForbidden, "origin not allowed")
+			writeRefusal(w, r, http.StatusForbidden, "origin not allowed")
 			return
 		}
 		if r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
 			mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 			if err != nil || mt != "application/json" {
 				s.refused.Add(1)
-				writeRefusal(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+				writeRefusal(w, r, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
 				return
 			}
 		}
@@ -71,8 +73,20 @@ func (s *Server) guard(next http.Handler) http.Handler {
 	})
 }
 
-func writeRefusal(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, GenerateLine{Error: &Error{Code: "FORBIDDEN", Message: msg}})
+// writeRefusal answers a request the guard refuses, in the error shape of
+// the API it asked: Ollama's {"error":"…"} on /api/*, OpenAI's on its
+// paths, mcpd's own elsewhere — always one line of JSON, since Ollama's
+// streaming client reads the body line by line and takes a line that is
+// not a whole JSON object as the error itself ("{").
+func writeRefusal(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	switch p := r.URL.Path; {
+	case strings.HasPrefix(p, "/api/"):
+		ollamaError(w, status, serialproto.CodeForbidden, msg)
+	case p == "/v1/chat/completions" || p == "/v1/models":
+		openAIError(w, status, serialproto.CodeForbidden, msg)
+	default:
+		writeError(w, status, serialproto.CodeForbidden, msg)
+	}
 }
 
 // hostAllowed: the Host header names a loopback address or "localhost"

@@ -361,8 +361,10 @@ func stopName(s backends.StopReason) string {
 	return "eos"
 }
 
+// writeError answers with an error as one line of JSON (writeCompact):
+// line-reading clients take every line for a whole object.
 func writeError(w http.ResponseWriter, status int, code serialproto.ErrorCode, msg string) {
-	writeJSON(w, status, GenerateLine{Error: &Error{Code: code.String(), Message: msg, Retryable: code.Retryable()}})
+	writeCompact(w, status, GenerateLine{Error: &Error{Code: code.String(), Message: msg, Retryable: code.Retryable()}})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
