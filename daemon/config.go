@@ -84,7 +84,7 @@ func (c Config) WithDefaults() Config {
 	case c.MaxQueue < 0:
 		c.MaxQueue = 0
 	}
-	def(&c.MaxHistory, 16)
+	def(&c.MaxHistory, 20) // a 10-turn chat whole: docs/caching.md
 	def(&c.MaxMessage, serialproto.DefaultMaxMessage)
 	def(&c.MaxRetransmits, 8)
 	def(&c.DefaultMaxTokens, 128)

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -652,6 +653,82 @@ func TestStreamInvariant(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// TestDefaultHistoryHoldsTenTurns: with the default MaxHistory a 10-turn
+// chat reaches its tenth turn with all nine earlier turns, so no turn of
+// it starts its prompt differently from the turn before (the target of
+// mcpctl bench --scenario chat, docs/caching.md).
+func TestDefaultHistoryHoldsTenTurns(t *testing.T) {
+	e := &testEngine{}
+	_, addr := startDaemon(t, Config{}, e)
+	c := dial(t, addr, device.Config{DeviceID: "ten"})
+	for turn := range 10 {
+		if _, _, err := ask(t, c, fmt.Sprintf("turn %d", turn)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reqs := e.requests()
+	for i := 1; i < len(reqs); i++ {
+		if prev, cur := reqs[i-1].Messages, reqs[i].Messages; !startsWith(cur, prev) {
+			t.Fatalf("request %d does not start as request %d did:\n%+v\n%+v", i+1, i, cur, prev)
+		}
+	}
+	if tenth := reqs[9].Messages; len(tenth) != 19 || tenth[0].Content != "turn 0" {
+		t.Fatalf("tenth request: %d messages, want 19: %+v", len(tenth), tenth)
+	}
+}
+
+// startsWith reports whether msgs starts with every message of prefix.
+func startsWith(msgs, prefix []backends.Message) bool {
+	return len(msgs) >= len(prefix) && slices.Equal(msgs[:len(prefix)], prefix)
+}
+
+// TestContextTrimKeepsPrefix: when the conversation outgrows the model's
+// context, the daemon drops the older half of the history at once, so the
+// turns after a drop start their prompts as the turn before did (what an
+// engine's KV cache reuses) until the context is full again; dropping the
+// oldest turn alone would change the prompt's start at every turn once
+// the context is full. Answers stay those of the engine for each prompt.
+func TestContextTrimKeepsPrefix(t *testing.T) {
+	const ctxWords, turns = 100, 20
+	e := &testEngine{contextTotal: ctxWords}
+	d, addr := startDaemon(t, Config{DefaultMaxTokens: 1000, MaxHistory: 1000}, e)
+	c := dial(t, addr, device.Config{DeviceID: "long"})
+	system := func(m *serialproto.Infer) { m.Set, m.System = m.Set.With(serialproto.OptSystem), "be brief please" }
+	for turn := range turns {
+		prompt := fmt.Sprintf("turn %d: how warm is it now", turn)
+		if text, _, err := ask(t, c, prompt, system); err != nil || text != answerFor(prompt) {
+			t.Fatalf("turn %d: %q %v", turn, text, err)
+		}
+	}
+	var ran [][]backends.Message // the conversation each turn ran with
+	for _, r := range e.requests() {
+		n := 0
+		for _, m := range r.Messages {
+			n += len(strings.Fields(m.Content))
+		}
+		if n <= ctxWords {
+			ran = append(ran, r.Messages)
+		}
+	}
+	if len(ran) != turns {
+		t.Fatalf("%d conversations ran, want %d", len(ran), turns)
+	}
+	changed := 0
+	for i := 1; i < len(ran); i++ {
+		if !startsWith(ran[i], ran[i-1]) {
+			changed++
+		}
+	}
+	// 15 words a turn, 10 for the system and new prompts: 6 turns fit; at
+	// the 7th the history halves to 3, then grows back to 6: the start
+	// changes at turns 7, 11, 15 and 19 (one turn in four), where dropping
+	// one turn at a time changes it at every turn from the 7th (14 times).
+	trims := d.Stats().HistoryTrimmed.Load()
+	if changed == 0 || trims == 0 || changed > turns/4 {
+		t.Fatalf("the prompt's start changed at %d of %d turns (%d trims); want 1..%d", changed, turns, trims, turns/4)
+	}
 }
 
 // TestHistoryTrimmedToContext: a conversation that outgrows the model's

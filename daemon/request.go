@@ -87,7 +87,7 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 	// The engine's turn is the source's (an IP address, a serial port):
 	// device ids are free to choose, so one host asking under many ids is
 	// still one turn.
-	return d.generate(r.ctx, "source:"+r.s.source, request, r.s.dropOldestTurn, r.obs, func(piece []byte) error {
+	return d.generate(r.ctx, "source:"+r.s.source, request, r.s.dropOldTurns, r.obs, func(piece []byte) error {
 		answer.Write(piece)
 		return r.st.write(piece)
 	})
@@ -98,8 +98,8 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 // request that request builds: the one way to the engine for devices' and
 // local requests alike, watched by the liveness check and the request's
 // observer (obs may be nil). When the engine finds the prompt too long for
-// its context before any output and shrink (may be nil) drops the
-// conversation's oldest turn, the request is built and run again, in the
+// its context before any output and shrink (may be nil) drops old turns
+// of the conversation, the request is built and run again, in the
 // same slot (docs/protocol.md §10).
 func (d *Daemon) generate(ctx context.Context, holder string, request func() backends.Request, shrink func() bool, obs RequestObserver, emit backends.Emit) (backends.Result, error) {
 	release, err := d.admission.slot(ctx, holder)

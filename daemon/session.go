@@ -282,17 +282,24 @@ func (s *session) conversation(m *serialproto.Infer) []backends.Message {
 	return append(msgs, backends.Message{Role: backends.RoleUser, Content: m.Prompt})
 }
 
-// dropOldestTurn forgets the oldest whole turn (a prompt and its answer)
-// of the chat history, when the conversation does not fit the model's
-// context; the system prompt, which comes with each INFER, and the new
-// prompt stay. It reports whether there was a turn to drop.
-func (s *session) dropOldestTurn() bool {
+// dropOldTurns forgets the older half of the chat history, in whole turns
+// (a prompt and its answer), when the conversation does not fit the
+// model's context; the system prompt, which comes with each INFER, and the
+// new prompt stay. It reports whether there was a turn to drop. Half, not
+// the oldest turn alone, for the reason remember drops in bulk: each drop
+// changes the start of the prompt and costs the engine's KV reuse, and a
+// chat whose window is full would otherwise drop one turn — and evaluate
+// its whole history again — at every turn. After a halving the prompt keeps
+// its start until the context is full again (generate calls this again
+// while the prompt is still too long).
+func (s *session) dropOldTurns() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.history) < 2 {
 		return false
 	}
-	s.history = append(s.history[:0:0], s.history[2:]...)
+	keep := len(s.history) / 2 &^ 1 // whole turns
+	s.history = append(s.history[:0:0], s.history[len(s.history)-keep:]...)
 	return true
 }
 

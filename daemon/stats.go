@@ -30,7 +30,7 @@ type Stats struct {
 	Evicted                                         atomic.Int64 // idle sessions closed to make room
 	Retransmits                                     atomic.Int64 // stream chunks sent again
 	LogSuppressed                                   atomic.Int64 // remote-caused log lines held back (logsample.go)
-	HistoryTrimmed                                  atomic.Int64 // chat turns dropped to fit the model's context
+	HistoryTrimmed                                  atomic.Int64 // times a chat history was halved to fit the model's context
 	Unanswered                                      atomic.Int64 // answers to unproven sources not sent: they would reflect more bytes than came
 
 	links  sync.Map // link name → *linkCounters

@@ -3,6 +3,7 @@ package llamacpp
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -36,8 +37,22 @@ type line struct {
 	user string
 }
 
-// play runs the lines on e and returns each answer and result.
-func play(t *testing.T, e *Engine, system []bool, lines []line) ([]string, []backends.Result) {
+// halve drops the older half of the chat's history in whole turns, as the
+// daemon does when a conversation outgrows its window or the context
+// (daemon/session.go); a system prompt stays.
+func (c *chat) halve() {
+	var system []backends.Message
+	history := c.msgs
+	if len(history) > 0 && history[0].Role == backends.RoleSystem {
+		system, history = history[:1], history[1:]
+	}
+	keep := len(history) / 2 &^ 1
+	c.msgs = append(append([]backends.Message(nil), system...), history[len(history)-keep:]...)
+}
+
+// play runs the lines on e and returns each answer and result; before the
+// lines whose index halveAt holds, the speaking chat's history halves.
+func play(t *testing.T, e *Engine, system []bool, lines []line, halveAt ...int) ([]string, []backends.Result) {
 	t.Helper()
 	chats := make([]chat, len(system))
 	for i, s := range system {
@@ -47,7 +62,10 @@ func play(t *testing.T, e *Engine, system []bool, lines []line) ([]string, []bac
 	}
 	var texts []string
 	var results []backends.Result
-	for _, l := range lines {
+	for i, l := range lines {
+		if slices.Contains(halveAt, i) {
+			chats[l.chat].halve()
+		}
 		text, res := chats[l.chat].turn(t, e, l.user)
 		texts = append(texts, text)
 		results = append(results, res)
@@ -67,6 +85,7 @@ func TestKVReuse(t *testing.T) {
 		parallel int
 		system   []bool
 		lines    []line
+		halveAt  []int // lines before which the chat's history halves
 		check    func(t *testing.T, res []backends.Result, st Stats)
 	}{
 		{
@@ -116,18 +135,37 @@ func TestKVReuse(t *testing.T) {
 				}
 			},
 		},
+		{
+			// The daemon's window drops the older half of a chat: the
+			// prompt then differs from the cache after the system
+			// prompt, and the turns after it reuse the halved prompt.
+			name: "halved history", parallel: 2, system: []bool{true},
+			lines: []line{{0, "Hello, world"}, {0, "sensor 7 humidity 40%"}, {0, "What time is it?"},
+				{0, "zzz"}, {0, "east bed?"}, {0, "west bed?"}},
+			halveAt: []int{4},
+			check: func(t *testing.T, res []backends.Result, st Stats) {
+				if res[4].PromptCached == 0 || res[4].PromptCached >= res[3].PromptTokens {
+					t.Errorf("halved turn: %d of %d prompt tokens cached, the turn before had %d",
+						res[4].PromptCached, res[4].PromptTokens, res[3].PromptTokens)
+				}
+				if res[5].PromptCached < res[4].PromptTokens {
+					t.Errorf("turn after the halving: %d of %d prompt tokens cached, the halved turn had %d",
+						res[5].PromptCached, res[5].PromptTokens, res[4].PromptTokens)
+				}
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			whole := newEngine(t, path, Config{Parallel: tc.parallel, NoKVReuse: true, SequenceContext: 512})
-			want, wantRes := play(t, whole, tc.system, tc.lines)
+			want, wantRes := play(t, whole, tc.system, tc.lines, tc.halveAt...)
 			for i, r := range wantRes {
 				if r.PromptCached != 0 {
 					t.Fatalf("NoKVReuse: turn %d had %d prompt tokens cached", i+1, r.PromptCached)
 				}
 			}
 			e := newEngine(t, path, Config{Parallel: tc.parallel, SequenceContext: 512})
-			got, res := play(t, e, tc.system, tc.lines)
+			got, res := play(t, e, tc.system, tc.lines, tc.halveAt...)
 			for i := range want {
 				if got[i] != want[i] || res[i].Tokens != wantRes[i].Tokens || res[i].Stop != wantRes[i].Stop {
 					t.Errorf("line %d: %q (%d tokens), evaluated whole: %q (%d)", i+1, got[i], res[i].Tokens,

@@ -46,7 +46,7 @@ func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 	on := fs.Bool("cache", false, "answer deterministic requests (temperature 0 or a seed) seen before from memory")
 	mib := fs.Int("cache-mib", 0, fmt.Sprintf("response cache budget in MiB (default %d)", defaultCacheMiB))
 	noKV := fs.Bool("no-kv-reuse", false, "evaluate every prompt whole instead of reusing the engine's KV cache (for comparisons)")
-	history := fs.Int("max-history", 0, "chat messages (user and assistant) kept per device session (default 16)")
+	history := fs.Int("max-history", 0, "chat messages (user and assistant) kept per device session (default 20)")
 	return func(cfg *config, set map[string]bool) {
 		if set["max-history"] {
 			cfg.Limits.MaxHistory = *history

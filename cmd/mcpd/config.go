@@ -83,7 +83,7 @@ type config struct {
 		ShutdownDrain        duration `toml:"shutdown_drain"`          // SIGTERM: how long in-flight requests may finish
 		EngineStall          duration `toml:"engine_stall"`            // an engine call silent this long stops the watchdog
 		MinRTO               duration `toml:"min_rto"`                 // floor of the adaptive UDP RTO (protocol.md §7.2); default 100ms
-		MaxHistory           int      `toml:"max_history"`             // chat messages kept per device session (default 16)
+		MaxHistory           int      `toml:"max_history"`             // chat messages kept per device session (default 20)
 	} `toml:"limits"`
 	Policy policyConfig `toml:"policy"`
 	// Schemas are the answer constraints devices name by id
