@@ -31,6 +31,7 @@ func (s *session) infer(f serialproto.Frame) {
 		return
 	case errors.Is(err, serialproto.ErrBusy):
 		s.d.stats.refused(s.peer.LinkName(), serialproto.CodeBusy)
+		s.d.remoteLog(slog.LevelInfo, "request refused", "device", s.deviceID, "link", s.peer.LinkName(), "seq", f.Seq, "code", "BUSY", "reason", "too many messages in reassembly")
 		s.send(f.Seq, serialproto.NewError(serialproto.CodeBusy, "too many messages in reassembly"))
 		return
 	case errors.Is(err, serialproto.ErrTooLarge):

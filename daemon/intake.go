@@ -127,10 +127,12 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 		if res.outcome == helloReplayed {
 			d.countAuth(serialproto.ErrReplay)
 		}
+		e := helloRefusal(res)
 		if res.outcome == helloFull || res.outcome == helloSourceFull || res.outcome == helloDeviceFull {
 			d.stats.refused(p.LinkName(), serialproto.CodeBusy)
+			d.remoteLog(slog.LevelInfo, "HELLO refused", "device", h.DeviceID, "peer", p.Key(), "code", e.Code.String(), "reason", e.Text)
 		}
-		d.send(p, f.Seq, helloRefusal(res))
+		d.send(p, f.Seq, e)
 	}
 }
 

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"regexp"
@@ -139,6 +140,49 @@ func TestRequestLinesBounded(t *testing.T) {
 	}
 	free() // the held request ends before the daemons stop
 	if err := <-holderDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBusyHelloLinesBounded: HELLOs refused BUSY for a full session table
+// get a sampled "HELLO refused" line — remoteLinesPerEvent in one second,
+// the rest counted.
+func TestBusyHelloLinesBounded(t *testing.T) {
+	logs := &logRecords{}
+	e := &testEngine{release: make(chan struct{})}
+	var once sync.Once
+	free := func() { once.Do(func() { close(e.release) }) }
+	t.Cleanup(free)
+	d, err := newDaemon(Config{PeerRate: -1, MaxSessions: 1}, e, slog.New(logs), newFakeClock())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, _ := runDaemon(t, d)
+	// The only session, busy being served: nobody to evict.
+	holder := dial(t, addr, device.Config{DeviceID: "first"})
+	held := make(chan error, 1)
+	go func() { _, _, err := ask(t, holder, "hold"); held <- err }()
+	waitFor(t, func() bool { return e.calls.Load() == 1 })
+	const n = 40
+	for i := range n {
+		tr, err := device.DialUDP(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = device.New(tr, device.Config{DeviceID: fmt.Sprintf("late-%d", i)}).Hello(context.Background())
+		tr.Close()
+		var perr *serialproto.Error
+		if !errors.As(err, &perr) || perr.Code != serialproto.CodeBusy {
+			t.Fatalf("HELLO %d with the table full: want ERROR BUSY, got %v", i, err)
+		}
+	}
+	waitFor(t, func() bool { return d.Stats().SuppressedLogs()["HELLO refused"] == n-remoteLinesPerEvent })
+	lines := logs.matching(slog.LevelInfo, "HELLO refused")
+	if len(lines) != remoteLinesPerEvent || !strings.Contains(lines[0], "device=late-0") || !strings.Contains(lines[0], "code=BUSY reason=too many sessions") {
+		t.Fatalf("%d lines at info for %d busy HELLOs, want %d: %q", len(lines), n, remoteLinesPerEvent, lines)
+	}
+	free()
+	if err := <-held; err != nil {
 		t.Fatal(err)
 	}
 }
