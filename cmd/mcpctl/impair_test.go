@@ -149,8 +149,12 @@ func TestImpairReplay(t *testing.T) {
 			t.Fatalf("the peer saw %d copies of the PING, want the original and its replay", len(got))
 		}
 	}
-	if late := got[1].at.Sub(got[0].at); got[1].seq != 9 || late < 200*time.Millisecond {
-		t.Fatalf("the copy came %v after the original, want at least 200 ms", late)
+	// The proxy times the copy from when it forwarded the original; this
+	// reader timestamps both only when its goroutine runs, so the original
+	// may be stamped a little late (199.97 ms was seen on a loaded box).
+	// What matters is that the copy is late, not immediate.
+	if late := got[1].at.Sub(got[0].at); got[1].seq != 9 || late < 180*time.Millisecond {
+		t.Fatalf("the copy came %v after the original, want about 200 ms (at least 180)", late)
 	}
 	cancel()
 	if err := <-done; err != nil {
