@@ -61,9 +61,16 @@ func runDaemon(tb testing.TB, d *Daemon) (addr string, stop func()) {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return l.Addr().String(), runLinks(tb, d, l)
+}
+
+// runLinks runs d on links until the returned stop (also run at cleanup,
+// once) cancels it and waits for Run to return, reporting its error.
+func runLinks(tb testing.TB, d *Daemon, links ...Link) (stop func()) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, l) }()
+	go func() { done <- d.Run(ctx, links...) }()
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -79,7 +86,7 @@ func runDaemon(tb testing.TB, d *Daemon) (addr string, stop func()) {
 		})
 	}
 	tb.Cleanup(stop)
-	return l.Addr().String(), stop
+	return stop
 }
 
 // testLogger discards logs unless MCPD_TEST_LOG is set.

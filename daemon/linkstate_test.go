@@ -65,17 +65,7 @@ func runSerialLink(t *testing.T, spec string, log *slog.Logger) *Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, NewSerialLink(sc, log)) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	})
+	runLinks(t, d, NewSerialLink(sc, log))
 	return d
 }
 

@@ -68,24 +68,7 @@ func startMQTTDaemon(t *testing.T, d *Daemon, mc MQTTConfig, wait bool) (link *M
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, udp, link) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("daemon: %v", err)
-				}
-			case <-time.After(15 * time.Second):
-				t.Error("daemon did not stop")
-			}
-		})
-	}
-	t.Cleanup(stop)
+	stop = runLinks(t, d, udp, link)
 	if wait {
 		waitFor(t, link.Connected)
 	}

@@ -48,17 +48,7 @@ func startSerialDaemon(t *testing.T, cfg Config, e *testEngine, path string) *Da
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, NewSerialLink(sc, log)) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	})
+	runLinks(t, d, NewSerialLink(sc, log))
 	return d
 }
 
@@ -251,17 +241,7 @@ func TestCorruptFramesKeepSerialSessionAlive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, NewSerialLink(sc, testLogger())) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			t.Error("daemon did not stop")
-		}
-	})
+	runLinks(t, d, NewSerialLink(sc, testLogger()))
 	tr := device.NewStream(master)
 	defer tr.Close()
 	c := device.New(tr, device.Config{DeviceID: "noisy", MaxData: 128, Window: 2, RTO: 200 * time.Millisecond, Retries: 5})
