@@ -221,31 +221,7 @@ func harnessFor(b *testing.B, path string, threads, seqCtx int, msgs []backends.
 // asked by a device over UDP; interleaved. The fake's answer takes no
 // time, so the ratio (device/client) is the whole cost of our path.
 func BenchmarkOllamaPath(b *testing.B) {
-	tokens := make([]string, maxTokens)
-	for i := range tokens {
-		tokens[i] = " tok" + strconv.Itoa(i)
-	}
-	srv, err := ollamatest.New(ollamatest.Config{Tokens: tokens})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(srv.Close)
-	u, err := url.Parse(srv.URL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	stream := true
-	chat := &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: prompt}}, Stream: &stream,
-		Options: map[string]any{"num_predict": maxTokens, "temperature": 0}}
-
-	client := api.NewClient(u, &http.Client{})
-	o, err := ollama.New(context.Background(), ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny",
-		Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { o.Close() })
-	c, _ := serve(b, o)
+	client, chat, c := ollamaPath(b, maxTokens, ollamatest.Config{})
 	interleave(b, []string{"client", "device"}, []func() int{
 		func() int {
 			n := 0
@@ -263,20 +239,16 @@ func BenchmarkOllamaPath(b *testing.B) {
 	})
 }
 
-// BenchmarkOllamaPathPaced: the Ollama path against a fake Ollama paced
-// like the real one serving the 135M model on the reference VM (issue 14:
-// 128 tokens in 0.54–0.62 s, first token after 9–40 ms) — 20 ms to the
-// first piece, then one piece per 4 ms — so that the ratio device/client
-// is the time a request gains through the daemon, as a fraction of what
-// Ollama alone takes (target ≤ 1.05). added-ms/op is that time itself.
-func BenchmarkOllamaPathPaced(b *testing.B) {
-	const n = 128
-	tokens := make([]string, n)
-	for i := range tokens {
-		tokens[i] = " tok" + strconv.Itoa(i)
+// ollamaPath serves n tokens from a fake Ollama (fake sets its pacing):
+// Ollama's own client and the chat request for it, the baseline; and a
+// device asking a daemon whose engine is our Ollama backend on that fake.
+func ollamaPath(b *testing.B, n int, fake ollamatest.Config) (*api.Client, *api.ChatRequest, *device.Client) {
+	b.Helper()
+	fake.Tokens = make([]string, n)
+	for i := range fake.Tokens {
+		fake.Tokens[i] = " tok" + strconv.Itoa(i)
 	}
-	srv, err := ollamatest.New(ollamatest.Config{Tokens: tokens, TokenDelay: 4 * time.Millisecond,
-		FirstTokenDelay: 20 * time.Millisecond})
+	srv, err := ollamatest.New(fake)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -288,7 +260,6 @@ func BenchmarkOllamaPathPaced(b *testing.B) {
 	stream := true
 	chat := &api.ChatRequest{Model: "tiny", Messages: []api.Message{{Role: "user", Content: prompt}}, Stream: &stream,
 		Options: map[string]any{"num_predict": n, "temperature": 0}}
-	client := api.NewClient(u, &http.Client{})
 	o, err := ollama.New(context.Background(), ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny",
 		Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -296,6 +267,18 @@ func BenchmarkOllamaPathPaced(b *testing.B) {
 	}
 	b.Cleanup(func() { o.Close() })
 	c, _ := serve(b, o)
+	return api.NewClient(u, &http.Client{}), chat, c
+}
+
+// BenchmarkOllamaPathPaced: the Ollama path against a fake Ollama paced
+// like the real one serving the 135M model on the reference VM (issue 14:
+// 128 tokens in 0.54–0.62 s, first token after 9–40 ms) — 20 ms to the
+// first piece, then one piece per 4 ms — so that the ratio device/client
+// is the time a request gains through the daemon, as a fraction of what
+// Ollama alone takes (target ≤ 1.05). added-ms/op is that time itself.
+func BenchmarkOllamaPathPaced(b *testing.B) {
+	const n = 128
+	client, chat, c := ollamaPath(b, n, ollamatest.Config{TokenDelay: 4 * time.Millisecond, FirstTokenDelay: 20 * time.Millisecond})
 	var direct, daemon time.Duration
 	interleave(b, []string{"client", "device"}, []func() int{
 		func() int {
