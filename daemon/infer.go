@@ -62,6 +62,10 @@ func (s *session) infer(f serialproto.Frame) {
 		s.refuse(f.Seq, serialproto.NewError(code, deviceText(err)))
 		return
 	}
+	if m.Set.Has(serialproto.OptToolsOn) { // §16 is not served yet: never answer without the tools
+		s.refuse(f.Seq, serialproto.NewError(serialproto.CodeUnsupportedOption, "TOOLS_ON: device tools not served yet"))
+		return
+	}
 	if e := s.allowModel(&m); e != nil {
 		s.refuse(f.Seq, e)
 		return

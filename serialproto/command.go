@@ -21,6 +21,10 @@ const (
 	CmdStatus      Command = 0x0C // device → daemon: ask for status
 	CmdStatusReply Command = 0x0D // daemon → device: backend, model, load
 	CmdBye         Command = 0x0E // either way: close the session
+	// Device tools (§16).
+	CmdTools      Command = 0x0F // device → daemon: declare the device's tools
+	CmdToolCall   Command = 0x10 // daemon → device: the model calls a tool (a stream chunk)
+	CmdToolResult Command = 0x11 // device → daemon: a tool call's result
 )
 
 var commandNames = [...]string{
@@ -38,6 +42,9 @@ var commandNames = [...]string{
 	CmdStatus:      "STATUS",
 	CmdStatusReply: "STATUS_REPLY",
 	CmdBye:         "BYE",
+	CmdTools:       "TOOLS",
+	CmdToolCall:    "TOOL_CALL",
+	CmdToolResult:  "TOOL_RESULT",
 }
 
 // Known reports whether c is in the version-1 command table.
@@ -50,7 +57,7 @@ func (c Command) Known() bool {
 // Every other command carries the seq of the request it belongs to.
 func (c Command) Request() bool {
 	switch c {
-	case CmdHello, CmdPing, CmdInfer, CmdStatus, CmdBye:
+	case CmdHello, CmdPing, CmdInfer, CmdStatus, CmdBye, CmdTools:
 		return true
 	}
 	return false
@@ -61,12 +68,19 @@ func (c Command) Request() bool {
 // UNEXPECTED before its body is looked at (§4).
 func (c Command) Travels(dir Direction) bool {
 	switch c {
-	case CmdHello, CmdInfer, CmdCancel, CmdStatus:
+	case CmdHello, CmdInfer, CmdCancel, CmdStatus, CmdTools, CmdToolResult:
 		return dir == DeviceToDaemon
-	case CmdWelcome, CmdToken, CmdDone, CmdStatusReply:
+	case CmdWelcome, CmdToken, CmdDone, CmdStatusReply, CmdToolCall:
 		return dir == DaemonToDevice
 	}
 	return c.Known()
+}
+
+// Fragmented reports whether c is always sent as a message of fragments
+// (§6): INFER, TOOLS and TOOL_RESULT. Every other command is one frame
+// without the FRAGMENT flag.
+func (c Command) Fragmented() bool {
+	return c == CmdInfer || c == CmdTools || c == CmdToolResult
 }
 
 func (c Command) String() string {

@@ -28,6 +28,8 @@ const (
 	CodeUnknownRequest     ErrorCode = 19
 	CodeInternal           ErrorCode = 20
 	CodeForbidden          ErrorCode = 21
+	CodeToolTimeout        ErrorCode = 22 // a device tool did not answer in time (§16)
+	CodeToolLimit          ErrorCode = 23 // too many tool calls, or a result too large (§16)
 )
 
 var errorCodes = [...]struct {
@@ -55,6 +57,8 @@ var errorCodes = [...]struct {
 	CodeUnknownRequest:     {"UNKNOWN_REQUEST", false},
 	CodeInternal:           {"INTERNAL", true},
 	CodeForbidden:          {"FORBIDDEN", false},
+	CodeToolTimeout:        {"TOOL_TIMEOUT", false},
+	CodeToolLimit:          {"TOOL_LIMIT", false},
 }
 
 // Known reports whether c is in the table.

@@ -29,9 +29,12 @@ const (
 	optCritical      OptionType = 0x80
 	// Critical options: a daemon that does not know them must refuse the
 	// INFER rather than answer in prose a device cannot parse.
-	OptSchema        OptionType = 0x81 // id of a schema the daemon has registered
-	OptSchemaJSON    OptionType = 0x82 // an inline JSON Schema of the subset
-	optCriticalLimit OptionType = 0x83
+	OptSchema     OptionType = 0x81 // id of a schema the daemon has registered
+	OptSchemaJSON OptionType = 0x82 // an inline JSON Schema of the subset
+	// OptToolsOn (empty): the request may call the session's declared
+	// tools (§16); a daemon without tools must refuse it.
+	OptToolsOn       OptionType = 0x83
+	optCriticalLimit OptionType = 0x84
 )
 
 // Infer is a prompt with its options. Set records which options are
@@ -163,7 +166,7 @@ func (m *Infer) field(t OptionType) (str *string, limit int, u8 *uint8, u16 *uin
 	case OptContext:
 		return nil, 0, nil, nil, &m.Context
 	}
-	return nil, 0, nil, nil, nil // OptNewChat: presence is the value
+	return nil, 0, nil, nil, nil // OptNewChat, OptToolsOn: presence is the value
 }
 
 func badString(t OptionType, limit int) error {

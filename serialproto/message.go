@@ -60,6 +60,12 @@ func NewMessage(cmd Command) (Message, error) {
 		return new(StatusReply), nil
 	case CmdBye:
 		return new(Bye), nil
+	case CmdTools:
+		return new(Tools), nil
+	case CmdToolCall:
+		return new(ToolCall), nil
+	case CmdToolResult:
+		return new(ToolResult), nil
 	}
 	return nil, fmt.Errorf("%w: %s", ErrUnknownCommand, cmd)
 }

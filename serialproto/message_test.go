@@ -58,7 +58,7 @@ func TestInferOptionLimits(t *testing.T) {
 }
 
 func TestErrorCodes(t *testing.T) {
-	for c := ErrorCode(1); c <= CodeInternal; c++ {
+	for c := ErrorCode(1); c <= CodeToolLimit; c++ {
 		if !c.Known() || strings.HasPrefix(c.String(), "ERROR_CODE") {
 			t.Fatalf("code %d has no name", c)
 		}
@@ -89,6 +89,7 @@ func TestCommandRoles(t *testing.T) {
 		CmdInfer: {d2m, true}, CmdToken: {m2d, false}, CmdDone: {m2d, false}, CmdError: {both, false},
 		CmdCancel: {d2m, false}, CmdAck: {both, false}, CmdNack: {both, false}, CmdStatus: {d2m, true},
 		CmdStatusReply: {m2d, false}, CmdBye: {both, true},
+		CmdTools: {d2m, true}, CmdToolCall: {m2d, false}, CmdToolResult: {d2m, false},
 	}
 	for c := range Command(64) {
 		want, known := table[c]
@@ -97,6 +98,9 @@ func TestCommandRoles(t *testing.T) {
 		}
 		if c.Request() != want.request || (!known && c.Request()) {
 			t.Errorf("%v.Request() = %v", c, c.Request())
+		}
+		if frag := c == CmdInfer || c == CmdTools || c == CmdToolResult; c.Fragmented() != frag {
+			t.Errorf("%v.Fragmented() = %v", c, c.Fragmented())
 		}
 	}
 }

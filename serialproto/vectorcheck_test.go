@@ -106,6 +106,8 @@ func frameErrClass(err error) string {
 		return "unsupported_option"
 	case errors.Is(err, ErrMalformed):
 		return "malformed"
+	case errors.Is(err, ErrTooLarge):
+		return "too_large"
 	case errors.Is(err, ErrBadTag):
 		return "badtag"
 	case errors.Is(err, ErrReplay):
@@ -121,6 +123,16 @@ func frameErrClass(err error) string {
 // checkVectorFile checks every vector of the file against the code by
 // decoding its inputs, independently of how the file was generated.
 func checkVectorFile(t *testing.T, file []byte) {
+	kinds := checkVectors(t, file)
+	for _, k := range []string{"crc", "frame", "stream", "msg", "frag", "sign"} {
+		if kinds[k] == 0 {
+			t.Errorf("no %s vectors in the file", k)
+		}
+	}
+}
+
+// checkVectors checks every vector of a file and counts them by kind.
+func checkVectors(t *testing.T, file []byte) map[string]int {
 	kinds := map[string]int{}
 	for _, v := range parseVectors(t, file) {
 		name := v.fields["name"]
@@ -264,11 +276,7 @@ func checkVectorFile(t *testing.T, file []byte) {
 			t.Errorf("unknown vector kind %q", v.kind)
 		}
 	}
-	for _, k := range []string{"crc", "frame", "stream", "msg", "frag", "sign"} {
-		if kinds[k] == 0 {
-			t.Errorf("no %s vectors in the file", k)
-		}
-	}
+	return kinds
 }
 
 func (v vector) pick(keys ...string) []string {

@@ -148,7 +148,21 @@ func messageFields(m Message) []string {
 		add(OptContext, "context", itoa(m.Context))
 		add(OptSchema, "schema", itoa(m.SchemaID))
 		add(OptSchemaJSON, "schema_json", hx([]byte(m.SchemaJSON)))
+		add(OptToolsOn, "tools_on", "")
 		return append(out, "prompt="+hx([]byte(m.Prompt)))
+	case *Tools:
+		var names, descs, schemas []string
+		for _, d := range m.Tools {
+			names = append(names, hx([]byte(d.Name)))
+			descs = append(descs, hx([]byte(d.Description)))
+			schemas = append(schemas, hx(d.Schema))
+		}
+		return []string{"count=" + strconv.Itoa(len(m.Tools)), "names=" + strings.Join(names, ","),
+			"descs=" + strings.Join(descs, ","), "schemas=" + strings.Join(schemas, ",")}
+	case *ToolCall:
+		return []string{"chunk=" + itoa(m.Chunk), "call=" + itoa(m.Call), "tool=" + itoa(m.Tool), "args=" + hx(m.Args)}
+	case *ToolResult:
+		return []string{"call=" + itoa(m.Call), "status=" + itoa(m.Status), "result=" + hx(m.Result)}
 	}
 	return nil // CANCEL, STATUS, BYE: no fields
 }
@@ -454,7 +468,7 @@ func invalidBodies() []badBody {
 		{"infer_schema_wrong_size", "malformed", CmdInfer, []byte{4, 0x81, 2, 0, 1, 'h', 'i'}},
 		{"infer_schema_json_empty", "malformed", CmdInfer, []byte{2, 0x82, 0, 'h', 'i'}},
 		{"infer_schema_json_not_utf8", "malformed", CmdInfer, []byte{3, 0x82, 1, 0xFF, 'h', 'i'}},
-		{"infer_critical_0x83_unknown", "unsupported_option", CmdInfer, []byte{3, 0x83, 1, 0, 'h', 'i'}},
+		{"infer_critical_0x84_unknown", "unsupported_option", CmdInfer, []byte{3, 0x84, 1, 0, 'h', 'i'}},
 		{"infer_model_not_utf8", "malformed", CmdInfer, []byte{3, 1, 1, 0xFF, 'h', 'i'}},
 		{"infer_prompt_not_utf8", "malformed", CmdInfer, []byte{0, 0xC3, 0x28}},
 		{"token_split_utf8", "malformed", CmdToken, []byte{0, 0, 0xE2, 0x82}},

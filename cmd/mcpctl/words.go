@@ -39,6 +39,8 @@ var humanCodes = map[sp.ErrorCode]string{
 	sp.CodeUnknownRequest:     "mcpd knows no such request",
 	sp.CodeInternal:           "mcpd hit an internal error (see its log)",
 	sp.CodeForbidden:          "mcpd's policy does not allow this (device id, network, serial port or model)",
+	sp.CodeToolTimeout:        "a tool of this device did not answer in time (mcpd's tool_timeout)",
+	sp.CodeToolLimit:          "the model called tools too often, or a tool's result was too large (mcpd's max_tool_calls, 1024 bytes)",
 }
 
 // protocolExit makes a daemon ERROR the process's exit status: the
