@@ -12,7 +12,7 @@ NM=arm-none-eabi-nm
 M0="-mcpu=cortex-m0plus -mthumb"
 M4="-mcpu=cortex-m4 -mthumb -mfloat-abi=hard -mfpu=fpv4-sp-d16"
 COMMON="-std=c99 -Os -ffunction-sections -fdata-sections -Wall -Wextra -Werror -Iinclude"
-objs="crc frame decoder msg frag session sign"
+objs="crc frame decoder msg frag session sign tools"
 
 # text+data (flash) and data+bss (static RAM) of one file
 flash() { $SIZE "$1" | awk 'NR==2 {print $1 + $2}'; }

@@ -14,6 +14,8 @@
  *   mcpf_frag.c     fragment a message, reassemble one (§6)
  *   mcpf_sign.c     HMAC-SHA256 frame signing and the replay window (§9);
  *                   compiled to nothing unless MCPF_SIGN is defined non-zero
+ *   mcpf_tools.c    the device tools' bodies (§16): TOOLS built on the fly
+ *                   from a table, TOOL_CALL, TOOL_RESULT; a flat-JSON lookup
  *   mcpf_session.c  the device's session: HELLO/PING/INFER/CANCEL, the answer
  *                   stream, retransmission and flow control (§5, §7, §8, §10)
  *
@@ -28,6 +30,9 @@
 
 #ifndef MCPF_SIGN
 #define MCPF_SIGN 0 /* 1: frame signing (mcpf_sign.c, +~2.5 KiB flash) */
+#endif
+#ifndef MCPF_DEVICE_TOOLS
+#define MCPF_DEVICE_TOOLS 1 /* 0: the session has no device tools (§16) */
 #endif
 #ifndef MCPF_DEC_STATS
 #define MCPF_DEC_STATS 1 /* 0: the decoder keeps no counters (-16 B RAM) */
@@ -54,7 +59,21 @@ enum mcpf_cmd {
     MCPF_HELLO = 0x01, MCPF_WELCOME = 0x02, MCPF_PING = 0x03, MCPF_PONG = 0x04,
     MCPF_INFER = 0x05, MCPF_TOKEN = 0x06, MCPF_DONE = 0x07, MCPF_ERROR = 0x08,
     MCPF_CANCEL = 0x09, MCPF_ACK = 0x0A, MCPF_NACK = 0x0B, MCPF_STATUS = 0x0C,
-    MCPF_STATUS_REPLY = 0x0D, MCPF_BYE = 0x0E
+    MCPF_STATUS_REPLY = 0x0D, MCPF_BYE = 0x0E,
+    MCPF_TOOLS = 0x0F, MCPF_TOOL_CALL = 0x10, MCPF_TOOL_RESULT = 0x11 /* §16 */
+};
+
+/* ERROR codes (§12). Open: act on MCPF_ERR_RETRYABLE for a code not here. */
+enum mcpf_code {
+    MCPF_CODE_UNKNOWN_COMMAND = 1, MCPF_CODE_UNSUPPORTED_VERSION, MCPF_CODE_MALFORMED,
+    MCPF_CODE_NO_SESSION, MCPF_CODE_TOO_LARGE, MCPF_CODE_BUSY, MCPF_CODE_TIMEOUT,
+    MCPF_CODE_CANCELLED, MCPF_CODE_MODEL_NOT_FOUND, MCPF_CODE_BACKEND_UNAVAILABLE,
+    MCPF_CODE_BACKEND_FAILED, MCPF_CODE_AUTH_REQUIRED, MCPF_CODE_AUTH_FAILED,
+    MCPF_CODE_SHUTTING_DOWN, MCPF_CODE_RATE_LIMITED, MCPF_CODE_INCOMPLETE,
+    MCPF_CODE_UNSUPPORTED_OPTION, MCPF_CODE_UNEXPECTED, MCPF_CODE_UNKNOWN_REQUEST,
+    MCPF_CODE_INTERNAL, MCPF_CODE_FORBIDDEN,
+    MCPF_CODE_TOOL_TIMEOUT = 22, /* a tool's result did not come in time (§16) */
+    MCPF_CODE_TOOL_LIMIT = 23    /* too many calls, or a result too large (§16) */
 };
 
 /* Errors returned (negated) by decoding and parsing functions. The first
@@ -153,9 +172,10 @@ enum mcpf_opt {
     MCPF_OPT_MODEL = 0x01, MCPF_OPT_MAX_TOKENS, MCPF_OPT_TEMPERATURE, MCPF_OPT_SEED,
     MCPF_OPT_TOP_K, MCPF_OPT_TOP_P, MCPF_OPT_MIN_P, MCPF_OPT_REPEAT_PENALTY,
     MCPF_OPT_NEW_CHAT, MCPF_OPT_SYSTEM, MCPF_OPT_DEADLINE_MS, MCPF_OPT_CONTEXT,
-    MCPF_OPT_SCHEMA = 0x81, MCPF_OPT_SCHEMA_JSON = 0x82
+    MCPF_OPT_SCHEMA = 0x81, MCPF_OPT_SCHEMA_JSON = 0x82,
+    MCPF_OPT_TOOLS_ON = 0x83 /* empty, critical: this request may call the declared tools (§16) */
 };
-/* Types 0x01..0x0C are bits 1..12, 0x81..0x82 bits 13..14. */
+/* Types 0x01..0x0C are bits 1..12, 0x81..0x83 bits 13..15. */
 #define MCPF_HAS(opt) ((uint16_t)(1u << (((opt) & 0x80u) ? 12u + ((opt) & 0x7Fu) : (unsigned)(opt))))
 
 typedef struct mcpf_infer {
@@ -240,6 +260,76 @@ int mcpf_parse_opaque(uint8_t cmd, size_t n);
 /* Valid UTF-8 as Go's utf8.Valid: no overlongs, surrogates or > U+10FFFF. */
 int mcpf_utf8_valid(const uint8_t *p, size_t n);
 
+/* ------------------------------------------------------ device tools (§16) */
+
+#define MCPF_MAX_TOOLS 16u
+#define MCPF_TOOL_NAME_MAX 32u
+#define MCPF_TOOL_DESC_MAX 160u
+#define MCPF_TOOL_SCHEMA_MAX 1024u
+#define MCPF_TOOL_RESULT_MAX 1024u /* result bytes the daemon takes */
+enum { MCPF_TOOL_OK = 0, MCPF_TOOL_FAILED = 1 };
+
+/* A tool's handler: reads args (minified ASCII JSON of the tool's schema,
+ * args_len bytes, not NUL-terminated, may be empty), writes what the model
+ * reads (UTF-8) into out (cap bytes) and its length into *out_len, and
+ * returns MCPF_TOOL_OK or MCPF_TOOL_FAILED (out then says why). Runs once
+ * per call, inside mcpf_session_frame or _tick. */
+typedef int (*mcpf_tool_fn)(void *ctx, const char *args, size_t args_len, char *out, size_t cap,
+                            size_t *out_len);
+
+/* One entry of the device's tool table (const, may live in flash). */
+typedef struct mcpf_tool {
+    const char *name;   /* 1..32 of a-z 0-9 _ - , unique in the table */
+    const char *desc;   /* one line of UTF-8, 0..160 bytes, what the model reads; NULL: none */
+    const char *schema; /* JSON Schema (§11.4.1 subset, type object) of the arguments,
+                         * 0..1024 bytes; NULL or "": no arguments */
+    mcpf_tool_fn fn;
+} mcpf_tool;
+
+/* A declaration as parsed from a TOOLS body (pointers into the body). */
+typedef struct mcpf_tool_decl {
+    const uint8_t *name; uint8_t name_len;
+    const uint8_t *desc; uint8_t desc_len;
+    const uint8_t *schema; uint16_t schema_len;
+} mcpf_tool_decl;
+
+typedef struct mcpf_tool_call {
+    uint16_t chunk;
+    uint8_t call, tool;
+    const uint8_t *args; uint16_t args_len; /* printable ASCII */
+} mcpf_tool_call;
+
+typedef struct mcpf_tool_result {
+    uint8_t call, status;
+    const uint8_t *result; uint16_t len;
+} mcpf_tool_result;
+
+/* The table as a TOOLS body, built on the fly so it never needs a buffer:
+ * mcpf_tools_check returns 0 or -MCPF_EMALFORMED (count 1..16, each entry
+ * as above and what the daemon checks), mcpf_tools_size the body's length,
+ * mcpf_tools_read copies its bytes [off, off + len) into out,
+ * mcpf_tools_crc32c its CRC-32C; mcpf_put_tools writes it whole (0 if
+ * invalid or over cap). */
+int mcpf_tools_check(const mcpf_tool *t, uint8_t n);
+size_t mcpf_tools_size(const mcpf_tool *t, uint8_t n);
+void mcpf_tools_read(const mcpf_tool *t, uint8_t n, size_t off, uint8_t *out, size_t len);
+uint32_t mcpf_tools_crc32c(const mcpf_tool *t, uint8_t n);
+size_t mcpf_put_tools(uint8_t *out, size_t cap, const mcpf_tool *t, uint8_t n);
+/* Parses a TOOLS body with the daemon's checks into up to max decls. */
+int mcpf_parse_tools(const uint8_t *b, size_t n, mcpf_tool_decl *out, uint8_t max, uint8_t *count);
+size_t mcpf_put_tool_call(uint8_t *out, const mcpf_tool_call *m);
+int mcpf_parse_tool_call(const uint8_t *b, size_t n, mcpf_tool_call *m);
+/* A result above 1024 bytes builds to 0 and parses to -MCPF_ETOO_LARGE. */
+size_t mcpf_put_tool_result(uint8_t *out, const mcpf_tool_result *m);
+int mcpf_parse_tool_result(const uint8_t *b, size_t n, mcpf_tool_result *m);
+
+/* The value of "key" at the top level of a flat JSON object such as a
+ * tool's arguments ({"on":true,"pin":4}): a pointer to its first byte
+ * (a string's opening quote included) and *vlen its length, or NULL. No
+ * nesting is followed and no escape decoded: enough for the arguments of
+ * a schema of scalars. */
+const char *mcpf_json_get(const char *json, size_t len, const char *key, size_t *vlen);
+
 /* ---------------------------------------------------- fragmentation (§6) */
 
 /* The piece size for a receiver announcing max_data (signed: 15 less). */
@@ -251,6 +341,11 @@ uint8_t mcpf_frag_count(size_t n, uint8_t piece);
  * (263 bytes) and returns the frame's length. */
 size_t mcpf_frag_frame(uint8_t *out, uint8_t cmd_byte, uint8_t seq, const uint8_t *body,
                        size_t n, uint32_t crc, uint8_t piece, uint8_t index);
+/* The same with the body read through read(src, off, out, len): a body
+ * that never sits in RAM whole (a TOOLS body from the tool table). */
+typedef void (*mcpf_read_fn)(const void *src, size_t off, uint8_t *out, size_t len);
+size_t mcpf_frag_frame_from(uint8_t *out, uint8_t cmd_byte, uint8_t seq, mcpf_read_fn read,
+                            const void *src, size_t n, uint32_t crc, uint8_t piece, uint8_t index);
 
 /* Reassembles one message into the caller's buffer (cap bytes: the largest
  * body accepted plus its 4-byte CRC-32C). Fragments may come in any order

@@ -27,7 +27,14 @@
  *   - heartbeat (§10): while a stream is slow it repeats its ACK, when idle
  *     it sends PING, so the session never expires; a stream silent for
  *     three heartbeats ends in MCPF_EV_TIMEOUT;
- *   - signing (§9) when built with MCPF_SIGN and given a key.
+ *   - signing (§9) when built with MCPF_SIGN and given a key;
+ *   - device tools (§16, unless MCPF_DEVICE_TOOLS is 0): mcpf_session_tools
+ *     declares cfg->tools (TOOLS, fragmented on the fly from the table);
+ *     an INFER with MCPF_OPT_TOOLS_ON may then get TOOL_CALL chunks: each
+ *     is acknowledged at once, its handler runs exactly once (a copy of a
+ *     consumed chunk is acknowledged again, never run again), and its
+ *     TOOL_RESULT is sent from cfg->tool_buf and resent until the daemon
+ *     has it; MCPF_EV_TOOL reports the call.
  */
 #ifndef MCPF_SESSION_H
 #define MCPF_SESSION_H
@@ -61,6 +68,17 @@ typedef struct mcpf_config {
      * max_data) bytes; up to window − 1 are used. NULL: go-back-N. */
     uint8_t *hold;
     uint16_t hold_size;
+#if MCPF_DEVICE_TOOLS
+    /* Device tools (§16): the table mcpf_session_tools declares, the
+     * handlers' ctx, and the buffer a TOOL_RESULT is built in (2 bytes +
+     * the longest result: handlers get tool_buf_size − 2 bytes, at most
+     * 1024; a longer result is sent as FAILED "result too large"). */
+    const mcpf_tool *tools;
+    uint8_t tool_count;
+    void *tool_ctx;
+    uint8_t *tool_buf;
+    uint16_t tool_buf_size;
+#endif
 #if MCPF_SIGN
     mcpf_key key;          /* key.len 0: unsigned */
     uint8_t link_id;       /* 0 UART, 1 Wi-Fi, ... */
@@ -80,7 +98,9 @@ enum mcpf_ev {
     MCPF_EV_BAD_ANSWER, /* u.done: DONE's size or CRC-32C disagree with the text */
     MCPF_EV_ERROR,      /* u.error: the daemon refused or ended the request */
     MCPF_EV_TIMEOUT,    /* no answer after every retransmission */
-    MCPF_EV_BYE         /* the session is closed (either side) */
+    MCPF_EV_BYE,        /* the session is closed (either side) */
+    MCPF_EV_TOOLS,      /* the daemon accepted the tool declarations */
+    MCPF_EV_TOOL        /* u.tool: a tool was called, its handler ran, its result is on its way */
 };
 
 typedef struct mcpf_event {
@@ -90,11 +110,12 @@ typedef struct mcpf_event {
         mcpf_done done;
         mcpf_error error;
         mcpf_status_reply status;
+        struct { uint8_t call, tool, status; uint16_t len; } tool; /* len: the result's */
     } u;
 } mcpf_event;
 
 enum mcpf_req { MCPF_REQ_NONE = 0, MCPF_REQ_HELLO, MCPF_REQ_PING, MCPF_REQ_KEEPALIVE,
-                MCPF_REQ_STATUS, MCPF_REQ_INFER, MCPF_REQ_BYE };
+                MCPF_REQ_STATUS, MCPF_REQ_INFER, MCPF_REQ_BYE, MCPF_REQ_TOOLS };
 
 typedef struct mcpf_session {
     const mcpf_config *cfg;
@@ -117,6 +138,13 @@ typedef struct mcpf_session {
     const uint8_t *body;
     size_t body_len;
     uint32_t body_crc;
+#if MCPF_DEVICE_TOOLS
+    uint8_t tool;        /* this request's tool state: 0 no call yet, 1 a result unacknowledged, 2 not */
+    uint8_t tool_piece, tool_frags;
+    uint16_t tool_len;   /* the TOOL_RESULT body in cfg->tool_buf */
+    uint32_t tool_crc;
+    mcpf_read_fn tools_read; /* TOOLS: the body from cfg->tools */
+#endif
 #if MCPF_SIGN
     uint8_t signing, nonce[8];
     uint64_t counter;
@@ -132,6 +160,14 @@ int mcpf_session_ping(mcpf_session *s, uint32_t now, const uint8_t *data, uint8_
 int mcpf_session_status(mcpf_session *s, uint32_t now);
 /* body: an INFER body (mcpf_put_infer), valid until the request ends. */
 int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_t len);
+#if MCPF_DEVICE_TOOLS
+/* Declares cfg->tools (TOOLS, §16): MCPF_EV_TOOLS when accepted, else
+ * MCPF_EV_ERROR (UNSUPPORTED_OPTION: a schema outside the subset;
+ * TOO_LARGE) or MCPF_EV_TIMEOUT. -1: busy, no session, no tool_buf, or a
+ * table mcpf_tools_check refuses. Declare once per session, before the
+ * first INFER with MCPF_OPT_TOOLS_ON. */
+int mcpf_session_tools(mcpf_session *s, uint32_t now);
+#endif
 /* Asks the daemon to stop the answer; its final chunk still arrives. */
 int mcpf_session_cancel(mcpf_session *s, uint32_t now);
 int mcpf_session_bye(mcpf_session *s, uint32_t now);

@@ -20,8 +20,19 @@ uint8_t mcpf_frag_count(size_t n, uint8_t piece)
     return c > 255u ? 0 : (uint8_t)c;
 }
 
+static void read_mem(const void *src, size_t off, uint8_t *out, size_t len)
+{
+    memcpy(out, (const uint8_t *)src + off, len);
+}
+
 size_t mcpf_frag_frame(uint8_t *out, uint8_t cmd_byte, uint8_t seq, const uint8_t *body,
                        size_t n, uint32_t crc, uint8_t piece, uint8_t index)
+{
+    return mcpf_frag_frame_from(out, cmd_byte, seq, read_mem, body, n, crc, piece, index);
+}
+
+size_t mcpf_frag_frame_from(uint8_t *out, uint8_t cmd_byte, uint8_t seq, mcpf_read_fn read,
+                            const void *src, size_t n, uint32_t crc, uint8_t piece, uint8_t index)
 {
     uint8_t count = mcpf_frag_count(n, piece), *d = out + MCPF_HEADER;
     size_t off = (size_t)index * piece, end = off + piece, k;
@@ -31,8 +42,13 @@ size_t mcpf_frag_frame(uint8_t *out, uint8_t cmd_byte, uint8_t seq, const uint8_
         end = n + 4u;
     d[0] = index;
     d[1] = count;
-    for (k = off; k < end; k++) /* body ‖ crc32c(body), big-endian */
-        d[2 + k - off] = k < n ? body[k] : (uint8_t)(crc >> (8u * (3u - (k - n))));
+    k = off;
+    if (k < n) { /* the body's part of body ‖ crc32c(body) */
+        read(src, k, d + 2, (end < n ? end : n) - k);
+        k = end < n ? end : n;
+    }
+    for (; k < end; k++) /* then the CRC's, big-endian */
+        d[2 + k - off] = (uint8_t)(crc >> (8u * (3u - (k - n))));
     return mcpf_encode(out, MCPF_VERSION, (uint8_t)(cmd_byte | MCPF_FRAGMENT), seq, d,
                        (uint16_t)(2u + end - off));
 }

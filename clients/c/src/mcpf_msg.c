@@ -152,11 +152,12 @@ int mcpf_parse_welcome(const uint8_t *b, size_t n, mcpf_welcome *m)
 static const uint8_t opt_size[13] = {0, 0xFF, 2, 2, 4, 2, 2, 2, 2, 0, 0xFF, 4, 4};
 
 /* The known option types in encoding order (ascending). */
-static const uint8_t opt_order[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, MCPF_OPT_SCHEMA, MCPF_OPT_SCHEMA_JSON};
+static const uint8_t opt_order[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, MCPF_OPT_SCHEMA, MCPF_OPT_SCHEMA_JSON,
+                                    MCPF_OPT_TOOLS_ON};
 
 static int opt_known(uint8_t t)
 {
-    return (t >= 1 && t <= MCPF_OPT_CONTEXT) || t == MCPF_OPT_SCHEMA || t == MCPF_OPT_SCHEMA_JSON;
+    return (t >= 1 && t <= MCPF_OPT_CONTEXT) || (t >= MCPF_OPT_SCHEMA && t <= MCPF_OPT_SCHEMA_JSON);
 }
 
 /* Size of option t's value: 0xFF a string, else exact. */
@@ -166,6 +167,8 @@ static uint8_t opt_sz(uint8_t t)
         return 1;
     if (t == MCPF_OPT_SCHEMA_JSON)
         return 0xFF;
+    if (t == MCPF_OPT_TOOLS_ON)
+        return 0;
     return opt_size[t];
 }
 

@@ -116,11 +116,36 @@ static void send_ack(mcpf_session *s, uint32_t now)
     send_body(s, now, MCPF_ACK, s->seq, mcpf_put_ack(s->tx + MCPF_HEADER, &a));
 }
 
+#if MCPF_DEVICE_TOOLS
+static void read_tools(const void *src, size_t off, uint8_t *out, size_t len)
+{
+    const mcpf_config *c = (const mcpf_config *)src;
+    mcpf_tools_read(c->tools, c->tool_count, off, out, len);
+}
+
+static void send_result_fragment(mcpf_session *s, uint32_t now, uint8_t index)
+{
+    if (index < s->tool_frags)
+        xmit(s, now, mcpf_frag_frame(s->tx, MCPF_TOOL_RESULT, s->seq, s->cfg->tool_buf, s->tool_len,
+                                     s->tool_crc, s->tool_piece, index));
+}
+#endif
+
+/* A fragment of the request's message: the INFER's body, or TOOLS read
+ * from the tool table. */
 static void send_fragment(mcpf_session *s, uint32_t now, uint8_t index)
 {
-    if (index < s->count)
-        xmit(s, now, mcpf_frag_frame(s->tx, MCPF_INFER, s->seq, s->body, s->body_len,
-                                     s->body_crc, s->piece, index));
+    if (index >= s->count)
+        return;
+#if MCPF_DEVICE_TOOLS
+    if (s->req == MCPF_REQ_TOOLS) { /* through a pointer: a firmware that never declares links no serialiser */
+        xmit(s, now, mcpf_frag_frame_from(s->tx, MCPF_TOOLS, s->seq, s->tools_read, s->cfg, s->body_len,
+                                          s->body_crc, s->piece, index));
+        return;
+    }
+#endif
+    xmit(s, now, mcpf_frag_frame(s->tx, MCPF_INFER, s->seq, s->body, s->body_len, s->body_crc,
+                                 s->piece, index));
 }
 
 static void send_hello(mcpf_session *s, uint32_t now)
@@ -175,8 +200,13 @@ static void resend(mcpf_session *s, uint32_t now, int first)
         send_body(s, now, MCPF_BYE, s->seq, 0);
         break;
     case MCPF_REQ_INFER:
+    case MCPF_REQ_TOOLS:
         if (s->cancel)
             send_body(s, now, MCPF_CANCEL, s->seq, 0);
+#if MCPF_DEVICE_TOOLS
+        else if (s->tool == 1) /* a TOOL_RESULT not yet acknowledged: probe */
+            send_result_fragment(s, now, (uint8_t)(s->tool_frags - 1u));
+#endif
         else if (s->accepted)
             send_ack(s, now); /* streaming: our ACK may be lost */
         else if (first)
@@ -193,16 +223,23 @@ static void resend(mcpf_session *s, uint32_t now, int first)
     arm(s, now);
 }
 
+/* A request cannot start now: one is outstanding, or no session. */
+static int busy(const mcpf_session *s, uint8_t req)
+{
+    return (s->req != MCPF_REQ_NONE && s->req != MCPF_REQ_KEEPALIVE) || (req != MCPF_REQ_HELLO && !s->open);
+}
+
 static int start(mcpf_session *s, uint32_t now, uint8_t req)
 {
-    if (s->req != MCPF_REQ_NONE && s->req != MCPF_REQ_KEEPALIVE)
-        return -1;
-    if (req != MCPF_REQ_HELLO && !s->open)
+    if (busy(s, req))
         return -1;
     s->req = req;
     s->seq++;
     s->attempt = 0;
     s->accepted = s->cancel = 0;
+#if MCPF_DEVICE_TOOLS
+    s->tool = 0;
+#endif
     resend(s, now, 1);
     return 0;
 }
@@ -236,7 +273,9 @@ int mcpf_session_status(mcpf_session *s, uint32_t now) { return start(s, now, MC
 
 int mcpf_session_bye(mcpf_session *s, uint32_t now) { return start(s, now, MCPF_REQ_BYE); }
 
-int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_t len)
+/* The piece size of a message this device sends (§6), or 0: the daemon's
+ * max_data, this device's max_send and its tx buffer leave no room. */
+static uint8_t piece_for(const mcpf_session *s)
 {
     uint16_t limit = s->welcome.max_data;
     int sign = 0;
@@ -248,13 +287,26 @@ int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_
     sign = s->signing;
 #endif
     if (limit < 3u + (sign ? MCPF_SIG_BLOCK : 0u))
-        return -1;
-    s->piece = mcpf_piece_size(limit, sign);
+        return 0;
+    return mcpf_piece_size(limit, sign);
+}
+
+/* Sets up the request's message of len bytes; -1 if it cannot be sent. */
+static int message(mcpf_session *s, size_t len)
+{
+    s->piece = piece_for(s);
     s->count = mcpf_frag_count(len, s->piece);
     if (s->count == 0 || len == 0 || len > s->welcome.max_message)
         return -1;
-    s->body = body;
     s->body_len = len;
+    return 0;
+}
+
+int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_t len)
+{
+    if (busy(s, MCPF_REQ_INFER) || message(s, len) < 0)
+        return -1;
+    s->body = body;
     s->body_crc = mcpf_crc32c(0, body, len);
     s->next = s->acked = 0;
     s->text_bytes = s->text_crc = 0;
@@ -264,10 +316,29 @@ int mcpf_session_infer(mcpf_session *s, uint32_t now, const uint8_t *body, size_
     return start(s, now, MCPF_REQ_INFER);
 }
 
+#if MCPF_DEVICE_TOOLS
+int mcpf_session_tools(mcpf_session *s, uint32_t now)
+{
+    const mcpf_config *c = s->cfg;
+    if (busy(s, MCPF_REQ_TOOLS) || !c->tool_buf || c->tool_buf_size < 3u ||
+        mcpf_tools_check(c->tools, c->tool_count) < 0 ||
+        message(s, mcpf_tools_size(c->tools, c->tool_count)) < 0)
+        return -1;
+    s->body = NULL; /* read from the table */
+    s->tools_read = read_tools;
+    s->body_crc = mcpf_tools_crc32c(c->tools, c->tool_count);
+    return start(s, now, MCPF_REQ_TOOLS);
+}
+#endif
+
 int mcpf_session_cancel(mcpf_session *s, uint32_t now)
 {
     if (s->req != MCPF_REQ_INFER || s->cancel)
         return -1;
+#if MCPF_DEVICE_TOOLS
+    if (s->tool == 1)
+        s->tool = 2; /* a later TOOL_RESULT would be UNEXPECTED (§16) */
+#endif
     s->cancel = 1;
     s->attempt = 0;
     resend(s, now, 0);
@@ -337,12 +408,63 @@ static int in_order(mcpf_session *s, uint32_t now, const mcpf_frame *f, uint16_t
     if ((p = held(s, chunk)) != NULL)
         p[0] = 0; /* a retransmission of one we hold: this copy is delivered */
     s->next++;
+#if MCPF_DEVICE_TOOLS
+    if (s->tool == 1)
+        s->tool = 2; /* the stream goes on only once the daemon took our result (§16) */
+#endif
     if (held(s, s->next) && s->next != s->acked)
         send_ack(s, now); /* a gap filled: say so at once, the held chunks follow */
     return 1;
 }
 
 static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event *ev);
+
+#if MCPF_DEVICE_TOOLS
+/* Runs the handler of a TOOL_CALL consumed in order (once: a copy of the
+ * chunk never gets here) and sends its TOOL_RESULT from cfg->tool_buf. A
+ * result the daemon would refuse (above 1024 bytes or the buffer, not
+ * UTF-8) and an undeclared tool are answered FAILED with the reason. */
+static int run_tool(mcpf_session *s, uint32_t now, const mcpf_tool_call *c, mcpf_event *ev)
+{
+    const mcpf_config *cfg = s->cfg;
+    uint8_t *b = cfg->tool_buf, i;
+    size_t cap, len = 0;
+    int st = MCPF_TOOL_FAILED;
+    const char *why = "unknown tool";
+    ev->u.tool.call = c->call;
+    ev->u.tool.tool = c->tool;
+    ev->u.tool.status = MCPF_TOOL_FAILED;
+    ev->u.tool.len = 0;
+    if (!b || cfg->tool_buf_size < 3u) { /* nothing declared through us: the daemon times it out */
+        s->tool = 2;
+        return ev->type = MCPF_EV_TOOL;
+    }
+    cap = cfg->tool_buf_size - 2u < MCPF_TOOL_RESULT_MAX ? cfg->tool_buf_size - 2u : MCPF_TOOL_RESULT_MAX;
+    if (cfg->tools && c->tool < cfg->tool_count && cfg->tools[c->tool].fn) {
+        st = cfg->tools[c->tool].fn(cfg->tool_ctx, (const char *)c->args, c->args_len, (char *)b + 2, cap, &len);
+        why = len > cap ? "result too large" : !mcpf_utf8_valid(b + 2, len) ? "result not UTF-8" : NULL;
+    }
+    if (why) {
+        st = MCPF_TOOL_FAILED;
+        len = strlen(why) < cap ? strlen(why) : cap;
+        memcpy(b + 2, why, len);
+    }
+    b[0] = c->call;
+    b[1] = (uint8_t)(st == MCPF_TOOL_OK ? MCPF_TOOL_OK : MCPF_TOOL_FAILED);
+    s->tool_len = (uint16_t)(2u + len);
+    s->tool_crc = mcpf_crc32c(0, b, s->tool_len);
+    s->tool_piece = piece_for(s);
+    s->tool_frags = mcpf_frag_count(s->tool_len, s->tool_piece);
+    s->tool = 1;
+    s->attempt = 0;
+    for (i = 0; i < s->tool_frags; i++)
+        send_result_fragment(s, now, i);
+    arm(s, now);
+    ev->u.tool.status = b[1];
+    ev->u.tool.len = (uint16_t)len;
+    return ev->type = MCPF_EV_TOOL;
+}
+#endif
 
 /* Delivers the held chunk that is now next in order, if any (tick). */
 static int deliver_held(mcpf_session *s, uint32_t now, mcpf_event *ev)
@@ -381,6 +503,16 @@ static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event
             send_ack(s, now);
         return ev->type = MCPF_EV_TEXT;
     }
+#if MCPF_DEVICE_TOOLS
+    case MCPF_TOOL_CALL: {
+        mcpf_tool_call c;
+        if (mcpf_parse_tool_call(f->data, f->len, &c) < 0 || !in_order(s, now, f, c.chunk))
+            return MCPF_EV_NONE;
+        if (s->acked != s->next)
+            send_ack(s, now); /* at once, before the handler runs (§16) */
+        return run_tool(s, now, &c, ev);
+    }
+#endif
     case MCPF_DONE:
         if (mcpf_parse_done(f->data, f->len, &ev->u.done) < 0 || !in_order(s, now, f, ev->u.done.chunk))
             return MCPF_EV_NONE;
@@ -456,15 +588,28 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
             if (++s->attempt > retries(s))
                 return finish(s, ev, MCPF_EV_TIMEOUT);
             resend(s, now, 0);
-        } else if (f->seq == s->seq && s->req == MCPF_REQ_INFER && !s->cancel) {
+        } else if (f->seq == s->seq && (s->req == MCPF_REQ_INFER || s->req == MCPF_REQ_TOOLS) &&
+                   !s->cancel) {
+            void (*frag)(mcpf_session *, uint32_t, uint8_t) = send_fragment;
+            uint8_t count = s->count;
+#if MCPF_DEVICE_TOOLS
+            if (s->tool == 1) { /* about our TOOL_RESULT: it never ends the stream */
+                frag = send_result_fragment;
+                count = s->tool_frags;
+                if (s->attempt >= retries(s)) {
+                    s->tool = 2;
+                    return MCPF_EV_NONE;
+                }
+            }
+#endif
             if (++s->attempt > retries(s))
                 return finish(s, ev, MCPF_EV_TIMEOUT);
             if (n.reason == MCPF_NACK_MISSING)
                 for (i = 0; i < n.count; i++)
-                    send_fragment(s, now, n.indexes[i]);
+                    frag(s, now, n.indexes[i]);
             else
-                for (i = 0; i < s->count; i++)
-                    send_fragment(s, now, i);
+                for (i = 0; i < count; i++)
+                    frag(s, now, i);
             arm(s, now);
         }
         return MCPF_EV_NONE;
@@ -480,10 +625,14 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
         s->open = 0;
         return finish(s, ev, MCPF_EV_BYE);
     case MCPF_HELLO: case MCPF_INFER: case MCPF_CANCEL: case MCPF_STATUS:
-        refuse(s, now, f, 18); /* UNEXPECTED: a daemon never sends these */
+    case MCPF_TOOLS: case MCPF_TOOL_RESULT:
+#if !MCPF_DEVICE_TOOLS
+    case MCPF_TOOL_CALL:
+#endif
+        refuse(s, now, f, MCPF_CODE_UNEXPECTED); /* a daemon never sends these */
         return MCPF_EV_NONE;
     default:
-        if (f->cmd == 0 || f->cmd > MCPF_BYE) {
+        if (f->cmd == 0 || f->cmd > MCPF_TOOL_RESULT) {
             refuse(s, now, f, 1); /* UNKNOWN_COMMAND */
             return MCPF_EV_NONE;
         }
@@ -496,6 +645,17 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
             return MCPF_EV_NONE;
         if (s->req == MCPF_REQ_INFER && (ev->u.error.flags & MCPF_ERR_STREAM))
             return stream(s, now, f, ev);
+#if MCPF_DEVICE_TOOLS
+        if (s->req == MCPF_REQ_INFER && s->tool && ev->u.error.code != MCPF_CODE_NO_SESSION &&
+            ev->u.error.code != MCPF_CODE_UNKNOWN_REQUEST) {
+            /* It answers a TOOL_RESULT (TOO_LARGE, UNEXPECTED, ...): the
+             * stream still ends in its own final chunk (§16). A retryable
+             * one (BUSY) leaves the result to its timer. */
+            if (s->tool == 1 && !(ev->u.error.flags & MCPF_ERR_RETRYABLE))
+                s->tool = 2;
+            return ev->type = MCPF_EV_NONE;
+        }
+#endif
         if (ev->u.error.code == 4) /* NO_SESSION: say HELLO again */
             s->open = 0;
         return finish(s, ev, MCPF_EV_ERROR);
@@ -524,14 +684,29 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
         return finish(s, ev, MCPF_EV_STATUS);
     case MCPF_REQ_BYE:
         return MCPF_EV_NONE; /* a BYE answer was handled above */
+#if MCPF_DEVICE_TOOLS
+    case MCPF_REQ_TOOLS:
+        if (f->cmd != MCPF_ACK)
+            return MCPF_EV_NONE;
+        rtt_sample(s, now);
+        return finish(s, ev, MCPF_EV_TOOLS);
+#endif
     default: /* MCPF_REQ_INFER */
         if (f->cmd == MCPF_ACK) {
+#if MCPF_DEVICE_TOOLS
+            mcpf_ack a;
+            if (s->tool == 1 && s->accepted) { /* our TOOL_RESULT's: next = its fragments */
+                if (mcpf_parse_ack(f->data, f->len, &a) == 0 && a.next == s->tool_frags)
+                    s->tool = 2;
+                return MCPF_EV_NONE;
+            }
+#endif
             if (!s->accepted)
                 rtt_sample(s, now);
             s->accepted = 1;
             return MCPF_EV_NONE;
         }
-        if (f->cmd == MCPF_TOKEN || f->cmd == MCPF_DONE)
+        if (f->cmd == MCPF_TOKEN || f->cmd == MCPF_DONE || (MCPF_DEVICE_TOOLS && f->cmd == MCPF_TOOL_CALL))
             return stream(s, now, f, ev);
         return MCPF_EV_NONE;
     }
@@ -547,6 +722,15 @@ int mcpf_session_tick(mcpf_session *s, uint32_t now, mcpf_event *ev)
         /* The daemon retransmits the stream; we only stay alive. */
         if (AFTER(now, s->last_rx + 3u * hb))
             return finish(s, ev, MCPF_EV_TIMEOUT);
+#if MCPF_DEVICE_TOOLS
+        if (s->tool == 1 && AFTER(now, s->deadline)) { /* our TOOL_RESULT is unacknowledged */
+            if (++s->attempt > retries(s))
+                s->tool = 2; /* given up: the daemon ends the stream with TOOL_TIMEOUT */
+            else
+                resend(s, now, 0);
+            return MCPF_EV_NONE;
+        }
+#endif
         if (AFTER(now, s->last_tx + hb / 2u))
             send_ack(s, now);
         return MCPF_EV_NONE;
@@ -574,9 +758,13 @@ uint32_t mcpf_session_wait_ms(const mcpf_session *s, uint32_t now)
     uint32_t hb = heartbeat(s), at;
     if (s->req == MCPF_REQ_INFER && s->accepted && held(s, s->next))
         return 0;
-    if (s->req == MCPF_REQ_INFER && s->accepted && !s->cancel)
+    if (s->req == MCPF_REQ_INFER && s->accepted && !s->cancel) {
         at = s->last_tx + hb / 2u;
-    else if (s->req != MCPF_REQ_NONE)
+#if MCPF_DEVICE_TOOLS
+        if (s->tool == 1 && !AFTER(s->deadline, at))
+            at = s->deadline;
+#endif
+    } else if (s->req != MCPF_REQ_NONE)
         at = s->deadline;
     else if (s->open)
         at = s->last_tx + hb / 2u;

@@ -286,6 +286,383 @@ static void welcome(mcpf_session *s, uint32_t now)
     CHECK(feed_hex(s, now, "55 01 00 0e 02 00 01 01 00 00 00 ff 13 88 40 00 01 02 03 04 aa", &ev) == MCPF_EV_WELCOME, "WELCOME");
 }
 
+#if MCPF_DEVICE_TOOLS
+/* ------------------------------------------------------- device tools (§16) */
+
+static int soil_calls, relay_calls, relay_on = -1;
+static size_t big_result; /* read_soil claims this many bytes when set */
+
+static int read_soil(void *ctx, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    (void)args;
+    (void)len;
+    CHECK(ctx == &soil_calls, "the handler gets cfg->tool_ctx");
+    soil_calls++;
+    if (big_result) {
+        if (big_result <= cap)
+            memset(out, 'x', big_result);
+        *out_len = big_result;
+        return MCPF_TOOL_OK;
+    }
+    *out_len = (size_t)snprintf(out, cap, "%d %%", 41);
+    return MCPF_TOOL_OK;
+}
+
+static int set_relay(void *ctx, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    size_t vl;
+    const char *v = mcpf_json_get(args, len, "on", &vl);
+    (void)ctx;
+    relay_calls++;
+    if (!v || !((vl == 4 && !memcmp(v, "true", 4)) || (vl == 5 && !memcmp(v, "false", 5)))) {
+        *out_len = (size_t)snprintf(out, cap, "want {\"on\":true|false}");
+        return MCPF_TOOL_FAILED;
+    }
+    relay_on = vl == 4;
+    *out_len = (size_t)snprintf(out, cap, "relay %s", relay_on ? "on" : "off");
+    return MCPF_TOOL_OK;
+}
+
+static const mcpf_tool test_tools[] = {
+    {"read_soil", "Reads the soil moisture sensor; answers a percentage.", NULL, read_soil},
+    {"set_relay", "Switches the pump relay.",
+     "{\"type\":\"object\",\"properties\":{\"on\":{\"type\":\"boolean\"}}}", set_relay},
+};
+
+/* Joins the frames sent[from..nsent) of cmd (fragments) into body. */
+static int joined(int from, uint8_t cmd, uint8_t *body, size_t cap, size_t *len)
+{
+    static uint8_t rbuf[2048];
+    mcpf_reasm r;
+    int i, res = 0;
+    mcpf_reasm_init(&r, rbuf, sizeof rbuf);
+    for (i = from; i < nsent && i < 64; i++) {
+        mcpf_frame f = decoded(sent[i], sent_len[i]);
+        if (f.cmd != cmd)
+            continue;
+        CHECK(f.flags == MCPF_FRAGMENT, "%u sent as fragments", cmd);
+        if ((res = mcpf_reasm_add(&r, &f, len)) != 0)
+            break;
+    }
+    if (res == 1 && *len <= cap)
+        memcpy(body, rbuf, *len);
+    return res == 1;
+}
+
+static int count_sent(int from, uint8_t cmd)
+{
+    int i, k = 0;
+    for (i = from; i < nsent && i < 64; i++)
+        k += decoded(sent[i], sent_len[i]).cmd == cmd;
+    return k;
+}
+
+static int feed_call(mcpf_session *s, uint32_t now, uint8_t seq, uint16_t chunk, uint8_t call, uint8_t tool,
+                     const char *args, mcpf_event *ev)
+{
+    uint8_t body[256];
+    mcpf_tool_call c;
+    c.chunk = chunk;
+    c.call = call;
+    c.tool = tool;
+    c.args = (const uint8_t *)args;
+    c.args_len = (uint16_t)strlen(args);
+    return feed(s, now, MCPF_TOOL_CALL, seq, body, mcpf_put_tool_call(body, &c), ev);
+}
+
+static uint8_t tool_buf[2 + 1024];
+
+static void tools_config(mcpf_config *cfg, uint16_t max_send)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->device_id = "greenhouse";
+    cfg->max_data = 64;
+    cfg->window = 4;
+    cfg->max_send = max_send;
+    cfg->send = capture;
+    cfg->tools = test_tools;
+    cfg->tool_count = 2;
+    cfg->tool_ctx = &soil_calls;
+    cfg->tool_buf = tool_buf;
+    cfg->tool_buf_size = sizeof tool_buf;
+}
+
+/* An INFER with TOOLS_ON, accepted. */
+static uint8_t tools_infer(mcpf_session *s, uint32_t now)
+{
+    static uint8_t body[64];
+    mcpf_infer q;
+    mcpf_event ev;
+    size_t n;
+    memset(&q, 0, sizeof q);
+    q.present = MCPF_HAS(MCPF_OPT_TOOLS_ON);
+    q.prompt = (const uint8_t *)"Is the soil dry?";
+    q.prompt_len = 16;
+    n = mcpf_put_infer(body, sizeof body, &q);
+    CHECK(n == 19 && body[0] == 2 && body[1] == 0x83 && body[2] == 0, "TOOLS_ON is option 0x83, empty");
+    CHECK(mcpf_session_infer(s, now, body, n) == 0, "infer");
+    CHECK(feed(s, now + 1, MCPF_ACK, s->seq, (const uint8_t *)"\0\1\4", 3, &ev) == MCPF_EV_NONE, "accepted");
+    return s->seq;
+}
+
+/* TOOLS: built on the fly from the table, fragmented like a prompt,
+ * probed on the timer, repaired on NACK MISSING, ended by the ACK. */
+static void test_tools_declare(void)
+{
+    static uint8_t want[600], got[600];
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_tool_decl d[MCPF_MAX_TOOLS];
+    uint8_t count, seq, missing[] = {MCPF_NACK_MISSING, 1};
+    size_t wn, gn = 0;
+    int frags, i;
+    tools_config(&cfg, 32);
+    mcpf_session_init(&s, &cfg, 1);
+    CHECK(mcpf_session_tools(&s, 0) == -1, "no session yet");
+    mcpf_session_hello(&s, 0);
+    welcome(&s, 0);
+    wn = mcpf_put_tools(want, sizeof want, test_tools, 2);
+    CHECK(wn == mcpf_tools_size(test_tools, 2) && wn == 1 + (1 + 9 + 1 + 53 + 2) + (1 + 9 + 1 + 24 + 2 + 56),
+          "TOOLS body of %lu bytes", (unsigned long)wn);
+    CHECK(mcpf_parse_tools(want, wn, d, MCPF_MAX_TOOLS, &count) == 0 && count == 2 && d[1].schema_len == 56,
+          "the body parses back");
+    nsent = 0;
+    CHECK(mcpf_session_tools(&s, 10) == 0, "declare");
+    seq = s.seq;
+    frags = (int)((wn + 4 + 29) / 30);
+    CHECK(nsent == frags && count_sent(0, MCPF_TOOLS) == frags, "%d fragments of 30: %d sent", frags, nsent);
+    CHECK(decoded(sent[0], sent_len[0]).seq == seq, "a new seq");
+    CHECK(joined(0, MCPF_TOOLS, got, sizeof got, &gn) && gn == wn && !memcmp(got, want, wn),
+          "the fragments join to the table's body");
+    CHECK(mcpf_session_tools(&s, 11) == -1 && mcpf_session_infer(&s, 11, want, 3) == -1, "one request at a time");
+    CHECK(feed(&s, 20, MCPF_NACK, seq, missing, 2, &ev) == MCPF_EV_NONE && nsent == frags + 1 &&
+              decoded(sent[frags], sent_len[frags]).data[0] == 1, "NACK MISSING resends fragment 1");
+    mcpf_session_tick(&s, 20 + mcpf_session_wait_ms(&s, 20), &ev);
+    CHECK(nsent == frags + 2 && decoded(sent[frags + 1], sent_len[frags + 1]).data[0] == frags - 1,
+          "the timer probes with the last fragment");
+    i = frags;
+    CHECK(feed(&s, 30, MCPF_ACK, seq, (const uint8_t *)"\0\0\xff", 3, &ev) == MCPF_EV_TOOLS, "ACK: declared");
+    (void)i;
+    CHECK(s.req == MCPF_REQ_NONE, "the request ended");
+    /* Refused: the daemon's ERROR ends it. */
+    CHECK(mcpf_session_tools(&s, 40) == 0, "declare again");
+    {
+        uint8_t e[] = {MCPF_CODE_UNSUPPORTED_OPTION, 0, 0, 0};
+        CHECK(feed(&s, 41, MCPF_ERROR, s.seq, e, 4, &ev) == MCPF_EV_ERROR && ev.u.error.code == 17,
+              "UNSUPPORTED_OPTION ends the declaration");
+    }
+    /* Tables the daemon would refuse are refused here. */
+    {
+        static const mcpf_tool bad_name[] = {{"Read", NULL, NULL, NULL}};
+        static const mcpf_tool dup[] = {{"a", NULL, NULL, NULL}, {"a", NULL, NULL, NULL}};
+        static const mcpf_tool two_lines[] = {{"a", "x\ny", NULL, NULL}};
+        CHECK(mcpf_tools_check(bad_name, 1) < 0 && mcpf_tools_check(dup, 2) < 0 &&
+                  mcpf_tools_check(two_lines, 1) < 0 && mcpf_tools_check(test_tools, 0) < 0 &&
+                  mcpf_tools_check(test_tools, 2) == 0, "mcpf_tools_check");
+        cfg.tools = dup;
+        CHECK(mcpf_session_tools(&s, 50) == -1, "a bad table is not sent");
+        cfg.tools = test_tools;
+        cfg.tool_buf = NULL;
+        CHECK(mcpf_session_tools(&s, 50) == -1, "no tool_buf: no tools");
+        cfg.tool_buf = tool_buf;
+    }
+}
+
+/* A TOOL_CALL runs its handler exactly once: acknowledged at once, its
+ * TOOL_RESULT sent and probed until acknowledged; a duplicate copy is
+ * acknowledged again and never run again; the stream's checksum covers
+ * TOKEN text only. */
+static void test_tool_call_exactly_once(void)
+{
+    static uint8_t res[2048];
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_frame f;
+    uint8_t seq;
+    size_t rn;
+    int mark;
+    tools_config(&cfg, 0);
+    mcpf_session_init(&s, &cfg, 1);
+    mcpf_session_hello(&s, 0);
+    welcome(&s, 0);
+    seq = tools_infer(&s, 10);
+    soil_calls = relay_calls = 0;
+    CHECK(feed_token(&s, 20, seq, 0, "Let me look. ", &ev) == MCPF_EV_TEXT, "chunk 0");
+    nsent = 0;
+    CHECK(feed_call(&s, 30, seq, 1, 0, 0, "", &ev) == MCPF_EV_TOOL && ev.u.tool.call == 0 && ev.u.tool.tool == 0 &&
+              ev.u.tool.status == MCPF_TOOL_OK && ev.u.tool.len == 4, "TOOL_CALL chunk 1 runs read_soil");
+    CHECK(soil_calls == 1, "the handler ran once: %d", soil_calls);
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(nsent == 2 && f.cmd == MCPF_ACK && f.seq == seq && f.data[1] == 2, "ACK next 2 first, then the result");
+    CHECK(joined(1, MCPF_TOOL_RESULT, res, sizeof res, &rn) && rn == 6 && res[0] == 0 && res[1] == MCPF_TOOL_OK &&
+              !memcmp(res + 2, "41 %", 4), "TOOL_RESULT {call 0, OK, \"41 %%\"}");
+    CHECK(decoded(sent[1], sent_len[1]).seq == seq, "under the INFER's seq");
+    /* The daemon retransmits the call (our ACK lost): answered, not run. */
+    mark = nsent;
+    CHECK(feed_call(&s, 40, seq, 1, 0, 0, "", &ev) == MCPF_EV_NONE && soil_calls == 1, "a duplicate TOOL_CALL is not run");
+    f = decoded(sent[mark], sent_len[mark]);
+    CHECK(nsent == mark + 1 && f.cmd == MCPF_ACK && f.data[1] == 2, "it is acknowledged again (next 2)");
+    /* The result's ACK is lost: the timer probes with its last fragment. */
+    CHECK(mcpf_session_wait_ms(&s, 40) > 0 && mcpf_session_wait_ms(&s, 40) <= 250, "the result's timer runs: %u",
+          (unsigned)mcpf_session_wait_ms(&s, 40));
+    mark = nsent;
+    mcpf_session_tick(&s, 40 + mcpf_session_wait_ms(&s, 40), &ev);
+    CHECK(nsent == mark + 1 && decoded(sent[mark], sent_len[mark]).cmd == MCPF_TOOL_RESULT, "probe");
+    CHECK(feed(&s, 300, MCPF_ACK, seq, (const uint8_t *)"\0\1\0", 3, &ev) == MCPF_EV_NONE, "the result's ACK");
+    mark = nsent;
+    mcpf_session_tick(&s, 2000, &ev);
+    CHECK(count_sent(mark, MCPF_TOOL_RESULT) == 0, "acknowledged: no more probes");
+    /* A second call, with arguments; its result is taken when the stream
+     * goes on (its ACK lost). */
+    CHECK(feed_token(&s, 2100, seq, 2, "Dry. ", &ev) == MCPF_EV_TEXT, "chunk 2");
+    CHECK(feed_call(&s, 2110, seq, 3, 1, 1, "{\"on\":true}", &ev) == MCPF_EV_TOOL && relay_calls == 1 && relay_on == 1 &&
+              ev.u.tool.status == MCPF_TOOL_OK, "set_relay {\"on\":true}");
+    CHECK(joined(nsent - 1, MCPF_TOOL_RESULT, res, sizeof res, &rn) && rn == 10 && res[0] == 1 &&
+              !memcmp(res + 2, "relay on", 8), "TOOL_RESULT {call 1, OK, \"relay on\"}");
+    CHECK(feed_token(&s, 2120, seq, 4, "Pump on.", &ev) == MCPF_EV_TEXT, "chunk 4: the daemon took the result");
+    mark = nsent;
+    mcpf_session_tick(&s, 2500, &ev);
+    CHECK(count_sent(mark, MCPF_TOOL_RESULT) == 0, "the next chunk stops the probes");
+    CHECK(feed_call(&s, 2130, seq, 3, 1, 1, "{\"on\":false}", &ev) == MCPF_EV_NONE && relay_calls == 1 && relay_on == 1,
+          "a late copy of call 1 does not switch the relay again");
+    CHECK(feed_done(&s, 2140, seq, 5, "Let me look. Dry. Pump on.", &ev) == MCPF_EV_DONE,
+          "DONE's checksum covers the TOKEN text only");
+}
+
+/* Results the daemon would refuse are sent as FAILED; an undeclared tool
+ * too; the daemon's TOO_LARGE for a result, then TOOL_LIMIT, end the
+ * request in one ERROR; TOOL_TIMEOUT likewise. */
+static void test_tool_failures(void)
+{
+    static uint8_t res[2048];
+    static const uint8_t too_large[] = {MCPF_CODE_TOO_LARGE, 0, 0, 0};
+    static const uint8_t limit[] = {MCPF_CODE_TOOL_LIMIT, MCPF_ERR_STREAM, 0, 3, 'l', 'i', 'm', 'i', 't'};
+    static const uint8_t timeout[] = {MCPF_CODE_TOOL_TIMEOUT, MCPF_ERR_STREAM, 0, 1};
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_frame f;
+    uint8_t seq;
+    size_t rn;
+    int mark;
+    tools_config(&cfg, 32);
+    mcpf_session_init(&s, &cfg, 1);
+    mcpf_session_hello(&s, 0);
+    welcome(&s, 0);
+    /* A handler claiming more than it may write. */
+    seq = tools_infer(&s, 10);
+    big_result = sizeof tool_buf - 1;
+    nsent = 0;
+    CHECK(feed_call(&s, 20, seq, 0, 0, 0, "", &ev) == MCPF_EV_TOOL && ev.u.tool.status == MCPF_TOOL_FAILED,
+          "a result over the buffer is FAILED");
+    CHECK(joined(0, MCPF_TOOL_RESULT, res, sizeof res, &rn) && res[1] == MCPF_TOOL_FAILED && rn == 2 + 16 &&
+              !memcmp(res + 2, "result too large", 16), "… saying \"result too large\"");
+    big_result = 0;
+    /* An undeclared tool (an Ollama model may name one). */
+    nsent = 0;
+    CHECK(feed_call(&s, 30, seq, 1, 1, 9, "{}", &ev) == MCPF_EV_TOOL && ev.u.tool.status == MCPF_TOOL_FAILED, "tool 9");
+    CHECK(joined(0, MCPF_TOOL_RESULT, res, sizeof res, &rn) && res[0] == 1 && res[1] == MCPF_TOOL_FAILED &&
+              rn == 2 + 12 && !memcmp(res + 2, "unknown tool", 12), "FAILED \"unknown tool\"");
+    /* A handler's own failure. */
+    nsent = 0;
+    CHECK(feed_call(&s, 40, seq, 2, 2, 1, "{\"on\":1}", &ev) == MCPF_EV_TOOL && ev.u.tool.status == MCPF_TOOL_FAILED,
+          "set_relay refuses {\"on\":1}");
+    /* The daemon refuses the result (TOO_LARGE): the stream goes on to
+     * its final chunk, TOOL_LIMIT. */
+    CHECK(feed(&s, 50, MCPF_ERROR, seq, too_large, sizeof too_large, &ev) == MCPF_EV_NONE && s.req == MCPF_REQ_INFER,
+          "ERROR TOO_LARGE for the result does not end the request");
+    mark = nsent;
+    mcpf_session_tick(&s, 1000, &ev);
+    CHECK(count_sent(mark, MCPF_TOOL_RESULT) == 0, "the refused result is not resent");
+    CHECK(feed(&s, 1100, MCPF_ERROR, seq, limit, sizeof limit, &ev) == MCPF_EV_ERROR &&
+              ev.u.error.code == MCPF_CODE_TOOL_LIMIT && s.req == MCPF_REQ_NONE, "TOOL_LIMIT ends the stream");
+    f = decoded(sent[nsent - 1], sent_len[nsent - 1]);
+    CHECK(f.cmd == MCPF_ACK && f.data[1] == 4, "the final chunk is acknowledged (next 4)");
+    /* A result never acknowledged: probed with backoff (100, 200, 400,
+     * 800, 1600 ms) until the daemon's TOOL_TIMEOUT (5 s) ends the stream. */
+    seq = tools_infer(&s, 2000);
+    CHECK(feed_call(&s, 2010, seq, 0, 0, 0, "", &ev) == MCPF_EV_TOOL, "a call");
+    {
+        uint32_t now = 2010;
+        mark = nsent;
+        while (now + mcpf_session_wait_ms(&s, now) <= 2010 + 5000) {
+            now += mcpf_session_wait_ms(&s, now);
+            mcpf_session_tick(&s, now, &ev);
+        }
+        CHECK(count_sent(mark, MCPF_TOOL_RESULT) == 5, "5 probes in 5 s: %d", count_sent(mark, MCPF_TOOL_RESULT));
+        CHECK(s.req == MCPF_REQ_INFER, "the request waits for the daemon's verdict");
+        CHECK(feed(&s, now, MCPF_ERROR, seq, timeout, sizeof timeout, &ev) == MCPF_EV_ERROR &&
+                  ev.u.error.code == MCPF_CODE_TOOL_TIMEOUT && s.req == MCPF_REQ_NONE, "TOOL_TIMEOUT ends it");
+    }
+    /* With 3 retries the probes stop after 3; the stream stays open. */
+    cfg.retries = 3;
+    seq = tools_infer(&s, 8000);
+    CHECK(feed_call(&s, 8010, seq, 0, 0, 0, "", &ev) == MCPF_EV_TOOL, "a call");
+    {
+        uint32_t now = 8010;
+        mark = nsent;
+        while (now < 8010 + 6000) {
+            now += mcpf_session_wait_ms(&s, now);
+            mcpf_session_tick(&s, now, &ev);
+        }
+        CHECK(count_sent(mark, MCPF_TOOL_RESULT) == 3 && s.req == MCPF_REQ_INFER, "3 probes, then the daemon's turn: %d",
+              count_sent(mark, MCPF_TOOL_RESULT));
+    }
+}
+
+/* A result fragmented over several frames: NACK MISSING with the INFER's
+ * seq resends the result's fragments, not the prompt's; with SACK a held
+ * TOOL_CALL runs once, when it becomes next in order. */
+static void test_tool_result_fragments_and_sack(void)
+{
+    static uint8_t res[2048], holdbuf[3 * MCPF_HOLD_SLOT(64)];
+    static const char sack_welcome[] = "55 01 00 0e 02 00 01 01 00 00 02 ff 13 88 40 00 01 02 03 04";
+    static const uint8_t missing[] = {MCPF_NACK_MISSING, 0, 2};
+    uint8_t wb[MCPF_MAX_FRAME], seq;
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_frame f;
+    size_t rn, n;
+    int mark;
+    tools_config(&cfg, 32);
+    cfg.hold = holdbuf;
+    cfg.hold_size = sizeof holdbuf;
+    mcpf_session_init(&s, &cfg, 1);
+    mcpf_session_hello(&s, 0);
+    n = unhex(sack_welcome, wb);
+    wb[n] = mcpf_crc8(wb + 1, n - 1);
+    f = decoded(wb, n + 1);
+    CHECK(mcpf_session_frame(&s, 5, &f, &ev) == MCPF_EV_WELCOME && s.sack, "SACK granted");
+    seq = tools_infer(&s, 10);
+    big_result = 0;
+    soil_calls = 0;
+    CHECK(feed_token(&s, 20, seq, 0, "a", &ev) == MCPF_EV_TEXT, "chunk 0");
+    CHECK(feed_call(&s, 21, seq, 2, 0, 0, "", &ev) == MCPF_EV_NONE && soil_calls == 0, "a call after a gap is held, not run");
+    CHECK(feed_token(&s, 22, seq, 1, "b", &ev) == MCPF_EV_TEXT, "chunk 1 fills the gap");
+    nsent = 0;
+    CHECK(mcpf_session_wait_ms(&s, 22) == 0 && mcpf_session_tick(&s, 22, &ev) == MCPF_EV_TOOL && soil_calls == 1,
+          "the held call runs from the hold");
+    CHECK(feed_call(&s, 23, seq, 2, 0, 0, "", &ev) == MCPF_EV_NONE && soil_calls == 1, "and once only");
+    /* A result of 100 bytes: 4 fragments of 30; NACK MISSING with the
+     * INFER's seq resends the result's fragments 0 and 2. */
+    big_result = 100;
+    nsent = 0;
+    CHECK(feed_call(&s, 30, seq, 3, 1, 0, "", &ev) == MCPF_EV_TOOL && ev.u.tool.len == 100, "a 100-byte result");
+    CHECK(nsent == 5 && count_sent(0, MCPF_TOOL_RESULT) == 4, "ACK and 4 fragments: %d", nsent);
+    CHECK(joined(0, MCPF_TOOL_RESULT, res, sizeof res, &rn) && rn == 102 && res[0] == 1 && res[101] == 'x', "joined");
+    mark = nsent;
+    CHECK(feed(&s, 40, MCPF_NACK, seq, missing, 3, &ev) == MCPF_EV_NONE && nsent == mark + 2, "NACK MISSING 0, 2");
+    f = decoded(sent[mark], sent_len[mark]);
+    CHECK(f.cmd == MCPF_TOOL_RESULT && f.data[0] == 0 && f.data[1] == 4, "result fragment 0 of 4");
+    f = decoded(sent[mark + 1], sent_len[mark + 1]);
+    CHECK(f.cmd == MCPF_TOOL_RESULT && f.data[0] == 2, "result fragment 2");
+    big_result = 0;
+}
+#endif
+
 /* Random input to every parser, the reassembler, the session and the
  * verifier: under ASan and UBSan nothing may read or write out of bounds,
  * and whatever a parser accepts must be rebuilt to the same bytes. */
@@ -301,11 +678,20 @@ static void test_random_input(int iterations)
     cfg.max_data = 64;
     cfg.window = 3;
     cfg.send = NULL;
+#if MCPF_DEVICE_TOOLS
+    cfg.tools = test_tools; /* TOOL_CALLs reach the handlers */
+    cfg.tool_count = 2;
+    cfg.tool_ctx = &soil_calls;
+    cfg.tool_buf = tool_buf;
+    cfg.tool_buf_size = sizeof tool_buf;
+#endif
     mcpf_reasm_init(&r, rbuf, sizeof rbuf);
     for (i = 0; i < iterations; i++) {
         size_t n = rnd(12) == 0 ? rnd(300) : rnd(40), k, body_len;
         mcpf_hello h; mcpf_welcome w; mcpf_infer inf; mcpf_token t; mcpf_done d;
         mcpf_error e; mcpf_ack a; mcpf_nack nk; mcpf_status_reply sr;
+        mcpf_tool_call tc; mcpf_tool_result tr; mcpf_tool_decl decls[MCPF_MAX_TOOLS];
+        uint8_t tcount;
         mcpf_frame f;
         mcpf_event ev;
         for (k = 0; k < n; k++)
@@ -328,6 +714,12 @@ static void test_random_input(int iterations)
             CHECK(mcpf_put_nack(out, &nk) == n && !memcmp(out, b, n), "nack round trip");
         if (mcpf_parse_status_reply(b, n, &sr) == 0)
             CHECK(mcpf_put_status_reply(out, &sr) == n && !memcmp(out, b, n), "status reply round trip");
+        if (mcpf_parse_tool_call(b, n, &tc) == 0)
+            CHECK(mcpf_put_tool_call(out, &tc) == n && !memcmp(out, b, n), "tool call round trip");
+        if (mcpf_parse_tool_result(b, n, &tr) == 0)
+            CHECK(mcpf_put_tool_result(out, &tr) == n && !memcmp(out, b, n), "tool result round trip");
+        if (mcpf_parse_tools(b, n, decls, MCPF_MAX_TOOLS, &tcount) == 0)
+            CHECK(tcount >= 1 && tcount <= MCPF_MAX_TOOLS, "tools count");
         /* As a fragment: a random (index, count) header over a small buffer. */
         if (n <= 256) {
             if (n >= 2 && rnd(2)) {
@@ -352,11 +744,18 @@ static void test_random_input(int iterations)
                     mcpf_session_infer(&s, (uint32_t)i, (const uint8_t *)"\0hello", 6);
                 }
             }
+            if (s.open && s.req == MCPF_REQ_NONE && rnd(8) == 0) /* a stream to disturb, more often */
+                mcpf_session_infer(&s, (uint32_t)i, (const uint8_t *)"\0hello", 6);
             nsent = 0;
-            f.cmd = (uint8_t)(rnd(4) ? 1 + rnd(14) : rnd(64));
+            f.cmd = (uint8_t)(rnd(4) ? 1 + rnd(17) : rnd(64));
             f.flags = (uint8_t)(rnd(8) ? 0 : rnd(4) << 6);
             f.seq = rnd(2) ? s.seq : (uint8_t)rnd(256);
-            if (n > 1 && f.cmd == MCPF_TOKEN && rnd(2)) {
+            if (n >= 4 && f.cmd == MCPF_TOOL_CALL && rnd(2)) { /* a sound call, often */
+                b[3] = (uint8_t)rnd(3);
+                for (k = 4; k < n; k++)
+                    b[k] = (uint8_t)(0x20 + rnd(95));
+            }
+            if (n > 1 && (f.cmd == MCPF_TOKEN || f.cmd == MCPF_TOOL_CALL) && rnd(2)) {
                 b[0] = (uint8_t)(s.next >> 8);
                 b[1] = (uint8_t)s.next;
             }
@@ -824,6 +1223,49 @@ static void test_session_signed_busy_retry(void)
 }
 #endif
 
+
+/* mcpf_json_get on a handler's arguments, then on random JSON-like text:
+ * whatever it returns lies inside the input. */
+static void test_json_get(int iterations)
+{
+    static const struct { const char *json, *key, *want; } cases[] = {
+        {"{\"on\":true}", "on", "true"},
+        {"{\"pin\":4,\"on\":false}", "on", "false"},
+        {"{\"pin\":4,\"on\":false}", "pin", "4"},
+        {" { \"a\" : {\"on\":1,\"b\":[1,{\"on\":2}]} , \"on\" : \"x,y\" } ", "on", "\"x,y\""},
+        {"{\"o\\\"n\":1,\"on\":2}", "on", "2"},
+        {"{\"s\":\"a\\\"}\",\"on\":-1.5}", "on", "-1.5"},
+        {"{\"on\":true", "on", "true"},
+        {"{\"on\"}", "on", NULL},
+        {"[\"on\",1]", "on", NULL},
+        {"{\"off\":1}", "on", NULL},
+        {"{}", "on", NULL},
+        {"", "on", NULL},
+    };
+    static const char alphabet[] = "{}[]\":,\\ ontru1e";
+    char buf[64];
+    size_t i, vl;
+    int it;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *v = mcpf_json_get(cases[i].json, strlen(cases[i].json), cases[i].key, &vl);
+        if (!cases[i].want)
+            CHECK(v == NULL, "case %lu: found %.*s", (unsigned long)i, v ? (int)vl : 0, v ? v : "");
+        else
+            CHECK(v && vl == strlen(cases[i].want) && !memcmp(v, cases[i].want, vl), "case %lu: %.*s", (unsigned long)i,
+                  v ? (int)vl : 4, v ? v : "NULL");
+    }
+    for (it = 0; it < iterations; it++) {
+        size_t n = rnd(sizeof buf), k;
+        const char *v;
+        for (k = 0; k < n; k++)
+            buf[k] = alphabet[rnd(sizeof alphabet - 1)];
+        if (n && rnd(2))
+            buf[0] = '{';
+        v = mcpf_json_get(buf, n, rnd(2) ? "on" : "o", &vl);
+        CHECK(!v || (v >= buf && vl > 0 && v + vl <= buf + n), "iteration %d: out of bounds", it);
+    }
+}
+
 /* Usage: test_unit [ITERATIONS [SEED]]: more iterations of the decoder's
  * differential fuzz (make cfuzz). */
 int main(int argc, char **argv)
@@ -834,8 +1276,13 @@ int main(int argc, char **argv)
     test_decoder_differential(iterations);
     printf("decoder differential: %d streams\n", iterations);
     test_random_input(iterations * 50);
+#if MCPF_DEVICE_TOOLS
+    printf("random input: %d tool calls reached a handler\n", soil_calls + relay_calls);
+    CHECK(soil_calls + relay_calls > 0, "random TOOL_CALLs never reached a handler");
+#endif
     test_datagram_errors();
     test_utf8();
+    test_json_get(iterations * 50);
     test_session_spec_exchange();
     test_min_rto();
     test_session_sack();
@@ -844,6 +1291,12 @@ int main(int argc, char **argv)
     test_session_stream_keepalive_and_cancel();
     test_session_serial();
     test_session_stale_bye();
+#if MCPF_DEVICE_TOOLS
+    test_tools_declare();
+    test_tool_call_exactly_once();
+    test_tool_failures();
+    test_tool_result_fragments_and_sack();
+#endif
 #if MCPF_SIGN
     test_session_signed();
     test_session_signed_busy_retry();

@@ -2,8 +2,9 @@
  *
  * Checks the C library against serialproto/testdata/vectors.txt, the
  * vectors the Go reference implementation is checked against (docs/
- * protocol.md §15): every vector is decoded and re-encoded, and Go and C
- * must agree byte for byte. Usage: test_vectors PATH/vectors.txt
+ * protocol.md §15) and testdata/tools_vectors.txt (§16): every vector is
+ * decoded and re-encoded, and Go and C must agree byte for byte.
+ * Usage: test_vectors PATH/vectors.txt [PATH/tools_vectors.txt ...]
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +13,7 @@
 #include "mcpf.h"
 
 static int failures, checked;
-static char line[8192];
+static char line[16384];
 static const char *vname;
 
 #define FAIL(...)                                                                                  \
@@ -223,14 +224,15 @@ static void check_stream(void)
 /* ------------------------------------------------------------------ msg */
 
 static const char *cmd_names[] = {"", "HELLO", "WELCOME", "PING", "PONG", "INFER", "TOKEN", "DONE",
-                                  "ERROR", "CANCEL", "ACK", "NACK", "STATUS", "STATUS_REPLY", "BYE"};
+                                  "ERROR", "CANCEL", "ACK", "NACK", "STATUS", "STATUS_REPLY", "BYE",
+                                  "TOOLS", "TOOL_CALL", "TOOL_RESULT"};
 
 static int cmd_code(void)
 {
     size_t n;
     const char *v = field("cmd", &n);
     int i;
-    for (i = 1; i < 15; i++)
+    for (i = 1; i < (int)(sizeof cmd_names / sizeof cmd_names[0]); i++)
         if (strlen(cmd_names[i]) == n && strncmp(v, cmd_names[i], n) == 0)
             return i;
     return -1;
@@ -238,11 +240,57 @@ static int cmd_code(void)
 
 static const char *opt_names[] = {"", "model", "max_tokens", "temperature", "seed", "top_k", "top_p",
                                   "min_p", "repeat_penalty", "new_chat", "system", "deadline_ms", "context",
-                                  "schema", "schema_json"};
+                                  "schema", "schema_json", "tools_on"};
 
-/* Option type of opt_names[i]: 1..12, then the critical 0x81, 0x82. */
+/* Option type of opt_names[i]: 1..12, then the critical 0x81..0x83. */
 static int opt_type(int i) { return i <= MCPF_OPT_CONTEXT ? i : 0x80 + (i - MCPF_OPT_CONTEXT); }
 #define N_OPTS ((int)(sizeof opt_names / sizeof opt_names[0]))
+
+/* Item i of a comma-separated list of hex strings in field key, decoded
+ * into out as a C string (the tool table's form); -1 if there is none. */
+static int list_item(const char *key, int i, char *out)
+{
+    size_t n, k;
+    const char *v = field(key, &n), *end;
+    if (!v)
+        return -1;
+    end = v + n;
+    for (; i > 0; i--) {
+        const char *c = memchr(v, ',', (size_t)(end - v));
+        if (!c)
+            return -1;
+        v = c + 1;
+    }
+    k = strcspn(v, ", \n");
+    if (k > (size_t)(end - v))
+        k = (size_t)(end - v);
+    out[unhex(v, k, (uint8_t *)out)] = 0;
+    return 0;
+}
+
+/* TOOLS from its names/descs/schemas lists, through the table the session
+ * declares from: NUL-terminated strings, serialised on the fly. */
+static size_t build_tools(uint8_t *out, char *bufs)
+{
+    mcpf_tool t[MCPF_MAX_TOOLS];
+    int i;
+    memset(t, 0, sizeof t);
+    for (i = 0; i < (int)MCPF_MAX_TOOLS && list_item("names", i, bufs) == 0; i++) {
+        t[i].name = bufs;
+        bufs += strlen(bufs) + 1;
+        t[i].desc = bufs;
+        if (list_item("descs", i, bufs) < 0)
+            FAIL("descs has no item %d", i);
+        bufs += strlen(bufs) + 1;
+        t[i].schema = bufs;
+        if (list_item("schemas", i, bufs) < 0)
+            FAIL("schemas has no item %d", i);
+        bufs += strlen(bufs) + 1;
+    }
+    if (has("count"))
+        want_num("count", (unsigned long)i);
+    return mcpf_put_tools(out, 4096, t, (uint8_t)i);
+}
 
 /* Builds the message from the vector's fields into out; returns its length.
  * bufs holds the byte strings the message points to. */
@@ -251,6 +299,7 @@ static size_t build(int cmd, uint8_t *out, uint8_t *bufs)
     union {
         mcpf_hello hello; mcpf_welcome welcome; mcpf_infer infer; mcpf_token token; mcpf_done done;
         mcpf_error error; mcpf_ack ack; mcpf_nack nack; mcpf_status_reply status;
+        mcpf_tool_call call; mcpf_tool_result result;
     } m;
     size_t n;
     memset(&m, 0, sizeof m);
@@ -353,6 +402,21 @@ static size_t build(int cmd, uint8_t *out, uint8_t *bufs)
         m.status.model = bufs + 512;
         m.status.model_len = (uint16_t)hexf("model", bufs + 512);
         return mcpf_put_status_reply(out, &m.status);
+    case MCPF_TOOLS:
+        return build_tools(out, (char *)bufs);
+    case MCPF_TOOL_CALL:
+        m.call.chunk = (uint16_t)num("chunk");
+        m.call.call = (uint8_t)num("call");
+        m.call.tool = (uint8_t)num("tool");
+        m.call.args = bufs;
+        m.call.args_len = (uint16_t)hexf("args", bufs);
+        return mcpf_put_tool_call(out, &m.call);
+    case MCPF_TOOL_RESULT:
+        m.result.call = (uint8_t)num("call");
+        m.result.status = (uint8_t)num("status");
+        m.result.result = bufs;
+        m.result.len = (uint16_t)hexf("result", bufs);
+        return mcpf_put_tool_result(out, &m.result);
     default: /* CANCEL, STATUS, BYE */
         return 0;
     }
@@ -365,7 +429,11 @@ static int parse_and_check(int cmd, const uint8_t *b, size_t n, int check)
     union {
         mcpf_hello hello; mcpf_welcome welcome; mcpf_infer infer; mcpf_token token; mcpf_done done;
         mcpf_error error; mcpf_ack ack; mcpf_nack nack; mcpf_status_reply status;
+        mcpf_tool_call call; mcpf_tool_result result;
     } m;
+    mcpf_tool_decl decls[MCPF_MAX_TOOLS];
+    uint8_t count = 0, i;
+    char item[4096];
     int err;
     switch (cmd) {
     case MCPF_HELLO:
@@ -409,7 +477,7 @@ static int parse_and_check(int cmd, const uint8_t *b, size_t n, int check)
             case MCPF_OPT_SCHEMA_JSON: want_hex("schema_json", m.infer.schema_json, m.infer.schema_json_len); break;
             case MCPF_OPT_MODEL: want_hex("model", m.infer.model, m.infer.model_len); break;
             case MCPF_OPT_SYSTEM: want_hex("system", m.infer.system, m.infer.system_len); break;
-            case MCPF_OPT_NEW_CHAT: break;
+            case MCPF_OPT_NEW_CHAT: case MCPF_OPT_TOOLS_ON: break;
             case MCPF_OPT_MAX_TOKENS: want_num("max_tokens", m.infer.max_tokens); break;
             case MCPF_OPT_TEMPERATURE: want_num("temperature", m.infer.temperature); break;
             case MCPF_OPT_SEED: want_num("seed", m.infer.seed); break;
@@ -480,6 +548,40 @@ static int parse_and_check(int cmd, const uint8_t *b, size_t n, int check)
         want_hex("backend", m.status.backend, m.status.backend_len);
         want_hex("model", m.status.model, m.status.model_len);
         return 0;
+    case MCPF_TOOLS:
+        if ((err = mcpf_parse_tools(b, n, decls, MCPF_MAX_TOOLS, &count)) < 0 || !check)
+            return err;
+        if (has("count"))
+            want_num("count", count);
+        for (i = 0; i < count; i++) {
+            if (list_item("names", i, item) < 0 || strlen(item) != decls[i].name_len ||
+                memcmp(item, decls[i].name, decls[i].name_len))
+                FAIL("tool %u: name", i);
+            if (list_item("descs", i, item) < 0 || strlen(item) != decls[i].desc_len ||
+                memcmp(item, decls[i].desc, decls[i].desc_len))
+                FAIL("tool %u: description", i);
+            if (list_item("schemas", i, item) < 0 || strlen(item) != decls[i].schema_len ||
+                memcmp(item, decls[i].schema, decls[i].schema_len))
+                FAIL("tool %u: schema", i);
+        }
+        if (list_item("names", count, item) == 0)
+            FAIL("more names than the %u tools parsed", count);
+        return 0;
+    case MCPF_TOOL_CALL:
+        if ((err = mcpf_parse_tool_call(b, n, &m.call)) < 0 || !check)
+            return err;
+        want_num("chunk", m.call.chunk);
+        want_num("call", m.call.call);
+        want_num("tool", m.call.tool);
+        want_hex("args", m.call.args, m.call.args_len);
+        return 0;
+    case MCPF_TOOL_RESULT:
+        if ((err = mcpf_parse_tool_result(b, n, &m.result)) < 0 || !check)
+            return err;
+        want_num("call", m.result.call);
+        want_num("status", m.result.status);
+        want_hex("result", m.result.result, m.result.len);
+        return 0;
     default:
         if (check && has("data"))
             want_hex("data", b, n);
@@ -510,12 +612,62 @@ static void check_msg(void)
 
 /* ----------------------------------------------------------------- frag */
 
+static void read_table(const void *src, size_t off, uint8_t *out, size_t len)
+{
+    const mcpf_tool *t = (const mcpf_tool *)src;
+    uint8_t n = 0;
+    while (n < MCPF_MAX_TOOLS && t[n].name)
+        n++;
+    mcpf_tools_read(t, n, off, out, len);
+}
+
+/* A TOOLS message cut from the tool table on the fly, as the session
+ * sends it, gives the same fragments as the body in memory. */
+static void frag_from_table(const uint8_t *body, size_t n, const uint8_t *want, size_t wn, uint8_t piece)
+{
+    static uint8_t got[70000], frame[MCPF_MAX_FRAME];
+    static char strs[70000];
+    mcpf_tool_decl d[MCPF_MAX_TOOLS];
+    mcpf_tool t[MCPF_MAX_TOOLS + 1];
+    uint8_t count, i;
+    char *p = strs;
+    size_t gn = 0;
+    if (mcpf_parse_tools(body, n, d, MCPF_MAX_TOOLS, &count) < 0) {
+        FAIL("TOOLS body does not parse");
+        return;
+    }
+    memset(t, 0, sizeof t);
+    for (i = 0; i < count; i++) {
+        t[i].name = p;
+        memcpy(p, d[i].name, d[i].name_len);
+        p += d[i].name_len;
+        *p++ = 0;
+        t[i].desc = p;
+        memcpy(p, d[i].desc, d[i].desc_len);
+        p += d[i].desc_len;
+        *p++ = 0;
+        t[i].schema = p;
+        memcpy(p, d[i].schema, d[i].schema_len);
+        p += d[i].schema_len;
+        *p++ = 0;
+    }
+    if (mcpf_tools_size(t, count) != n || mcpf_tools_crc32c(t, count) != mcpf_crc32c(0, body, n))
+        FAIL("the table's size or CRC-32C differs from the body's");
+    for (i = 0; i < mcpf_frag_count(n, piece); i++) {
+        size_t fl = mcpf_frag_frame_from(frame, MCPF_TOOLS, (uint8_t)num("seq"), read_table, t, n,
+                                         mcpf_tools_crc32c(t, count), piece, i);
+        memcpy(got + gn, frame, fl);
+        gn += fl;
+    }
+    same("fragments from the tool table", got, gn, want, wn);
+}
+
 static void check_frag(void)
 {
     static uint8_t body[70000], want[70000], got[70000], frame[MCPF_MAX_FRAME], rbuf[70000];
     size_t n = hexf("body", body), wn = 0, gn = 0, k, blen = 0;
     const char *p = field("frames", &k), *end = p + k;
-    uint8_t piece = (uint8_t)num("piece"), count = mcpf_frag_count(n, piece), i;
+    uint8_t piece = (uint8_t)num("piece"), count = mcpf_frag_count(n, piece), i, cmd = (uint8_t)cmd_code();
     uint32_t crc = mcpf_crc32c(0, body, n);
     mcpf_reasm r;
     int order, res = 0;
@@ -527,11 +679,13 @@ static void check_frag(void)
         p += c + (p + c < end);
     }
     for (i = 0; i < count; i++) {
-        size_t fl = mcpf_frag_frame(frame, MCPF_INFER, (uint8_t)num("seq"), body, n, crc, piece, i);
+        size_t fl = mcpf_frag_frame(frame, cmd, (uint8_t)num("seq"), body, n, crc, piece, i);
         memcpy(got + gn, frame, fl);
         gn += fl;
     }
     same("fragments", got, gn, want, wn);
+    if (cmd == MCPF_TOOLS)
+        frag_from_table(body, n, want, wn, piece);
     /* Joining them gives the body back, in order, reversed, and with every
      * fragment twice. */
     for (order = 0; order < 3; order++) {
@@ -540,7 +694,7 @@ static void check_frag(void)
         for (k = 0; k < (size_t)count * (order == 2 ? 2u : 1u) && res == 0; k++) {
             /* in order; reversed; every fragment twice in a row */
             uint8_t idx = (uint8_t)(order == 0 ? k : order == 1 ? count - 1 - k : k / 2);
-            size_t fl = mcpf_frag_frame(frame, MCPF_INFER, 9, body, n, crc, piece, idx);
+            size_t fl = mcpf_frag_frame(frame, cmd, 9, body, n, crc, piece, idx);
             mcpf_frame f;
             if (mcpf_decode(frame, fl, &f) != 0)
                 FAIL("fragment %u does not decode", idx);
@@ -556,7 +710,7 @@ static void check_frag(void)
     mcpf_reasm_init(&r, rbuf, n + 3);
     for (i = 0; i < count; i++) {
         mcpf_frame f;
-        size_t fl = mcpf_frag_frame(frame, MCPF_INFER, 9, body, n, crc, piece, i);
+        size_t fl = mcpf_frag_frame(frame, cmd, 9, body, n, crc, piece, i);
         (void)mcpf_decode(frame, fl, &f);
         if ((res = mcpf_reasm_add(&r, &f, &blen)) < 0)
             break;
@@ -616,45 +770,48 @@ int main(int argc, char **argv)
 {
     FILE *fp;
     int skipped = 0;
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s vectors.txt\n", argv[0]);
+    int arg;
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s vectors.txt [more.txt ...]\n", argv[0]);
         return 2;
     }
-    if (!(fp = fopen(argv[1], "r"))) {
-        perror(argv[1]);
-        return 2;
-    }
-    while (fgets(line, sizeof line, fp)) {
-        size_t n;
-        static char name[256];
-        const char *v;
-        if (line[0] == '#' || line[0] == '\n')
-            continue;
-        if (strlen(line) == sizeof line - 1) {
-            fprintf(stderr, "line too long\n");
+    for (arg = 1; arg < argc; arg++) {
+        if (!(fp = fopen(argv[arg], "r"))) {
+            perror(argv[arg]);
             return 2;
         }
-        v = field("name", &n);
-        snprintf(name, sizeof name, "%.*s", (int)n, v ? v : "?");
-        vname = name;
-        checked++;
-        if (strncmp(line, "crc ", 4) == 0)
-            check_crc();
-        else if (strncmp(line, "frame ", 6) == 0)
-            check_frame();
-        else if (strncmp(line, "stream ", 7) == 0)
-            check_stream();
-        else if (strncmp(line, "msg ", 4) == 0)
-            check_msg();
-        else if (strncmp(line, "frag ", 5) == 0)
-            check_frag();
-        else if (strncmp(line, "sign ", 5) == 0) {
-            check_sign();
-            skipped += !MCPF_SIGN;
-        } else
-            FAIL("unknown vector kind");
+        while (fgets(line, sizeof line, fp)) {
+            size_t n;
+            static char name[256];
+            const char *v;
+            if (line[0] == '#' || line[0] == '\n')
+                continue;
+            if (strlen(line) == sizeof line - 1) {
+                fprintf(stderr, "line too long\n");
+                return 2;
+            }
+            v = field("name", &n);
+            snprintf(name, sizeof name, "%.*s", (int)n, v ? v : "?");
+            vname = name;
+            checked++;
+            if (strncmp(line, "crc ", 4) == 0)
+                check_crc();
+            else if (strncmp(line, "frame ", 6) == 0)
+                check_frame();
+            else if (strncmp(line, "stream ", 7) == 0)
+                check_stream();
+            else if (strncmp(line, "msg ", 4) == 0)
+                check_msg();
+            else if (strncmp(line, "frag ", 5) == 0)
+                check_frag();
+            else if (strncmp(line, "sign ", 5) == 0) {
+                check_sign();
+                skipped += !MCPF_SIGN;
+            } else
+                FAIL("unknown vector kind");
+        }
+        fclose(fp);
     }
-    fclose(fp);
     printf("vectors: %d checked, %d skipped (signing compiled out), %d failures\n", checked, skipped, failures);
     if (checked + skipped < 100)
         failures++; /* the file was cut short */
