@@ -58,7 +58,7 @@ test: native-headers lint lint-units ctest test-nocgo ## vet, gofmt, unit-file l
 
 # Only backends/llamacpp and native may need cgo (and the commands that
 # link them): everything the daemon is made of builds and passes without.
-NOCGO_PKGS ?= ./serialproto/... ./daemon/... ./backends/ ./backends/detect/ ./backends/grammar/ ./backends/ollama/ ./native/gguf/ ./clients/device/...
+NOCGO_PKGS ?= ./serialproto/... ./daemon/... ./backends/ ./backends/detect/ ./backends/grammar/ ./backends/kvstate/ ./backends/ollama/ ./native/gguf/ ./clients/device/...
 test-nocgo: ## build and test the packages that must not need cgo with CGO_ENABLED=0
 	CGO_ENABLED=0 $(GO) test -count=1 $(NOCGO_PKGS)
 

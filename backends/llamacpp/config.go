@@ -47,6 +47,15 @@ type Config struct {
 	// sequence holds (a conversation's earlier turns, another device's
 	// system prompt; kv.go). For comparisons and tests.
 	NoKVReuse bool
+	// WarmFile, when set, is where the engine saves the KV caches its
+	// sequences keep when it closes, and loads them from when it starts
+	// (warm.go): an old conversation's next turn after a restart evaluates
+	// only what it adds. A file that does not fit (corrupt, another model,
+	// build or layout) is refused with a log line.
+	WarmFile string
+	// WarmBudget bounds the warm file in bytes: the most recently used
+	// sequences that fit are saved (0: all).
+	WarmBudget int64
 	// MaxTokens is the default generation limit (default 256).
 	MaxTokens int
 	// Defaults for sampling when a request leaves them unset.

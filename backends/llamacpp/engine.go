@@ -42,6 +42,10 @@ type Engine struct {
 	promptCached atomic.Int64 // of which found in a sequence's cache
 	kvCopies     atomic.Int64 // prefixes copied from another sequence
 	kvDropped    atomic.Int64 // cached tokens dropped for another prompt
+	// kv is the scheduler's once it runs; before that (loadWarm) and
+	// after it stopped (saveWarm), Open and Close use it.
+	kv         *kvState
+	warmLoaded atomic.Int64 // tokens loaded from the warm file at start
 }
 
 // Stats are the scheduler's counters since start.
@@ -52,6 +56,8 @@ type Stats struct {
 	// another sequence KVCopies times); KVDropped cached tokens were
 	// dropped to make room for other prompts.
 	PromptTokens, PromptCached, KVCopies, KVDropped int64
+	// WarmLoaded tokens were loaded from the warm file at start.
+	WarmLoaded int64
 }
 
 // Stats returns the scheduler's counters; Outputs/Steps is the mean number
@@ -59,7 +65,7 @@ type Stats struct {
 func (e *Engine) Stats() Stats {
 	return Stats{Steps: e.steps.Load(), Tokens: e.stepTokens.Load(), Outputs: e.stepOutputs.Load(),
 		PromptTokens: e.promptTokens.Load(), PromptCached: e.promptCached.Load(),
-		KVCopies: e.kvCopies.Load(), KVDropped: e.kvDropped.Load()}
+		KVCopies: e.kvCopies.Load(), KVDropped: e.kvDropped.Load(), WarmLoaded: e.warmLoaded.Load()}
 }
 
 var (
@@ -145,6 +151,8 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 	cfg.Logger.Info("llama.cpp engine ready", "model", cfg.ModelName, "params", e.info.Parameters,
 		"quantization", e.info.Quantization, "parallel", cfg.Parallel, "sequence_context", e.seqCtx,
 		"threads", cfg.Threads, "huge_page_mib", model.HugePageBytes()>>20, "build", native.BuildInfo())
+	e.kv = newKVState(cfg.Parallel)
+	e.loadWarm()
 	go e.run()
 	return e, nil
 }
@@ -201,6 +209,7 @@ func (e *Engine) Close() error {
 		return backends.ErrClosed
 	}
 	<-e.done
+	e.saveWarm()
 	return e.model.Close() // also frees the context
 }
 

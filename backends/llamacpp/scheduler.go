@@ -27,7 +27,7 @@ type slot struct {
 func (e *Engine) run() {
 	defer close(e.done)
 	slots := make([]*slot, e.cfg.Parallel)
-	kv := newKVState(e.cfg.Parallel)
+	kv := e.kv // loaded from the warm file, saved to it after (warm.go)
 	clear := func(seq int) {
 		if err := e.nctx.ClearSequence(seq); err != nil {
 			e.cfg.Logger.Warn("clearing a sequence failed", "seq", seq, "err", err)

@@ -1,0 +1,242 @@
+package llamacpp
+
+import (
+	"bufio"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends/kvstate"
+	"github.com/mcpd-project/mcpd/native"
+)
+
+// The persistent warm cache (docs/caching.md): when the engine closes
+// (SIGTERM, an engine replaced by a reload) the KV caches its sequences
+// keep — conversations' earlier turns, shared system prompts — go to
+// Config.WarmFile with the tokens they hold, most recently used first,
+// within Config.WarmBudget; the next engine on the same model, build and
+// layout loads them before it serves, so an old conversation's next turn
+// evaluates only what it adds, as if the daemon had never stopped.
+//
+// A file that is not usable — missing, corrupt, truncated, another
+// version, model, build or layout — is refused with one log line and the
+// engine starts cold; kvstate checks every byte (CRC-32C) before
+// llama.cpp sees it.
+
+// warmHeader is the header this engine's file must have.
+func (e *Engine) warmHeader() (kvstate.Header, error) {
+	id, err := kvstate.Identity(e.cfg.ModelPath, engineBuild())
+	if err != nil {
+		return kvstate.Header{}, err
+	}
+	return kvstate.Header{Identity: id, Sequences: uint32(e.cfg.Parallel), SequenceContext: uint32(e.seqCtx)}, nil
+}
+
+// engineBuild names what computes the KV cache: the instruction set and
+// the llama.cpp that Ollama's module pins (its state format and kernels
+// may change between versions).
+func engineBuild() string {
+	v := "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/ollama/ollama" {
+				v = d.Version
+			}
+		}
+	}
+	return native.BuildInfo() + " ollama " + v
+}
+
+// loadWarm fills e.kv and the context's sequences from the warm file.
+// Called before the scheduler starts; on any error every sequence it
+// filled is cleared again and the engine starts cold.
+func (e *Engine) loadWarm() {
+	if e.cfg.WarmFile == "" || e.cfg.NoKVReuse {
+		return
+	}
+	start := time.Now()
+	n, tokens, err := e.readWarm()
+	log := e.cfg.Logger.With("file", e.cfg.WarmFile)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		log.Info("no warm cache to load: starting cold")
+	case err != nil:
+		for i := range e.kv.held {
+			if len(e.kv.held[i]) > 0 {
+				if cerr := e.nctx.ClearSequence(i); cerr != nil {
+					log.Warn("clearing a sequence failed", "seq", i, "err", cerr)
+				}
+				e.kv.held[i] = nil
+			}
+		}
+		log.Warn("warm cache refused: starting cold", "err", err)
+	default:
+		e.warmLoaded.Add(int64(tokens))
+		log.Info("warm cache loaded", "sequences", n, "tokens", tokens, "ms", time.Since(start).Milliseconds())
+	}
+}
+
+func (e *Engine) readWarm() (seqs, tokens int, err error) {
+	f, err := os.Open(e.cfg.WarmFile)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
+	want, err := e.warmHeader()
+	if err != nil {
+		return 0, 0, err
+	}
+	rd, err := kvstate.NewReader(bufio.NewReaderSize(f, 1<<20), fi.Size(), want)
+	if err != nil {
+		return 0, 0, err
+	}
+	nv := e.model.VocabSize()
+	// Records come most recently used first: the first gets the highest
+	// use count, so the least recent is the first the scheduler reuses.
+	for i := 0; ; i++ {
+		rec, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			return seqs, tokens, nil
+		}
+		if err != nil {
+			return seqs, tokens, err
+		}
+		toks := make([]native.Token, len(rec.Tokens))
+		for j, t := range rec.Tokens {
+			if t < 0 || int(t) >= nv {
+				return seqs, tokens, fmt.Errorf("%w: token %d outside the vocabulary", kvstate.ErrCorrupt, t)
+			}
+			toks[j] = native.Token(t)
+		}
+		held, err := e.nctx.SetSequenceState(i, rec.State)
+		if err != nil {
+			return seqs, tokens, err
+		}
+		if held != len(toks) {
+			return seqs, tokens, fmt.Errorf("%w: sequence %d holds %d positions for %d tokens", kvstate.ErrCorrupt, i,
+				held, len(toks))
+		}
+		e.kv.held[i] = toks
+		e.kv.used[i] = -int64(i)
+		seqs++
+		tokens += len(toks)
+	}
+}
+
+// saveWarm writes the sequences' caches to the warm file. Called once the
+// scheduler has stopped and before the context is freed.
+func (e *Engine) saveWarm() {
+	if e.cfg.WarmFile == "" || e.cfg.NoKVReuse {
+		return
+	}
+	start := time.Now()
+	log := e.cfg.Logger.With("file", e.cfg.WarmFile)
+	seqs, bytes, err := e.writeWarm()
+	if err != nil {
+		log.Warn("warm cache not saved", "err", err)
+		return
+	}
+	log.Info("warm cache saved", "sequences", seqs, "bytes", bytes, "ms", time.Since(start).Milliseconds())
+}
+
+func (e *Engine) writeWarm() (int, int64, error) {
+	h, err := e.warmHeader()
+	if err != nil {
+		return 0, 0, err
+	}
+	// Most recently used first, as many as the budget holds.
+	order := make([]int, 0, len(e.kv.held))
+	for i, held := range e.kv.held {
+		if len(held) > 0 {
+			order = append(order, i)
+		}
+	}
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(e.kv.used[b], e.kv.used[a]) })
+	// Which sequences fit the budget, by the size llama.cpp reports
+	// without copying; their states are then copied one at a time while
+	// the file is written.
+	var picks []int
+	size := int64(64)
+	for _, i := range order {
+		// A decode aborted by Close may have left cells past what the
+		// sequence is known to hold.
+		if ok, err := e.nctx.TrimSequence(i, len(e.kv.held[i])); err != nil || !ok {
+			continue
+		}
+		n, err := e.nctx.SequenceStateSize(i)
+		if err != nil {
+			return 0, 0, err
+		}
+		rec := int64(16 + 4*len(e.kv.held[i]) + n)
+		if n == 0 || (e.cfg.WarmBudget > 0 && size+rec > e.cfg.WarmBudget) {
+			continue
+		}
+		size += rec
+		picks = append(picks, i)
+	}
+	if len(picks) == 0 {
+		if err := os.Remove(e.cfg.WarmFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, 0, err
+		}
+		return 0, 0, nil
+	}
+	h.Records = uint32(len(picks))
+	// A new file renamed over the old one: a crash while writing leaves
+	// the old file or the new one, never half of either.
+	dir := filepath.Dir(e.cfg.WarmFile)
+	tmp, err := os.CreateTemp(dir, filepath.Base(e.cfg.WarmFile)+".*.tmp")
+	if err != nil {
+		return 0, 0, err
+	}
+	defer os.Remove(tmp.Name())
+	bw := bufio.NewWriterSize(tmp, 1<<20)
+	err = e.writeRecords(bw, h, picks)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), e.cfg.WarmFile)
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	return len(picks), size, nil
+}
+
+func (e *Engine) writeRecords(w io.Writer, h kvstate.Header, seqs []int) error {
+	wr, err := kvstate.NewWriter(w, h)
+	if err != nil {
+		return err
+	}
+	for _, i := range seqs {
+		state, err := e.nctx.SequenceState(i)
+		if err != nil {
+			return err
+		}
+		held := e.kv.held[i]
+		rec := kvstate.Record{Tokens: make([]int32, len(held)), State: state}
+		for j, t := range held {
+			rec.Tokens[j] = int32(t)
+		}
+		if err := wr.Add(rec); err != nil {
+			return err
+		}
+	}
+	return wr.Close()
+}
