@@ -157,7 +157,7 @@ static const uint8_t opt_order[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, MCPF_
 
 static int opt_known(uint8_t t)
 {
-    return (t >= 1 && t <= MCPF_OPT_CONTEXT) || (t >= MCPF_OPT_SCHEMA && t <= MCPF_OPT_SCHEMA_JSON);
+    return (t >= 1 && t <= MCPF_OPT_CONTEXT) || (t >= MCPF_OPT_SCHEMA && t <= MCPF_OPT_TOOLS_ON);
 }
 
 /* Size of option t's value: 0xFF a string, else exact. */

@@ -12,7 +12,10 @@
  * --device-id ID, --max-data N, --window N, --max-send N (cut the prompt
  * into frames of at most N data bytes), --retries N, --hold N (keep up to
  * N answer chunks that arrive after a gap and ask for SACK, §8.2; 0: go-back-N),
- * --key HEX (built with MCPF_SIGN=1). The answer goes to stdout, statistics to stderr. Exit
+ * --key HEX (built with MCPF_SIGN=1), --tools (declare two device tools,
+ * read_soil and set_relay, and let the model call them, §16; --soil
+ * PERCENT is what the sensor reads, default 41). The answer goes to
+ * stdout, statistics and each tool call to stderr. Exit
  * status: 0 answer complete and verified, the protocol's error code on
  * ERROR (docs/protocol.md §12), 1 otherwise.
  *
@@ -115,6 +118,45 @@ static int hexkey(const char *h, uint8_t *out)
     return (int)(n / 2);
 }
 
+/* ---------------------------------------------- the device's tools (§16) */
+
+static unsigned soil = 41; /* the soil sensor, in percent */
+static int relay = -1;     /* the pump relay: -1 never set, 0 off, 1 on */
+
+/* read_soil: no arguments; answers the moisture as a number. */
+static int read_soil(void *ctx, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    (void)ctx, (void)args, (void)len;
+    *out_len = (size_t)snprintf(out, cap, "%u", soil);
+    return MCPF_TOOL_OK;
+}
+
+/* set_relay {"on":true|false}: switches the pump. */
+static int set_relay(void *ctx, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    size_t vl;
+    const char *v = mcpf_json_get(args, len, "on", &vl);
+    (void)ctx;
+    if (v && vl == 4 && !memcmp(v, "true", 4))
+        relay = 1;
+    else if (v && vl == 5 && !memcmp(v, "false", 5))
+        relay = 0;
+    else {
+        *out_len = (size_t)snprintf(out, cap, "on must be true or false");
+        return MCPF_TOOL_FAILED;
+    }
+    *out_len = (size_t)snprintf(out, cap, "relay %s", relay ? "on" : "off");
+    return MCPF_TOOL_OK;
+}
+
+static const mcpf_tool tools[] = {
+    {"read_soil", "Reads the soil moisture sensor of the bed; answers the moisture in percent.", NULL, read_soil},
+    {"set_relay", "Switches the pump relay of the bed on or off.",
+     "{\"type\":\"object\",\"properties\":{\"on\":{\"type\":\"boolean\"}}}", set_relay},
+};
+static uint8_t tool_buf[2 + 256]; /* a TOOL_RESULT: call, status, up to 256 bytes of result */
+static int use_tools;
+
 static mcpf_session s;
 static uint8_t body[4096];
 static size_t body_len;
@@ -127,10 +169,24 @@ static int on_event(const mcpf_event *ev, uint32_t now)
 {
     switch (ev->type) {
     case MCPF_EV_WELCOME:
+        if (use_tools) { /* declare first; ask once the daemon has them */
+            if (mcpf_session_tools(&s, now) != 0) {
+                fprintf(stderr, "mcpf_ask: the tool table does not fit the daemon\n");
+                return 1;
+            }
+            return -1;
+        }
+        /* fall through */
+    case MCPF_EV_TOOLS:
         if (!asked++ && mcpf_session_infer(&s, now, body, body_len) != 0) {
             fprintf(stderr, "mcpf_ask: prompt too large for the daemon\n");
             return 1;
         }
+        return -1;
+    case MCPF_EV_TOOL:
+        fprintf(stderr, "tool call %u: %s -> %s \"%.*s\"\n", ev->u.tool.call,
+                ev->u.tool.tool < 2 ? tools[ev->u.tool.tool].name : "?", ev->u.tool.status ? "FAILED" : "OK",
+                (int)ev->u.tool.len, (const char *)tool_buf + 2);
         return -1;
     case MCPF_EV_TEXT:
         fwrite(ev->u.text.p, 1, ev->u.text.len, stdout);
@@ -138,6 +194,8 @@ static int on_event(const mcpf_event *ev, uint32_t now)
         return -1;
     case MCPF_EV_DONE:
         printf("\n");
+        if (relay >= 0)
+            fprintf(stderr, "relay: %s\n", relay ? "on" : "off");
         fprintf(stderr, "done: %lu tokens, prompt %lu tokens, first token %lu ms, %lu ms in all, %lu bytes, CRC-32C %08lx ok\n",
                 (unsigned long)ev->u.done.tokens, (unsigned long)ev->u.done.prompt_tokens, (unsigned long)ev->u.done.ttft_ms,
                 (unsigned long)(now_ms() - started), (unsigned long)ev->u.done.text_bytes, (unsigned long)ev->u.done.text_crc32c);
@@ -204,6 +262,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--seed")) q.present |= MCPF_HAS(MCPF_OPT_SEED), q.seed = (uint32_t)x;
         else if (!strcmp(a, "--temperature")) q.present |= MCPF_HAS(MCPF_OPT_TEMPERATURE), q.temperature = (uint16_t)x;
         else if (!strcmp(a, "--schema")) q.present |= MCPF_HAS(MCPF_OPT_SCHEMA), q.schema = (uint8_t)x;
+        else if (!strcmp(a, "--tools")) use_tools = 1, i--;
+        else if (!strcmp(a, "--soil")) soil = (unsigned)x;
         else { fprintf(stderr, "mcpf_ask: bad argument %s %s (see the comment at the top of mcpf_ask.c)\n", a, v); return 1; }
     }
     if (fd < 0 || !prompt) {
@@ -211,6 +271,13 @@ int main(int argc, char **argv)
         return 1;
     }
     cfg.baud = baud;
+    if (use_tools) {
+        cfg.tools = tools;
+        cfg.tool_count = 2;
+        cfg.tool_buf = tool_buf;
+        cfg.tool_buf_size = sizeof tool_buf;
+        q.present |= MCPF_HAS(MCPF_OPT_TOOLS_ON);
+    }
 #if MCPF_SIGN
     {
         static uint8_t k[64];

@@ -18,4 +18,7 @@ extern HardwareSerial Serial, Serial1;
 unsigned long millis();
 unsigned long micros();
 int analogRead(uint8_t pin);
+enum { LOW = 0, HIGH = 1, OUTPUT = 1, A0 = 14 };
+void pinMode(uint8_t pin, uint8_t mode);
+void digitalWrite(uint8_t pin, uint8_t value);
 #endif

@@ -30,6 +30,8 @@ size_t HardwareSerial::println(const char *s)
 unsigned long millis() { return clock_ms; }
 unsigned long micros() { return clock_ms * 1000; }
 int analogRead(uint8_t) { return 7; }
+void pinMode(uint8_t, uint8_t) {}
+void digitalWrite(uint8_t, uint8_t) {}
 
 void setup();
 void loop();

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: MIT
 //
 // mcpd_ask — an Arduino asks mcpd a question over a UART and prints the
-// streamed answer on the USB console. Wire the board's Serial1 to the
+// streamed answer on the USB console. It lends the model two tools
+// (docs/protocol.md §16): read_soil (the moisture sensor on A0, in
+// percent) and set_relay {"on":true|false} (the pump relay on pin 7). Wire the board's Serial1 to the
 // machine running `mcpd --serial /dev/ttyUSB0:115200`. Install clients/c
 // as a library (include/ and src/ together in libraries/mcpf/src).
 //
@@ -12,12 +14,16 @@
 // (USB), not from the gateway's 3.3 V pin. See clients/c/README.md.
 #include <Arduino.h>
 
+#include <stdio.h>
+#include <string.h>
+
 #include "mcpf.h"
 #include "mcpf_session.h"
 
 #define MCPD Serial1   // the link to mcpd
 #define CONSOLE Serial // where the answer is printed
 static const uint32_t BAUD = 115200;
+static const uint8_t SOIL_PIN = A0, RELAY_PIN = 7;
 
 static mcpf_config cfg;
 static mcpf_session session;
@@ -25,6 +31,36 @@ static mcpf_decoder dec;
 static uint8_t body[96];
 static size_t body_len;
 static uint32_t last_byte;
+
+// The tools. Each handler writes what the model reads into out (cap
+// bytes) and runs once per call, inside mcpf_session_frame/_tick.
+static int read_soil(void *, const char *, size_t, char *out, size_t cap, size_t *out_len)
+{
+    long percent = 100L - (long)analogRead(SOIL_PIN) * 100L / 1023L; // a capacitive probe reads high when dry
+    *out_len = (size_t)snprintf(out, cap, "%ld", percent);
+    return MCPF_TOOL_OK;
+}
+
+static int set_relay(void *, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    size_t vl;
+    const char *v = mcpf_json_get(args, len, "on", &vl);
+    bool on = v && vl == 4 && !memcmp(v, "true", 4);
+    if (!on && !(v && vl == 5 && !memcmp(v, "false", 5))) {
+        *out_len = (size_t)snprintf(out, cap, "on must be true or false");
+        return MCPF_TOOL_FAILED;
+    }
+    digitalWrite(RELAY_PIN, on ? HIGH : LOW);
+    *out_len = (size_t)snprintf(out, cap, on ? "relay on" : "relay off");
+    return MCPF_TOOL_OK;
+}
+
+static const mcpf_tool tools[] = {
+    {"read_soil", "Reads the soil moisture of the bed; answers percent.", NULL, read_soil},
+    {"set_relay", "Switches the bed's pump on or off.",
+     "{\"type\":\"object\",\"properties\":{\"on\":{\"type\":\"boolean\"}}}", set_relay},
+};
+static uint8_t tool_buf[2 + 32]; // call, status, a result of up to 32 bytes
 
 static int send_frame(void *, const uint8_t *frame, size_t len)
 {
@@ -34,8 +70,14 @@ static int send_frame(void *, const uint8_t *frame, size_t len)
 static void on_event(const mcpf_event &ev)
 {
     switch (ev.type) {
-    case MCPF_EV_WELCOME:
+    case MCPF_EV_WELCOME: // declare the tools, then ask
+        mcpf_session_tools(&session, millis());
+        break;
+    case MCPF_EV_TOOLS:
         mcpf_session_infer(&session, millis(), body, body_len);
+        break;
+    case MCPF_EV_TOOL:
+        CONSOLE.println(ev.u.tool.status == MCPF_TOOL_OK ? "[tool ran]" : "[tool failed]");
         break;
     case MCPF_EV_TEXT:
         CONSOLE.write(ev.u.text.p, ev.u.text.len);
@@ -56,10 +98,10 @@ void setup()
     CONSOLE.begin(115200);
     MCPD.begin(BAUD);
     mcpf_infer q = {};
-    q.present = MCPF_HAS(MCPF_OPT_MAX_TOKENS);
+    q.present = MCPF_HAS(MCPF_OPT_MAX_TOKENS) | MCPF_HAS(MCPF_OPT_TOOLS_ON);
     q.max_tokens = 64;
-    q.prompt = (const uint8_t *)"Which bed needs water?";
-    q.prompt_len = 22;
+    q.prompt = (const uint8_t *)"Is the bed dry? Water it if so.";
+    q.prompt_len = 31;
     body_len = mcpf_put_infer(body, sizeof body, &q);
     cfg.device_id = "arduino-uart";
     cfg.max_data = 64; // frames up to 71 bytes: a small receive buffer
@@ -67,6 +109,11 @@ void setup()
     cfg.link = MCPF_LINK_SERIAL;
     cfg.baud = BAUD;
     cfg.send = send_frame;
+    cfg.tools = tools;
+    cfg.tool_count = 2;
+    cfg.tool_buf = tool_buf;
+    cfg.tool_buf_size = sizeof tool_buf;
+    pinMode(RELAY_PIN, OUTPUT);
     mcpf_session_init(&session, &cfg, micros() ^ analogRead(0)); // boot nonce
     mcpf_dec_init(&dec);
     mcpf_session_hello(&session, millis());
