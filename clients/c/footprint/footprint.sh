@@ -54,16 +54,22 @@ done
 echo
 echo "Linked minimal firmwares (--gc-sections, newlib-nano for memcpy/memmove/memset/strlen):"
 echo
+echo "min_device_notools is min_device built with MCPF_DEVICE_TOOLS=0 (no device tools in the session);"
+echo "min_tools is min_device declaring two tools (read_soil, set_relay) and asking with TOOLS_ON (§16)."
+echo
 echo "| firmware | CPU | signing | flash | static RAM |"
 echo "|---|---|---|---:|---:|"
-for prog in min_codec min_device; do
+for prog in min_codec min_device_notools min_device min_tools; do
 	for cpu in M0 M4; do
 		eval flags=\$$cpu
 		for sign in 0 1; do
 			[ "$prog" = min_codec ] && [ $sign = 1 ] && continue
 			elf="$out/${prog}_${cpu}_$sign.elf"
-			$CC $flags $COMMON -DMCPF_SIGN=$sign --specs=nano.specs -nostartfiles -Wl,--gc-sections \
-				-Wl,-e,Reset_Handler -o "$elf" "footprint/$prog.c" src/*.c
+			src=$prog extra=
+			[ "$prog" = min_device_notools ] && src=min_device extra=-DMCPF_DEVICE_TOOLS=0
+			[ "$prog" = min_tools ] && src=min_device extra=-DMIN_TOOLS=1
+			$CC $flags $COMMON $extra -DMCPF_SIGN=$sign --specs=nano.specs -nostartfiles -Wl,--gc-sections \
+				-Wl,-e,Reset_Handler -o "$elf" "footprint/$src.c" src/*.c
 			echo "| $prog | $cpu | $sign | $(flash "$elf") | $(ram "$elf") |"
 		done
 	done

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT
  * A whole device: HELLO, INFER with its fragments, the answer stream with
- * retransmission and flow control, over a UART (MCPF_SIGN adds signing),
- * linked with --gc-sections to measure the library as firmware uses it. */
+ * retransmission and flow control, over a UART (MCPF_SIGN adds signing;
+ * MIN_TOOLS=1 lends the model two tools, §16), linked with --gc-sections
+ * to measure the library as firmware uses it. */
 #include "mcpf.h"
 #include "mcpf_session.h"
 
@@ -14,6 +15,41 @@ static mcpf_decoder dec;
 static mcpf_session session;
 static mcpf_config cfg;
 static uint8_t body[64];
+#if MIN_TOOLS
+/* Two tools (§16): the model may read a sensor and set a relay. */
+#define SENSOR (*(volatile uint16_t *)0x40010000u)
+#define RELAY (*(volatile uint8_t *)0x40010004u)
+static int read_soil(void *ctx, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    unsigned v = SENSOR % 101u;
+    (void)ctx, (void)args, (void)len;
+    if (cap < 3)
+        return MCPF_TOOL_FAILED;
+    *out_len = 0;
+    if (v >= 100)
+        out[(*out_len)++] = '1';
+    if (v >= 10)
+        out[(*out_len)++] = (char)('0' + v / 10 % 10);
+    out[(*out_len)++] = (char)('0' + v % 10);
+    return MCPF_TOOL_OK;
+}
+static int set_relay(void *ctx, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
+{
+    size_t vl;
+    const char *v = mcpf_json_get(args, len, "on", &vl);
+    (void)ctx, (void)out, (void)cap;
+    *out_len = 0;
+    if (!v)
+        return MCPF_TOOL_FAILED;
+    RELAY = v[0] == 't';
+    return MCPF_TOOL_OK;
+}
+static const mcpf_tool tools[] = {
+    {"read_soil", "Soil moisture in percent.", NULL, read_soil},
+    {"set_relay", "Pump on or off.", "{\"type\":\"object\",\"properties\":{\"on\":{\"type\":\"boolean\"}}}", set_relay},
+};
+static uint8_t tool_buf[2 + 16];
+#endif
 #if MCPF_SIGN
 static const uint8_t key[32] = {1, 2, 3};
 #endif
@@ -42,6 +78,14 @@ int main(void)
     cfg.link = MCPF_LINK_SERIAL;
     cfg.baud = 115200;
     cfg.send = uart_send;
+#if MIN_TOOLS
+    q.present = MCPF_HAS(MCPF_OPT_TOOLS_ON);
+    len = mcpf_put_infer(body, sizeof body, &q);
+    cfg.tools = tools;
+    cfg.tool_count = 2;
+    cfg.tool_buf = tool_buf;
+    cfg.tool_buf_size = sizeof tool_buf;
+#endif
 #if MCPF_SIGN
     cfg.key.k = key;
     cfg.key.len = sizeof key;
@@ -66,8 +110,15 @@ int main(void)
             mcpf_session_frame(&session, now, &f, &ev);
         if (ev.type == MCPF_EV_NONE)
             mcpf_session_tick(&session, now, &ev);
+#if MIN_TOOLS
+        if (ev.type == MCPF_EV_WELCOME)
+            mcpf_session_tools(&session, now);
+        else if (ev.type == MCPF_EV_TOOLS)
+            mcpf_session_infer(&session, now, body, len);
+#else
         if (ev.type == MCPF_EV_WELCOME)
             mcpf_session_infer(&session, now, body, len);
+#endif
         else if (ev.type == MCPF_EV_TEXT)
             for (i = 0; i < ev.u.text.len; i++)
                 CONSOLE = ev.u.text.p[i];
