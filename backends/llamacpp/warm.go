@@ -194,6 +194,9 @@ func (e *Engine) writeWarm() (int, int64, error) {
 	// A new file renamed over the old one: a crash while writing leaves
 	// the old file or the new one, never half of either.
 	dir := filepath.Dir(e.cfg.WarmFile)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return 0, 0, err
+	}
 	tmp, err := os.CreateTemp(dir, filepath.Base(e.cfg.WarmFile)+".*.tmp")
 	if err != nil {
 		return 0, 0, err

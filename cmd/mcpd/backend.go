@@ -156,6 +156,8 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger, native bool)
 			SequenceContext: cfg.Engine.ContextSize,
 			Parallel:        max(cfg.Limits.MaxConcurrent, 0),
 			NoKVReuse:       cfg.Cache.NoKVReuse,
+			WarmFile:        cfg.Cache.warmFile(),
+			WarmBudget:      cfg.Cache.warmBudget(),
 			Logger:          log,
 		})
 	}

@@ -3,6 +3,8 @@ package main
 import (
 	"flag"
 	"fmt"
+	"path/filepath"
+	"strings"
 )
 
 // cacheSection is [cache] (docs/caching.md): what the engines keep of the
@@ -17,9 +19,50 @@ type cacheSection struct {
 	// NoKVReuse makes the in-process engine evaluate every prompt whole
 	// instead of reusing what a sequence holds (for comparisons).
 	NoKVReuse bool `toml:"no_kv_reuse"`
+	// StateDir is where the in-process engine keeps its warm cache
+	// (WarmFileName): default $STATE_DIRECTORY, which systemd's
+	// StateDirectory=mcpd sets to /var/lib/mcpd; none, no warm cache.
+	StateDir string `toml:"state_dir"`
+	// NoWarm turns the warm cache off: the engine then starts cold after
+	// every restart.
+	NoWarm bool `toml:"no_warm"`
+	// WarmMiB bounds the warm file (default 256): the most recently used
+	// conversations' caches that fit are saved.
+	WarmMiB int `toml:"warm_mib"`
 }
 
-const defaultCacheMiB = 64
+const (
+	defaultCacheMiB = 64
+	defaultWarmMiB  = 256
+	// WarmFileName is the warm cache's file in the state directory.
+	WarmFileName = "kv-warm.mcpdkv"
+)
+
+// warmFile is the in-process engine's warm cache file, "" when off.
+func (c cacheSection) warmFile() string {
+	if c.NoWarm || c.NoKVReuse || c.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(c.StateDir, WarmFileName)
+}
+
+// warmBudget is the warm file's bound in bytes.
+func (c cacheSection) warmBudget() int64 {
+	mib := c.WarmMiB
+	if mib <= 0 {
+		mib = defaultWarmMiB
+	}
+	return int64(mib) << 20
+}
+
+// loadStateDir takes the state directory from $STATE_DIRECTORY (systemd
+// sets it for StateDirectory=; several are separated by ':', the first is
+// ours) unless the configuration names one.
+func (c *cacheSection) loadStateDir(getenv func(string) string) {
+	if c.StateDir == "" {
+		c.StateDir, _, _ = strings.Cut(getenv("STATE_DIRECTORY"), ":")
+	}
+}
 
 // responseBudget is the response cache's budget in bytes, 0 when off.
 func (c cacheSection) responseBudget() int64 {
@@ -37,6 +80,12 @@ func (c cacheSection) validate() error {
 	if c.BudgetMiB < 0 || c.BudgetMiB > 1<<20 {
 		return fmt.Errorf("cache budget_mib %d: want 0..%d", c.BudgetMiB, 1<<20)
 	}
+	if c.WarmMiB < 0 || c.WarmMiB > 1<<20 {
+		return fmt.Errorf("cache warm_mib %d: want 0..%d", c.WarmMiB, 1<<20)
+	}
+	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("cache state_dir %q: want an absolute path", c.StateDir)
+	}
 	return nil
 }
 
@@ -46,6 +95,8 @@ func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 	on := fs.Bool("cache", false, "answer deterministic requests (temperature 0 or a seed) seen before from memory")
 	mib := fs.Int("cache-mib", 0, fmt.Sprintf("response cache budget in MiB (default %d)", defaultCacheMiB))
 	noKV := fs.Bool("no-kv-reuse", false, "evaluate every prompt whole instead of reusing the engine's KV cache (for comparisons)")
+	stateDir := fs.String("state-dir", "", "where the engine keeps its warm cache across restarts (default $STATE_DIRECTORY)")
+	noWarm := fs.Bool("no-warm", false, "start cold: do not save the engine's KV caches at exit nor load them at start")
 	history := fs.Int("max-history", 0, "chat messages (user and assistant) kept per device session (default 20)")
 	return func(cfg *config, set map[string]bool) {
 		if set["max-history"] {
@@ -56,6 +107,12 @@ func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 		}
 		if set["cache-mib"] {
 			cfg.Cache.BudgetMiB = *mib
+		}
+		if set["state-dir"] {
+			cfg.Cache.StateDir = *stateDir
+		}
+		if set["no-warm"] {
+			cfg.Cache.NoWarm = *noWarm
 		}
 		if set["no-kv-reuse"] {
 			cfg.Cache.NoKVReuse = *noKV

@@ -6,7 +6,10 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -84,5 +87,96 @@ func TestEndToEndCache(t *testing.T) {
 				t.Fatalf("metrics (cache %s):\n%s", tc.name, metrics)
 			}
 		})
+	}
+}
+
+// TestWarmRestartSIGTERM: mcpd under a service manager's STATE_DIRECTORY
+// saves its engine's KV caches when SIGTERM stops it, and the next mcpd
+// loads them: a chat client's next turn of an old conversation then finds
+// its history in the cache (/status), with the answer a cold mcpd gives.
+func TestWarmRestartSIGTERM(t *testing.T) {
+	bin := buildMcpd(t)
+	model := tinyModel(t)
+	state := t.TempDir()
+	warm := filepath.Join(state, WarmFileName)
+	msgs := []map[string]string{{"role": "system", "content": "You are a greenhouse controller. Answer briefly."}}
+	// turn asks mcpd at httpAddr for the conversation's next answer and
+	// returns it with the prompt tokens found cached so far.
+	turn := func(httpAddr, user string) (string, int64) {
+		t.Helper()
+		body, _ := json.Marshal(map[string]any{"model": "", "stream": false, "messages": append(msgs,
+			map[string]string{"role": "user", "content": user}), "options": map[string]any{"temperature": 0, "num_predict": 8}})
+		var resp *http.Response
+		var err error
+		for range 200 { // the model may still be loading
+			if resp, err = http.Post("http://"+httpAddr+"/api/chat", "application/json", bytes.NewReader(body)); err == nil && resp.StatusCode == 200 {
+				break
+			}
+			if resp != nil {
+				resp.Body.Close()
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("/api/chat: %v %v", resp, err)
+		}
+		var out struct {
+			Message struct{ Content string } `json:"message"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, status := httpGet(t, "http://"+httpAddr+"/status")
+		var st struct {
+			Daemon struct {
+				Cache *backends.CacheStats `json:"cache"`
+			} `json:"daemon"`
+		}
+		if err := json.Unmarshal([]byte(status), &st); err != nil || st.Daemon.Cache == nil {
+			t.Fatalf("/status: %v %s", err, status)
+		}
+		return out.Message.Content, st.Daemon.Cache.KV.PromptCached
+	}
+	start := func(args ...string) (*mcpdProcess, string) {
+		httpAddr := freeTCP(t)
+		p := startMcpd(t, append([]string{bin, "--model", model, "--threads", "1", "--listen-udp", "127.0.0.1:" + freePort(t),
+			"--http", httpAddr}, args...), "STATE_DIRECTORY="+state)
+		return p, httpAddr
+	}
+	stop := func(p *mcpdProcess) {
+		t.Helper()
+		p.signal(t, syscall.SIGTERM)
+		if err := p.wait(t, 30*time.Second); err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs.String())
+		}
+	}
+
+	p, httpAddr := start()
+	for _, user := range []string{"Which bed needs water?", "And the east bed?"} {
+		answer, _ := turn(httpAddr, user)
+		msgs = append(msgs, map[string]string{"role": "user", "content": user}, map[string]string{"role": "assistant", "content": answer})
+	}
+	stop(p)
+	if !strings.Contains(p.logs.String(), "warm cache saved") {
+		t.Fatalf("no 'warm cache saved' line:\n%s", p.logs.String())
+	}
+	if _, err := os.Stat(warm); err != nil {
+		t.Fatal(err)
+	}
+
+	p, httpAddr = start()
+	warmAnswer, cached := turn(httpAddr, "And the west bed?")
+	stop(p)
+	if !strings.Contains(p.logs.String(), "warm cache loaded") || cached == 0 {
+		t.Fatalf("after a restart: %d prompt tokens cached\n%s", cached, p.logs.String())
+	}
+
+	p, httpAddr = start("--no-warm")
+	coldAnswer, cached := turn(httpAddr, "And the west bed?")
+	stop(p)
+	if cached != 0 || warmAnswer != coldAnswer {
+		t.Fatalf("--no-warm: %d prompt tokens cached, answer %q; warm: %q", cached, coldAnswer, warmAnswer)
 	}
 }

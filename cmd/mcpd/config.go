@@ -221,6 +221,7 @@ func (c *config) loadEnv(getenv func(string) string) error {
 	str("MCPD_LOG_LEVEL", &c.LogLevel)
 	str("MCPD_LOG_FORMAT", &c.LogFormat)
 	str("MCPD_HTTP_LISTEN", &c.HTTP.Listen)
+	c.Cache.loadStateDir(getenv)
 	return errors.Join(
 		c.loadBackendEnv(getenv),
 		num("MCPD_THREADS", &c.Engine.Threads),
