@@ -1266,6 +1266,91 @@ static void test_json_get(int iterations)
     }
 }
 
+#if MCPF_SIGN
+#if MCPF_DEVICE_TOOLS
+/* Tools in a signed session: TOOLS and TOOL_RESULT fragments are signed
+ * (pieces 15 bytes shorter) and verify as the daemon checks them; an
+ * unsigned TOOL_CALL is dropped, a signed one runs once, its replay is
+ * dropped before it could count as a copy. */
+static void test_tools_signed(void)
+{
+    static const uint8_t keyb[32] = {7};
+    uint8_t nonce[8] = {0, 0, 0, 9, 1, 2, 3, 4}, b[MCPF_MAX_FRAME], wb[16], cb[64], res[64];
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_replay w;
+    mcpf_welcome wel;
+    mcpf_frame f;
+    mcpf_tool_call c;
+    mcpf_reasm r;
+    size_t n, rn = 0;
+    int i, got = 0;
+    uint8_t seq;
+    tools_config(&cfg, 48); /* pieces of 48 − 2 − 15 = 31 */
+    cfg.key.k = keyb;
+    cfg.key.len = 32;
+    mcpf_session_init(&s, &cfg, 9);
+    mcpf_session_hello(&s, 0);
+    memset(&wel, 0, sizeof wel);
+    wel.version = 1;
+    wel.max_data = 256;
+    wel.features = 1;
+    wel.window = 255;
+    wel.heartbeat_ms = 5000;
+    wel.max_message = 16384;
+    wel.daemon_nonce = 0x01020304u;
+    n = mcpf_sign(b, mcpf_encode(b, 1, MCPF_WELCOME, 0, wb, (uint16_t)mcpf_put_welcome(wb, &wel)), &cfg.key,
+                  MCPF_DAEMON_TO_DEVICE, nonce, 0, 1);
+    f = decoded(b, n);
+    CHECK(mcpf_session_frame(&s, 10, &f, &ev) == MCPF_EV_WELCOME, "signed WELCOME");
+    nsent = 0;
+    CHECK(mcpf_session_tools(&s, 20) == 0, "declare");
+    memset(&w, 0, sizeof w);
+    for (i = 0; i < nsent; i++) {
+        f = decoded(sent[i], sent_len[i]);
+        CHECK(mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, NULL) == 0 && f.cmd == MCPF_TOOLS &&
+                  f.len <= 2 + 31, "TOOLS fragment %d signed", i);
+    }
+    seq = s.seq;
+    n = mcpf_sign(b, mcpf_encode(b, 1, MCPF_ACK, seq, (const uint8_t *)"\0\6\0", 3), &cfg.key, MCPF_DAEMON_TO_DEVICE, nonce, 0, 2);
+    f = decoded(b, n);
+    CHECK(mcpf_session_frame(&s, 30, &f, &ev) == MCPF_EV_TOOLS, "signed ACK: declared");
+    CHECK(mcpf_session_infer(&s, 40, (const uint8_t *)"\2\x83\0?", 4) == 0, "infer");
+    seq = s.seq;
+    c.chunk = 0;
+    c.call = 0;
+    c.tool = 0;
+    c.args = NULL;
+    c.args_len = 0;
+    n = mcpf_encode(b, 1, MCPF_TOOL_CALL, seq, cb, (uint16_t)mcpf_put_tool_call(cb, &c));
+    f = decoded(b, n);
+    soil_calls = 0;
+    big_result = 40; /* 42 + 4 bytes: 2 fragments of 31 */
+    CHECK(mcpf_session_frame(&s, 50, &f, &ev) == MCPF_EV_NONE && soil_calls == 0, "unsigned TOOL_CALL dropped");
+    n = mcpf_sign(b, n, &cfg.key, MCPF_DAEMON_TO_DEVICE, nonce, 0, 3);
+    f = decoded(b, n);
+    nsent = 0;
+    CHECK(mcpf_session_frame(&s, 60, &f, &ev) == MCPF_EV_TOOL && soil_calls == 1, "signed TOOL_CALL runs");
+    f = decoded(b, n);
+    CHECK(mcpf_session_frame(&s, 61, &f, &ev) == MCPF_EV_NONE && soil_calls == 1, "its replay is dropped");
+    mcpf_reasm_init(&r, res, sizeof res);
+    for (i = 0; i < nsent; i++) {
+        f = decoded(sent[i], sent_len[i]);
+        CHECK(mcpf_verify(&f, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, &w, NULL, NULL) == 0, "frame %d signed", i);
+        if (f.cmd == MCPF_TOOL_RESULT) {
+            got++;
+            CHECK(f.len <= 2 + 31, "a signed piece is at most 31 bytes");
+            if (mcpf_reasm_add(&r, &f, &rn) == 1)
+                CHECK(rn == 42 && res[1] == MCPF_TOOL_OK && res[41] == 'x', "the result joins");
+        }
+    }
+    CHECK(got == 2 && rn == 42, "2 signed result fragments: %d", got);
+    big_result = 0;
+}
+#endif
+#endif
+
 /* Usage: test_unit [ITERATIONS [SEED]]: more iterations of the decoder's
  * differential fuzz (make cfuzz). */
 int main(int argc, char **argv)
@@ -1300,6 +1385,9 @@ int main(int argc, char **argv)
 #if MCPF_SIGN
     test_session_signed();
     test_session_signed_busy_retry();
+#if MCPF_DEVICE_TOOLS
+    test_tools_signed();
+#endif
 #endif
     printf("unit tests (signing %s): %d failures\n", MCPF_SIGN ? "on" : "off", failures);
     return failures ? 1 : 0;
