@@ -43,12 +43,15 @@ const (
 	RoleSystem    Role = "system"
 	RoleUser      Role = "user"
 	RoleAssistant Role = "assistant"
+	RoleTool      Role = "tool" // a tool's result (Content) for the call of the assistant turn before it
 )
 
 // Message is one turn of a conversation.
 type Message struct {
 	Role    Role
 	Content string
+	// ToolCall is set on an assistant turn that called a tool (tools.go).
+	ToolCall *ToolCall
 }
 
 // Options tune one generation. Zero values mean "the engine's default",
@@ -80,6 +83,10 @@ type Request struct {
 	Model    string // "" = the engine's default model
 	Messages []Message
 	Options  Options
+	// Tools the model may call (tools.go); nil: none. An engine that
+	// cannot offer tools returns ErrUnsupported.
+	Tools      []Tool
+	ToolChoice ToolChoice
 }
 
 // StopReason says why generation ended.
@@ -100,6 +107,9 @@ type Result struct {
 	TTFT         time.Duration // from the call to the first piece
 	Duration     time.Duration // from the call to the last piece
 	Stop         StopReason
+	// Call is set when the generation ended in a tool call instead of an
+	// answer: nothing of the call reached emit.
+	Call *ToolCall
 }
 
 // Emit receives generated text in order. Pieces never split a UTF-8

@@ -320,7 +320,7 @@ func (s *Selector) Generate(ctx context.Context, req Request, emit Emit) (Result
 		res, _, err := s.generate(ctx, req, emit)
 		return res, err
 	}
-	if !Deterministic(req.Options) {
+	if !Deterministic(req.Options) || len(req.Tools) > 0 { // a tool's result is the device's, not the model's
 		s.cache.skipped()
 		res, _, err := s.generate(ctx, req, emit)
 		return res, err

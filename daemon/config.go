@@ -62,6 +62,15 @@ type Config struct {
 	// Schemas are the answer constraints a device names by id in an
 	// INFER's SCHEMA option (docs/protocol.md §11.4.1).
 	Schemas map[uint8]Schema
+	// Device tools (docs/protocol.md §16, tools.go).
+	ToolTimeout    time.Duration // how long a device may take to answer a TOOL_CALL once it has acknowledged it; default 5 s
+	MaxToolCalls   int           // tool calls one request may make (a model looping on a tool); default 4
+	MaxToolDevices int           // device ids whose declarations are kept; beyond it the oldest go; default 1024
+	// ToolChoice "first" makes the model call a tool in its first
+	// generation of a TOOLS_ON request (the in-process engine's must-call
+	// grammar), "auto" (the default) lets it choose: a demonstration and
+	// test setting for models that would never call on their own.
+	ToolChoice string
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -119,6 +128,12 @@ func (c Config) WithDefaults() Config {
 	defDur(&c.MinRTO, serialproto.MinRTO)
 	defDur(&c.ShutdownDrain, 10*time.Second)
 	defDur(&c.StallTimeout, 2*time.Minute)
+	defDur(&c.ToolTimeout, 5*time.Second)
+	def(&c.MaxToolCalls, 4)
+	def(&c.MaxToolDevices, 1024)
+	if c.ToolChoice == "" {
+		c.ToolChoice = "auto"
+	}
 	return c
 }
 
@@ -131,6 +146,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("daemon: min RTO %v outside %v..%v", c.MinRTO, serialproto.RTOGranularity, serialproto.MaxRTO)
 	case c.Heartbeat > 65535*time.Millisecond:
 		return fmt.Errorf("daemon: heartbeat %v above 65.535 s", c.Heartbeat)
+	case c.ToolChoice != "" && c.ToolChoice != "auto" && c.ToolChoice != "first":
+		return fmt.Errorf("daemon: tool choice %q: want auto or first", c.ToolChoice)
+	case c.MaxToolCalls > 255:
+		return fmt.Errorf("daemon: max tool calls %d above 255 (a call index is one byte)", c.MaxToolCalls)
 	}
 	return c.Policy.validate()
 }

@@ -48,6 +48,7 @@ type Daemon struct {
 	reqLines  logSampler    // bounds the request lines of remote links (reqlog.go)
 	links     linkSet       // the links being served, and their lifetime
 	local     localRequests // local applications' requests (local.go)
+	tools     toolStore     // devices' tool declarations by device id (tools.go)
 }
 
 // New returns a daemon serving through b.

@@ -62,15 +62,16 @@ func (s *session) infer(f serialproto.Frame) {
 		s.refuse(f.Seq, serialproto.NewError(code, deviceText(err)))
 		return
 	}
-	if m.Set.Has(serialproto.OptToolsOn) { // §16 is not served yet: never answer without the tools
-		s.refuse(f.Seq, serialproto.NewError(serialproto.CodeUnsupportedOption, "TOOLS_ON: device tools not served yet"))
-		return
-	}
 	if e := s.allowModel(&m); e != nil {
 		s.refuse(f.Seq, e)
 		return
 	}
 	schema, e := s.schemaFor(&m)
+	if e != nil {
+		s.refuse(f.Seq, e)
+		return
+	}
+	calls, e := s.toolsFor(&m, schema != nil)
 	if e != nil {
 		s.refuse(f.Seq, e)
 		return
@@ -86,6 +87,7 @@ func (s *session) infer(f serialproto.Frame) {
 	}
 	r := s.newRequest(f.Seq, count, &m, first, t)
 	r.schema = schema
+	r.calls = calls
 	s.d.stats.Accepted.Add(1)
 	s.send(f.Seq, &serialproto.Ack{Next: uint16(count)})
 	go r.run()

@@ -50,9 +50,7 @@ func (d *Daemon) HandleFrame(p Peer, f serialproto.Frame) {
 	case f.Version != serialproto.Version1:
 		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnsupportedVersion, "versions 1..1"))
 		return
-	case !f.Cmd.Known(), f.Cmd == serialproto.CmdTools, f.Cmd == serialproto.CmdToolResult:
-		// The device tools (§16) are not served yet: their codes are
-		// answered like unassigned ones.
+	case !f.Cmd.Known():
 		d.send(p, f.Seq, serialproto.NewError(serialproto.CodeUnknownCommand, f.Cmd.String()))
 		return
 	case !f.Cmd.Travels(serialproto.DeviceToDaemon):

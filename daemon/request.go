@@ -23,6 +23,7 @@ type request struct {
 	st            *stream
 	obs           RequestObserver // nil when nothing observes
 	schema        *Schema         // the answer's constraint (§11.4.1), nil for none
+	calls         *toolCalls      // TOOLS_ON: the device's tools and the call outstanding (§16); nil: none
 }
 
 func (r *request) cancel(cause error) { r.cancelCause(cause) }
@@ -77,20 +78,29 @@ func (r *request) generate(answer *strings.Builder) (backends.Result, error) {
 	d := r.s.d
 	// The conversation is read once the slot is taken: an earlier request
 	// of the session that held it up has added its turn by then.
-	request := func() backends.Request {
-		req := backends.Request{Model: r.infer.Model, Messages: r.s.conversation(r.infer), Options: options(r.infer, d.conf())}
-		if r.schema != nil {
-			req.Options.Grammar, req.Options.Schema = r.schema.Grammar, r.schema.JSON
+	run := func(extra []backends.Message, choice backends.ToolChoice) (backends.Result, error) {
+		request := func() backends.Request {
+			req := backends.Request{Model: r.infer.Model, Messages: append(r.s.conversation(r.infer), extra...), Options: options(r.infer, d.conf())}
+			if r.schema != nil {
+				req.Options.Grammar, req.Options.Schema = r.schema.Grammar, r.schema.JSON
+			}
+			if r.calls != nil {
+				req.Tools, req.ToolChoice = r.calls.set.tools, choice
+			}
+			return req
 		}
-		return req
+		// The engine's turn is the source's (an IP address, a serial port):
+		// device ids are free to choose, so one host asking under many ids is
+		// still one turn.
+		return d.generate(r.ctx, "source:"+r.s.source, request, r.s.dropOldTurns, r.obs, func(piece []byte) error {
+			answer.Write(piece)
+			return r.st.write(piece)
+		})
 	}
-	// The engine's turn is the source's (an IP address, a serial port):
-	// device ids are free to choose, so one host asking under many ids is
-	// still one turn.
-	return d.generate(r.ctx, "source:"+r.s.source, request, r.s.dropOldTurns, r.obs, func(piece []byte) error {
-		answer.Write(piece)
-		return r.st.write(piece)
-	})
+	if r.calls == nil {
+		return run(nil, backends.ToolAuto)
+	}
+	return r.generateWithTools(run)
 }
 
 // generate waits for an engine slot — its turn among the holders waiting,
@@ -177,6 +187,10 @@ func errorCode(err, cause error) serialproto.ErrorCode {
 		return serialproto.CodeCancelled
 	case errors.Is(cause, errShuttingDown):
 		return serialproto.CodeShuttingDown
+	case errors.Is(err, errToolTimeout):
+		return serialproto.CodeToolTimeout
+	case errors.Is(err, errToolLimit), errors.Is(err, errToolResultTooLarge):
+		return serialproto.CodeToolLimit
 	case errors.Is(cause, context.DeadlineExceeded), errors.Is(err, context.DeadlineExceeded):
 		return serialproto.CodeTimeout
 	case errors.Is(err, backends.ErrModelNotFound):

@@ -105,9 +105,11 @@ func (s *session) fresh(cmd serialproto.Command, seq uint8) serialproto.SeqState
 			s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
 		}
 		s.reasm.Forget(serialproto.CmdInfer, seq)
+		s.reasm.Forget(serialproto.CmdTools, seq)
+		s.reasm.Forget(serialproto.CmdToolResult, seq)
 		delete(s.firstFrag, seq)
 	}
-	if cmd != serialproto.CmdInfer {
+	if cmd != serialproto.CmdInfer && cmd != serialproto.CmdTools { // taken when accepted
 		s.seqs.Take(seq)
 	}
 	return state
@@ -201,12 +203,19 @@ func (s *session) handle(f serialproto.Frame) {
 			return
 		}
 	}
-	if f.Cmd == serialproto.CmdInfer {
+	switch f.Cmd {
+	case serialproto.CmdInfer:
 		if state == serialproto.SeqDuplicate {
 			s.repeatAck(f.Seq)
 			return
 		}
 		s.infer(f)
+		return
+	case serialproto.CmdTools:
+		s.declare(f, state == serialproto.SeqDuplicate)
+		return
+	case serialproto.CmdToolResult:
+		s.toolResult(f)
 		return
 	}
 	if f.Flags&serialproto.FlagFragment != 0 {

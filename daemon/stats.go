@@ -32,6 +32,8 @@ type Stats struct {
 	LogSuppressed                                   atomic.Int64 // remote-caused log lines held back (logsample.go)
 	HistoryTrimmed                                  atomic.Int64 // times a chat history was halved to fit the model's context
 	Unanswered                                      atomic.Int64 // answers to unproven sources not sent: they would reflect more bytes than came
+	ToolCalls                                       atomic.Int64 // TOOL_CALLs sent to devices (§16)
+	ToolTimeouts                                    atomic.Int64 // of them, unanswered within the tool timeout
 
 	links  sync.Map // link name → *linkCounters
 	tokens sync.Map // engine name → *atomic.Int64

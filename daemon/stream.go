@@ -59,6 +59,12 @@ type stream struct {
 	dupAcks      int
 	retries      int
 	lastSend     time.Time
+	// A tool call (§16) waits in call until the text before it is cut,
+	// then becomes chunk callAt; callAcked closes when the device has
+	// acknowledged it.
+	call      *serialproto.ToolCall
+	callAt    int
+	callAcked chan struct{}
 }
 
 // chunkMeta is what the sender knows of one chunk.
@@ -105,6 +111,7 @@ func newStream(p Peer, seal *sealer, clk clock, rtt *rttState, sack bool, versio
 		wake:           make(chan struct{}, 1),
 		quit:           make(chan struct{}),
 		lastSend:       clk.Now(), // the clock for a window closed from the start
+		callAt:         -1,
 	}
 }
 
@@ -127,10 +134,25 @@ func (s *stream) write(piece []byte) error {
 	return nil
 }
 
+// toolCall queues a TOOL_CALL chunk after the text written so far
+// (§16); the returned channel closes once the device has acknowledged it.
+// The caller writes nothing more until the call's result is in, so at most
+// one call waits at a time.
+func (s *stream) toolCall(call, tool uint8, args []byte) <-chan struct{} {
+	s.mu.Lock()
+	s.call = &serialproto.ToolCall{Call: call, Tool: tool, Args: args}
+	s.callAcked = make(chan struct{})
+	acked := s.callAcked
+	s.mu.Unlock()
+	s.notify()
+	return acked
+}
+
 // finish records how the stream ends; the final chunk follows the text.
 func (s *stream) finish(f finalFunc) {
 	s.mu.Lock()
 	s.final = f
+	s.call = nil // a call not yet sent is not sent: the request is over
 	s.mu.Unlock()
 	s.notify()
 }
@@ -163,6 +185,10 @@ func (s *stream) ack(next, window int, sack []byte) (complete bool) {
 		}
 	}
 	s.window = window
+	if s.callAt >= 0 && s.acked > s.callAt {
+		close(s.callAcked)
+		s.callAt = -1
+	}
 	complete = s.finalCut && s.acked == len(s.frames)
 	s.mu.Unlock()
 	s.notify()
@@ -360,8 +386,15 @@ func (s *stream) timeout(now time.Time) (probe *serialproto.Frame, err error) {
 func (s *stream) cut(now time.Time) {
 	for !s.finalCut && len(s.frames) < s.acked+s.window {
 		n := s.text.Len()
-		done := s.final != nil
+		done := s.final != nil || s.call != nil // all text goes out before a call
 		if n == 0 {
+			if s.call != nil {
+				s.call.Chunk = uint16(len(s.frames))
+				s.callAt = len(s.frames)
+				s.appendFrame(s.call)
+				s.call = nil
+				continue
+			}
 			if done {
 				s.appendFrame(s.final(uint16(len(s.frames)), s.textBytes, s.textCRC))
 				s.finalCut = true

@@ -90,17 +90,9 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 	if err != nil {
 		return nil, false, err
 	}
-	piece := serialproto.PieceSize(int(c.welcome.MaxData), c.signer != nil)
-	if c.cfg.MaxSend > 0 {
-		piece = min(piece, serialproto.PieceSize(c.cfg.MaxSend, c.signer != nil))
-	}
-	datas, err := serialproto.Fragments(body, piece)
+	frames, err := c.messageFrames(serialproto.CmdInfer, seq, body)
 	if err != nil {
 		return nil, false, err
-	}
-	frames := make([]serialproto.Frame, len(datas))
-	for i, d := range datas {
-		frames[i] = serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdInfer, Flags: serialproto.FlagFragment, Seq: seq, Data: d}
 	}
 	send := func(f serialproto.Frame) error { // encoded (and signed) anew each time
 		raw, err := c.encode(f)
@@ -120,6 +112,11 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 		// until the gap is filled: copies, as frames are reused.
 		held  map[uint16]serialproto.Message
 		final error // the stream's closing ERROR
+		// A TOOL_CALL delivered in order (§16) runs once; its result is
+		// resent until the daemon acknowledges it or the stream moves on.
+		call          *serialproto.ToolCall
+		result        []serialproto.Frame
+		resultMissing []byte
 	)
 	ack := func() error {
 		a := serialproto.Ack{Next: next, Window: c.cfg.Window}
@@ -136,7 +133,11 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 	// final one.
 	deliver := func(msg serialproto.Message) (bool, error) {
 		next++
+		result = nil // a chunk after the call: the daemon has the result
 		switch msg := msg.(type) {
+		case *serialproto.ToolCall:
+			call = &serialproto.ToolCall{Chunk: msg.Chunk, Call: msg.Call, Tool: msg.Tool, Args: append([]byte(nil), msg.Args...)}
+			return false, nil
 		case *serialproto.Token:
 			size += uint32(len(msg.Text))
 			crc = serialproto.UpdateCRC32C(crc, msg.Text)
@@ -170,6 +171,21 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 				_ = ack()
 				return true, final
 			}
+			if call != nil { // acknowledged first: the daemon's tool timeout starts
+				if err := ack(); err != nil {
+					return true, err
+				}
+				res := c.toolAnswer(ctx, call)
+				call = nil
+				body, err := res.AppendBody(nil)
+				if err == nil {
+					result, err = c.messageFrames(serialproto.CmdToolResult, seq, body)
+				}
+				if err != nil {
+					return true, err
+				}
+				return false, c.resendMessage(result, 0, nil)
+			}
 		case c.sack() && index > next && index-next < uint16(c.cfg.Window) && held[index] == nil:
 			if held == nil {
 				held = make(map[uint16]serialproto.Message)
@@ -197,6 +213,8 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 			missing = nil
 		case !accepted: // probe with the last fragment (§6)
 			return send(frames[len(frames)-1])
+		case result != nil: // a tool's result not yet acknowledged: probe
+			return c.resendMessage(result, 1, &resultMissing)
 		default: // streaming: repeat our ACK in case it was lost
 			return ack()
 		}
@@ -206,7 +224,15 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 		switch msg := msg.(type) {
 		case *serialproto.Ack:
 			accepted = true
+			result = nil // the INFER was acknowledged long before: this is the result's ACK
 		case *serialproto.Nack:
+			if result != nil {
+				if msg.Reason == serialproto.NackMissing {
+					resultMissing = append([]byte(nil), msg.Missing...)
+					return false, c.resendMessage(result, 1, &resultMissing)
+				}
+				return false, c.resendMessage(result, 0, nil)
+			}
 			if nacks++; nacks > c.cfg.Retries {
 				return true, fmt.Errorf("%w: the daemon keeps asking for the prompt again (%d NACKs)", ErrTimeout, nacks)
 			}
@@ -220,6 +246,8 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 		case *serialproto.Token:
 			return chunk(msg.Chunk, msg)
 		case *serialproto.Done:
+			return chunk(msg.Chunk, msg)
+		case *serialproto.ToolCall:
 			return chunk(msg.Chunk, msg)
 		case *serialproto.Error:
 			if msg.Stream() {
@@ -257,6 +285,8 @@ func copyChunk(m serialproto.Message) serialproto.Message {
 	switch m := m.(type) {
 	case *serialproto.Token:
 		return &serialproto.Token{Chunk: m.Chunk, Text: append([]byte(nil), m.Text...)}
+	case *serialproto.ToolCall:
+		return &serialproto.ToolCall{Chunk: m.Chunk, Call: m.Call, Tool: m.Tool, Args: append([]byte(nil), m.Args...)}
 	case *serialproto.Done:
 		d := *m
 		return &d

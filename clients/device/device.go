@@ -76,6 +76,8 @@ type Client struct {
 	// link many requests end within one of the daemon's RTOs.
 	finished [32]finishedStream
 	nfin     int
+
+	tools []Tool // declared (DeclareTools): what TOOL_CALLs run
 }
 
 func (c *Client) signing() bool { return !c.cfg.Key.IsZero() }

@@ -23,8 +23,8 @@ func (c *Client) cancel(seq uint8, next uint16) {
 	defer stop()
 	_ = c.exchange(ctx, seq, func(int) error { return c.sendMsg(seq, &serialproto.Cancel{}) }, func(f serialproto.Frame, m serialproto.Message) (bool, error) {
 		switch m := m.(type) {
-		case *serialproto.Token:
-			if m.Chunk == next {
+		case *serialproto.Token, *serialproto.ToolCall: // a call is not run once cancelled
+			if chunkIndex(m) == next {
 				next++
 			}
 			return false, c.sendMsg(seq, &serialproto.Ack{Next: next, Window: c.cfg.Window})
@@ -72,4 +72,15 @@ func (c *Client) reackFinished(f serialproto.Frame) {
 		}
 	}
 	_ = c.sendMsg(f.Seq, &serialproto.Ack{Next: fin.next, Window: c.cfg.Window})
+}
+
+// chunkIndex is a TOKEN's or TOOL_CALL's index in its stream.
+func chunkIndex(m serialproto.Message) uint16 {
+	switch m := m.(type) {
+	case *serialproto.Token:
+		return m.Chunk
+	case *serialproto.ToolCall:
+		return m.Chunk
+	}
+	return 0
 }
