@@ -21,6 +21,7 @@ const (
 	FailQueueFull    FailureKind = "queue-full" // 503: past OLLAMA_MAX_QUEUE
 	FailServer       FailureKind = "server-error"
 	FailRequest      FailureKind = "bad-request" // 4xx other than 404: our request is wrong
+	FailNoTools      FailureKind = "no-tools"    // 400: the model cannot call tools
 )
 
 // Error is one failed attempt at an endpoint. It unwraps to the
@@ -59,20 +60,22 @@ func (e *Error) sentinel() error {
 		return backends.ErrUnavailable
 	case FailFirstToken:
 		return backends.ErrUnavailable
+	case FailNoTools:
+		return backends.ErrUnsupported
 	}
 	return backends.ErrFailed
 }
 
 // retryable: may the request go again (here or elsewhere) when no output
 // reached the caller?
-func (e *Error) retryable() bool { return e.Kind != FailRequest }
+func (e *Error) retryable() bool { return e.Kind != FailRequest && e.Kind != FailNoTools }
 
 // countsAgainst: does this failure say the endpoint is unhealthy? A
 // missing model, a full queue or a bad request come from a server that
 // works.
 func (e *Error) countsAgainst() bool {
 	switch e.Kind {
-	case FailModelMissing, FailQueueFull, FailRequest:
+	case FailModelMissing, FailQueueFull, FailRequest, FailNoTools:
 		return false
 	}
 	return true

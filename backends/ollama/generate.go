@@ -57,7 +57,10 @@ func (o *Engine) Generate(ctx context.Context, req backends.Request, emit backen
 	if req.Options.Grammar != "" && len(req.Options.Schema) == 0 {
 		return backends.Result{}, fmt.Errorf("%w: Ollama takes a JSON Schema, not a GBNF grammar", backends.ErrUnsupported)
 	}
-	chat := o.chatRequest(model, req)
+	chat, err := o.chatRequest(model, req)
+	if err != nil {
+		return backends.Result{}, err
+	}
 	var (
 		res     backends.Result
 		lastErr error
@@ -165,10 +168,17 @@ func (o *Engine) pick(model string, tried map[*endpoint]int) (*endpoint, error) 
 	return nil, fmt.Errorf("%w: no Ollama endpoint available (breakers open)", backends.ErrUnavailable)
 }
 
-func (o *Engine) chatRequest(model string, req backends.Request) *api.ChatRequest {
+func (o *Engine) chatRequest(model string, req backends.Request) (*api.ChatRequest, error) {
 	msgs := make([]api.Message, len(req.Messages))
 	for i, m := range req.Messages {
-		msgs[i] = api.Message{Role: string(m.Role), Content: m.Content}
+		var prev *backends.Message
+		if i > 0 {
+			prev = &req.Messages[i-1]
+		}
+		var err error
+		if msgs[i], err = chatMessage(m, prev); err != nil {
+			return nil, err
+		}
 	}
 	opts := map[string]any{}
 	op := req.Options
@@ -209,7 +219,13 @@ func (o *Engine) chatRequest(model string, req backends.Request) *api.ChatReques
 	if o.cfg.KeepAlive != nil {
 		cr.KeepAlive = &api.Duration{Duration: *o.cfg.KeepAlive}
 	}
-	return cr
+	if len(req.Tools) > 0 {
+		var err error
+		if cr.Tools, err = chatTools(req.Tools); err != nil {
+			return nil, err
+		}
+	}
+	return cr, nil
 }
 
 // attempt runs one streaming chat on ep. The phase timers cancel the
@@ -259,6 +275,13 @@ func (o *Engine) attempt(ctx context.Context, ep *endpoint, chat *api.ChatReques
 			if err := emit([]byte(c)); err != nil {
 				return emitError{err}
 			}
+		}
+		if len(r.Message.ToolCalls) > 0 && res.Call == nil {
+			call, err := toolCall(chat.Tools, r.Message.ToolCalls)
+			if err != nil {
+				return emitError{err}
+			}
+			res.Call = call
 		}
 		if r.Done {
 			done = true
@@ -346,6 +369,8 @@ func (o *Engine) classify(ep *endpoint, err error, pieces int, streamed bool) *E
 			oe.Kind = FailModelMissing
 		case se.StatusCode == http.StatusServiceUnavailable:
 			oe.Kind = FailQueueFull
+		case noToolsError(se.ErrorMessage):
+			oe.Kind = FailNoTools
 		case se.StatusCode >= 500:
 			oe.Kind = FailServer
 		default:

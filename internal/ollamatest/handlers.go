@@ -121,14 +121,46 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	s.requests = append(s.requests, req)
 	s.mu.Unlock()
+	if m, ok := s.model(req.Model); ok && m.NoTools && len(req.Tools) > 0 {
+		// server/images.go CheckCapabilities, as routes.go reports it.
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("registry.ollama.ai/library/%s does not support tools", canonical(req.Model)))
+		return
+	}
+	call := s.scriptedCall(req)
 	s.answer(w, r, req.Model, req.Stream, func(piece string, final *api.Metrics, reason string) any {
 		resp := api.ChatResponse{Model: req.Model, CreatedAt: time.Now().UTC(),
 			Message: api.Message{Role: "assistant", Content: piece}}
+		if call != nil && (final == nil || (req.Stream != nil && !*req.Stream)) {
+			// A tool call comes whole in one message, its content empty,
+			// with an id of Ollama's form (routes.go toolCallId).
+			resp.Message.Content = ""
+			resp.Message.ToolCalls = []api.ToolCall{{ID: "call_" + fmt.Sprintf("%08d", len(req.Messages)), Function: *call}}
+		}
 		if final != nil {
 			resp.Done, resp.DoneReason, resp.Metrics = true, reason, *final
 		}
 		return resp
-	})
+	}, call != nil)
+}
+
+// scriptedCall is the tool call Config.Calls makes for req, or nil.
+func (s *Server) scriptedCall(req api.ChatRequest) *api.ToolCallFunction {
+	if len(req.Tools) == 0 {
+		return nil
+	}
+	results := 0
+	for _, m := range req.Messages {
+		if m.Role == "tool" {
+			results++
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if results >= len(s.cfg.Calls) {
+		return nil
+	}
+	c := s.cfg.Calls[results]
+	return &c
 }
 
 func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
@@ -143,13 +175,15 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 			resp.Done, resp.DoneReason, resp.Metrics = true, reason, *final
 		}
 		return resp
-	})
+	}, false)
 }
 
 // answer streams the configured pieces as NDJSON, or fails as the fault
 // says. line builds one response object.
+// With oneLine the answer is one message before the done line (a tool
+// call).
 func (s *Server) answer(w http.ResponseWriter, r *http.Request, model string, stream *bool,
-	line func(piece string, final *api.Metrics, reason string) any) {
+	line func(piece string, final *api.Metrics, reason string) any, oneLine bool) {
 	s.chats.Add(1)
 	s.inFlight.Add(1)
 	defer s.inFlight.Add(-1)
@@ -240,6 +274,9 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, model string, st
 	}
 	if !wait(cfg.FirstTokenDelay) {
 		return
+	}
+	if oneLine {
+		cfg.Tokens = []string{""}
 	}
 	for i, piece := range cfg.Tokens {
 		if i == cfg.CutAfter {

@@ -83,6 +83,9 @@ type Model struct {
 	// SizeVRAM is what /api/ps reports once the model is loaded: equal to
 	// Size when it sits wholly on a GPU, 0 on CPU.
 	SizeVRAM int64
+	// NoTools: the model's template has no tool calling; a chat with
+	// tools is refused with HTTP 400 "… does not support tools".
+	NoTools bool
 }
 
 // Config sets up a Server. The zero value serves model "tiny" with a fixed
@@ -99,6 +102,11 @@ type Config struct {
 	// CutAfter is how many pieces the mid-stream faults send first
 	// (default 2).
 	CutAfter int
+	// Calls script the model's tool calls: a chat that offers tools and
+	// holds n tool results answers with Calls[n] — one message with
+	// tool_calls and no content, then the done line, as Ollama streams
+	// them —, and with Tokens once the script is done.
+	Calls []api.ToolCallFunction
 }
 
 // DefaultTokens is the answer of a server whose Config.Tokens is empty.
