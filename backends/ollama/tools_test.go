@@ -128,7 +128,10 @@ func TestOllamaToolsThroughDaemon(t *testing.T) {
 	}
 	var runs atomic.Int64
 	if err := c.DeclareTools(actx, []device.Tool{{Name: "read_sensor", Description: "Reads a sensor.", Schema: sensorSchema,
-		Handler: func(_ context.Context, args []byte) (string, error) { runs.Add(1); return "41 % (" + string(args) + ")", nil }}}); err != nil {
+		Handler: func(_ context.Context, args []byte) (string, error) {
+			runs.Add(1)
+			return "41 % (" + string(args) + ")", nil
+		}}}); err != nil {
 		t.Fatal(err)
 	}
 	var text strings.Builder
