@@ -85,18 +85,27 @@ func goDecode(t *testing.T, stream []byte) string {
 	return out.String()
 }
 
+// gccTool builds a C test tool from clients/c with the flags the library
+// promises to be clean under, plus args (sources, optimisation,
+// sanitizers), and returns its path.
+func gccTool(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	cc, err := exec.LookPath("gcc")
+	if err != nil {
+		t.Fatalf("gcc is needed to build %s: %v", name, err)
+	}
+	bin := filepath.Join(t.TempDir(), name)
+	args = append([]string{"-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I../include", "-o", bin}, args...)
+	if out, err := exec.Command(cc, args...).CombinedOutput(); err != nil {
+		t.Fatalf("gcc: %v\n%s", err, out)
+	}
+	return bin
+}
+
 // TestCDecoderMatchesGo feeds the same random streams to the C stream
 // decoder and to serialproto's: the frames and the counters must agree.
 func TestCDecoderMatchesGo(t *testing.T) {
-	cc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Fatalf("gcc is needed to build the C decoder: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "decode_stream")
-	if out, err := exec.Command(cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O1", "-I../include", "-o", bin,
-		"../tests/decode_stream.c", "../src/mcpf_crc.c", "../src/mcpf_frame.c", "../src/mcpf_decoder.c").CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
+	bin := gccTool(t, "decode_stream", "-O1", "../tests/decode_stream.c", "../src/mcpf_crc.c", "../src/mcpf_frame.c", "../src/mcpf_decoder.c")
 	streams := 200
 	if testing.Short() {
 		streams = 20

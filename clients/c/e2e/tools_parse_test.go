@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -114,16 +113,8 @@ func goClass(cmd serialproto.Command, body []byte) string {
 // the same random and mutated bodies, with the same error class — a
 // differential fuzz of the §16 decode paths.
 func TestCToolParsersMatchGo(t *testing.T) {
-	cc, err := exec.LookPath("gcc")
-	if err != nil {
-		t.Fatalf("gcc is needed to build the C parsers: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "parse_tools")
-	if out, err := exec.Command(cc, "-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-O1", "-g",
-		"-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-I../include", "-o", bin,
-		"../tests/parse_tools.c", "../src/mcpf_tools.c", "../src/mcpf_msg.c", "../src/mcpf_crc.c").CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v\n%s", err, out)
-	}
+	bin := gccTool(t, "parse_tools", "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+		"../tests/parse_tools.c", "../src/mcpf_tools.c", "../src/mcpf_msg.c", "../src/mcpf_crc.c")
 	n := 6000
 	if testing.Short() {
 		n = 600

@@ -387,6 +387,15 @@ static void tools_config(mcpf_config *cfg, uint16_t max_send)
     cfg->tool_buf_size = sizeof tool_buf;
 }
 
+/* A session with the test tools, welcomed. */
+static void tools_session(mcpf_session *s, mcpf_config *cfg, uint16_t max_send)
+{
+    tools_config(cfg, max_send);
+    mcpf_session_init(s, cfg, 1);
+    mcpf_session_hello(s, 0);
+    welcome(s, 0);
+}
+
 /* An INFER with TOOLS_ON, accepted. */
 static uint8_t tools_infer(mcpf_session *s, uint32_t now)
 {
@@ -483,10 +492,7 @@ static void test_tool_call_exactly_once(void)
     uint8_t seq;
     size_t rn;
     int mark;
-    tools_config(&cfg, 0);
-    mcpf_session_init(&s, &cfg, 1);
-    mcpf_session_hello(&s, 0);
-    welcome(&s, 0);
+    tools_session(&s, &cfg, 0);
     seq = tools_infer(&s, 10);
     soil_calls = relay_calls = 0;
     CHECK(feed_token(&s, 20, seq, 0, "Let me look. ", &ev) == MCPF_EV_TEXT, "chunk 0");
@@ -547,10 +553,7 @@ static void test_tool_failures(void)
     uint8_t seq;
     size_t rn;
     int mark;
-    tools_config(&cfg, 32);
-    mcpf_session_init(&s, &cfg, 1);
-    mcpf_session_hello(&s, 0);
-    welcome(&s, 0);
+    tools_session(&s, &cfg, 32);
     /* A handler claiming more than it may write. */
     seq = tools_infer(&s, 10);
     big_result = sizeof tool_buf - 1;
@@ -1100,16 +1103,31 @@ static void test_session_serial(void)
 }
 
 #if MCPF_SIGN
+/* The daemon's WELCOME granting SIGN, unsigned yet: its frame into b. */
+static size_t sign_welcome(uint8_t *b)
+{
+    uint8_t wb[16];
+    mcpf_welcome wel;
+    memset(&wel, 0, sizeof wel);
+    wel.version = 1;
+    wel.max_data = 256;
+    wel.features = 1;
+    wel.window = 255;
+    wel.heartbeat_ms = 5000;
+    wel.max_message = 16384;
+    wel.daemon_nonce = 0x01020304u;
+    return mcpf_encode(b, 1, MCPF_WELCOME, 0, wb, (uint16_t)mcpf_put_welcome(wb, &wel));
+}
+
 static void test_session_signed(void)
 {
     static const uint8_t keyb[32] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
                                      16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31};
-    uint8_t nonce[8] = {0xa1, 0xb2, 0xc3, 0xd4, 0, 0, 0, 0}, b[MCPF_MAX_FRAME], wb[16];
+    uint8_t nonce[8] = {0xa1, 0xb2, 0xc3, 0xd4, 0, 0, 0, 0}, b[MCPF_MAX_FRAME];
     mcpf_config cfg;
     mcpf_session s;
     mcpf_event ev;
     mcpf_replay w;
-    mcpf_welcome wel;
     mcpf_frame f;
     size_t n;
     uint8_t body[] = {0, 'q'};
@@ -1136,16 +1154,8 @@ static void test_session_signed(void)
               "HELLO retransmitted with the same body and nonce, signed anew (counter %lu)", (unsigned long)counter);
     }
     /* The daemon's signed WELCOME. */
-    memset(&wel, 0, sizeof wel);
-    wel.version = 1;
-    wel.max_data = 256;
-    wel.features = 1;
-    wel.window = 255;
-    wel.heartbeat_ms = 5000;
-    wel.max_message = 16384;
-    wel.daemon_nonce = 0x01020304u;
     nonce[4] = 1, nonce[5] = 2, nonce[6] = 3, nonce[7] = 4;
-    n = mcpf_encode(b, 1, MCPF_WELCOME, 0, wb, (uint16_t)mcpf_put_welcome(wb, &wel));
+    n = sign_welcome(b);
     {
         uint8_t forged[MCPF_MAX_FRAME];
         size_t fn = mcpf_sign(memcpy(forged, b, n), n, &cfg.key, MCPF_DEVICE_TO_DAEMON, nonce, 0, 1);
@@ -1275,12 +1285,11 @@ static void test_json_get(int iterations)
 static void test_tools_signed(void)
 {
     static const uint8_t keyb[32] = {7};
-    uint8_t nonce[8] = {0, 0, 0, 9, 1, 2, 3, 4}, b[MCPF_MAX_FRAME], wb[16], cb[64], res[64];
+    uint8_t nonce[8] = {0, 0, 0, 9, 1, 2, 3, 4}, b[MCPF_MAX_FRAME], cb[64], res[64];
     mcpf_config cfg;
     mcpf_session s;
     mcpf_event ev;
     mcpf_replay w;
-    mcpf_welcome wel;
     mcpf_frame f;
     mcpf_tool_call c;
     mcpf_reasm r;
@@ -1292,16 +1301,7 @@ static void test_tools_signed(void)
     cfg.key.len = 32;
     mcpf_session_init(&s, &cfg, 9);
     mcpf_session_hello(&s, 0);
-    memset(&wel, 0, sizeof wel);
-    wel.version = 1;
-    wel.max_data = 256;
-    wel.features = 1;
-    wel.window = 255;
-    wel.heartbeat_ms = 5000;
-    wel.max_message = 16384;
-    wel.daemon_nonce = 0x01020304u;
-    n = mcpf_sign(b, mcpf_encode(b, 1, MCPF_WELCOME, 0, wb, (uint16_t)mcpf_put_welcome(wb, &wel)), &cfg.key,
-                  MCPF_DAEMON_TO_DEVICE, nonce, 0, 1);
+    n = mcpf_sign(b, sign_welcome(b), &cfg.key, MCPF_DAEMON_TO_DEVICE, nonce, 0, 1);
     f = decoded(b, n);
     CHECK(mcpf_session_frame(&s, 10, &f, &ev) == MCPF_EV_WELCOME, "signed WELCOME");
     nsent = 0;
