@@ -59,6 +59,16 @@ target_env() {
 	esac
 	if [ -n "$QEMU" ]; then
 		APT_PKGS="$APT_PKGS qemu-user-static"
+		# Go's asynchronous preemption (a SIGURG to a running thread) is
+		# not safe under qemu-user: golang/go#36981, still open, reports
+		# random segfaults, illegal instructions and scheduler panics. Seen
+		# here too: a test binary under qemu-aarch64 aborting in glibc's
+		# pthread_mutex_lock on a mutex it never made. qemu passes
+		# QEMU_SET_ENV into the guest's environment only, so the ARM
+		# programs (tests, e2e mcpd) run with cooperative preemption and
+		# the amd64 tools beside them are untouched. A real board needs none
+		# of this.
+		export QEMU_SET_ENV=GODEBUG=asyncpreemptoff=1
 	fi
 }
 

@@ -14,6 +14,10 @@
 // ("never") or not Linux, the weights simply stay in 4 KiB pages. Another
 // new anonymous mapping as large (a Go heap arena another thread maps
 // meanwhile) would be advised too: harmless, it only gets huge pages.
+// The kernel merges a new mapping with an adjacent anonymous one of the
+// same protection: placed below it (the kernel's top-down layout) the
+// merged mapping has a new start; placed above it (qemu-user's bottom-up
+// layout for its guests) it keeps the old start and grows. Both are new.
 #ifndef MCPD_THP_H
 #define MCPD_THP_H
 
@@ -29,7 +33,8 @@
 #define MCPD_THP_MAX_MAPS 4096
 
 typedef struct mcpd_thp {
-	uintptr_t before[MCPD_THP_MAX_MAPS]; // anonymous mappings before loading
+	uintptr_t before[MCPD_THP_MAX_MAPS]; // anonymous mappings before loading: starts
+	size_t before_size[MCPD_THP_MAX_MAPS]; // and sizes
 	int n_before;
 	size_t min;     // the smallest mapping taken for the weights
 	bool done;      // the first progress call happened
@@ -72,9 +77,8 @@ static int mcpd_thp_anon(uintptr_t * start, size_t * size, int max) {
 // mcpd_thp_begin notes the mappings that exist before loading; min is
 // the size below which a new mapping is not the weights' buffer.
 static void mcpd_thp_begin(mcpd_thp * t, size_t min) {
-	size_t size[MCPD_THP_MAX_MAPS];
 	memset(t, 0, sizeof *t);
-	t->n_before = mcpd_thp_anon(t->before, size, MCPD_THP_MAX_MAPS);
+	t->n_before = mcpd_thp_anon(t->before, t->before_size, MCPD_THP_MAX_MAPS);
 	t->min = min;
 }
 
@@ -91,12 +95,15 @@ static bool mcpd_thp_progress(float progress, void * data) {
 	size_t size[MCPD_THP_MAX_MAPS];
 	int n = mcpd_thp_anon(start, size, MCPD_THP_MAX_MAPS);
 	for (int i = 0; i < n; i++) {
-		bool old = false;
-		for (int j = 0; j < t->n_before && !old; j++) {
-			old = t->before[j] == start[i];
+		size_t grown = size[i]; // what this mapping gained since mcpd_thp_begin
+		for (int j = 0; j < t->n_before; j++) {
+			if (t->before[j] == start[i]) {
+				grown = size[i] > t->before_size[j] ? size[i] - t->before_size[j] : 0;
+				break;
+			}
 		}
-		if (!old && size[i] >= t->min && madvise((void *) start[i], size[i], MADV_HUGEPAGE) == 0) {
-			t->advised += size[i];
+		if (grown >= t->min && madvise((void *) start[i], size[i], MADV_HUGEPAGE) == 0) {
+			t->advised += grown;
 		}
 	}
 #endif
