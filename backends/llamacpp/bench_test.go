@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,7 +43,10 @@ func benchEngineCfg(b *testing.B, cfg Config) *Engine {
 	if threads == 0 {
 		threads = 2
 	}
-	cfg.ModelPath, cfg.Threads, cfg.SequenceContext, cfg.Logger = path, threads, 512, slog.New(slog.DiscardHandler)
+	if cfg.SequenceContext == 0 {
+		cfg.SequenceContext = 512
+	}
+	cfg.ModelPath, cfg.Threads, cfg.Logger = path, threads, slog.New(slog.DiscardHandler)
 	e, err := New(context.Background(), cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -186,4 +190,74 @@ func BenchmarkSharedPrefix(b *testing.B) {
 			b.ReportMetric(100*float64(cached)/float64(prompt), "cached-%")
 		})
 	}
+}
+
+// BenchmarkWarmRestart: the first turn of an old conversation after a
+// restart, with the warm cache the engine saved when it closed (warm) and
+// without it (cold), alternating in the same run; both start a new
+// engine on the same model. ttft-ms is the turn's time to first token;
+// start-ms is New's (loading the model, and the warm file for warm);
+// cold/warm is the ratio of their time to first token.
+func BenchmarkWarmRestart(b *testing.B) {
+	system := strings.Repeat("You are the greenhouse controller's assistant: answer briefly, name each sensor and its unit. ", 6)
+	msgs := []backends.Message{{Role: backends.RoleSystem, Content: system}}
+	ask := func(e *Engine, user string) backends.Result {
+		req := greedyReq(user, 8)
+		req.Messages = append(append([]backends.Message(nil), msgs...), req.Messages...)
+		var out strings.Builder
+		res, err := e.Generate(context.Background(), req, func(p []byte) error { out.Write(p); return nil })
+		if err != nil {
+			b.Fatal(err)
+		}
+		msgs = append(msgs, req.Messages[len(req.Messages)-1], backends.Message{Role: backends.RoleAssistant, Content: out.String()})
+		return res
+	}
+	dir := b.TempDir()
+	saved := filepath.Join(dir, "saved.kv")
+	first := benchEngineCfg(b, Config{Parallel: 2, SequenceContext: 1024, WarmFile: saved})
+	for _, q := range []string{"What is the soil moisture in the east bed?", "And the temperature there?", "Is it too dry?"} {
+		ask(first, q)
+	}
+	if err := first.Close(); err != nil {
+		b.Fatal(err)
+	}
+	state, err := os.ReadFile(saved)
+	if err != nil {
+		b.Fatal(err)
+	}
+	history := msgs
+	next := func(warm bool) (ttft, start time.Duration, cached int) {
+		cfg := Config{Parallel: 2, SequenceContext: 1024}
+		if warm {
+			// A copy each time: the engine saves its own state when it closes.
+			cfg.WarmFile = filepath.Join(dir, "warm.kv")
+			if err := os.WriteFile(cfg.WarmFile, state, 0o600); err != nil {
+				b.Fatal(err)
+			}
+		}
+		t0 := time.Now()
+		e := benchEngineCfg(b, cfg)
+		start = time.Since(t0)
+		msgs = history
+		res := ask(e, "What should I do about it?")
+		e.Close()
+		return res.TTFT, start, res.PromptCached
+	}
+	var warmTTFT, coldTTFT, warmStart, coldStart time.Duration
+	var cached, n int
+	for b.Loop() {
+		t, s, c := next(true)
+		warmTTFT, warmStart, cached = warmTTFT+t, warmStart+s, cached+c
+		t, s, _ = next(false)
+		coldTTFT, coldStart = coldTTFT+t, coldStart+s
+		n++
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(n) }
+	b.ReportMetric(ms(warmTTFT), "warm-ttft-ms")
+	b.ReportMetric(ms(coldTTFT), "cold-ttft-ms")
+	b.ReportMetric(float64(coldTTFT)/float64(warmTTFT), "cold/warm")
+	b.ReportMetric(ms(warmStart), "warm-start-ms")
+	b.ReportMetric(ms(coldStart), "cold-start-ms")
+	b.ReportMetric(float64(cached)/float64(n), "cached-tokens")
+	b.ReportMetric(float64(len(state))/(1<<20), "file-MiB")
 }

@@ -152,6 +152,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		"quantization", e.info.Quantization, "parallel", cfg.Parallel, "sequence_context", e.seqCtx,
 		"threads", cfg.Threads, "huge_page_mib", model.HugePageBytes()>>20, "build", native.BuildInfo())
 	e.kv = newKVState(cfg.Parallel)
+	e.warmUp(ctx)
 	e.loadWarm()
 	go e.run()
 	return e, nil

@@ -3,6 +3,7 @@ package llamacpp
 import (
 	"bufio"
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -51,6 +52,32 @@ func engineBuild() string {
 		}
 	}
 	return native.BuildInfo() + " ollama " + v
+}
+
+// warmUp decodes one token and clears it again before the engine serves,
+// as llama.cpp's own tools do: the first decode of a new context pays for
+// starting the worker threads and touching the compute buffers, and
+// without this the first device's request would pay for it.
+func (e *Engine) warmUp(ctx context.Context) {
+	tok := native.Token(0)
+	if sp, err := e.model.Special(); err == nil && sp.BOS >= 0 {
+		tok = sp.BOS
+	}
+	var b native.Batch
+	b.Add(tok, 0, 0, true)
+	start := time.Now()
+	err := e.nctx.Decode(ctx, &b)
+	if cerr := e.nctx.ClearSequence(0); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = e.nctx.Idle()
+	}
+	if err != nil {
+		e.cfg.Logger.Warn("warm-up decode failed", "err", err)
+		return
+	}
+	e.cfg.Logger.Debug("warm-up decode", "ms", time.Since(start).Milliseconds())
 }
 
 // loadWarm fills e.kv and the context's sequences from the warm file.
