@@ -66,8 +66,8 @@ func (r *request) take(buf []event) []event {
 	return buf
 }
 
-// Generate implements Backend.
-func (e *Engine) Generate(ctx context.Context, req backends.Request, emit backends.Emit) (backends.Result, error) {
+// generate is Generate without tools (tools.go wraps it).
+func (e *Engine) generate(ctx context.Context, req backends.Request, emit backends.Emit) (backends.Result, error) {
 	start := time.Now()
 	var res backends.Result
 	if err := e.Healthy(ctx); err != nil {

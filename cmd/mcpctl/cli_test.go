@@ -26,7 +26,7 @@ import (
 // nobody answered, and the bench summary: golden, so a change is seen.
 func TestErrorWordingGolden(t *testing.T) {
 	var b strings.Builder
-	for code := sp.ErrorCode(1); code <= sp.CodeForbidden; code++ {
+	for code := sp.ErrorCode(1); code <= sp.CodeToolLimit; code++ {
 		fmt.Fprintf(&b, "%d %s\n", protocolExit{sp.NewError(code, "daemon's text")}.ExitCode(), protocolExit{sp.NewError(code, "daemon's text")})
 	}
 	fmt.Fprintln(&b, unreachable{addr: "127.0.0.1:7700", wait: 2 * time.Second})

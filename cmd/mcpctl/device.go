@@ -151,6 +151,10 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	newChat := fs.Bool("new-chat", false, "forget the conversation so far")
 	schemaID := fs.Int("schema", 0, "answer as JSON of the daemon's schema with this id, 1..255 (docs/protocol.md §11.4.1)")
 	schemaJSON := fs.String("schema-json", "", "answer as JSON of this inline JSON Schema (at most 253 bytes)")
+	var tf toolFlags
+	fs.Var(pairFlag{&tf.cmds, &tf.order}, "tool", "a tool `NAME=CMD` the model may call, run as sh -c CMD with the arguments (JSON) on stdin and in $MCPD_TOOL_ARGS; its stdout is the result (repeatable; docs/protocol.md §16)")
+	fs.Var(pairFlag{&tf.descs, nil}, "tool-desc", "`NAME=TEXT`, what the model reads about tool NAME (one line)")
+	fs.Var(pairFlag{&tf.schemas, nil}, "tool-schema", "`NAME=JSON`, the JSON Schema (type object) of tool NAME's arguments; none: no arguments")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -187,12 +191,23 @@ func runAsk(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if *schemaJSON != "" {
 		m.Set, m.SchemaJSON = m.Set.With(sp.OptSchemaJSON), *schemaJSON
 	}
+	tools, err := tf.tools(stderr)
+	if err != nil {
+		fs.Usage()
+		return flagError{err}
+	}
 	ctx, cancel, c, closeFn, err := l.session(ctx)
 	if err != nil {
 		return err
 	}
 	defer cancel()
 	defer closeFn()
+	if len(tools) > 0 {
+		if err := c.DeclareTools(ctx, tools); err != nil {
+			return asExit(ctx, err)
+		}
+		m.Set = m.Set.With(sp.OptToolsOn)
+	}
 	start := time.Now()
 	var first time.Duration
 	done, err := c.Ask(ctx, m, func(b []byte) error {

@@ -84,6 +84,10 @@ type config struct {
 		EngineStall          duration `toml:"engine_stall"`            // an engine call silent this long stops the watchdog
 		MinRTO               duration `toml:"min_rto"`                 // floor of the adaptive UDP RTO (protocol.md §7.2); default 100ms
 		MaxHistory           int      `toml:"max_history"`             // chat messages kept per device session (default 20)
+		// Device tools (protocol.md §16).
+		ToolTimeout  duration `toml:"tool_timeout"`   // how long a device's tool may take once it has the call (default 5s)
+		MaxToolCalls int      `toml:"max_tool_calls"` // tool calls one request may make (default 4)
+		ToolChoice   string   `toml:"tool_choice"`    // "auto" (default), or "first": the in-process model must call a tool first
 	} `toml:"limits"`
 	Policy policyConfig `toml:"policy"`
 	// Schemas are the answer constraints devices name by id

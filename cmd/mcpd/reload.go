@@ -48,8 +48,9 @@ func prepare(cfg config) (prepared, error) {
 		MaxConcurrent: cfg.Limits.MaxConcurrent, MaxQueue: cfg.Limits.MaxQueue, MaxSessions: cfg.Limits.MaxSessions,
 		Heartbeat: cfg.Limits.Heartbeat.Duration, RequestTimeout: cfg.Limits.RequestTimeout.Duration,
 		ShutdownDrain: cfg.Limits.ShutdownDrain.Duration, StallTimeout: cfg.Limits.EngineStall.Duration,
-		MinRTO:     cfg.Limits.MinRTO.Duration,
-		MaxHistory: cfg.Limits.MaxHistory,
+		MinRTO:      cfg.Limits.MinRTO.Duration,
+		MaxHistory:  cfg.Limits.MaxHistory,
+		ToolTimeout: cfg.Limits.ToolTimeout.Duration, MaxToolCalls: cfg.Limits.MaxToolCalls, ToolChoice: cfg.Limits.ToolChoice,
 	}
 	if err := cfg.applyGuard(&p.daemon); err != nil {
 		return p, err

@@ -1,0 +1,156 @@
+package llamacpp
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/backends/grammar"
+	"github.com/mcpd-project/mcpd/clients/device"
+	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/native/gguf"
+	"github.com/mcpd-project/mcpd/serialproto"
+)
+
+var toolCases = []backends.Tool{
+	{Name: "read_sensor", Description: "Reads a sensor.", Schema: []byte(`{"type":"object","properties":{"sensor":{"enum":["soil","air"]}}}`)},
+	{Name: "set_relay", Description: "Switches the relay.", Schema: []byte(`{"type":"object","properties":{"on":{"type":"boolean"}}}`)},
+	{Name: "uptime", Description: "Seconds since boot."},
+}
+
+// TestLlamaToolCalls: on the random-weight model, sampled hot, every seed
+// gives either a valid call of a declared tool (nothing emitted, arguments
+// of its schema) or an answer that does not begin with "<" — never a
+// malformed call; with ToolRequired every seed calls. A conversation
+// holding a call and its result generates again.
+func TestLlamaToolCalls(t *testing.T) {
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{SequenceContext: 512})
+	schemas := make([]*grammar.Schema, len(toolCases))
+	for i, tc := range toolCases {
+		if len(tc.Schema) > 0 {
+			var err error
+			if schemas[i], err = grammar.Parse(tc.Schema); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	request := func(seed int, choice backends.ToolChoice) backends.Request {
+		return backends.Request{
+			Messages: []backends.Message{{Role: backends.RoleUser, Content: prompts[seed%len(prompts)]}},
+			Options:  backends.Options{TemperatureSet: true, Temperature: 1.2, TopK: 64, Seed: uint32(seed), SeedSet: true, MaxTokens: 48},
+			Tools:    toolCases, ToolChoice: choice,
+		}
+	}
+	check := func(seed int, out string, res backends.Result) {
+		t.Helper()
+		if res.Call == nil {
+			if strings.HasPrefix(out, "<") || out == "" {
+				t.Errorf("seed %d: answer %q", seed, out)
+			}
+			return
+		}
+		c := res.Call
+		if out != "" || c.Tool < 0 || c.Tool >= len(toolCases) || c.Name != toolCases[c.Tool].Name {
+			t.Fatalf("seed %d: call %+v with text %q", seed, c, out)
+		}
+		if sc := schemas[c.Tool]; sc != nil && sc.Validate(c.Args) != nil || sc == nil && string(c.Args) != "{}" {
+			t.Errorf("seed %d: arguments %s", seed, c.Args)
+		}
+	}
+	calls := 0
+	for seed := range 24 {
+		out, res, err := collect(t, e, context.Background(), request(seed, backends.ToolAuto))
+		if err != nil {
+			t.Fatalf("seed %d: %v", seed, err)
+		}
+		check(seed, out, res)
+		if res.Call != nil {
+			calls++
+		}
+	}
+	t.Logf("auto: %d of 24 seeds called a tool", calls)
+	for seed := range 12 {
+		out, res, err := collect(t, e, context.Background(), request(seed, backends.ToolRequired))
+		if err != nil || res.Call == nil {
+			t.Fatalf("seed %d: required, got %q %+v %v", seed, out, res.Call, err)
+		}
+		check(seed, out, res)
+		req := request(seed, backends.ToolAuto)
+		req.Messages = append(req.Messages, backends.Message{Role: backends.RoleAssistant, ToolCall: res.Call},
+			backends.Message{Role: backends.RoleTool, Content: "41 %"})
+		out, res, err = collect(t, e, context.Background(), req)
+		if err != nil {
+			t.Fatalf("seed %d after the result: %v", seed, err)
+		}
+		check(seed, out, res)
+	}
+	req := request(0, backends.ToolAuto)
+	req.Options.Grammar = `root ::= "x"`
+	if _, _, err := collect(t, e, context.Background(), req); err == nil {
+		t.Fatal("tools with a grammar accepted")
+	}
+}
+
+// TestLlamaToolsThroughDaemon: a device on real UDP, mcpd with the
+// in-process engine on the tiny random model, tool choice "first": the
+// model must call the device's sensor, the handler runs once per call, and
+// the request ends in exactly one final chunk — an answer, or TOOL_LIMIT
+// when the random model keeps calling (it has no idea what a result means).
+func TestLlamaToolsThroughDaemon(t *testing.T) {
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{SequenceContext: 512})
+	d, err := daemon.New(daemon.Config{ToolChoice: "first"}, e, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := daemon.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- d.Run(ctx, l) }()
+	t.Cleanup(func() { cancel(); <-ran })
+	tr, err := device.DialUDP(l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	c := device.New(tr, device.Config{DeviceID: "garden"})
+	actx, acancel := context.WithTimeout(ctx, 60*time.Second)
+	defer acancel()
+	if err := c.Hello(actx); err != nil {
+		t.Fatal(err)
+	}
+	var runs atomic.Int64
+	handler := func(_ context.Context, args []byte) (string, error) { runs.Add(1); return "41 %", nil }
+	tools := make([]device.Tool, len(toolCases))
+	for i, tc := range toolCases {
+		tools[i] = device.Tool{Name: tc.Name, Description: tc.Description, Schema: string(tc.Schema), Handler: handler}
+	}
+	if err := c.DeclareTools(actx, tools); err != nil {
+		t.Fatal(err)
+	}
+	for seed := range uint32(4) {
+		before := runs.Load()
+		m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptToolsOn).With(serialproto.OptSeed).With(serialproto.OptMaxTokens),
+			Seed: seed, MaxTokens: 48, Prompt: "Is the soil dry?"}
+		var text strings.Builder
+		_, err := c.Ask(actx, m, func(b []byte) error { text.Write(b); return nil })
+		n := runs.Load() - before
+		var perr *serialproto.Error
+		switch {
+		case err == nil:
+		case errors.As(err, &perr) && perr.Code == serialproto.CodeToolLimit && n == 4:
+		default:
+			t.Fatalf("seed %d: %v after %d calls", seed, err, n)
+		}
+		if n < 1 || n > 4 {
+			t.Fatalf("seed %d: the handler ran %d times", seed, n)
+		}
+		t.Logf("seed %d: %d calls, answer %q, err %v", seed, n, text.String(), err)
+	}
+}
