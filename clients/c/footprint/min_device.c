@@ -48,7 +48,7 @@ static const mcpf_tool tools[] = {
     {"read_soil", "Soil moisture in percent.", NULL, read_soil},
     {"set_relay", "Pump on or off.", "{\"type\":\"object\",\"properties\":{\"on\":{\"type\":\"boolean\"}}}", set_relay},
 };
-static uint8_t tool_buf[2 + 16];
+static uint8_t tool_buf[MCPF_TOOL_BUF(16)];
 #endif
 #if MCPF_SIGN
 static const uint8_t key[32] = {1, 2, 3};

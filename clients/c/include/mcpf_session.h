@@ -52,6 +52,7 @@ extern "C" {
 enum mcpf_link { MCPF_LINK_UDP = 0, MCPF_LINK_SERIAL = 1 };
 
 #define MCPF_HOLD_SLOT(max_data) (6u + (max_data)) /* used, chunk (2), cmd, len (2), data */
+#define MCPF_TOOL_BUF(result_max) (2u + (result_max)) /* cfg.tool_buf for results up to result_max (≤ 1024) bytes */
 
 typedef struct mcpf_config {
     const char *device_id; /* 1..64 of [A-Za-z0-9._:-] */

@@ -370,7 +370,7 @@ static int feed_call(mcpf_session *s, uint32_t now, uint8_t seq, uint16_t chunk,
     return feed(s, now, MCPF_TOOL_CALL, seq, body, mcpf_put_tool_call(body, &c), ev);
 }
 
-static uint8_t tool_buf[2 + 1024];
+static uint8_t tool_buf[MCPF_TOOL_BUF(1024)];
 
 static void tools_config(mcpf_config *cfg, uint16_t max_send)
 {

@@ -154,7 +154,7 @@ static const mcpf_tool tools[] = {
     {"set_relay", "Switches the pump relay of the bed on or off.",
      "{\"type\":\"object\",\"properties\":{\"on\":{\"type\":\"boolean\"}}}", set_relay},
 };
-static uint8_t tool_buf[2 + 256]; /* a TOOL_RESULT: call, status, up to 256 bytes of result */
+static uint8_t tool_buf[MCPF_TOOL_BUF(256)]; /* a TOOL_RESULT: call, status, up to 256 bytes of result */
 static int use_tools;
 
 static mcpf_session s;

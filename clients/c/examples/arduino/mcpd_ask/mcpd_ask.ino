@@ -60,7 +60,7 @@ static const mcpf_tool tools[] = {
     {"set_relay", "Switches the bed's pump on or off.",
      "{\"type\":\"object\",\"properties\":{\"on\":{\"type\":\"boolean\"}}}", set_relay},
 };
-static uint8_t tool_buf[2 + 32]; // call, status, a result of up to 32 bytes
+static uint8_t tool_buf[MCPF_TOOL_BUF(32)]; // call, status, a result of up to 32 bytes
 
 static int send_frame(void *, const uint8_t *frame, size_t len)
 {
