@@ -3,6 +3,7 @@ package llamacpp
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -43,8 +44,18 @@ func (e *Engine) Generate(ctx context.Context, req backends.Request, emit backen
 	}
 	req.Options.Grammar = g
 	req.Messages = toolMessages(req.Tools, req.Messages)
-	c := &callCatcher{emit: emit}
+	// A call is never cut by MAX_TOKENS (it would be lost, and it does not
+	// reach the device as text): the generation may run to the longest
+	// call; an answer in text still stops at MAX_TOKENS pieces.
+	c := &callCatcher{emit: emit, textLimit: req.Options.MaxTokens}
+	if longest := longestCall(tools) + 1; req.Options.MaxTokens > 0 && req.Options.MaxTokens < longest {
+		req.Options.MaxTokens = longest
+	}
 	res, err := e.generate(ctx, req, c.write)
+	if errors.Is(err, errTextLimit) {
+		res.Stop = backends.StopLength
+		return res, nil
+	}
 	if err != nil || !c.call {
 		return res, err
 	}
@@ -62,11 +73,17 @@ func (e *Engine) Generate(ctx context.Context, req backends.Request, emit backen
 // the grammar decides by the first byte ("<" starts a call, nothing else
 // does).
 type callCatcher struct {
-	emit    backends.Emit
-	decided bool
-	call    bool
-	buf     []byte
+	emit      backends.Emit
+	textLimit int // pieces of text before errTextLimit; 0: none
+	pieces    int
+	decided   bool
+	call      bool
+	buf       []byte
 }
+
+// errTextLimit stops an answer in text at the request's MAX_TOKENS, which
+// was raised for calls.
+var errTextLimit = errors.New("llamacpp: text reached max tokens")
 
 func (c *callCatcher) write(p []byte) error {
 	if len(p) == 0 {
@@ -79,7 +96,27 @@ func (c *callCatcher) write(p []byte) error {
 		c.buf = append(c.buf, p...)
 		return nil
 	}
-	return c.emit(p)
+	if err := c.emit(p); err != nil {
+		return err
+	}
+	if c.pieces++; c.textLimit > 0 && c.pieces >= c.textLimit {
+		return errTextLimit
+	}
+	return nil
+}
+
+// longestCall is the most bytes — so the most tokens — a call of these
+// tools takes: <call>"NAME",ARGS</call>.
+func longestCall(tools []grammar.Tool) int {
+	n := 0
+	for _, t := range tools {
+		args := 2 // {}
+		if t.Args != nil {
+			args = t.Args.MaxBytes()
+		}
+		n = max(n, len(`<call>"",</call>`)+len(t.Name)+args)
+	}
+	return n
 }
 
 // toolMessages is the conversation as the model reads it: the tools

@@ -88,6 +88,19 @@ func TestLlamaToolCalls(t *testing.T) {
 		}
 		check(seed, out, res)
 	}
+	// MAX_TOKENS below the longest call does not cut a call; an answer in
+	// text still stops there.
+	for seed := range 6 {
+		for _, choice := range []backends.ToolChoice{backends.ToolRequired, backends.ToolAuto} {
+			req := request(seed, choice)
+			req.Options.MaxTokens = 3
+			out, res, err := collect(t, e, context.Background(), req)
+			if err != nil || (choice == backends.ToolRequired && res.Call == nil) || (res.Call == nil && (res.Stop != backends.StopLength || len([]rune(out)) > 3*4)) {
+				t.Fatalf("seed %d, choice %d, 3 tokens: %q %+v %v", seed, choice, out, res, err)
+			}
+			check(seed, out, res)
+		}
+	}
 	req := request(0, backends.ToolAuto)
 	req.Options.Grammar = `root ::= "x"`
 	if _, _, err := collect(t, e, context.Background(), req); err == nil {

@@ -65,7 +65,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer os.RemoveAll(cfgDir)
 	cfgPath := filepath.Join(cfgDir, "mcpd.toml")
-	if err := os.WriteFile(cfgPath, []byte("[schemas.fan]\nid = 1\njson = '"+demoSchema+"'\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(demoToolsConfig+"[schemas.fan]\nid = 1\njson = '"+demoSchema+"'\n"), 0o600); err != nil {
 		return err
 	}
 	schema, err := grammar.Parse([]byte(demoSchema))
@@ -99,12 +99,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "mcpd started: model %s, UDP %s, UART %s\n", *model, addr, tty.Name())
 
 	m := &sp.Infer{Set: sp.OptionSet(0).With(sp.OptMaxTokens).With(sp.OptTemperature), MaxTokens: uint16(*maxTokens), Prompt: *question}
-	askOver := func(name string, t device.Transport, cfg device.Config, out io.Writer) error {
+	askWith := func(name string, t device.Transport, cfg device.Config, m *sp.Infer, out io.Writer, before func(*device.Client) error) error {
 		c := device.New(t, cfg)
 		ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
 		if err := helloWhenReady(ctx, c, exited, &waitErr); err != nil {
 			return fmt.Errorf("%s: %w", name, err)
+		}
+		if before != nil {
+			if err := before(c); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
 		}
 		fmt.Fprintf(stdout, "\n[%s] device %q asks: %s\n[%s] answer: ", name, cfg.DeviceID, m.Prompt, name)
 		start := time.Now()
@@ -116,6 +121,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "\n[%s] DONE: %d tokens in %v (%.0f tokens/s), first token after %d ms, CRC-32C %08x verified\n",
 			name, done.Tokens, el.Round(time.Millisecond), float64(done.Tokens)/el.Seconds(), done.TTFTMS, done.TextCRC32C)
 		return nil
+	}
+	askOver := func(name string, t device.Transport, cfg device.Config, out io.Writer) error {
+		return askWith(name, t, cfg, m, out, nil)
 	}
 
 	udp, err := device.DialUDP(addr)
@@ -143,9 +151,10 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			fmt.Fprintf(stdout, "[udp] the answer is valid JSON of schema 1: %d bytes, minified ASCII\n", answer.Len())
 		}
 	}
+	errTools := demoTools(askWith, udp, stdout)
 	errStop := stop()
 	fmt.Fprintln(stdout, "\nmcpd stopped.")
-	return errors.Join(errUDP, errUART, errJSON, errStop)
+	return errors.Join(errUDP, errUART, errJSON, errTools, errStop)
 }
 
 // helloWhenReady says HELLO until mcpd answers: it may still be loading
