@@ -254,6 +254,10 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 				return chunk(msg.Chunk, msg)
 			}
 			if accepted && msg.Code != serialproto.CodeNoSession {
+				// An ERROR answering our outstanding TOOL_RESULT (§16,
+				// device side): stop resending it; the stream's final
+				// chunk follows.
+				result = nil
 				// Only the stream's own final chunk ends an accepted INFER
 				// (§11.7). This ERROR answers another frame of ours — an ACK
 				// the line mangled into an unknown command or version that
