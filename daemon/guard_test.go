@@ -401,3 +401,73 @@ func TestNoReflectionToUnprovenSources(t *testing.T) {
 		t.Fatalf("a real device: %q %v", text, err)
 	}
 }
+
+// TestNoStreamAmplificationToUnprovenSources: a source that opens a session
+// and asks, but never acknowledges a chunk — a spoofed HELLO and INFER whose
+// answers go to a victim — gets no more bytes back than it sent, although
+// its window (255) would let a whole long answer out, nine times over with
+// the retransmissions; a real device, equally unproven until its first
+// answer, is still served a long answer whole.
+func TestNoStreamAmplificationToUnprovenSources(t *testing.T) {
+	d, addr := startDaemon(t, Config{BoundLoopbackReplies: true, MaxRetransmits: 3, MinRTO: 5 * time.Millisecond, DefaultMaxTokens: 1000}, &testEngine{})
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var sent, got int
+	write := func(f serialproto.Frame) {
+		raw, err := serialproto.AppendFrame(nil, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Write(raw); err != nil {
+			t.Fatal(err)
+		}
+		sent += len(raw)
+	}
+	hello, _ := (&serialproto.Hello{MinVersion: 1, MaxVersion: 1, MaxData: 255, Window: 255, BootNonce: 7, DeviceID: "victim"}).AppendBody(nil)
+	write(serialproto.Frame{Version: 1, Cmd: serialproto.CmdHello, Seq: 1, Data: hello})
+	write(serialproto.Frame{Version: 1, Cmd: serialproto.CmdHello, Seq: 1, Data: hello}) // blind: the first WELCOME may not fit
+	prompt := strings.TrimSpace(strings.Repeat("a ", 200))                               // 201 one-word chunks in the answer
+	body, _ := (&serialproto.Infer{Prompt: prompt}).AppendBody(nil)
+	pieces, err := serialproto.Fragments(body, serialproto.PieceSize(255, false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pieces {
+		write(serialproto.Frame{Version: 1, Cmd: serialproto.CmdInfer, Flags: serialproto.FlagFragment, Seq: 2, Data: p})
+	}
+	// Read until the daemon has given the stream up (3 retransmissions of
+	// a few ms) and been silent for a while; bounded in time.
+	buf := make([]byte, 2048)
+	for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+		_ = conn.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			break
+		}
+		got += n
+	}
+	if got > sent {
+		t.Fatalf("an unacknowledged stream to an unproven source: sent %d bytes, got %d back (%.1f×)", sent, got, float64(got)/float64(sent))
+	}
+	if d.Stats().Unanswered.Load() == 0 {
+		t.Fatal("no chunk was held back")
+	}
+	t.Logf("reply/request bytes %d/%d = %.2f; %d transmissions held back", got, sent, float64(got)/float64(sent), d.Stats().Unanswered.Load())
+	// Real devices: a long first answer, and a first answer whose first
+	// chunk is larger than the budget (a one-letter id and prompt): the
+	// device's repeated ACK adds to the budget.
+	for _, tc := range []struct{ from, id, prompt string }{
+		{"127.0.0.2:0", "real", strings.TrimSpace(strings.Repeat("b ", 200))},
+		{"127.0.0.3:0", "r", "hi"},
+	} {
+		held := d.Stats().Unanswered.Load()
+		c := dialFrom(t, tc.from, addr, device.Config{DeviceID: tc.id, Window: 8})
+		if text, _, err := ask(t, c, tc.prompt); err != nil || text != answerFor(tc.prompt) {
+			t.Fatalf("device %s's first answer: %q %v", tc.id, text, err)
+		}
+		t.Logf("device %s: %d transmissions held back", tc.id, d.Stats().Unanswered.Load()-held)
+	}
+}

@@ -187,6 +187,21 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 			stats.retransmit(link)
 		}
 	}
+	if !s.delivered.Load() && s.d.unproven(s.peer) {
+		// The source may be spoofed (§7.2): until the device acknowledges a
+		// chunk, the stream, retransmissions included, spends the bytes the
+		// source sent, like every other answer to it. Without this a spoofed
+		// HELLO and INFER made the daemon send a victim a window of chunks
+		// nine times over.
+		source := sourceKey(s.peer)
+		r.st.gate = func(n int) bool {
+			if s.d.limiter.spend(source, n) {
+				return true
+			}
+			stats.Unanswered.Add(1)
+			return false
+		}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if m.Set.Has(serialproto.OptNewChat) {

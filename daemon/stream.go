@@ -35,8 +35,13 @@ type stream struct {
 	sack           bool      // the device acknowledges selectively (§8.2)
 	maxRetransmits int
 	onSend         func(cmd serialproto.Command, retransmit bool) // metrics hook; may be nil
-	seal           *sealer                                        // encodes (and signs) each transmission
-	clock          clock
+	// gate, while set, must pass every transmission (its size in bytes)
+	// before it goes out: the reflection bound of an unproven source
+	// (§7.2), until the device acknowledges a chunk of this stream. A
+	// transmission it refuses is lost, like one the network dropped.
+	gate  func(n int) bool
+	seal  *sealer // encodes (and signs) each transmission
+	clock clock
 
 	wake     chan struct{}
 	quit     chan struct{} // closed by abandon
@@ -170,6 +175,7 @@ func (s *stream) ack(next, window int, sack []byte) (complete bool) {
 		// Acknowledges chunks never sent: ignore (a confused or hostile peer).
 	case next > s.acked:
 		s.acked, s.dupAcks, s.retries = next, 0, 0
+		s.gate = nil // the source takes this stream's chunks: it is where it says
 		s.sent = max(s.sent, next)
 	case s.sack:
 		// Losses are the bitmap's business (delivered); a repeated ACK is
@@ -284,19 +290,18 @@ func (s *stream) run(ctx context.Context) error {
 			s.highest = max(s.highest, i+1)
 			s.lastSend = now
 			s.mu.Unlock()
-			// Counted before it leaves: a device that has the frame must
-			// find it in the counters (counted after, a test or an operator
-			// reading /metrics could see a retransmitted chunk arrive before
-			// its count).
-			if s.onSend != nil {
-				s.onSend(frame.Cmd, retransmit)
-			}
 			// A failed send is a lost frame (an unplugged UART, a full
-			// socket buffer): retransmission repairs it or the retry
-			// budget ends the stream.
-			if raw, err := s.seal.seal(frame); err == nil {
-				_ = s.peer.Send(raw)
-			}
+			// socket buffer), and so is one the gate holds back:
+			// retransmission repairs it or the retry budget ends the stream.
+			s.transmit(frame, func() {
+				// Counted before it leaves: a device that has the frame must
+				// find it in the counters (counted after, a test or an
+				// operator reading /metrics could see a retransmitted chunk
+				// arrive before its count).
+				if s.onSend != nil {
+					s.onSend(frame.Cmd, retransmit)
+				}
+			})
 			s.mu.Lock()
 		}
 		if s.finalCut && s.acked == len(s.frames) {
@@ -331,9 +336,7 @@ func (s *stream) run(ctx context.Context) error {
 				return err
 			}
 			if probe != nil {
-				if raw, err := s.seal.seal(*probe); err == nil {
-					_ = s.peer.Send(raw)
-				}
+				s.transmit(*probe, nil)
 			}
 		}
 	}
@@ -475,12 +478,32 @@ func (s *stream) rewind() {
 // acknowledged: the answer to a CANCEL that crossed it.
 func (s *stream) resendFinal() {
 	s.mu.Lock()
-	var raw []byte
-	if s.finalCut && s.acked == len(s.frames) {
-		raw, _ = s.seal.seal(s.frames[len(s.frames)-1])
+	done := s.finalCut && s.acked == len(s.frames)
+	var final serialproto.Frame
+	if done {
+		final = s.frames[len(s.frames)-1]
 	}
 	s.mu.Unlock()
-	if raw != nil {
-		_ = s.peer.Send(raw)
+	if done {
+		s.transmit(final, nil)
 	}
+}
+
+// transmit encodes (and signs) one transmission of f and, if the gate lets
+// it, calls counted (may be nil) and sends it. Called without mu.
+func (s *stream) transmit(f serialproto.Frame, counted func()) {
+	raw, err := s.seal.seal(f)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	if gate != nil && !gate(len(raw)) {
+		return
+	}
+	if counted != nil {
+		counted()
+	}
+	_ = s.peer.Send(raw)
 }
