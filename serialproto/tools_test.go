@@ -3,7 +3,6 @@ package serialproto
 import (
 	"bytes"
 	"errors"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -79,13 +78,7 @@ func generateToolVectors(t *testing.T) []byte {
 # status result, INFER tools_on (empty value). err=too_large: a result above 1024 bytes.
 `)
 	w.comment("messages: bodies of §16")
-	for _, v := range validToolMessages() {
-		body := mustBody(t, v.m)
-		w.line("msg", append([]string{"name=" + v.name, "cmd=" + v.m.Command().String(), "ok=1", "body=" + hx(body)}, messageFields(v.m)...)...)
-	}
-	for _, v := range invalidToolBodies() {
-		w.line("msg", "name="+v.name, "cmd="+v.cmd.String(), "ok=0", "err="+v.err, "body="+hx(v.body))
-	}
+	w.messages(validToolMessages(), invalidToolBodies())
 	w.comment("fragmentation (§6) of TOOLS and TOOL_RESULT: the INFER's rules, their own command")
 	for _, v := range []struct {
 		name  string
@@ -115,19 +108,7 @@ func generateToolVectors(t *testing.T) []byte {
 // TestToolVectors keeps testdata/tools_vectors.txt equal to what the code
 // writes, and checks it by decoding (as TestVectors does for vectors.txt).
 func TestToolVectors(t *testing.T) {
-	got := generateToolVectors(t)
-	if *update {
-		if err := os.WriteFile(toolVectorsPath, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(toolVectorsPath)
-	if err != nil {
-		t.Fatalf("%v (run go test -run TestToolVectors -update)", err)
-	}
-	if !bytes.Equal(got, want) {
-		t.Fatalf("%s differs from the code (run go test -run TestToolVectors -update)", toolVectorsPath)
-	}
+	want := generatedFile(t, toolVectorsPath, generateToolVectors(t), "TestToolVectors")
 	if kinds := checkVectors(t, want); kinds["msg"] == 0 || kinds["frag"] == 0 {
 		t.Fatalf("tool vectors lack msg or frag: %v", kinds)
 	}

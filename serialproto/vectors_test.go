@@ -21,15 +21,20 @@ const vectorsPath = "testdata/vectors.txt"
 // language is checked against that file, so it must never drift from the
 // code. Run with -update to rewrite it after a deliberate change.
 func TestVectors(t *testing.T) {
-	got := generateVectors(t)
+	checkVectorFile(t, generatedFile(t, vectorsPath, generateVectors(t), "TestVectors"))
+}
+
+// generatedFile rewrites path with got under -update, fails if the file
+// differs from got (naming the first line that does), and returns it.
+func generatedFile(t *testing.T, path string, got []byte, test string) []byte {
 	if *update {
-		if err := os.WriteFile(vectorsPath, got, 0o644); err != nil {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	want, err := os.ReadFile(vectorsPath)
+	want, err := os.ReadFile(path)
 	if err != nil {
-		t.Fatalf("%v (run go test -run TestVectors -update)", err)
+		t.Fatalf("%v (run go test -run %s -update)", err, test)
 	}
 	if !bytes.Equal(got, want) {
 		gl, wl := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
@@ -42,11 +47,11 @@ func TestVectors(t *testing.T) {
 				w = wl[i]
 			}
 			if g != w {
-				t.Fatalf("%s line %d differs from the code:\n file: %s\n code: %s", vectorsPath, i+1, w, g)
+				t.Fatalf("%s line %d differs from the code (go test -run %s -update):\n file: %s\n code: %s", path, i+1, test, w, g)
 			}
 		}
 	}
-	checkVectorFile(t, want)
+	return want
 }
 
 type vecWriter struct {
@@ -68,6 +73,18 @@ func (w *vecWriter) line(kind string, kv ...string) {
 }
 
 func hx(b []byte) string { return hex.EncodeToString(b) }
+
+// messages writes msg vectors: bodies that parse to their fields, and
+// bodies that must be refused with their error class.
+func (w *vecWriter) messages(valid []namedMessage, invalid []badBody) {
+	for _, v := range valid {
+		body := mustBody(w.t, v.m)
+		w.line("msg", append([]string{"name=" + v.name, "cmd=" + v.m.Command().String(), "ok=1", "body=" + hx(body)}, messageFields(v.m)...)...)
+	}
+	for _, v := range invalid {
+		w.line("msg", "name="+v.name, "cmd="+v.cmd.String(), "ok=0", "err="+v.err, "body="+hx(v.body))
+	}
+}
 
 func mustFrame(t testing.TB, f Frame) []byte {
 	t.Helper()
@@ -289,13 +306,7 @@ func generateVectors(t *testing.T) []byte {
 	}
 
 	w.comment("messages: bodies of §11 (ok=1: parse gives the fields and the fields encode to the body)")
-	for _, v := range validMessages() {
-		body := mustBody(t, v.m)
-		w.line("msg", append([]string{"name=" + v.name, "cmd=" + v.m.Command().String(), "ok=1", "body=" + hx(body)}, messageFields(v.m)...)...)
-	}
-	for _, v := range invalidBodies() {
-		w.line("msg", "name="+v.name, "cmd="+v.cmd.String(), "ok=0", "err="+v.err, "body="+hx(v.body))
-	}
+	w.messages(validMessages(), invalidBodies())
 
 	w.comment("fragmentation (§6): body cut with piece size P")
 	for _, v := range []struct {

@@ -12,6 +12,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends/grammar"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/internal/devicetest"
 	"github.com/mcpd-project/mcpd/native/gguf"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
@@ -115,29 +116,9 @@ func TestLlamaToolCalls(t *testing.T) {
 // when the random model keeps calling (it has no idea what a result means).
 func TestLlamaToolsThroughDaemon(t *testing.T) {
 	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{SequenceContext: 512})
-	d, err := daemon.New(daemon.Config{ToolChoice: "first"}, e, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := daemon.ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- d.Run(ctx, l) }()
-	t.Cleanup(func() { cancel(); <-ran })
-	tr, err := device.DialUDP(l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	c := device.New(tr, device.Config{DeviceID: "garden"})
-	actx, acancel := context.WithTimeout(ctx, 60*time.Second)
+	c := devicetest.Session(t, e, daemon.Config{ToolChoice: "first"}, device.Config{DeviceID: "garden"})
+	actx, acancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer acancel()
-	if err := c.Hello(actx); err != nil {
-		t.Fatal(err)
-	}
 	var runs atomic.Int64
 	handler := func(_ context.Context, args []byte) (string, error) { runs.Add(1); return "41 %", nil }
 	tools := make([]device.Tool, len(toolCases))

@@ -11,6 +11,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
+	"github.com/mcpd-project/mcpd/internal/devicetest"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	"github.com/mcpd-project/mcpd/serialproto"
 	"github.com/ollama/ollama/api"
@@ -103,29 +104,9 @@ func TestOllamaModelWithoutTools(t *testing.T) {
 func TestOllamaToolsThroughDaemon(t *testing.T) {
 	srv := ollamatest.Start(t, ollamatest.Config{Calls: []api.ToolCallFunction{ollamaCall("read_sensor", map[string]any{"sensor": "soil"})}})
 	o := newOllama(t, Config{}, srv)
-	d, err := daemon.New(daemon.Config{}, o, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := daemon.ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- d.Run(ctx, l) }()
-	t.Cleanup(func() { cancel(); <-ran })
-	tr, err := device.DialUDP(l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { tr.Close() })
-	c := device.New(tr, device.Config{DeviceID: "garden"})
-	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	c := devicetest.Session(t, o, daemon.Config{}, device.Config{DeviceID: "garden"})
+	actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer acancel()
-	if err := c.Hello(actx); err != nil {
-		t.Fatal(err)
-	}
 	var runs atomic.Int64
 	if err := c.DeclareTools(actx, []device.Tool{{Name: "read_sensor", Description: "Reads a sensor.", Schema: sensorSchema,
 		Handler: func(_ context.Context, args []byte) (string, error) {

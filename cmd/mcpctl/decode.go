@@ -238,7 +238,7 @@ func fields(m sp.Message) []field {
 			if !infer.Set.Has(opt) {
 				continue
 			}
-		} else if fv.IsZero() && sf.Name != "Chunk" {
+		} else if fv.IsZero() && sf.Name != "Chunk" && sf.Name != "Call" && sf.Name != "Tool" && sf.Name != "Status" {
 			continue
 		}
 		fname := snake(sf.Name)
@@ -253,7 +253,7 @@ func fields(m sp.Message) []field {
 			out = append(out, field{fname, name(strings.Trim(strings.ReplaceAll(fmt.Sprint(idx), " ", ","), "[]"))})
 		case fv.Kind() == reflect.Slice && fv.Type().Elem().Kind() == reflect.Uint8:
 			b := fv.Bytes()
-			if (sf.Name == "Text" || sf.Name == "Prompt") && utf8.Valid(b) {
+			if (sf.Name == "Text" || sf.Name == "Prompt" || sf.Name == "Args" || sf.Name == "Result") && utf8.Valid(b) {
 				out = append(out, field{fname, string(b)})
 			} else {
 				out = append(out, field{fname, hex.EncodeToString(b)})

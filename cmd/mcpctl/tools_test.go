@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"strings"
 	"testing"
 
 	"github.com/mcpd-project/mcpd/backends"
+	sp "github.com/mcpd-project/mcpd/serialproto"
 )
 
 // callEngine calls the request's first tool with fixed arguments until it
@@ -44,5 +46,32 @@ func TestAskTool(t *testing.T) {
 	}
 	if _, _, err := runCmd(t, "", "ask", "--udp", addr, "--tool-desc", "x=y", "q"); err == nil {
 		t.Fatal("--tool-desc without --tool accepted")
+	}
+}
+
+// TestDecodeToolFrames: decode shows a TOOL_CALL's indexes (0 included)
+// and its arguments as text, and a TOOL_RESULT's status and result.
+func TestDecodeToolFrames(t *testing.T) {
+	frame := func(cmd sp.Command, m sp.Message) string {
+		body, err := m.AppendBody(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, err := sp.AppendFrame(nil, sp.Frame{Version: 1, Cmd: cmd, Seq: 5, Data: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return hex.EncodeToString(raw)
+	}
+	out, _, err := runCmd(t, "", "decode",
+		frame(sp.CmdToolCall, &sp.ToolCall{Chunk: 2, Args: []byte(`{"sensor":"soil"}`)}),
+		frame(sp.CmdToolResult, &sp.ToolResult{Call: 0, Status: sp.ToolFailed, Result: []byte("offline")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`TOOL_CALL[-] seq=5 len=21  chunk=2 call=0 tool=0 args="{\"sensor\":\"soil\"}"`, `call=0 status=1 result="offline"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("decode output lacks %s:\n%s", want, out)
+		}
 	}
 }
