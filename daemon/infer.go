@@ -85,9 +85,7 @@ func (s *session) infer(f serialproto.Frame) {
 		m.Set = m.Set.With(serialproto.OptMaxTokens)
 		m.MaxTokens = uint16(t.tokens)
 	}
-	r := s.newRequest(f.Seq, count, &m, first, t)
-	r.schema = schema
-	r.calls = calls
+	r := s.newRequest(f.Seq, count, &m, first, t, schema, calls)
 	s.d.stats.Accepted.Add(1)
 	s.send(f.Seq, &serialproto.Ack{Next: uint16(count)})
 	go r.run()
@@ -163,9 +161,10 @@ func (s *session) noteFragment(seq uint8, now time.Time, complete bool) time.Tim
 	return first
 }
 
-// newRequest makes the request for an admitted INFER and remembers it
-// under its seq.
-func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, first time.Time, t *ticket) *request {
+// newRequest makes the request for an admitted INFER — with its answer's
+// schema and its tools, each nil when it has none — and remembers it under
+// its seq.
+func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, first time.Time, t *ticket, schema *Schema, calls *toolCalls) *request {
 	cfg := s.d.conf()
 	deadline := cfg.RequestTimeout
 	if m.Set.Has(serialproto.OptDeadlineMS) && m.DeadlineMS > 0 {
@@ -176,7 +175,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 	link := s.peer.LinkName()
 	ctx, obs := s.d.requestObserver(ctx, RequestInfo{Link: link, Device: s.deviceID, Seq: seq, First: first, Model: m.Model})
 	r := &request{
-		s: s, seq: seq, fragments: fragments, infer: m, ticket: t,
+		s: s, seq: seq, fragments: fragments, infer: m, ticket: t, schema: schema, calls: calls,
 		ctx: ctx, cancelCause: cancel, cancelTimeout: cancelTimeout, obs: obs,
 		st: newStream(s.peer, s.seal, s.d.clock, s.rtt, s.sack, serialproto.Version1, seq, s.maxData, s.window, cfg.FlushInterval, cfg.MaxRetransmits),
 	}
