@@ -51,6 +51,13 @@ type Config struct {
 	// queue (too high) or in mcpd's (too low) instead of running.
 	Parallel         int
 	EndpointParallel map[string]int
+	// NoWarmUp leaves loading the model to the first request instead of
+	// asking Ollama to load it at start and after it restarts
+	// (warmup.go; for comparisons). KeepAlive 0 implies it.
+	NoWarmUp bool
+	// WarmUpWait is how long New waits for the model to load before it
+	// returns, the rest loading in the background (default 10s).
+	WarmUpWait time.Duration
 	// OnHealthChange is called (on its own goroutine) when an endpoint's
 	// breaker changes state or a model appears or disappears.
 	OnHealthChange func()
@@ -97,6 +104,9 @@ func (c *Config) defaults() {
 	}
 	if c.Parallel <= 0 {
 		c.Parallel = DefaultParallel
+	}
+	if c.WarmUpWait <= 0 {
+		c.WarmUpWait = 10 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -36,6 +36,8 @@ type endpoint struct {
 	size      int64
 	sizeVRAM  int64
 	lastError string
+
+	warm warmState // warmup.go
 }
 
 func (ep *endpoint) setPresence(model string, p Presence) (changed bool) {

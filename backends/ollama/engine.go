@@ -29,6 +29,7 @@ type Engine struct {
 	closing    chan struct{}
 	done       chan struct{}
 	once       sync.Once
+	bg         sync.WaitGroup // warm-ups in flight; Close waits for them
 }
 
 var (
@@ -105,6 +106,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		o.endpoints = append(o.endpoints, ep)
 	}
 	o.probeAll(ctx)
+	o.warmUpAll(cfg.WarmUpWait)
 	go o.probeLoop()
 	var reached, missing []string
 	for _, ep := range o.endpoints {
@@ -303,6 +305,7 @@ func (o *Engine) Close() error {
 		return backends.ErrClosed
 	}
 	<-o.done
+	o.bg.Wait()
 	o.transport.CloseIdleConnections()
 	return nil
 }

@@ -233,6 +233,7 @@ func (o *Engine) chatRequest(model string, req backends.Request) (*api.ChatReque
 func (o *Engine) attempt(ctx context.Context, ep *endpoint, chat *api.ChatRequest, start time.Time, res *backends.Result, emit backends.Emit) error {
 	ep.inFlight.Add(1)
 	ep.requests.Add(1)
+	ep.used()
 	defer ep.inFlight.Add(-1)
 	actx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)

@@ -70,14 +70,23 @@ func (o *Engine) probe(ctx context.Context, ep *endpoint) {
 		return
 	default:
 		ep.breaker.failure(time.Now())
+		o.probed(ep, false, false)
 		return
 	}
 	if ps, err := ep.client.ListRunning(ctx); err == nil {
 		var size, vram int64
+		loaded := false
 		for _, m := range ps.Models {
 			if canonicalModel(m.Name) == canonicalModel(o.cfg.Model) || canonicalModel(m.Model) == canonicalModel(o.cfg.Model) {
-				size, vram = m.Size, m.SizeVRAM
+				size, vram, loaded = m.Size, m.SizeVRAM, true
 			}
+		}
+		if why := o.probed(ep, true, loaded); why != "" {
+			o.bg.Add(1)
+			go func() {
+				defer o.bg.Done()
+				o.warmUp(o.baseCtx, ep, why)
+			}()
 		}
 		ep.mu.Lock()
 		changed := (ep.sizeVRAM > 0) != (vram > 0)

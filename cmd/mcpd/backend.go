@@ -38,6 +38,9 @@ type ollamaSection struct {
 	// endpoint URL. Their sum is what max_concurrent follows when unset.
 	Parallel            int            `toml:"parallel"`
 	ParallelPerEndpoint map[string]int `toml:"parallel_per_endpoint"`
+	// NoWarmUp leaves loading the model to the first request instead of
+	// loading it at start and after Ollama restarts.
+	NoWarmUp bool `toml:"no_warm_up"`
 }
 
 // loadBackendEnv applies MCPD_OLLAMA_URL (comma-separated),
@@ -169,7 +172,7 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger, native bool)
 			TokenTimeout: o.TokenTimeout.Duration, TotalTimeout: o.TotalTimeout.Duration,
 			Retries: o.Retries, BreakerFailures: o.BreakerFailures, BreakerCooldown: o.BreakerCooldown.Duration,
 			ProbeInterval: o.ProbeInterval.Duration, Parallel: o.Parallel, EndpointParallel: o.ParallelPerEndpoint,
-			Logger: log,
+			NoWarmUp: o.NoWarmUp, Logger: log,
 		}
 		if o.KeepAlive != nil {
 			k := o.KeepAlive.Duration

@@ -118,6 +118,13 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if len(req.Messages) == 0 { // routes.go ChatHandler: "load the model"
+		s.load(w, r, api.GenerateRequest{Model: req.Model, KeepAlive: req.KeepAlive}, func(done api.GenerateResponse) any {
+			return api.ChatResponse{Model: done.Model, CreatedAt: done.CreatedAt, Message: api.Message{Role: "assistant"},
+				Done: true, DoneReason: done.DoneReason}
+		})
+		return
+	}
 	s.mu.Lock()
 	s.requests = append(s.requests, req)
 	s.mu.Unlock()
@@ -169,6 +176,10 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
+	if req.Prompt == "" && len(req.Images) == 0 { // routes.go GenerateHandler: "load the model"
+		s.load(w, r, req, func(done api.GenerateResponse) any { return done })
+		return
+	}
 	s.answer(w, r, req.Model, req.Stream, func(piece string, final *api.Metrics, reason string) any {
 		resp := api.GenerateResponse{Model: req.Model, CreatedAt: time.Now().UTC(), Response: piece}
 		if final != nil {
@@ -215,10 +226,6 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, model string, st
 		}
 		return
 	}
-	s.mu.Lock()
-	s.loaded[canonical(model)] = true
-	s.mu.Unlock()
-
 	wait := func(d time.Duration) bool { // false: the client left or Release
 		if d <= 0 {
 			return true
@@ -240,6 +247,13 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, model string, st
 		}
 	}
 
+	if paid, ok := s.ensureLoaded(r, model, release); !ok {
+		return
+	} else if paid {
+		s.mu.Lock()
+		s.paidLoads++
+		s.mu.Unlock()
+	}
 	if stream != nil && !*stream { // one object with the whole answer
 		if !wait(cfg.FirstTokenDelay) {
 			return
@@ -300,6 +314,60 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, model string, st
 	}
 	m := metrics(start, len(cfg.Tokens))
 	send(line("", &m, "stop"))
+}
+
+// ensureLoaded loads model if it is not: the caller waits LoadDelay, as a
+// request waits for Ollama's scheduler to start a runner. It reports
+// whether the caller waited, and false for ok when the client left first.
+func (s *Server) ensureLoaded(r *http.Request, model string, release chan struct{}) (paid, ok bool) {
+	s.mu.Lock()
+	loaded, delay := s.loaded[canonical(model)], s.cfg.LoadDelay
+	s.mu.Unlock()
+	if loaded {
+		return false, true
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			return true, false
+		case <-release:
+			return true, false
+		}
+	}
+	s.mu.Lock()
+	s.loaded[canonical(model)] = true
+	s.mu.Unlock()
+	return true, true
+}
+
+// load answers a load request as Ollama does: one JSON object (whatever
+// "stream" says) once the model is loaded, done_reason "load"; keep_alive
+// 0 unloads instead ("unload"). Scripted faults are for chats: a load
+// request takes none.
+func (s *Server) load(w http.ResponseWriter, r *http.Request, req api.GenerateRequest, body func(api.GenerateResponse) any) {
+	s.mu.Lock()
+	s.loadReqs = append(s.loadReqs, req)
+	release := s.release
+	s.mu.Unlock()
+	if req.Model == "" {
+		writeError(w, http.StatusBadRequest, "model is required")
+		return
+	}
+	if _, ok := s.model(req.Model); !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("model %q not found, try pulling it first", req.Model))
+		return
+	}
+	done := api.GenerateResponse{Model: req.Model, CreatedAt: time.Now().UTC(), Done: true, DoneReason: "load"}
+	if req.KeepAlive != nil && req.KeepAlive.Duration == 0 {
+		s.Unload(req.Model)
+		done.DoneReason = "unload"
+	} else if _, ok := s.ensureLoaded(r, req.Model, release); !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, body(done))
 }
 
 func metrics(start time.Time, tokens int) api.Metrics {

@@ -97,8 +97,14 @@ type Config struct {
 	Tokens []string
 	// TokenDelay paces the pieces (the "slow tokens" fault is a large one).
 	TokenDelay time.Duration
-	// FirstTokenDelay is extra time before the first piece (a model load).
+	// FirstTokenDelay is extra time before the first piece of every answer.
 	FirstTokenDelay time.Duration
+	// LoadDelay is loading a model that is not loaded: the first request
+	// for it — a chat, a generate or a load request — waits this long,
+	// as Ollama's scheduler does, and the model is loaded afterwards
+	// (until Unload, or a Stop and Start: a restarted Ollama has nothing
+	// loaded).
+	LoadDelay time.Duration
 	// CutAfter is how many pieces the mid-stream faults send first
 	// (default 2).
 	CutAfter int
@@ -120,13 +126,15 @@ type Server struct {
 	mu         sync.Mutex
 	cfg        Config
 	models     map[string]Model
-	loaded     map[string]bool // models a chat has touched: /api/ps lists them
+	loaded     map[string]bool // models a request has loaded: /api/ps lists them
 	faults     []Fault         // one per coming chat request, then fault
 	fault      Fault
 	listener   net.Listener
 	httpServer *http.Server
 	requests   []api.ChatRequest
-	release    chan struct{} // closed by Release: stalled handlers return
+	loadReqs   []api.GenerateRequest // load requests (no prompt, no messages), as /api/generate decoded them
+	paidLoads  int64                 // chat and generate requests that waited for a model to load
+	release    chan struct{}         // closed by Release: stalled handlers return
 
 	hits     sync.Map     // path → *atomic.Int64
 	conns    atomic.Int64 // TCP connections accepted
@@ -240,8 +248,42 @@ func (s *Server) Start() error {
 	if err != nil {
 		return err
 	}
+	s.mu.Lock()
+	clear(s.loaded) // a restarted Ollama has nothing loaded
+	s.mu.Unlock()
 	s.serve(ln)
 	return nil
+}
+
+// Unload drops a model from memory, as Ollama does when its keep_alive
+// runs out.
+func (s *Server) Unload(name string) {
+	s.mu.Lock()
+	delete(s.loaded, canonical(name))
+	s.mu.Unlock()
+}
+
+// Loaded says whether /api/ps lists the model.
+func (s *Server) Loaded(name string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loaded[canonical(name)]
+}
+
+// LoadRequests returns the load requests received so far (/api/generate
+// without a prompt, /api/chat without messages, as a GenerateRequest).
+func (s *Server) LoadRequests() []api.GenerateRequest {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]api.GenerateRequest(nil), s.loadReqs...)
+}
+
+// PaidLoads is the number of chat and generate requests that waited for
+// their model to load (LoadDelay).
+func (s *Server) PaidLoads() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.paidLoads
 }
 
 // Close stops the server for good.
