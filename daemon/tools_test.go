@@ -455,3 +455,18 @@ func TestToolWireRules(t *testing.T) {
 		w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: 2, Window: 4})
 	})
 }
+
+// TestToolStoreBound: declarations are kept for at most MaxToolDevices
+// device ids; a new one beyond it replaces the oldest declaration, and a
+// device declaring again becomes the newest.
+func TestToolStoreBound(t *testing.T) {
+	var st toolStore
+	sets := map[string]*toolSet{"a": {}, "b": {}, "c": {}}
+	st.put("a", sets["a"], 2)
+	st.put("b", sets["b"], 2)
+	st.put("a", sets["a"], 2) // a again: b is now the oldest
+	st.put("c", sets["c"], 2)
+	if st.get("b") != nil || st.get("a") != sets["a"] || st.get("c") != sets["c"] || len(st.sets) != 2 {
+		t.Fatalf("kept %v", st.order)
+	}
+}
