@@ -219,15 +219,15 @@ func streamError(t *testing.T, err error) *serialproto.Error {
 // final chunk with its code, or is read by the model and the answer goes on.
 func TestToolFailures(t *testing.T) {
 	t.Run("timeout", func(t *testing.T) {
-		_, addr := startToolDaemon(t, Config{ToolTimeout: 100 * time.Millisecond}, &toolEngine{script: []backends.ToolCall{readSoil}})
+		d, addr := startToolDaemon(t, Config{ToolTimeout: 100 * time.Millisecond}, &toolEngine{script: []backends.ToolCall{readSoil}})
 		c := dial(t, addr, device.Config{DeviceID: "slow"})
 		declare(t, c, []device.Tool{{Name: "read_sensor", Schema: soilSchema, Handler: func(context.Context, []byte) (string, error) {
 			time.Sleep(400 * time.Millisecond)
 			return "late", nil
 		}}})
 		_, _, err := ask(t, c, "q", toolsOn)
-		if e := streamError(t, err); e.Code != serialproto.CodeToolTimeout || !e.Stream() {
-			t.Fatalf("got %v", e)
+		if e := streamError(t, err); e.Code != serialproto.CodeToolTimeout || !e.Stream() || d.Stats().ToolTimeouts.Load() != 1 {
+			t.Fatalf("got %v, %d timeouts counted", e, d.Stats().ToolTimeouts.Load())
 		}
 	})
 	t.Run("limit", func(t *testing.T) {

@@ -397,6 +397,8 @@ func TestMetricNames(t *testing.T) {
 	// Serial-only series, which this UDP test does not provoke (the serial
 	// tests do), reported as a serial link reports them.
 	f.d.LinkStats("serial:/dev/ttyUSB0", 3, 1)
+	// Tool calls (protocol.md §16), which the daemon's tool tests make.
+	f.d.Stats().ToolCalls.Add(1)
 	_, body := f.get(t, "/metrics")
 	seen := map[string]bool{}
 	re := regexp.MustCompile(`^(mcpd_[a-z_]+)(\{[^}]*\})?`)

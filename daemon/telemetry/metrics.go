@@ -130,12 +130,13 @@ var (
 	cacheDesc       = prometheus.NewDesc("mcpd_response_cache_total", "Response cache events: hit, miss, skipped (a sampled request), evicted.", []string{"event"}, nil)
 	cacheBytesDesc  = prometheus.NewDesc("mcpd_response_cache_bytes", "Bytes the response cache holds.", nil, nil)
 	promptDesc      = prometheus.NewDesc("mcpd_prompt_tokens_total", "Prompt tokens of engine requests, by whether the engine's KV cache held them (cached) or they were evaluated.", []string{"source"}, nil)
+	toolCallsDesc   = prometheus.NewDesc("mcpd_tool_calls_total", "Device tool calls (protocol.md §16): sent to devices (TOOL_CALL), and of them unanswered within the tool timeout.", []string{"event"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{framesDesc, badFramesDesc, skippedDesc, retransmitsDesc, reconnectsDesc,
 		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, linkUpDesc, selectedDesc, breakerDesc, suppressedDesc, guardDesc,
-		cacheDesc, cacheBytesDesc, promptDesc} {
+		cacheDesc, cacheBytesDesc, promptDesc, toolCallsDesc} {
 		ch <- d
 	}
 }
@@ -222,6 +223,10 @@ func collectCounters(ch chan<- prometheus.Metric, st *daemon.Stats) {
 	}
 	for action, n := range map[string]int64{"evicted": st.Evicted.Load(), "rate_limited": st.RateLimited.Load(), "forbidden": st.Forbidden.Load(), "unanswered": st.Unanswered.Load()} {
 		counter(guardDesc, n, action)
+	}
+	if sent := st.ToolCalls.Load(); sent > 0 { // a series once a device has been called
+		counter(toolCallsDesc, sent, "sent")
+		counter(toolCallsDesc, st.ToolTimeouts.Load(), "timeout")
 	}
 }
 
