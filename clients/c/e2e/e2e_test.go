@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -44,6 +45,9 @@ const (
 	maxTokens = 24
 	seed      = 42
 	signedID  = "c-signed"
+	// toolMaxTokens leaves the random model room for a whole call
+	// (<call>"set_relay",{"on":false}</call>, byte by byte) and more.
+	toolMaxTokens = 128
 )
 
 var key = bytes.Repeat([]byte{0x5a, 0xc3}, 16)
@@ -158,6 +162,59 @@ func goAnswer(ctx context.Context, t *testing.T, tr device.Transport, cfg device
 	return text.String()
 }
 
+// goToolAnswer asks with TOOLS_ON through the Go device client, with the
+// tools of examples/posix/mcpf_ask.c (the same descriptions and schema,
+// handlers that answer as its do for --soil 41). It returns each call as
+// "name status result", the answer, and the ERROR code (0 for DONE).
+func goToolAnswer(ctx context.Context, t *testing.T, tr device.Transport) ([]string, string, int) {
+	t.Helper()
+	var calls []string
+	record := func(name, result string, err error) (string, error) {
+		if err != nil {
+			calls = append(calls, name+" FAILED "+err.Error())
+		} else {
+			calls = append(calls, name+" OK "+result)
+		}
+		return result, err
+	}
+	tools := []device.Tool{
+		{Name: "read_soil", Description: "Reads the soil moisture sensor of the bed; answers the moisture in percent.",
+			Handler: func(context.Context, []byte) (string, error) { return record("read_soil", "41", nil) }},
+		{Name: "set_relay", Description: "Switches the pump relay of the bed on or off.",
+			Schema: `{"type":"object","properties":{"on":{"type":"boolean"}}}`,
+			Handler: func(_ context.Context, args []byte) (string, error) {
+				var a struct{ On *bool }
+				if json.Unmarshal(args, &a) != nil || a.On == nil {
+					return record("set_relay", "", errors.New("on must be true or false"))
+				}
+				return record("set_relay", map[bool]string{true: "relay on", false: "relay off"}[*a.On], nil)
+			}},
+	}
+	c := device.New(tr, device.Config{DeviceID: "go-tools", MaxData: 64, Window: 2})
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Hello(hctx); err != nil {
+		t.Fatalf("Go device: %v", err)
+	}
+	if err := c.DeclareTools(hctx, tools); err != nil {
+		t.Fatalf("Go device: TOOLS: %v", err)
+	}
+	m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature).
+		With(serialproto.OptSeed).With(serialproto.OptToolsOn), MaxTokens: toolMaxTokens, Temperature: 0, Seed: seed, Prompt: prompt}
+	var text bytes.Buffer
+	_, err := c.Ask(ctx, m, func(b []byte) error { text.Write(b); return nil })
+	var e *serialproto.Error
+	switch {
+	case errors.As(err, &e):
+		t.Logf("Go device: calls %q, ERROR %d", calls, e.Code)
+		return calls, text.String(), int(e.Code)
+	case err != nil:
+		t.Fatalf("Go device: %v", err)
+	}
+	t.Logf("Go device: calls %q, answer %q", calls, text.String())
+	return calls, text.String(), 0
+}
+
 // runC runs the C device and returns what it printed as the answer, and
 // its statistics (stderr).
 func runC(ctx context.Context, bin string, extra []*os.File, args ...string) (string, string, error) {
@@ -245,7 +302,7 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 		}
 	}
 	conf := filepath.Join(dir, "mcpd.toml")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[keys]\n%s = %q\n[schemas.fan]\nid = 1\njson = '%s'\n",
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("[keys]\n%s = %q\n[schemas.fan]\nid = 1\njson = '%s'\n[limits]\ntool_choice = \"first\"\n",
 		signedID, hex.EncodeToString(key), fanSchema)), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -298,6 +355,47 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 			}
 		})
 	}
+
+	// Device tools (docs/protocol.md §16) on the tiny random model, which
+	// the config's tool_choice "first" makes call a tool at once: the C
+	// device (mcpf_ask --tools) and the Go device, declaring the same two
+	// tools with handlers that answer alike, must see the same calls, each
+	// run once, and end alike — the same answer, or the same error.
+	t.Run("udp-tools", func(t *testing.T) {
+		tr, err := device.DialUDP(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tr.Close()
+		goCalls, goText, goCode := goToolAnswer(ctx, t, tr)
+		cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(cctx, plain, "--udp", addr, "--device-id", "c-tools", "--max-data", "64", "--window", "2", "--tools",
+			"--max-tokens", fmt.Sprint(toolMaxTokens), "--seed", fmt.Sprint(seed), "--temperature", "0", prompt)
+		var stdout, errOut bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &errOut
+		err = cmd.Run()
+		out, stderr := strings.TrimSuffix(stdout.String(), "\n"), errOut.String()
+		code := 0
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		var cCalls []string
+		for _, m := range regexp.MustCompile(`(?m)^tool call \d+: (\w+) -> (\w+) "([^"]*)"$`).FindAllStringSubmatch(stderr, -1) {
+			cCalls = append(cCalls, strings.Join(m[1:], " "))
+		}
+		t.Logf("C device: calls %q, exit %d, answer %q", cCalls, code, out)
+		if len(cCalls) == 0 {
+			t.Fatalf("the model called no tool on the C device\n%s", stderr)
+		}
+		if strings.Join(cCalls, "; ") != strings.Join(goCalls, "; ") || code != goCode || (code == 0 && out != goText) {
+			t.Errorf("C and Go devices differ:\n C: calls %q, exit %d, answer %q\nGo: calls %q, code %d, answer %q\n%s",
+				cCalls, code, out, goCalls, goCode, goText, stderr)
+		}
+	})
 
 	// A constrained answer (docs/protocol.md §11.4.1): the C device names
 	// schema 1 of mcpd's config with one option byte and gets minified JSON
