@@ -15,7 +15,9 @@
  * --key HEX (built with MCPF_SIGN=1), --tools (declare two device tools,
  * read_soil and set_relay, and let the model call them, §16; --soil
  * PERCENT is what the sensor reads, default 41). The answer goes to
- * stdout, statistics and each tool call to stderr. Exit
+ * stdout, statistics and each tool call to stderr (with the time from its
+ * result sent to the stream's next chunk, the handler's own time not in
+ * it). Exit
  * status: 0 answer complete and verified, the protocol's error code on
  * ERROR (docs/protocol.md §12), 1 otherwise.
  *
@@ -41,6 +43,13 @@
 static int fd = -1, is_udp;
 static struct sockaddr_storage peer;
 static socklen_t peer_len;
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
 
 static uint32_t now_ms(void)
 {
@@ -161,12 +170,19 @@ static mcpf_session s;
 static uint8_t body[4096];
 static size_t body_len;
 static int asked, status = 1;
+static double tool_sent; /* when the last TOOL_RESULT went out; 0: none outstanding */
 static uint32_t started, done_at;
 
 /* What the device does with each event; returns -1 to go on, or the exit
  * status. */
 static int on_event(const mcpf_event *ev, uint32_t now)
 {
+    if (tool_sent > 0 && ev->type != MCPF_EV_NONE) {
+        /* The stream went on: the daemon took the result and the model
+         * answered it. The handler's own time is not in this. */
+        fprintf(stderr, "tool round trip: %.3f ms\n", (now_us() - tool_sent) / 1e3);
+        tool_sent = 0;
+    }
     switch (ev->type) {
     case MCPF_EV_WELCOME:
         if (use_tools) { /* declare first; ask once the daemon has them */
@@ -187,6 +203,7 @@ static int on_event(const mcpf_event *ev, uint32_t now)
         fprintf(stderr, "tool call %u: %s -> %s \"%.*s\"\n", ev->u.tool.call,
                 ev->u.tool.tool < 2 ? tools[ev->u.tool.tool].name : "?", ev->u.tool.status ? "FAILED" : "OK",
                 (int)ev->u.tool.len, (const char *)tool_buf + 2);
+        tool_sent = now_us();
         return -1;
     case MCPF_EV_TEXT:
         fwrite(ev->u.text.p, 1, ev->u.text.len, stdout);
