@@ -28,7 +28,7 @@ func TestToolsOverNoisyUART(t *testing.T) {
 	daemonSide, daemonPath := openPty(t)
 	deviceSide, devicePath := openPty(t)
 	e := &toolEngine{script: []backends.ToolCall{readSoil, readSoil}}
-	d, err := New(Config{}, e, testLogger())
+	d, err := New(Config{ShutdownDrain: time.Second}, e, testLogger()) // a final ACK the line ate keeps a stream until the drain
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,14 +55,16 @@ func TestToolsOverNoisyUART(t *testing.T) {
 		t.Fatal(err)
 	}
 	var runs atomic.Int64
+	t0 := time.Now()
 	if err := c.DeclareTools(ctx, sensorTools(&runs)); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("TOOLS took %v", time.Since(t0))
 	for i := range 6 {
-		before := runs.Load()
+		before, t0 := runs.Load(), time.Now()
 		text, _, err := askCtx(ctx, c, fmt.Sprintf("request %d", i), toolsOn)
 		n := runs.Load() - before
-		t.Logf("request %d: %d handler runs, %q, %v", i, n, text, err)
+		t.Logf("request %d: %v, %d handler runs, %q, %v", i, time.Since(t0), n, text, err)
 		switch {
 		case n != 2:
 			t.Fatalf("request %d: the handler ran %d times for 2 calls", i, n)
