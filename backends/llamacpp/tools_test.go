@@ -12,7 +12,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends/grammar"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/internal/devicetest"
+	"github.com/mcpd-project/mcpd/internal/daemontest"
 	"github.com/mcpd-project/mcpd/native/gguf"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
@@ -116,7 +116,7 @@ func TestLlamaToolCalls(t *testing.T) {
 // when the random model keeps calling (it has no idea what a result means).
 func TestLlamaToolsThroughDaemon(t *testing.T) {
 	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{SequenceContext: 512})
-	c := devicetest.Session(t, e, daemon.Config{ToolChoice: "first"}, device.Config{DeviceID: "garden"})
+	c := daemontest.Session(t, e, daemon.Config{ToolChoice: "first"}, device.Config{DeviceID: "garden"})
 	actx, acancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer acancel()
 	var runs atomic.Int64

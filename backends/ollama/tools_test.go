@@ -11,7 +11,7 @@ import (
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/internal/devicetest"
+	"github.com/mcpd-project/mcpd/internal/daemontest"
 	"github.com/mcpd-project/mcpd/internal/ollamatest"
 	"github.com/mcpd-project/mcpd/serialproto"
 	"github.com/ollama/ollama/api"
@@ -104,7 +104,7 @@ func TestOllamaModelWithoutTools(t *testing.T) {
 func TestOllamaToolsThroughDaemon(t *testing.T) {
 	srv := ollamatest.Start(t, ollamatest.Config{Calls: []api.ToolCallFunction{ollamaCall("read_sensor", map[string]any{"sensor": "soil"})}})
 	o := newOllama(t, Config{}, srv)
-	c := devicetest.Session(t, o, daemon.Config{}, device.Config{DeviceID: "garden"})
+	c := daemontest.Session(t, o, daemon.Config{}, device.Config{DeviceID: "garden"})
 	actx, acancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer acancel()
 	var runs atomic.Int64

@@ -1,7 +1,7 @@
-// Package devicetest runs mcpd on a loopback UDP port in front of an
+// Package daemontest runs mcpd on a loopback UDP port in front of an
 // engine and connects a device to it: the end-to-end setup of the engine
 // packages' tests (a real daemon, real sockets), written once.
-package devicetest
+package daemontest
 
 import (
 	"context"
