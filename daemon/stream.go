@@ -139,20 +139,6 @@ func (s *stream) write(piece []byte) error {
 	return nil
 }
 
-// toolCall queues a TOOL_CALL chunk after the text written so far
-// (§16); the returned channel closes once the device has acknowledged it.
-// The caller writes nothing more until the call's result is in, so at most
-// one call waits at a time.
-func (s *stream) toolCall(call, tool uint8, args []byte) <-chan struct{} {
-	s.mu.Lock()
-	s.call = &serialproto.ToolCall{Call: call, Tool: tool, Args: args}
-	s.callAcked = make(chan struct{})
-	acked := s.callAcked
-	s.mu.Unlock()
-	s.notify()
-	return acked
-}
-
 // finish records how the stream ends; the final chunk follows the text.
 func (s *stream) finish(f finalFunc) {
 	s.mu.Lock()

@@ -158,3 +158,17 @@ func (r *request) callTool(idx uint8, call *backends.ToolCall) (string, error) {
 		}
 	}
 }
+
+// toolCall queues a TOOL_CALL chunk after the text written so far
+// (§16); the returned channel closes once the device has acknowledged it.
+// The caller writes nothing more until the call's result is in, so at most
+// one call waits at a time.
+func (s *stream) toolCall(call, tool uint8, args []byte) <-chan struct{} {
+	s.mu.Lock()
+	s.call = &serialproto.ToolCall{Call: call, Tool: tool, Args: args}
+	s.callAcked = make(chan struct{})
+	acked := s.callAcked
+	s.mu.Unlock()
+	s.notify()
+	return acked
+}

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,36 +21,6 @@ const vectorsPath = "testdata/vectors.txt"
 // code. Run with -update to rewrite it after a deliberate change.
 func TestVectors(t *testing.T) {
 	checkVectorFile(t, generatedFile(t, vectorsPath, generateVectors(t), "TestVectors"))
-}
-
-// generatedFile rewrites path with got under -update, fails if the file
-// differs from got (naming the first line that does), and returns it.
-func generatedFile(t *testing.T, path string, got []byte, test string) []byte {
-	if *update {
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -run %s -update)", err, test)
-	}
-	if !bytes.Equal(got, want) {
-		gl, wl := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
-		for i := range max(len(gl), len(wl)) {
-			var g, w string
-			if i < len(gl) {
-				g = gl[i]
-			}
-			if i < len(wl) {
-				w = wl[i]
-			}
-			if g != w {
-				t.Fatalf("%s line %d differs from the code (go test -run %s -update):\n file: %s\n code: %s", path, i+1, test, w, g)
-			}
-		}
-	}
-	return want
 }
 
 type vecWriter struct {
