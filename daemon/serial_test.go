@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -37,7 +38,7 @@ func openPty(t *testing.T) (master *os.File, ttyPath string) {
 	return m, tty.Name()
 }
 
-func startSerialDaemon(t *testing.T, cfg Config, e *testEngine, path string) *Daemon {
+func startSerialDaemon(t *testing.T, cfg Config, e backends.Backend, path string) *Daemon {
 	t.Helper()
 	log := testLogger()
 	d, err := New(cfg, e, log)
@@ -151,28 +152,10 @@ func TestNoisyPacedUART(t *testing.T) {
 	if testing.Short() {
 		t.Skip("paced serial line: slow")
 	}
-	daemonSide, daemonPath := openPty(t)
-	deviceSide, devicePath := openPty(t)
 	e := &testEngine{}
-	d := startSerialDaemon(t, Config{DefaultMaxTokens: 1000}, e, daemonPath)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	line, err := impair.StartLine(ctx, daemonSide, deviceSide, impair.LineConfig{Baud: 115200, BitErrorRate: berForTest, Seed: 42})
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	port, err := serial.Open(devicePath, &serial.Mode{BaudRate: 115200})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = port.SetReadTimeout(20 * time.Millisecond)
-	tr := device.NewStream(port)
-	defer tr.Close()
-	c := device.New(tr, device.Config{DeviceID: "noisy", MaxData: 128, Window: 2, RTO: 300 * time.Millisecond, Retries: 20})
-	if err := c.Hello(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d, c, line := noisyUART(ctx, t, Config{DefaultMaxTokens: 1000}, e, 42, "noisy")
 	exact, caught := 0, 0
 	for i := range 6 {
 		prompt := fmt.Sprintf("reading %d: ", i) + strings.Repeat("soil 31 % air 24.5 C ", 8)
@@ -201,6 +184,33 @@ func TestNoisyPacedUART(t *testing.T) {
 }
 
 var berForTest = 1e-3
+
+// noisyUART runs a daemon with engine e on one side of a 115,200-baud line
+// between two real ptys that flips bits at berForTest (seeded), and says
+// HELLO from a device with id on the other side, through a real serial
+// port (go.bug.st/serial).
+func noisyUART(ctx context.Context, t *testing.T, cfg Config, e backends.Backend, seed uint64, id string) (*Daemon, *device.Client, *impair.Line) {
+	t.Helper()
+	daemonSide, daemonPath := openPty(t)
+	deviceSide, devicePath := openPty(t)
+	d := startSerialDaemon(t, cfg, e, daemonPath)
+	line, err := impair.StartLine(ctx, daemonSide, deviceSide, impair.LineConfig{Baud: 115200, BitErrorRate: berForTest, Seed: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := serial.Open(devicePath, &serial.Mode{BaudRate: 115200})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = port.SetReadTimeout(20 * time.Millisecond)
+	tr := device.NewStream(port)
+	t.Cleanup(func() { tr.Close() })
+	c := device.New(tr, device.Config{DeviceID: id, MaxData: 128, Window: 2, RTO: 300 * time.Millisecond, Retries: 20})
+	if err := c.Hello(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return d, c, line
+}
 
 // TestSerialRTOUsesTheDevicesWindow: protocol.md §7.1's examples, with the
 // window the device announced — not a fixed one, and never the WELCOME's

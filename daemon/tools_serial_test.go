@@ -10,9 +10,7 @@ import (
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
-	"github.com/mcpd-project/mcpd/internal/impair"
 	"github.com/mcpd-project/mcpd/serialproto"
-	"go.bug.st/serial"
 )
 
 // TestToolsOverNoisyUART: device tools over a real pty pair paced at
@@ -25,35 +23,11 @@ func TestToolsOverNoisyUART(t *testing.T) {
 	if testing.Short() {
 		t.Skip("paced serial line: slow")
 	}
-	daemonSide, daemonPath := openPty(t)
-	deviceSide, devicePath := openPty(t)
 	e := &toolEngine{script: []backends.ToolCall{readSoil, readSoil}}
-	d, err := New(Config{ShutdownDrain: time.Second}, e, testLogger()) // a final ACK the line ate keeps a stream until the drain
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc, err := ParseSerial(daemonPath + ":115200")
-	if err != nil {
-		t.Fatal(err)
-	}
-	runLinks(t, d, NewSerialLink(sc, testLogger()))
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	line, err := impair.StartLine(ctx, daemonSide, deviceSide, impair.LineConfig{Baud: 115200, BitErrorRate: berForTest, Seed: 7})
-	if err != nil {
-		t.Fatal(err)
-	}
-	port, err := serial.Open(devicePath, &serial.Mode{BaudRate: 115200})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = port.SetReadTimeout(20 * time.Millisecond)
-	tr := device.NewStream(port)
-	defer tr.Close()
-	c := device.New(tr, device.Config{DeviceID: "noisy-tools", MaxData: 128, Window: 2, RTO: 300 * time.Millisecond, Retries: 20})
-	if err := c.Hello(ctx); err != nil {
-		t.Fatal(err)
-	}
+	// A final ACK the line ate keeps its stream until the drain: 1 s.
+	d, c, line := noisyUART(ctx, t, Config{ShutdownDrain: time.Second}, e, 7, "noisy-tools")
 	var runs atomic.Int64
 	t0 := time.Now()
 	if err := c.DeclareTools(ctx, sensorTools(&runs)); err != nil {
