@@ -17,7 +17,7 @@ type Config struct {
 	Heartbeat         time.Duration // announced in WELCOME; a session expires after 3 missed
 	RequestTimeout    time.Duration // deadline of a request unless INFER's DEADLINE_MS is shorter
 	FlushInterval     time.Duration // longest wait before a partly filled TOKEN frame goes out
-	MinRTO            time.Duration // floor of the adaptive UDP retransmission timeout (§7.2); default 100 ms, at least 1 ms
+	MinRTO            time.Duration // floor of the adaptive UDP retransmission timeout (§7.2); default 10 ms, at least 1 ms
 	MaxRetransmits    int           // retransmissions of one chunk before the request is dropped
 	DefaultMaxTokens  int           // when INFER has no MAX_TOKENS
 	ShutdownDrain     time.Duration // how long in-flight requests may finish on shutdown

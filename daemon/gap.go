@@ -1,61 +1,135 @@
 package daemon
 
-import "github.com/mcpd-project/mcpd/serialproto"
+import (
+	"time"
+
+	"github.com/mcpd-project/mcpd/serialproto"
+)
 
 // The NACK MISSING timer (docs/protocol.md §6): when no fragment of an
 // INFER in reassembly has arrived for half an RTO, the daemon lists the
 // missing ones, so a device whose fragments were lost resends them at once
 // instead of waiting for its own timer to probe with the last fragment —
 // which, were the last fragment lost too, would be the first the daemon
-// hears of the gap.
+// hears of the gap. A NACK can be lost as well (a noisy UART corrupts it):
+// while no fragment brings progress it is repeated an RTO later, doubling,
+// at most maxNackRepeats times. And one NACK per gap at a time: a probe
+// that crosses the NACK (the device's timer fired as the NACK went out) is
+// not answered with the same list again within an RTO, or the device would
+// send the missing fragments twice.
+
+// maxNackRepeats bounds the NACKs repeated for one silence: after the
+// first and this many more, only the device's probe (or new progress)
+// brings another.
+const maxNackRepeats = 3
+
+// gap is the NACK state of one INFER in reassembly.
+type gap struct {
+	running bool      // a nackGap goroutine watches it
+	nackAt  time.Time // the last NACK MISSING sent for it
+	repeats int       // NACKs sent since the last progress, less one
+}
 
 // watchGap starts the timer for the INFER seq in reassembly unless it runs
 // already. Called with s.mu held, after a fragment that left the message
 // incomplete.
 func (s *session) watchGap(seq uint8) {
-	if s.gaps[seq] {
+	g := s.gapOf(seq)
+	if g.running {
 		return
 	}
-	if s.gaps == nil {
-		s.gaps = make(map[uint8]bool)
-	}
-	s.gaps[seq] = true
+	g.running = true
 	go s.nackGap(seq)
 }
 
-// nackGap waits until the message seq has made no progress for half an
-// RTO and then sends NACK MISSING — once per silence: it ends with the NACK,
-// and the next fragment to arrive starts another timer (if the NACK is
-// lost, the device's probe repairs it). It ends without a NACK when the
-// message completes, is discarded or expires, or the session ends.
+// gapOf returns seq's NACK state, created if need be. Called with s.mu held.
+func (s *session) gapOf(seq uint8) *gap {
+	if s.gaps == nil {
+		s.gaps = make(map[uint8]*gap)
+	}
+	g := s.gaps[seq]
+	if g == nil {
+		g = &gap{}
+		s.gaps[seq] = g
+	}
+	return g
+}
+
+// mayNack reports whether a NACK MISSING for seq, whose last progress was
+// at last, may go out now, and notes it as sent if so: not when one went
+// out after that progress less than an RTO ago. Called with s.mu held.
+func (s *session) mayNack(seq uint8, now, last time.Time, rto time.Duration) bool {
+	g := s.gapOf(seq)
+	if !g.nackAt.Before(last) && now.Sub(g.nackAt) < rto {
+		return false
+	}
+	if g.nackAt.Before(last) {
+		g.repeats = 0
+	} else {
+		g.repeats++
+	}
+	g.nackAt = now
+	return true
+}
+
+// nextNack is when the timer should look at seq again, given its last
+// progress; ok is false once the repeats are spent. Called with s.mu held.
+func (g *gap) nextNack(last time.Time, rto time.Duration) (at time.Time, ok bool) {
+	if g.nackAt.Before(last) { // progress since the last NACK (or none sent)
+		return last.Add(rto / 2), true
+	}
+	if g.repeats >= maxNackRepeats {
+		return time.Time{}, false
+	}
+	return g.nackAt.Add(min(rto<<g.repeats, serialproto.MaxRTO)), true
+}
+
+// nackGap waits until the message seq has made no progress for half an RTO
+// and sends NACK MISSING, then repeats it an RTO later (doubling) while
+// nothing new arrives, at most maxNackRepeats times. It ends when the
+// message completes, is discarded or expires, the repeats are spent, or
+// the session ends; the next fragment starts it again.
 func (s *session) nackGap(seq uint8) {
-	half := s.rtt.rto() / 2 // the RTO measured on the answer streams, or the initial one
-	t := s.d.clock.NewTimer(half)
+	t := s.d.clock.NewTimer(time.Hour)
 	defer t.Stop()
-	for {
-		select {
-		case <-s.ctx.Done():
-			return
-		case <-t.C():
+	for first := true; ; first = false {
+		if !first { // the first round times from the last progress at once
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-t.C():
+			}
 		}
+		rto := s.rtt.rto() // the RTO measured on the answer streams, or the initial one
+		now := s.d.clock.Now()
 		s.mu.Lock()
 		last, pending := s.reasm.LastProgress(serialproto.CmdInfer, seq)
-		wait := half - s.d.clock.Now().Sub(last)
-		var missing []byte
-		if pending && wait <= 0 {
-			missing = s.reasm.Missing(serialproto.CmdInfer, seq)
-		}
-		if !pending || wait <= 0 {
+		g := s.gaps[seq]
+		if !pending || g == nil {
 			delete(s.gaps, seq)
+			s.mu.Unlock()
+			return
+		}
+		at, ok := g.nextNack(last, rto)
+		var missing []byte
+		if ok && !now.Before(at) {
+			if missing = s.reasm.Missing(serialproto.CmdInfer, seq); len(missing) > 0 && s.mayNack(seq, now, last, 0) {
+				at, ok = g.nextNack(last, rto)
+			} else {
+				missing, ok = nil, false // nothing to list: nothing to wait for
+			}
+		}
+		if !ok {
+			g.running = false
+		} else {
+			t.Reset(max(at.Sub(now), 0)) // before the NACK: whoever reads it sees the timer set
 		}
 		s.mu.Unlock()
-		switch {
-		case len(missing) > 0:
+		if len(missing) > 0 {
 			s.send(seq, &serialproto.Nack{Reason: serialproto.NackMissing, Missing: missing})
-			return
-		case !pending || wait <= 0:
+		}
+		if !ok {
 			return
 		}
-		t.Reset(wait) // a fragment arrived meanwhile: half an RTO from it
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -22,6 +23,13 @@ func (s *session) infer(f serialproto.Frame) {
 	body, missing, err := s.reasm.Add(now, f.Cmd, f.Seq, f.Data)
 	first := s.noteFragment(f.Seq, now, body != nil)
 	if err == nil && body == nil {
+		if missing != nil {
+			// The last fragment, new or a probe: a probe crossing our NACK
+			// is not answered with the same list again (gap.go).
+			if last, _ := s.reasm.LastProgress(f.Cmd, f.Seq); !s.mayNack(f.Seq, now, last, s.rtt.rto()) {
+				missing = nil
+			}
+		}
 		s.watchGap(f.Seq) // incomplete: NACK what is missing if the device falls silent (§6)
 	}
 	s.mu.Unlock()
@@ -47,7 +55,7 @@ func (s *session) infer(f serialproto.Frame) {
 		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackMissing, Missing: missing})
 		return
 	case body == nil:
-		return // more fragments to come
+		return // more fragments to come, or a NACK went out less than an RTO ago
 	}
 	count := int(f.Data[1])
 	if s.repeatAck(f.Seq) {
@@ -207,8 +215,19 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 		s.history = nil
 	}
 	if len(s.order) >= rememberedRequests {
-		delete(s.requests, s.order[0])
-		s.order = s.order[1:]
+		// Forget the oldest request whose answer is delivered. One still
+		// streaming stays: on a fast link a device asks 32 questions within
+		// one RTO of the daemon, and a stream forgotten while its final ACK
+		// was lost could never take the device's ACK again — it held one
+		// of the device's places until its retries ran out (the device
+		// got BUSY). Live streams hold places, so at most MaxPerSession
+		// stay beyond the 32.
+		i := slices.IndexFunc(s.order, func(q uint8) bool { return s.requests[q].ended.Load() })
+		if i < 0 {
+			i = 0
+		}
+		delete(s.requests, s.order[i])
+		s.order = slices.Delete(s.order, i, i+1)
 	}
 	s.requests[seq] = r
 	s.order = append(s.order, seq)

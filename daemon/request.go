@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/serialproto"
@@ -24,6 +25,7 @@ type request struct {
 	obs           RequestObserver // nil when nothing observes
 	schema        *Schema         // the answer's constraint (§11.4.1), nil for none
 	calls         *toolCalls      // TOOLS_ON: the device's tools and the call outstanding (§16); nil: none
+	ended         atomic.Bool     // its stream ended: delivered, given up or stopped
 }
 
 func (r *request) cancel(cause error) { r.cancelCause(cause) }
@@ -66,6 +68,7 @@ func (r *request) run() {
 	}
 	r.st.finish(r.final(res, err))
 	err = <-sent
+	r.ended.Store(true)
 	if err != nil {
 		d.remoteLog(slog.LevelInfo, "stream ended early", "device", r.s.deviceID, "seq", r.seq, "err", err)
 	}

@@ -44,7 +44,7 @@ type session struct {
 	requests    map[uint8]*request
 	order       []uint8                // seqs of requests, oldest first
 	seqs        serialproto.SeqHistory // the device's request seqs (§5), from the HELLO's on
-	gaps        map[uint8]bool         // INFERs in reassembly with a NACK MISSING timer running (gap.go)
+	gaps        map[uint8]*gap         // INFERs in reassembly: their NACK MISSING state (gap.go)
 	history     []backends.Message
 	lastNack    time.Time
 	// firstFrag holds when the first fragment of each INFER in reassembly
@@ -107,6 +107,7 @@ func (s *session) fresh(cmd serialproto.Command, seq uint8) serialproto.SeqState
 		s.reasm.Forget(serialproto.CmdInfer, seq)
 		s.reasm.Forget(serialproto.CmdTools, seq)
 		s.reasm.Forget(serialproto.CmdToolResult, seq)
+		delete(s.gaps, seq)
 		delete(s.firstFrag, seq)
 	}
 	if cmd != serialproto.CmdInfer && cmd != serialproto.CmdTools { // taken when accepted

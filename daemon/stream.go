@@ -24,7 +24,8 @@ type finalFunc func(chunk uint16, textBytes, textCRC uint32) serialproto.Message
 // lost once a chunk sent after it is acknowledged, and on timeout every
 // chunk the device has not listed. Its timer is the session's RFC 6298
 // estimate, fed by chunks sent once (Karn's rule), doubled per timeout up
-// to 4 s; it gives up after maxRetransmits timeouts without progress.
+// to 4 s; it gives up after maxRetransmits timeouts without progress
+// once serialproto.RetryHorizon has passed too.
 type stream struct {
 	peer           Peer
 	version        uint8
@@ -34,6 +35,7 @@ type stream struct {
 	rtt            *rttState // the session's round-trip estimate
 	sack           bool      // the device acknowledges selectively (§8.2)
 	maxRetransmits int
+	initialRTO     time.Duration                                  // the peer's RTO before any sample: the give-up time's base
 	onSend         func(cmd serialproto.Command, retransmit bool) // metrics hook; may be nil
 	// gate, while set, must pass every transmission (its size in bytes)
 	// before it goes out: the reflection bound of an unproven source
@@ -63,6 +65,7 @@ type stream struct {
 	highest      int // chunks ever transmitted: below it a send is a retransmission
 	dupAcks      int
 	retries      int
+	stalledAt    time.Time // the transmission whose timer began the current run of timeouts
 	lastSend     time.Time
 	// A tool call (§16) waits in call until the text before it is cut,
 	// then becomes chunk callAt; callAcked closes when the device has
@@ -112,6 +115,7 @@ func newStream(p Peer, seal *sealer, clk clock, rtt *rttState, sack bool, versio
 		rtt:            rtt,
 		sack:           sack,
 		maxRetransmits: maxRetransmits,
+		initialRTO:     p.RTO(window),
 		window:         window,
 		wake:           make(chan struct{}, 1),
 		quit:           make(chan struct{}),
@@ -331,7 +335,7 @@ func (s *stream) run(ctx context.Context) error {
 // backoff is the current RTO: the session's estimate, doubled per
 // retransmission timeout without progress, at most 4 s (§7.2).
 func (s *stream) backoff() time.Duration {
-	return min(s.rtt.rto()<<min(s.retries, 6), serialproto.MaxRTO)
+	return min(s.rtt.rto()<<min(s.retries, 12), serialproto.MaxRTO)
 }
 
 // timeout handles an expired retransmission timer: go back to the oldest
@@ -348,10 +352,23 @@ func (s *stream) timeout(now time.Time) (probe *serialproto.Frame, err error) {
 	}
 	switch {
 	case s.sack && s.acked < s.highest:
+		listed := true
 		for i := s.acked; i < s.highest; i++ {
 			if m := &s.meta[i]; !m.sacked {
-				m.lost = true
+				m.lost, listed = true, false
 			}
+		}
+		if listed {
+			// The device listed every chunk outstanding, yet no ACK moved
+			// next past them: the ACK that did was lost (the device took
+			// the chunks and, with the final one, ended). Nothing is a hole
+			// to resend, so probe with the last chunk sent: the device
+			// answers it with its current ACK, a finished device with its
+			// final ACK again (§8.2) — without it the stream waited for an
+			// ACK that would never come until its retries ran out, holding
+			// one of the device's places.
+			probe = &s.frames[s.highest-1]
+			s.lastSend = now
 		}
 	case s.acked < s.sent:
 		s.sent = s.acked
@@ -363,8 +380,13 @@ func (s *stream) timeout(now time.Time) (probe *serialproto.Frame, err error) {
 	default:
 		return nil, nil
 	}
+	if s.retries == 0 {
+		s.stalledAt = s.lastSend
+	}
 	s.retries++
-	if s.retries > s.maxRetransmits {
+	// Both the count and the time must be spent (serialproto.RetryHorizon):
+	// an RTO learned on a fast link retransmits sooner, not gives up sooner.
+	if s.retries > s.maxRetransmits && now.Sub(s.stalledAt) >= serialproto.RetryHorizon(s.initialRTO, s.maxRetransmits) {
 		return nil, errGaveUp
 	}
 	return probe, nil

@@ -146,6 +146,38 @@ func TestSACKTimeoutSkipsHeldChunks(t *testing.T) {
 	}
 }
 
+// TestSACKTimeoutProbesWhenAllListed: the device listed every chunk
+// outstanding, and the ACK that moved next past them was lost (it took
+// them and ended). No hole is left to resend; on the timer the stream
+// probes with the last chunk sent, which a finished device acknowledges
+// again. It sent nothing, and the stream held the device's place until
+// its retries ran out (the C and Go devices on the 10 % loss link got
+// BUSY).
+func TestSACKTimeoutProbesWhenAllListed(t *testing.T) {
+	p := &recordPeer{}
+	clk := newFakeClock()
+	st := newStream(p, nil, clk, peerRTT(p, 4), true, 1, 7, 32, 4, time.Millisecond, 3)
+	_ = st.write([]byte(strings.Repeat("0123456789", 4)))
+	st.finish(func(chunk uint16, n, crc uint32) serialproto.Message {
+		return &serialproto.Done{Chunk: chunk, TextBytes: n, TextCRC32C: crc}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == 3 }) // 0, 1 and the DONE, 2
+	st.ack(0, 4, sackOf(0, 1, 2))                           // 1 and 2 held: 0 lost, resent
+	st.ack(1, 4, sackOf(1, 2))                              // 0 in; 1 and 2 listed before
+	// The device delivers 1 and 2 and ends; its ACK of next 3 is lost.
+	n := len(settled(p))
+	advanceUntil(t, clk, 5*time.Millisecond, func() bool { return len(p.chunks()) > n })
+	if got := p.chunks(); got[n] != 2 {
+		t.Fatalf("chunks %v: after the timeout want a probe with chunk 2, the last sent", got)
+	}
+	if st.ack(3, 4, nil) != true {
+		t.Fatal("the ACK the probe brings does not end the stream")
+	}
+}
+
 // TestRTOFollowsTheRoundTrip: the stream's timer is the session's RFC 6298
 // estimate: a measured 30 ms round trip gives 30 + 4 × 15 = 90 ms, and a
 // chunk acknowledged after its retransmission gives no sample (Karn).
@@ -199,5 +231,45 @@ func TestAbandonedStreamFallsSilent(t *testing.T) {
 	clk.Advance(time.Second)
 	if got := settled(p); len(got) != 2 {
 		t.Fatalf("chunks %v after abandon", got)
+	}
+}
+
+// udpLikePeer is recordPeer with UDP's initial RTO of 250 ms.
+type udpLikePeer struct{ recordPeer }
+
+func (p *udpLikePeer) RTO(int) time.Duration { return serialproto.InitialRTO }
+
+// TestStreamGivesUpAfterTheHorizon: a session whose estimate learned a
+// 1 ms RTO retransmits from 1 ms, doubling, but gives up only once both the
+// retransmission count and serialproto.RetryHorizon (the timeouts of a
+// 100 ms timer) are spent — a link that stalls for a second loses no
+// request for having been fast before. Fails when the count alone decides.
+func TestStreamGivesUpAfterTheHorizon(t *testing.T) {
+	p := &udpLikePeer{}
+	clk := newFakeClock()
+	rtt := newRTTState(p.RTO(2), time.Millisecond)
+	for range 8 {
+		rtt.sample(200 * time.Microsecond) // a fast link: RTO at the 1 ms floor
+	}
+	const retries = 3
+	st := newStream(p, nil, clk, rtt, false, 1, 7, 32, 2, time.Millisecond, retries)
+	_ = st.write([]byte("0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == 2 })
+	start := clk.Now()
+	if err := advanceUntilDone(t, clk, 50*time.Millisecond, errc); !errors.Is(err, errGaveUp) {
+		t.Fatalf("want errGaveUp, got %v", err)
+	}
+	horizon := serialproto.RetryHorizon(p.RTO(2), retries) // 100+200+400+800 ms
+	if took := clk.Now().Sub(start); took < horizon {
+		t.Fatalf("gave up after %v, before the horizon %v", took, horizon)
+	}
+	// The first retransmission went out after ~1 ms, not 100: the low RTO
+	// still repairs a loss quickly.
+	if n := len(p.chunks()); n <= 2+2*retries {
+		t.Fatalf("%d chunks sent: the stream stopped retransmitting at the count", n)
 	}
 }

@@ -6,17 +6,43 @@ import "time"
 const (
 	// InitialRTO is the UDP RTO before the first round-trip sample.
 	InitialRTO = 250 * time.Millisecond
-	// MinRTO is the default floor of an adaptive RTO. RFC 6298 asks for
-	// 1 s because of TCP's delayed ACKs; here every request is answered at
-	// once, so the floor only has to cover a link's jitter. A link whose
-	// round trip is known to be short and steady (a wired LAN, loopback)
-	// may lower it, down to RTOGranularity.
-	MinRTO = 100 * time.Millisecond
+	// MinRTO is the default floor of an adaptive UDP RTO. RFC 6298 asks
+	// for 1 s because of TCP's delayed ACKs (Linux uses 200 ms for the same
+	// reason); here every request is answered at once, so the floor only
+	// has to cover the jitter the estimate has not yet seen: 10 ms is
+	// above a LAN's and Wi-Fi's link-layer jitter (802.11 retries and
+	// aggregation: a few ms), and lasting variation — power save, a busy
+	// channel — shows in RTTVAR, which raises the RTO above the floor.
+	// QUIC (RFC 9002) has no floor but its 1 ms granularity. A spurious
+	// retransmission costs a datagram each way and never runs a request
+	// twice (§5); the give-up time does not shrink with the floor
+	// (RetryHorizon). docs/reliability.md has the measurements.
+	MinRTO = 10 * time.Millisecond
+	// GiveUpFloor is the RTO the give-up time is reckoned from
+	// (RetryHorizon): the floor before it was lowered to MinRTO.
+	GiveUpFloor = 100 * time.Millisecond
 	// MaxRTO bounds the RTO and its back-off.
 	MaxRTO = 4 * time.Second
 	// RTOGranularity is G of RFC 6298: the smallest variance term.
 	RTOGranularity = time.Millisecond
 )
+
+// RetryHorizon is the least time a sender keeps retransmitting a frame
+// before it gives up after retries retransmissions: the timeouts a fixed
+// timer starting at min(initial, GiveUpFloor) and doubling to MaxRTO would
+// take. An RTO the estimate brought below that retransmits sooner but does
+// not give up sooner, so a link that stalls for a second (a Wi-Fi roam)
+// costs retransmissions, not the request — as Linux reckons a connection's
+// give-up time from TCP_RTO_MIN whatever a route's rto_min.
+func RetryHorizon(initial time.Duration, retries int) time.Duration {
+	rto := min(max(initial, RTOGranularity), GiveUpFloor)
+	var total time.Duration
+	for range max(retries, 0) + 1 {
+		total += rto
+		rto = min(2*rto, MaxRTO)
+	}
+	return total
+}
 
 // RTTEstimator is RFC 6298's retransmission timer for one peer: the
 // smoothed round trip SRTT and its variation RTTVAR, RTO = SRTT +

@@ -118,3 +118,24 @@ func TestAckSACK(t *testing.T) {
 		t.Errorf("SetSACK into an array allocates %v times", n)
 	}
 }
+
+// TestRetryHorizon: the give-up time is a 100 ms timer's (or the initial
+// RTO's, when smaller), doubling to MaxRTO, whatever the estimate learned.
+func TestRetryHorizon(t *testing.T) {
+	for _, tc := range []struct {
+		initial time.Duration
+		retries int
+		want    time.Duration
+	}{
+		{250 * ms, 0, 100 * ms},
+		{250 * ms, 3, 1500 * ms},
+		{250 * ms, 8, (100 + 200 + 400 + 800 + 1600 + 3200 + 4000 + 4000 + 4000) * ms},
+		{10 * ms, 3, 150 * ms},
+		{0, 1, 3 * ms},
+		{time.Second, -1, 100 * ms},
+	} {
+		if got := RetryHorizon(tc.initial, tc.retries); got != tc.want {
+			t.Errorf("RetryHorizon(%v, %d) = %v, want %v", tc.initial, tc.retries, got, tc.want)
+		}
+	}
+}

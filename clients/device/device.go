@@ -40,7 +40,7 @@ type Config struct {
 	MaxSend  int           // largest data field it sends (smaller frames survive a noisy line); default: the daemon's limit
 	RTO      time.Duration // initial retransmission timeout; default 250 ms (for a UART see SerialRTO)
 	// MinRTO is the floor of the adaptive RTO (§7.2: RFC 6298 from the
-	// round trips of requests sent once). Default on UDP: RTO or 100 ms,
+	// round trips of requests sent once). Default on UDP: RTO or 10 ms,
 	// whichever is less; on other transports RTO itself, so a serial line
 	// never retransmits sooner than its line-rate RTO.
 	MinRTO time.Duration
@@ -50,7 +50,7 @@ type Config struct {
 	NoSACK  bool
 	Key     serialproto.Key // the device's signing key; zero: an unsigned session
 	LinkID  uint8           // this link's id in signatures (0 UART, 1 Wi-Fi, ...)
-	Retries int             // retransmissions before giving up; default 8
+	Retries int             // retransmissions before giving up, and at least serialproto.RetryHorizon(RTO, Retries); default 8
 }
 
 // Client is one device's session with the daemon. Not safe for concurrent
@@ -63,6 +63,7 @@ type Client struct {
 	nonce   uint32
 	turns   int                      // answers (DONE) the daemon keeps in this session's chat history
 	rtt     serialproto.RTTEstimator // towards the daemon, fed by requests answered at once
+	resent  uint64                   // frames sent again because the RTO expired
 
 	// Signing (docs/protocol.md §9): the session's signer and verifier,
 	// created from the WELCOME's daemon nonce.
@@ -133,6 +134,12 @@ func (c *Client) keepaliveInterval() time.Duration {
 // RTO is the current retransmission timeout towards the daemon, and the
 // smoothed round trip it comes from (0 before the first sample).
 func (c *Client) RTO() (rto, srtt time.Duration) { return c.rtt.RTO(), c.rtt.SRTT() }
+
+// Retransmits counts the requests' frames sent again because the RTO
+// expired with no answer (a NACK's repeats and a streaming device's
+// repeated ACKs are not counted). On a link that loses nothing, every one
+// was spurious: the answer was on its way.
+func (c *Client) Retransmits() uint64 { return c.resent }
 
 // sack reports whether the device asked for selective acknowledgment and
 // the daemon granted it.

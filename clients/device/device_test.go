@@ -305,6 +305,37 @@ func TestReackFinishedStream(t *testing.T) {
 	}
 }
 
+// TestReackOldFinalChunk: the final chunk of a stream older than the 32
+// finished ones the device remembers is acknowledged too (its index + 1):
+// on a fast link a device finishes 32 requests within one of the daemon's
+// RTOs, and an unacknowledged stream would hold a place for seconds. A
+// TOKEN of such a stream, whose end the device does not know, is not.
+func TestReackOldFinalChunk(t *testing.T) {
+	p, c := newUDPPeer(t, device.Config{RTO: time.Second})
+	hello(t, p, c, serialproto.Welcome{})
+	seq, ch := p.askAccepted(context.Background(), c, "hi", nil)
+	done := p.stream(seq, "ok", 8)
+	if _, err := await(t, ch); err != nil {
+		t.Fatal(err)
+	}
+	for range 40 { // 40 more answers: the first is out of the device's memory
+		s, ch := p.askAccepted(context.Background(), c, "more", nil)
+		p.stream(s, "ok", 8)
+		if _, err := await(t, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pong := async(func() (time.Duration, error) { return c.Ping(context.Background()) })
+	f, _ := p.expect(serialproto.CmdPing)
+	p.send(seq, &serialproto.Token{Chunk: 0, Text: []byte("ok")}) // a TOKEN: not acknowledged
+	p.send(seq, done)                                             // the old DONE again
+	p.expectAck(seq, done.Chunk+1)
+	p.send(f.Seq, &serialproto.Pong{})
+	if _, err := await(t, pong); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNackResends: NACK BAD_FRAME repeats the frame at once rather than
 // after the RTO; NACK MISSING resends just the fragments named.
 func TestNackResends(t *testing.T) {
@@ -524,6 +555,44 @@ func TestRTOAdapts(t *testing.T) {
 	}
 	if after, _ := c.RTO(); after != rto {
 		t.Fatalf("the answer to a retransmitted PING moved the RTO from %v to %v", rto, after)
+	}
+}
+
+// TestStallOutlivesLowRTO: a device whose estimate learned a 1 ms RTO on a
+// fast link retransmits soon into a stall, but does not give up before the
+// time a 100 ms timer's retries would take (serialproto.RetryHorizon): an
+// answer 300 ms late, after more than Retries retransmissions, still ends
+// the request. Fails when the retransmission count alone decides.
+func TestStallOutlivesLowRTO(t *testing.T) {
+	const retries = 2
+	p, c := newUDPPeer(t, device.Config{RTO: 200 * time.Millisecond, MinRTO: time.Millisecond, Retries: retries})
+	hello(t, p, c, serialproto.Welcome{})
+	for range 5 {
+		ch := async(func() (time.Duration, error) { return c.Ping(context.Background()) })
+		f, m := p.expect(serialproto.CmdPing)
+		p.send(f.Seq, &serialproto.Pong{Data: m.(*serialproto.Ping).Data})
+		if _, err := await(t, ch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rto, _ := c.RTO(); rto >= 50*time.Millisecond {
+		t.Fatalf("RTO %v after 5 loopback round trips", rto)
+	}
+	ch := async(func() (time.Duration, error) { return c.Ping(context.Background()) })
+	f, m := p.expect(serialproto.CmdPing)
+	start := time.Now()
+	copies := 0
+	for time.Since(start) < 300*time.Millisecond { // the stall: the device's copies go unanswered
+		if _, err := p.link.Recv(start.Add(300 * time.Millisecond)); err == nil {
+			copies++
+		}
+	}
+	if copies <= retries {
+		t.Fatalf("%d retransmissions in a 300 ms stall with a low RTO", copies)
+	}
+	p.send(f.Seq, &serialproto.Pong{Data: m.(*serialproto.Ping).Data})
+	if _, err := await(t, ch); err != nil {
+		t.Fatalf("an answer 300 ms late, within the 100 ms timer's give-up time: %v", err)
 	}
 }
 

@@ -31,7 +31,7 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 	// Each attempt's deadline is fixed when it starts: frames of other
 	// requests must not push our retransmission back.
 	next := func() time.Time {
-		wait := min(c.rtt.RTO()<<min(attempt-1, 6), max(serialproto.MaxRTO, c.cfg.RTO))
+		wait := min(c.rtt.RTO()<<min(attempt-1, 12), max(serialproto.MaxRTO, c.cfg.RTO))
 		if streaming() {
 			wait = min(c.keepaliveInterval(), wait)
 		}
@@ -70,7 +70,9 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 				if time.Since(last) > 6*c.keepaliveInterval() { // three heartbeats
 					return fmt.Errorf("%w: silent for %v%s", ErrTimeout, time.Since(heard).Round(time.Second), malformedNote(lastBad))
 				}
-			} else if attempt > c.cfg.Retries {
+			} else if attempt > c.cfg.Retries && time.Since(sentAt) >= serialproto.RetryHorizon(c.cfg.RTO, c.cfg.Retries) {
+				// Both the count and the time are spent: a low RTO the
+				// estimate learned retransmits sooner, not gives up sooner.
 				return fmt.Errorf("%w (%d retransmissions): %v%s", ErrTimeout, c.cfg.Retries, err, malformedNote(lastBad))
 			}
 			once = false
@@ -79,6 +81,7 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			}
 			if !streaming() {
 				attempt++
+				c.resent++
 			}
 			deadline = next()
 			continue

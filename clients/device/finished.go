@@ -45,11 +45,21 @@ func (c *Client) finish(seq uint8, next uint16) {
 	c.nfin++
 }
 
-// reackFinished answers a chunk of the last finished stream with that
-// stream's final ACK again (§8.2: a duplicate chunk is acknowledged again).
-// Without it a daemon whose final ACK was lost retransmits the final chunk
-// until it gives up, holding one of the device's request places meanwhile.
+// reackFinished answers a chunk of a finished stream with that stream's
+// final ACK again (§8.2: a duplicate chunk is acknowledged again). Without
+// it a daemon whose final ACK was lost retransmits the final chunk until it
+// gives up, holding one of the device's request places meanwhile. A final
+// chunk (DONE, or a stream's ERROR) of an older stream than the last 32 is
+// acknowledged too, with the next its own index gives: on a fast link a
+// device finishes 32 requests within one of the daemon's RTOs, and a
+// stream left retransmitting holds a place for seconds and, once the
+// device's seqs wrap, may reach a newer request under its seq.
 func (c *Client) reackFinished(f serialproto.Frame) {
+	switch f.Cmd {
+	case serialproto.CmdToken, serialproto.CmdDone, serialproto.CmdError:
+	default:
+		return
+	}
 	var fin *finishedStream
 	for i := range c.finished { // the newest with this seq
 		e := &c.finished[(c.nfin-1-i+2*len(c.finished))%len(c.finished)]
@@ -58,20 +68,39 @@ func (c *Client) reackFinished(f serialproto.Frame) {
 			break
 		}
 	}
-	if fin == nil {
-		return
-	}
-	switch f.Cmd {
-	case serialproto.CmdToken, serialproto.CmdDone, serialproto.CmdError:
-	default:
-		return
-	}
 	if c.verifier != nil {
-		if _, _, _, err := c.verifier.Verify(f); err != nil {
+		var err error
+		if f, _, _, err = c.verifier.Verify(f); err != nil {
 			return
 		}
 	}
-	_ = c.sendMsg(f.Seq, &serialproto.Ack{Next: fin.next, Window: c.cfg.Window})
+	next, ok := uint16(0), fin != nil
+	if ok {
+		next = fin.next
+	} else {
+		next, ok = finalChunk(f)
+	}
+	if ok {
+		_ = c.sendMsg(f.Seq, &serialproto.Ack{Next: next, Window: c.cfg.Window})
+	}
+}
+
+// finalChunk reports the ACK's next for a stream's final chunk: its index
+// plus one.
+func finalChunk(f serialproto.Frame) (uint16, bool) {
+	m, err := serialproto.ParseBody(f.Cmd, f.Data)
+	if err != nil {
+		return 0, false
+	}
+	switch m := m.(type) {
+	case *serialproto.Done:
+		return m.Chunk + 1, true
+	case *serialproto.Error:
+		if m.Stream() {
+			return m.Chunk + 1, true
+		}
+	}
+	return 0, false
 }
 
 // chunkIndex is a TOKEN's or TOOL_CALL's index in its stream.

@@ -82,7 +82,7 @@ type config struct {
 		MaxContext           int      `toml:"max_context"`             // cap on a request's CONTEXT (tokens; Ollama's num_ctx)
 		ShutdownDrain        duration `toml:"shutdown_drain"`          // SIGTERM: how long in-flight requests may finish
 		EngineStall          duration `toml:"engine_stall"`            // an engine call silent this long stops the watchdog
-		MinRTO               duration `toml:"min_rto"`                 // floor of the adaptive UDP RTO (protocol.md §7.2); default 100ms
+		MinRTO               duration `toml:"min_rto"`                 // floor of the adaptive UDP RTO (protocol.md §7.2); default 10ms
 		MaxHistory           int      `toml:"max_history"`             // chat messages kept per device session (default 20)
 		// Device tools (protocol.md §16).
 		ToolTimeout  duration `toml:"tool_timeout"`   // how long a device's tool may take once it has the call (default 5s)

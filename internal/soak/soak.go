@@ -37,10 +37,13 @@ type Row struct {
 	Bytes       int64 // exact answer bytes delivered
 	Elapsed     time.Duration
 	Retransmits int64 // stream chunks the daemon sent again
-	TTFT        []time.Duration
-	Codes       map[serialproto.ErrorCode]int // the ERRORs by code
-	BusyRetries int                           // refusals (BUSY, RATE_LIMITED, NO_SESSION) retried
-	Note        string
+	// DeviceRetransmits counts the devices' frames sent again on an
+	// expired RTO (device.Client.Retransmits).
+	DeviceRetransmits int64
+	TTFT              []time.Duration
+	Codes             map[serialproto.ErrorCode]int // the ERRORs by code
+	BusyRetries       int                           // refusals (BUSY, RATE_LIMITED, NO_SESSION) retried
+	Note              string
 }
 
 // CodeSummary lists the ERRORs by code ("TIMEOUT×3, BACKEND_FAILED×2").
@@ -83,6 +86,7 @@ func (r *Row) Add(o Row) {
 	r.Bytes += o.Bytes
 	r.TTFT = append(r.TTFT, o.TTFT...)
 	r.BusyRetries += o.BusyRetries
+	r.DeviceRetransmits += o.DeviceRetransmits
 	for c, n := range o.Codes {
 		r.count(c, n)
 	}

@@ -202,6 +202,7 @@ func devicesThen(t *testing.T, addr netip.AddrPort, n, max int, cfg device.Confi
 			dc := cfg
 			dc.DeviceID = fmt.Sprintf("%s-%d", cfg.DeviceID, i)
 			c := device.New(tr, dc)
+			defer func() { mine.DeviceRetransmits = int64(c.Retransmits()) }()
 			ctx, cancel := context.WithTimeout(context.Background(), duration(t)+60*time.Second)
 			defer cancel()
 			if err := c.Hello(ctx); err != nil {
@@ -266,33 +267,44 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lanRTO is the floor of the adaptive RTO (protocol.md §7.2) on both
-// sides of the UDP scenarios: loopback with at most 1 ms of added delay is
-// a short, steady round trip, which is when an operator lowers the 100 ms
-// default. One row keeps the default to show what the floor costs.
-const lanRTO = 2 * time.Millisecond
+// proxyNote says what the impairing proxy did to a row's datagrams.
+func proxyNote(p *impair.UDPProxy) string {
+	st := p.Stats()
+	return fmt.Sprintf("proxy dropped %d, duplicated %d, reordered %d of %d datagrams",
+		st.Up.Dropped+st.Down.Dropped, st.Up.Duplicated+st.Down.Duplicated, st.Up.Reordered+st.Down.Reordered, st.Up.In+st.Down.In)
+}
+
+// oldMinRTO is the floor of the adaptive RTO before the default became
+// serialproto.MinRTO (10 ms): one row keeps it to show what it cost.
+const oldMinRTO = 100 * time.Millisecond
 
 // TestLossyUDP: devices behind a link that loses 10 %, duplicates 5 % and
 // reorders 10 % of datagrams both ways get every answer exactly, or an
 // ERROR; nothing runs twice. Each faulty link has a clean twin — the same
 // delay, no faults — measured in the same run as its goodput baseline.
+// Every row but one runs the default RTO floor on both sides; the clean
+// rows show what the floor costs where nothing is lost (every
+// retransmission there is spurious).
 func TestLossyUDP(t *testing.T) {
 	clean := map[time.Duration]float64{} // goodput of the clean link, by delay
+	wifiLoss := impair.Faults{Loss: 0.01, Delay: wifi.Delay}
 	for _, tc := range []struct {
 		name    string
 		faults  impair.Faults
 		signed  bool
-		minRTO  time.Duration // 0: the default 100 ms
+		minRTO  time.Duration // 0: the default
 		noSACK  bool
 		compare bool // a faulty row: report its goodput against the clean twin's
 	}{
-		{"udp clean (baseline)", impair.Faults{}, false, lanRTO, false, false},
-		{"udp 1% loss", impair.Faults{Loss: 0.01}, false, lanRTO, false, true},
-		{"udp 1 ms delay each way, no faults (baseline of the rows below)", impair.Faults{Delay: wifi.Delay}, false, lanRTO, false, false},
-		{"udp 10% loss, 5% dup, 10% reorder", wifi, false, lanRTO, false, true},
-		{"udp 10% loss, 5% dup, 10% reorder, signed", wifi, true, lanRTO, false, true},
-		{"udp 10% loss, 5% dup, 10% reorder, go-back-N devices (no SACK)", wifi, false, lanRTO, true, true},
-		{"udp 10% loss, 5% dup, 10% reorder, default min RTO 100 ms", wifi, false, 0, false, true},
+		{"udp clean (baseline)", impair.Faults{}, false, 0, false, false},
+		{"udp 1% loss", impair.Faults{Loss: 0.01}, false, 0, false, true},
+		{"udp 1 ms delay each way, no faults, the old min RTO 100 ms", impair.Faults{Delay: wifi.Delay}, false, oldMinRTO, false, false},
+		{"udp 1 ms delay each way, no faults (baseline of the rows below)", impair.Faults{Delay: wifi.Delay}, false, 0, false, false},
+		{"udp 1% loss, 1 ms delay each way", wifiLoss, false, 0, false, true},
+		{"udp 10% loss, 5% dup, 10% reorder", wifi, false, 0, false, true},
+		{"udp 10% loss, 5% dup, 10% reorder, signed", wifi, true, 0, false, true},
+		{"udp 10% loss, 5% dup, 10% reorder, go-back-N devices (no SACK)", wifi, false, 0, true, true},
+		{"udp 10% loss, 5% dup, 10% reorder, the old min RTO 100 ms", wifi, false, oldMinRTO, false, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := &Echo{}
@@ -317,9 +329,11 @@ func TestLossyUDP(t *testing.T) {
 			row.Scenario = tc.name
 			row.Duplicated = e.Duplicated()
 			row.Retransmits = r.d.Stats().Retransmits.Load()
-			st := p.Stats()
-			row.Note = fmt.Sprintf("proxy dropped %d, duplicated %d, reordered %d of %d datagrams",
-				st.Up.Dropped+st.Down.Dropped, st.Up.Duplicated+st.Down.Duplicated, st.Up.Reordered+st.Down.Reordered, st.Up.In+st.Down.In)
+			row.Note = proxyNote(p)
+			row.Note += fmt.Sprintf("; devices resent %d frames on their RTO", row.DeviceRetransmits)
+			if tc.faults == (impair.Faults{Delay: tc.faults.Delay}) {
+				row.Note += " (on a link that loses nothing, every retransmission is spurious)"
+			}
 			if tc.signed {
 				row.Note += fmt.Sprintf("; auth rejections %d (replayed duplicates)", r.d.Stats().AuthFailures.Load())
 			}

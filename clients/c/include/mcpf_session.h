@@ -60,9 +60,10 @@ typedef struct mcpf_config {
     uint8_t window;        /* answer chunks it takes before acknowledging, 1..255 */
     uint8_t link;          /* MCPF_LINK_UDP or MCPF_LINK_SERIAL */
     uint32_t baud;         /* serial: the line's rate, for the RTO */
-    uint8_t retries;       /* retransmissions before giving up; 0: 8 */
+    uint8_t retries;       /* retransmissions before giving up, and at least the time a
+                            * 100 ms timer doubling to 4 s takes for them (§7.2); 0: 8 */
     uint16_t max_send;     /* largest data field it sends; 0: as the daemon allows */
-    uint16_t min_rto;      /* UDP: floor of the adaptive RTO in ms (§7.2), 1..4000; 0: 100 */
+    uint16_t min_rto;      /* UDP: floor of the adaptive RTO in ms (§7.2), 1..4000; 0: 10 */
     /* Selective acknowledgment (§8.2): with a buffer here the device asks
      * for SACK and keeps answer chunks that arrive after a gap, so the
      * daemon resends only the gap. Each held chunk takes MCPF_HOLD_SLOT(
@@ -129,6 +130,9 @@ typedef struct mcpf_session {
     uint8_t cancel;    /* INFER: CANCEL sent */
     uint8_t piece, count;
     uint8_t nacked;    /* a NACK BAD_FRAME was sent, at last_nack */
+    uint8_t chat;      /* the session holds a conversation (an answer since WELCOME) */
+    uint8_t reopen;    /* INFER after NO_SESSION: 1 saying HELLO again, 2 asked again (§10) */
+    uint16_t corrupt;  /* NACK BAD_FRAME answers to the request, their own budget */
     uint8_t ping_len, ping[8];
     uint16_t next, acked; /* the stream: chunk expected, and as last ACKed */
     uint8_t sack;         /* the daemon granted SACK and cfg->hold has room */

@@ -5,6 +5,8 @@
 #include "mcpf_session.h"
 
 #define MAX_RTO 4000u
+#define MIN_RTO 10u       /* the default floor of the UDP RTO (§7.2) */
+#define GIVE_UP_FLOOR 100u /* the RTO the give-up time is reckoned from (§7.2) */
 #define AFTER(a, b) ((int32_t)((a) - (b)) >= 0) /* time a is at or after b */
 
 static uint8_t retries(const mcpf_session *s) { return s->cfg->retries ? s->cfg->retries : 8u; }
@@ -25,8 +27,36 @@ static uint32_t base_rto(const mcpf_session *s)
 static void arm(mcpf_session *s, uint32_t now)
 {
     uint32_t rto = base_rto(s), cap = rto > MAX_RTO ? rto : MAX_RTO;
-    rto <<= s->attempt < 5 ? s->attempt : 5;
+    rto <<= s->attempt < 9 ? s->attempt : 9;
     s->deadline = now + (rto < cap ? rto : cap);
+}
+
+/* The least time a request is retransmitted before it is given up: what a
+ * timer starting at 100 ms (or the line's RTO, if less) and doubling would
+ * take for the retries. An RTO learned below it retransmits sooner, it does
+ * not give up sooner (§7.2). */
+static uint32_t horizon(const mcpf_session *s)
+{
+    uint32_t rto = s->cfg->link == MCPF_LINK_SERIAL ? base_rto(s) : 250u, total = 0;
+    int i;
+    if (rto > GIVE_UP_FLOOR)
+        rto = GIVE_UP_FLOOR;
+    for (i = 0; i <= retries(s); i++) {
+        total += rto;
+        rto = 2u * rto < MAX_RTO ? 2u * rto : MAX_RTO;
+    }
+    return total;
+}
+
+/* A timer expired: 1 if the request is to be given up — every retry spent
+ * and the horizon passed — else counts the retransmission. */
+static int spent(mcpf_session *s, uint32_t now)
+{
+    if (s->attempt >= retries(s) && AFTER(now, s->sent + horizon(s)))
+        return 1;
+    if (s->attempt < 255u)
+        s->attempt++;
+    return 0;
 }
 
 /* Sends the frame in s->tx (len bytes), signed in a signed session. */
@@ -236,6 +266,7 @@ static int start(mcpf_session *s, uint32_t now, uint8_t req)
     s->req = req;
     s->seq++;
     s->attempt = 0;
+    s->corrupt = 0;
     s->accepted = s->cancel = 0;
 #if MCPF_DEVICE_TOOLS
     s->tool = 0;
@@ -348,6 +379,8 @@ int mcpf_session_cancel(mcpf_session *s, uint32_t now)
 void mcpf_session_badcrc(mcpf_session *s, uint32_t now)
 {
     static const uint8_t bad_frame = MCPF_NACK_BAD_FRAME;
+    if (s->cfg->link == MCPF_LINK_SERIAL)
+        s->last_rx = now; /* on a cable only the daemon sends: it is still talking (§10) */
     if (s->cfg->link != MCPF_LINK_SERIAL || (s->nacked && !AFTER(now, s->last_nack + base_rto(s) / 4u)))
         return;
     s->nacked = 1;
@@ -373,7 +406,7 @@ static void rtt_sample(mcpf_session *s, uint32_t now)
         s->srtt = (uint16_t)((7u * s->srtt + r) / 8u);
     }
     v = s->srtt + (s->rttvar > 0u ? 4u * s->rttvar : 1u); /* G = 1 ms */
-    lo = s->cfg->min_rto ? s->cfg->min_rto : 100u;
+    lo = s->cfg->min_rto ? s->cfg->min_rto : MIN_RTO;
     s->rto = (uint16_t)(v < lo ? lo : v > MAX_RTO ? MAX_RTO : v);
 }
 
@@ -381,7 +414,47 @@ static int finish(mcpf_session *s, mcpf_event *ev, uint8_t type)
 {
     s->req = MCPF_REQ_NONE;
     s->cancel = 0;
+    s->reopen = 0;
     return ev->type = type;
+}
+
+/* NO_SESSION to our INFER (§10): the daemon lost the session — expired,
+ * restarted — before it accepted the request. Reopened once with a new
+ * HELLO and the same INFER under a new seq when nothing of the answer has
+ * come (the lost session's streams ended silently, so this answer is the
+ * only one) and the prompt does not continue a conversation the lost
+ * session held (the new one has none). */
+static int may_reopen(const mcpf_session *s)
+{
+    const uint8_t *b = s->body;
+    size_t i, end = (size_t)b[0] + 1u; /* the options: type, length, value (§11.4) */
+    if (s->req != MCPF_REQ_INFER || s->accepted || s->reopen || s->text_bytes)
+        return 0;
+    if (!s->chat)
+        return 1;
+    for (i = 1; end <= s->body_len && i + 1u < end; i += 2u + b[i + 1])
+        if (b[i] == MCPF_OPT_NEW_CHAT)
+            return 1;
+    return 0;
+}
+
+/* The final chunk of a stream that ended, sent again (our ACK was lost):
+ * acknowledged again (§8.2), or the daemon keeps retransmitting it and
+ * holds one of our request places until its retries run out. */
+static void reack_final(mcpf_session *s, uint32_t now, const mcpf_frame *f)
+{
+    mcpf_ack a;
+    mcpf_done d;
+    mcpf_error e;
+    memset(&a, 0, sizeof a);
+    if (f->cmd == MCPF_DONE && mcpf_parse_done(f->data, f->len, &d) == 0)
+        a.next = (uint16_t)(d.chunk + 1u);
+    else if (f->cmd == MCPF_ERROR && mcpf_parse_error(f->data, f->len, &e) == 0 && (e.flags & MCPF_ERR_STREAM))
+        a.next = (uint16_t)(e.chunk + 1u);
+    else
+        return;
+    a.window = s->cfg->window;
+    send_body(s, now, MCPF_ACK, f->seq, mcpf_put_ack(s->tx + MCPF_HEADER, &a));
 }
 
 /* Answers a command a device must not receive (§4). */
@@ -517,6 +590,7 @@ static int stream(mcpf_session *s, uint32_t now, const mcpf_frame *f, mcpf_event
         if (mcpf_parse_done(f->data, f->len, &ev->u.done) < 0 || !in_order(s, now, f, ev->u.done.chunk))
             return MCPF_EV_NONE;
         send_ack(s, now);
+        s->chat = 1; /* the daemon keeps the turn (§10) */
         return finish(s, ev, ev->u.done.text_bytes == s->text_bytes &&
                                      ev->u.done.text_crc32c == s->text_crc
                                  ? MCPF_EV_DONE
@@ -584,8 +658,11 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
         uint8_t i;
         if (mcpf_parse_nack(f->data, f->len, &n) < 0 || s->req == MCPF_REQ_NONE)
             return MCPF_EV_NONE;
-        if (n.reason == MCPF_NACK_BAD_FRAME) { /* likely ours: repeat it now */
-            if (++s->attempt > retries(s))
+        if (n.reason == MCPF_NACK_BAD_FRAME) {
+            /* Likely ours: repeat it now. It may answer noise or an earlier
+             * ACK, so it has its own, larger budget and does not lengthen
+             * the back-off: on a noisy line Retries of them in a row happen. */
+            if (!(s->req == MCPF_REQ_INFER && s->accepted) && ++s->corrupt > 4u * retries(s))
                 return finish(s, ev, MCPF_EV_TIMEOUT);
             resend(s, now, 0);
         } else if (f->seq == s->seq && (s->req == MCPF_REQ_INFER || s->req == MCPF_REQ_TOOLS) &&
@@ -638,8 +715,10 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
         }
         break;
     }
-    if (s->req == MCPF_REQ_NONE || f->seq != s->seq)
-        return MCPF_EV_NONE; /* a late answer to an earlier request */
+    if (s->req == MCPF_REQ_NONE || f->seq != s->seq) {
+        reack_final(s, now, f); /* a late answer to an earlier request */
+        return MCPF_EV_NONE;
+    }
     if (f->cmd == MCPF_ERROR) {
         if (mcpf_parse_error(f->data, f->len, &ev->u.error) < 0)
             return MCPF_EV_NONE;
@@ -656,8 +735,16 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
             return ev->type = MCPF_EV_NONE;
         }
 #endif
-        if (ev->u.error.code == 4) /* NO_SESSION: say HELLO again */
+        if (ev->u.error.code == 4) { /* NO_SESSION: say HELLO again */
             s->open = 0;
+            if (may_reopen(s)) {
+                s->boot_nonce++; /* a new session: the lost one's nonce is spent */
+                s->req = MCPF_REQ_NONE;
+                (void)start(s, now, MCPF_REQ_HELLO);
+                s->reopen = 1;
+                return MCPF_EV_NONE;
+            }
+        }
         return finish(s, ev, MCPF_EV_ERROR);
     }
     switch (s->req) {
@@ -668,7 +755,15 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
             return MCPF_EV_NONE;
         rtt_sample(s, now);
         s->open = 1;
+        s->chat = 0; /* a new session has no history */
         s->sack = (s->welcome.features & 2u) && hold_slots(s) > 0;
+        if (s->reopen == 1) { /* the INFER NO_SESSION refused: ask again, once */
+            s->req = MCPF_REQ_NONE;
+            if (mcpf_session_infer(s, now, s->body, s->body_len) < 0)
+                return finish(s, ev, MCPF_EV_TIMEOUT); /* the new session cannot take it */
+            s->reopen = 2;
+            return MCPF_EV_NONE;
+        }
         return finish(s, ev, MCPF_EV_WELCOME);
     case MCPF_REQ_PING:
     case MCPF_REQ_KEEPALIVE:
@@ -738,7 +833,7 @@ int mcpf_session_tick(mcpf_session *s, uint32_t now, mcpf_event *ev)
     if (s->req != MCPF_REQ_NONE) {
         if (!AFTER(now, s->deadline))
             return MCPF_EV_NONE;
-        if (++s->attempt > retries(s)) {
+        if (spent(s, now)) {
             if (s->req == MCPF_REQ_KEEPALIVE || s->req == MCPF_REQ_BYE || s->req == MCPF_REQ_HELLO)
                 s->open = 0;
             return finish(s, ev, MCPF_EV_TIMEOUT);

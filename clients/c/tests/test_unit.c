@@ -391,6 +391,7 @@ static void tools_config(mcpf_config *cfg, uint16_t max_send)
 static void tools_session(mcpf_session *s, mcpf_config *cfg, uint16_t max_send)
 {
     tools_config(cfg, max_send);
+    cfg->min_rto = 100; /* the probe schedules below are counted on a 100 ms RTO */
     mcpf_session_init(s, cfg, 1);
     mcpf_session_hello(s, 0);
     welcome(s, 0);
@@ -839,11 +840,12 @@ static void test_session_sack(void)
 }
 
 /* The adaptive RTO's floor is the configured min_rto (§7.2): a 10 ms round
- * trip gives 10 + 4 × 5 = 30 ms with a floor of 5 ms, 100 ms with none. */
+ * trip gives 10 + 4 × 5 = 30 ms with a floor of 5 ms or none (10 ms), 50
+ * with a floor of 50. */
 static void test_min_rto(void)
 {
     static const uint16_t floors[] = {5, 0, 50};
-    static const uint16_t want[] = {30, 100, 50};
+    static const uint16_t want[] = {30, 30, 50};
     size_t i;
     for (i = 0; i < 3; i++) {
         mcpf_config cfg;
@@ -859,6 +861,46 @@ static void test_min_rto(void)
         CHECK(mcpf_session_hello(&s, 1000) == 0, "hello");
         welcome(&s, 1010);
         CHECK(s.rto == want[i], "min_rto %u: RTO %u after a 10 ms sample, want %u", floors[i], s.rto, want[i]);
+    }
+}
+
+/* A fast link's RTO (the 10 ms floor) retransmits soon into a stall, but
+ * gives up only once the time a 100 ms timer takes for the retries has
+ * passed too (§7.2): with 2 retries, 700 ms, not 10 + 20 + 40. A PONG 300 ms
+ * late still ends the PING. */
+static void test_give_up_horizon(void)
+{
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    uint32_t t = 1000, start;
+    int round;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "esp32-kitchen";
+    cfg.max_data = 128;
+    cfg.window = 2;
+    cfg.retries = 2;
+    cfg.send = capture;
+    for (round = 0; round < 2; round++) {
+        nsent = 0;
+        mcpf_session_init(&s, &cfg, 0xa1b2c3d4u);
+        CHECK(mcpf_session_hello(&s, t) == 0, "hello");
+        welcome(&s, t + 1);
+        CHECK(s.rto == 10, "RTO %u after a 1 ms round trip, want the 10 ms floor", s.rto);
+        start = t + 2;
+        CHECK(mcpf_session_ping(&s, start, NULL, 0) == 0, "ping");
+        nsent = 0;
+        for (t = start; t < start + 300; t++)
+            CHECK(mcpf_session_tick(&s, t, &ev) == MCPF_EV_NONE, "no timeout %u ms into the stall", (unsigned)(t - start));
+        CHECK(nsent > 3, "%d PINGs in 300 ms with a 10 ms RTO", nsent);
+        if (round == 0) {
+            CHECK(feed(&s, t, MCPF_PONG, s.seq, NULL, 0, &ev) == MCPF_EV_PONG, "a PONG 300 ms late ends the PING");
+            continue;
+        }
+        while (mcpf_session_tick(&s, t, &ev) == MCPF_EV_NONE && t < start + 10000)
+            t++;
+        CHECK(ev.type == MCPF_EV_TIMEOUT && t - start >= 700 && t - start < 2000,
+              "gave up %u ms into the stall, want 700..2000", (unsigned)(t - start));
     }
 }
 
@@ -882,7 +924,7 @@ static void test_session_spec_exchange(void)
     CHECK(mcpf_session_hello(&s, 1000) == 0, "hello");
     CHECK(sent_is(0, "55 01 00 18 01 00 01 01 00 80 00 00 02 a1 b2 c3 d4 65 73 70 33 32 2d 6b 69 74 63 68 65 6e f4"), "HELLO bytes");
     welcome(&s, 1010);
-    CHECK(s.rto == 100, "RTO after a 10 ms sample: %u", s.rto); /* 10 + 4 × 5, at least 100 */
+    CHECK(s.rto == 30, "RTO after a 10 ms sample: %u", s.rto); /* 10 + 4 × 5, at least 10 */
     memset(&m, 0, sizeof m);
     m.present = MCPF_HAS(MCPF_OPT_MAX_TOKENS) | MCPF_HAS(MCPF_OPT_TEMPERATURE) | MCPF_HAS(MCPF_OPT_SEED);
     m.max_tokens = 16;
@@ -1100,6 +1142,167 @@ static void test_session_serial(void)
     CHECK(nsent == 3, "again after a quarter RTO");
     CHECK(feed(&s, 100, MCPF_NACK, 0, &bad_frame, 1, &ev) == MCPF_EV_NONE && nsent == 4 &&
               decoded(sent[3], sent_len[3]).cmd == MCPF_HELLO, "NACK BAD_FRAME: resend at once");
+}
+
+/* A WELCOME answering seq (heartbeat 5 s, max_data 256, window 255). */
+static int feed_welcome(mcpf_session *s, uint32_t now, uint8_t seq, mcpf_event *ev)
+{
+    uint8_t b[32];
+    mcpf_welcome w;
+    memset(&w, 0, sizeof w);
+    w.version = 1;
+    w.max_data = 256;
+    w.window = 255;
+    w.heartbeat_ms = 5000;
+    w.max_message = 4096;
+    w.daemon_nonce = 0x01020304u;
+    return feed(s, now, MCPF_WELCOME, seq, b, mcpf_put_welcome(b, &w), ev);
+}
+
+static int feed_error(mcpf_session *s, uint32_t now, uint8_t seq, uint8_t code, mcpf_event *ev)
+{
+    uint8_t b[16];
+    mcpf_error e;
+    memset(&e, 0, sizeof e);
+    e.code = code;
+    return feed(s, now, MCPF_ERROR, seq, b, mcpf_put_error(b, &e), ev);
+}
+
+/* NO_SESSION to an INFER of which nothing has come (§10): the session says
+ * HELLO again (a new boot nonce) and asks the same INFER under a new seq,
+ * once, and the application sees one answer. Not when the lost session
+ * held the conversation the prompt continues, nor a second time. */
+static void test_session_reopens(void)
+{
+    static const uint8_t more[] = {0, 'o', 'k'}; /* continues the chat */
+    uint8_t fresh[16];                             /* NEW_CHAT */
+    size_t nfresh;
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_frame f;
+    mcpf_hello h;
+    mcpf_infer m;
+    uint8_t seq;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "reopen";
+    cfg.max_data = 128;
+    cfg.window = 2;
+    cfg.send = capture;
+    nsent = 0;
+    mcpf_session_init(&s, &cfg, 0x10u);
+    memset(&m, 0, sizeof m);
+    m.present = MCPF_HAS(MCPF_OPT_NEW_CHAT);
+    m.prompt = (const uint8_t *)"hi";
+    m.prompt_len = 2;
+    nfresh = mcpf_put_infer(fresh, sizeof fresh, &m);
+    CHECK(nfresh > 0 && mcpf_parse_infer(fresh, nfresh, &m) == 0 && (m.present & MCPF_HAS(MCPF_OPT_NEW_CHAT)), "the NEW_CHAT body parses");
+    CHECK(mcpf_session_hello(&s, 0) == 0 && feed_welcome(&s, 1, s.seq, &ev) == MCPF_EV_WELCOME, "session open");
+    /* Nothing answered yet, no chat held: reopened. */
+    CHECK(mcpf_session_infer(&s, 10, more, sizeof more) == 0, "infer");
+    seq = s.seq;
+    nsent = 0;
+    CHECK(feed_error(&s, 11, seq, 4, &ev) == MCPF_EV_NONE && s.req == MCPF_REQ_HELLO, "NO_SESSION: HELLO again, not an event");
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(nsent == 1 && f.cmd == MCPF_HELLO && mcpf_parse_hello(f.data, f.len, &h) == 0 && h.boot_nonce == 0x11u,
+          "a HELLO with a new boot nonce");
+    CHECK(feed_welcome(&s, 12, f.seq, &ev) == MCPF_EV_NONE && s.req == MCPF_REQ_INFER && s.seq != seq, "WELCOME: the INFER again, new seq");
+    f = decoded(sent[1], sent_len[1]);
+    CHECK(nsent == 2 && f.cmd == MCPF_INFER && f.seq == s.seq, "the INFER sent again");
+    CHECK(feed_error(&s, 13, s.seq, 4, &ev) == MCPF_EV_ERROR && ev.u.error.code == 4 && !s.open, "a second NO_SESSION ends it");
+    /* An answer makes a chat; a prompt continuing it is not reopened. */
+    CHECK(mcpf_session_hello(&s, 20) == 0 && feed_welcome(&s, 21, s.seq, &ev) == MCPF_EV_WELCOME, "session open again");
+    CHECK(mcpf_session_infer(&s, 22, more, sizeof more) == 0, "infer");
+    CHECK(feed_token(&s, 23, s.seq, 0, "ok", &ev) == MCPF_EV_TEXT && feed_done(&s, 24, s.seq, 1, "ok", &ev) == MCPF_EV_DONE, "answered");
+    CHECK(mcpf_session_infer(&s, 30, more, sizeof more) == 0, "infer continuing the chat");
+    CHECK(feed_error(&s, 31, s.seq, 4, &ev) == MCPF_EV_ERROR && ev.u.error.code == 4, "NO_SESSION to a prompt continuing a lost chat: the application's");
+    /* A new chat is reopened even so, and its answer is the application's. */
+    CHECK(mcpf_session_hello(&s, 40) == 0 && feed_welcome(&s, 41, s.seq, &ev) == MCPF_EV_WELCOME, "session open again");
+    CHECK(mcpf_session_infer(&s, 42, more, sizeof more) == 0 && feed_done(&s, 43, s.seq, 0, "", &ev) == MCPF_EV_DONE, "a chat");
+    CHECK(mcpf_session_infer(&s, 50, fresh, nfresh) == 0, "infer, new chat");
+    CHECK(feed_error(&s, 51, s.seq, 4, &ev) == MCPF_EV_NONE && s.req == MCPF_REQ_HELLO, "NEW_CHAT: reopened");
+    CHECK(feed_welcome(&s, 52, s.seq, &ev) == MCPF_EV_NONE && s.req == MCPF_REQ_INFER, "asked again");
+    CHECK(feed_token(&s, 53, s.seq, 0, "hi", &ev) == MCPF_EV_TEXT && feed_done(&s, 54, s.seq, 1, "hi", &ev) == MCPF_EV_DONE,
+          "one answer");
+    /* Once text has come, NO_SESSION is the application's. */
+    CHECK(mcpf_session_infer(&s, 60, fresh, nfresh) == 0 && feed_token(&s, 61, s.seq, 0, "h", &ev) == MCPF_EV_TEXT, "text came");
+    CHECK(feed_error(&s, 62, s.seq, 4, &ev) == MCPF_EV_ERROR, "NO_SESSION after text: the application's");
+}
+
+/* A final chunk sent again after its stream ended (our ACK was lost) is
+ * acknowledged again (§8.2), during another request too; a TOKEN of an
+ * ended stream is not (its end is unknown). */
+static void test_reack_final(void)
+{
+    static const uint8_t body[] = {0, 'q'};
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_frame f;
+    mcpf_ack a;
+    uint8_t old;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "reack";
+    cfg.max_data = 64;
+    cfg.window = 2;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 1);
+    CHECK(mcpf_session_hello(&s, 0) == 0 && feed_welcome(&s, 1, s.seq, &ev) == MCPF_EV_WELCOME, "session open");
+    CHECK(mcpf_session_infer(&s, 2, body, sizeof body) == 0, "infer");
+    old = s.seq;
+    CHECK(feed_token(&s, 3, old, 0, "ok", &ev) == MCPF_EV_TEXT && feed_done(&s, 4, old, 1, "ok", &ev) == MCPF_EV_DONE, "answered");
+    nsent = 0;
+    CHECK(feed_done(&s, 5, old, 1, "ok", &ev) == MCPF_EV_NONE && nsent == 1, "the DONE again: answered");
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(f.cmd == MCPF_ACK && f.seq == old && mcpf_parse_ack(f.data, f.len, &a) == 0 && a.next == 2, "ACK next 2 of the ended stream");
+    CHECK(feed_token(&s, 6, old, 0, "ok", &ev) == MCPF_EV_NONE && nsent == 1, "a TOKEN of it: nothing");
+    CHECK(mcpf_session_ping(&s, 7, NULL, 0) == 0 && nsent == 2, "another request");
+    CHECK(feed_done(&s, 8, old, 1, "ok", &ev) == MCPF_EV_NONE && nsent == 3 && s.req == MCPF_REQ_PING, "during it, the DONE again: answered");
+    f = decoded(sent[2], sent_len[2]);
+    CHECK(f.cmd == MCPF_ACK && f.seq == old, "ACK of the ended stream");
+}
+
+/* On a serial line a corrupt frame is the daemon still talking (§10): a
+ * stream whose frames all arrive corrupt for longer than three heartbeats
+ * is not given up, and real silence still is. NACK BAD_FRAME answers have
+ * their own budget (4 × retries) and do not lengthen the back-off. */
+static void test_serial_noise(void)
+{
+    static const uint8_t body[] = {0, 'q'};
+    uint8_t bad_frame = MCPF_NACK_BAD_FRAME;
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    uint32_t t, base;
+    int i;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "uart";
+    cfg.max_data = 64;
+    cfg.window = 2;
+    cfg.link = MCPF_LINK_SERIAL;
+    cfg.baud = 115200;
+    cfg.retries = 3;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 1);
+    CHECK(mcpf_session_hello(&s, 0) == 0 && feed_welcome(&s, 1, s.seq, &ev) == MCPF_EV_WELCOME, "session open");
+    CHECK(mcpf_session_infer(&s, 10, body, sizeof body) == 0, "infer");
+    base = mcpf_session_wait_ms(&s, 10);
+    for (i = 0; i < 4 * 3; i++) {
+        CHECK(feed(&s, 20 + (uint32_t)i, MCPF_NACK, 0, &bad_frame, 1, &ev) == MCPF_EV_NONE && s.req == MCPF_REQ_INFER,
+              "NACK BAD_FRAME %d of 12: resent, not given up", i + 1);
+        CHECK(mcpf_session_wait_ms(&s, 20 + (uint32_t)i) == base, "NACK %d: the back-off stays %u ms", i + 1, (unsigned)base);
+    }
+    CHECK(feed(&s, 40, MCPF_NACK, 0, &bad_frame, 1, &ev) == MCPF_EV_TIMEOUT, "the 13th NACK BAD_FRAME: given up");
+    /* Streaming through noise: corrupt frames for 20 s (4 heartbeats). */
+    CHECK(mcpf_session_infer(&s, 100, body, sizeof body) == 0, "infer");
+    CHECK(feed_token(&s, 110, s.seq, 0, "a", &ev) == MCPF_EV_TEXT, "streaming");
+    for (t = 110; t < 110 + 20000; t += 500) {
+        mcpf_session_badcrc(&s, t);
+        CHECK(mcpf_session_tick(&s, t, &ev) != MCPF_EV_TIMEOUT, "%u ms of corrupt frames: not silence", (unsigned)(t - 110));
+    }
+    CHECK(feed_done(&s, t, s.seq, 1, "a", &ev) == MCPF_EV_DONE, "the answer completes");
+    CHECK(mcpf_session_infer(&s, t, body, sizeof body) == 0 && feed_token(&s, t, s.seq, 0, "a", &ev) == MCPF_EV_TEXT, "streaming");
+    CHECK(mcpf_session_tick(&s, t + 15001, &ev) == MCPF_EV_TIMEOUT, "three heartbeats of real silence: given up");
 }
 
 #if MCPF_SIGN
@@ -1370,6 +1573,10 @@ int main(int argc, char **argv)
     test_json_get(iterations * 50);
     test_session_spec_exchange();
     test_min_rto();
+    test_give_up_horizon();
+    test_session_reopens();
+    test_serial_noise();
+    test_reack_final();
     test_session_sack();
     test_session_retransmission();
     test_session_infer_repairs();
