@@ -4,7 +4,7 @@
 # scenarios, then writes bench/reports/YYYY-MM-DD.md (+ the latency
 # histogram PNG). On a shared machine run it under the heavy lock:
 #   flock /work/heavy.lock make bench-report
-# Bounded: about 5 minutes on 2 cores (COUNT runs of each Go benchmark,
+# Bounded: about 8 minutes on 2 cores (COUNT runs of each Go benchmark,
 # SCENARIO_TIME per mcpctl scenario).
 set -euo pipefail
 GO=${GO:-go}
@@ -13,6 +13,7 @@ MODEL=${MODEL:-testdata/models/bench-135m-q8_0.gguf}
 THREADS=${THREADS:-2}
 COUNT=${COUNT:-3}
 SCENARIO_TIME=${SCENARIO_TIME:-20s}
+CHAT_TIME=${CHAT_TIME:-30s}
 OUT=${OUT:-bench/reports}
 date=$(date -u +%F)
 tmp=$(mktemp -d)
@@ -32,6 +33,18 @@ run $GO test -run '^$' -bench '^BenchmarkOllamaPath(Paced)?$' -count "$COUNT" ./
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
   run $GO test -run '^$' -bench '^BenchmarkNativeVsHarness$' -benchtime 12x -count "$COUNT" ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
 
+# Caching (issue 16): a second device's shared system prompt, and an old
+# conversation's first turn after a restart, warm file vs none (interleaved).
+MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
+  run $GO test -run '^$' -bench '^(BenchmarkSharedPrefix|BenchmarkWarmRestart)$' -benchtime 3x -count 1 ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
+# The chat scenario (10 turns): time to first token by turn, KV reuse on and off.
+for mode in on off; do
+  flags=()
+  if [ "$mode" = off ]; then flags=(--mcpd-flag=--no-kv-reuse); fi
+  run "$BIN/mcpctl" bench --mcpd "$BIN/mcpd" --model "$MODEL" --threads "$THREADS" --scenario chat --turns 10 \
+    --max-tokens 16 --duration "$CHAT_TIME" "${flags[@]}" --markdown "$tmp/chat-$mode.md" >&2
+done
+
 # What devices see: the three scenarios against a spawned mcpd.
 run "$BIN/mcpctl" bench --mcpd "$BIN/mcpd" --model "$MODEL" --threads "$THREADS" \
   --duration "$SCENARIO_TIME" --devices 4 --warmup 1 \
@@ -44,5 +57,6 @@ cp "$tmp/mcpctl.json" "$OUT/$date.json"
   echo "Go benchmarks: $COUNT runs each; mcpctl scenarios: $SCENARIO_TIME each after warm-up. Raw figures: \`$date.json\`."
 } >"$tmp/header.md"
 $GO run ./bench/mkreport -date "$date" -header "$tmp/header.md" -mcpctl "$tmp/mcpctl.md" \
+  -chat-on "$tmp/chat-on.md" -chat-off "$tmp/chat-off.md" \
   "$tmp/daemon.txt" "$tmp/observer.txt" "$tmp/paths.txt" >"$OUT/$date.md"
 echo "wrote $OUT/$date.md" >&2

@@ -43,6 +43,22 @@ var comparisons = []comparison{
 	{"Ollama path, paced like a real Ollama", "client", "device", "128 tokens from a fake Ollama paced like the real one (20 ms, then 4 ms a piece): the time a request gains through the daemon (target ≤ 1.05×)", "BenchmarkOllamaPathPaced"},
 }
 
+// metricComparison reads two benchmarks' (or one's two) reported metrics
+// in milliseconds, subject ÷ baseline: the caching figures (issue 16).
+type metricComparison struct {
+	title                 string
+	baseBench, baseMetric string
+	subjBench, subjMetric string
+	meaning               string
+}
+
+var metricComparisons = []metricComparison{
+	{"KV cache: shared system prompt", "BenchmarkSharedPrefix/whole", "ttft-ms", "BenchmarkSharedPrefix/reuse", "ttft-ms",
+		"a second device's first token with the same ~600-token system prompt as a first one: copied from the first device's sequence vs evaluated whole (target ≤ 0.5×)"},
+	{"KV cache: warm restart", "BenchmarkWarmRestart", "cold-ttft-ms", "BenchmarkWarmRestart", "warm-ttft-ms",
+		"the first turn of an old conversation after a restart: with the warm file the engine saved vs without, alternating (target ≤ 0.33×)"},
+}
+
 // result is one benchmark's runs.
 type result struct {
 	name    string
@@ -117,14 +133,22 @@ func main() {
 	date := flag.String("date", "", "the report's date (YYYY-MM-DD)")
 	header := flag.String("header", "", "a file whose text opens the report (machine, model, commit)")
 	mcpctl := flag.String("mcpctl", "", "markdown written by mcpctl bench --markdown")
+	chatOn := flag.String("chat-on", "", "markdown of mcpctl bench --scenario chat with the defaults (KV reuse on)")
+	chatOff := flag.String("chat-off", "", "the same with --no-kv-reuse")
 	flag.Parse()
-	if err := run(os.Stdout, *date, *header, *mcpctl, flag.Args()); err != nil {
+	extra := []section{{"mcpctl bench: what a device sees", *mcpctl},
+		{"Chat scenario, KV cache on (defaults)", *chatOn}, {"Chat scenario, KV cache off (--no-kv-reuse)", *chatOff}}
+	if err := run(os.Stdout, *date, *header, extra, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "mkreport:", err)
 		os.Exit(1)
 	}
 }
 
-func run(w io.Writer, date, header, mcpctl string, benchFiles []string) error {
+// section is a markdown file the report includes under a title; an empty
+// path is left out.
+type section struct{ title, path string }
+
+func run(w io.Writer, date, header string, sections []section, benchFiles []string) error {
 	if date == "" || len(benchFiles) == 0 {
 		return errors.New("usage: mkreport -date YYYY-MM-DD [-header FILE] [-mcpctl FILE] BENCH-OUTPUT...")
 	}
@@ -173,6 +197,15 @@ func run(w io.Writer, date, header, mcpctl string, benchFiles []string) error {
 		bm, sm := mean(base.nsPerOp), mean(subj.nsPerOp)
 		fmt.Fprintf(&b, "| %s | %s | %s | **%.2f×** | %s |\n", c.title, human(bm), human(sm), sm/bm, c.meaning)
 	}
+	for _, c := range metricComparisons {
+		base, subj := results[c.baseBench], results[c.subjBench]
+		if base == nil || subj == nil || len(base.metrics[c.baseMetric]) == 0 || len(subj.metrics[c.subjMetric]) == 0 {
+			fmt.Fprintf(&b, "| %s | – | – | not measured | %s |\n", c.title, c.meaning)
+			continue
+		}
+		bm, sm := mean(base.metrics[c.baseMetric])*1e6, mean(subj.metrics[c.subjMetric])*1e6
+		fmt.Fprintf(&b, "| %s | %s | %s | **%.2f×** | %s |\n", c.title, human(bm), human(sm), sm/bm, c.meaning)
+	}
 	b.WriteString("\n## Every Go benchmark\n\n| benchmark | ns/op (mean) | spread | other metrics (means) |\n|---|---:|---|---|\n")
 	for _, name := range order {
 		r := results[name]
@@ -187,12 +220,15 @@ func run(w io.Writer, date, header, mcpctl string, benchFiles []string) error {
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", strings.TrimPrefix(name, "Benchmark"), human(mean(r.nsPerOp)), spread(r.nsPerOp), strings.Join(extra, ", "))
 	}
-	if mcpctl != "" {
-		m, err := os.ReadFile(mcpctl)
+	for _, sec := range sections {
+		if sec.path == "" {
+			continue
+		}
+		m, err := os.ReadFile(sec.path)
 		if err != nil {
 			return err
 		}
-		b.WriteString("\n## mcpctl bench: what a device sees\n\n")
+		fmt.Fprintf(&b, "\n## %s\n\n", sec.title)
 		b.Write(m)
 	}
 	_, err := io.WriteString(w, b.String())

@@ -14,6 +14,8 @@ BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
 BenchmarkDaemonPing-2        	   20000	     50000 ns/op	     12 B/op
 BenchmarkNativePath-2 	      10	  2100000 ns/op	  1.1 device-ms/op	  29.1 device-tok/s	  1.1 device/engine	  1.0 engine-ms/op	  32.0 engine-tok/s
 BenchmarkNativeVsHarness-2 	      10	  900000000 ns/op	  5.0 engine-ms/op	  4.0 harness-ms/op	  2.5 memory-ms/op
+BenchmarkSharedPrefix/reuse-2 	       3	  300000000 ns/op	  40.0 cached-%	  250.0 ttft-ms
+BenchmarkSharedPrefix/whole-2 	       3	  900000000 ns/op	  0 cached-%	  1000.0 ttft-ms
 PASS
 `
 
@@ -28,7 +30,12 @@ func TestReportRatios(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out strings.Builder
-	if err := run(&out, "2026-11-25", "", md, []string{in}); err != nil {
+	chat := filepath.Join(dir, "chat.md")
+	if err := os.WriteFile(chat, []byte("| turn 10 ÷ turn 1 | 1.1 |\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sections := []section{{"mcpctl bench: what a device sees", md}, {"Chat scenario, KV cache on", chat}, {"left out", ""}}
+	if err := run(&out, "2026-11-25", "", sections, []string{in}); err != nil {
 		t.Fatal(err)
 	}
 	got := out.String()
@@ -45,12 +52,18 @@ func TestReportRatios(t *testing.T) {
 		"| llama.cpp through the daemon (HTTP) | – | – | not measured |",
 		"## mcpctl bench: what a device sees",
 		"| single | 1 |",
+		"| KV cache: shared system prompt | 1.00 s | 250.00 ms | **0.25×** |",
+		"| KV cache: warm restart | – | – | not measured |",
+		"## Chat scenario, KV cache on\n\n| turn 10 ÷ turn 1 | 1.1 |",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("report lacks %q:\n%s", want, got)
 		}
 	}
-	if err := run(&out, "", "", "", nil); err == nil {
+	if strings.Contains(got, "left out") {
+		t.Error("a section without a file is in the report")
+	}
+	if err := run(&out, "", "", nil, nil); err == nil {
 		t.Fatal("no input accepted")
 	}
 }
