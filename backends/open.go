@@ -56,7 +56,11 @@ type OpenConfig struct {
 	// deterministic requests answered before are answered again from it
 	// (ResponseCache).
 	ResponseCache int64
-	Logger        *slog.Logger
+	// Budget, when set, is shared by the response cache and the engines'
+	// KV caches (docs/caching.md); ResponseCache then only says whether
+	// there is a response cache.
+	Budget *Budget
+	Logger *slog.Logger
 }
 
 // Open starts the engines the policy needs and returns the Selector that
@@ -90,7 +94,10 @@ func Open(ctx context.Context, cfg OpenConfig) (*Selector, error) {
 	required := func(name Policy) bool { return cfg.Policy == name || len(want) == 1 }
 	s := &Selector{cfg: cfg, log: log, engines: map[Policy]Backend{}, wake: make(chan bool, 1),
 		closing: make(chan struct{}), done: make(chan struct{})}
-	if cfg.ResponseCache > 0 {
+	switch {
+	case cfg.ResponseCache > 0 && cfg.Budget != nil:
+		s.cache = NewSharedResponseCache(cfg.Budget)
+	case cfg.ResponseCache > 0:
 		s.cache = NewResponseCache(cfg.ResponseCache)
 	}
 	s.machine = cfg.Detector.Probe(ctx)

@@ -17,6 +17,7 @@ import (
 type ResponseCache struct {
 	mu      sync.Mutex
 	budget  int64
+	shared  *Budget // nil: budget alone bounds it
 	bytes   int64
 	lru     *list.List // of *cached, most recently used first
 	entries map[cacheKey]*list.Element
@@ -42,6 +43,16 @@ type KVStats struct {
 	PromptCached int64 `json:"prompt_cached"` // of those, found in the cache, not evaluated again
 	Copies       int64 `json:"copies"`        // prefixes copied from another conversation's cache
 	Dropped      int64 `json:"dropped"`       // cached tokens dropped to make room for other prompts
+	// Hits are requests that found part of their prompt cached, Misses
+	// those that found none; Evictions are conversations' caches dropped
+	// for the shared Budget; Bytes is what the caches of conversations
+	// between turns hold now; WarmLoaded the tokens loaded from the warm
+	// file at start.
+	Hits       int64 `json:"hits"`
+	Misses     int64 `json:"misses"`
+	Evictions  int64 `json:"evictions"`
+	Bytes      int64 `json:"bytes"`
+	WarmLoaded int64 `json:"warm_loaded"`
 }
 
 // KVReporter is implemented by engines that keep evaluated prompts
@@ -72,6 +83,15 @@ const entryOverhead = 256
 // NewResponseCache returns a cache holding at most budget bytes.
 func NewResponseCache(budget int64) *ResponseCache {
 	return &ResponseCache{budget: max(budget, 0), lru: list.New(), entries: make(map[cacheKey]*list.Element)}
+}
+
+// NewSharedResponseCache returns a cache bounded by b, which other caches
+// (an engine's KV caches) share: it drops its least recently used answers
+// while b is over its limit.
+func NewSharedResponseCache(b *Budget) *ResponseCache {
+	c := NewResponseCache(b.Limit())
+	c.shared = b
+	return c
 }
 
 // Deterministic reports whether a request with these options gives the
@@ -159,16 +179,27 @@ func (c *ResponseCache) put(k cacheKey, text []byte, res Result) {
 		c.lru.MoveToFront(el)
 		return
 	}
-	for c.bytes+size > c.budget {
+	for c.lru.Len() > 0 && (c.bytes+size > c.budget || (c.shared != nil && c.shared.Over(size))) {
 		el := c.lru.Back()
 		e := el.Value.(*cached)
 		c.lru.Remove(el)
 		delete(c.entries, e.key)
 		c.bytes -= e.size
+		c.account(-e.size)
 		c.stats.Evictions++
+	}
+	if c.shared != nil && c.shared.Over(size) {
+		return // the other caches hold the budget; they give it back as they drop their own
 	}
 	c.entries[k] = c.lru.PushFront(&cached{key: k, text: text, res: res, size: size})
 	c.bytes += size
+	c.account(size)
+}
+
+func (c *ResponseCache) account(n int64) {
+	if c.shared != nil {
+		c.shared.Add(n)
+	}
 }
 
 // skipped counts a request that could not be cached.

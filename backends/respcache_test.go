@@ -56,3 +56,31 @@ func TestCacheKeyCoversEveryField(t *testing.T) {
 		t.Error("the same request gave another key")
 	}
 }
+
+// TestSharedBudget: a response cache sharing its budget drops its least
+// recently used answers while the other caches' bytes put the sum over
+// the limit, stores nothing they leave no room for, and accounts what it
+// holds in the budget.
+func TestSharedBudget(t *testing.T) {
+	b := NewBudget(4 * entryOverhead)
+	c := NewSharedResponseCache(b)
+	k := func(i int) cacheKey { return cacheKey{byte(i)} }
+	c.put(k(1), nil, Result{})
+	c.put(k(2), nil, Result{})
+	if b.Used() != 2*entryOverhead || c.Stats().Budget != b.Limit() {
+		t.Fatalf("budget used %d, stats %+v", b.Used(), c.Stats())
+	}
+	b.Add(2 * entryOverhead) // an engine's KV caches take half
+	c.put(k(3), nil, Result{})
+	if _, _, ok := c.get(k(1)); ok {
+		t.Fatal("the least recently used answer stayed over the shared budget")
+	}
+	if st := c.Stats(); st.Entries != 2 || st.Evictions != 1 || b.Used() != 4*entryOverhead {
+		t.Fatalf("stats %+v, budget used %d", st, b.Used())
+	}
+	b.Add(10 * entryOverhead) // the engine takes all of it and more
+	c.put(k(4), nil, Result{})
+	if st := c.Stats(); st.Entries != 0 || b.Used() != 12*entryOverhead {
+		t.Fatalf("with the budget taken: stats %+v, budget used %d", st, b.Used())
+	}
+}

@@ -4,7 +4,7 @@
 # scenarios, then writes bench/reports/YYYY-MM-DD.md (+ the latency
 # histogram PNG). On a shared machine run it under the heavy lock:
 #   flock /work/heavy.lock make bench-report
-# Bounded: about 8 minutes on 2 cores (COUNT runs of each Go benchmark,
+# Bounded: about 12 minutes on 2 cores (COUNT runs of each Go benchmark,
 # SCENARIO_TIME per mcpctl scenario).
 set -euo pipefail
 GO=${GO:-go}
@@ -13,7 +13,7 @@ MODEL=${MODEL:-testdata/models/bench-135m-q8_0.gguf}
 THREADS=${THREADS:-2}
 COUNT=${COUNT:-3}
 SCENARIO_TIME=${SCENARIO_TIME:-20s}
-CHAT_TIME=${CHAT_TIME:-30s}
+CHAT_TIME=${CHAT_TIME:-120s}  # the warm-up conversation of 10 turns without KV reuse takes tens of seconds
 OUT=${OUT:-bench/reports}
 date=$(date -u +%F)
 tmp=$(mktemp -d)

@@ -2,6 +2,8 @@ package llamacpp
 
 import (
 	"log/slog"
+
+	"github.com/mcpd-project/mcpd/backends"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -56,6 +58,10 @@ type Config struct {
 	// WarmBudget bounds the warm file in bytes: the most recently used
 	// sequences that fit are saved (0: all).
 	WarmBudget int64
+	// Budget, when set, bounds the caches sequences keep between requests
+	// together with the other caches sharing it (the response cache): the
+	// least recently used are cleared while it is over (kv.go keepBudget).
+	Budget *backends.Budget
 	// MaxTokens is the default generation limit (default 256).
 	MaxTokens int
 	// Defaults for sampling when a request leaves them unset.

@@ -46,6 +46,12 @@ type Engine struct {
 	// after it stopped (saveWarm), Open and Close use it.
 	kv         *kvState
 	warmLoaded atomic.Int64 // tokens loaded from the warm file at start
+	// The shared budget (kv.go keepBudget).
+	kvHits, kvMisses atomic.Int64 // requests that found some / none of their prompt cached
+	kvEvictions      atomic.Int64 // sequences cleared for the budget
+	kvBytes          atomic.Int64 // what free sequences' caches hold now
+	kvTokenBytes     int64        // K and V of one position, all layers
+	kvAccounted      int64        // what the budget was last told (scheduler's)
 }
 
 // Stats are the scheduler's counters since start.
@@ -152,8 +158,10 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		"quantization", e.info.Quantization, "parallel", cfg.Parallel, "sequence_context", e.seqCtx,
 		"threads", cfg.Threads, "huge_page_mib", model.HugePageBytes()>>20, "build", native.BuildInfo())
 	e.kv = newKVState(cfg.Parallel)
+	e.kvTokenBytes = EstimateMemory(model.Info(), 1, 1).KVCache
 	e.warmUp(ctx)
 	e.loadWarm()
+	e.keepBudget(e.kv, make([]*slot, cfg.Parallel), -1)
 	go e.run()
 	return e, nil
 }
@@ -211,6 +219,9 @@ func (e *Engine) Close() error {
 	}
 	<-e.done
 	e.saveWarm()
+	if e.cfg.Budget != nil { // a replaced engine gives its share back
+		e.cfg.Budget.Add(-e.kvAccounted)
+	}
 	return e.model.Close() // also frees the context
 }
 
@@ -220,5 +231,6 @@ var _ backends.KVReporter = (*Engine)(nil)
 func (e *Engine) KVStats() backends.KVStats {
 	st := e.Stats()
 	return backends.KVStats{PromptTokens: st.PromptTokens, PromptCached: st.PromptCached, Copies: st.KVCopies,
-		Dropped: st.KVDropped}
+		Dropped: st.KVDropped, Hits: e.kvHits.Load(), Misses: e.kvMisses.Load(), Evictions: e.kvEvictions.Load(),
+		Bytes: e.kvBytes.Load(), WarmLoaded: st.WarmLoaded}
 }

@@ -53,6 +53,18 @@ func commonPrefix(a, b []native.Token) int {
 // Whatever a sequence drops is evaluated again when its conversation comes
 // back: the device sees only the time.
 func (e *Engine) place(kv *kvState, slots []*slot, prompt []native.Token) (seq, reuse int) {
+	seq, reuse = e.choose(kv, slots, prompt)
+	if reuse > 0 {
+		e.kvHits.Add(1)
+	} else {
+		e.kvMisses.Add(1)
+	}
+	e.keepBudget(kv, slots, seq)
+	return seq, reuse
+}
+
+// choose is place's choice of sequence and its preparation.
+func (e *Engine) choose(kv *kvState, slots []*slot, prompt []native.Token) (seq, reuse int) {
 	usable := func(held []native.Token) int {
 		return min(commonPrefix(held, prompt), len(prompt)-1)
 	}
@@ -103,6 +115,47 @@ func (e *Engine) place(kv *kvState, slots []*slot, prompt []native.Token) (seq, 
 		}
 	}
 	return inPlace, e.trim(kv, inPlace, reuse)
+}
+
+// keepBudget accounts the caches that sequences keep between requests
+// (free ones; busy, about to run, is not) in the shared Config.Budget and,
+// while it is over its limit, clears the least recently used of them. The
+// cells are llama.cpp's from the start, so this bounds how many
+// conversations stay warm (and what the warm file holds) for the sake of
+// the response cache and the other caches sharing the budget.
+func (e *Engine) keepBudget(kv *kvState, slots []*slot, busy int) {
+	held := func() int64 {
+		n := 0
+		for i, h := range kv.held {
+			if slots[i] == nil && i != busy {
+				n += len(h)
+			}
+		}
+		return int64(n) * e.kvTokenBytes
+	}
+	b := e.cfg.Budget
+	for {
+		now := held()
+		if b != nil {
+			b.Add(now - e.kvAccounted)
+		}
+		e.kvAccounted = now
+		e.kvBytes.Store(now)
+		if b == nil || !b.Over(0) {
+			return
+		}
+		victim := -1
+		for i, h := range kv.held {
+			if slots[i] == nil && i != busy && len(h) > 0 && (victim < 0 || kv.used[i] < kv.used[victim]) {
+				victim = i
+			}
+		}
+		if victim < 0 {
+			return
+		}
+		e.kvEvictions.Add(1)
+		e.trim(kv, victim, 0)
+	}
 }
 
 // older orders free sequences for reuse: empty ones first, then the least

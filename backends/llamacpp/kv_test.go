@@ -190,3 +190,42 @@ func TestKVReuse(t *testing.T) {
 		})
 	}
 }
+
+// TestKVBudget: with a shared budget too small for two conversations'
+// caches, the least recently used one is cleared when the second ends; its
+// next turn is evaluated again, with the answer of an engine that
+// evaluates every prompt whole, and the budget is never left over.
+func TestKVBudget(t *testing.T) {
+	path := writeModel(t, gguf.TinySpec(1))
+	ref := newEngine(t, path, Config{Parallel: 3, SequenceContext: 512})
+	(&chat{}).turn(t, ref, "What is the temperature in the east bed right now, please?")
+	one := ref.KVStats().Bytes
+	if one == 0 {
+		t.Fatal("a finished request's cache counts no bytes")
+	}
+	budget := backends.NewBudget(one * 3 / 2)
+	e := newEngine(t, path, Config{Parallel: 3, SequenceContext: 512, Budget: budget})
+	whole := newEngine(t, path, Config{Parallel: 3, SequenceContext: 512, NoKVReuse: true})
+	a, b := &chat{}, &chat{}
+	a.turn(t, e, "What is the temperature in the east bed right now, please?")
+	if st := e.KVStats(); st.Evictions != 0 || st.Bytes != one || budget.Used() != one {
+		t.Fatalf("one conversation: %+v, budget used %d of %d", st, budget.Used(), budget.Limit())
+	}
+	b.turn(t, e, "Is the west bed's soil moisture sensor reading too low today?")
+	st := e.KVStats()
+	if st.Evictions != 1 || budget.Used() > budget.Limit() || st.Bytes != budget.Used() {
+		t.Fatalf("two conversations: %+v, budget used %d of %d", st, budget.Used(), budget.Limit())
+	}
+	cold := &chat{msgs: append([]backends.Message(nil), a.msgs...)}
+	got, res := a.turn(t, e, "And in the west bed?")
+	want, _ := cold.turn(t, whole, "And in the west bed?")
+	if got != want {
+		t.Errorf("after the eviction: %q, evaluated whole: %q", got, want)
+	}
+	if first := res.PromptTokens - 20; res.PromptCached > first/2 {
+		t.Errorf("the evicted conversation's turn found %d of %d prompt tokens cached", res.PromptCached, res.PromptTokens)
+	}
+	if st := e.KVStats(); st.Hits+st.Misses != 3 || st.Misses == 0 {
+		t.Errorf("hits and misses: %+v", st)
+	}
+}

@@ -46,6 +46,7 @@ func (e *Engine) run() {
 			clear(i)
 		}
 		slots[i] = nil
+		e.keepBudget(kv, slots, -1)
 	}
 	// failed ends a request whose sequence's cache a failed decode left
 	// undefined.

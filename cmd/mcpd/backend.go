@@ -147,7 +147,9 @@ func checkBackend(cfg config) error {
 // openBackend starts the engines and the selection between them, the
 // in-process one only when native is true; call checkBackend first.
 func openBackend(ctx context.Context, cfg config, log *slog.Logger, native bool) (backends.Backend, error) {
-	sel := backends.OpenConfig{Policy: backends.Policy(cfg.Backend), ResponseCache: cfg.Cache.responseBudget(), Logger: log}
+	budget := cfg.Cache.budget()
+	sel := backends.OpenConfig{Policy: backends.Policy(cfg.Backend), ResponseCache: cfg.Cache.responseBudget(),
+		Budget: budget, Logger: log}
 	for _, f := range cfg.Fallback {
 		sel.Fallback = append(sel.Fallback, backends.Policy(strings.TrimSpace(f)))
 	}
@@ -161,6 +163,7 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger, native bool)
 			NoKVReuse:       cfg.Cache.NoKVReuse,
 			WarmFile:        cfg.Cache.warmFile(),
 			WarmBudget:      cfg.Cache.warmBudget(),
+			Budget:          budget,
 			Logger:          log,
 		})
 	}

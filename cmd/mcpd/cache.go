@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/mcpd-project/mcpd/backends"
 )
 
 // cacheSection is [cache] (docs/caching.md): what the engines keep of the
@@ -14,7 +16,11 @@ type cacheSection struct {
 	// Responses answers deterministic requests (greedy or with a seed)
 	// seen before from memory; off by default, on for --cache.
 	Responses bool `toml:"responses"`
-	// BudgetMiB bounds the response cache (default 64).
+	// BudgetMiB bounds the caches together: the response cache's answers
+	// and the KV caches the in-process engine keeps for conversations
+	// between turns, least recently used out first in each. Unset: the
+	// response cache gets 64 MiB and the KV caches the cells the engine
+	// allocated at start.
 	BudgetMiB int `toml:"budget_mib"`
 	// NoKVReuse makes the in-process engine evaluate every prompt whole
 	// instead of reusing what a sequence holds (for comparisons).
@@ -64,6 +70,14 @@ func (c *cacheSection) loadStateDir(getenv func(string) string) {
 	}
 }
 
+// budget is the caches' shared budget, nil when budget_mib is unset.
+func (c cacheSection) budget() *backends.Budget {
+	if c.BudgetMiB <= 0 {
+		return nil
+	}
+	return backends.NewBudget(int64(c.BudgetMiB) << 20)
+}
+
 // responseBudget is the response cache's budget in bytes, 0 when off.
 func (c cacheSection) responseBudget() int64 {
 	if !c.Responses {
@@ -93,7 +107,7 @@ func (c cacheSection) validate() error {
 // those that were set.
 func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 	on := fs.Bool("cache", false, "answer deterministic requests (temperature 0 or a seed) seen before from memory")
-	mib := fs.Int("cache-mib", 0, fmt.Sprintf("response cache budget in MiB (default %d)", defaultCacheMiB))
+	mib := fs.Int("cache-mib", 0, fmt.Sprintf("the caches' memory budget in MiB: answers (--cache) and the KV caches kept between turns (default: %d for answers, the KV cells as allocated)", defaultCacheMiB))
 	noKV := fs.Bool("no-kv-reuse", false, "evaluate every prompt whole instead of reusing the engine's KV cache (for comparisons)")
 	stateDir := fs.String("state-dir", "", "where the engine keeps its warm cache across restarts (default $STATE_DIRECTORY)")
 	noWarm := fs.Bool("no-warm", false, "start cold: do not save the engine's KV caches at exit nor load them at start")
