@@ -260,3 +260,22 @@ func withNetworks(c daemon.Config, nets ...string) daemon.Config {
 	}
 	return c
 }
+
+// udpDrops is how many datagrams the kernel dropped at the UDP socket bound
+// to port on 127.0.0.1 (the drops column of /proc/net/udp): a full receive
+// buffer drops every source's datagrams alike, before any per-source limit.
+func udpDrops(port uint16) int64 {
+	b, err := os.ReadFile("/proc/net/udp")
+	if err != nil {
+		return -1
+	}
+	local := fmt.Sprintf("0100007F:%04X", port)
+	for _, line := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(line)
+		if len(f) >= 13 && f[1] == local {
+			n, _ := strconv.ParseInt(f[12], 10, 64)
+			return n
+		}
+	}
+	return -1
+}
