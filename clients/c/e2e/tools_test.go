@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os/exec"
 	"regexp"
 	"slices"
 	"strconv"
@@ -23,6 +25,8 @@ import (
 // the soil, switches the relay on, then answers with what it read. It
 // records what each generation was given.
 type toolModel struct {
+	loop bool // call read_soil every time: a model looping on a tool
+
 	mu   sync.Mutex
 	seen [][]backends.Message
 }
@@ -55,7 +59,7 @@ func (m *toolModel) Generate(ctx context.Context, req backends.Request, emit bac
 	switch {
 	case len(req.Tools) == 0:
 		return backends.Result{}, fmt.Errorf("%w: the request came without the device's tools", backends.ErrFailed)
-	case len(results) == 0:
+	case len(results) == 0 || m.loop:
 		return backends.Result{Tokens: 3, Call: &backends.ToolCall{Tool: index("read_soil"), Name: "read_soil", Args: []byte("{}")}}, nil
 	case len(results) == 1:
 		return backends.Result{Tokens: 5, Call: &backends.ToolCall{Tool: index("set_relay"), Name: "set_relay", Args: []byte(`{"on":true}`)}}, nil
@@ -64,6 +68,70 @@ func (m *toolModel) Generate(ctx context.Context, req backends.Request, emit bac
 		return backends.Result{}, err
 	}
 	return backends.Result{Tokens: 6, TTFT: time.Millisecond}, ctx.Err()
+}
+
+// startDaemon runs the daemon with engine b on a loopback UDP port until
+// ctx ends, and stops it at the test's cleanup.
+func startDaemon(ctx context.Context, t *testing.T, cfg daemon.Config, b backends.Backend) netip.AddrPort {
+	t.Helper()
+	d, err := daemon.New(cfg, b, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := daemon.ListenUDP("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx, l) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	})
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+// TestCDeviceToolErrors: the C device against the real daemon when tools
+// go wrong (docs/protocol.md §16). A model looping on read_soil is cut
+// after the daemon's 4 calls: each ran once on the device, which exits
+// with TOOL_LIMIT (23). A reading slower than the daemon's tool timeout
+// ends the request with TOOL_TIMEOUT (22), the late result refused
+// without a second answer.
+func TestCDeviceToolErrors(t *testing.T) {
+	plain := build(t, t.TempDir(), false)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	addr := startDaemon(ctx, t, daemon.Config{ToolTimeout: 300 * time.Millisecond}, &toolModel{loop: true}).String()
+	calls := regexp.MustCompile(`(?m)^tool call (\d+): read_soil -> OK "41"$`)
+	for _, tc := range []struct {
+		name      string
+		args      []string
+		code, ran int
+	}{
+		{"limit", []string{"--device-id", "c-loop"}, 23, 4},
+		{"timeout", []string{"--device-id", "c-slow", "--soil-ms", "1000"}, 22, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, stderr, err := runC(ctx, plain, nil, append([]string{"--udp", addr, "--tools"}, tc.args...)...)
+			var exit *exec.ExitError
+			if !errors.As(err, &exit) || exit.ExitCode() != tc.code {
+				t.Fatalf("%v, want exit status %d\nstdout %q\nstderr %s", err, tc.code, out, stderr)
+			}
+			got := calls.FindAllStringSubmatch(stderr, -1)
+			for i, m := range got {
+				if m[1] != strconv.Itoa(i) {
+					t.Errorf("call %s ran as the %d. (each once, in order)", m[1], i+1)
+				}
+			}
+			if len(got) != tc.ran {
+				t.Errorf("%d calls ran on the device, want %d\n%s", len(got), tc.ran, stderr)
+			}
+			t.Logf("%s", strings.ReplaceAll(strings.TrimSpace(stderr), "\n", "; "))
+		})
+	}
 }
 
 // TestCDeviceTools: the C device (examples/posix/mcpf_ask --tools) against
@@ -79,25 +147,9 @@ func TestCDeviceTools(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := daemon.New(daemon.Config{Keys: map[string]serialproto.Key{signedID: k}}, model, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := daemon.ListenUDP("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx, l) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("daemon: %v", err)
-		}
-	}()
-	addr := netip.MustParseAddrPort(l.Addr().String())
+	addr := startDaemon(ctx, t, daemon.Config{Keys: map[string]serialproto.Key{signedID: k}}, model)
 	proxy, err := impair.NewUDPProxy(impair.UDPConfig{Target: addr, Seed: 19,
 		Up:   impair.Faults{Loss: 0.1, Duplicate: 0.25, Reorder: 0.1},
 		Down: impair.Faults{Loss: 0.1, Duplicate: 0.25, Reorder: 0.1}})

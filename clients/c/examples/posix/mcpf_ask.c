@@ -14,7 +14,8 @@
  * N answer chunks that arrive after a gap and ask for SACK, §8.2; 0: go-back-N),
  * --key HEX (built with MCPF_SIGN=1), --tools (declare two device tools,
  * read_soil and set_relay, and let the model call them, §16; --soil
- * PERCENT is what the sensor reads, default 41). The answer goes to
+ * PERCENT is what the sensor reads, default 41; --soil-ms N makes a reading
+ * take N ms). The answer goes to
  * stdout, statistics and each tool call to stderr (with the time from its
  * result sent to the stream's next chunk, the handler's own time not in
  * it). Exit
@@ -130,12 +131,19 @@ static int hexkey(const char *h, uint8_t *out)
 /* ---------------------------------------------- the device's tools (§16) */
 
 static unsigned soil = 41; /* the soil sensor, in percent */
+static unsigned soil_ms;   /* how long a reading takes */
 static int relay = -1;     /* the pump relay: -1 never set, 0 off, 1 on */
 
 /* read_soil: no arguments; answers the moisture as a number. */
 static int read_soil(void *ctx, const char *args, size_t len, char *out, size_t cap, size_t *out_len)
 {
     (void)ctx, (void)args, (void)len;
+    if (soil_ms) { /* a slow sensor */
+        struct timespec ts;
+        ts.tv_sec = soil_ms / 1000;
+        ts.tv_nsec = (long)(soil_ms % 1000) * 1000000L;
+        nanosleep(&ts, NULL);
+    }
     *out_len = (size_t)snprintf(out, cap, "%u", soil);
     return MCPF_TOOL_OK;
 }
@@ -179,8 +187,10 @@ static int on_event(const mcpf_event *ev, uint32_t now)
 {
     if (tool_sent > 0 && ev->type != MCPF_EV_NONE) {
         /* The stream went on: the daemon took the result and the model
-         * answered it. The handler's own time is not in this. */
-        fprintf(stderr, "tool round trip: %.3f ms\n", (now_us() - tool_sent) / 1e3);
+         * answered it. The handler's own time is not in this. (An ERROR
+         * may have been waiting since before the result: not timed.) */
+        if (ev->type == MCPF_EV_TEXT || ev->type == MCPF_EV_TOOL || ev->type == MCPF_EV_DONE)
+            fprintf(stderr, "tool round trip: %.3f ms\n", (now_us() - tool_sent) / 1e3);
         tool_sent = 0;
     }
     switch (ev->type) {
@@ -281,6 +291,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--schema")) q.present |= MCPF_HAS(MCPF_OPT_SCHEMA), q.schema = (uint8_t)x;
         else if (!strcmp(a, "--tools")) use_tools = 1, i--;
         else if (!strcmp(a, "--soil")) soil = (unsigned)x;
+        else if (!strcmp(a, "--soil-ms")) soil_ms = (unsigned)x;
         else { fprintf(stderr, "mcpf_ask: bad argument %s %s (see the comment at the top of mcpf_ask.c)\n", a, v); return 1; }
     }
     if (fd < 0 || !prompt) {
