@@ -129,8 +129,9 @@ bench-native: native-headers models ## llama.cpp on the 135M Q8_0 model, 2 threa
 	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^BenchmarkNativeVsHarness$$' -benchtime $(BENCH_ROUNDS)x -count 1 ./backends/llamacpp/
 	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^Benchmark(Native(Generate|Prompt|Parallel)|SchemaDecode)$$' -benchtime $(BENCHTIME) -count 1 ./backends/llamacpp/
 
-# The fault scenarios of docs/reliability.md, each for SOAK_DURATION (12
-# rows: about 3 minutes at 15s, plus llama.cpp's warm-up); the table goes
+# The fault scenarios of docs/reliability.md, each for SOAK_DURATION (about
+# 35 rows, the hostile set's and the C devices' included: about 12 minutes
+# at 15s on a shared 2-core box); the table goes
 # to $(SOAK_OUT). `make test` runs the same scenarios for 2 s each. Runs
 # llama.cpp: on a shared machine wrap it in the heavy lock.
 SOAK_DURATION ?= 15s
