@@ -2,6 +2,7 @@ package backends
 
 import (
 	"container/list"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"math"
@@ -53,6 +54,13 @@ type KVStats struct {
 	Evictions  int64 `json:"evictions"`
 	Bytes      int64 `json:"bytes"`
 	WarmLoaded int64 `json:"warm_loaded"`
+}
+
+// WarmSaver is implemented by engines that save their caches to disk for
+// the next start (the in-process engine's warm file): SaveWarm saves them
+// now, while serving (a reload).
+type WarmSaver interface {
+	SaveWarm(ctx context.Context) error
 }
 
 // KVReporter is implemented by engines that keep evaluated prompts

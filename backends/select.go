@@ -414,6 +414,19 @@ func (s *Selector) generate(ctx context.Context, req Request, emit Emit) (Result
 	return Result{}, nil, fmt.Errorf("%w: no engine", ErrUnavailable)
 }
 
+// SaveWarm implements WarmSaver for the engines that save their caches.
+func (s *Selector) SaveWarm(ctx context.Context) error {
+	var errs []error
+	for _, e := range s.engines {
+		if w, ok := e.(WarmSaver); ok {
+			if err := w.SaveWarm(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Close implements Backend: it stops re-evaluation and closes every engine.
 func (s *Selector) Close() error {
 	first := false

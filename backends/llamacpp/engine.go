@@ -52,6 +52,12 @@ type Engine struct {
 	kvBytes          atomic.Int64 // what free sequences' caches hold now
 	kvTokenBytes     int64        // K and V of one position, all layers
 	kvAccounted      int64        // what the budget was last told (scheduler's)
+	// The warm file (warm.go): work for the scheduler between two steps,
+	// and which snapshot was written last.
+	ctl         chan func(*kvState, []*slot)
+	warmSeq     atomic.Int64
+	warmMu      sync.Mutex
+	warmWritten int64
 }
 
 // Stats are the scheduler's counters since start.
@@ -139,7 +145,7 @@ func New(ctx context.Context, cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("%w: %w", backends.ErrUnavailable, err)
 	}
 	e := &Engine{cfg: cfg, model: model, nctx: nctx,
-		queue: make(chan *request, cfg.Queue), wake: make(chan struct{}, 1),
+		queue: make(chan *request, cfg.Queue), wake: make(chan struct{}, 1), ctl: make(chan func(*kvState, []*slot), 1),
 		closing: make(chan struct{}), done: make(chan struct{})}
 	// llama.cpp may round the context up; the configured size is the
 	// promise, so enforce it.

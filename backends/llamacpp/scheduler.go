@@ -86,6 +86,8 @@ func (e *Engine) run() {
 		select {
 		case <-e.closing:
 			return
+		case f := <-e.ctl: // SaveWarm's copy, between two steps
+			f(kv, slots)
 		default:
 		}
 		// Admit waiting requests into free sequences.

@@ -7,12 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
 	"time"
 
+	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/backends/kvstate"
 	"github.com/mcpd-project/mcpd/native"
 )
@@ -166,71 +168,153 @@ func (e *Engine) saveWarm() {
 	if e.cfg.WarmFile == "" || e.cfg.NoKVReuse {
 		return
 	}
-	start := time.Now()
-	log := e.cfg.Logger.With("file", e.cfg.WarmFile)
-	seqs, bytes, err := e.writeWarm()
-	if err != nil {
-		log.Warn("warm cache not saved", "err", err)
-		return
-	}
-	log.Info("warm cache saved", "sequences", seqs, "bytes", bytes, "ms", time.Since(start).Milliseconds())
+	e.writeSnapshot(e.snapshotWarm(e.kv, make([]*slot, len(e.kv.held))))
 }
 
-func (e *Engine) writeWarm() (int, int64, error) {
-	h, err := e.warmHeader()
-	if err != nil {
-		return 0, 0, err
+// SaveWarm implements backends.WarmSaver: the caches the sequences hold
+// now go to the warm file while the engine serves (a reload). The
+// scheduler copies them between two decode steps; the file is written on
+// the caller's goroutine.
+func (e *Engine) SaveWarm(ctx context.Context) error {
+	if e.cfg.WarmFile == "" || e.cfg.NoKVReuse {
+		return nil
 	}
-	// Most recently used first, as many as the budget holds.
-	order := make([]int, 0, len(e.kv.held))
-	for i, held := range e.kv.held {
+	got := make(chan warmSnapshot, 1)
+	select {
+	case e.ctl <- func(kv *kvState, slots []*slot) { got <- e.snapshotWarm(kv, slots) }:
+	case <-e.done:
+		return backends.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select { // an idle scheduler waits for a wake-up
+	case e.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case snap := <-got:
+		return e.writeSnapshot(snap)
+	case <-e.done:
+		return backends.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// warmSnapshot is a copy of the caches the sequences held at one moment.
+type warmSnapshot struct {
+	seq  int64 // orders snapshots: an older one never replaces a newer file
+	recs []kvstate.Record
+	err  error
+}
+
+// snapshotWarm copies the caches of the sequences, most recently used
+// first (a running one first of all), as many as Config.WarmBudget holds.
+// It runs where nothing decodes: on the scheduler goroutine between two
+// steps, or after it stopped (slots all nil).
+func (e *Engine) snapshotWarm(kv *kvState, slots []*slot) warmSnapshot {
+	snap := warmSnapshot{seq: e.warmSeq.Add(1)}
+	last := func(i int) int64 {
+		if slots[i] != nil {
+			return math.MaxInt64
+		}
+		return kv.used[i]
+	}
+	order := make([]int, 0, len(kv.held))
+	for i, held := range kv.held {
 		if len(held) > 0 {
 			order = append(order, i)
 		}
 	}
-	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(e.kv.used[b], e.kv.used[a]) })
-	// Which sequences fit the budget, by the size llama.cpp reports
-	// without copying; their states are then copied one at a time while
-	// the file is written.
-	var picks []int
+	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(last(b), last(a)) })
 	size := int64(64)
 	for _, i := range order {
-		// A decode aborted by Close may have left cells past what the
-		// sequence is known to hold.
-		if ok, err := e.nctx.TrimSequence(i, len(e.kv.held[i])); err != nil || !ok {
-			continue
+		held := kv.held[i]
+		// A decode aborted by Close may have left cells past what a free
+		// sequence is known to hold; a running one holds exactly its
+		// tokens between two steps.
+		if slots[i] == nil {
+			if ok, err := e.nctx.TrimSequence(i, len(held)); err != nil || !ok {
+				continue
+			}
 		}
 		n, err := e.nctx.SequenceStateSize(i)
 		if err != nil {
-			return 0, 0, err
+			snap.err = err
+			return snap
 		}
-		rec := int64(16 + 4*len(e.kv.held[i]) + n)
+		rec := int64(16 + 4*len(held) + n)
 		if n == 0 || (e.cfg.WarmBudget > 0 && size+rec > e.cfg.WarmBudget) {
 			continue
 		}
-		size += rec
-		picks = append(picks, i)
-	}
-	if len(picks) == 0 {
-		if err := os.Remove(e.cfg.WarmFile); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return 0, 0, err
+		state, err := e.nctx.SequenceState(i)
+		if err != nil {
+			snap.err = err
+			return snap
 		}
-		return 0, 0, nil
+		r := kvstate.Record{Tokens: make([]int32, len(held)), State: state}
+		for j, t := range held {
+			r.Tokens[j] = int32(t)
+		}
+		size += rec
+		snap.recs = append(snap.recs, r)
 	}
-	h.Records = uint32(len(picks))
+	return snap
+}
+
+// writeSnapshot writes snap to the warm file (removing the file when it
+// holds nothing), unless a newer snapshot was written already; it logs
+// the outcome.
+func (e *Engine) writeSnapshot(snap warmSnapshot) error {
+	e.warmMu.Lock()
+	defer e.warmMu.Unlock()
+	log := e.cfg.Logger.With("file", e.cfg.WarmFile)
+	if snap.seq <= e.warmWritten {
+		return nil
+	}
+	start := time.Now()
+	size, err := e.writeWarm(snap)
+	if err != nil {
+		log.Warn("warm cache not saved", "err", err)
+		return err
+	}
+	e.warmWritten = snap.seq
+	log.Info("warm cache saved", "sequences", len(snap.recs), "bytes", size, "ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+func (e *Engine) writeWarm(snap warmSnapshot) (int64, error) {
+	if snap.err != nil {
+		return 0, snap.err
+	}
+	h, err := e.warmHeader()
+	if err != nil {
+		return 0, err
+	}
+	if len(snap.recs) == 0 {
+		if err := os.Remove(e.cfg.WarmFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return 0, err
+		}
+		return 0, nil
+	}
+	h.Records = uint32(len(snap.recs))
+	size := int64(64)
+	for _, r := range snap.recs {
+		size += r.Size()
+	}
 	// A new file renamed over the old one: a crash while writing leaves
 	// the old file or the new one, never half of either.
 	dir := filepath.Dir(e.cfg.WarmFile)
 	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	tmp, err := os.CreateTemp(dir, filepath.Base(e.cfg.WarmFile)+".*.tmp")
 	if err != nil {
-		return 0, 0, err
+		return 0, err
 	}
 	defer os.Remove(tmp.Name())
 	bw := bufio.NewWriterSize(tmp, 1<<20)
-	err = e.writeRecords(bw, h, picks)
+	err = writeRecords(bw, h, snap.recs)
 	if err == nil {
 		err = bw.Flush()
 	}
@@ -243,28 +327,16 @@ func (e *Engine) writeWarm() (int, int64, error) {
 	if err == nil {
 		err = os.Rename(tmp.Name(), e.cfg.WarmFile)
 	}
-	if err != nil {
-		return 0, 0, err
-	}
-	return len(picks), size, nil
+	return size, err
 }
 
-func (e *Engine) writeRecords(w io.Writer, h kvstate.Header, seqs []int) error {
+func writeRecords(w io.Writer, h kvstate.Header, recs []kvstate.Record) error {
 	wr, err := kvstate.NewWriter(w, h)
 	if err != nil {
 		return err
 	}
-	for _, i := range seqs {
-		state, err := e.nctx.SequenceState(i)
-		if err != nil {
-			return err
-		}
-		held := e.kv.held[i]
-		rec := kvstate.Record{Tokens: make([]int32, len(held)), State: state}
-		for j, t := range held {
-			rec.Tokens[j] = int32(t)
-		}
-		if err := wr.Add(rec); err != nil {
+	for _, r := range recs {
+		if err := wr.Add(r); err != nil {
 			return err
 		}
 	}

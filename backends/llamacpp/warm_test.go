@@ -2,6 +2,8 @@ package llamacpp
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -186,5 +188,52 @@ func TestWarmBudget(t *testing.T) {
 		case !c.loaded && !os.IsNotExist(err):
 			t.Fatalf("budget %d: a file remains (%v)", c.budget, err)
 		}
+	}
+}
+
+// TestWarmSaveWhileServing: SaveWarm copies the caches between two decode
+// steps while a request generates, and an engine started from that file
+// finds both conversations: the finished one and the one that was running.
+func TestWarmSaveWhileServing(t *testing.T) {
+	path := writeModel(t, gguf.TinySpec(1))
+	warm := filepath.Join(t.TempDir(), "warm.kv")
+	cfg := Config{Parallel: 3, SequenceContext: 512, WarmFile: warm}
+	e := newEngine(t, path, cfg)
+	a := &chat{}
+	a.turn(t, e, "What is the temperature in the east bed right now, please?")
+	running := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		var once sync.Once
+		_, err := e.Generate(context.Background(), greedyReq("Tell me a long story about the greenhouse.", 64),
+			func([]byte) error { once.Do(func() { close(running) }); return nil })
+		done <- err
+	}()
+	<-running
+	if err := e.SaveWarm(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var logs logBuffer
+	cfg.Logger = logs.logger()
+	second := newEngine(t, path, cfg)
+	if !strings.Contains(logs.buf.String(), "sequences=2") {
+		t.Fatalf("the running request's sequence was not saved:\n%s", logs.buf.String())
+	}
+	whole := newEngine(t, path, Config{Parallel: 3, SequenceContext: 512, NoKVReuse: true})
+	cold := &chat{msgs: append([]backends.Message(nil), a.msgs...)}
+	got, res := a.turn(t, second, "And in the west bed?")
+	want, _ := cold.turn(t, whole, "And in the west bed?")
+	if got != want || res.PromptCached < res.PromptTokens/2 {
+		t.Fatalf("after SaveWarm: %q with %d of %d prompt tokens cached; evaluated whole: %q", got, res.PromptCached,
+			res.PromptTokens, want)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.SaveWarm(context.Background()); !errors.Is(err, backends.ErrClosed) {
+		t.Fatalf("SaveWarm after Close: %v", err)
 	}
 }

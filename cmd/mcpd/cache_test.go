@@ -94,6 +94,8 @@ func TestEndToEndCache(t *testing.T) {
 // saves its engine's KV caches when SIGTERM stops it, and the next mcpd
 // loads them: a chat client's next turn of an old conversation then finds
 // its history in the cache (/status), with the answer a cold mcpd gives.
+// A reload (SIGHUP) saves them too, while serving: a conversation held
+// then survives a crash (SIGKILL) after it.
 func TestWarmRestartSIGTERM(t *testing.T) {
 	bin := buildMcpd(t)
 	model := tinyModel(t)
@@ -102,6 +104,7 @@ func TestWarmRestartSIGTERM(t *testing.T) {
 	msgs := []map[string]string{{"role": "system", "content": "You are a greenhouse controller. Answer briefly."}}
 	// turn asks mcpd at httpAddr for the conversation's next answer and
 	// returns it with the prompt tokens found cached so far.
+	var promptTokens int
 	turn := func(httpAddr, user string) (string, int64) {
 		t.Helper()
 		body, _ := json.Marshal(map[string]any{"model": "", "stream": false, "messages": append(msgs,
@@ -121,9 +124,11 @@ func TestWarmRestartSIGTERM(t *testing.T) {
 			t.Fatalf("/api/chat: %v %v", resp, err)
 		}
 		var out struct {
-			Message struct{ Content string } `json:"message"`
+			Message         struct{ Content string } `json:"message"`
+			PromptEvalCount int                      `json:"prompt_eval_count"`
 		}
 		err = json.NewDecoder(resp.Body).Decode(&out)
+		promptTokens = out.PromptEvalCount
 		resp.Body.Close()
 		if err != nil {
 			t.Fatal(err)
@@ -178,5 +183,30 @@ func TestWarmRestartSIGTERM(t *testing.T) {
 	stop(p)
 	if cached != 0 || warmAnswer != coldAnswer {
 		t.Fatalf("--no-warm: %d prompt tokens cached, answer %q; warm: %q", cached, coldAnswer, warmAnswer)
+	}
+
+	// A new conversation, saved by a reload, survives a crash.
+	msgs = []map[string]string{{"role": "system", "content": "You water plants. Say which bed and how much."}}
+	p, httpAddr = start()
+	answer, _ := turn(httpAddr, "The north bed is dry.")
+	first := promptTokens
+	msgs = append(msgs, map[string]string{"role": "user", "content": "The north bed is dry."}, map[string]string{"role": "assistant", "content": answer})
+	saved := strings.Count(p.logs.String(), "warm cache saved")
+	p.signal(t, syscall.SIGHUP)
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(p.logs.String(), "warm cache saved") == saved {
+		if time.Now().After(deadline) {
+			t.Fatalf("no 'warm cache saved' after SIGHUP:\n%s", p.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.signal(t, syscall.SIGKILL)
+	p.wait(t, 30*time.Second)
+	p, httpAddr = start()
+	_, cached = turn(httpAddr, "And the south bed?")
+	stop(p)
+	if cached < int64(first)-1 {
+		t.Fatalf("after a reload and a crash: %d prompt tokens cached, the conversation's first turn had %d\n%s",
+			cached, first, p.logs.String())
 	}
 }

@@ -158,6 +158,16 @@ func (s *service) apply(ctx context.Context, d *daemon.Daemon, cfg config) error
 		}
 	}
 
+	// The engine's warm cache goes to disk now (docs/caching.md): a new
+	// engine opened below starts from it, and the running one's caches
+	// survive a crash after the reload.
+	if w, ok := d.Backend().(backends.WarmSaver); ok {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if err := w.SaveWarm(sctx); err != nil {
+			s.log.Warn("reload: the warm cache was not saved", "err", err)
+		}
+		cancel()
+	}
 	key := engineSettings(cfg)
 	reloadEngine := key != s.engineKey
 	var (
