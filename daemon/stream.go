@@ -358,16 +358,18 @@ func (s *stream) timeout(now time.Time) (probe *serialproto.Frame, err error) {
 				m.lost, listed = true, false
 			}
 		}
-		if listed {
-			// The device listed every chunk outstanding, yet no ACK moved
-			// next past them: the ACK that did was lost (the device took
-			// the chunks and, with the final one, ended). Nothing is a hole
-			// to resend, so probe with the last chunk sent: the device
-			// answers it with its current ACK, a finished device with its
-			// final ACK again (§8.2) — without it the stream waited for an
-			// ACK that would never come until its retries ran out, holding
-			// one of the device's places.
-			probe = &s.frames[s.highest-1]
+		if last := s.highest - 1; listed || (s.finalCut && last == len(s.frames)-1 && s.meta[last].sacked) {
+			// The device listed every chunk outstanding, or holds the final
+			// one, yet no ACK moved next past them: the ACK that did may
+			// have been lost (the device took the chunks and, with the
+			// final one, ended). Probe with the last chunk sent as well as
+			// resending the holes: the device answers it with its current
+			// ACK, a finished device with its final ACK again (§8.2) — a
+			// device that keeps no memory of ended streams acknowledges
+			// only a final chunk. Without it the stream waited for an ACK
+			// that would never come until its retries ran out, holding one
+			// of the device's places.
+			probe = &s.frames[last]
 			s.lastSend = now
 		}
 	case s.acked < s.sent:

@@ -178,6 +178,32 @@ func TestSACKTimeoutProbesWhenAllListed(t *testing.T) {
 	}
 }
 
+// TestSACKTimeoutProbesHeldFinal: the device holds the final chunk (it
+// listed it) and the timer finds a hole before it: the hole goes out again,
+// and the final chunk too, as a probe — a device that took the hole's
+// first copy and ended, its ACK lost, keeps no memory of the stream and
+// acknowledges only a final chunk (the C library). Without the probe the
+// hole was resent alone, unanswered, until the stream gave up.
+func TestSACKTimeoutProbesHeldFinal(t *testing.T) {
+	p := &recordPeer{}
+	clk := newFakeClock()
+	st := newStream(p, nil, clk, peerRTT(p, 4), true, 1, 7, 32, 4, time.Millisecond, 3)
+	_ = st.write([]byte(strings.Repeat("0123456789", 4)))
+	st.finish(func(chunk uint16, n, crc uint32) serialproto.Message {
+		return &serialproto.Done{Chunk: chunk, TextBytes: n, TextCRC32C: crc}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = st.run(ctx) }()
+	waitFor(t, func() bool { return len(p.chunks()) == 3 })
+	st.ack(0, 4, sackOf(0, 1, 2)) // 1 and the DONE held: 0 lost, resent
+	n := len(settled(p))
+	advanceUntil(t, clk, 5*time.Millisecond, func() bool { return len(p.chunks()) >= n+2 })
+	if got := p.chunks()[n:]; !slices.Equal(got, []int{0, 2}) && !slices.Equal(got, []int{2, 0}) {
+		t.Fatalf("after the timeout %v, want the hole 0 and the held final 2 as a probe", got)
+	}
+}
+
 // TestRTOFollowsTheRoundTrip: the stream's timer is the session's RFC 6298
 // estimate: a measured 30 ms round trip gives 30 + 4 × 15 = 90 ms, and a
 // chunk acknowledged after its retransmission gives no sample (Karn).
