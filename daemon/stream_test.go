@@ -146,14 +146,10 @@ func TestSACKTimeoutSkipsHeldChunks(t *testing.T) {
 	}
 }
 
-// TestSACKTimeoutProbesWhenAllListed: the device listed every chunk
-// outstanding, and the ACK that moved next past them was lost (it took
-// them and ended). No hole is left to resend; on the timer the stream
-// probes with the last chunk sent, which a finished device acknowledges
-// again. It sent nothing, and the stream held the device's place until
-// its retries ran out (the C and Go devices on the 10 % loss link got
-// BUSY).
-func TestSACKTimeoutProbesWhenAllListed(t *testing.T) {
+// startShortSACKStream runs a SACK stream of two TOKENs and the DONE
+// (chunks 0, 1, 2) on the fake clock, window 4, and waits for all three.
+func startShortSACKStream(t *testing.T) (*recordPeer, *fakeClock, *stream) {
+	t.Helper()
 	p := &recordPeer{}
 	clk := newFakeClock()
 	st := newStream(p, nil, clk, peerRTT(p, 4), true, 1, 7, 32, 4, time.Millisecond, 3)
@@ -162,11 +158,23 @@ func TestSACKTimeoutProbesWhenAllListed(t *testing.T) {
 		return &serialproto.Done{Chunk: chunk, TextBytes: n, TextCRC32C: crc}
 	})
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	go func() { _ = st.run(ctx) }()
-	waitFor(t, func() bool { return len(p.chunks()) == 3 }) // 0, 1 and the DONE, 2
-	st.ack(0, 4, sackOf(0, 1, 2))                           // 1 and 2 held: 0 lost, resent
-	st.ack(1, 4, sackOf(1, 2))                              // 0 in; 1 and 2 listed before
+	waitFor(t, func() bool { return len(p.chunks()) == 3 })
+	return p, clk, st
+}
+
+// TestSACKTimeoutProbesWhenAllListed: the device listed every chunk
+// outstanding, and the ACK that moved next past them was lost (it took
+// them and ended). No hole is left to resend; on the timer the stream
+// probes with the last chunk sent, which a finished device acknowledges
+// again. It sent nothing, and the stream held the device's place until
+// its retries ran out (the C and Go devices on the 10 % loss link got
+// BUSY).
+func TestSACKTimeoutProbesWhenAllListed(t *testing.T) {
+	p, clk, st := startShortSACKStream(t)
+	st.ack(0, 4, sackOf(0, 1, 2)) // 1 and 2 held: 0 lost, resent
+	st.ack(1, 4, sackOf(1, 2))    // 0 in; 1 and 2 listed before
 	// The device delivers 1 and 2 and ends; its ACK of next 3 is lost.
 	n := len(settled(p))
 	advanceUntil(t, clk, 5*time.Millisecond, func() bool { return len(p.chunks()) > n })
@@ -185,17 +193,7 @@ func TestSACKTimeoutProbesWhenAllListed(t *testing.T) {
 // acknowledges only a final chunk (the C library). Without the probe the
 // hole was resent alone, unanswered, until the stream gave up.
 func TestSACKTimeoutProbesHeldFinal(t *testing.T) {
-	p := &recordPeer{}
-	clk := newFakeClock()
-	st := newStream(p, nil, clk, peerRTT(p, 4), true, 1, 7, 32, 4, time.Millisecond, 3)
-	_ = st.write([]byte(strings.Repeat("0123456789", 4)))
-	st.finish(func(chunk uint16, n, crc uint32) serialproto.Message {
-		return &serialproto.Done{Chunk: chunk, TextBytes: n, TextCRC32C: crc}
-	})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = st.run(ctx) }()
-	waitFor(t, func() bool { return len(p.chunks()) == 3 })
+	p, clk, st := startShortSACKStream(t)
 	st.ack(0, 4, sackOf(0, 1, 2)) // 1 and the DONE held: 0 lost, resent
 	n := len(settled(p))
 	advanceUntil(t, clk, 5*time.Millisecond, func() bool { return len(p.chunks()) >= n+2 })
