@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -155,6 +156,11 @@ func BenchmarkNativePath(b *testing.B) {
 		threads = 2
 	}
 	const seqCtx = 512
+	// GOMAXPROCS as mcpd sets it for its engine.
+	if os.Getenv("GOMAXPROCS") == "" {
+		llamacpp.ReserveCores(threads, slog.New(slog.DiscardHandler))
+		b.Cleanup(func() { runtime.SetDefaultGOMAXPROCS() })
+	}
 	// Every prompt evaluated whole, as the harness does: the ratios are
 	// about the path, not the KV cache (BenchmarkRepeatCached).
 	e, err := llamacpp.New(context.Background(), llamacpp.Config{ModelPath: path, Threads: threads, Parallel: 2,

@@ -166,6 +166,9 @@ func openBackend(ctx context.Context, cfg config, log *slog.Logger, native bool)
 			Budget:          budget,
 			Logger:          log,
 		})
+		// One engine in the process: Go keeps the cores its decode
+		// threads leave (docs/native.md).
+		llamacpp.ReserveCores(cfg.Engine.Threads, log)
 	}
 	if m := cfg.ollamaModel(); m != "" {
 		o := cfg.Ollama
