@@ -12,6 +12,9 @@ BIN=${BIN:-bin}
 MODEL=${MODEL:-testdata/models/bench-135m-q8_0.gguf}
 THREADS=${THREADS:-2}
 COUNT=${COUNT:-3}
+# Devices of the udp scenario: issue 14's 8-device targets (aggregate ÷ the
+# single scenario's, TTFT p99 ÷ its p50: mcpctl's markdown prints both).
+DEVICES=${DEVICES:-8}
 SCENARIO_TIME=${SCENARIO_TIME:-20s}
 CHAT_TIME=${CHAT_TIME:-120s}  # the warm-up conversation of 10 turns without KV reuse takes tens of seconds
 OUT=${OUT:-bench/reports}
@@ -32,6 +35,10 @@ run $GO test -run '^$' -bench '^BenchmarkOllamaPath(Paced)?$' -count "$COUNT" ./
 # The engine against the C harness and the memory system (rounds interleaved inside).
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
   run $GO test -run '^$' -bench '^BenchmarkNativeVsHarness$' -benchtime 12x -count "$COUNT" ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
+# Eight streams against their ceiling: the engine's batching vs the C
+# harness decoding 8 sequences per step, and that vs one (rounds interleaved).
+MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
+  run $GO test -run '^$' -bench '^BenchmarkParallelVsHarness$' -benchtime 6x -count "$COUNT" ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
 
 # Caching (issue 16): a second device's shared system prompt, and an old
 # conversation's first turn after a restart, warm file vs none (interleaved).
@@ -47,7 +54,7 @@ done
 
 # What devices see: the three scenarios against a spawned mcpd.
 run "$BIN/mcpctl" bench --mcpd "$BIN/mcpd" --model "$MODEL" --threads "$THREADS" \
-  --duration "$SCENARIO_TIME" --devices 4 --warmup 1 \
+  --duration "$SCENARIO_TIME" --devices "$DEVICES" --warmup 1 \
   --json-out "$tmp/mcpctl.json" --markdown "$tmp/mcpctl.md" --png "$OUT/$date-latency.png" >&2
 cp "$tmp/mcpctl.json" "$OUT/$date.json"
 

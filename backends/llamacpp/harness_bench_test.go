@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -58,6 +59,7 @@ func BenchmarkNativeVsHarness(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	reserveCores(b, threads) // as mcpd runs the engine
 	weights := float64(harness.WeightBytesPerToken(info))
 	const n, chunk = 128, 8
 	req := greedyReq("Hello", n)
@@ -219,6 +221,16 @@ func BenchmarkNativeVsHarness(b *testing.B) {
 	b.ReportMetric(1e3*weights/(median(readBW)*1e9), "memory-ms/op")
 }
 
+// reserveCores applies ReserveCores for a benchmark, the runtime's default
+// GOMAXPROCS back at its end.
+func reserveCores(b *testing.B, threads int) {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return
+	}
+	ReserveCores(threads, slog.New(slog.DiscardHandler))
+	b.Cleanup(func() { runtime.SetDefaultGOMAXPROCS() })
+}
+
 // harnessText is the text the engine would emit for the harness's tokens.
 func (e *Engine) harnessText(b *testing.B, toks []int32) string {
 	b.Helper()
@@ -248,4 +260,146 @@ func median(v []float64) float64 {
 		return s[len(s)/2]
 	}
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// BenchmarkParallelVsHarness is eight devices at once against their
+// ceiling on this machine, all in one run: the engine with its default
+// configuration serving 8 concurrent 64-token greedy requests, its turns
+// (8 decode steps in which all 8 sequences generate, steps that evaluate
+// prompts or lose a finished sequence not counted) alternating with 8
+// steps of the C harness decoding a batch of 8 sequences (one llama_decode
+// of 8 tokens per step, nothing around it: the most 8 streams can get from
+// this llama.cpp on these cores) and 8 steps of the harness decoding one.
+// Metrics, medians over rounds:
+//
+//	engine8/harness8   engine aggregate tok/s ÷ the batch-8 harness's: how
+//	                   close mcpd's batching gets to the ceiling
+//	harness8/harness1  the ceiling: what batching 8 streams can give at all
+//	                   (the 8-device target of 3.5× needs this ≥ 3.5)
+//	engine8/harness1   the engine's 8-stream aggregate ÷ one stream in C
+//	engine8-, harness8-, harness1-tok/s   aggregate decode speeds
+func BenchmarkParallelVsHarness(b *testing.B) {
+	path := os.Getenv("MCPD_BENCH_MODEL")
+	if path == "" {
+		path = writeModel(b, gguf.TinySpec(1))
+	}
+	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
+	if threads == 0 {
+		threads = 2
+	}
+	reserveCores(b, threads) // as mcpd runs the engine
+	const devices, n, chunk = 8, 64, 8
+	req := greedyReq("Hello", n)
+
+	var hs [2]*harness.Harness // 8 sequences, 1 sequence
+	var e *Engine
+	var hprompt []int32
+	var measuring atomic.Bool
+	var engT time.Duration
+	var harT [2]time.Duration
+	var engN int
+	var harN [2]int
+	var mark time.Time
+	var markSteps, markToks, markOuts int64
+	turn := 0
+	hook := func(backlog func() int) {
+		if !measuring.Load() {
+			return
+		}
+		now := time.Now()
+		steps, toks, outs := e.steps.Load(), e.stepTokens.Load(), e.stepOutputs.Load()
+		if !mark.IsZero() && steps-markSteps < chunk {
+			return
+		}
+		if !mark.IsZero() && toks-markToks == outs-markOuts && outs-markOuts == devices*(steps-markSteps) {
+			engT += now.Sub(mark)
+			engN += int(outs - markOuts)
+		}
+		for backlog() > 0 {
+			runtime.Gosched()
+		}
+		if err := e.nctx.Idle(); err != nil {
+			b.Error(err)
+		}
+		turn++
+		for x := range hs {
+			j := (x + turn) % len(hs)
+			k, d, err := hs[j].Step(chunk)
+			if err == nil && k == 0 {
+				if err = hs[j].Begin(hprompt); err == nil {
+					k, d, err = hs[j].Step(chunk)
+				}
+			}
+			if err != nil {
+				b.Error(err)
+			}
+			harT[j] += d
+			harN[j] += k
+		}
+		mark, markSteps, markToks, markOuts = time.Now(), e.steps.Load(), e.stepTokens.Load(), e.stepOutputs.Load()
+	}
+	cfg := Config{ModelPath: path, Threads: threads, Logger: slog.New(slog.DiscardHandler), beforeStep: hook}
+	var err error
+	if e, err = New(context.Background(), cfg); err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	if e.cfg.Parallel < devices {
+		b.Skipf("the engine batches %d sequences here, not %d", e.cfg.Parallel, devices)
+	}
+	for i, seqs := range []int{devices, 1} {
+		if hs[i], err = harness.OpenModel(e.model.LlamaModel(), harness.Params{Threads: threads, Context: e.seqCtx,
+			Sequences: seqs}); err != nil {
+			b.Fatal(err)
+		}
+		defer hs[i].Close()
+	}
+	prompt, err := e.tokenizePrompt(req.Messages)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, t := range prompt {
+		hprompt = append(hprompt, int32(t))
+	}
+	all := func() {
+		var wg sync.WaitGroup
+		for range devices {
+			wg.Go(func() {
+				if _, err := e.Generate(context.Background(), req, discard); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	all() // warm-up
+	var r88, r81, r11, eTok, h8Tok, h1Tok []float64
+	for b.Loop() {
+		for _, h := range hs {
+			if err := h.Begin(hprompt); err != nil {
+				b.Fatal(err)
+			}
+		}
+		engT, harT, engN, harN, mark = 0, [2]time.Duration{}, 0, [2]int{}, time.Time{}
+		measuring.Store(true)
+		all()
+		measuring.Store(false)
+		if engN == 0 || harN[0] == 0 || harN[1] == 0 {
+			b.Fatalf("nothing measured: %d engine and %v harness tokens", engN, harN)
+		}
+		eg := float64(engN) / engT.Seconds()
+		h8, h1 := float64(harN[0])/harT[0].Seconds(), float64(harN[1])/harT[1].Seconds()
+		r88, r81, r11 = append(r88, eg/h8), append(r81, h8/h1), append(r11, eg/h1)
+		eTok, h8Tok, h1Tok = append(eTok, eg), append(h8Tok, h8), append(h1Tok, h1)
+	}
+	b.ReportMetric(median(r88), "engine8/harness8")
+	b.ReportMetric(median(r81), "harness8/harness1")
+	b.ReportMetric(median(r11), "engine8/harness1")
+	b.ReportMetric(median(eTok), "engine8-tok/s")
+	b.ReportMetric(median(h8Tok), "harness8-tok/s")
+	b.ReportMetric(median(h1Tok), "harness1-tok/s")
+	// Per generated token (aggregate), for bench/mkreport's ratios.
+	b.ReportMetric(1e3/median(eTok), "engine8-ms/op")
+	b.ReportMetric(1e3/median(h8Tok), "harness8-ms/op")
+	b.ReportMetric(1e3/median(h1Tok), "harness1-ms/op")
 }

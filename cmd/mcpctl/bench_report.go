@@ -35,6 +35,12 @@ func writeMarkdown(w io.Writer, rep benchReport, pngPath string) error {
 			s.TTFTp50, s.TTFTp95, s.TTFTp99, s.Latencyp50, s.Latencyp95, s.Latencyp99)
 	}
 	for _, s := range rep.Scenarios {
+		if one, ok := singleOf(rep, s); ok && one.TokensPerSec > 0 && one.TTFTp50 > 0 {
+			fmt.Fprintf(&b, "\n%s (%d devices) ÷ %s, same run: aggregate tokens/s **%.2f×**, TTFT p99 ÷ single p50 **%.2f×**.\n",
+				s.Name, s.Devices, one.Name, s.TokensPerSec/one.TokensPerSec, s.TTFTp99/one.TTFTp50)
+		}
+	}
+	for _, s := range rep.Scenarios {
 		if len(s.TurnTTFTp50) > 0 {
 			fmt.Fprintf(&b, "\n%s: time to first token by turn (p50)", s.Name)
 			for i, v := range s.TurnTTFTp50 {
@@ -48,6 +54,21 @@ func writeMarkdown(w io.Writer, rep benchReport, pngPath string) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// singleOf finds the one-device scenario of the same link as the
+// many-device scenario s ("single" for "udp", "mqtt-single" for "mqtt").
+func singleOf(rep benchReport, s scenarioReport) (scenarioReport, bool) {
+	name := map[string]string{"udp": "single", "mqtt": "mqtt-single"}[s.Name]
+	if name == "" || s.Devices < 2 {
+		return scenarioReport{}, false
+	}
+	for _, o := range rep.Scenarios {
+		if o.Name == name {
+			return o, true
+		}
+	}
+	return scenarioReport{}, false
 }
 
 func errorList(m map[string]int) string {

@@ -20,8 +20,11 @@ struct hb_harness {
 	struct ggml_threadpool * tp;
 	const struct llama_vocab * vocab;
 	bool own_model; // hb_open loaded it; hb_open_model borrowed it
-	llama_token next; // sampled, not yet decoded (hb_begin, hb_step)
-	bool done;        // next ends generation
+	int32_t n_seq;     // sequences hb_begin and hb_step decode together
+	llama_token * next; // [n_seq] sampled, not yet decoded (hb_begin, hb_step)
+	struct llama_batch batch; // n_seq tokens, one per sequence
+	int32_t pos;      // the position next goes to
+	bool done;        // a sequence's next ends generation
 };
 
 static int64_t hb_now(void) {
@@ -72,8 +75,17 @@ hb_harness * hb_open_model(struct llama_model * model, const hb_params * p) {
 	}
 	h->model = model;
 	h->vocab = llama_model_get_vocab(h->model);
+	h->n_seq = p->n_seq > 1 ? p->n_seq : 1;
+	h->next = calloc((size_t) h->n_seq, sizeof *h->next);
+	h->batch = llama_batch_init(h->n_seq, 0, 1);
+	if (h->next == NULL || h->batch.token == NULL) {
+		hb_close(h);
+		return NULL;
+	}
 	struct llama_context_params cp = llama_context_default_params();
-	cp.n_ctx = p->n_ctx;
+	cp.n_ctx = p->n_ctx * (uint32_t) h->n_seq;
+	cp.n_seq_max = (uint32_t) h->n_seq;
+	cp.kv_unified = false;
 	cp.n_batch = p->n_batch;
 	cp.n_threads = p->n_threads;
 	cp.n_threads_batch = p->n_threads;
@@ -123,6 +135,10 @@ void hb_close(hb_harness * h) {
 	if (h->model && h->own_model) {
 		llama_model_free(h->model);
 	}
+	if (h->batch.token != NULL) {
+		llama_batch_free(h->batch);
+	}
+	free(h->next);
 	free(h);
 }
 
@@ -168,12 +184,37 @@ int hb_run(hb_harness * h, const int32_t * prompt, int32_t n_prompt, int32_t n_g
 int hb_begin(hb_harness * h, const int32_t * prompt, int32_t n_prompt) {
 	llama_memory_clear(llama_get_memory(h->ctx), true);
 	llama_sampler_reset(h->smpl);
-	int ret = llama_decode(h->ctx, llama_batch_get_one((llama_token *) prompt, n_prompt));
+	h->done = false;
+	struct llama_batch b = llama_batch_get_one((llama_token *) prompt, n_prompt);
+	if (h->n_seq > 1) {
+		b = llama_batch_init(n_prompt, 0, 1);
+	}
+	int ret = 0;
+	// Each sequence's prompt in a decode of its own (untimed).
+	for (int32_t s = 0; s < h->n_seq && ret == 0; s++) {
+		if (h->n_seq > 1) {
+			for (int32_t i = 0; i < n_prompt; i++) {
+				b.token[i] = prompt[i];
+				b.pos[i] = i;
+				b.n_seq_id[i] = 1;
+				b.seq_id[i][0] = s;
+				b.logits[i] = i == n_prompt - 1;
+			}
+			b.n_tokens = n_prompt;
+		}
+		ret = llama_decode(h->ctx, b);
+		if (ret == 0) {
+			h->next[s] = llama_sampler_sample(h->smpl, h->ctx, -1);
+			h->done = h->done || llama_vocab_is_eog(h->vocab, h->next[s]);
+		}
+	}
+	if (h->n_seq > 1) {
+		llama_batch_free(b);
+	}
 	if (ret != 0) {
 		return -abs(ret);
 	}
-	h->next = llama_sampler_sample(h->smpl, h->ctx, -1);
-	h->done = llama_vocab_is_eog(h->vocab, h->next);
+	h->pos = n_prompt;
 	hb_pause(h);
 	return 0;
 }
@@ -182,16 +223,36 @@ int32_t hb_step(hb_harness * h, int32_t n, int64_t * ns) {
 	int64_t t0 = hb_now();
 	int32_t i = 0;
 	for (; i < n && !h->done; i++) {
-		int ret = llama_decode(h->ctx, llama_batch_get_one(&h->next, 1));
+		int ret;
+		if (h->n_seq == 1) {
+			ret = llama_decode(h->ctx, llama_batch_get_one(h->next, 1));
+		} else {
+			for (int32_t s = 0; s < h->n_seq; s++) {
+				h->batch.token[s] = h->next[s];
+				h->batch.pos[s] = h->pos;
+				h->batch.n_seq_id[s] = 1;
+				h->batch.seq_id[s][0] = s;
+				h->batch.logits[s] = true;
+			}
+			h->batch.n_tokens = h->n_seq;
+			ret = llama_decode(h->ctx, h->batch);
+		}
 		if (ret != 0) {
 			return -abs(ret);
 		}
-		h->next = llama_sampler_sample(h->smpl, h->ctx, -1);
-		h->done = llama_vocab_is_eog(h->vocab, h->next);
+		h->pos++;
+		for (int32_t s = 0; s < h->n_seq; s++) {
+			h->next[s] = llama_sampler_sample(h->smpl, h->ctx, h->n_seq == 1 ? -1 : s);
+			h->done = h->done || llama_vocab_is_eog(h->vocab, h->next[s]);
+		}
 	}
 	*ns = hb_now() - t0;
 	hb_pause(h);
-	return i;
+	return i * h->n_seq;
+}
+
+int32_t hb_next(const hb_harness * h, int32_t s) {
+	return s >= 0 && s < h->n_seq ? h->next[s] : -1;
 }
 
 int hb_drop_cache(const char * path) {

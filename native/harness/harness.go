@@ -46,6 +46,11 @@ type Params struct {
 	// HugePages reads the weights into transparent huge pages (implies
 	// NoMmap).
 	HugePages bool
+	// Sequences that Begin and Step decode together (0: 1), each with
+	// Context tokens of its own KV cache: Step then decodes one token of
+	// every sequence per llama_decode, as the engine does for that many
+	// devices at once, and counts the tokens of all of them.
+	Sequences int
 }
 
 // Harness is one model, context and greedy sampler driven from C.
@@ -113,7 +118,7 @@ func (p Params) c() C.hb_params {
 	}
 	return C.hb_params{n_threads: C.int32_t(p.Threads), n_ctx: C.uint32_t(p.Context), n_batch: C.uint32_t(p.Batch),
 		use_mmap: C.bool(!p.NoMmap && !p.HugePages), threadpool: C.bool(!p.NoThreadpool), poll: C.uint32_t(poll),
-		no_flash_attn: C.bool(p.NoFlashAttn), huge: C.bool(p.HugePages)}
+		no_flash_attn: C.bool(p.NoFlashAttn), huge: C.bool(p.HugePages), n_seq: C.int32_t(max(p.Sequences, 1))}
 }
 
 // DropCache asks the kernel to drop the file at path from the page cache
@@ -217,6 +222,22 @@ func (h *Harness) Step(n int) (int, time.Duration, error) {
 		return 0, 0, fmt.Errorf("harness: llama_decode returned %d", int(got))
 	}
 	return int(got), time.Duration(ns), nil
+}
+
+// Next is each sequence's token sampled and not yet decoded (after Begin
+// or Step), one per sequence.
+func (h *Harness) Next() []int32 {
+	if h.h == nil {
+		return nil
+	}
+	var out []int32
+	for s := C.int32_t(0); ; s++ {
+		t := C.hb_next(h.h, s)
+		if t < 0 {
+			return out
+		}
+		out = append(out, int32(t))
+	}
 }
 
 // Interleave runs the same greedy generation of n tokens after prompt on

@@ -25,6 +25,10 @@ typedef struct hb_params {
 	// mapping of at least huge_min bytes when loading starts).
 	bool huge;
 	size_t huge_min;
+	// Sequences decoded together by hb_begin/hb_step (0 or 1: one). With
+	// more, n_ctx is each sequence's and the KV cache is split per
+	// sequence, as the engine's is (not unified).
+	int32_t n_seq;
 } hb_params;
 
 typedef struct hb_harness hb_harness;
@@ -59,8 +63,17 @@ int hb_run(hb_harness * h, const int32_t * prompt, int32_t n_prompt, int32_t n_g
 // sleep before they return, as hb_run does, so a harness that waits costs
 // the machine nothing: step chunks of several harnesses, or of the
 // harness and another engine, can take turns on the same cores.
+//
+// With n_seq sequences (hb_params), hb_begin evaluates the prompt for each
+// and every hb_step decodes one token of every sequence per llama_decode
+// (a batch of n_seq tokens, each its sequence's logits): the same work as
+// n_seq devices generating at once, with nothing around it. hb_step then
+// counts tokens of all sequences (n × n_seq).
 int hb_begin(hb_harness * h, const int32_t * prompt, int32_t n_prompt);
 int32_t hb_step(hb_harness * h, int32_t n, int64_t * ns);
+// hb_next is sequence s's token sampled and not yet decoded; -1 for no
+// such sequence.
+int32_t hb_next(const hb_harness * h, int32_t s);
 
 // hb_drop_cache asks the kernel to drop path's pages from the page cache
 // (those no process maps); 0 or an error.

@@ -126,6 +126,51 @@ func TestHarnessMatchesBinding(t *testing.T) {
 	}
 }
 
+// Sequences decoded as one batch per step each follow the one-sequence
+// greedy answer (the tiny model's batched and single outputs are the
+// same, as the engine's tests assert), and Step counts every sequence's
+// tokens.
+func TestHarnessSequences(t *testing.T) {
+	path := tinyModel(t)
+	prompt := []int32{gguf.TokenBOS, 300, 301, 302}
+	const n = 12
+	want := bindingGreedy(t, path, prompt, n)
+	for _, seqs := range []int{1, 3, 8} {
+		h, err := Open(path, Params{Threads: 1, Sequences: seqs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Begin(prompt); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < len(want); i++ {
+			next := h.Next()
+			if len(next) != seqs {
+				t.Fatalf("%d sequences: Next gave %d tokens", seqs, len(next))
+			}
+			for s, tok := range next {
+				if tok != want[i] {
+					t.Fatalf("%d sequences: sequence %d's token %d is %d, want %d", seqs, s, i, tok, want[i])
+				}
+			}
+			if i == len(want)-1 {
+				break
+			}
+			k, _, err := h.Step(1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k != seqs {
+				t.Fatalf("%d sequences: a step counted %d tokens", seqs, k)
+			}
+		}
+		h.Close()
+		if h.Next() != nil {
+			t.Error("Next after Close")
+		}
+	}
+}
+
 // On a model loaded by package native — the engine's way of comparing on
 // the very same weights — the harness gives the binding's tokens too.
 func TestOpenModel(t *testing.T) {
