@@ -20,18 +20,8 @@ func (s *session) infer(f serialproto.Frame) {
 	}
 	now := s.d.clock.Now()
 	s.mu.Lock()
-	body, missing, err := s.reasm.Add(now, f.Cmd, f.Seq, f.Data)
+	body, missing, err := s.addFragment(now, f)
 	first := s.noteFragment(f.Seq, now, body != nil)
-	if err == nil && body == nil {
-		if missing != nil {
-			// The last fragment, new or a probe: a probe crossing our NACK
-			// is not answered with the same list again (gap.go).
-			if last, _ := s.reasm.LastProgress(f.Cmd, f.Seq); !s.mayNack(f.Seq, now, last, s.rtt.rto()) {
-				missing = nil
-			}
-		}
-		s.watchGap(f.Seq) // incomplete: NACK what is missing if the device falls silent (§6)
-	}
 	s.mu.Unlock()
 	switch {
 	case errors.Is(err, serialproto.ErrDuplicate):

@@ -44,7 +44,7 @@ type session struct {
 	requests    map[uint8]*request
 	order       []uint8                // seqs of requests, oldest first
 	seqs        serialproto.SeqHistory // the device's request seqs (§5), from the HELLO's on
-	gaps        map[uint8]*gap         // INFERs in reassembly: their NACK MISSING state (gap.go)
+	gaps        map[gapKey]*gap        // messages in reassembly: their NACK MISSING state (gap.go)
 	history     []backends.Message
 	lastNack    time.Time
 	// firstFrag holds when the first fragment of each INFER in reassembly
@@ -104,10 +104,10 @@ func (s *session) fresh(cmd serialproto.Command, seq uint8) serialproto.SeqState
 			delete(s.requests, seq)
 			s.order = slices.DeleteFunc(s.order, func(q uint8) bool { return q == seq })
 		}
-		s.reasm.Forget(serialproto.CmdInfer, seq)
-		s.reasm.Forget(serialproto.CmdTools, seq)
-		s.reasm.Forget(serialproto.CmdToolResult, seq)
-		delete(s.gaps, seq)
+		for _, cmd := range []serialproto.Command{serialproto.CmdInfer, serialproto.CmdTools, serialproto.CmdToolResult} {
+			s.reasm.Forget(cmd, seq)
+			delete(s.gaps, gapKey{cmd, seq})
+		}
 		delete(s.firstFrag, seq)
 	}
 	if cmd != serialproto.CmdInfer && cmd != serialproto.CmdTools { // taken when accepted

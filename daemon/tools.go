@@ -127,12 +127,13 @@ func (s *session) declare(f serialproto.Frame, dup bool) {
 }
 
 // reassemble adds a fragment of a TOOLS or TOOL_RESULT message and answers
-// what reassembly needs answered; it returns the body once complete, nil
+// what reassembly needs answered, as for an INFER (§6: NACK MISSING for a
+// gap, at once after the last fragment or half an RTO after silence); it returns the body once complete, nil
 // otherwise, and the reassembler's error (already answered). A late copy
 // of a finished message (ErrDuplicate) is answered with its ACK.
 func (s *session) reassemble(f serialproto.Frame) ([]byte, error) {
 	s.mu.Lock()
-	body, missing, err := s.reasm.Add(s.d.clock.Now(), f.Cmd, f.Seq, f.Data)
+	body, missing, err := s.addFragment(s.d.clock.Now(), f)
 	s.mu.Unlock()
 	switch {
 	case errors.Is(err, serialproto.ErrDuplicate):
@@ -145,7 +146,7 @@ func (s *session) reassemble(f serialproto.Frame) ([]byte, error) {
 		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackBadChecksum})
 	case err != nil:
 		s.send(f.Seq, serialproto.NewError(serialproto.CodeMalformed, deviceText(err)))
-	case missing != nil:
+	case missing != nil: // the last fragment found a gap, or a probe came (§6)
 		s.send(f.Seq, &serialproto.Nack{Reason: serialproto.NackMissing, Missing: missing})
 	}
 	return body, err

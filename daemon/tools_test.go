@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -468,5 +469,80 @@ func TestToolStoreBound(t *testing.T) {
 	st.put("c", sets["c"], 2)
 	if st.get("b") != nil || st.get("a") != sets["a"] || st.get("c") != sets["c"] || len(st.sets) != 2 {
 		t.Fatalf("kept %v", st.order)
+	}
+}
+
+// TestToolMessageGapNacked: a TOOL_RESULT (and a TOOLS) whose fragments
+// after the first were lost gets NACK MISSING half an RTO after the
+// daemon last heard of it (§6), as an INFER does — without it the device
+// learned of the gap only when its own timer probed, and a device whose
+// probe was lost as well waited out the tool timeout. Completed, the
+// result is taken and the answer streams on.
+func TestToolMessageGapNacked(t *testing.T) {
+	e := &toolEngine{script: []backends.ToolCall{readSoil}}
+	w, _ := openToolCall(t, e, Config{})
+	sendGapped := func(cmd serialproto.Command, seq uint8, m serialproto.Message) (rest func()) {
+		t.Helper()
+		body, err := m.AppendBody(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		datas, err := serialproto.Fragments(body, 40)
+		if err != nil || len(datas) < 3 {
+			t.Fatalf("%d fragments, %v", len(datas), err)
+		}
+		var want []byte
+		for i := 1; i < len(datas); i++ {
+			want = append(want, byte(i))
+		}
+		send := func(d []byte) {
+			raw, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: cmd, Flags: serialproto.FlagFragment, Seq: seq, Data: d})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := w.tr.Send(raw); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send(datas[0])
+		if n, ok := w.next().(*serialproto.Nack); !ok || n.Reason != serialproto.NackMissing || !bytes.Equal(n.Missing, want) {
+			t.Fatalf("%v after fragment 0 of %d: want NACK MISSING %v", n, len(datas), want)
+		}
+		return func() {
+			for _, d := range datas[1:] {
+				send(d)
+			}
+		}
+	}
+	result := strings.Repeat("4", 100)
+	sendGapped(serialproto.CmdToolResult, 5, &serialproto.ToolResult{Call: 0, Result: []byte(result)})()
+	var text string
+	for done := false; !done; {
+		switch m := w.next().(type) {
+		case *serialproto.Ack, *serialproto.Nack: // the result's ACK; NACKs repeated before the repair
+		case *serialproto.Token:
+			text += string(m.Text)
+		case *serialproto.Done:
+			done = true
+			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
+		default:
+			t.Fatalf("unexpected %s", m.Command())
+		}
+	}
+	if text != "answer: "+result || len(e.requests()) != 2 {
+		t.Fatalf("%q after %d generations", text, len(e.requests()))
+	}
+
+	decl := &serialproto.Tools{Tools: []serialproto.ToolDecl{{Name: "read_sensor", Description: "Reads a sensor.", Schema: []byte(soilSchema)}}}
+	sendGapped(serialproto.CmdTools, 6, decl)()
+	for {
+		m := w.next()
+		if _, ok := m.(*serialproto.Nack); ok {
+			continue
+		}
+		if _, ok := m.(*serialproto.Ack); !ok {
+			t.Fatalf("TOOLS repaired: %v, want its ACK", m)
+		}
+		break
 	}
 }
