@@ -43,7 +43,7 @@ MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
 # Caching (issue 16): a second device's shared system prompt, and an old
 # conversation's first turn after a restart, warm file vs none (interleaved).
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
-  run $GO test -run '^$' -bench '^(BenchmarkSharedPrefix|BenchmarkWarmRestart)$' -benchtime 3x -count 1 ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
+  run $GO test -run '^$' -bench '^(BenchmarkSharedPrefix|BenchmarkWarmRestart)$' -benchtime 6x -count 1 ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
 # The chat scenario (10 turns): time to first token by turn, KV reuse on and off.
 for mode in on off; do
   flags=()
