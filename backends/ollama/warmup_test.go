@@ -79,7 +79,9 @@ func asOllama(t *testing.T, d time.Duration) time.Duration {
 // keep_alive stays unloaded.
 func TestWarmUpAfterRestart(t *testing.T) {
 	srv := ollamatest.Start(t, ollamatest.Config{})
-	keep := 300 * time.Millisecond
+	// Long enough that a loaded box's probes see the early unload within
+	// it; the last phase waits it out.
+	keep := 1500 * time.Millisecond
 	o := newOllama(t, Config{KeepAlive: &keep, ProbeInterval: 20 * time.Millisecond, BreakerCooldown: 40 * time.Millisecond,
 		ConnectTimeout: 200 * time.Millisecond}, srv)
 	if n := len(srv.LoadRequests()); n != 1 {
@@ -106,7 +108,7 @@ func TestWarmUpAfterRestart(t *testing.T) {
 	}
 
 	// Unloaded after its keep_alive: stays unloaded.
-	time.Sleep(keep + 50*time.Millisecond)
+	time.Sleep(keep + 100*time.Millisecond)
 	srv.Unload("tiny")
 	time.Sleep(10 * 20 * time.Millisecond) // ten probes
 	if srv.Loaded("tiny") || len(srv.LoadRequests()) != 3 {
