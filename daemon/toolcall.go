@@ -61,7 +61,40 @@ func (c *toolCalls) take(m *serialproto.ToolResult) bool {
 	return false
 }
 
+// fragment tells what to do with a TOOL_RESULT fragment (data: its
+// fragment header and piece): reassemble it for the outstanding call, or
+// answer it with the ACK as a copy of the result last taken, or neither
+// (UNEXPECTED). A fragment 0 names its call (the body's first byte); the
+// others cannot, and are taken for the outstanding call while there is
+// one. Without this a late copy of a fragment of the result taken started
+// a new message under (TOOL_RESULT, seq), and the next call's result,
+// mixed into it, was refused MALFORMED (a count differing) or NACKed
+// BAD_CHECKSUM — the first made the device stop resending, and the
+// request ended in TOOL_TIMEOUT.
+func (c *toolCalls) fragment(data []byte) (reassemble, isCopy bool) {
+	call := -1 // not known
+	if data[0] == 0 && len(data) > serialproto.FragmentHeaderLen {
+		call = int(data[serialproto.FragmentHeaderLen])
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.outstanding >= 0 && (call < 0 || call == c.outstanding):
+		return true, false
+	case c.lastTaken >= 0 && (call < 0 || call == c.lastTaken):
+		return false, true
+	}
+	return false, false
+}
+
+// fail ends the outstanding call with err; with none outstanding (the
+// message came late or early) it does nothing.
 func (c *toolCalls) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.outstanding < 0 {
+		return
+	}
 	select {
 	case c.failed <- err:
 	default:

@@ -166,6 +166,30 @@ func (s *session) toolResult(f serialproto.Frame) {
 		s.send(f.Seq, serialproto.NewError(serialproto.CodeUnexpected, "no request with tools under this seq"))
 		return
 	}
+	switch reassemble, isCopy := r.calls.fragment(f.Data); {
+	case isCopy:
+		s.send(f.Seq, &serialproto.Ack{Next: uint16(f.Data[1])})
+		return
+	case !reassemble:
+		s.send(f.Seq, serialproto.NewError(serialproto.CodeUnexpected, "no call outstanding for this result"))
+		return
+	}
+	// Results of one request follow each other under (TOOL_RESULT, seq):
+	// a fragment counting other than the message in reassembly belongs to
+	// another result. If that message's fragment 0 is in, it is the
+	// outstanding call's and this fragment a late copy of an earlier
+	// result's: dropped. If not, the message may be such a copy: this
+	// fragment starts afresh (what was dropped is NACKed MISSING, §6).
+	// Refusing the mix MALFORMED made the device stop resending the result.
+	s.mu.Lock()
+	if n, first := s.reasm.Partial(f.Cmd, f.Seq); n != 0 && n != int(f.Data[1]) {
+		if first {
+			s.mu.Unlock()
+			return
+		}
+		s.reasm.Forget(f.Cmd, f.Seq)
+	}
+	s.mu.Unlock()
 	body, err := s.reassemble(f)
 	if errors.Is(err, serialproto.ErrTooLarge) {
 		r.calls.fail(errToolResultTooLarge)

@@ -546,3 +546,62 @@ func TestToolMessageGapNacked(t *testing.T) {
 		break
 	}
 }
+
+// TestToolResultLateFragmentCopy: a copy of a fragment of the result
+// already taken, arriving late (a duplicating link), does not spoil the
+// next call's result: that one, in a different number of fragments, is
+// taken — it was refused MALFORMED (the fragment count changed, the copy
+// having started a new message under (TOOL_RESULT, seq)), the device
+// stopped resending it, and the request ended in TOOL_TIMEOUT.
+func TestToolResultLateFragmentCopy(t *testing.T) {
+	e := &toolEngine{script: []backends.ToolCall{readSoil, readSoil}}
+	w, _ := openToolCall(t, e, Config{})
+	body, err := (&serialproto.ToolResult{Call: 0, Result: []byte(strings.Repeat("4", 100))}).AppendBody(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	datas, err := serialproto.Fragments(body, 40)
+	if err != nil || len(datas) < 2 {
+		t.Fatalf("%d fragments, %v", len(datas), err)
+	}
+	send := func(d []byte) {
+		raw, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdToolResult, Flags: serialproto.FlagFragment, Seq: 5, Data: d})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.tr.Send(raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range datas {
+		send(d)
+	}
+	var text string
+	late := false
+	for done := false; !done; {
+		m := w.next()
+		if !late { // the result is in (its ACK or the next call came): the late copy
+			send(datas[1])
+			late = true
+		}
+		switch m := m.(type) {
+		case *serialproto.Ack:
+		case *serialproto.ToolCall:
+			if m.Call != 1 {
+				t.Fatalf("%+v, want call 1", m)
+			}
+			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
+			w.send(serialproto.CmdToolResult, serialproto.FlagFragment, 5, &serialproto.ToolResult{Call: 1, Result: []byte("12")})
+		case *serialproto.Token:
+			text += string(m.Text)
+		case *serialproto.Done:
+			done = true
+			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
+		default:
+			t.Fatalf("unexpected %s %v", m.Command(), m)
+		}
+	}
+	if text != "answer: 12" || len(e.requests()) != 3 {
+		t.Fatalf("%q after %d generations", text, len(e.requests()))
+	}
+}

@@ -245,6 +245,18 @@ func (r *Reassembler) missing(p *pending) []byte {
 	return out
 }
 
+// Partial describes the message (cmd, seq) in reassembly: its fragment
+// count and whether its fragment 0 is in; count is 0 when none is pending.
+// A receiver whose messages under one key follow each other (TOOL_RESULTs
+// of one request, §16) tells with it a late copy of an earlier message's
+// fragment from the next message.
+func (r *Reassembler) Partial(cmd Command, seq uint8) (count int, first bool) {
+	if p := r.pending[fragKey{cmd, seq}]; p != nil {
+		return p.count, p.pieces[0] != nil
+	}
+	return 0, false
+}
+
 // LastProgress is when a fragment of the message (cmd, seq) last added a
 // piece; ok is false when no such message is in reassembly (complete,
 // discarded, expired or never begun). A receiver NACKs the missing

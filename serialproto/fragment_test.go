@@ -260,3 +260,26 @@ func TestReassemblerLastProgress(t *testing.T) {
 		t.Fatal("progress of a finished message")
 	}
 }
+
+func TestReassemblerPartial(t *testing.T) {
+	datas := fragmentsOf(t, bytes.Repeat([]byte("x"), 100), 40) // 3 fragments
+	r := NewReassembler(ReassemblerConfig{})
+	steps := []struct {
+		add       []byte
+		count     int
+		withFirst bool
+	}{
+		{nil, 0, false},
+		{datas[1], 3, false},
+		{datas[0], 3, true},
+		{datas[2], 0, false}, // complete: nothing pending
+	}
+	for i, st := range steps {
+		if st.add != nil {
+			_, _, _ = r.Add(t0, CmdToolResult, 4, st.add)
+		}
+		if n, first := r.Partial(CmdToolResult, 4); n != st.count || first != st.withFirst {
+			t.Errorf("step %d: %d %v, want %d %v", i, n, first, st.count, st.withFirst)
+		}
+	}
+}
