@@ -338,6 +338,12 @@ func (w wire) sendBody(cmd serialproto.Command, flags serialproto.Flags, seq uin
 			w.t.Fatal(err)
 		}
 	}
+	w.sendData(cmd, flags, seq, datas...)
+}
+
+// sendData sends one frame under cmd for each data field.
+func (w wire) sendData(cmd serialproto.Command, flags serialproto.Flags, seq uint8, datas ...[]byte) {
+	w.t.Helper()
 	for _, d := range datas {
 		raw, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: cmd, Flags: flags, Seq: seq, Data: d})
 		if err != nil {
@@ -345,6 +351,51 @@ func (w wire) sendBody(cmd serialproto.Command, flags serialproto.Flags, seq uin
 		}
 		if err := w.tr.Send(raw); err != nil {
 			w.t.Fatal(err)
+		}
+	}
+}
+
+// fragments cuts m's body into fragments of 40-byte pieces, at least min.
+func (w wire) fragments(m serialproto.Message, min int) [][]byte {
+	w.t.Helper()
+	body, err := m.AppendBody(nil)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	datas, err := serialproto.Fragments(body, 40)
+	if err != nil || len(datas) < min {
+		w.t.Fatalf("%d fragments, %v", len(datas), err)
+	}
+	return datas
+}
+
+// answer reads the answer stream of seq 5 to its DONE, which it
+// acknowledges, and returns its text. Each message read goes to seen
+// first (may be nil); a TOOL_CALL is acknowledged and given to onCall,
+// ACKs and NACKs are passed over, anything else fails.
+func (w wire) answer(seen func(serialproto.Message), onCall func(*serialproto.ToolCall)) string {
+	w.t.Helper()
+	var text string
+	for {
+		m := w.next()
+		if seen != nil {
+			seen(m)
+		}
+		switch m := m.(type) {
+		case *serialproto.Ack, *serialproto.Nack:
+		case *serialproto.ToolCall:
+			if onCall == nil {
+				w.t.Fatalf("unexpected %+v", m)
+			}
+			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
+			onCall(m)
+		case *serialproto.Token:
+			text += string(m.Text)
+		case *serialproto.Done:
+			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
+			return text
+		default:
+			w.t.Fatalf("unexpected %s %v", m.Command(), m)
 		}
 	}
 }
@@ -409,20 +460,7 @@ func TestToolWireRules(t *testing.T) {
 			w.send(serialproto.CmdToolResult, serialproto.FlagFragment, 5, &serialproto.ToolResult{Call: 0, Result: []byte("12")})
 		}
 		w.expect("ACK &{1 0")
-		var text string
-		for done := false; !done; {
-			switch m := w.next().(type) {
-			case *serialproto.Ack:
-			case *serialproto.Token:
-				text += string(m.Text)
-			case *serialproto.Done:
-				done = true
-				w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
-			default:
-				t.Fatalf("unexpected %s", m.Command())
-			}
-		}
-		if text != "answer: 12" || len(e.requests()) != 2 {
+		if text := w.answer(nil, nil); text != "answer: 12" || len(e.requests()) != 2 {
 			t.Fatalf("%q after %d generations", text, len(e.requests()))
 		}
 	})
@@ -481,64 +519,31 @@ func TestToolStoreBound(t *testing.T) {
 func TestToolMessageGapNacked(t *testing.T) {
 	e := &toolEngine{script: []backends.ToolCall{readSoil}}
 	w, _ := openToolCall(t, e, Config{})
-	sendGapped := func(cmd serialproto.Command, seq uint8, m serialproto.Message) (rest func()) {
+	sendGapped := func(cmd serialproto.Command, seq uint8, m serialproto.Message) {
 		t.Helper()
-		body, err := m.AppendBody(nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		datas, err := serialproto.Fragments(body, 40)
-		if err != nil || len(datas) < 3 {
-			t.Fatalf("%d fragments, %v", len(datas), err)
-		}
+		datas := w.fragments(m, 3)
 		var want []byte
 		for i := 1; i < len(datas); i++ {
 			want = append(want, byte(i))
 		}
-		send := func(d []byte) {
-			raw, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: cmd, Flags: serialproto.FlagFragment, Seq: seq, Data: d})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := w.tr.Send(raw); err != nil {
-				t.Fatal(err)
-			}
-		}
-		send(datas[0])
+		w.sendData(cmd, serialproto.FlagFragment, seq, datas[0])
 		if n, ok := w.next().(*serialproto.Nack); !ok || n.Reason != serialproto.NackMissing || !bytes.Equal(n.Missing, want) {
 			t.Fatalf("%v after fragment 0 of %d: want NACK MISSING %v", n, len(datas), want)
 		}
-		return func() {
-			for _, d := range datas[1:] {
-				send(d)
-			}
-		}
+		w.sendData(cmd, serialproto.FlagFragment, seq, datas[1:]...)
 	}
 	result := strings.Repeat("4", 100)
-	sendGapped(serialproto.CmdToolResult, 5, &serialproto.ToolResult{Call: 0, Result: []byte(result)})()
-	var text string
-	for done := false; !done; {
-		switch m := w.next().(type) {
-		case *serialproto.Ack, *serialproto.Nack: // the result's ACK; NACKs repeated before the repair
-		case *serialproto.Token:
-			text += string(m.Text)
-		case *serialproto.Done:
-			done = true
-			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
-		default:
-			t.Fatalf("unexpected %s", m.Command())
-		}
-	}
-	if text != "answer: "+result || len(e.requests()) != 2 {
+	sendGapped(serialproto.CmdToolResult, 5, &serialproto.ToolResult{Call: 0, Result: []byte(result)})
+	if text := w.answer(nil, nil); text != "answer: "+result || len(e.requests()) != 2 {
 		t.Fatalf("%q after %d generations", text, len(e.requests()))
 	}
 
 	decl := &serialproto.Tools{Tools: []serialproto.ToolDecl{{Name: "read_sensor", Description: "Reads a sensor.", Schema: []byte(soilSchema)}}}
-	sendGapped(serialproto.CmdTools, 6, decl)()
+	sendGapped(serialproto.CmdTools, 6, decl)
 	for {
 		m := w.next()
 		if _, ok := m.(*serialproto.Nack); ok {
-			continue
+			continue // repeated before the repair
 		}
 		if _, ok := m.(*serialproto.Ack); !ok {
 			t.Fatalf("TOOLS repaired: %v, want its ACK", m)
@@ -556,51 +561,20 @@ func TestToolMessageGapNacked(t *testing.T) {
 func TestToolResultLateFragmentCopy(t *testing.T) {
 	e := &toolEngine{script: []backends.ToolCall{readSoil, readSoil}}
 	w, _ := openToolCall(t, e, Config{})
-	body, err := (&serialproto.ToolResult{Call: 0, Result: []byte(strings.Repeat("4", 100))}).AppendBody(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	datas, err := serialproto.Fragments(body, 40)
-	if err != nil || len(datas) < 2 {
-		t.Fatalf("%d fragments, %v", len(datas), err)
-	}
-	send := func(d []byte) {
-		raw, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: 1, Cmd: serialproto.CmdToolResult, Flags: serialproto.FlagFragment, Seq: 5, Data: d})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := w.tr.Send(raw); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, d := range datas {
-		send(d)
-	}
-	var text string
+	datas := w.fragments(&serialproto.ToolResult{Call: 0, Result: []byte(strings.Repeat("4", 100))}, 2)
+	w.sendData(serialproto.CmdToolResult, serialproto.FlagFragment, 5, datas...)
 	late := false
-	for done := false; !done; {
-		m := w.next()
+	text := w.answer(func(serialproto.Message) {
 		if !late { // the result is in (its ACK or the next call came): the late copy
-			send(datas[1])
+			w.sendData(serialproto.CmdToolResult, serialproto.FlagFragment, 5, datas[1])
 			late = true
 		}
-		switch m := m.(type) {
-		case *serialproto.Ack:
-		case *serialproto.ToolCall:
-			if m.Call != 1 {
-				t.Fatalf("%+v, want call 1", m)
-			}
-			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
-			w.send(serialproto.CmdToolResult, serialproto.FlagFragment, 5, &serialproto.ToolResult{Call: 1, Result: []byte("12")})
-		case *serialproto.Token:
-			text += string(m.Text)
-		case *serialproto.Done:
-			done = true
-			w.send(serialproto.CmdAck, 0, 5, &serialproto.Ack{Next: m.Chunk + 1, Window: 4})
-		default:
-			t.Fatalf("unexpected %s %v", m.Command(), m)
+	}, func(m *serialproto.ToolCall) {
+		if m.Call != 1 {
+			t.Fatalf("%+v, want call 1", m)
 		}
-	}
+		w.send(serialproto.CmdToolResult, serialproto.FlagFragment, 5, &serialproto.ToolResult{Call: 1, Result: []byte("12")})
+	})
 	if text != "answer: 12" || len(e.requests()) != 3 {
 		t.Fatalf("%q after %d generations", text, len(e.requests()))
 	}
