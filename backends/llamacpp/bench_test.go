@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
-	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
 // Benchmarks of the llama.cpp engine. By default they run on the tiny model
@@ -35,14 +34,7 @@ func benchEngine(b *testing.B, parallel int) *Engine {
 // benchEngineCfg starts an engine with cfg on the benchmark model.
 func benchEngineCfg(b *testing.B, cfg Config) *Engine {
 	b.Helper()
-	path := os.Getenv("MCPD_BENCH_MODEL")
-	if path == "" {
-		path = writeModel(b, gguf.TinySpec(1))
-	}
-	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
-	if threads == 0 {
-		threads = 2
-	}
+	path, threads := benchModel(b)
 	if cfg.SequenceContext == 0 {
 		cfg.SequenceContext = 512
 	}

@@ -5,13 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/mcpd-project/mcpd/native/gguf"
 	"github.com/mcpd-project/mcpd/native/harness"
 )
 
@@ -30,14 +28,7 @@ func BenchmarkReserveCores(b *testing.B) {
 	if os.Getenv("GOMAXPROCS") != "" {
 		b.Skip("GOMAXPROCS is set in the environment")
 	}
-	path := os.Getenv("MCPD_BENCH_MODEL")
-	if path == "" {
-		path = writeModel(b, gguf.TinySpec(1))
-	}
-	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
-	if threads == 0 {
-		threads = 2
-	}
+	path, threads := benchModel(b)
 	runtime.SetDefaultGOMAXPROCS()
 	b.Cleanup(func() { runtime.SetDefaultGOMAXPROCS() })
 	log := slog.New(slog.DiscardHandler)
@@ -77,23 +68,9 @@ func BenchmarkReserveCores(b *testing.B) {
 		engT[cur] += now.Sub(mark)
 		engN[cur] += steps - markSteps
 		engC[cur] += switches() - markC
-		for backlog() > 0 {
-			runtime.Gosched()
-		}
-		if err := e.nctx.Idle(); err != nil {
-			b.Error(err)
-		}
+		e.handOver(b, backlog)
 		c0 := switches()
-		k, d, err := h.Step(chunk)
-		if err == nil && k == 0 {
-			if err = h.Begin(hprompt); err == nil {
-				c0 = switches()
-				k, d, err = h.Step(chunk)
-			}
-		}
-		if err != nil {
-			b.Error(err)
-		}
+		k, d := harnessTurn(b, h, hprompt, chunk)
 		harC += switches() - c0
 		harT += d
 		harN += k

@@ -47,14 +47,7 @@ import (
 //	engine-, harness-, memory-ms/op   the same per token, and the time to
 //	                 read the weights once at the measured bandwidth
 func BenchmarkNativeVsHarness(b *testing.B) {
-	path := os.Getenv("MCPD_BENCH_MODEL")
-	if path == "" {
-		path = writeModel(b, gguf.TinySpec(1))
-	}
-	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
-	if threads == 0 {
-		threads = 2
-	}
+	path, threads := benchModel(b)
 	info, err := gguf.ValidateFile(path)
 	if err != nil {
 		b.Fatal(err)
@@ -93,24 +86,11 @@ func BenchmarkNativeVsHarness(b *testing.B) {
 		engN += steps - markSteps
 		// The caller's goroutine catches up first, so its work is not
 		// done on the harnesses' time.
-		for backlog() > 0 {
-			runtime.Gosched()
-		}
-		if err := e.nctx.Idle(); err != nil {
-			b.Error(err)
-		}
+		e.handOver(b, backlog)
 		turn++
 		for x := range hs {
 			j := (x + turn) % len(hs) // neither harness always first
-			k, d, err := hs[j].Step(chunk)
-			if err == nil && k == 0 {
-				if err = hs[j].Begin(hprompt); err == nil {
-					k, d, err = hs[j].Step(chunk)
-				}
-			}
-			if err != nil {
-				b.Error(err)
-			}
+			k, d := harnessTurn(b, hs[j], hprompt, chunk)
 			harT[j] += d
 			harN[j] += k
 		}
@@ -221,6 +201,49 @@ func BenchmarkNativeVsHarness(b *testing.B) {
 	b.ReportMetric(1e3*weights/(median(readBW)*1e9), "memory-ms/op")
 }
 
+// benchModel is the benchmark's model (MCPD_BENCH_MODEL, else the tiny
+// one) and decode threads (MCPD_BENCH_THREADS, else 2).
+func benchModel(b *testing.B) (string, int) {
+	b.Helper()
+	path := os.Getenv("MCPD_BENCH_MODEL")
+	if path == "" {
+		path = writeModel(b, gguf.TinySpec(1))
+	}
+	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
+	if threads == 0 {
+		threads = 2
+	}
+	return path, threads
+}
+
+// handOver, from a beforeStep hook, lets the callers' goroutines take
+// their tokens (so their work is not done on a harness's time) and puts
+// the engine's workers to sleep: the cores are the harness's next.
+func (e *Engine) handOver(b *testing.B, backlog func() int) {
+	for backlog() > 0 {
+		runtime.Gosched()
+	}
+	if err := e.nctx.Idle(); err != nil {
+		b.Error(err)
+	}
+}
+
+// harnessTurn runs chunk steps of h, beginning its generation again when
+// the model ended it; it reports errors with b.Error, as it runs on the
+// engine's scheduler goroutine.
+func harnessTurn(b *testing.B, h *harness.Harness, prompt []int32, chunk int) (int, time.Duration) {
+	k, d, err := h.Step(chunk)
+	if err == nil && k == 0 {
+		if err = h.Begin(prompt); err == nil {
+			k, d, err = h.Step(chunk)
+		}
+	}
+	if err != nil {
+		b.Error(err)
+	}
+	return k, d
+}
+
 // reserveCores applies ReserveCores for a benchmark, the runtime's default
 // GOMAXPROCS back at its end.
 func reserveCores(b *testing.B, threads int) {
@@ -279,14 +302,7 @@ func median(v []float64) float64 {
 //	engine8/harness1   the engine's 8-stream aggregate ÷ one stream in C
 //	engine8-, harness8-, harness1-tok/s   aggregate decode speeds
 func BenchmarkParallelVsHarness(b *testing.B) {
-	path := os.Getenv("MCPD_BENCH_MODEL")
-	if path == "" {
-		path = writeModel(b, gguf.TinySpec(1))
-	}
-	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
-	if threads == 0 {
-		threads = 2
-	}
+	path, threads := benchModel(b)
 	reserveCores(b, threads) // as mcpd runs the engine
 	const devices, n, chunk = 8, 64, 8
 	req := greedyReq("Hello", n)
@@ -315,24 +331,11 @@ func BenchmarkParallelVsHarness(b *testing.B) {
 			engT += now.Sub(mark)
 			engN += int(outs - markOuts)
 		}
-		for backlog() > 0 {
-			runtime.Gosched()
-		}
-		if err := e.nctx.Idle(); err != nil {
-			b.Error(err)
-		}
+		e.handOver(b, backlog)
 		turn++
 		for x := range hs {
 			j := (x + turn) % len(hs)
-			k, d, err := hs[j].Step(chunk)
-			if err == nil && k == 0 {
-				if err = hs[j].Begin(hprompt); err == nil {
-					k, d, err = hs[j].Step(chunk)
-				}
-			}
-			if err != nil {
-				b.Error(err)
-			}
+			k, d := harnessTurn(b, hs[j], hprompt, chunk)
 			harT[j] += d
 			harN[j] += k
 		}
