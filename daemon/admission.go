@@ -240,7 +240,11 @@ func (t *ticket) giveBack(place, queue bool, used int) {
 			t.a.local.Add(-1)
 		}
 		if t.budgeted() {
-			t.a.budgets.take(t.device, t.rule, -max(t.tokens-used, 0), t.a.clock.Now())
+			// What was not used goes back; what was used beyond the
+			// reservation is charged: a request with tools (§16) runs a
+			// generation per call, each up to the reservation, and the
+			// device pays for all it got.
+			t.a.budgets.charge(t.device, t.rule, used-t.tokens, t.a.clock.Now())
 		}
 	}
 	if place && t.placeHeld.CompareAndSwap(true, false) {
@@ -338,6 +342,15 @@ func (b *budgets) account(id string, r DeviceRule, now time.Time) *budget {
 		b.acc[id] = a
 	}
 	return a
+}
+
+// charge adds n tokens used (negative: gives them back), past the budget
+// if need be: they were generated.
+func (b *budgets) charge(id string, r DeviceRule, n int, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	a := b.account(id, r, now)
+	a.used = max(a.used+n, 0)
 }
 
 // take reserves up to n tokens (a negative n gives them back) and

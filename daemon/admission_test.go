@@ -120,6 +120,24 @@ func TestTicketSettlesTheBudget(t *testing.T) {
 	}
 }
 
+// TestTicketChargesBeyondReservation: tokens generated beyond the
+// reservation (a request with tools runs one generation per call, each up
+// to it) are charged to the budget, not forgotten.
+func TestTicketChargesBeyondReservation(t *testing.T) {
+	rule := DeviceRule{TokenBudget: 10, BudgetPeriod: time.Hour}
+	a, _, _ := newTestAdmission(Config{Policy: AccessPolicy{Devices: map[string]DeviceRule{"meter": rule}}})
+	var dev places
+	tk, err := a.admit(&dev, "meter", 4)
+	if err != nil || tk.tokens != 4 {
+		t.Fatalf("%v, %+v", err, tk)
+	}
+	tk.generated(9)
+	tk.release()
+	if next, err := a.admit(&dev, "meter", 100); err != nil || next.tokens != 1 {
+		t.Fatalf("after 9 of 10 used: %v, %d tokens (want 1)", err, next.tokens)
+	}
+}
+
 // TestSlotsAfterResize: a resize keeps the slots in use and hands out the
 // new ones at once; shrinking lets the running finish and grants nothing
 // until they are below the new size.

@@ -579,3 +579,28 @@ func TestToolResultLateFragmentCopy(t *testing.T) {
 		t.Fatalf("%q after %d generations", text, len(e.requests()))
 	}
 }
+
+// TestToolRequestPaysEveryGeneration: a device with a token budget pays
+// for every generation of a request with tools, not for its reservation
+// alone: 3 calls of 3 tokens and an answer of 2 under MAX_TOKENS 5 spend
+// 11 of 10 tokens, and the next INFER is RATE_LIMITED (before, 5 were
+// charged and it ran).
+func TestToolRequestPaysEveryGeneration(t *testing.T) {
+	e := &toolEngine{script: []backends.ToolCall{readSoil, readSoil, readSoil}}
+	_, addr := startToolDaemon(t, Config{Policy: AccessPolicy{Devices: map[string]DeviceRule{
+		"meter": {TokenBudget: 10, BudgetPeriod: time.Hour},
+	}}}, e)
+	c := dial(t, addr, device.Config{DeviceID: "meter"})
+	var runs atomic.Int64
+	declare(t, c, sensorTools(&runs))
+	maxTokens := func(m *serialproto.Infer) {
+		m.Set = m.Set.With(serialproto.OptMaxTokens)
+		m.MaxTokens = 5
+	}
+	if text, done, err := ask(t, c, "q", toolsOn, maxTokens); err != nil || text != "answer: 41 %" || done.Tokens != 11 || runs.Load() != 3 {
+		t.Fatalf("%q %+v %v after %d runs", text, done, err, runs.Load())
+	}
+	if _, _, err := ask(t, c, "again", maxTokens); errCode(err) != serialproto.CodeRateLimited {
+		t.Fatalf("11 of 10 tokens spent: %v, want RATE_LIMITED", err)
+	}
+}
