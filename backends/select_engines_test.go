@@ -165,8 +165,11 @@ func TestModelCheckedOnSelection(t *testing.T) {
 
 func TestAutoPrefersOllamaWithModelInVRAM(t *testing.T) {
 	srv := ollamatest.Start(t, ollamatest.Config{Models: []ollamatest.Model{{Name: "tiny", Size: 1 << 30, SizeVRAM: 1 << 30}}})
+	// Without warm-up: the Ollama engine would load the model itself at
+	// start (and the choice move at once, as below).
 	s := openSelector(t, backends.OpenConfig{Policy: backends.PolicyAuto, Native: tinyNative(t), Detector: cpuMachine(t),
-		Ollama: ollama.Starter(ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny", ProbeInterval: 30 * time.Millisecond})})
+		Ollama: ollama.Starter(ollama.Config{Endpoints: []string{srv.URL()}, Model: "tiny", ProbeInterval: 30 * time.Millisecond,
+			NoWarmUp: true})})
 	if s.Name() != "llama.cpp" {
 		t.Fatalf("chose %s", s.Name())
 	}
