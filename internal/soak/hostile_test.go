@@ -303,6 +303,48 @@ func TestHostileSet(t *testing.T) {
 			time.Sleep(100 * time.Millisecond)
 			return fmt.Sprintf("reply/request bytes %.2f (%d/%d)", float64(got.Load())/float64(max(sent.Load(), 1)), got.Load(), sent.Load())
 		}},
+		{"reflection: spoofed HELLO and INFER from each of many sources, answers never acknowledged", func(ctx context.Context, t *testing.T, r hostileRig) string {
+			var sent, got atomic.Int64
+			var wg sync.WaitGroup
+			// The victim's window (255) and frame size (255) would let a
+			// whole answer out at once, and again on each retransmission.
+			hello, _ := (&serialproto.Hello{MinVersion: 1, MaxVersion: 1, MaxData: 255, Window: 255, BootNonce: 11, DeviceID: "victim"}).AppendBody(nil)
+			body, _ := (&serialproto.Infer{Prompt: longPrompt(50)}).AppendBody(nil)
+			pieces, _ := serialproto.Fragments(body, serialproto.PieceSize(255, false))
+			var frames []serialproto.Frame
+			frames = append(frames, serialproto.Frame{Version: 1, Cmd: serialproto.CmdHello, Seq: 0, Data: hello}, serialproto.Frame{Version: 1, Cmd: serialproto.CmdHello, Seq: 0, Data: hello})
+			for _, p := range pieces {
+				frames = append(frames, serialproto.Frame{Version: 1, Cmd: serialproto.CmdInfer, Flags: serialproto.FlagFragment, Seq: 1, Data: p})
+			}
+			for i := 0; ctx.Err() == nil && i < 1000; i++ {
+				conn, err := net.DialUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 3, 3, byte(1+i%250))}, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(r.addr)))
+				if err != nil {
+					t.Skip(err)
+				}
+				defer conn.Close()
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					buf := make([]byte, 2048)
+					for {
+						n, err := conn.Read(buf)
+						if err != nil {
+							return
+						}
+						got.Add(int64(n))
+					}
+				}()
+				for _, f := range frames {
+					raw, _ := serialproto.AppendFrame(nil, f)
+					if _, err := conn.Write(raw); err == nil {
+						sent.Add(int64(len(raw)))
+					}
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			<-ctx.Done()
+			return fmt.Sprintf("reply/request bytes %.2f (%d/%d), %d transmissions held back", float64(got.Load())/float64(max(sent.Load(), 1)), got.Load(), sent.Load(), r.d.Stats().Unanswered.Load())
+		}},
 		{"20 local HTTP apps asking at once", func(ctx context.Context, t *testing.T, r hostileRig) string {
 			var done, refused atomic.Int64
 			var wg sync.WaitGroup
