@@ -22,10 +22,11 @@ type request struct {
 	cancelCause   context.CancelCauseFunc
 	cancelTimeout context.CancelFunc
 	st            *stream
-	obs           RequestObserver // nil when nothing observes
-	schema        *Schema         // the answer's constraint (§11.4.1), nil for none
-	calls         *toolCalls      // TOOLS_ON: the device's tools and the call outstanding (§16); nil: none
-	ended         atomic.Bool     // its stream ended: delivered, given up or stopped
+	obs           RequestObserver    // nil when nothing observes
+	schema        *Schema            // the answer's constraint (§11.4.1), nil for none
+	calls         *toolCalls         // TOOLS_ON: the device's tools and the call outstanding (§16); nil: none
+	toolTurns     []backends.Message // the calls made and their results, in order: kept in the history with the answer
+	ended         atomic.Bool        // its stream ended: delivered, given up or stopped
 }
 
 func (r *request) cancel(cause error) { r.cancelCause(cause) }
@@ -60,7 +61,7 @@ func (r *request) run() {
 	if err != nil {
 		code = errorCode(err, context.Cause(r.ctx))
 	} else {
-		r.s.remember(r.infer.Prompt, answer.String())
+		r.s.remember(r.infer.Prompt, r.toolTurns, answer.String())
 	}
 	d.stats.ended(r.s.peer.LinkName(), err, code, errors.Is(context.Cause(r.ctx), errCancelledByDevice))
 	if r.obs != nil {

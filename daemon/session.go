@@ -308,9 +308,19 @@ func (s *session) dropOldTurns() bool {
 	if len(s.history) < 2 {
 		return false
 	}
-	keep := len(s.history) / 2 &^ 1 // whole turns
-	s.history = append(s.history[:0:0], s.history[len(s.history)-keep:]...)
+	s.history = lastTurns(s.history, len(s.history)/2)
 	return true
+}
+
+// lastTurns is a copy of the whole turns among the last n messages of h: a
+// turn begins with its prompt (a user message) and may hold tool calls and
+// results before its answer (§16), so a cut lands on a prompt.
+func lastTurns(h []backends.Message, n int) []backends.Message {
+	i := max(len(h)-n, 0)
+	for i < len(h) && h[i].Role != backends.RoleUser {
+		i++
+	}
+	return append(h[:0:0], h[i:]...)
 }
 
 // remember adds a finished turn to the history. Beyond MaxHistory
@@ -319,14 +329,17 @@ func (s *session) dropOldTurns() bool {
 // engine's KV cache only saves what a prompt starts with (docs/caching.md).
 // Dropping one turn per turn would make every turn of a long chat evaluate
 // its whole history again; this way one turn in MaxHistory/4 does.
-func (s *session) remember(prompt, answer string) {
+//
+// A turn of a request with tools keeps its calls and their results between
+// the prompt and the answer (§16): the next question may refer to what a
+// tool said, and the engine's KV cache finds the prompt it evaluated.
+func (s *session) remember(prompt string, tools []backends.Message, answer string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.history = append(s.history,
-		backends.Message{Role: backends.RoleUser, Content: prompt},
-		backends.Message{Role: backends.RoleAssistant, Content: answer})
+	s.history = append(s.history, backends.Message{Role: backends.RoleUser, Content: prompt})
+	s.history = append(s.history, tools...)
+	s.history = append(s.history, backends.Message{Role: backends.RoleAssistant, Content: answer})
 	if limit := s.d.conf().MaxHistory; len(s.history) > limit {
-		keep := max(limit/2&^1, min(limit&^1, 2)) // whole turns
-		s.history = append(s.history[:0:0], s.history[len(s.history)-keep:]...)
+		s.history = lastTurns(s.history, max(limit/2&^1, min(limit&^1, 2)))
 	}
 }

@@ -111,11 +111,10 @@ func (r *request) generateWithTools(run func(extra []backends.Message, choice ba
 	if cfg.ToolChoice == "first" {
 		choice = backends.ToolRequired
 	}
-	var extra []backends.Message
 	var total backends.Result
 	start := r.s.d.clock.Now()
 	for calls := 0; ; calls++ {
-		res, err := run(extra, choice)
+		res, err := run(r.toolTurns, choice)
 		total.Tokens += res.Tokens
 		total.PromptTokens += res.PromptTokens
 		total.PromptCached += res.PromptCached
@@ -134,7 +133,7 @@ func (r *request) generateWithTools(run func(extra []backends.Message, choice ba
 		if err != nil {
 			return total, err
 		}
-		extra = append(extra, backends.Message{Role: backends.RoleAssistant, ToolCall: res.Call},
+		r.toolTurns = append(r.toolTurns, backends.Message{Role: backends.RoleAssistant, ToolCall: res.Call},
 			backends.Message{Role: backends.RoleTool, Content: result})
 		choice = backends.ToolAuto // the model has its result: now it may answer
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +19,7 @@ import (
 )
 
 // toolEngine plays a model that calls tools: generation k of a request
-// (k tool results in its conversation so far) makes script[k], or with loop
+// (k tool results after its prompt so far) makes script[k], or with loop
 // script[0] every time; once the script is done it answers "answer: " and
 // the last tool result. It records every request.
 type toolEngine struct {
@@ -45,6 +46,9 @@ func (e *toolEngine) Generate(ctx context.Context, req backends.Request, emit ba
 	}
 	results, last := 0, "no tool"
 	for _, m := range req.Messages {
+		if m.Role == backends.RoleUser { // this request's results: those after its prompt
+			results, last = 0, "no tool"
+		}
 		if m.Role == backends.RoleTool {
 			results++
 			last = m.Content
@@ -602,5 +606,50 @@ func TestToolRequestPaysEveryGeneration(t *testing.T) {
 	}
 	if _, _, err := ask(t, c, "again", maxTokens); errCode(err) != serialproto.CodeRateLimited {
 		t.Fatalf("11 of 10 tokens spent: %v, want RATE_LIMITED", err)
+	}
+}
+
+// TestToolTurnsKeptInHistory: the calls and results of a request with
+// tools stay in the session's history between its prompt and its answer
+// (§16), so the next request — with tools or not — reads them; before, it
+// saw the question and the answer alone.
+func TestToolTurnsKeptInHistory(t *testing.T) {
+	e := &toolEngine{script: []backends.ToolCall{readSoil}}
+	_, addr := startToolDaemon(t, Config{}, e)
+	c := dial(t, addr, device.Config{DeviceID: "hist"})
+	var runs atomic.Int64
+	declare(t, c, sensorTools(&runs))
+	if text, _, err := ask(t, c, "q", toolsOn); err != nil || text != "answer: 41 %" {
+		t.Fatalf("%q %v", text, err)
+	}
+	if text, _, err := ask(t, c, "and now?"); err != nil || text != "answer: no tool" {
+		t.Fatalf("plain ask after: %q %v", text, err)
+	}
+	reqs := e.requests()
+	var got []string
+	for _, m := range reqs[len(reqs)-1].Messages {
+		s := string(m.Role) + ":" + m.Content
+		if m.ToolCall != nil {
+			s += "call " + m.ToolCall.Name + string(m.ToolCall.Args)
+		}
+		got = append(got, s)
+	}
+	want := []string{"user:q", `assistant:call read_sensor{"sensor":"soil"}`, "tool:41 %", "assistant:answer: 41 %", "user:and now?"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the next request read\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestLastTurns: the history is cut on a prompt, never inside a turn
+// with tool calls.
+func TestLastTurns(t *testing.T) {
+	u, a := backends.Message{Role: backends.RoleUser}, backends.Message{Role: backends.RoleAssistant}
+	call, res := backends.Message{Role: backends.RoleAssistant, ToolCall: &readSoil}, backends.Message{Role: backends.RoleTool}
+	h := []backends.Message{u, a, u, call, res, call, res, a, u, a}
+	for _, tc := range []struct{ n, want int }{{10, 10}, {9, 8}, {8, 8}, {7, 2}, {3, 2}, {2, 2}, {1, 0}, {0, 0}} {
+		got := lastTurns(h, tc.n)
+		if len(got) != tc.want || (len(got) > 0 && got[0].Role != backends.RoleUser) {
+			t.Errorf("last %d: %d messages, want %d, beginning with a prompt", tc.n, len(got), tc.want)
+		}
 	}
 }

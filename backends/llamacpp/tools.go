@@ -23,6 +23,9 @@ import (
 // Generate implements Backend.
 func (e *Engine) Generate(ctx context.Context, req backends.Request, emit backends.Emit) (backends.Result, error) {
 	if len(req.Tools) == 0 {
+		// The history may hold an earlier request's calls and results
+		// (the daemon keeps them, §16): written as when they were made.
+		req.Messages = toolTurns(req.Messages)
 		return e.generate(ctx, req, emit)
 	}
 	if req.Options.Grammar != "" {
@@ -138,6 +141,16 @@ func toolMessages(tools []backends.Tool, msgs []backends.Message) []backends.Mes
 	} else {
 		out = append(out, backends.Message{Role: backends.RoleSystem, Content: b.String()})
 	}
+	return append(out, toolTurns(msgs)...)
+}
+
+// toolTurns writes each call as the assistant wrote it and each result as
+// a user turn <result>…</result>; msgs itself when it holds neither.
+func toolTurns(msgs []backends.Message) []backends.Message {
+	if !slices.ContainsFunc(msgs, func(m backends.Message) bool { return m.ToolCall != nil || m.Role == backends.RoleTool }) {
+		return msgs
+	}
+	out := make([]backends.Message, 0, len(msgs))
 	for _, m := range msgs {
 		switch {
 		case m.ToolCall != nil:

@@ -3,6 +3,7 @@ package llamacpp
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -21,6 +22,37 @@ var toolCases = []backends.Tool{
 	{Name: "read_sensor", Description: "Reads a sensor.", Schema: []byte(`{"type":"object","properties":{"sensor":{"enum":["soil","air"]}}}`)},
 	{Name: "set_relay", Description: "Switches the relay.", Schema: []byte(`{"type":"object","properties":{"on":{"type":"boolean"}}}`)},
 	{Name: "uptime", Description: "Seconds since boot."},
+}
+
+// TestLlamaToolHistoryPlain: a request without tools whose history holds
+// an earlier request's call and result (the daemon keeps them, §16) reads
+// them as they were written when made — the call as the assistant wrote it,
+// the result as a <result> user turn: the same prompt as that text. Before,
+// the call turn was read empty and the result under a "tool" role.
+func TestLlamaToolHistoryPlain(t *testing.T) {
+	e := newEngine(t, writeModel(t, gguf.TinySpec(1)), Config{SequenceContext: 512})
+	call := &backends.ToolCall{Tool: 0, Name: "read_sensor", Args: []byte(`{"sensor":"soil"}`)}
+	asText := []backends.Message{
+		{Role: backends.RoleUser, Content: "q"},
+		{Role: backends.RoleAssistant, Content: `<call>"read_sensor",{"sensor":"soil"}</call>`},
+		{Role: backends.RoleUser, Content: "<result>41 %</result>"},
+		{Role: backends.RoleAssistant, Content: "wet"},
+		{Role: backends.RoleUser, Content: "and now?"},
+	}
+	kept := slices.Clone(asText)
+	kept[1] = backends.Message{Role: backends.RoleAssistant, ToolCall: call}
+	kept[2] = backends.Message{Role: backends.RoleTool, Content: "41 %"}
+	var prompt [2]int
+	for i, msgs := range [][]backends.Message{asText, kept} {
+		_, res, err := collect(t, e, context.Background(), backends.Request{Messages: msgs, Options: backends.Options{MaxTokens: 2, SeedSet: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		prompt[i] = res.PromptTokens
+	}
+	if prompt[0] != prompt[1] || prompt[0] == 0 {
+		t.Fatalf("prompt of %d tokens with the turns kept, %d written as text", prompt[1], prompt[0])
+	}
 }
 
 // TestLlamaToolCalls: on the random-weight model, sampled hot, every seed

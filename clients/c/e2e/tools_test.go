@@ -44,6 +44,9 @@ func (m *toolModel) Generate(ctx context.Context, req backends.Request, emit bac
 	m.mu.Unlock()
 	var results []string
 	for _, msg := range req.Messages {
+		if msg.Role == backends.RoleUser { // this request's results: those after its prompt
+			results = nil
+		}
 		if msg.Role == backends.RoleTool {
 			results = append(results, msg.Content)
 		}
@@ -212,6 +215,9 @@ func TestCDeviceTools(t *testing.T) {
 	for _, msgs := range model.seen {
 		var tools []string
 		for _, m := range msgs {
+			if m.Role == backends.RoleUser { // the history keeps earlier requests' results
+				tools = nil
+			}
 			if m.Role == backends.RoleTool {
 				tools = append(tools, m.Content)
 			}
