@@ -144,7 +144,7 @@ func (s *session) nackGap(k gapKey) {
 		at, ok := g.nextNack(last, rto)
 		var missing []byte
 		if ok && !now.Before(at) {
-			if missing = s.reasm.Missing(k.cmd, k.seq); len(missing) > 0 && s.mayNack(k.cmd, k.seq, now, last, 0) {
+			if missing = s.reasm.Missing(k.cmd, k.seq); len(missing) > 0 && s.timerMayNack(k) && s.mayNack(k.cmd, k.seq, now, last, 0) {
 				at, ok = g.nextNack(last, rto)
 			} else {
 				missing, ok = nil, false // nothing to list: nothing to wait for
@@ -163,4 +163,19 @@ func (s *session) nackGap(k gapKey) {
 			return
 		}
 	}
+}
+
+// timerMayNack reports whether the timer may NACK the message k: not a
+// TOOL_RESULT whose fragment 0 (which names its call) is not in. That may
+// be a late copy of a fragment of a result already taken (tools.go), and
+// a device that has no result outstanding reads a NACK under the INFER's
+// seq as one for its prompt. A real result with its fragment 0 lost is
+// NACKed when its last fragment or the device's probe comes. Called with
+// s.mu held.
+func (s *session) timerMayNack(k gapKey) bool {
+	if k.cmd != serialproto.CmdToolResult {
+		return true
+	}
+	_, first := s.reasm.Partial(k.cmd, k.seq)
+	return first
 }

@@ -561,7 +561,9 @@ func TestToolMessageGapNacked(t *testing.T) {
 // next call's result: that one, in a different number of fragments, is
 // taken — it was refused MALFORMED (the fragment count changed, the copy
 // having started a new message under (TOOL_RESULT, seq)), the device
-// stopped resending it, and the request ended in TOOL_TIMEOUT.
+// stopped resending it, and the request ended in TOOL_TIMEOUT. Nor does
+// such a copy, arriving while a call is outstanding, draw a NACK on the
+// half-RTO timer.
 func TestToolResultLateFragmentCopy(t *testing.T) {
 	e := &toolEngine{script: []backends.ToolCall{readSoil, readSoil}}
 	w, _ := openToolCall(t, e, Config{})
@@ -582,6 +584,22 @@ func TestToolResultLateFragmentCopy(t *testing.T) {
 	if text != "answer: 12" || len(e.requests()) != 3 {
 		t.Fatalf("%q after %d generations", text, len(e.requests()))
 	}
+	// A late copy while a call is outstanding, whose call the daemon cannot
+	// tell (not fragment 0): no NACK for it on the timer — the device,
+	// with no result outstanding, would read it as one for its prompt.
+	w.send(serialproto.CmdInfer, serialproto.FlagFragment, 6, &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptToolsOn), Prompt: "q"})
+	w.expect("ACK &{1 0")
+	if c := w.expect("TOOL_CALL").(*serialproto.ToolCall); c.Call != 0 {
+		t.Fatalf("%+v", c)
+	}
+	w.send(serialproto.CmdAck, 0, 6, &serialproto.Ack{Next: 1, Window: 4})
+	w.sendData(serialproto.CmdToolResult, serialproto.FlagFragment, 6, datas[1])
+	if f, err := w.tr.Recv(time.Now().Add(300 * time.Millisecond)); err == nil {
+		t.Fatalf("after a fragment of unknown call: %v", f)
+	}
+	w.send(serialproto.CmdCancel, 0, 6, &serialproto.Cancel{})
+	end := w.expect("ERROR CANCELLED").(*serialproto.Error)
+	w.send(serialproto.CmdAck, 0, 6, &serialproto.Ack{Next: end.Chunk + 1, Window: 4})
 }
 
 // TestToolRequestPaysEveryGeneration: a device with a token budget pays
