@@ -153,6 +153,13 @@ func TestMQTTScaleOutKillOne(t *testing.T) {
 				before := !killed.Load()
 				inst := tr.Instance()
 				text, done, err := askNewChat(c, fmt.Sprintf("%s question %d", id, i), 24, 20*time.Second)
+				if err == nil {
+					// The instance that answered: a request sent to mcpd-a
+					// and refused NO_SESSION before it was accepted is
+					// asked again on mcpd-b after a new HELLO, inside Ask
+					// (protocol.md §10).
+					inst = tr.Instance()
+				}
 				// after: asked after the kill; held: in flight across it.
 				o := outcome{instance: inst, done: err == nil, err: err, after: !before, held: before && killed.Load()}
 				if err == nil && (done == nil || text == "" || done.Tokens == 0) {
