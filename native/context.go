@@ -41,12 +41,18 @@ type ContextParams struct {
 // of tokens from up to Sequences independent sequences. Methods are safe
 // for concurrent use but serialize: llama.cpp contexts are single-threaded.
 type Context struct {
-	mu      sync.Mutex // serializes all use of ptr
-	amu     sync.Mutex // guards abort's memory; see setAbort
-	ptr     *C.struct_llama_context
-	batch   C.struct_llama_batch
-	abort   *C.mcpd_abort // C memory: ggml threads read it during a decode
-	pools   C.mcpd_pools  // the worker threads, kept from decode to decode
+	mu    sync.Mutex // serializes all use of ptr
+	amu   sync.Mutex // guards abort's memory; see setAbort
+	ptr   *C.struct_llama_context
+	batch C.struct_llama_batch
+	abort *C.mcpd_abort // C memory: ggml threads read it during a decode
+	pools C.mcpd_pools  // the worker threads, kept from decode to decode
+	// retired holds the pools SetThreads replaced. ggml's CPU backend keeps
+	// a pointer to the pool it last computed on and pauses that pool when
+	// the next decode switches to another (ggml_backend_cpu_set_threadpool),
+	// so a replaced pool must live until a decode has switched: freed after
+	// the next successful decode, or at Close after llama_free.
+	retired []C.mcpd_pools
 	poll    C.uint32_t
 	model   *Model
 	nCtx    int
@@ -157,6 +163,7 @@ func (c *Context) free() bool {
 	C.llama_batch_free(c.batch)
 	C.llama_free(c.ptr)
 	C.mcpd_free_pools(&c.pools) // after the context that computes on them
+	c.freeRetired()
 	c.amu.Lock()
 	C.free(unsafe.Pointer(c.abort))
 	c.ptr, c.abort = nil, nil
@@ -250,6 +257,7 @@ func (c *Context) Decode(ctx context.Context, b *Batch) error {
 	C.mcpd_abort_set(abort, 0)
 	switch ret {
 	case 0:
+		c.freeRetired()
 		for i := range n {
 			c.outputs = append(c.outputs, b.logits[i] != 0)
 		}
@@ -385,7 +393,15 @@ func (c *Context) SetThreads(threads, threadsBatch int) error {
 	if !C.mcpd_attach_pools(c.ptr, C.int32_t(threads), C.int32_t(threadsBatch), c.poll, &c.pools) {
 		return fmt.Errorf("%w: cannot start %d worker threads", ErrInvalid, max(threads, threadsBatch))
 	}
-	C.mcpd_free_pools(&old)
+	c.retired = append(c.retired, old) // still the backend's until a decode switches
 	C.llama_set_n_threads(c.ptr, C.int32_t(threads), C.int32_t(threadsBatch))
 	return nil
+}
+
+// freeRetired frees the pools SetThreads replaced; c.mu is held.
+func (c *Context) freeRetired() {
+	for i := range c.retired {
+		C.mcpd_free_pools(&c.retired[i])
+	}
+	c.retired = nil
 }
