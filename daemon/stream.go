@@ -84,29 +84,6 @@ type chunkMeta struct {
 	lost   bool      // to be resent: a later-sent chunk arrived, or the timer expired
 }
 
-// rttState is a session's RFC 6298 estimate, shared by its streams.
-type rttState struct {
-	mu sync.Mutex
-	e  serialproto.RTTEstimator
-}
-
-func newRTTState(initial, minRTO time.Duration) *rttState {
-	return &rttState{e: serialproto.NewRTTEstimator(initial, minRTO, serialproto.MaxRTO)}
-}
-
-func (r *rttState) sample(d time.Duration) {
-	r.mu.Lock()
-	r.e.Sample(d)
-	r.mu.Unlock()
-}
-
-// rto is the estimate without back-off: each stream backs off on its own.
-func (r *rttState) rto() time.Duration {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.e.RTO()
-}
-
 func newStream(p Peer, seal *sealer, clk clock, rtt *rttState, sack bool, version, seq uint8, maxData, window int, flush time.Duration, maxRetransmits int) *stream {
 	return &stream{
 		peer: p, seal: seal, clock: clk, version: version, seq: seq,

@@ -107,10 +107,7 @@ func (s *Server) ollamaGenerate(w http.ResponseWriter, r *http.Request) {
 				g.Done, g.DoneReason, g.Metrics = true, ollamaDoneReason(res), ollamaMetrics(res)
 				return ndjson(g)
 			},
-			fail: func(code serialproto.ErrorCode, msg string) []byte {
-				b, _ := ndjson(map[string]string{"error": code.String() + ": " + msg})
-				return b
-			},
+			fail:   ollamaStreamError,
 			refuse: ollamaError,
 			whole: func(text string, res backends.Result) any {
 				g := resp()
@@ -182,10 +179,7 @@ func (s *Server) ollamaChat(w http.ResponseWriter, r *http.Request) {
 				c.Done, c.DoneReason, c.Metrics = true, ollamaDoneReason(res), ollamaMetrics(res)
 				return ndjson(c)
 			},
-			fail: func(code serialproto.ErrorCode, msg string) []byte {
-				b, _ := ndjson(map[string]string{"error": code.String() + ": " + msg})
-				return b
-			},
+			fail:   ollamaStreamError,
 			refuse: ollamaError,
 			whole: func(text string, res backends.Result) any {
 				c := resp(text)
@@ -207,4 +201,11 @@ func (s *Server) ollamaTags(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) ollamaVersion(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"version": "0.0.0-mcpd-" + s.cfg.Version})
+}
+
+// ollamaStreamError is the NDJSON line that ends a stream Ollama's way
+// when the request fails after its first piece.
+func ollamaStreamError(code serialproto.ErrorCode, msg string) []byte {
+	b, _ := ndjson(map[string]string{"error": code.String() + ": " + msg})
+	return b
 }
