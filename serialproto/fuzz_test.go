@@ -90,7 +90,9 @@ func FuzzParseBody(f *testing.F) {
 		if err != nil {
 			t.Fatalf("%s parsed but does not encode: %v", m.Command(), err)
 		}
-		if m.Command() != CmdInfer && !bytes.Equal(out, body) {
+		// INFER's options and an extended STATUS_REPLY's fields may come
+		// in any order or include skipped unknown ones.
+		if sr, ok := m.(*StatusReply); m.Command() != CmdInfer && (!ok || !sr.Extended) && !bytes.Equal(out, body) {
 			t.Fatalf("%s re-encodes to %x, was %x", m.Command(), out, body)
 		}
 		m2, err := ParseBody(Command(cmd), out)

@@ -88,6 +88,9 @@ const (
 	// FeatureSACK: the device keeps answer chunks that arrive after a gap
 	// and lists them in its ACKs; the daemon resends only the gaps (§8.2).
 	FeatureSACK uint16 = 1 << 1
+	// FeatureStatusExt: the device reads the extended STATUS_REPLY, whose
+	// fields carry the daemon's cache figures (§11.11).
+	FeatureStatusExt uint16 = 1 << 2
 )
 
 // Limits of the message layer.

@@ -111,8 +111,21 @@ func messageFields(m Message) []string {
 		}
 		return []string{"reason=" + itoa(m.Reason), "indexes=" + strings.Join(idx, ",")}
 	case *StatusReply:
-		return []string{"state=" + itoa(m.State), "load=" + itoa(m.LoadPct), "queue=" + itoa(m.Queue),
+		out := []string{"state=" + itoa(m.State), "load=" + itoa(m.LoadPct), "queue=" + itoa(m.Queue),
 			"backend=" + hx([]byte(m.Backend)), "model=" + hx([]byte(m.Model))}
+		if !m.Extended {
+			return out
+		}
+		out = append(out, "extended=1")
+		for _, f := range []struct {
+			name string
+			c    *CacheFigures
+		}{{"kv_cache", m.KV}, {"response_cache", m.Responses}} {
+			if f.c != nil {
+				out = append(out, fmt.Sprintf("%s=%d,%d,%d,%d", f.name, f.c.Hits, f.c.Misses, f.c.Evictions, f.c.Bytes))
+			}
+		}
+		return out
 	case *Infer:
 		var out []string
 		add := func(t OptionType, name, v string) {
@@ -419,6 +432,13 @@ func validMessages() []namedMessage {
 		{"nack_missing", &Nack{Reason: NackMissing, Missing: []byte{1, 4, 200}}},
 		{"status", &Status{}},
 		{"status_reply", &StatusReply{State: StateReady, LoadPct: 50, Queue: 2, Backend: "llama.cpp", Model: "tiny-test"}},
+		// The extended layout (FeatureStatusExt): marker 0xff, names with
+		// their lengths, then the fields.
+		{"status_reply_ext", &StatusReply{State: StateReady, LoadPct: 50, Queue: 2, Backend: "llama.cpp", Model: "tiny-test", Extended: true,
+			KV: &CacheFigures{Hits: 7, Misses: 3, Evictions: 1, Bytes: 22528}, Responses: &CacheFigures{Hits: 2, Misses: 1, Bytes: 305}}},
+		{"status_reply_ext_kv_only", &StatusReply{State: StateDegraded, Backend: "llama.cpp", Model: "m", Extended: true,
+			KV: &CacheFigures{Hits: 4294967295, Misses: 0, Evictions: 9, Bytes: 1 << 40}}},
+		{"status_reply_ext_no_fields", &StatusReply{State: StateReady, LoadPct: 100, Queue: 255, Backend: "ollama", Extended: true}},
 		{"bye", &Bye{}},
 	}
 }
@@ -466,5 +486,13 @@ func invalidBodies() []badBody {
 		{"status_reply_model_not_utf8", "malformed", CmdStatusReply, []byte{0, 0, 0, 0, 0xC3}},
 		{"cancel_with_body", "malformed", CmdCancel, []byte{0}},
 		{"status_reply_backend_overrun", "malformed", CmdStatusReply, []byte{0, 0, 0, 9, 'x'}},
+		{"status_reply_ext_no_names", "malformed", CmdStatusReply, []byte{0, 0, 0, 0xFF}},
+		{"status_reply_ext_model_overrun", "malformed", CmdStatusReply, []byte{0, 0, 0, 0xFF, 1, 'x', 3, 'm'}},
+		{"status_reply_ext_field_short", "malformed", CmdStatusReply, append([]byte{0, 0, 0, 0xFF, 0, 0, 1, 19}, make([]byte, 19)...)},
+		{"status_reply_ext_field_overrun", "malformed", CmdStatusReply, []byte{0, 0, 0, 0xFF, 0, 0, 0x40, 5, 1}},
+		{"status_reply_ext_field_twice", "malformed", CmdStatusReply,
+			append(append([]byte{0, 0, 0, 0xFF, 0, 0, 2, 20}, make([]byte, 20)...), append([]byte{2, 20}, make([]byte, 20)...)...)},
+		{"status_reply_ext_load_101", "malformed", CmdStatusReply, []byte{0, 101, 0, 0xFF, 0, 0}},
+		{"status_reply_ext_model_not_utf8", "malformed", CmdStatusReply, []byte{0, 0, 0, 0xFF, 0, 1, 0xC3}},
 	}
 }

@@ -222,10 +222,29 @@ typedef struct mcpf_nack {
     const uint8_t *indexes; uint8_t count;
 } mcpf_nack;
 
+/* One cache's figures in an extended STATUS_REPLY (§11.11): counters since
+ * the daemon started (saturating) and what the cache holds now. */
+typedef struct mcpf_cache_figures {
+    uint32_t hits, misses, evictions;
+    uint64_t bytes;
+} mcpf_cache_figures;
+
+/* Feature bit 2 (§11.1): the device reads the extended STATUS_REPLY. */
+#define MCPF_FEATURE_STATUS_EXT 4u
+/* STATUS_REPLY fields present (mcpf_status_reply.has). */
+#define MCPF_STATUS_KV 1u        /* KV_CACHE (0x01): the engine's KV cache */
+#define MCPF_STATUS_RESPONSES 2u /* RESPONSE_CACHE (0x02): the response cache */
+
+/* extended: the body came in the extended layout (a daemon sends it only
+ * to a device that asked for MCPF_FEATURE_STATUS_EXT); has: which cache
+ * fields it carried. The parser reads both layouts and skips fields it
+ * does not know. */
 typedef struct mcpf_status_reply {
     uint8_t state, load, queue;
     const uint8_t *backend; uint8_t backend_len;
     const uint8_t *model; uint16_t model_len;
+    uint8_t extended, has;
+    mcpf_cache_figures kv, responses;
 } mcpf_status_reply;
 
 /* Builders write a body into out and return its length; 0 is returned only

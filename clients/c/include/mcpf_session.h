@@ -70,6 +70,10 @@ typedef struct mcpf_config {
      * max_data) bytes; up to window − 1 are used. NULL: go-back-N. */
     uint8_t *hold;
     uint16_t hold_size;
+    /* 1: ask for the extended STATUS_REPLY (MCPF_FEATURE_STATUS_EXT), whose
+     * fields carry the daemon's cache figures (§11.11); a daemon that does
+     * not know it answers in the basic layout, which is parsed as well. */
+    uint8_t status_ext;
 #if MCPF_DEVICE_TOOLS
     /* Device tools (§16): the table mcpf_session_tools declares, the
      * handlers' ctx, and the buffer a TOOL_RESULT is built in (2 bytes +

@@ -393,29 +393,107 @@ int mcpf_parse_nack(const uint8_t *b, size_t n, mcpf_nack *m)
 
 /* ------------------------------------------------------------ STATUS_REPLY */
 
+#define STATUS_EXT_MARKER 0xFFu /* byte 3 of the extended layout (§11.11) */
+#define CACHE_FIGURES_LEN 20u
+
+static uint8_t *put_figures(uint8_t *p, uint8_t type, const mcpf_cache_figures *f)
+{
+    *p++ = type;
+    *p++ = CACHE_FIGURES_LEN;
+    p = put32(p, f->hits);
+    p = put32(p, f->misses);
+    p = put32(p, f->evictions);
+    p = put32(p, (uint32_t)(f->bytes >> 32));
+    return put32(p, (uint32_t)f->bytes);
+}
+
+static void get_figures(const uint8_t *v, mcpf_cache_figures *f)
+{
+    f->hits = get32(v);
+    f->misses = get32(v + 4);
+    f->evictions = get32(v + 8);
+    f->bytes = (uint64_t)get32(v + 12) << 32 | get32(v + 16);
+}
+
 size_t mcpf_put_status_reply(uint8_t *out, const mcpf_status_reply *m)
 {
     uint8_t *p = out;
     *p++ = m->state;
     *p++ = m->load;
     *p++ = m->queue;
+    if (!m->extended) {
+        *p++ = m->backend_len;
+        p = put_bytes(p, m->backend, m->backend_len);
+        p = put_bytes(p, m->model, m->model_len);
+        return (size_t)(p - out);
+    }
+    *p++ = STATUS_EXT_MARKER;
     *p++ = m->backend_len;
     p = put_bytes(p, m->backend, m->backend_len);
+    *p++ = (uint8_t)m->model_len;
     p = put_bytes(p, m->model, m->model_len);
+    if (m->has & MCPF_STATUS_KV)
+        p = put_figures(p, 0x01, &m->kv);
+    if (m->has & MCPF_STATUS_RESPONSES)
+        p = put_figures(p, 0x02, &m->responses);
     return (size_t)(p - out);
+}
+
+/* The extended layout after its marker: both names with a length byte,
+ * then fields (type, len, value) to the end; unknown types are skipped, a
+ * known one has 20 bytes and comes once. */
+static int parse_status_ext(const uint8_t *b, size_t n, mcpf_status_reply *m)
+{
+    size_t i = 0;
+    if (n < 1 || n - 1 < b[0])
+        return BAD;
+    m->backend = b + 1;
+    m->backend_len = b[0];
+    i = 1u + b[0];
+    if (n - i < 1 || n - i - 1 < b[i])
+        return BAD;
+    m->model = b + i + 1;
+    m->model_len = b[i];
+    i += 1u + b[i];
+    while (i < n) {
+        uint8_t type, len, bit;
+        if (n - i < 2 || n - i - 2 < b[i + 1])
+            return BAD;
+        type = b[i];
+        len = b[i + 1];
+        i += 2;
+        bit = type == 0x01 ? MCPF_STATUS_KV : type == 0x02 ? MCPF_STATUS_RESPONSES : 0;
+        if (bit) {
+            if (len != CACHE_FIGURES_LEN || (m->has & bit))
+                return BAD;
+            get_figures(b + i, bit == MCPF_STATUS_KV ? &m->kv : &m->responses);
+            m->has |= bit;
+        }
+        i += len;
+    }
+    return 0;
 }
 
 int mcpf_parse_status_reply(const uint8_t *b, size_t n, mcpf_status_reply *m)
 {
-    if (n < 4 || b[1] > 100 || n - 4 < b[3])
+    if (n < 4 || b[1] > 100)
         return BAD;
+    memset(m, 0, sizeof *m);
     m->state = b[0];
     m->load = b[1];
     m->queue = b[2];
-    m->backend = b + 4;
-    m->backend_len = b[3];
-    m->model = b + 4 + b[3];
-    m->model_len = (uint16_t)(n - 4 - b[3]);
+    if (b[3] == STATUS_EXT_MARKER) {
+        m->extended = 1;
+        if (parse_status_ext(b + 4, n - 4, m) < 0)
+            return BAD;
+    } else {
+        if (n - 4 < b[3])
+            return BAD;
+        m->backend = b + 4;
+        m->backend_len = b[3];
+        m->model = b + 4 + b[3];
+        m->model_len = (uint16_t)(n - 4 - b[3]);
+    }
     if (!mcpf_utf8_valid(m->backend, m->backend_len) || !mcpf_utf8_valid(m->model, m->model_len))
         return BAD;
     return 0;

@@ -189,6 +189,8 @@ static void send_hello(mcpf_session *s, uint32_t now)
     h.boot_nonce = s->boot_nonce;
     if (hold_slots(s) > 0)
         h.features |= 2u; /* SACK (§8.2) */
+    if (s->cfg->status_ext)
+        h.features |= MCPF_FEATURE_STATUS_EXT; /* cache figures in STATUS_REPLY (§11.11) */
     h.device_id = (const uint8_t *)id;
     h.device_id_len = (uint8_t)strlen(id);
 #if MCPF_SIGN

@@ -716,8 +716,16 @@ static void test_random_input(int iterations)
             CHECK(mcpf_put_ack(out, &a) == n && !memcmp(out, b, n), "ack round trip");
         if (mcpf_parse_nack(b, n, &nk) == 0)
             CHECK(mcpf_put_nack(out, &nk) == n && !memcmp(out, b, n), "nack round trip");
-        if (mcpf_parse_status_reply(b, n, &sr) == 0)
-            CHECK(mcpf_put_status_reply(out, &sr) == n && !memcmp(out, b, n), "status reply round trip");
+        if (mcpf_parse_status_reply(b, n, &sr) == 0) {
+            /* The extended layout's unknown fields are skipped: its
+             * rebuild is shorter, and parses to the same figures. */
+            mcpf_status_reply again;
+            size_t on = mcpf_put_status_reply(out, &sr);
+            CHECK(sr.extended ? on <= n : on == n && !memcmp(out, b, n), "status reply round trip");
+            CHECK(mcpf_parse_status_reply(out, on, &again) == 0 && again.extended == sr.extended &&
+                  again.has == sr.has && again.kv.bytes == sr.kv.bytes && again.responses.hits == sr.responses.hits,
+                  "status reply rebuilt");
+        }
         if (mcpf_parse_tool_call(b, n, &tc) == 0)
             CHECK(mcpf_put_tool_call(out, &tc) == n && !memcmp(out, b, n), "tool call round trip");
         if (mcpf_parse_tool_result(b, n, &tr) == 0)
@@ -837,6 +845,44 @@ static void test_session_sack(void)
     f = decoded(sent[nsent - 1], sent_len[nsent - 1]);
     CHECK(f.cmd == MCPF_ACK && f.len == 3 && f.data[1] == 4, "final ACK next 4, no bitmap");
     CHECK(s.req == MCPF_REQ_NONE, "the request ended");
+}
+
+/* The extended STATUS_REPLY (§11.11): asked for only with cfg.status_ext;
+ * its cache fields are read and a field of a newer daemon skipped, and a
+ * daemon that answers in the basic layout (one that does not know the
+ * feature) is read as before. */
+static void test_session_status_ext(void)
+{
+    static const uint8_t ext[] = {0, 25, 1, 0xFF, 2, 'l', 'c', 1, 'm',
+                                  0x7E, 3, 9, 9, 9, /* unknown: skipped */
+                                  0x01, 20, 0, 0, 0, 7, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0x58, 0};
+    static const uint8_t basic[] = {0, 25, 1, 2, 'l', 'c', 'm'};
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    mcpf_frame f;
+    int want;
+    for (want = 0; want <= 1; want++) {
+        memset(&cfg, 0, sizeof cfg);
+        cfg.device_id = "d";
+        cfg.max_data = 64;
+        cfg.window = 2;
+        cfg.send = capture;
+        cfg.status_ext = (uint8_t)want;
+        nsent = 0;
+        mcpf_session_init(&s, &cfg, 1);
+        mcpf_session_hello(&s, 0);
+        f = decoded(sent[0], sent_len[0]);
+        CHECK(f.cmd == MCPF_HELLO && !!(f.data[5] & MCPF_FEATURE_STATUS_EXT) == want, "HELLO asks for STATUS_EXT: %d", want);
+        welcome(&s, 1);
+        CHECK(mcpf_session_status(&s, 2) == 0, "status");
+        CHECK(feed(&s, 3, MCPF_STATUS_REPLY, s.seq, want ? ext : basic, want ? sizeof ext : sizeof basic, &ev) == MCPF_EV_STATUS,
+              "STATUS_REPLY read");
+        CHECK(ev.u.status.extended == want && ev.u.status.load == 25 && ev.u.status.backend_len == 2 && ev.u.status.model_len == 1 &&
+              ev.u.status.model[0] == 'm', "names and load");
+        CHECK(ev.u.status.has == (want ? MCPF_STATUS_KV : 0) && ev.u.status.kv.hits == (want ? 7u : 0u) &&
+              ev.u.status.kv.misses == (want ? 3u : 0u) && ev.u.status.kv.bytes == (want ? 0x100005800ull : 0u), "figures");
+    }
 }
 
 /* The adaptive RTO's floor is the configured min_rto (§7.2): a 10 ms round
@@ -1578,6 +1624,7 @@ int main(int argc, char **argv)
     test_serial_noise();
     test_reack_final();
     test_session_sack();
+    test_session_status_ext();
     test_session_retransmission();
     test_session_infer_repairs();
     test_session_stream_keepalive_and_cancel();

@@ -112,6 +112,32 @@ static void want_hex(const char *key, const uint8_t *p, size_t n)
     same(key, p, n, want, wn);
 }
 
+/* A STATUS_REPLY cache field: "hits,misses,evictions,bytes" (§15). */
+static int figures(const char *key, mcpf_cache_figures *f)
+{
+    size_t n;
+    const char *v = field(key, &n);
+    char *end;
+    if (!v)
+        return 0;
+    f->hits = (uint32_t)strtoul(v, &end, 10);
+    f->misses = (uint32_t)strtoul(end + 1, &end, 10);
+    f->evictions = (uint32_t)strtoul(end + 1, &end, 10);
+    f->bytes = (uint64_t)strtoull(end + 1, &end, 10);
+    return 1;
+}
+
+static void want_figures(const char *key, int present, const mcpf_cache_figures *got)
+{
+    mcpf_cache_figures want;
+    if (!!present != figures(key, &want))
+        FAIL("%s %s", key, present ? "parsed but not in the vector" : "missing");
+    else if (present && (got->hits != want.hits || got->misses != want.misses ||
+                         got->evictions != want.evictions || got->bytes != want.bytes))
+        FAIL("%s = %lu,%lu,%lu,%llu", key, (unsigned long)got->hits, (unsigned long)got->misses,
+             (unsigned long)got->evictions, (unsigned long long)got->bytes);
+}
+
 static int err_class(const char *cls)
 {
     static const char *names[] = {"", "short", "magic", "length", "trailing", "crc", "malformed",
@@ -401,6 +427,11 @@ static size_t build(int cmd, uint8_t *out, uint8_t *bufs)
         m.status.backend_len = (uint8_t)hexf("backend", bufs);
         m.status.model = bufs + 512;
         m.status.model_len = (uint16_t)hexf("model", bufs + 512);
+        m.status.extended = has("extended") && num("extended");
+        if (has("kv_cache") && figures("kv_cache", &m.status.kv))
+            m.status.has |= MCPF_STATUS_KV;
+        if (has("response_cache") && figures("response_cache", &m.status.responses))
+            m.status.has |= MCPF_STATUS_RESPONSES;
         return mcpf_put_status_reply(out, &m.status);
     case MCPF_TOOLS:
         return build_tools(out, (char *)bufs);
@@ -547,6 +578,10 @@ static int parse_and_check(int cmd, const uint8_t *b, size_t n, int check)
         want_num("queue", m.status.queue);
         want_hex("backend", m.status.backend, m.status.backend_len);
         want_hex("model", m.status.model, m.status.model_len);
+        if (m.status.extended != (has("extended") && num("extended")))
+            FAIL("extended = %u", m.status.extended);
+        want_figures("kv_cache", m.status.has & MCPF_STATUS_KV, &m.status.kv);
+        want_figures("response_cache", m.status.has & MCPF_STATUS_RESPONSES, &m.status.responses);
         return 0;
     case MCPF_TOOLS:
         if ((err = mcpf_parse_tools(b, n, decls, MCPF_MAX_TOOLS, &count)) < 0 || !check)

@@ -17,9 +17,9 @@ import mcpframe as m  # noqa: E402
 INT_FIELDS = set("""min_version max_version max_data features window boot_nonce version
     heartbeat_ms max_message daemon_nonce chunk reason tokens prompt_tokens ttft_ms
     duration_ms text_bytes text_crc32c code flags next state load queue max_tokens
-    temperature seed top_k top_p min_p repeat_penalty deadline_ms context schema""".split())
+    temperature seed top_k top_p min_p repeat_penalty deadline_ms context schema extended""".split())
 HEX_FIELDS = {"device_id", "data", "text", "backend", "model", "system", "prompt", "new_chat", "sack", "schema_json"}
-LIST_FIELDS = {"indexes"}
+LIST_FIELDS = {"indexes", "kv_cache", "response_cache"}
 
 
 class Failure(Exception):

@@ -253,6 +253,9 @@ def decode_body(cmd, body):
         _need(not rest or f["reason"] == 2, "indexes after a reason other than MISSING")
         _need(all(a < b for a, b in zip(rest, rest[1:])), "indexes not ascending")
         f["indexes"] = list(rest)
+    elif cmd == "STATUS_REPLY" and rest and rest[0] == STATUS_EXT_MARKER:
+        _need(f["load"] <= 100, f"load {f['load']} > 100")
+        f.update(_decode_status_ext(rest[1:]))
     elif cmd == "STATUS_REPLY":
         _need(f["load"] <= 100, f"load {f['load']} > 100")
         n = rest[0] if rest else 0
@@ -265,6 +268,37 @@ def decode_body(cmd, body):
         f["sack"] = rest
     else:  # fixed-size bodies: WELCOME, DONE, CANCEL, STATUS, BYE
         _need(not rest, f"{len(rest)} trailing bytes after {cmd}")
+    return f
+
+
+# The extended STATUS_REPLY (§11.11): a 0xFF marker where the basic
+# layout has backend_len, both names with a length byte, then fields
+# (type, len, value); unknown types are skipped, known ones have 20 bytes
+# (hits, misses, evictions as u32, bytes as u64) and come at most once.
+STATUS_EXT_MARKER = 0xFF
+STATUS_FIELDS = {0x01: "kv_cache", 0x02: "response_cache"}
+
+
+def _decode_status_ext(rest):
+    f, i = {"extended": 1}, 0
+    for what in ("backend", "model"):
+        _need(i < len(rest), f"{what}_len past the body")
+        n = rest[i]
+        _need(i + 1 + n <= len(rest), f"{what} of {n} bytes past the body")
+        f[what] = _utf8(rest[i + 1:i + 1 + n], what)
+        i += 1 + n
+    while i < len(rest):
+        _need(i + 2 <= len(rest), "field header past the body")
+        typ, ln = rest[i], rest[i + 1]
+        _need(i + 2 + ln <= len(rest), f"field {typ:#04x} past the body")
+        val = rest[i + 2:i + 2 + ln]
+        i += 2 + ln
+        name = STATUS_FIELDS.get(typ)
+        if name is None:
+            continue  # a newer daemon's field
+        _need(name not in f, f"field {name} repeated")
+        _need(ln == 20, f"field {name} of {ln} bytes, not 20")
+        f[name] = list(struct.unpack(">IIIQ", val))
     return f
 
 
@@ -333,6 +367,12 @@ def encode_body(cmd, fields):
             body += bytes(fields.get("indexes", []))
         elif cmd == "ACK":
             body += bytes(fields.get("sack", b""))
+        elif cmd == "STATUS_REPLY" and fields.get("extended"):
+            backend, model = bytes(fields["backend"]), bytes(fields["model"])
+            body += bytes([STATUS_EXT_MARKER, len(backend)]) + backend + bytes([len(model)]) + model
+            for typ, name in sorted(STATUS_FIELDS.items()):
+                if name in fields:
+                    body += bytes([typ, 20]) + struct.pack(">IIIQ", *fields[name])
         elif cmd == "STATUS_REPLY":
             backend = bytes(fields["backend"])
             _need(len(backend) <= 255, "backend longer than 255 bytes")
