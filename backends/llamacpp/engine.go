@@ -37,6 +37,7 @@ type Engine struct {
 	steps       atomic.Int64 // llama_decode calls
 	stepTokens  atomic.Int64 // tokens decoded in them
 	stepOutputs atomic.Int64 // of which sampled (generated-token rows)
+	tracing     atomic.Int32 // requests filling a Timeline: the scheduler times its steps
 	// KV cache reuse (kv.go).
 	promptTokens atomic.Int64 // prompt tokens of admitted requests
 	promptCached atomic.Int64 // of which found in a sequence's cache

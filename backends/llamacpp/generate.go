@@ -31,6 +31,9 @@ type request struct {
 	atMax     backends.StopReason // the stop reason when maxTokens is reached
 	sampling  native.SamplerParams
 	cached    atomic.Int64 // prompt tokens found in the KV cache, set at admission
+	// tl, when set, is filled by the scheduler up to the first token
+	// (timeline.go); the caller reads it after the last event.
+	tl *Timeline
 
 	mu     sync.Mutex
 	events []event
@@ -67,9 +70,19 @@ func (r *request) take(buf []event) []event {
 }
 
 // generate is Generate without tools (tools.go wraps it).
-func (e *Engine) generate(ctx context.Context, req backends.Request, emit backends.Emit) (backends.Result, error) {
+func (e *Engine) generate(ctx context.Context, req backends.Request, emit backends.Emit) (res backends.Result, err error) {
 	start := time.Now()
-	var res backends.Result
+	tl := e.timeline(ctx)
+	if tl != nil {
+		tl.Start = start
+		e.tracing.Add(1)
+		defer func() {
+			e.tracing.Add(-1)
+			if err == nil {
+				e.report(ctx, tl)
+			}
+		}()
+	}
 	if err := e.Healthy(ctx); err != nil {
 		return res, err
 	}
@@ -106,7 +119,10 @@ func (e *Engine) generate(ctx context.Context, req backends.Request, emit backen
 		e.poke() // let the scheduler free our sequence now
 	}()
 	r := &request{ctx: rctx, prompt: prompt, maxTokens: maxTokens, atMax: atMax, sampling: e.sampling(req.Options),
-		notify: make(chan struct{}, 1)}
+		notify: make(chan struct{}, 1), tl: tl}
+	if tl != nil {
+		tl.Queued = time.Now()
+	}
 	select {
 	case e.queue <- r:
 		e.poke()
@@ -122,6 +138,9 @@ func (e *Engine) generate(ctx context.Context, req backends.Request, emit backen
 		}
 		if res.TTFT == 0 {
 			res.TTFT = time.Since(start)
+			if tl != nil {
+				tl.FirstEmit = start.Add(res.TTFT)
+			}
 		}
 		res.Duration = time.Since(start)
 		return emit(piece)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/native"
@@ -82,6 +83,9 @@ func (e *Engine) run() {
 	var batch native.Batch
 	rr := 0          // round-robin start for prompt chunks
 	decoded := false // since the workers were last told to sleep
+	// The last step's times, kept while some request fills a Timeline.
+	var stepStart, stepEnd time.Time
+	stepTokens := 0
 	for {
 		select {
 		case <-e.closing:
@@ -121,6 +125,16 @@ func (e *Engine) run() {
 			e.promptTokens.Add(int64(len(r.prompt)))
 			e.promptCached.Add(int64(reuse))
 			slots[seq] = &slot{seq: seq, req: r, sampler: smp, prefill: reuse, pos: reuse}
+			if tl := r.tl; tl != nil {
+				tl.Admitted = time.Now()
+				tl.PrevStepStart, tl.PrevStepEnd, tl.PrevStepTokens = stepStart, stepEnd, stepTokens
+				tl.Prompt, tl.Reused = len(r.prompt), reuse
+				for _, o := range slots {
+					if o != nil && o.seq != seq {
+						tl.Running++
+					}
+				}
+			}
 		}
 		// Drop sequences whose caller left (cancelled, stop string, emit error).
 		for i, s := range slots {
@@ -169,6 +183,9 @@ func (e *Engine) run() {
 				batch.Add(s.req.prompt[s.prefill+j], s.prefill+j, s.seq, last)
 			}
 			s.adding = append(s.adding, s.req.prompt[s.prefill:s.prefill+n]...)
+			if s.req.tl != nil {
+				s.req.tl.PrefillSteps++
+			}
 			s.prefill += n
 			s.pos = s.prefill
 		}
@@ -198,7 +215,15 @@ func (e *Engine) run() {
 		e.steps.Add(1)
 		e.stepTokens.Add(int64(batch.Len()))
 		e.stepOutputs.Add(int64(outputs))
-		if err := e.nctx.Decode(life, &batch); err != nil {
+		trace := e.tracing.Load() > 0
+		if trace {
+			stepStart, stepTokens = time.Now(), batch.Len()
+		}
+		err := e.nctx.Decode(life, &batch)
+		if trace {
+			stepEnd = time.Now()
+		}
+		if err != nil {
 			if life.Err() != nil {
 				return
 			}
@@ -232,6 +257,10 @@ func (e *Engine) run() {
 			if eog, _ := e.model.IsEOG(tok); eog {
 				free(i, event{done: true, stop: backends.StopEOS})
 				continue
+			}
+			if tl := s.req.tl; tl != nil && s.emitted == 0 {
+				tl.FirstStepStart, tl.FirstStepEnd = stepStart, stepEnd
+				tl.FirstStepTokens, tl.FirstStepSeqs = batch.Len(), outputs
 			}
 			s.req.push(event{tok: tok})
 			s.emitted++
