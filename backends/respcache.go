@@ -54,6 +54,22 @@ type KVStats struct {
 	Evictions  int64 `json:"evictions"`
 	Bytes      int64 `json:"bytes"`
 	WarmLoaded int64 `json:"warm_loaded"`
+	// Engines is how many engines reported these (KVReporter): none, and
+	// there is no KV cache to speak of (Ollama keeps its own).
+	Engines int `json:"-"`
+}
+
+func (s *KVStats) add(o KVStats) {
+	s.PromptTokens += o.PromptTokens
+	s.PromptCached += o.PromptCached
+	s.Copies += o.Copies
+	s.Dropped += o.Dropped
+	s.Hits += o.Hits
+	s.Misses += o.Misses
+	s.Evictions += o.Evictions
+	s.Bytes += o.Bytes
+	s.WarmLoaded += o.WarmLoaded
+	s.Engines++
 }
 
 // WarmSaver is implemented by engines that save their caches to disk for

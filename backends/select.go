@@ -355,7 +355,7 @@ func (s *Selector) Generate(ctx context.Context, req Request, emit Emit) (Result
 }
 
 // CacheStats implements CacheReporter: the response cache's counters
-// (zero, Budget 0, without one) and the engines' KV cache reuse.
+// (zero, Budget 0, without one) and the engines' KV cache reuse, summed.
 func (s *Selector) CacheStats() CacheStats {
 	var st CacheStats
 	if s.cache != nil {
@@ -363,11 +363,7 @@ func (s *Selector) CacheStats() CacheStats {
 	}
 	for _, e := range s.engines {
 		if r, ok := e.(KVReporter); ok {
-			kv := r.KVStats()
-			st.KV.PromptTokens += kv.PromptTokens
-			st.KV.PromptCached += kv.PromptCached
-			st.KV.Copies += kv.Copies
-			st.KV.Dropped += kv.Dropped
+			st.KV.add(r.KVStats())
 		}
 	}
 	return st

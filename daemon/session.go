@@ -28,6 +28,7 @@ type session struct {
 	maxData     int // the device's
 	window      int
 	sack        bool      // the device acknowledges selectively (§8.2); granted in WELCOME
+	statusExt   bool      // the device reads the extended STATUS_REPLY (§11.11); granted in WELCOME
 	rtt         *rttState // round-trip estimate towards the device (§7.2), shared by its streams
 	ctx         context.Context
 	cancel      context.CancelCauseFunc
@@ -59,8 +60,10 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *serialproto.Hello,
 		d: d, peer: p, deviceID: h.DeviceID, source: sourceKey(p), bootNonce: h.BootNonce, daemonNonce: nonce,
 		maxData: int(h.MaxData), window: int(h.Window),
 		sack: h.Features&serialproto.FeatureSACK != 0,
-		rtt:  newRTTState(p.RTO(int(h.Window)), minRTO(p, int(h.Window), cfg.MinRTO)),
-		ctx:  ctx, cancel: cancel,
+		// The extended STATUS_REPLY only to a device that reads it (§11.11).
+		statusExt: h.Features&serialproto.FeatureStatusExt != 0,
+		rtt:       newRTTState(p.RTO(int(h.Window)), minRTO(p, int(h.Window), cfg.MinRTO)),
+		ctx:       ctx, cancel: cancel,
 		reasm:    serialproto.NewReassembler(serialproto.ReassemblerConfig{MaxMessage: cfg.MaxMessage, MaxPending: cfg.MaxPendingPerPeer}),
 		requests: make(map[uint8]*request),
 		seqs:     serialproto.NewSeqHistory(helloSeq),
@@ -123,6 +126,9 @@ func (s *session) welcome() *serialproto.Welcome {
 	}
 	if s.sack {
 		features |= serialproto.FeatureSACK
+	}
+	if s.statusExt {
+		features |= serialproto.FeatureStatusExt
 	}
 	cfg := s.d.conf()
 	return &serialproto.Welcome{
@@ -242,7 +248,7 @@ func (s *session) handle(f serialproto.Frame) {
 		s.send(f.Seq, &serialproto.Pong{Data: m.Data})
 	case *serialproto.Pong:
 	case *serialproto.Status:
-		s.send(f.Seq, s.d.status())
+		s.send(f.Seq, s.d.status(s.statusExt))
 	case *serialproto.Bye:
 		s.send(f.Seq, &serialproto.Bye{})
 		s.close(errSessionClosed)

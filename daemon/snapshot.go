@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"math"
 	"slices"
 	"strings"
 
@@ -100,8 +101,9 @@ func (d *Daemon) Snapshot(ctx context.Context) Snapshot {
 	return snap
 }
 
-// status answers STATUS (docs/protocol.md §11.11).
-func (d *Daemon) status() *serialproto.StatusReply {
+// status answers STATUS (docs/protocol.md §11.11); ext: the session
+// negotiated STATUS_EXT, and the reply carries the cache figures.
+func (d *Daemon) status(ext bool) *serialproto.StatusReply {
 	ctx := d.links.context()
 	engine := d.backend()
 	state := serialproto.StateReady
@@ -117,8 +119,25 @@ func (d *Daemon) status() *serialproto.StatusReply {
 	if info, err := engine.Model(ctx, ""); err == nil {
 		model = info.Name
 	}
-	return &serialproto.StatusReply{
+	reply := &serialproto.StatusReply{
 		State: state, LoadPct: uint8(100 * running / d.conf().MaxConcurrent), Queue: uint8(min(queued, 255)),
-		Backend: engine.Name(), Model: model,
+		Backend: engine.Name(), Model: model, Extended: ext,
 	}
+	if r, ok := engine.(backends.CacheReporter); ok && ext {
+		st := r.CacheStats()
+		if st.KV.Engines > 0 {
+			reply.KV = cacheFigures(st.KV.Hits, st.KV.Misses, st.KV.Evictions, st.KV.Bytes)
+		}
+		if st.Budget > 0 { // the response cache is on
+			reply.Responses = cacheFigures(st.Hits, st.Misses, st.Evictions, st.Bytes)
+		}
+	}
+	return reply
+}
+
+// cacheFigures puts a cache's counters in STATUS_REPLY's field, where
+// they stop at 2³²−1.
+func cacheFigures(hits, misses, evictions, bytes int64) *serialproto.CacheFigures {
+	sat := func(n int64) uint32 { return uint32(min(max(n, 0), math.MaxUint32)) }
+	return &serialproto.CacheFigures{Hits: sat(hits), Misses: sat(misses), Evictions: sat(evictions), Bytes: uint64(max(bytes, 0))}
 }

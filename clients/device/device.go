@@ -47,10 +47,14 @@ type Config struct {
 	// NoSACK makes the device acknowledge go-back-N only, as devices before
 	// SACK did (§8.2): it does not ask for the feature and keeps no chunk
 	// that arrives after a gap.
-	NoSACK  bool
-	Key     serialproto.Key // the device's signing key; zero: an unsigned session
-	LinkID  uint8           // this link's id in signatures (0 UART, 1 Wi-Fi, ...)
-	Retries int             // retransmissions before giving up, and at least serialproto.RetryHorizon(RTO, Retries); default 8
+	NoSACK bool
+	// NoStatusExt makes the device ask for the basic STATUS_REPLY, as
+	// devices before the extended one did (§11.11): Status then carries no
+	// cache figures. Either layout is read whatever the daemon sends.
+	NoStatusExt bool
+	Key         serialproto.Key // the device's signing key; zero: an unsigned session
+	LinkID      uint8           // this link's id in signatures (0 UART, 1 Wi-Fi, ...)
+	Retries     int             // retransmissions before giving up, and at least serialproto.RetryHorizon(RTO, Retries); default 8
 }
 
 // Client is one device's session with the daemon. Not safe for concurrent

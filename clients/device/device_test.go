@@ -17,7 +17,7 @@ import (
 func TestAskUDP(t *testing.T) {
 	p, c := newUDPPeer(t, device.Config{DeviceID: "greenhouse-1", MaxData: 128, Window: 2, RTO: time.Second})
 	h := hello(t, p, c, serialproto.Welcome{MaxData: 48, HeartbeatMS: 3000})
-	if h.DeviceID != "greenhouse-1" || h.MaxData != 128 || h.Window != 2 || h.MinVersion != 1 || h.Features != serialproto.FeatureSACK {
+	if h.DeviceID != "greenhouse-1" || h.MaxData != 128 || h.Window != 2 || h.MinVersion != 1 || h.Features != serialproto.FeatureSACK|serialproto.FeatureStatusExt {
 		t.Fatalf("HELLO %+v", h)
 	}
 	if w := c.Welcome(); w.MaxData != 48 || w.HeartbeatMS != 3000 {
@@ -100,7 +100,7 @@ func TestSACK(t *testing.T) {
 // for it nor sends bitmaps, even to a daemon that offers them.
 func TestNoSACKDevice(t *testing.T) {
 	p, c := newUDPPeer(t, device.Config{Window: 4, RTO: time.Second, NoSACK: true})
-	if h := hello(t, p, c, serialproto.Welcome{Features: serialproto.FeatureSACK}); h.Features != 0 {
+	if h := hello(t, p, c, serialproto.Welcome{Features: serialproto.FeatureSACK}); h.Features&serialproto.FeatureSACK != 0 {
 		t.Fatalf("HELLO features %#x", h.Features)
 	}
 	seq, ch := p.askAccepted(context.Background(), c, "hi", func([]byte) error { return nil })
@@ -114,6 +114,43 @@ func TestNoSACKDevice(t *testing.T) {
 	p.expectSACK(seq, 3, nil)
 	if _, err := await(t, ch); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestStatusExt: a device asks for the extended STATUS_REPLY unless it is
+// configured as one from before it, and reads whichever layout the daemon
+// sends: the basic one from a daemon that did not grant the feature (an
+// older one), the cache figures from one that did (protocol.md §11.11).
+func TestStatusExt(t *testing.T) {
+	kv := &serialproto.CacheFigures{Hits: 3, Misses: 1, Bytes: 4096}
+	tests := []struct {
+		name  string
+		cfg   device.Config
+		grant uint16
+		reply serialproto.StatusReply
+	}{
+		{"old daemon", device.Config{}, 0, serialproto.StatusReply{Backend: "llama.cpp", Model: "tiny"}},
+		{"new daemon", device.Config{}, serialproto.FeatureStatusExt,
+			serialproto.StatusReply{Backend: "llama.cpp", Model: "tiny", Extended: true, KV: kv}},
+		{"old device", device.Config{NoStatusExt: true}, 0, serialproto.StatusReply{Backend: "llama.cpp", Model: "tiny"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.cfg.RTO = time.Second
+			p, c := newUDPPeer(t, tc.cfg)
+			h := hello(t, p, c, serialproto.Welcome{Features: tc.grant})
+			if asked := h.Features&serialproto.FeatureStatusExt != 0; asked == tc.cfg.NoStatusExt {
+				t.Fatalf("HELLO features %#x", h.Features)
+			}
+			status := async(func() (*serialproto.StatusReply, error) { return c.Status(context.Background()) })
+			f, _ := p.expect(serialproto.CmdStatus)
+			p.send(f.Seq, &tc.reply)
+			st, err := await(t, status)
+			if err != nil || st.Extended != tc.reply.Extended || st.Model != "tiny" || (st.KV == nil) != (tc.reply.KV == nil) ||
+				(st.KV != nil && *st.KV != *kv) || st.Responses != nil {
+				t.Fatalf("Status: %+v, %v", st, err)
+			}
+		})
 	}
 }
 

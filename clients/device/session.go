@@ -17,6 +17,9 @@ func (c *Client) Hello(ctx context.Context) error {
 	if !c.cfg.NoSACK {
 		hello.Features |= serialproto.FeatureSACK
 	}
+	if !c.cfg.NoStatusExt {
+		hello.Features |= serialproto.FeatureStatusExt
+	}
 	if c.signing() {
 		hello.Features |= serialproto.FeatureSign
 		// The HELLO is signed with boot_nonce ‖ 0 (§9.1).
@@ -88,7 +91,8 @@ func (c *Client) Ping(ctx context.Context) (time.Duration, error) {
 	return time.Since(start), err
 }
 
-// Status asks for the daemon's state.
+// Status asks for the daemon's state; from a daemon that granted
+// FeatureStatusExt the reply is Extended, with its cache figures.
 func (c *Client) Status(ctx context.Context) (*serialproto.StatusReply, error) {
 	c.seq++
 	var reply *serialproto.StatusReply

@@ -260,6 +260,10 @@ func fields(m sp.Message) []field {
 			}
 		case fv.Kind() == reflect.String:
 			out = append(out, field{fname, fv.String()})
+		case fv.Kind() == reflect.Bool: // set, or left out above
+			out = append(out, field{fname, name("yes")})
+		case fv.Type() == reflect.TypeFor[*sp.CacheFigures]():
+			out = append(out, field{fname, name(cacheLine(fv.Interface().(*sp.CacheFigures)))})
 		case fv.Type().Implements(reflect.TypeFor[fmt.Stringer]()):
 			out = append(out, field{fname, name(fv.Interface().(fmt.Stringer).String())})
 		case strings.HasSuffix(fname, "crc32c"):

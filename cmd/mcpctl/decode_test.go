@@ -74,6 +74,8 @@ func decodeFrames(t *testing.T) []string {
 		frameHex(t, 4, 0, &sp.Nack{Reason: sp.NackMissing, Missing: []byte{1, 3}}),
 		frameHex(t, 5, 0, &sp.Ping{Data: []byte{1, 2, 3}}),
 		frameHex(t, 6, 0, &sp.Status{}),
+		frameHex(t, 6, 0, &sp.StatusReply{State: sp.StateReady, LoadPct: 50, Backend: "llama.cpp", Model: "tiny", Extended: true,
+			KV: &sp.CacheFigures{Hits: 9, Misses: 1, Bytes: 22528}}),
 	}
 }
 

@@ -268,10 +268,11 @@ func runPing(ctx context.Context, args []string, stdout, stderr io.Writer) error
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	describeCommand(fs, stderr, "[--udp ADDR | --serial PATH]", `Asks mcpd for its STATUS as a device does: state, engine, model, load and
-queue (default target `+DefaultTarget+`). Exits 0 when mcpd is ready (or
-degraded: serving on a fallback), 1 when it is loading, unavailable or
-draining — usable in scripts and health checks.`)
+	describeCommand(fs, stderr, "[--udp ADDR | --serial PATH]", `Asks mcpd for its STATUS as a device does: state, engine, model, load,
+queue (default target `+DefaultTarget+`) and, from a daemon that sends
+them, its caches' hits, misses, evictions and bytes. Exits 0 when mcpd is
+ready (or degraded: serving on a fallback), 1 when it is loading,
+unavailable or draining — usable in scripts and health checks.`)
 	var l linkFlags
 	l.register(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -293,10 +294,25 @@ draining — usable in scripts and health checks.`)
 		model = "none loaded"
 	}
 	fmt.Fprintf(stdout, "%s: backend %s, model %s, load %d%%, %d queued\n", state, st.Backend, model, st.LoadPct, st.Queue)
+	// The extended reply's cache figures (protocol.md §11.11), when the
+	// daemon sends them and has the cache.
+	for _, c := range []struct {
+		name string
+		f    *sp.CacheFigures
+	}{{"kv cache", st.KV}, {"response cache", st.Responses}} {
+		if c.f != nil {
+			fmt.Fprintf(stdout, "%s: %s\n", c.name, cacheLine(c.f))
+		}
+	}
 	if st.State != sp.StateReady && st.State != sp.StateDegraded {
 		return notReady{state}
 	}
 	return nil
+}
+
+// cacheLine is one cache's figures as status and decode print them.
+func cacheLine(f *sp.CacheFigures) string {
+	return fmt.Sprintf("%d hits, %d misses, %d evictions, %d bytes held", f.Hits, f.Misses, f.Evictions, f.Bytes)
 }
 
 func stateName(s uint8) string {

@@ -76,6 +76,27 @@ func TestAskPingStatus(t *testing.T) {
 	}
 }
 
+// cachingWords reports cache figures, as the engine selection does.
+type cachingWords struct{ wordEngine }
+
+func (cachingWords) CacheStats() backends.CacheStats {
+	return backends.CacheStats{Hits: 2, Misses: 1, Bytes: 305, Budget: 1 << 20,
+		KV: backends.KVStats{Hits: 7, Misses: 3, Evictions: 1, Bytes: 22528, Engines: 1}}
+}
+
+// status prints the cache figures of the extended STATUS_REPLY (protocol.md
+// §11.11) under its first line, which stays as scripts read it.
+func TestStatusCacheLines(t *testing.T) {
+	addr := startDaemon(t, cachingWords{})
+	out, _, err := runCmd(t, "", "status", "--udp", addr)
+	want := "ready: backend words, model reverse, load 0%, 0 queued\n" +
+		"kv cache: 7 hits, 3 misses, 1 evictions, 22528 bytes held\n" +
+		"response cache: 2 hits, 1 misses, 0 evictions, 305 bytes held\n"
+	if err != nil || out != want {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
 func TestAskExitCodeIsTheErrorCode(t *testing.T) {
 	addr := startDaemon(t, wordEngine{err: backends.ErrModelNotFound})
 	_, _, err := runCmd(t, "", "ask", "--udp", addr, "--timeout", "5s", "hello")

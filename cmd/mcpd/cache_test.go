@@ -47,6 +47,18 @@ func TestEndToEndCache(t *testing.T) {
 			defer tr.Close()
 			c := device.New(tr, device.Config{DeviceID: "cache", MaxData: 48, Window: 2})
 			helloUntilReady(ctx, c)
+			// A second device asks for STATUS: the first's max_data 48
+			// has room for one cache field only (§11.11).
+			str, err := device.DialUDP(addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer str.Close()
+			sc := device.New(str, device.Config{DeviceID: "status", MaxData: 128, Window: 2})
+			helloUntilReady(ctx, sc)
+			if st := deviceStatus(ctx, t, sc); st.KV == nil || st.KV.Hits+st.KV.Misses != 0 || (st.Responses != nil) != (tc.hits > 0) {
+				t.Fatalf("STATUS before any request: kv %+v, responses %+v", st.KV, st.Responses)
+			}
 			for i := range 3 {
 				var got bytes.Buffer
 				m := &serialproto.Infer{Set: serialproto.OptionSet(0).With(serialproto.OptMaxTokens).With(serialproto.OptTemperature).With(serialproto.OptNewChat),
@@ -58,6 +70,18 @@ func TestEndToEndCache(t *testing.T) {
 				if !bytes.Equal(got.Bytes(), want) || d.Tokens != 16 {
 					t.Fatalf("ask %d: %q (%d tokens), the engine alone: %q", i, got.Bytes(), d.Tokens, want)
 				}
+			}
+			// The device's STATUS (protocol.md §11.11): the response
+			// cache's hits, and the engine's KV cache, which saw the one
+			// request that ran with the cache on, all three without it —
+			// the second and third finding their prompt evaluated.
+			st := deviceStatus(ctx, t, sc)
+			engineRuns := uint32(3 - tc.hits)
+			if st.KV == nil || st.KV.Hits+st.KV.Misses != engineRuns || st.KV.Hits != engineRuns-1 {
+				t.Fatalf("STATUS kv %+v after %d requests run by the engine", st.KV, engineRuns)
+			}
+			if tc.hits > 0 && (st.Responses == nil || st.Responses.Hits != uint32(tc.hits) || st.Responses.Misses != 1 || st.Responses.Bytes == 0) {
+				t.Fatalf("STATUS responses %+v", st.Responses)
 			}
 			resp, err := http.Get("http://" + httpAddr + "/status")
 			if err != nil {
@@ -77,6 +101,9 @@ func TestEndToEndCache(t *testing.T) {
 			if cs.Hits != tc.hits || (tc.hits > 0 && (cs.Misses != 1 || cs.Entries != 1 || cs.Budget != 1<<20)) {
 				t.Fatalf("/status cache: %+v", cs)
 			}
+			if cs.KV.Hits != int64(st.KV.Hits) || cs.KV.Misses != int64(st.KV.Misses) {
+				t.Fatalf("/status kv %+v, STATUS kv %+v", cs.KV, st.KV)
+			}
 			resp, err = http.Get("http://" + httpAddr + "/metrics")
 			if err != nil {
 				t.Fatal(err)
@@ -88,6 +115,17 @@ func TestEndToEndCache(t *testing.T) {
 			}
 		})
 	}
+}
+
+// deviceStatus asks for the daemon's STATUS, which must come in the
+// extended layout.
+func deviceStatus(ctx context.Context, t *testing.T, c *device.Client) *serialproto.StatusReply {
+	t.Helper()
+	st, err := c.Status(ctx)
+	if err != nil || !st.Extended {
+		t.Fatalf("STATUS: %+v, %v", st, err)
+	}
+	return st
 }
 
 // TestWarmRestartSIGTERM: mcpd under a service manager's STATE_DIRECTORY
