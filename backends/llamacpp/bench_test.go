@@ -253,3 +253,55 @@ func BenchmarkWarmRestart(b *testing.B) {
 	b.ReportMetric(float64(cached)/float64(n), "cached-tokens")
 	b.ReportMetric(float64(len(state))/(1<<20), "file-MiB")
 }
+
+// BenchmarkWarmSaveHold: how long a save while serving (a reload, a
+// periodic save) holds the scheduler — it copies the sequences' states
+// between two decode steps, and no request decodes meanwhile — with one
+// conversation of a ~300-token system prompt and three turns held, and how
+// long writing the file takes after (on the caller's goroutine, the engine
+// decoding meanwhile).
+func BenchmarkWarmSaveHold(b *testing.B) {
+	system := strings.Repeat("You are the greenhouse controller's assistant: answer briefly, name each sensor and its unit. ", 6)
+	e := benchEngineCfg(b, Config{Parallel: 2, SequenceContext: 1024, WarmFile: filepath.Join(b.TempDir(), "warm.kv")})
+	msgs := []backends.Message{{Role: backends.RoleSystem, Content: system}}
+	for _, q := range []string{"What is the soil moisture in the east bed?", "And the temperature there?", "Is it too dry?"} {
+		req := greedyReq(q, 8)
+		req.Messages = append(append([]backends.Message(nil), msgs...), req.Messages...)
+		var out strings.Builder
+		if _, err := e.Generate(context.Background(), req, func(p []byte) error { out.Write(p); return nil }); err != nil {
+			b.Fatal(err)
+		}
+		msgs = append(msgs, req.Messages[len(req.Messages)-1], backends.Message{Role: backends.RoleAssistant, Content: out.String()})
+	}
+	var held, write time.Duration
+	var size int64
+	for b.Loop() {
+		e.warmPrinted.Store(false) // as after a change: copy and write
+		got := make(chan warmSnapshot, 1)
+		e.ctl <- func(kv *kvState, slots []*slot) { // as SaveWarm does
+			t := time.Now()
+			s := e.snapshotWarm(kv, slots)
+			s.held = time.Since(t)
+			got <- s
+		}
+		select { // an idle scheduler waits for a wake-up
+		case e.wake <- struct{}{}:
+		default:
+		}
+		s := <-got
+		held += s.held
+		t0 := time.Now()
+		if err := e.writeSnapshot(s); err != nil {
+			b.Fatal(err)
+		}
+		write += time.Since(t0)
+		size = 0
+		for _, r := range s.recs {
+			size += r.Size()
+		}
+	}
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(b.N) }
+	b.ReportMetric(ms(held), "held-ms")
+	b.ReportMetric(ms(write), "write-ms")
+	b.ReportMetric(float64(size)/(1<<20), "state-MiB")
+}

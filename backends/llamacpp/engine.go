@@ -59,6 +59,10 @@ type Engine struct {
 	warmSeq     atomic.Int64
 	warmMu      sync.Mutex
 	warmWritten int64
+	// warmPrint fingerprints the tokens the warm file holds (warmPrinted:
+	// known), so a save of what it holds already writes nothing.
+	warmPrint   atomic.Uint64
+	warmPrinted atomic.Bool
 }
 
 // Stats are the scheduler's counters since start.

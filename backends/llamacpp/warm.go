@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math"
 	"os"
@@ -94,6 +96,7 @@ func (e *Engine) loadWarm() {
 	log := e.cfg.Logger.With("file", e.cfg.WarmFile)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
+		e.notePrint(e.kv)
 		log.Info("no warm cache to load: starting cold")
 	case err != nil:
 		for i := range e.kv.held {
@@ -106,6 +109,9 @@ func (e *Engine) loadWarm() {
 		}
 		log.Warn("warm cache refused: starting cold", "err", err)
 	default:
+		if fi, err := os.Stat(e.cfg.WarmFile); err == nil && (e.cfg.WarmBudget <= 0 || fi.Size() <= e.cfg.WarmBudget) {
+			e.notePrint(e.kv) // else a smaller budget now: the next save rewrites it
+		}
 		e.warmLoaded.Add(int64(tokens))
 		log.Info("warm cache loaded", "sequences", n, "tokens", tokens, "ms", time.Since(start).Milliseconds())
 	}
@@ -181,7 +187,12 @@ func (e *Engine) SaveWarm(ctx context.Context) error {
 	}
 	got := make(chan warmSnapshot, 1)
 	select {
-	case e.ctl <- func(kv *kvState, slots []*slot) { got <- e.snapshotWarm(kv, slots) }:
+	case e.ctl <- func(kv *kvState, slots []*slot) {
+		start := time.Now()
+		snap := e.snapshotWarm(kv, slots)
+		snap.held = time.Since(start) // the engine decoded nothing meanwhile
+		got <- snap
+	}:
 	case <-e.done:
 		return backends.ErrClosed
 	case <-ctx.Done():
@@ -203,17 +214,18 @@ func (e *Engine) SaveWarm(ctx context.Context) error {
 
 // warmSnapshot is a copy of the caches the sequences held at one moment.
 type warmSnapshot struct {
-	seq  int64 // orders snapshots: an older one never replaces a newer file
-	recs []kvstate.Record
-	err  error
+	seq       int64 // orders snapshots: an older one never replaces a newer file
+	recs      []kvstate.Record
+	err       error
+	print     uint64        // warmOrder's fingerprint
+	unchanged bool          // the file holds these caches already: nothing copied, nothing to write
+	held      time.Duration // how long taking it held the scheduler
 }
 
-// snapshotWarm copies the caches of the sequences, most recently used
-// first (a running one first of all), as many as Config.WarmBudget holds.
-// It runs where nothing decodes: on the scheduler goroutine between two
-// steps, or after it stopped (slots all nil).
-func (e *Engine) snapshotWarm(kv *kvState, slots []*slot) warmSnapshot {
-	snap := warmSnapshot{seq: e.warmSeq.Add(1)}
+// warmOrder is the sequences that hold a cache, most recently used first
+// (a running one first of all), and a fingerprint of their tokens in that
+// order: two moments with the same fingerprint hold the same caches.
+func warmOrder(kv *kvState, slots []*slot) ([]int, uint64) {
 	last := func(i int) int64 {
 		if slots[i] != nil {
 			return math.MaxInt64
@@ -227,6 +239,38 @@ func (e *Engine) snapshotWarm(kv *kvState, slots []*slot) warmSnapshot {
 		}
 	}
 	slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(last(b), last(a)) })
+	h := fnv.New64a()
+	var b [4]byte
+	for _, i := range order {
+		binary.LittleEndian.PutUint32(b[:], uint32(len(kv.held[i])))
+		h.Write(b[:])
+		for _, t := range kv.held[i] {
+			binary.LittleEndian.PutUint32(b[:], uint32(t))
+			h.Write(b[:])
+		}
+	}
+	return order, h.Sum64()
+}
+
+// notePrint records that the warm file holds what kv holds (just loaded).
+func (e *Engine) notePrint(kv *kvState) {
+	_, p := warmOrder(kv, make([]*slot, len(kv.held)))
+	e.warmPrint.Store(p)
+	e.warmPrinted.Store(true)
+}
+
+// snapshotWarm copies the caches of the sequences, most recently used
+// first (a running one first of all), as many as Config.WarmBudget holds.
+// It runs where nothing decodes: on the scheduler goroutine between two
+// steps, or after it stopped (slots all nil).
+func (e *Engine) snapshotWarm(kv *kvState, slots []*slot) warmSnapshot {
+	snap := warmSnapshot{seq: e.warmSeq.Add(1)}
+	var order []int
+	order, snap.print = warmOrder(kv, slots)
+	if e.warmPrinted.Load() && snap.print == e.warmPrint.Load() {
+		snap.unchanged = true // a periodic save with nothing new: no copies
+		return snap
+	}
 	size := int64(64)
 	for _, i := range order {
 		held := kv.held[i]
@@ -272,6 +316,10 @@ func (e *Engine) writeSnapshot(snap warmSnapshot) error {
 	if snap.seq <= e.warmWritten {
 		return nil
 	}
+	if snap.unchanged && snap.err == nil {
+		log.Debug("warm cache unchanged: not saved", "held", snap.held)
+		return nil
+	}
 	start := time.Now()
 	size, err := e.writeWarm(snap)
 	if err != nil {
@@ -279,7 +327,10 @@ func (e *Engine) writeSnapshot(snap warmSnapshot) error {
 		return err
 	}
 	e.warmWritten = snap.seq
-	log.Info("warm cache saved", "sequences", len(snap.recs), "bytes", size, "ms", time.Since(start).Milliseconds())
+	e.warmPrint.Store(snap.print)
+	e.warmPrinted.Store(true)
+	log.Info("warm cache saved", "sequences", len(snap.recs), "bytes", size, "ms", time.Since(start).Milliseconds(),
+		"held", snap.held.Round(time.Microsecond))
 	return nil
 }
 

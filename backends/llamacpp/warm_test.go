@@ -237,3 +237,49 @@ func TestWarmSaveWhileServing(t *testing.T) {
 		t.Fatalf("SaveWarm after Close: %v", err)
 	}
 }
+
+// TestWarmSaveOnlyWhenChanged: a save of caches the warm file holds
+// already (a periodic save with no request since, an engine that loaded
+// the file and served nothing, Close after a save) writes nothing; a new
+// turn makes the next save write.
+func TestWarmSaveOnlyWhenChanged(t *testing.T) {
+	path := writeModel(t, gguf.TinySpec(1))
+	warm := filepath.Join(t.TempDir(), "warm.kv")
+	var logs logBuffer
+	cfg := Config{Parallel: 2, SequenceContext: 512, WarmFile: warm, Logger: logs.logger()}
+	e := newEngine(t, path, cfg)
+	a := &chat{}
+	a.turn(t, e, "What is the temperature in the east bed right now, please?")
+	save := func(e *Engine, want int) {
+		t.Helper()
+		if err := e.SaveWarm(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if n := logs.lines("warm cache saved"); n != want {
+			t.Fatalf("%d saves, want %d:\n%s", n, want, logs.buf.String())
+		}
+	}
+	save(e, 1)
+	save(e, 1)
+	a.turn(t, e, "And in the west bed?")
+	save(e, 2)
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := logs.lines("warm cache saved"); n != 2 {
+		t.Fatalf("Close after a save wrote again:\n%s", logs.buf.String())
+	}
+	before, err := os.Stat(warm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle := newEngine(t, path, cfg)
+	save(idle, 2)
+	if err := idle.Close(); err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.Stat(warm)
+	if err != nil || logs.lines("warm cache saved") != 2 || !after.ModTime().Equal(before.ModTime()) {
+		t.Fatalf("an engine that served nothing rewrote the file (%v):\n%s", err, logs.buf.String())
+	}
+}
