@@ -38,7 +38,7 @@ const (
 
 // serve runs d on loopback UDP (and the HTTP API) until the benchmark
 // ends, returning a device that has said HELLO and the API's URL.
-func serve(b *testing.B, e backends.Backend) (*device.Client, string) {
+func serve(b testing.TB, e backends.Backend) (*device.Client, string) {
 	b.Helper()
 	d, err := daemon.New(daemon.Config{PeerRate: -1}, e, nil) // one client far above a device's rate: measure the path, not the limiter
 	if err != nil {

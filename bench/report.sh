@@ -32,6 +32,10 @@ run $GO test -run '^$' -bench '^BenchmarkObserverOverhead$' -benchmem -count "$C
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
   run $GO test -run '^$' -bench '^(BenchmarkNativePath|BenchmarkRepeatCached)$' -benchtime 5x -count "$COUNT" ./bench/ | tee "$tmp/paths.txt" >&2
 run $GO test -run '^$' -bench '^BenchmarkOllamaPath(Paced)?$' -count "$COUNT" ./bench/ | tee -a "$tmp/paths.txt" >&2
+# The Ollama engine's warm-up against a fake Ollama whose model load is
+# modelled (2.4 s): the first request's first token with and without it,
+# alternating; and whether a chat's requests keep a stable prefix (~10 s).
+run $GO test -run '^$' -bench '^BenchmarkOllamaWarmUp$' -benchtime 2x -count 1 ./bench/ | tee -a "$tmp/paths.txt" >&2
 # The engine against the C harness and the memory system (rounds interleaved inside).
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
   run $GO test -run '^$' -bench '^BenchmarkNativeVsHarness$' -benchtime 12x -count "$COUNT" ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
