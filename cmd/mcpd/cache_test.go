@@ -49,13 +49,7 @@ func TestEndToEndCache(t *testing.T) {
 			helloUntilReady(ctx, c)
 			// A second device asks for STATUS: the first's max_data 48
 			// has room for one cache field only (§11.11).
-			str, err := device.DialUDP(addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer str.Close()
-			sc := device.New(str, device.Config{DeviceID: "status", MaxData: 128, Window: 2})
-			helloUntilReady(ctx, sc)
+			sc := connect(t, addr, "status")
 			if st := deviceStatus(ctx, t, sc); st.KV == nil || st.KV.Hits+st.KV.Misses != 0 || (st.Responses != nil) != (tc.hits > 0) {
 				t.Fatalf("STATUS before any request: kv %+v, responses %+v", st.KV, st.Responses)
 			}
