@@ -71,6 +71,22 @@ type Config struct {
 	// grammar), "auto" (the default) lets it choose: a demonstration and
 	// test setting for models that would never call on their own.
 	ToolChoice string
+	// Kept conversations (chats.go, docs/protocol.md §10): a device that
+	// proves who it is (signed, or the one device on a serial port or
+	// behind an MQTT topic) may resume its chat after its session ended or
+	// the daemon restarted. ChatBudget bounds what is kept for ended
+	// sessions and what is saved, in bytes (default 16 MiB); ChatFile is
+	// where the conversations are saved at stop and reload and loaded at
+	// start ("" none); ChatModel names what the daemon serves with, and a
+	// file saved for another is refused. SaveInterval saves them (and the
+	// engine's warm cache, backends.WarmSaver) that often when something
+	// changed; zero: only at stop and reload. ResumeUnsigned lets an
+	// unsigned UDP device resume by its id alone (a trusted network).
+	ChatFile       string
+	ChatModel      string
+	ChatBudget     int64
+	SaveInterval   time.Duration
+	ResumeUnsigned bool
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -133,6 +149,9 @@ func (c Config) WithDefaults() Config {
 	def(&c.MaxToolDevices, 1024)
 	if c.ToolChoice == "" {
 		c.ToolChoice = "auto"
+	}
+	if c.ChatBudget <= 0 {
+		c.ChatBudget = 16 << 20
 	}
 	return c
 }

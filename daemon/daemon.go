@@ -49,6 +49,7 @@ type Daemon struct {
 	links     linkSet       // the links being served, and their lifetime
 	local     localRequests // local applications' requests (local.go)
 	tools     toolStore     // devices' tool declarations by device id (tools.go)
+	chats     chatStore     // conversations kept for devices to resume (chats.go)
 }
 
 // New returns a daemon serving through b.
@@ -93,6 +94,7 @@ func (d *Daemon) Run(ctx context.Context, links ...Link) error {
 	if len(links) == 0 {
 		return errors.New("daemon: no links to serve")
 	}
+	d.loadChats() // before the first HELLO
 	linkCtx, stopLinks := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLinks()
 	d.links.begin(linkCtx)
@@ -102,10 +104,14 @@ func (d *Daemon) Run(ctx context.Context, links ...Link) error {
 			return err
 		}
 	}
-	janitorDone := make(chan struct{})
+	janitorDone, saverDone := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(janitorDone)
 		d.janitor(linkCtx)
+	}()
+	go func() {
+		defer close(saverDone)
+		d.saver(linkCtx)
 	}()
 	close(d.links.started)
 
@@ -116,7 +122,9 @@ func (d *Daemon) Run(ctx context.Context, links ...Link) error {
 	}
 	d.drain()
 	stopLinks()
-	<-janitorDone // it closes the sessions left
+	<-janitorDone // it closes the sessions left, keeping their conversations
+	<-saverDone
+	d.SaveChats()
 	return linkErr
 }
 

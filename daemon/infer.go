@@ -201,8 +201,9 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if m.Set.Has(serialproto.OptNewChat) {
+	if m.Set.Has(serialproto.OptNewChat) && s.history != nil {
 		s.history = nil
+		s.d.chats.changed()
 	}
 	if len(s.order) >= rememberedRequests {
 		// Forget the oldest request whose answer is delivered. One still

@@ -111,9 +111,11 @@ func (d *Daemon) hello(p Peer, f serialproto.Frame) {
 	})
 	if res.evicted != nil {
 		res.evicted.cancel(errSessionClosed)
+		res.evicted.park()
 	}
 	switch res.outcome {
 	case helloOpened:
+		res.session.resume(h.Features&serialproto.FeatureResume != 0, res.old)
 		if res.old != nil {
 			res.old.close(errSessionClosed)
 		}

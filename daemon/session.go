@@ -38,6 +38,9 @@ type session struct {
 	opened      time.Time             // for eviction of half-open sessions (sessions.go)
 	delivered   atomic.Bool           // the device acknowledged a whole answer (sessions.go)
 	places      places                // its admitted requests, at most MaxPerSession (admission.go)
+	owner       string                // who may resume its conversation (chats.go); "" nobody
+	keyCheck    [16]byte              // its signing key's fingerprint, zero unsigned
+	resumed     atomic.Bool           // it began with a kept conversation: WELCOME says RESUME
 
 	mu          sync.Mutex
 	lastAuthErr time.Time // AUTH_FAILED answers are rate-limited (§9.2)
@@ -78,6 +81,7 @@ func newSession(d *Daemon, parent context.Context, p Peer, h *serialproto.Hello,
 			return nil, err
 		}
 	}
+	s.owner, s.keyCheck = chatOwner(p, h.DeviceID, key, cfg.ResumeUnsigned)
 	s.touch()
 	s.opened = d.clock.Now()
 	return s, nil
@@ -130,6 +134,9 @@ func (s *session) welcome() *serialproto.Welcome {
 	if s.statusExt {
 		features |= serialproto.FeatureStatusExt
 	}
+	if s.resumed.Load() {
+		features |= serialproto.FeatureResume
+	}
 	cfg := s.d.conf()
 	return &serialproto.Welcome{
 		Version: serialproto.Version1, MaxData: serialproto.MaxData, Window: 255, Features: features,
@@ -162,10 +169,12 @@ func (s *session) send(seq uint8, m serialproto.Message) {
 	s.d.sendTo(s.peer, seq, s.maxData, s.seal, m, !s.delivered.Load())
 }
 
-// close ends the session and everything running in it.
+// close ends the session and everything running in it; its conversation
+// is kept for its owner (chats.go).
 func (s *session) close(cause error) {
 	s.cancel(cause)
 	s.d.sessions.remove(s)
+	s.park()
 }
 
 func (s *session) cancelRequests(cause error) {
@@ -315,6 +324,7 @@ func (s *session) dropOldTurns() bool {
 		return false
 	}
 	s.history = lastTurns(s.history, len(s.history)/2)
+	s.d.chats.changed()
 	return true
 }
 
@@ -341,11 +351,15 @@ func lastTurns(h []backends.Message, n int) []backends.Message {
 // tool said, and the engine's KV cache finds the prompt it evaluated.
 func (s *session) remember(prompt string, tools []backends.Message, answer string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.history = append(s.history, backends.Message{Role: backends.RoleUser, Content: prompt})
 	s.history = append(s.history, tools...)
 	s.history = append(s.history, backends.Message{Role: backends.RoleAssistant, Content: answer})
 	if limit := s.d.conf().MaxHistory; len(s.history) > limit {
 		s.history = lastTurns(s.history, max(limit/2&^1, min(limit&^1, 2)))
+	}
+	s.mu.Unlock()
+	s.d.chats.changed()
+	if s.ctx.Err() != nil {
+		s.park() // the session ended while this turn was generated: keep it too
 	}
 }

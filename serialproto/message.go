@@ -91,6 +91,10 @@ const (
 	// FeatureStatusExt: the device reads the extended STATUS_REPLY, whose
 	// fields carry the daemon's cache figures (§11.11).
 	FeatureStatusExt uint16 = 1 << 2
+	// FeatureResume: in HELLO, the device asks to continue the
+	// conversation the daemon kept for it (a session that ended, a daemon
+	// restart); in WELCOME, the new session holds that conversation (§10).
+	FeatureResume uint16 = 1 << 3
 )
 
 // Limits of the message layer.

@@ -56,6 +56,17 @@ func (k Key) IsZero() bool { return len(k.b) == 0 }
 // Equal compares two keys in constant time.
 func (k Key) Equal(o Key) bool { return subtle.ConstantTimeCompare(k.b, o.b) == 1 }
 
+// Check is a fingerprint of k for label: the first 16 bytes of
+// HMAC-SHA256(k, label). It tells whether a key is the one something was
+// kept for (the daemon's saved conversations) without keeping the key.
+func (k Key) Check(label string) [16]byte {
+	m := hmac.New(sha256.New, k.b)
+	m.Write([]byte(label))
+	var c [16]byte
+	copy(c[:], m.Sum(nil))
+	return c
+}
+
 func (Key) String() string               { return "[redacted key]" }
 func (Key) GoString() string             { return "serialproto.Key{[redacted]}" }
 func (Key) LogValue() slog.Value         { return slog.StringValue("[redacted key]") }

@@ -31,15 +31,19 @@ func (c *Client) Ask(ctx context.Context, m *serialproto.Infer, onText func([]by
 // reach the device, and the answer it gets is the only one (the engine may
 // have started the prompt twice). Not once text has come (onText would see
 // it twice), nor when the prompt continues a conversation the lost session
-// held (the new one has no history): those return the NO_SESSION error.
-// seq is updated to the request's seq in the new session.
+// held (the new one has no history) — unless the device asks to resume
+// it (Config.Resume) and the new session did: those return the NO_SESSION
+// error. seq is updated to the request's seq in the new session.
 func (c *Client) askInSession(ctx context.Context, seq *uint8, m *serialproto.Infer, onText func([]byte) error) (*serialproto.Done, error) {
 	done, accepted, err := c.ask(ctx, *seq, m, onText)
 	var perr *serialproto.Error
-	if !accepted && errors.As(err, &perr) && perr.Code == serialproto.CodeNoSession &&
-		(c.turns == 0 || m.Set.Has(serialproto.OptNewChat)) {
+	if fresh := c.turns == 0 || m.Set.Has(serialproto.OptNewChat); !accepted && errors.As(err, &perr) &&
+		perr.Code == serialproto.CodeNoSession && (fresh || c.cfg.Resume) {
 		if herr := c.Hello(ctx); herr != nil {
 			return nil, fmt.Errorf("%w (reopening the session: %w)", err, herr)
+		}
+		if !fresh && !c.Resumed() {
+			return nil, err // the daemon kept no conversation to continue
 		}
 		c.seq++
 		*seq = c.seq

@@ -55,6 +55,11 @@ type Config struct {
 	Key         serialproto.Key // the device's signing key; zero: an unsigned session
 	LinkID      uint8           // this link's id in signatures (0 UART, 1 Wi-Fi, ...)
 	Retries     int             // retransmissions before giving up, and at least serialproto.RetryHorizon(RTO, Retries); default 8
+	// Resume asks in every HELLO to continue the conversation the daemon
+	// kept for this device (protocol.md §10: a signed device, or one on a
+	// serial port), after a lost session or a daemon restart; Resumed
+	// says whether the daemon did.
+	Resume bool
 }
 
 // Client is one device's session with the daemon. Not safe for concurrent
@@ -144,6 +149,13 @@ func (c *Client) RTO() (rto, srtt time.Duration) { return c.rtt.RTO(), c.rtt.SRT
 // repeated ACKs are not counted). On a link that loses nothing, every one
 // was spurious: the answer was on its way.
 func (c *Client) Retransmits() uint64 { return c.resent }
+
+// Resumed reports whether the session continues a conversation the daemon
+// kept for the device (Config.Resume, protocol.md §10): its next prompt
+// then follows the earlier turns.
+func (c *Client) Resumed() bool {
+	return c.cfg.Resume && c.welcome.Features&serialproto.FeatureResume != 0
+}
 
 // sack reports whether the device asked for selective acknowledgment and
 // the daemon granted it.

@@ -113,7 +113,11 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 		heard = time.Now()
 		if c.verifier != nil {
 			var err error
+			orig := f
 			if f, _, _, err = c.verifier.Verify(f); err != nil {
+				if e := c.advisoryNoSession(orig); e != nil && !streaming() {
+					return e
+				}
 				continue // unsigned, forged or replayed: not from our daemon
 			}
 		} else if f.Flags&serialproto.FlagSigned != 0 && len(f.Data) >= serialproto.SignatureLen {
@@ -150,6 +154,25 @@ func (c *Client) exchange(ctx context.Context, seq uint8, resend func(attempt in
 			return err
 		}
 	}
+}
+
+// advisoryNoSession is the unsigned ERROR NO_SESSION f carries, for a
+// device that resumes its conversation (Config.Resume), else nil. A signed
+// session's daemon that restarted has no key to sign it with, so it can
+// only say so unsigned: an advisory (protocol.md §9.2) such a device may
+// act on by saying HELLO again — the signed WELCOME proves the daemon, and
+// the new session resumes the conversation (from the old session, should
+// the ERROR be forged), so a forgery costs a round trip. Any other
+// device keeps ignoring it and retransmits.
+func (c *Client) advisoryNoSession(f serialproto.Frame) *serialproto.Error {
+	if !c.cfg.Resume || f.Cmd != serialproto.CmdError || f.Flags&serialproto.FlagSigned != 0 {
+		return nil
+	}
+	m, err := serialproto.ParseBody(f.Cmd, f.Data)
+	if e, ok := m.(*serialproto.Error); err == nil && ok && e.Code == serialproto.CodeNoSession {
+		return e
+	}
+	return nil
 }
 
 // noisyLine is a transport that knows when a frame last arrived corrupt:

@@ -20,6 +20,9 @@ func (c *Client) Hello(ctx context.Context) error {
 	if !c.cfg.NoStatusExt {
 		hello.Features |= serialproto.FeatureStatusExt
 	}
+	if c.cfg.Resume {
+		hello.Features |= serialproto.FeatureResume
+	}
 	if c.signing() {
 		hello.Features |= serialproto.FeatureSign
 		// The HELLO is signed with boot_nonce ‖ 0 (§9.1).
@@ -43,7 +46,10 @@ func (c *Client) Hello(ctx context.Context) error {
 				}
 			}
 			c.welcome = *m
-			c.turns = 0 // a new session has no history
+			c.turns = 0 // a new session has no history, unless it resumed one
+			if c.Resumed() {
+				c.turns = 1
+			}
 			return true, nil
 		case *serialproto.Error:
 			return true, m

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
 )
@@ -33,8 +34,17 @@ type cacheSection struct {
 	// every restart.
 	NoWarm bool `toml:"no_warm"`
 	// WarmMiB bounds the warm file (default 256): the most recently used
-	// conversations' caches that fit are saved.
+	// conversations' caches that fit are saved. It bounds the devices'
+	// saved conversations (ChatFileName) too.
 	WarmMiB int `toml:"warm_mib"`
+	// SaveInterval saves the warm file and the devices' conversations that
+	// often while serving, when they changed (default 5m; "0s": only at
+	// stop and reload), so a crash loses at most that much.
+	SaveInterval *duration `toml:"save_interval"`
+	// ResumeUnsigned lets an unsigned UDP device resume its conversation
+	// by its id alone (docs/protocol.md §10): only on a network where no
+	// one else can claim a device's id.
+	ResumeUnsigned bool `toml:"resume_unsigned"`
 }
 
 const (
@@ -42,7 +52,28 @@ const (
 	defaultWarmMiB  = 256
 	// WarmFileName is the warm cache's file in the state directory.
 	WarmFileName = "kv-warm.mcpdkv"
+	// ChatFileName is the devices' saved conversations in the state
+	// directory (daemon/chatstate).
+	ChatFileName        = "chats.mcpdch"
+	defaultSaveInterval = 5 * time.Minute
 )
+
+// chatFile is where the daemon saves the devices' conversations, "" when
+// off: with the warm cache, whatever the engine.
+func (c cacheSection) chatFile() string {
+	if c.NoWarm || c.StateDir == "" {
+		return ""
+	}
+	return filepath.Join(c.StateDir, ChatFileName)
+}
+
+// saveInterval is how often the warm state is saved while serving, 0 off.
+func (c cacheSection) saveInterval() time.Duration {
+	if c.SaveInterval == nil {
+		return defaultSaveInterval
+	}
+	return c.SaveInterval.Duration
+}
 
 // warmFile is the in-process engine's warm cache file, "" when off.
 func (c cacheSection) warmFile() string {
@@ -97,6 +128,9 @@ func (c cacheSection) validate() error {
 	if c.WarmMiB < 0 || c.WarmMiB > 1<<20 {
 		return fmt.Errorf("cache warm_mib %d: want 0..%d", c.WarmMiB, 1<<20)
 	}
+	if c.SaveInterval != nil && c.SaveInterval.Duration < 0 {
+		return fmt.Errorf("cache save_interval %v: want 0 (off) or more", c.SaveInterval.Duration)
+	}
 	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("cache state_dir %q: want an absolute path", c.StateDir)
 	}
@@ -110,7 +144,8 @@ func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 	mib := fs.Int("cache-mib", 0, fmt.Sprintf("the caches' memory budget in MiB: answers (--cache) and the KV caches kept between turns (default: %d for answers, the KV cells as allocated)", defaultCacheMiB))
 	noKV := fs.Bool("no-kv-reuse", false, "evaluate every prompt whole instead of reusing the engine's KV cache (for comparisons)")
 	stateDir := fs.String("state-dir", "", "where the engine keeps its warm cache across restarts (default $STATE_DIRECTORY)")
-	noWarm := fs.Bool("no-warm", false, "start cold: do not save the engine's KV caches at exit nor load them at start")
+	noWarm := fs.Bool("no-warm", false, "start cold: do not save the engine's KV caches and the devices' conversations at exit nor load them at start")
+	every := fs.Duration("save-interval", defaultSaveInterval, "save the warm cache and the devices' conversations this often while serving, when they changed (0: only at stop and reload)")
 	history := fs.Int("max-history", 0, "chat messages (user and assistant) kept per device session (default 20)")
 	return func(cfg *config, set map[string]bool) {
 		if set["max-history"] {
@@ -128,8 +163,18 @@ func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 		if set["no-warm"] {
 			cfg.Cache.NoWarm = *noWarm
 		}
+		if set["save-interval"] {
+			cfg.Cache.SaveInterval = &duration{*every}
+		}
 		if set["no-kv-reuse"] {
 			cfg.Cache.NoKVReuse = *noKV
 		}
 	}
+}
+
+// chatModel names what the daemon answers devices with, for the saved
+// conversations' file: a start with another backend or model refuses it
+// (docs/caching.md), as the engine refuses its warm file.
+func chatModel(cfg config) string {
+	return fmt.Sprintf("%s|%s|%s", cfg.Backend, cfg.Model, cfg.Ollama.Model)
 }

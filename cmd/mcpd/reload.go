@@ -48,8 +48,10 @@ func prepare(cfg config) (prepared, error) {
 		MaxConcurrent: cfg.Limits.MaxConcurrent, MaxQueue: cfg.Limits.MaxQueue, MaxSessions: cfg.Limits.MaxSessions,
 		Heartbeat: cfg.Limits.Heartbeat.Duration, RequestTimeout: cfg.Limits.RequestTimeout.Duration,
 		ShutdownDrain: cfg.Limits.ShutdownDrain.Duration, StallTimeout: cfg.Limits.EngineStall.Duration,
-		MinRTO:      cfg.Limits.MinRTO.Duration,
-		MaxHistory:  cfg.Limits.MaxHistory,
+		MinRTO:     cfg.Limits.MinRTO.Duration,
+		MaxHistory: cfg.Limits.MaxHistory,
+		ChatFile:   cfg.Cache.chatFile(), ChatModel: chatModel(cfg), ChatBudget: cfg.Cache.warmBudget(),
+		SaveInterval: cfg.Cache.saveInterval(), ResumeUnsigned: cfg.Cache.ResumeUnsigned,
 		ToolTimeout: cfg.Limits.ToolTimeout.Duration, MaxToolCalls: cfg.Limits.MaxToolCalls, ToolChoice: cfg.Limits.ToolChoice,
 	}
 	if err := cfg.applyGuard(&p.daemon); err != nil {
@@ -168,6 +170,7 @@ func (s *service) apply(ctx context.Context, d *daemon.Daemon, cfg config) error
 		}
 		cancel()
 	}
+	d.SaveChats() // logs its own failure
 	key := engineSettings(cfg)
 	reloadEngine := key != s.engineKey
 	var (

@@ -231,6 +231,9 @@ typedef struct mcpf_cache_figures {
 
 /* Feature bit 2 (§11.1): the device reads the extended STATUS_REPLY. */
 #define MCPF_FEATURE_STATUS_EXT 4u
+/* Feature bit 3 (§10, §11.1): HELLO asks to resume the kept conversation;
+ * WELCOME grants it when the session holds it. */
+#define MCPF_FEATURE_RESUME 8u
 /* STATUS_REPLY fields present (mcpf_status_reply.has). */
 #define MCPF_STATUS_KV 1u        /* KV_CACHE (0x01): the engine's KV cache */
 #define MCPF_STATUS_RESPONSES 2u /* RESPONSE_CACHE (0x02): the response cache */

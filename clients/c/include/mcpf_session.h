@@ -74,6 +74,10 @@ typedef struct mcpf_config {
      * fields carry the daemon's cache figures (§11.11); a daemon that does
      * not know it answers in the basic layout, which is parsed as well. */
     uint8_t status_ext;
+    /* 1: ask in HELLO to continue the conversation the daemon kept for
+     * this device (MCPF_FEATURE_RESUME, §10: a signed device, or the one on
+     * its serial port); s->welcome.features has the bit when it did. */
+    uint8_t resume;
 #if MCPF_DEVICE_TOOLS
     /* Device tools (§16): the table mcpf_session_tools declares, the
      * handlers' ctx, and the buffer a TOOL_RESULT is built in (2 bytes +

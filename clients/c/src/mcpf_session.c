@@ -191,6 +191,8 @@ static void send_hello(mcpf_session *s, uint32_t now)
         h.features |= 2u; /* SACK (§8.2) */
     if (s->cfg->status_ext)
         h.features |= MCPF_FEATURE_STATUS_EXT; /* cache figures in STATUS_REPLY (§11.11) */
+    if (s->cfg->resume)
+        h.features |= MCPF_FEATURE_RESUME; /* continue the kept conversation (§10) */
     h.device_id = (const uint8_t *)id;
     h.device_id_len = (uint8_t)strlen(id);
 #if MCPF_SIGN
