@@ -356,6 +356,30 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 		})
 	}
 
+	// The extended STATUS_REPLY (docs/protocol.md §11.11): the C device asks
+	// for it after its answer, twice with the same greedy question; the
+	// engine's KV cache counts each request as a hit or a miss, and the
+	// second finds the prompt the first left evaluated.
+	t.Run("udp-status", func(t *testing.T) {
+		kv := func() (hits, misses int) {
+			t.Helper()
+			_, stderr, err := runC(ctx, plain, nil, "--udp", addr, "--device-id", "c-status", "--max-data", "128", "--window", "2", "--status")
+			m := regexp.MustCompile(`(?m)^status: kv cache: (\d+) hits, (\d+) misses`).FindStringSubmatch(stderr)
+			if err != nil || m == nil || !strings.Contains(stderr, "status: extended layout") {
+				t.Fatalf("C device --status: %v\n%s", err, stderr)
+			}
+			fmt.Sscan(m[1], &hits)
+			fmt.Sscan(m[2], &misses)
+			return hits, misses
+		}
+		h1, m1 := kv()
+		h2, m2 := kv()
+		t.Logf("kv cache: %d hits, %d misses, then %d hits, %d misses", h1, m1, h2, m2)
+		if h2 != h1+1 || m2 != m1 {
+			t.Errorf("the repeated question: kv hits %d → %d, misses %d → %d; want one more hit", h1, h2, m1, m2)
+		}
+	})
+
 	// Device tools (docs/protocol.md §16) on the tiny random model, which
 	// the config's tool_choice "first" makes call a tool at once: the C
 	// device (mcpf_ask --tools) and the Go device, declaring the same two

@@ -15,7 +15,8 @@
  * --key HEX (built with MCPF_SIGN=1), --tools (declare two device tools,
  * read_soil and set_relay, and let the model call them, §16; --soil
  * PERCENT is what the sensor reads, default 41; --soil-ms N makes a reading
- * take N ms). The answer goes to
+ * take N ms), --status (after the answer, ask for STATUS in the extended
+ * layout, §11.11, and print the daemon's cache figures). The answer goes to
  * stdout, statistics and each tool call to stderr (with the time from its
  * result sent to the stream's next chunk, the handler's own time not in
  * it). Exit
@@ -177,9 +178,23 @@ static int use_tools;
 static mcpf_session s;
 static uint8_t body[4096];
 static size_t body_len;
-static int asked, status = 1;
+static int asked, status = 1, want_status;
 static double tool_sent; /* when the last TOOL_RESULT went out; 0: none outstanding */
 static uint32_t started, done_at;
+
+/* The STATUS_REPLY's cache figures (§11.11), one line a cache. */
+static void print_status(const mcpf_status_reply *st)
+{
+    const mcpf_cache_figures *f[2] = {&st->kv, &st->responses};
+    static const char *names[2] = {"kv cache", "response cache"};
+    int i;
+    fprintf(stderr, "status: %s layout, load %u%%, backend %.*s\n", st->extended ? "extended" : "basic", st->load,
+            st->backend_len, (const char *)st->backend);
+    for (i = 0; i < 2; i++)
+        if (st->has & (i ? MCPF_STATUS_RESPONSES : MCPF_STATUS_KV))
+            fprintf(stderr, "status: %s: %lu hits, %lu misses, %lu evictions, %llu bytes\n", names[i], (unsigned long)f[i]->hits,
+                    (unsigned long)f[i]->misses, (unsigned long)f[i]->evictions, (unsigned long long)f[i]->bytes);
+}
 
 /* What the device does with each event; returns -1 to go on, or the exit
  * status. */
@@ -228,6 +243,12 @@ static int on_event(const mcpf_event *ev, uint32_t now)
                 (unsigned long)(now_ms() - started), (unsigned long)ev->u.done.text_bytes, (unsigned long)ev->u.done.text_crc32c);
         status = 0;
         done_at = now;
+        if (want_status && mcpf_session_status(&s, now) == 0)
+            return -1;
+        mcpf_session_bye(&s, now);
+        return -1;
+    case MCPF_EV_STATUS:
+        print_status(&ev->u.status);
         mcpf_session_bye(&s, now);
         return -1;
     case MCPF_EV_BAD_ANSWER:
@@ -290,6 +311,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--temperature")) q.present |= MCPF_HAS(MCPF_OPT_TEMPERATURE), q.temperature = (uint16_t)x;
         else if (!strcmp(a, "--schema")) q.present |= MCPF_HAS(MCPF_OPT_SCHEMA), q.schema = (uint8_t)x;
         else if (!strcmp(a, "--tools")) use_tools = 1, i--;
+        else if (!strcmp(a, "--status")) want_status = 1, cfg.status_ext = 1, i--;
         else if (!strcmp(a, "--soil")) soil = (unsigned)x;
         else if (!strcmp(a, "--soil-ms")) soil_ms = (unsigned)x;
         else { fprintf(stderr, "mcpf_ask: bad argument %s %s (see the comment at the top of mcpf_ask.c)\n", a, v); return 1; }
