@@ -48,6 +48,12 @@ MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
 # conversation's first turn after a restart, warm file vs none (interleaved).
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
   run $GO test -run '^$' -bench '^(BenchmarkSharedPrefix|BenchmarkWarmRestart)$' -benchtime 6x -count 1 ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
+# A device's conversation resumed after a restart (RESUME), warm file vs
+# conversations only, and how long a warm save holds the engine.
+MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
+  run $GO test -run '^$' -bench '^BenchmarkResumeRestart$' -benchtime 5x -count 1 ./bench/ | tee -a "$tmp/paths.txt" >&2
+MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
+  run $GO test -run '^$' -bench '^BenchmarkWarmSaveHold$' -benchtime 5x -count 1 ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
 # The chat scenario (10 turns): time to first token by turn, KV reuse on and off.
 for mode in on off; do
   flags=()
