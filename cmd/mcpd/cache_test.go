@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -106,6 +107,9 @@ func TestEndToEndCache(t *testing.T) {
 			resp.Body.Close()
 			if on := strings.Contains(string(metrics), `mcpd_response_cache_total{event="hit"} 2`); on != (tc.hits > 0) {
 				t.Fatalf("metrics (cache %s):\n%s", tc.name, metrics)
+			}
+			if kv := fmt.Sprintf(`mcpd_kv_cache_total{event="hit"} %d`, st.KV.Hits); !strings.Contains(string(metrics), kv) {
+				t.Fatalf("metrics (cache %s) without %s:\n%s", tc.name, kv, metrics)
 			}
 		})
 	}

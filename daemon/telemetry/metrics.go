@@ -129,6 +129,8 @@ var (
 	breakerDesc     = prometheus.NewDesc("mcpd_backend_breaker_state", "Circuit breaker of each backend: 0 closed, 1 half-open, 2 open.", []string{"backend"}, nil)
 	cacheDesc       = prometheus.NewDesc("mcpd_response_cache_total", "Response cache events: hit, miss, skipped (a sampled request), evicted.", []string{"event"}, nil)
 	cacheBytesDesc  = prometheus.NewDesc("mcpd_response_cache_bytes", "Bytes the response cache holds.", nil, nil)
+	kvCacheDesc     = prometheus.NewDesc("mcpd_kv_cache_total", "Engine KV cache events: hit (a request found part of its prompt evaluated), miss (none), evicted (a conversation's cache dropped for the budget).", []string{"event"}, nil)
+	kvBytesDesc     = prometheus.NewDesc("mcpd_kv_cache_bytes", "Bytes the engines' KV caches of conversations between turns hold.", nil, nil)
 	promptDesc      = prometheus.NewDesc("mcpd_prompt_tokens_total", "Prompt tokens of engine requests, by whether the engine's KV cache held them (cached) or they were evaluated.", []string{"source"}, nil)
 	toolCallsDesc   = prometheus.NewDesc("mcpd_tool_calls_total", "Device tool calls (protocol.md §16): sent to devices (TOOL_CALL), and of them unanswered within the tool timeout.", []string{"event"}, nil)
 )
@@ -136,7 +138,7 @@ var (
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{framesDesc, badFramesDesc, skippedDesc, retransmitsDesc, reconnectsDesc,
 		sessionsDesc, requestsDesc, tokensDesc, queueDesc, runningDesc, readyDesc, linkUpDesc, selectedDesc, breakerDesc, suppressedDesc, guardDesc,
-		cacheDesc, cacheBytesDesc, promptDesc, toolCallsDesc} {
+		cacheDesc, cacheBytesDesc, kvCacheDesc, kvBytesDesc, promptDesc, toolCallsDesc} {
 		ch <- d
 	}
 }
@@ -167,6 +169,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 					ch <- prometheus.MustNewConstMetric(cacheDesc, prometheus.CounterValue, float64(n), event)
 				}
 				ch <- prometheus.MustNewConstMetric(cacheBytesDesc, prometheus.GaugeValue, float64(c.Bytes))
+			}
+			if c.KV.Engines > 0 {
+				for event, n := range map[string]int64{"hit": c.KV.Hits, "miss": c.KV.Misses, "evicted": c.KV.Evictions} {
+					ch <- prometheus.MustNewConstMetric(kvCacheDesc, prometheus.CounterValue, float64(n), event)
+				}
+				ch <- prometheus.MustNewConstMetric(kvBytesDesc, prometheus.GaugeValue, float64(c.KV.Bytes))
 			}
 			if c.KV.PromptTokens > 0 {
 				ch <- prometheus.MustNewConstMetric(promptDesc, prometheus.CounterValue, float64(c.KV.PromptCached), "cached")
