@@ -135,7 +135,24 @@ type peerLimiter struct {
 	max   int
 
 	mu    sync.Mutex
-	peers map[string]*bucket
+	peers map[limitKey]*bucket
+}
+
+// limitKey names a source in the limiter without building a string: the
+// address of a datagram peer (any port), else the peer's key (an MQTT
+// device behind its broker). The UDP link's gate looks a flood's source up
+// once per datagram, before decoding it.
+type limitKey struct {
+	addr netip.Addr
+	name string
+}
+
+// limitKeyOf is p's key in the limiter (the same source as sourceKey's).
+func limitKeyOf(p Peer) limitKey {
+	if a := p.Addr(); a.IsValid() && !p.ByteStream() {
+		return limitKey{addr: a.Addr().Unmap()}
+	}
+	return limitKey{name: sourceKey(p)}
 }
 
 type bucket struct {
@@ -152,7 +169,7 @@ const maxCredit = 4096
 // received credits a source with n bytes it sent (a sound frame): the
 // daemon's answers to a source without a session, which may be spoofed,
 // never total more bytes than it sent (spend).
-func (l *peerLimiter) received(key string, n int) {
+func (l *peerLimiter) received(key limitKey, n int) {
 	if l.rate <= 0 {
 		return
 	}
@@ -165,7 +182,7 @@ func (l *peerLimiter) received(key string, n int) {
 
 // credit is how many bytes key may be answered with now; -1: unbounded
 // (the limiter is off).
-func (l *peerLimiter) credit(key string) int {
+func (l *peerLimiter) credit(key limitKey) int {
 	if l.rate <= 0 {
 		return -1
 	}
@@ -180,7 +197,7 @@ func (l *peerLimiter) credit(key string) int {
 // spend takes n bytes of key's credit, or reports that there is not enough
 // (the answer is not sent). With the limiter off nothing is tracked and
 // everything may be sent.
-func (l *peerLimiter) spend(key string, n int) bool {
+func (l *peerLimiter) spend(key limitKey, n int) bool {
 	if l.rate <= 0 {
 		return true
 	}
@@ -196,7 +213,7 @@ func (l *peerLimiter) spend(key string, n int) bool {
 
 // allow takes one frame's token; reply says whether to answer
 // RATE_LIMITED for a refused frame.
-func (l *peerLimiter) allow(key string, now time.Time) (ok, reply bool) {
+func (l *peerLimiter) allow(key limitKey, now time.Time) (ok, reply bool) {
 	if l.rate <= 0 {
 		return true, false
 	}
@@ -205,7 +222,7 @@ func (l *peerLimiter) allow(key string, now time.Time) (ok, reply bool) {
 	b := l.peers[key]
 	if b == nil {
 		if l.peers == nil {
-			l.peers = make(map[string]*bucket)
+			l.peers = make(map[limitKey]*bucket)
 		}
 		if len(l.peers) >= l.max {
 			l.evict(now)
@@ -247,14 +264,22 @@ func (l *peerLimiter) evict(now time.Time) {
 // allowPeer applies the per-source rate limit to a datagram peer's frame;
 // serial ports are bounded by their baud rate and are not limited. answer
 // is false for datagrams that are not frames: their source may be spoofed,
-// so nothing is ever sent back to it.
+// so nothing is ever sent back to it. A UDP datagram has been through the
+// link's gate (admitDatagram), which took its token already.
 func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool, size int) bool {
 	if p.ByteStream() {
 		return true
 	}
-	ok, reply := d.limiter.allow(sourceKey(p), d.clock.Now())
+	key := limitKeyOf(p)
+	if up, ok := p.(*udpPeer); ok && up.gated {
+		if answer {
+			d.limiter.received(key, size)
+		}
+		return true
+	}
+	ok, reply := d.limiter.allow(key, d.clock.Now())
 	if ok && answer {
-		d.limiter.received(sourceKey(p), size)
+		d.limiter.received(key, size)
 	}
 	if !ok {
 		d.stats.RateLimited.Add(1)
@@ -263,4 +288,23 @@ func (d *Daemon) allowPeer(p Peer, seq uint8, answer bool, size int) bool {
 		}
 	}
 	return ok
+}
+
+// admitDatagram is the UDP link's gate (udp.go): the source's frame token
+// is taken before the datagram is decoded, so a source over its rate costs
+// one lookup here and nothing more — not counted as a frame or a bad
+// frame, only as rate-limited. The once-a-second RATE_LIMITED answer
+// decodes the datagram for its seq, and only a sound frame is answered.
+func (d *Daemon) admitDatagram(l *UDPLink, from netip.AddrPort, datagram []byte) bool {
+	ok, reply := d.limiter.allow(limitKey{addr: from.Addr().Unmap()}, d.clock.Now())
+	if ok {
+		return true
+	}
+	d.stats.RateLimited.Add(1)
+	if reply {
+		if f, err := serialproto.Decode(datagram); err == nil {
+			d.send(&udpPeer{link: l, addr: from}, f.Seq, serialproto.NewError(serialproto.CodeRateLimited, "too many frames"))
+		}
+	}
+	return false
 }

@@ -191,7 +191,7 @@ func TestPeerLimiterBounded(t *testing.T) {
 	l := peerLimiter{rate: 10, burst: 5, max: 100}
 	now := time.Now()
 	for i := range 10000 {
-		if ok, _ := l.allow(fmt.Sprintf("udp|10.0.%d.%d:1", i/256, i%256), now); !ok {
+		if ok, _ := l.allow(limitKey{addr: netip.AddrFrom4([4]byte{10, 0, byte(i / 256), byte(i % 256)})}, now); !ok {
 			t.Fatalf("source %d refused on its first frame", i)
 		}
 		if len(l.peers) > 100 {

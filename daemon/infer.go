@@ -190,7 +190,7 @@ func (s *session) newRequest(seq uint8, fragments int, m *serialproto.Infer, fir
 		// source sent, like every other answer to it. Without this a spoofed
 		// HELLO and INFER made the daemon send a victim a window of chunks
 		// nine times over.
-		source := sourceKey(s.peer)
+		source := limitKeyOf(s.peer)
 		r.st.gate = func(n int) bool {
 			if s.d.limiter.spend(source, n) {
 				return true

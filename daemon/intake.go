@@ -156,7 +156,7 @@ func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialprot
 	bounded = bounded && d.unproven(p)
 	if bounded {
 		// Texts are cut to what the source may still be answered with.
-		if c := d.limiter.credit(sourceKey(p)); c >= 0 {
+		if c := d.limiter.credit(limitKeyOf(p)); c >= 0 {
 			over := serialproto.Overhead
 			if seal.signed() {
 				over += serialproto.SignatureLen
@@ -180,7 +180,7 @@ func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialprot
 		d.log.Error("encoding a reply", "cmd", m.Command(), "err", err)
 		return
 	}
-	if bounded && !d.limiter.spend(sourceKey(p), len(frame)) {
+	if bounded && !d.limiter.spend(limitKeyOf(p), len(frame)) {
 		d.stats.Unanswered.Add(1)
 		return
 	}

@@ -98,6 +98,14 @@ func (d *Daemon) AddLink(l Link) error {
 	}()
 	// Serving, not necessarily up: a serial link says when its port opens
 	// (or why it does not); LinkStates tells.
+	if u, ok := l.(*UDPLink); ok && u.rcvbuf > 0 {
+		d.log.Info("serving link", "link", name, "receive_buffer", u.rcvbuf)
+		if u.rcvbuf < 2*UDPReceiveBuffer { // the kernel reports twice what it granted
+			d.log.Warn("UDP receive buffer smaller than mcpd asks for: a flood fills it sooner and the kernel then drops every device's datagrams alike (raise net.core.rmem_max, or ReceiveBuffer= in the socket unit)",
+				"link", name, "receive_buffer", u.rcvbuf, "asked", UDPReceiveBuffer)
+		}
+		return nil
+	}
 	d.log.Info("serving link", "link", name)
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"runtime"
 	"slices"
 	"strings"
@@ -44,6 +45,7 @@ func (c *lineCounter) WithGroup(string) slog.Handler                { return c }
 
 type hostileRig struct {
 	d      *daemon.Daemon
+	link   *daemon.UDPLink
 	addr   string
 	lines  *lineCounter
 	http   string // the HTTP API's address
@@ -99,7 +101,7 @@ func startHostile(t *testing.T, cfg daemon.Config, e *Echo) hostileRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := daemon.ListenUDP("127.0.0.1:0")
+	l, err := listenHostile()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +123,35 @@ func startHostile(t *testing.T, cfg daemon.Config, e *Echo) hostileRig {
 			t.Error("daemon did not stop")
 		}
 	})
-	return hostileRig{d: d, addr: l.Addr().String(), lines: lines, http: ln.Addr().String(), engine: engine}
+	return hostileRig{d: d, link: l, addr: l.Addr().String(), lines: lines, http: ln.Addr().String(), engine: engine}
+}
+
+// For comparisons (docs/reliability.md), the daemon's UDP socket can be
+// read the way it was before batching, and keep the kernel's default
+// receive buffer.
+const (
+	envUDPRead   = "MCPD_SOAK_UDP_READ"   // "single": one datagram per system call
+	envUDPRcvbuf = "MCPD_SOAK_UDP_RCVBUF" // "default": the kernel's default receive buffer
+)
+
+func listenHostile() (*daemon.UDPLink, error) {
+	var l *daemon.UDPLink
+	if os.Getenv(envUDPRcvbuf) == "default" {
+		c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			return nil, err
+		}
+		l = daemon.NewUDPLink(c)
+	} else {
+		var err error
+		if l, err = daemon.ListenUDP("127.0.0.1:0"); err != nil {
+			return nil, err
+		}
+	}
+	if os.Getenv(envUDPRead) == "single" {
+		l.SetReadBatch(1)
+	}
+	return l, nil
 }
 
 // legit asks short questions one after another for d and returns the row.
@@ -511,8 +541,9 @@ func logFloodNote(r hostileRig, flood func(), stop func() (int64, time.Duration,
 	if cpu > 0 {
 		attacker = fmt.Sprintf("%.2f CPUs", cpu.Seconds()/secs)
 	}
-	return fmt.Sprintf("%d log lines held back; flood %.0f datagrams/s, %.0f%% dropped by the kernel at the daemon's socket, %d rate-limited; CPU: attacker %s, daemon and legit device %.2f CPUs",
+	dropped := udpDrops(port) - drops0
+	return fmt.Sprintf("%d log lines held back; flood %.0f datagrams/s, %.0f%% dropped by the kernel at the daemon's socket (receive buffer %d KiB), daemon read %.0f datagrams/s, %d rate-limited; CPU: attacker %s, daemon and legit device %.2f CPUs",
 		r.d.Stats().LogSuppressed.Load(), float64(sent)/secs,
-		100*float64(udpDrops(port)-drops0)/float64(max(sent, 1)), r.d.Stats().RateLimited.Load()-limited0,
+		100*float64(dropped)/float64(max(sent, 1)), r.link.ReceiveBuffer()>>10, float64(sent-dropped)/secs, r.d.Stats().RateLimited.Load()-limited0,
 		attacker, self.Seconds()/secs)
 }
