@@ -3,10 +3,11 @@ package llamacpp
 import (
 	"log/slog"
 
-	"github.com/mcpd-project/mcpd/backends"
 	"path/filepath"
 	"runtime"
 	"strings"
+
+	"github.com/mcpd-project/mcpd/backends"
 )
 
 // Config configures the in-process llama.cpp engine.
@@ -76,6 +77,12 @@ type Config struct {
 	// before every decode step; backlog counts the tokens the callers
 	// have not taken yet.
 	beforeStep func(backlog func() int)
+	// mergeFirstTokens, set by benchmarks and tests only, puts new
+	// requests' prompts into the running sequences' steps even when a
+	// short step of their own would give their first tokens sooner
+	// (firstTokensFirst) while it returns true: the A/B baseline. It runs
+	// on the scheduler goroutine before every step.
+	mergeFirstTokens func() bool
 }
 
 // defaultParallel is Config.Parallel when unset.

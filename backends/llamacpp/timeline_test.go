@@ -3,11 +3,14 @@ package llamacpp
 import (
 	"context"
 	"log/slog"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/native/gguf"
 )
 
@@ -109,6 +112,78 @@ func TestTimelineLog(t *testing.T) {
 		e.Close()
 		if e.tracing.Load() != 0 {
 			t.Errorf("level %v: %d requests still tracing", level, e.tracing.Load())
+		}
+	}
+}
+
+// TestFirstTokensFirst checks the step a new request gets beside a
+// generating one (firstTokensFirst): its cached prompt's last token alone,
+// the other sitting it out — or, merged, both in one step — and that
+// neither answer changes.
+func TestFirstTokensFirst(t *testing.T) {
+	path := writeModel(t, gguf.TinySpec(1))
+	long, short := greedyReq("Tell me a long story about the sea", 48), greedyReq("Hello there, how are you", 8)
+	alone := newEngine(t, path, Config{Threads: 1, Parallel: 1})
+	var want [2]string
+	for i, r := range []backends.Request{long, short} {
+		text, _, err := collect(t, alone, context.Background(), r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[i] = text
+	}
+	alone.Close()
+	for _, merged := range []bool{false, true} {
+		// The newcomer is queued from the hook once the long request
+		// generates, so the scheduler admits it beside it.
+		var e *Engine
+		var armed atomic.Bool // after the warm-up request
+		trigger := make(chan struct{})
+		var once sync.Once
+		hook := func(func() int) {
+			if !armed.Load() || e.steps.Load() < 3 {
+				return
+			}
+			once.Do(func() {
+				close(trigger)
+				for deadline := time.Now().Add(5 * time.Second); len(e.queue) == 0 && time.Now().Before(deadline); {
+					runtime.Gosched()
+				}
+			})
+		}
+		e = newEngine(t, path, Config{Threads: 1, Parallel: 2, beforeStep: hook,
+			mergeFirstTokens: func() bool { return merged }})
+		if _, _, err := collect(t, e, context.Background(), short); err != nil { // its prompt into the cache
+			t.Fatal(err)
+		}
+		e.steps.Store(0)
+		armed.Store(true)
+		var got [2]string
+		var tl Timeline
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			var err error
+			if got[0], _, err = collect(t, e, context.Background(), long); err != nil {
+				t.Error(err)
+			}
+		})
+		<-trigger
+		text, _, err := collect(t, e, WithTimeline(context.Background(), &tl), short)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[1] = text
+		wg.Wait()
+		if got != want {
+			t.Errorf("merged %v: answers %q, alone %q", merged, got, want)
+		}
+		wantSeqs := 1
+		if merged {
+			wantSeqs = 2
+		}
+		if tl.Running != 1 || tl.FirstStepSeqs != wantSeqs || tl.FirstStepTokens != wantSeqs {
+			t.Errorf("merged %v: first token's step had %d tokens, %d sequences (want %d) beside %d running",
+				merged, tl.FirstStepTokens, tl.FirstStepSeqs, wantSeqs, tl.Running)
 		}
 	}
 }
