@@ -43,6 +43,10 @@ MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
 # harness decoding 8 sequences per step, and that vs one (rounds interleaved).
 MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
   run $GO test -run '^$' -bench '^BenchmarkParallelVsHarness$' -benchtime 6x -count "$COUNT" ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
+# Eight callers' first tokens against one caller's and the harness's steps
+# of 1 and 8 sequences, first tokens first vs merged (issue 14, ~40 s).
+MCPD_BENCH_MODEL=$(realpath "$MODEL") MCPD_BENCH_THREADS=$THREADS \
+  run $GO test -run '^$' -bench '^BenchmarkTTFTVsHarness$' -benchtime 3x -count 1 ./backends/llamacpp/ | tee -a "$tmp/paths.txt" >&2
 
 # Caching (issue 16): a second device's shared system prompt, and an old
 # conversation's first turn after a restart, warm file vs none (interleaved).

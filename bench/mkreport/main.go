@@ -61,6 +61,12 @@ var metricComparisons = []metricComparison{
 		"the first turn of an old conversation after a restart: with the warm file the engine saved vs without, alternating (target ≤ 0.33×)"},
 	{"Ollama: model loaded at start (modelled load)", "BenchmarkOllamaWarmUp", "cold-ttft-ms", "BenchmarkOllamaWarmUp", "warm-ttft-ms",
 		"the first device's first token after mcpd starts, with the Ollama engine's warm-up vs without, alternating, against a fake Ollama whose model load is MODELLED at 2.4 s (the real Ollama's wait measured here once): it shows the load leaves the first request (warm-start-ms shows it paid at start instead), not what a real load costs; prompt-stable (below) is the fraction of a 6-turn chat's requests that extend the one before exactly"},
+	{"8 callers' first token vs one caller's (in process)", "BenchmarkTTFTVsHarness", "single-p50-ms", "BenchmarkTTFTVsHarness", "eight-p99-ms",
+		"time to first token, p99 of 8 callers asking at once vs p50 of one asking alone, same engine, same run, no network (issue 14's target ≤ 3×; its floor on these cores is the harness's step of 8 vs 1, next row)"},
+	{"A step of 8 sequences vs 1, in C: the first-token floor", "BenchmarkTTFTVsHarness", "t1-ms", "BenchmarkTTFTVsHarness", "t8-ms",
+		"one llama_decode of 8 sequences vs 1 in the C harness, same run: 8 first tokens due at once need at least this (docs/native.md, TTFT budget)"},
+	{"First tokens first vs merged steps", "BenchmarkTTFTVsHarness", "merged-eight-p50-ms", "BenchmarkTTFTVsHarness", "eight-p50-ms",
+		"8 callers' TTFT p50 with new requests' short prompts given a step of their own vs merged into the running streams' steps, alternating in one run"},
 }
 
 // result is one benchmark's runs.
