@@ -190,16 +190,16 @@ func TestContextOptionBounded(t *testing.T) {
 	e := &testEngine{}
 	_, addr := startDaemon(t, Config{MaxContext: 2048}, e)
 	c := dial(t, addr, device.Config{DeviceID: "wide"})
-	for _, want := range []struct{ ask, got int }{{512, 512}, {1 << 31, 2048}} {
+	for _, want := range []struct{ ask, got uint32 }{{512, 512}, {1 << 31, 2048}} {
 		if _, _, err := ask(t, c, "ctx", func(m *serialproto.Infer) {
-			m.Set, m.Context = m.Set.With(serialproto.OptContext), uint32(want.ask)
+			m.Set, m.Context = m.Set.With(serialproto.OptContext), want.ask
 		}); err != nil {
 			t.Fatal(err)
 		}
 		e.mu.Lock()
 		got := e.seen[len(e.seen)-1].Options.ContextSize
 		e.mu.Unlock()
-		if got != want.got {
+		if got != int(want.got) {
 			t.Fatalf("CONTEXT %d reached the engine as %d, want %d", want.ask, got, want.got)
 		}
 	}
