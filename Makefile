@@ -147,7 +147,7 @@ soak: native-headers ## fault scenarios (lossy UDP, late replays, noisy UART, dy
 	  $(GO) test -count=1 -timeout 30m $(SOAK_RUN) ./internal/soak/
 	@echo "table written to $(SOAK_OUT)"
 
-bench-report: build models ## Go benchmarks + mcpctl bench scenarios → bench/reports/YYYY-MM-DD.md (~4 min; on a shared machine: flock /work/heavy.lock make bench-report)
+bench-report: build models ## Go benchmarks + mcpctl bench scenarios → bench/reports/YYYY-MM-DD.md (~11 min; on a shared machine: flock /work/heavy.lock make bench-report)
 	GO=$(GO) BIN=$(BIN) MODEL=$(MODELS)/bench-135m-q8_0.gguf bench/report.sh
 
 # PID-1 tests (systemd/pid1, docs/systemd.md): the amd64 .deb, built into

@@ -4,7 +4,7 @@
 # scenarios, then writes bench/reports/YYYY-MM-DD.md (+ the latency
 # histogram PNG). On a shared machine run it under the heavy lock:
 #   flock /work/heavy.lock make bench-report
-# Bounded: about 12 minutes on 2 cores (COUNT runs of each Go benchmark,
+# Bounded: about 11 minutes on 2 cores (10 min 49 s on 2026-12-05) (COUNT runs of each Go benchmark,
 # SCENARIO_TIME per mcpctl scenario).
 set -euo pipefail
 GO=${GO:-go}

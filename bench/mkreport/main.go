@@ -119,6 +119,16 @@ func mean(v []float64) float64 {
 	return s / float64(len(v))
 }
 
+// ratio prints subject ÷ baseline: two decimals, three significant digits
+// below 0.1 — a cache's hit is hundreds of times faster, and 0.00× would
+// hide by how much.
+func ratio(r float64) string {
+	if r < 0.1 {
+		return fmt.Sprintf("%.3g×", r)
+	}
+	return fmt.Sprintf("%.2f×", r)
+}
+
 // human prints ns as the unit that reads best.
 func human(ns float64) string {
 	switch {
@@ -196,7 +206,7 @@ func run(w io.Writer, date, header string, sections []section, benchFiles []stri
 				continue
 			}
 			bm, sm := mean(r.metrics[c.baseline+"-ms/op"])*1e6, mean(r.metrics[c.subject+"-ms/op"])*1e6
-			fmt.Fprintf(&b, "| %s | %s | %s | **%.2f×** | %s |\n", c.title, human(bm), human(sm), sm/bm, c.meaning)
+			fmt.Fprintf(&b, "| %s | %s | %s | **%s** | %s |\n", c.title, human(bm), human(sm), ratio(sm/bm), c.meaning)
 			continue
 		}
 		base, subj := results[c.baseline], results[c.subject]
@@ -205,7 +215,7 @@ func run(w io.Writer, date, header string, sections []section, benchFiles []stri
 			continue
 		}
 		bm, sm := mean(base.nsPerOp), mean(subj.nsPerOp)
-		fmt.Fprintf(&b, "| %s | %s | %s | **%.2f×** | %s |\n", c.title, human(bm), human(sm), sm/bm, c.meaning)
+		fmt.Fprintf(&b, "| %s | %s | %s | **%s** | %s |\n", c.title, human(bm), human(sm), ratio(sm/bm), c.meaning)
 	}
 	for _, c := range metricComparisons {
 		base, subj := results[c.baseBench], results[c.subjBench]
@@ -214,7 +224,7 @@ func run(w io.Writer, date, header string, sections []section, benchFiles []stri
 			continue
 		}
 		bm, sm := mean(base.metrics[c.baseMetric])*1e6, mean(subj.metrics[c.subjMetric])*1e6
-		fmt.Fprintf(&b, "| %s | %s | %s | **%.2f×** | %s |\n", c.title, human(bm), human(sm), sm/bm, c.meaning)
+		fmt.Fprintf(&b, "| %s | %s | %s | **%s** | %s |\n", c.title, human(bm), human(sm), ratio(sm/bm), c.meaning)
 	}
 	b.WriteString("\n## Every Go benchmark\n\n| benchmark | ns/op (mean) | spread | other metrics (means) |\n|---|---:|---|---|\n")
 	for _, name := range order {

@@ -16,6 +16,7 @@ BenchmarkNativePath-2 	      10	  2100000 ns/op	  1.1 device-ms/op	  29.1 device
 BenchmarkNativeVsHarness-2 	      10	  900000000 ns/op	  5.0 engine-ms/op	  4.0 harness-ms/op	  2.5 memory-ms/op
 BenchmarkSharedPrefix/reuse-2 	       3	  300000000 ns/op	  40.0 cached-%	  250.0 ttft-ms
 BenchmarkSharedPrefix/whole-2 	       3	  900000000 ns/op	  0 cached-%	  1000.0 ttft-ms
+BenchmarkRepeatCached-2 	       5	  140000000 ns/op	  0.26 cached-ms/op	  138.0 warm-ms/op
 PASS
 `
 
@@ -54,6 +55,7 @@ func TestReportRatios(t *testing.T) {
 		"| single | 1 |",
 		"| KV cache: shared system prompt | 1.00 s | 250.00 ms | **0.25×** |",
 		"| KV cache: warm restart | – | – | not measured |",
+		"| Response cache (--cache) | 138.00 ms | 260.0 µs | **0.00188×** |",
 		"## Chat scenario, KV cache on\n\n| turn 10 ÷ turn 1 | 1.1 |",
 	} {
 		if !strings.Contains(got, want) {
