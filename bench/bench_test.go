@@ -71,6 +71,30 @@ func serve(b testing.TB, e backends.Backend) (*device.Client, string) {
 	return c, "http://" + ln.Addr().String()
 }
 
+// benchModel is the model the native benchmarks run: MCPD_BENCH_MODEL
+// (make bench-report: the 135M Q8_0), else the tiny one written now; and
+// the engine's threads, MCPD_BENCH_THREADS (default 2).
+func benchModel(b *testing.B) (path string, threads int) {
+	b.Helper()
+	path = os.Getenv("MCPD_BENCH_MODEL")
+	if path == "" {
+		path = filepath.Join(b.TempDir(), "tiny.gguf")
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
+	threads, _ = strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
+	if threads == 0 {
+		threads = 2
+	}
+	return path, threads
+}
+
 // viaDevice asks as a device over UDP; it returns the tokens generated.
 func viaDevice(b *testing.B, c *device.Client) int { return viaDeviceN(b, c, maxTokens) }
 
@@ -139,22 +163,7 @@ func interleave(b *testing.B, names []string, paths []func() int) {
 // is MCPD_BENCH_MODEL (make bench-report: the 135M Q8_0), else the tiny
 // one; threads MCPD_BENCH_THREADS (default 2).
 func BenchmarkNativePath(b *testing.B) {
-	path := os.Getenv("MCPD_BENCH_MODEL")
-	if path == "" {
-		path = filepath.Join(b.TempDir(), "tiny.gguf")
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
-	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
-	if threads == 0 {
-		threads = 2
-	}
+	path, threads := benchModel(b)
 	const seqCtx = 512
 	// GOMAXPROCS as mcpd sets it for its engine.
 	if os.Getenv("GOMAXPROCS") == "" {
@@ -320,22 +329,7 @@ func BenchmarkOllamaPathPaced(b *testing.B) {
 // warm: the same with no response cache, only the engine's KV cache
 // holding the prompt, interleaved as the baseline.
 func BenchmarkRepeatCached(b *testing.B) {
-	path := os.Getenv("MCPD_BENCH_MODEL")
-	if path == "" {
-		path = filepath.Join(b.TempDir(), "tiny.gguf")
-		f, err := os.Create(path)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
-	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
-	if threads == 0 {
-		threads = 2
-	}
+	path, threads := benchModel(b)
 	open := func(cache int64) *device.Client {
 		s, err := backends.Open(context.Background(), backends.OpenConfig{Policy: backends.PolicyNative, ResponseCache: cache,
 			Native: llamacpp.Starter(llamacpp.Config{ModelPath: path, Threads: threads, Parallel: 2, SequenceContext: 512}),

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/mcpd-project/mcpd/backends/llamacpp"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/daemon"
-	"github.com/mcpd-project/mcpd/native/gguf"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
 
@@ -64,22 +62,7 @@ func startResumeRun(b *testing.B, model string, threads int, dir string, key ser
 // engine and daemon from copies of the files. ttft-ms is the time to the
 // first text at the device.
 func BenchmarkResumeRestart(b *testing.B) {
-	model := os.Getenv("MCPD_BENCH_MODEL")
-	if model == "" {
-		model = filepath.Join(b.TempDir(), "tiny.gguf")
-		f, err := os.Create(model)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := gguf.WriteModel(f, gguf.TinySpec(1)); err != nil {
-			b.Fatal(err)
-		}
-		f.Close()
-	}
-	threads, _ := strconv.Atoi(os.Getenv("MCPD_BENCH_THREADS"))
-	if threads == 0 {
-		threads = 2
-	}
+	model, threads := benchModel(b)
 	key, err := serialproto.NewKey(bytes.Repeat([]byte{7}, 32))
 	if err != nil {
 		b.Fatal(err)

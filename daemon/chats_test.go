@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,43 +17,19 @@ import (
 	"github.com/mcpd-project/mcpd/serialproto"
 )
 
-// logLines collects a daemon's log lines.
-type logLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logLines) count(substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), substr)
-}
-
-func (l *logLines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
-
 // chatRun is one run of a daemon that keeps conversations in file, on a
 // loopback UDP address (the same address again for a restart).
 type chatRun struct {
 	d    *Daemon
 	e    *testEngine
-	logs *logLines
+	logs *logBuffer
 	addr string
 	stop func()
 }
 
 func startChatRun(t *testing.T, cfg Config, addr string) *chatRun {
 	t.Helper()
-	r := &chatRun{e: &testEngine{}, logs: &logLines{}}
+	r := &chatRun{e: &testEngine{}, logs: &logBuffer{}}
 	d, err := New(cfg, r.e, slog.New(slog.NewTextHandler(r.logs, nil)))
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +142,7 @@ func TestResumeAfterRestart(t *testing.T) {
 			} else if !tc.resumed && len(got) != 0 {
 				t.Fatalf("not resumed, yet the engine saw %q", got)
 			}
-			if n := again.logs.count("saved conversations refused"); n != map[bool]int{true: 1}[tc.name == "another model"] {
+			if n := strings.Count(again.logs.String(), "saved conversations refused"); n != map[bool]int{true: 1}[tc.name == "another model"] {
 				t.Fatalf("%d refusals logged\n%s", n, again.logs)
 			}
 		})
@@ -185,7 +160,9 @@ func isNoSession(err error) bool {
 // RESUME starts afresh and drops it, and NEW_CHAT empties it.
 func TestResumeLostSession(t *testing.T) {
 	key := testKey(t, 3)
-	cfg := Config{Keys: map[string]serialproto.Key{"dev": key}, Heartbeat: 50 * time.Millisecond}
+	// Sessions expire after 3 × 200 ms of silence: a session ended while
+	// a device waited would only be resumed (RESUME).
+	cfg := Config{Keys: map[string]serialproto.Key{"dev": key}, Heartbeat: 200 * time.Millisecond}
 	run := startChatRun(t, cfg, "127.0.0.1:0")
 	c := dial(t, run.addr, device.Config{DeviceID: "dev", Key: key, Resume: true})
 	hello := func(c *device.Client) {
@@ -277,7 +254,7 @@ func TestChatFileRefused(t *testing.T) {
 			if c.Resumed() != tc.kept {
 				t.Fatalf("resumed %v", c.Resumed())
 			}
-			if n := run.logs.count("saved conversations refused"); n != map[bool]int{false: 1}[tc.kept] {
+			if n := strings.Count(run.logs.String(), "saved conversations refused"); n != map[bool]int{false: 1}[tc.kept] {
 				t.Fatalf("%d refusals logged:\n%s", n, run.logs)
 			}
 		})
@@ -293,7 +270,7 @@ func TestPeriodicSave(t *testing.T) {
 	cfg := chatConfig(t)
 	cfg.Keys = map[string]serialproto.Key{"dev": key}
 	cfg.SaveInterval = time.Minute
-	logs := &logLines{}
+	logs := &logBuffer{}
 	clk := newFakeClock()
 	d, err := newDaemon(cfg, &testEngine{}, slog.New(slog.NewTextHandler(logs, nil)), clk)
 	if err != nil {
@@ -309,12 +286,12 @@ func TestPeriodicSave(t *testing.T) {
 	if _, err := os.Stat(cfg.ChatFile); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("saved before the interval passed: %v", err)
 	}
-	advanceUntil(t, clk, 10*time.Second, func() bool { return logs.count("conversations saved") == 1 })
+	advanceUntil(t, clk, 10*time.Second, func() bool { return strings.Count(logs.String(), "conversations saved") == 1 })
 	for range 3 { // nothing changed: nothing written
 		clk.Advance(time.Minute)
 		time.Sleep(10 * time.Millisecond)
 	}
-	if n := logs.count("conversations saved"); n != 1 {
+	if n := strings.Count(logs.String(), "conversations saved"); n != 1 {
 		t.Fatalf("%d saves without a change:\n%s", n, logs)
 	}
 
@@ -330,5 +307,5 @@ func TestPeriodicSave(t *testing.T) {
 	if _, _, err := ask(t, c, "again"); err != nil {
 		t.Fatal(err)
 	}
-	advanceUntil(t, clk, 10*time.Second, func() bool { return logs.count("conversations saved") == 2 })
+	advanceUntil(t, clk, 10*time.Second, func() bool { return strings.Count(logs.String(), "conversations saved") == 2 })
 }

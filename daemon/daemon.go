@@ -7,8 +7,9 @@
 // frame intake and authentication (intake.go, auth.go), the session table
 // (sessions.go), admission — slots, queue, per-device places and token
 // budgets (admission.go) —, the counters (stats.go), the links being
-// served (links.go), reload and engine swap (reload.go, engine.go) and the
-// watchdog's liveness (liveness.go).
+// served (links.go), reload and engine swap (reload.go, engine.go), the
+// watchdog's liveness (liveness.go) and the conversations kept for devices
+// to resume (chats.go).
 package daemon
 
 import (

@@ -1,7 +1,6 @@
 package llamacpp
 
 import (
-	"bufio"
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -10,12 +9,12 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/backends/kvstate"
+	"github.com/mcpd-project/mcpd/internal/atomicfile"
 )
 
 // Saving the warm file (docs/caching.md): at Close, at a reload and every
@@ -274,30 +273,7 @@ func (e *Engine) writeWarm(snap warmSnapshot) (int64, error) {
 	}
 	// A new file renamed over the old one: a crash while writing leaves
 	// the old file or the new one, never half of either.
-	dir := filepath.Dir(e.cfg.WarmFile)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return 0, err
-	}
-	tmp, err := os.CreateTemp(dir, filepath.Base(e.cfg.WarmFile)+".*.tmp")
-	if err != nil {
-		return 0, err
-	}
-	defer os.Remove(tmp.Name())
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	err = writeRecords(bw, h, snap.recs)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), e.cfg.WarmFile)
-	}
-	return size, err
+	return size, atomicfile.Write(e.cfg.WarmFile, func(w io.Writer) error { return writeRecords(w, h, snap.recs) })
 }
 
 func writeRecords(w io.Writer, h kvstate.Header, recs []kvstate.Record) error {

@@ -169,16 +169,7 @@ func TestWarmRestartSIGTERM(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, status := httpGet(t, "http://"+httpAddr+"/status")
-		var st struct {
-			Daemon struct {
-				Cache *backends.CacheStats `json:"cache"`
-			} `json:"daemon"`
-		}
-		if err := json.Unmarshal([]byte(status), &st); err != nil || st.Daemon.Cache == nil {
-			t.Fatalf("/status: %v %s", err, status)
-		}
-		return out.Message.Content, st.Daemon.Cache.KV.PromptCached
+		return out.Message.Content, kvPromptCached(t, httpAddr)
 	}
 	start := func(args ...string) (*mcpdProcess, string) {
 		httpAddr := freeTCP(t)
@@ -186,13 +177,7 @@ func TestWarmRestartSIGTERM(t *testing.T) {
 			"--http", httpAddr}, args...), "STATE_DIRECTORY="+state)
 		return p, httpAddr
 	}
-	stop := func(p *mcpdProcess) {
-		t.Helper()
-		p.signal(t, syscall.SIGTERM)
-		if err := p.wait(t, 30*time.Second); err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs.String())
-		}
-	}
+	stop := func(p *mcpdProcess) { stopMcpd(t, p) }
 
 	p, httpAddr := start()
 	for _, user := range []string{"Which bed needs water?", "And the east bed?"} {
@@ -244,5 +229,31 @@ func TestWarmRestartSIGTERM(t *testing.T) {
 	if cached < int64(first)-1 {
 		t.Fatalf("after a reload and a crash: %d prompt tokens cached, the conversation's first turn had %d\n%s",
 			cached, first, p.logs.String())
+	}
+}
+
+// kvPromptCached is the prompt tokens mcpd at httpAddr found in its
+// engine's KV caches so far (/status).
+func kvPromptCached(t *testing.T, httpAddr string) int64 {
+	t.Helper()
+	_, status := httpGet(t, "http://"+httpAddr+"/status")
+	var st struct {
+		Daemon struct {
+			Cache *backends.CacheStats `json:"cache"`
+		} `json:"daemon"`
+	}
+	if err := json.Unmarshal([]byte(status), &st); err != nil || st.Daemon.Cache == nil {
+		t.Fatalf("/status: %v %s", err, status)
+	}
+	return st.Daemon.Cache.KV.PromptCached
+}
+
+// stopMcpd stops p with SIGTERM, as a service manager does, and fails the
+// test unless it exits cleanly within 30 s.
+func stopMcpd(t *testing.T, p *mcpdProcess) {
+	t.Helper()
+	p.signal(t, syscall.SIGTERM)
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs.String())
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mcpd-project/mcpd/backends"
 	"github.com/mcpd-project/mcpd/clients/device"
 	"github.com/mcpd-project/mcpd/serialproto"
 )
@@ -45,13 +43,7 @@ func TestResumeAfterRestartSIGTERM(t *testing.T) {
 			"--http", httpAddr}, args...), "STATE_DIRECTORY="+state)
 		return p, httpAddr
 	}
-	stop := func(p *mcpdProcess) {
-		t.Helper()
-		p.signal(t, syscall.SIGTERM)
-		if err := p.wait(t, 30*time.Second); err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs.String())
-		}
-	}
+	stop := func(p *mcpdProcess) { stopMcpd(t, p) }
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tr, err := device.DialUDP(udp)
@@ -75,19 +67,7 @@ func TestResumeAfterRestartSIGTERM(t *testing.T) {
 		}
 		return answer{got.String(), d}
 	}
-	cached := func(httpAddr string) int64 {
-		t.Helper()
-		_, status := httpGet(t, "http://"+httpAddr+"/status")
-		var st struct {
-			Daemon struct {
-				Cache *backends.CacheStats `json:"cache"`
-			} `json:"daemon"`
-		}
-		if err := json.Unmarshal([]byte(status), &st); err != nil || st.Daemon.Cache == nil {
-			t.Fatalf("/status: %v %s", err, status)
-		}
-		return st.Daemon.Cache.KV.PromptCached
-	}
+	cached := func(httpAddr string) int64 { return kvPromptCached(t, httpAddr) }
 	newDevice := func() *device.Client {
 		c := device.New(tr, device.Config{DeviceID: "greenhouse", Key: key, Resume: true, MaxData: 64, Window: 2})
 		helloUntilReady(ctx, c)

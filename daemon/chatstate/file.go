@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
-	"path/filepath"
+
+	"github.com/mcpd-project/mcpd/internal/atomicfile"
 )
 
 // Load reads the chat file at path, written for identity id. A missing
@@ -23,9 +25,9 @@ func Load(path string, id [32]byte) ([]Conversation, error) {
 	return Read(bufio.NewReader(f), fi.Size(), id)
 }
 
-// Save writes convs to path for identity id, atomically: a new file,
-// synced, renamed over the old one, and the directory synced, so that a
-// crash at any moment leaves the old file or the new one whole. No
+// Save writes convs to path for identity id, atomically (a new file,
+// synced, renamed over the old one, the directory synced: a crash at any
+// moment leaves the old file or the new one whole). No
 // conversations: the file is removed. It returns the bytes written.
 func Save(path string, id [32]byte, convs []Conversation) (int64, error) {
 	if len(convs) == 0 {
@@ -34,35 +36,8 @@ func Save(path string, id [32]byte, convs []Conversation) (int64, error) {
 		}
 		return 0, nil
 	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return 0, err
-	}
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".*.tmp") // 0600: it holds chat text
-	if err != nil {
-		return 0, err
-	}
-	defer os.Remove(tmp.Name())
-	bw := bufio.NewWriterSize(tmp, 64<<10)
-	err = Write(bw, id, convs)
-	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, func(w io.Writer) error { return Write(w, id, convs) }); err != nil {
 		return 0, fmt.Errorf("chat file: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil { // the rename itself, on disk
-		d.Sync()
-		d.Close()
 	}
 	size := int64(headerSize)
 	for _, c := range convs {
