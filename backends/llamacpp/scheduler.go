@@ -35,26 +35,28 @@ func (e *Engine) run() {
 		}
 		kv.held[seq] = kv.held[seq][:0]
 	}
-	// free ends a request. Its sequence keeps its KV cache (kv.held says
-	// what it holds) for the conversation's next turn, or for another
-	// request that starts the same way.
-	free := func(i int, ev event) {
+	// end ends a request, clearing its sequence's cache when asked to. The
+	// request hears of its end last, after the budget and the KV figures
+	// account for it: whoever reads KVStats once Generate returns sees
+	// them settled.
+	end := func(i int, ev event, clearCache bool) {
 		s := slots[i]
-		s.req.push(ev)
 		s.sampler.Close()
 		kv.used[i] = e.steps.Load()
-		if e.cfg.NoKVReuse {
+		if clearCache || e.cfg.NoKVReuse {
 			clear(i)
 		}
 		slots[i] = nil
 		e.keepBudget(kv, slots, -1)
+		s.req.push(ev)
 	}
+	// free ends a request. Its sequence keeps its KV cache (kv.held says
+	// what it holds) for the conversation's next turn, or for another
+	// request that starts the same way.
+	free := func(i int, ev event) { end(i, ev, false) }
 	// failed ends a request whose sequence's cache a failed decode left
 	// undefined.
-	failed := func(i int, ev event) {
-		free(i, ev)
-		clear(i)
-	}
+	failed := func(i int, ev event) { end(i, ev, true) }
 	// Decodes are aborted by Close, not by any one request.
 	life, stop := context.WithCancel(context.Background())
 	defer stop()
