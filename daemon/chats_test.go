@@ -309,3 +309,66 @@ func TestPeriodicSave(t *testing.T) {
 	}
 	advanceUntil(t, clk, 10*time.Second, func() bool { return strings.Count(logs.String(), "conversations saved") == 2 })
 }
+
+// TestResumeOnSerialPort: on a serial port the device of an id is the one
+// at the end of the cable, so an unsigned device there resumes its
+// conversation after the daemon restarted (a new daemon on the same port,
+// the device rebooted: a new client saying HELLO with RESUME); another id
+// on the same port does not get it.
+func TestResumeOnSerialPort(t *testing.T) {
+	master, path := openPty(t)
+	cfg := chatConfig(t)
+	sc, err := ParseSerial(path + ":115200")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := device.NewStream(master)
+	defer tr.Close()
+	run := func() (*testEngine, func()) {
+		e := &testEngine{}
+		d, err := New(cfg, e, testLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e, runLinks(t, d, NewSerialLink(sc, testLogger()))
+	}
+	hello := func(id string) *device.Client {
+		t.Helper()
+		c := device.New(tr, device.Config{DeviceID: id, MaxData: 64, Window: 2, RTO: 300 * time.Millisecond, Resume: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := c.Hello(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	history := func(e *testEngine) []string {
+		reqs := e.requests()
+		msgs := reqs[len(reqs)-1].Messages
+		var out []string
+		for _, m := range msgs[:len(msgs)-1] {
+			out = append(out, m.Content)
+		}
+		return out
+	}
+	_, stop := run()
+	if _, _, err := ask(t, hello("uart-dev"), "one"); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	e, _ := run()
+	c := hello("uart-dev")
+	if _, _, err := ask(t, c, "two"); err != nil {
+		t.Fatal(err)
+	}
+	if got := history(e); !c.Resumed() || strings.Join(got, "|") != "one|"+answerFor("one") {
+		t.Fatalf("after the restart: resumed %v, history %q", c.Resumed(), got)
+	}
+	other := hello("uart-other")
+	if _, _, err := ask(t, other, "three"); err != nil {
+		t.Fatal(err)
+	}
+	if got := history(e); other.Resumed() || len(got) != 0 {
+		t.Fatalf("another id on the port: resumed %v, history %q", other.Resumed(), got)
+	}
+}
