@@ -257,3 +257,27 @@ func stopMcpd(t *testing.T, p *mcpdProcess) {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, p.logs.String())
 	}
 }
+
+// TestEngineSettingsIgnoreDaemonCache: a reload that changes only how
+// often the state is saved or who may resume a conversation keeps the
+// engine; the warm cache's own settings still need a new one.
+func TestEngineSettingsIgnoreDaemonCache(t *testing.T) {
+	base := defaultConfig()
+	base.Model = "/models/m.gguf"
+	for _, tc := range []struct {
+		name string
+		edit func(*config)
+		same bool
+	}{
+		{"save_interval", func(c *config) { c.Cache.SaveInterval = &duration{time.Second} }, true},
+		{"resume_unsigned", func(c *config) { c.Cache.ResumeUnsigned = true }, true},
+		{"warm_mib", func(c *config) { c.Cache.WarmMiB = 8 }, false},
+		{"no_warm", func(c *config) { c.Cache.NoWarm = true }, false},
+	} {
+		cfg := base
+		tc.edit(&cfg)
+		if same := engineSettings(cfg) == engineSettings(base); same != tc.same {
+			t.Errorf("%s: same engine %v, want %v", tc.name, same, tc.same)
+		}
+	}
+}

@@ -95,8 +95,12 @@ func prepare(cfg config) (prepared, error) {
 // two configurations' values now would stat the same file twice and miss
 // a replaced model.
 func engineSettings(cfg config) string {
+	// The daemon's own cache settings (how often to save, who may resume)
+	// need no new engine: a reload that changes them keeps it.
+	cache := cfg.Cache
+	cache.SaveInterval, cache.ResumeUnsigned = nil, false
 	return fmt.Sprintf("%s|%q|%+v|%s|%d|%d|%d|%+v|%s", cfg.Backend, cfg.Fallback, cfg.Ollama, cfg.Model,
-		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent, cfg.Cache, fileState(cfg.Model))
+		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent, cache, fileState(cfg.Model))
 }
 
 // udpKey names a listen address by what it resolves to, so that
