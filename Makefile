@@ -128,7 +128,7 @@ BENCH_ROUNDS ?= 16
 BENCH_NATIVE_ENV = MCPD_BENCH_MODEL=$(abspath $(MODELS)/bench-135m-q8_0.gguf) MCPD_BENCH_THREADS=2
 bench-native: native-headers models ## llama.cpp on the 135M Q8_0 model, 2 threads: engine ÷ C harness, bytes/s ÷ memory bandwidth, then speed figures
 	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^Benchmark(Memory|Settings)$$' -benchtime $(BENCH_ROUNDS)x -count 1 ./native/harness/
-	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^Benchmark(NativeVsHarness|TTFTVsHarness)$$' -benchtime $(BENCH_ROUNDS)x -count 1 ./backends/llamacpp/
+	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^Benchmark(NativeVsHarness|TTFTVsHarness|StepTokens)$$' -benchtime $(BENCH_ROUNDS)x -count 1 ./backends/llamacpp/
 	$(BENCH_NATIVE_ENV) $(GO) test -run '^$$' -bench '^Benchmark(Native(Generate|Prompt|Parallel)|SchemaDecode)$$' -benchtime $(BENCHTIME) -count 1 ./backends/llamacpp/
 
 # The fault scenarios of docs/reliability.md, each for SOAK_DURATION (about

@@ -303,25 +303,32 @@ const firstTokens = 32
 // new requests, the generating sequences sitting it out: when some
 // sequences generate and the new ones need at most firstTokens prompt
 // tokens in all for their first tokens (a prompt found in the KV cache
-// needs one). A request that arrives while a step of n sequences runs
-// waits for it, and joining the next step of n+1 would wait that long
-// again; a step of its prompt alone costs about one token's step, so its
-// first token comes about one batched step sooner. The running streams
-// lose that short step once per admission. Outputs do not change: a
-// sequence that sits out a step decodes the same tokens one step later.
+// needs one), and no more tokens than the generating sequences would add.
+// A request that arrives while a step of n sequences runs waits for it,
+// and joining the next step of n+1 would wait that long again; a step of
+// its prompt alone costs about one token's step, so its first token comes
+// about one batched step sooner. The running streams lose that short step
+// once per admission. When more new tokens are due than sequences run
+// (seven devices asking again at once beside one), their own step would
+// cost nearly what the merged one does — on 2 cores a step of 7 tokens
+// even took longer than one of 8 (docs/native.md) — so they merge. Outputs
+// do not change: a sequence that sits out a step decodes the same tokens
+// one step later.
 func (e *Engine) firstTokensFirst(slots []*slot) bool {
 	if e.cfg.mergeFirstTokens != nil && e.cfg.mergeFirstTokens() {
 		return false
 	}
-	pending, running := 0, false
+	pending, running := 0, 0
 	for _, s := range slots {
 		switch {
 		case s == nil:
 		case s.hasNext:
-			running = running || s.req.backlog() < maxBacklog
+			if s.req.backlog() < maxBacklog {
+				running++
+			}
 		case s.prefill < len(s.req.prompt):
 			pending += len(s.req.prompt) - s.prefill
 		}
 	}
-	return running && pending > 0 && pending <= firstTokens
+	return pending > 0 && pending <= min(running, firstTokens)
 }

@@ -116,10 +116,11 @@ func TestTimelineLog(t *testing.T) {
 	}
 }
 
-// TestFirstTokensFirst checks the step a new request gets beside a
-// generating one (firstTokensFirst): its cached prompt's last token alone,
-// the other sitting it out — or, merged, both in one step — and that
-// neither answer changes.
+// TestFirstTokensFirst checks the step new requests get beside a
+// generating one (firstTokensFirst): one newcomer's cached prompt's last
+// token alone, the other sitting it out — or, merged, both in one step;
+// two newcomers (more new tokens than sequences generating) merge — and
+// that no answer changes.
 func TestFirstTokensFirst(t *testing.T) {
 	path := writeModel(t, gguf.TinySpec(1))
 	long, short := greedyReq("Tell me a long story about the sea", 48), greedyReq("Hello there, how are you", 8)
@@ -133,9 +134,18 @@ func TestFirstTokensFirst(t *testing.T) {
 		want[i] = text
 	}
 	alone.Close()
-	for _, merged := range []bool{false, true} {
-		// The newcomer is queued from the hook once the long request
-		// generates, so the scheduler admits it beside it.
+	for _, tc := range []struct {
+		name      string
+		newcomers int
+		merged    bool
+		wantSeqs  int // sampled in the newcomers' first step
+	}{
+		{"one newcomer, first tokens first", 1, false, 1},
+		{"one newcomer, merged", 1, true, 2},
+		{"two newcomers beside one", 2, false, 3},
+	} {
+		// The newcomers are queued from the hook once the long request
+		// generates, so the scheduler admits them beside it, together.
 		var e *Engine
 		var armed atomic.Bool // after the warm-up request
 		trigger := make(chan struct{})
@@ -146,20 +156,20 @@ func TestFirstTokensFirst(t *testing.T) {
 			}
 			once.Do(func() {
 				close(trigger)
-				for deadline := time.Now().Add(5 * time.Second); len(e.queue) == 0 && time.Now().Before(deadline); {
+				for deadline := time.Now().Add(5 * time.Second); len(e.queue) < tc.newcomers && time.Now().Before(deadline); {
 					runtime.Gosched()
 				}
 			})
 		}
-		e = newEngine(t, path, Config{Threads: 1, Parallel: 2, beforeStep: hook,
-			mergeFirstTokens: func() bool { return merged }})
+		e = newEngine(t, path, Config{Threads: 1, Parallel: 3, beforeStep: hook,
+			mergeFirstTokens: func() bool { return tc.merged }})
 		if _, _, err := collect(t, e, context.Background(), short); err != nil { // its prompt into the cache
 			t.Fatal(err)
 		}
 		e.steps.Store(0)
 		armed.Store(true)
-		var got [2]string
-		var tl Timeline
+		got := make([]string, 1+tc.newcomers)
+		tls := make([]Timeline, tc.newcomers)
 		var wg sync.WaitGroup
 		wg.Go(func() {
 			var err error
@@ -168,22 +178,26 @@ func TestFirstTokensFirst(t *testing.T) {
 			}
 		})
 		<-trigger
-		text, _, err := collect(t, e, WithTimeline(context.Background(), &tl), short)
-		if err != nil {
-			t.Fatal(err)
+		for i := range tc.newcomers {
+			wg.Go(func() {
+				var err error
+				if got[1+i], _, err = collect(t, e, WithTimeline(context.Background(), &tls[i]), short); err != nil {
+					t.Error(err)
+				}
+			})
 		}
-		got[1] = text
 		wg.Wait()
-		if got != want {
-			t.Errorf("merged %v: answers %q, alone %q", merged, got, want)
+		for i, g := range got {
+			if w := want[min(i, 1)]; g != w {
+				t.Errorf("%s: answer %d %q, alone %q", tc.name, i, g, w)
+			}
 		}
-		wantSeqs := 1
-		if merged {
-			wantSeqs = 2
+		for _, tl := range tls {
+			if tl.FirstStepSeqs != tc.wantSeqs || tl.FirstStepTokens != tc.wantSeqs || tl.Running < 1 {
+				t.Errorf("%s: the first token's step had %d tokens, %d sequences (want %d) beside %d running",
+					tc.name, tl.FirstStepTokens, tl.FirstStepSeqs, tc.wantSeqs, tl.Running)
+			}
 		}
-		if tl.Running != 1 || tl.FirstStepSeqs != wantSeqs || tl.FirstStepTokens != wantSeqs {
-			t.Errorf("merged %v: first token's step had %d tokens, %d sequences (want %d) beside %d running",
-				merged, tl.FirstStepTokens, tl.FirstStepSeqs, wantSeqs, tl.Running)
-		}
+		e.Close()
 	}
 }
