@@ -152,7 +152,7 @@ typedef struct mcpf_session {
     size_t body_len;
     uint32_t body_crc;
 #if MCPF_DEVICE_TOOLS
-    uint8_t tool;        /* this request's tool state: 0 no call yet, 1 a result unacknowledged, 2 not */
+    uint8_t tool;        /* this request's tool state: 0 no call yet, 1 a result not yet known taken (the stream has not gone on), 2 not */
     uint8_t tool_piece, tool_frags;
     uint16_t tool_len;   /* the TOOL_RESULT body in cfg->tool_buf */
     uint32_t tool_crc;

@@ -793,12 +793,16 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
     default: /* MCPF_REQ_INFER */
         if (f->cmd == MCPF_ACK) {
 #if MCPF_DEVICE_TOOLS
-            mcpf_ack a;
-            if (s->tool == 1 && s->accepted) { /* our TOOL_RESULT's: next = its fragments */
-                if (mcpf_parse_ack(f->data, f->len, &a) == 0 && a.next == s->tool_frags)
-                    s->tool = 2;
+            /* With a TOOL_RESULT out, an ACK may be its (next = its
+             * fragments) but proves nothing: an ACK names no call, and the
+             * previous result's — reordered behind the TOOL_CALL that
+             * followed it, or answering a late copy of that result — looks
+             * the same. Taken as ours while ours was lost, it stopped the
+             * retransmission and the request ended in TOOL_TIMEOUT. The
+             * result is taken when the stream goes on (in_order); until
+             * then its timer keeps probing, each copy answered by an ACK. */
+            if (s->tool == 1 && s->accepted)
                 return MCPF_EV_NONE;
-            }
 #endif
             if (!s->accepted)
                 rtt_sample(s, now);
