@@ -37,6 +37,21 @@ func (c *fakeClock) add(d, period time.Duration) *fakeWaiter {
 	return w
 }
 
+// tickers counts the tickers of period p. A goroutine's ticker created
+// after an Advance counts from the advanced time, so a test whose steps
+// must each fire it waits for it first.
+func (c *fakeClock) tickers(p time.Duration) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for w := range c.waiters {
+		if w.period == p {
+			n++
+		}
+	}
+	return n
+}
+
 // Advance moves the clock forward by d and fires what fell due: a timer
 // once, a ticker once however many periods passed (a real ticker drops the
 // ticks its reader missed, too).

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -282,6 +283,15 @@ func TestCorruptFramesKeepSerialSessionAlive(t *testing.T) {
 		t.Fatalf("the corrupted INFER decodes: %v", err)
 	}
 
+	// The janitor's ticker starts with the daemon, in its own goroutine: on
+	// a loaded box it may not exist yet, and an Advance before it never
+	// fires it (the ticker counts from the advanced time).
+	for deadline := time.Now().Add(5 * time.Second); clk.tickers(heartbeat/4) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the janitor's ticker did not start")
+		}
+	}
+
 	// tick advances the daemon's clock by one janitor period and waits
 	// until the janitor has handled that tick (it marks each one for the
 	// liveness check after expiring sessions, and closes what expired
@@ -325,7 +335,26 @@ func TestCorruptFramesKeepSerialSessionAlive(t *testing.T) {
 		t.Fatalf("after %v of corrupt frames from the device: %v", 6*heartbeat, err)
 	}
 
-	// Control: the same port, silent for more than three heartbeats.
+	// Control: the same port, silent for more than three heartbeats. The
+	// client may have sent PING more than once — each NACK BAD_FRAME the
+	// corrupt copies drew repeats it (§7.1), as does its timer on a slow
+	// box — and ping returns on the first PONG. A copy the daemon handled
+	// during the ticks below kept the session alive: the port was not
+	// silent. One port's frames are handled in order, and a corrupt frame's
+	// NACK is sent after its session was touched, so once the NACK of one
+	// more corrupt copy is in, the line is quiet from the clock's now.
+	if err := tr.Send(raw); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		f, err := tr.Recv(deadline)
+		if err != nil {
+			t.Fatalf("no NACK BAD_FRAME to the last corrupt copy: %v", err)
+		}
+		if f.Cmd == serialproto.CmdNack && bytes.Equal(f.Data, []byte{serialproto.NackBadFrame}) {
+			break
+		}
+	}
 	for range 4*3 + 2 {
 		tick()
 	}
