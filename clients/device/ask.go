@@ -117,10 +117,16 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 		held  map[uint16]serialproto.Message
 		final error // the stream's closing ERROR
 		// A TOOL_CALL delivered in order (§16) runs once; its result is
-		// resent until the daemon acknowledges it or the stream moves on.
+		// probed, backed off, until the stream moves on. An ACK does not
+		// end the probes: it names no call, and the previous result's
+		// (reordered behind this call, or answering a late copy of that
+		// result) looks the same — taken as this one's while this one was
+		// lost, the daemon ended the request with TOOL_TIMEOUT.
 		call          *serialproto.ToolCall
 		result        []serialproto.Frame
 		resultMissing []byte
+		probes        int       // of the result, after its first sending
+		probeAt       time.Time // the next probe's time
 	)
 	ack := func() error {
 		a := serialproto.Ack{Next: next, Window: c.cfg.Window}
@@ -188,6 +194,7 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 				if err != nil {
 					return true, err
 				}
+				probes, probeAt = 0, time.Now().Add(c.rtt.RTO())
 				return false, c.resendMessage(result, 0, nil)
 			}
 		case c.sack() && index > next && index-next < uint16(c.cfg.Window) && held[index] == nil:
@@ -217,7 +224,10 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 			missing = nil
 		case !accepted: // probe with the last fragment (§6)
 			return send(frames[len(frames)-1])
-		case result != nil: // a tool's result not yet acknowledged: probe
+		case result != nil && probes < c.cfg.Retries && !time.Now().Before(probeAt):
+			// A tool's result the stream has not gone on from: probe.
+			probes++
+			probeAt = time.Now().Add(min(c.rtt.RTO()<<min(probes, 12), serialproto.MaxRTO))
 			return c.resendMessage(result, 1, &resultMissing)
 		default: // streaming: repeat our ACK in case it was lost
 			return ack()
@@ -227,8 +237,7 @@ func (c *Client) ask(ctx context.Context, seq uint8, m *serialproto.Infer, onTex
 	err = c.exchange(ctx, seq, resend, func(f serialproto.Frame, msg serialproto.Message) (bool, error) {
 		switch msg := msg.(type) {
 		case *serialproto.Ack:
-			accepted = true
-			result = nil // the INFER was acknowledged long before: this is the result's ACK
+			accepted = true // with a result out, perhaps its ACK: not proof (above)
 		case *serialproto.Nack:
 			if result != nil {
 				if msg.Reason == serialproto.NackMissing {
