@@ -36,6 +36,8 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
+
+	"github.com/mcpd-project/mcpd/internal/stateheader"
 )
 
 // Magic starts every warm cache file.
@@ -44,7 +46,7 @@ const Magic = "MCPDKVC\x00"
 // Version is the layout this package writes and reads.
 const Version = 1
 
-const headerSize = 64
+const headerSize = stateheader.Size
 
 // MaxSequences and MaxTokens bound what a header or record may claim, so a
 // corrupt count cannot make the reader allocate without bound before its
@@ -99,16 +101,18 @@ func (h Header) check() error {
 }
 
 func (h Header) encode() []byte {
-	b := make([]byte, headerSize)
-	copy(b, Magic)
-	binary.LittleEndian.PutUint16(b[8:], Version)
-	binary.LittleEndian.PutUint32(b[12:], h.Records)
-	copy(b[16:48], h.Identity[:])
-	binary.LittleEndian.PutUint32(b[48:], h.Sequences)
-	binary.LittleEndian.PutUint32(b[52:], h.SequenceContext)
-	binary.LittleEndian.PutUint32(b[60:], crc32.Checksum(b[:60], castagnoli))
+	own := h.own()
+	return stateheader.Encode(Magic, Version, stateheader.Header{Records: h.Records, Identity: h.Identity, Own: own})
+}
+
+// own is the header's bytes of this format: the layout, then 4 reserved.
+func (h Header) own() (b [12]byte) {
+	binary.LittleEndian.PutUint32(b[0:], h.Sequences)
+	binary.LittleEndian.PutUint32(b[4:], h.SequenceContext)
 	return b
 }
+
+var headerErrors = stateheader.Errors{Magic: ErrMagic, Version: ErrVersion, Corrupt: ErrCorrupt, Truncated: ErrTruncated}
 
 // Writer writes a warm cache file: the header, then exactly h.Records
 // records.
@@ -182,33 +186,15 @@ type Reader struct {
 // be this version's, for the identity and layout of want (whose Records
 // is ignored).
 func NewReader(r io.Reader, size int64, want Header) (*Reader, error) {
-	if size < headerSize {
-		return nil, fmt.Errorf("%w: %d bytes", ErrTruncated, size)
+	sh, err := stateheader.Read(r, size, Magic, Version, headerErrors)
+	if err != nil {
+		return nil, err
 	}
-	b := make([]byte, headerSize)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("%w: header: %w", ErrTruncated, err)
-	}
-	if string(b[:8]) != Magic {
-		return nil, ErrMagic
-	}
-	if v := binary.LittleEndian.Uint16(b[8:]); v != Version {
-		return nil, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, v, Version)
-	}
-	if got := binary.LittleEndian.Uint32(b[60:]); got != crc32.Checksum(b[:60], castagnoli) {
-		return nil, fmt.Errorf("%w: header CRC", ErrCorrupt)
-	}
-	if f := binary.LittleEndian.Uint16(b[10:]); f != 0 {
-		return nil, fmt.Errorf("%w: flags %#x", ErrVersion, f)
-	}
-	if binary.LittleEndian.Uint32(b[56:]) != 0 {
+	if binary.LittleEndian.Uint32(sh.Own[8:]) != 0 {
 		return nil, fmt.Errorf("%w: reserved field set", ErrVersion)
 	}
-	var h Header
-	h.Records = binary.LittleEndian.Uint32(b[12:])
-	copy(h.Identity[:], b[16:48])
-	h.Sequences = binary.LittleEndian.Uint32(b[48:])
-	h.SequenceContext = binary.LittleEndian.Uint32(b[52:])
+	h := Header{Records: sh.Records, Identity: sh.Identity,
+		Sequences: binary.LittleEndian.Uint32(sh.Own[0:]), SequenceContext: binary.LittleEndian.Uint32(sh.Own[4:])}
 	if err := h.check(); err != nil {
 		return nil, err
 	}
@@ -219,7 +205,7 @@ func NewReader(r io.Reader, size int64, want Header) (*Reader, error) {
 		return nil, fmt.Errorf("%w: %d sequences of %d tokens, the engine has %d of %d", ErrLayout,
 			h.Sequences, h.SequenceContext, want.Sequences, want.SequenceContext)
 	}
-	return &Reader{r: r, left: size - headerSize, h: h, crc: crc32.New(castagnoli)}, nil
+	return &Reader{r: r, left: size - stateheader.Size, h: h, crc: crc32.New(castagnoli)}, nil
 }
 
 // Header is the file's header.

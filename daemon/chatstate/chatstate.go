@@ -35,7 +35,6 @@
 package chatstate
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -45,6 +44,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/internal/stateheader"
 )
 
 // Magic starts every chat file.
@@ -53,7 +53,7 @@ const Magic = "MCPDCHT\x00"
 // Version is the layout this package writes and reads.
 const Version = 1
 
-const headerSize = 64
+const headerSize = stateheader.Size
 
 // MaxRecords bounds what a header may claim (the daemon keeps at most a
 // session table's worth of conversations and then some).
@@ -69,6 +69,8 @@ var (
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+var headerErrors = stateheader.Errors{Magic: ErrMagic, Version: ErrVersion, Corrupt: ErrCorrupt, Truncated: ErrTruncated}
 
 // Conversation is one device's chat history and who may have it back.
 type Conversation struct {
@@ -140,12 +142,7 @@ func Write(w io.Writer, id [32]byte, convs []Conversation) error {
 	if len(convs) > MaxRecords {
 		return fmt.Errorf("chat file: %d conversations, at most %d", len(convs), MaxRecords)
 	}
-	h := make([]byte, headerSize)
-	copy(h, Magic)
-	binary.LittleEndian.PutUint16(h[8:], Version)
-	binary.LittleEndian.PutUint32(h[12:], uint32(len(convs)))
-	copy(h[16:48], id[:])
-	binary.LittleEndian.PutUint32(h[60:], crc32.Checksum(h[:60], castagnoli))
+	h := stateheader.Encode(Magic, Version, stateheader.Header{Records: uint32(len(convs)), Identity: id})
 	if _, err := w.Write(h); err != nil {
 		return fmt.Errorf("chat file header: %w", err)
 	}
@@ -194,28 +191,16 @@ func encode(c Conversation) []byte {
 // version's, written for identity id. Nothing is returned unless every
 // record checked.
 func Read(r io.Reader, size int64, id [32]byte) ([]Conversation, error) {
-	if size < headerSize {
-		return nil, fmt.Errorf("%w: %d bytes", ErrTruncated, size)
-	}
-	h := make([]byte, headerSize)
-	if _, err := io.ReadFull(r, h); err != nil {
-		return nil, fmt.Errorf("%w: header: %w", ErrTruncated, err)
-	}
+	h, err := stateheader.Read(r, size, Magic, Version, headerErrors)
 	switch {
-	case string(h[:8]) != Magic:
-		return nil, ErrMagic
-	case binary.LittleEndian.Uint16(h[8:]) != Version:
-		return nil, fmt.Errorf("%w: %d (this build reads %d)", ErrVersion, binary.LittleEndian.Uint16(h[8:]), Version)
-	case binary.LittleEndian.Uint32(h[60:]) != crc32.Checksum(h[:60], castagnoli):
-		return nil, fmt.Errorf("%w: header CRC", ErrCorrupt)
-	case binary.LittleEndian.Uint16(h[10:]) != 0:
-		return nil, fmt.Errorf("%w: flags %#x", ErrVersion, binary.LittleEndian.Uint16(h[10:]))
-	case !bytes.Equal(h[48:60], make([]byte, 12)):
+	case err != nil:
+		return nil, err
+	case h.Own != [12]byte{}:
 		return nil, fmt.Errorf("%w: reserved bytes set", ErrVersion)
-	case !bytes.Equal(h[16:48], id[:]):
+	case h.Identity != id:
 		return nil, ErrIdentity
 	}
-	n := binary.LittleEndian.Uint32(h[12:])
+	n := h.Records
 	left := size - headerSize
 	// Each record takes at least 8 framing bytes: a corrupt count cannot
 	// make us allocate more than the file's size.
