@@ -35,18 +35,8 @@ func TestResumeOverMQTT(t *testing.T) {
 		_, _, stop := startMQTTDaemon(t, d, daemonMQTT(b), true)
 		return e, logs, stop
 	}
-	history := func(e *testEngine) []string {
-		reqs := e.requests()
-		if len(reqs) == 0 {
-			return nil
-		}
-		msgs := reqs[len(reqs)-1].Messages
-		var out []string
-		for _, m := range msgs[:len(msgs)-1] {
-			out = append(out, m.Content)
-		}
-		return out
-	}
+	// The messages before the prompt of e's last request.
+	history := func(e *testEngine) []string { return (&chatRun{e: e}).history() }
 
 	_, logs, stop := run()
 	c := helloOver(t, dialMQTT(t, b, "dev-a"), device.Config{DeviceID: "dev-a", Resume: true})

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
@@ -26,26 +24,8 @@ import (
 // and finds the second turn's prompt in the warm file. Without the
 // reload's saves nothing would be there to resume or to find warm.
 func TestReloadSavesConversations(t *testing.T) {
-	bin := buildMcpd(t)
-	model := tinyModel(t)
-	dir := t.TempDir()
-	keyBytes := bytes.Repeat([]byte{0x3c}, 32)
-	conf := filepath.Join(dir, "mcpd.toml")
-	if err := os.WriteFile(conf, []byte("[keys]\nbed = \""+hex.EncodeToString(keyBytes)+"\"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	key, err := serialproto.NewKey(keyBytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, udp, start := signedMcpd(t, "bed", 0x3c)
 	state := t.TempDir()
-	udp := "127.0.0.1:" + freePort(t)
-	start := func(args ...string) (*mcpdProcess, string) {
-		httpAddr := freeTCP(t)
-		p := startMcpd(t, append([]string{bin, "--config", conf, "--model", model, "--threads", "1", "--listen-udp", udp,
-			"--http", httpAddr}, args...), "STATE_DIRECTORY="+state)
-		return p, httpAddr
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	tr, err := device.DialUDP(udp)
@@ -66,7 +46,7 @@ func TestReloadSavesConversations(t *testing.T) {
 	}
 	files := []string{filepath.Join(state, ChatFileName), filepath.Join(state, WarmFileName)}
 
-	p, _ := start("--save-interval", "0s")
+	p, _ := start(state, "--save-interval", "0s")
 	c := device.New(tr, device.Config{DeviceID: "bed", Key: key, Resume: true, MaxData: 64, Window: 2})
 	helloUntilReady(ctx, c)
 	ask(c, 0)
@@ -86,7 +66,7 @@ func TestReloadSavesConversations(t *testing.T) {
 	p.signal(t, syscall.SIGKILL)
 	p.wait(t, 30*time.Second)
 
-	p, httpAddr := start()
+	p, httpAddr := start(state)
 	p.waitLog(t, "saved conversations loaded", 60*time.Second)
 	third := ask(c, 2) // the same client: NO_SESSION, HELLO with RESUME, the question again
 	cached := kvPromptCached(t, httpAddr)

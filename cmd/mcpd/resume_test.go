@@ -24,25 +24,7 @@ import (
 // tokens — the model saw the earlier turns — most of them from the warm
 // file. Then a fourth turn saved by --save-interval survives SIGKILL.
 func TestResumeAfterRestartSIGTERM(t *testing.T) {
-	bin := buildMcpd(t)
-	model := tinyModel(t)
-	dir := t.TempDir()
-	keyBytes := bytes.Repeat([]byte{0x5a}, 32)
-	conf := filepath.Join(dir, "mcpd.toml")
-	if err := os.WriteFile(conf, []byte("[keys]\ngreenhouse = \""+hex.EncodeToString(keyBytes)+"\"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	key, err := serialproto.NewKey(keyBytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp := "127.0.0.1:" + freePort(t)
-	start := func(state string, args ...string) (*mcpdProcess, string) {
-		httpAddr := freeTCP(t)
-		p := startMcpd(t, append([]string{bin, "--config", conf, "--model", model, "--threads", "1", "--listen-udp", udp,
-			"--http", httpAddr}, args...), "STATE_DIRECTORY="+state)
-		return p, httpAddr
-	}
+	key, udp, start := signedMcpd(t, "greenhouse", 0x5a)
 	stop := func(p *mcpdProcess) { stopMcpd(t, p) }
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -138,4 +120,33 @@ func TestResumeAfterRestartSIGTERM(t *testing.T) {
 		t.Fatalf("after SIGKILL: resumed %v, %d prompt tokens (turn 4 had %d), %d cached\n%s", c.Resumed(),
 			got.done.PromptTokens, want[3].done.PromptTokens, n, p.logs.String())
 	}
+}
+
+// signedMcpd is the rig of the tests that restart mcpd under a signed
+// device: the real binary on the tiny model, a configuration that gives
+// device id a key of 32 bytes of fill, and one loopback UDP address for
+// all its runs. start runs mcpd with STATE_DIRECTORY=state and args, and
+// returns it with its HTTP address.
+func signedMcpd(t *testing.T, id string, fill byte) (key serialproto.Key, udp string,
+	start func(state string, args ...string) (*mcpdProcess, string)) {
+	t.Helper()
+	bin := buildMcpd(t)
+	model := tinyModel(t)
+	keyBytes := bytes.Repeat([]byte{fill}, 32)
+	conf := filepath.Join(t.TempDir(), "mcpd.toml")
+	if err := os.WriteFile(conf, []byte("[keys]\n"+id+" = \""+hex.EncodeToString(keyBytes)+"\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key, err := serialproto.NewKey(keyBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp = "127.0.0.1:" + freePort(t)
+	start = func(state string, args ...string) (*mcpdProcess, string) {
+		httpAddr := freeTCP(t)
+		p := startMcpd(t, append([]string{bin, "--config", conf, "--model", model, "--threads", "1", "--listen-udp", udp,
+			"--http", httpAddr}, args...), "STATE_DIRECTORY="+state)
+		return p, httpAddr
+	}
+	return key, udp, start
 }
