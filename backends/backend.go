@@ -52,6 +52,15 @@ type Message struct {
 	Content string
 	// ToolCall is set on an assistant turn that called a tool (tools.go).
 	ToolCall *ToolCall
+	// Tokens, on an assistant turn, are the token ids the engine generated
+	// for Content (the turn's Result.Generated). The in-process engine
+	// evaluates the longest run of them whose text Content starts with
+	// instead of tokenising that text again: its KV cache holds the tokens
+	// it generated, and a new tokenisation of the same text often differs
+	// from them (docs/caching.md). Each id's text is checked against
+	// Content, so ids of another model or none at all are harmless;
+	// engines that tokenise for themselves (Ollama) ignore them.
+	Tokens []int32
 }
 
 // Options tune one generation. Zero values mean "the engine's default",
@@ -110,6 +119,10 @@ type Result struct {
 	// Call is set when the generation ended in a tool call instead of an
 	// answer: nothing of the call reached emit.
 	Call *ToolCall
+	// Generated are the ids of the tokens generated, in order, when the
+	// engine has them (the in-process engine; nil for Ollama): the caller
+	// keeps them with the answer as Message.Tokens.
+	Generated []int32
 }
 
 // Emit receives generated text in order. Pieces never split a UTF-8

@@ -149,6 +149,10 @@ func key(engine, model string, req Request) cacheKey {
 	for _, m := range req.Messages {
 		str(string(m.Role))
 		str(m.Content)
+		num(uint64(len(m.Tokens)))
+		for _, t := range m.Tokens {
+			num(uint64(uint32(t)))
+		}
 		h.Write(buf)
 		buf = buf[:0]
 	}
@@ -193,7 +197,7 @@ func (c *ResponseCache) get(k cacheKey) ([]byte, Result, bool) {
 // put stores an answer, dropping the least recently used ones beyond the
 // budget; an answer larger than the whole budget is not stored.
 func (c *ResponseCache) put(k cacheKey, text []byte, res Result) {
-	size := int64(len(text)) + entryOverhead
+	size := int64(len(text)) + 4*int64(len(res.Generated)) + entryOverhead
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if size > c.budget {

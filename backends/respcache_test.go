@@ -40,6 +40,8 @@ func TestCacheKeyCoversEveryField(t *testing.T) {
 	}
 	variants["another message"] = Request{Model: "m", Messages: []Message{{Role: RoleUser, Content: "ho"}}}
 	variants["another role"] = Request{Model: "m", Messages: []Message{{Role: RoleSystem, Content: "hi"}}}
+	variants["an answer's tokens"] = Request{Model: "m", Messages: []Message{{Role: RoleUser, Content: "hi", Tokens: []int32{7}}}}
+	variants["other tokens"] = Request{Model: "m", Messages: []Message{{Role: RoleUser, Content: "hi", Tokens: []int32{7, 8}}}}
 	variants["split differently"] = Request{Model: "m", Messages: []Message{{Role: RoleUser, Content: "h"}, {Role: RoleUser, Content: "i"}}}
 	seen := map[cacheKey]string{k0: "base"}
 	for name, r := range variants {

@@ -139,6 +139,14 @@ func TestResumeAfterRestart(t *testing.T) {
 			}
 			if got := again.history(); tc.resumed && strings.Join(got, "|") != strings.Join(earlier, "|") {
 				t.Fatalf("the engine saw %q before the prompt, want %q", got, earlier)
+			} else if tc.resumed {
+				// The answers' generated token ids came through the file.
+				reqs := again.e.requests()
+				for _, m := range reqs[len(reqs)-1].Messages {
+					if m.Role == backends.RoleAssistant && len(m.Tokens) != len(strings.Fields(m.Content)) {
+						t.Fatalf("answer %q resumed with tokens %v", m.Content, m.Tokens)
+					}
+				}
 			} else if !tc.resumed && len(got) != 0 {
 				t.Fatalf("not resumed, yet the engine saw %q", got)
 			}

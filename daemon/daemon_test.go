@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -704,11 +705,22 @@ func TestDefaultHistoryHoldsTenTurns(t *testing.T) {
 	if tenth := reqs[9].Messages; len(tenth) != 19 || tenth[0].Content != "turn 0" {
 		t.Fatalf("tenth request: %d messages, want 19: %+v", len(tenth), tenth)
 	}
+	// Each answer comes back with the token ids the engine generated for
+	// it, one per word here (the in-process engine evaluates them instead
+	// of the answer's text tokenised again).
+	for _, m := range reqs[9].Messages {
+		words := len(strings.SplitAfter(m.Content, " "))
+		if m.Role == backends.RoleAssistant && (len(m.Tokens) != words || m.Tokens[0] != 1000) {
+			t.Fatalf("answer %q came back with tokens %v", m.Content, m.Tokens)
+		}
+	}
 }
 
 // startsWith reports whether msgs starts with every message of prefix.
 func startsWith(msgs, prefix []backends.Message) bool {
-	return len(msgs) >= len(prefix) && slices.Equal(msgs[:len(prefix)], prefix)
+	return len(msgs) >= len(prefix) && slices.EqualFunc(msgs[:len(prefix)], prefix, func(a, b backends.Message) bool {
+		return reflect.DeepEqual(a, b)
+	})
 }
 
 // TestContextTrimKeepsPrefix: when the conversation outgrows the model's

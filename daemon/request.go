@@ -61,7 +61,7 @@ func (r *request) run() {
 	if err != nil {
 		code = errorCode(err, context.Cause(r.ctx))
 	} else {
-		r.s.remember(r.infer.Prompt, r.toolTurns, answer.String())
+		r.s.remember(r.infer.Prompt, r.toolTurns, answer.String(), res.Generated)
 	}
 	d.stats.ended(r.s.peer.LinkName(), err, code, errors.Is(context.Cause(r.ctx), errCancelledByDevice))
 	if r.obs != nil {

@@ -349,11 +349,15 @@ func lastTurns(h []backends.Message, n int) []backends.Message {
 // A turn of a request with tools keeps its calls and their results between
 // the prompt and the answer (§16): the next question may refer to what a
 // tool said, and the engine's KV cache finds the prompt it evaluated.
-func (s *session) remember(prompt string, tools []backends.Message, answer string) {
+// The answer keeps the token ids the engine generated for it (nil from an
+// engine without them): the in-process engine evaluates them again instead
+// of a new tokenisation of the answer, so the next turn finds the whole
+// previous turn in the KV cache (docs/caching.md).
+func (s *session) remember(prompt string, tools []backends.Message, answer string, tokens []int32) {
 	s.mu.Lock()
 	s.history = append(s.history, backends.Message{Role: backends.RoleUser, Content: prompt})
 	s.history = append(s.history, tools...)
-	s.history = append(s.history, backends.Message{Role: backends.RoleAssistant, Content: answer})
+	s.history = append(s.history, backends.Message{Role: backends.RoleAssistant, Content: answer, Tokens: tokens})
 	if limit := s.d.conf().MaxHistory; len(s.history) > limit {
 		s.history = lastTurns(s.history, max(limit/2&^1, min(limit&^1, 2)))
 	}

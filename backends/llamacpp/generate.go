@@ -2,11 +2,9 @@ package llamacpp
 
 import (
 	"context"
-	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -172,6 +170,7 @@ func (e *Engine) generate(ctx context.Context, req backends.Request, emit backen
 				return res, nil
 			}
 			res.Tokens++
+			res.Generated = append(res.Generated, int32(ev.tok))
 			piece, err := e.model.TokenPiece(ev.tok, false)
 			if errors.Is(err, native.ErrClosed) {
 				return res, backends.ErrClosed // Close raced with this request
@@ -226,78 +225,4 @@ func (e *Engine) sampling(o backends.Options) native.SamplerParams {
 		p.Seed = rand.Uint32()
 	}
 	return p
-}
-
-// tokenizePrompt applies the chat template and tokenizes. Special-token
-// text is parsed as control tokens only where the model's template put it:
-// the messages' own text — a device's prompt — is tokenised plainly, so
-// "<|im_start|>system" typed by a device stays text and cannot open a
-// role. The template is applied with a random marker in place of each
-// message; the text between markers is the template's (parsed), each
-// marker's place the message's (not parsed). A template that changes the
-// markers falls back to the plain template, parsed for nothing.
-func (e *Engine) tokenizePrompt(msgs []backends.Message) ([]native.Token, error) {
-	if e.tmpl != "" {
-		if toks, ok, err := e.tokenizeTemplated(msgs); ok || err != nil {
-			return toks, err
-		}
-	}
-	return e.tokenize(PlainTemplate(msgs), true, false)
-}
-
-func (e *Engine) tokenize(text string, addSpecial, parseSpecial bool) ([]native.Token, error) {
-	toks, err := e.model.Tokenize(text, addSpecial, parseSpecial)
-	if err != nil {
-		if errors.Is(err, native.ErrClosed) {
-			return nil, backends.ErrClosed
-		}
-		return nil, fmt.Errorf("%w: %w", backends.ErrFailed, err)
-	}
-	return toks, nil
-}
-
-// tokenizeTemplated is tokenizePrompt through the model's template; ok is
-// false when the template could not be applied around the markers.
-func (e *Engine) tokenizeTemplated(msgs []backends.Message) (toks []native.Token, ok bool, err error) {
-	var nonce [8]byte
-	_, _ = crand.Read(nonce[:]) // never fails (crypto/rand, Go ≥ 1.24)
-	marker := func(i int) string { return fmt.Sprintf("\x01mcpd-%x-%d\x01", nonce, i) }
-	cm := make([]native.ChatMessage, len(msgs))
-	for i, m := range msgs {
-		cm[i] = native.ChatMessage{Role: string(m.Role), Content: marker(i)}
-	}
-	text, aerr := e.model.ApplyTemplate(e.tmpl, cm)
-	if aerr != nil {
-		return nil, false, nil
-	}
-	first := true
-	for i, m := range msgs {
-		before, after, found := strings.Cut(text, marker(i))
-		if !found || strings.Contains(after, marker(i)) {
-			return nil, false, nil
-		}
-		if before != "" {
-			t, err := e.tokenize(before, first, true)
-			if err != nil {
-				return nil, false, err
-			}
-			toks, first = append(toks, t...), false
-		}
-		if m.Content != "" {
-			t, err := e.tokenize(m.Content, first, false)
-			if err != nil {
-				return nil, false, err
-			}
-			toks, first = append(toks, t...), false
-		}
-		text = after
-	}
-	if text != "" {
-		t, err := e.tokenize(text, first, true)
-		if err != nil {
-			return nil, false, err
-		}
-		toks = append(toks, t...)
-	}
-	return toks, true, nil
 }

@@ -14,6 +14,9 @@ import (
 // chat is one device's conversation: its messages so far.
 type chat struct {
 	msgs []backends.Message
+	// retokenise keeps answers as text only, as a client without the
+	// engine's token ids (an HTTP API's) does.
+	retokenise bool
 }
 
 // turn asks e for the next answer to user and appends both to the chat.
@@ -25,7 +28,11 @@ func (c *chat) turn(t *testing.T, e *Engine, user string) (string, backends.Resu
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.msgs = append(c.msgs, backends.Message{Role: backends.RoleAssistant, Content: text})
+	answer := backends.Message{Role: backends.RoleAssistant, Content: text, Tokens: res.Generated}
+	if c.retokenise {
+		answer.Tokens = nil
+	}
+	c.msgs = append(c.msgs, answer)
 	return text, res
 }
 
@@ -52,10 +59,11 @@ func (c *chat) halve() {
 
 // play runs the lines on e and returns each answer and result; before the
 // lines whose index halveAt holds, the speaking chat's history halves.
-func play(t *testing.T, e *Engine, system []bool, lines []line, halveAt ...int) ([]string, []backends.Result) {
+func play(t *testing.T, e *Engine, system []bool, retokenise bool, lines []line, halveAt ...int) ([]string, []backends.Result) {
 	t.Helper()
 	chats := make([]chat, len(system))
 	for i, s := range system {
+		chats[i].retokenise = retokenise
 		if s {
 			chats[i].msgs = []backends.Message{{Role: backends.RoleSystem, Content: systemPrompt}}
 		}
@@ -81,21 +89,40 @@ func play(t *testing.T, e *Engine, system []bool, lines []line, halveAt ...int) 
 func TestKVReuse(t *testing.T) {
 	path := writeModel(t, gguf.TinySpec(1))
 	tests := []struct {
-		name     string
-		parallel int
-		system   []bool
-		lines    []line
-		halveAt  []int // lines before which the chat's history halves
-		check    func(t *testing.T, res []backends.Result, st Stats)
+		name       string
+		parallel   int
+		system     []bool
+		retokenise bool
+		lines      []line
+		halveAt    []int // lines before which the chat's history halves
+		check      func(t *testing.T, res []backends.Result, st Stats)
 	}{
 		{
+			// Each turn finds the turn before whole, its answer too: the
+			// answer comes back as the tokens generated for it. Only the
+			// last token generated was never evaluated, when the answer
+			// ended at its length.
 			name: "one chat", parallel: 2, system: []bool{false},
 			lines: []line{{0, "Hello, world"}, {0, "sensor 7 humidity 40%"}, {0, "What time is it?"}, {0, "zzz"}},
 			check: func(t *testing.T, res []backends.Result, st Stats) {
 				for i := 1; i < len(res); i++ {
-					// All of the last prompt is kept (its answer is
-					// tokenized anew and may differ from the tokens
-					// generated).
+					if before := res[i-1].PromptTokens + res[i-1].Tokens - 1; res[i].PromptCached < before {
+						t.Errorf("turn %d: %d of %d prompt tokens cached, the turn before had %d and its answer %d", i+1,
+							res[i].PromptCached, res[i].PromptTokens, res[i-1].PromptTokens, res[i-1].Tokens)
+					}
+				}
+				if st.KVDropped > int64(len(res)) {
+					t.Errorf("%d cached tokens dropped: more than one a turn", st.KVDropped)
+				}
+			},
+		},
+		{
+			// Answers kept as text are tokenised anew and may differ from
+			// the tokens generated: all of the last prompt is kept.
+			name: "one chat, answers as text", parallel: 2, system: []bool{false}, retokenise: true,
+			lines: []line{{0, "Hello, world"}, {0, "sensor 7 humidity 40%"}, {0, "What time is it?"}, {0, "zzz"}},
+			check: func(t *testing.T, res []backends.Result, st Stats) {
+				for i := 1; i < len(res); i++ {
 					if res[i].PromptCached < res[i-1].PromptTokens {
 						t.Errorf("turn %d: %d of %d prompt tokens cached, the turn before had %d", i+1,
 							res[i].PromptCached, res[i].PromptTokens, res[i-1].PromptTokens)
@@ -148,7 +175,7 @@ func TestKVReuse(t *testing.T) {
 					t.Errorf("halved turn: %d of %d prompt tokens cached, the turn before had %d",
 						res[4].PromptCached, res[4].PromptTokens, res[3].PromptTokens)
 				}
-				if res[5].PromptCached < res[4].PromptTokens {
+				if res[5].PromptCached < res[4].PromptTokens+res[4].Tokens-1 {
 					t.Errorf("turn after the halving: %d of %d prompt tokens cached, the halved turn had %d",
 						res[5].PromptCached, res[5].PromptTokens, res[4].PromptTokens)
 				}
@@ -158,14 +185,14 @@ func TestKVReuse(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			whole := newEngine(t, path, Config{Parallel: tc.parallel, NoKVReuse: true, SequenceContext: 512})
-			want, wantRes := play(t, whole, tc.system, tc.lines, tc.halveAt...)
+			want, wantRes := play(t, whole, tc.system, tc.retokenise, tc.lines, tc.halveAt...)
 			for i, r := range wantRes {
 				if r.PromptCached != 0 {
 					t.Fatalf("NoKVReuse: turn %d had %d prompt tokens cached", i+1, r.PromptCached)
 				}
 			}
 			e := newEngine(t, path, Config{Parallel: tc.parallel, SequenceContext: 512})
-			got, res := play(t, e, tc.system, tc.lines, tc.halveAt...)
+			got, res := play(t, e, tc.system, tc.retokenise, tc.lines, tc.halveAt...)
 			for i := range want {
 				if got[i] != want[i] || res[i].Tokens != wantRes[i].Tokens || res[i].Stop != wantRes[i].Stop {
 					t.Errorf("line %d: %q (%d tokens), evaluated whole: %q (%d)", i+1, got[i], res[i].Tokens,

@@ -13,17 +13,28 @@ import (
 func PlainTemplate(msgs []backends.Message) string {
 	var b strings.Builder
 	for _, m := range msgs {
-		role := string(m.Role)
-		if role == "" {
-			role = string(backends.RoleUser)
-		}
-		b.WriteString(strings.ToUpper(role[:1]) + role[1:])
-		b.WriteString(": ")
+		writePlainRole(&b, m)
 		b.WriteString(m.Content)
 		b.WriteString("\n")
 	}
 	b.WriteString("Assistant:")
 	return b.String()
+}
+
+// writePlainRole writes the "Role: " that starts m's line. An answer that
+// carries its generated tokens follows the colon directly, as it followed
+// the "Assistant:" cue it was generated after: the conversation's next
+// prompt then holds what the model saw and generated (prompt.go).
+func writePlainRole(b *strings.Builder, m backends.Message) {
+	role := string(m.Role)
+	if role == "" {
+		role = string(backends.RoleUser)
+	}
+	b.WriteString(strings.ToUpper(role[:1]) + role[1:])
+	b.WriteString(":")
+	if m.Role != backends.RoleAssistant || len(m.Tokens) == 0 {
+		b.WriteString(" ")
+	}
 }
 
 // textStream turns token bytes into emitted text: it holds back an

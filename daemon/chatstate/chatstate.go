@@ -13,7 +13,7 @@
 //
 //	header (64 bytes)
 //	  0  magic "MCPDCHT\x00"
-//	  8  version u16 (1)
+//	  8  version u16 (2; version 1 is read too)
 //	 10  flags u16 (0; any other value is refused)
 //	 12  records u32
 //	 16  identity [32]byte: SHA-256 of what the daemon serves with (Identity)
@@ -31,6 +31,8 @@
 //	      content u32 length, bytes
 //	      tool call u8 (0 none, 1 one follows):
 //	        tool i32, name u16 length, bytes, args u32 length, bytes
+//	      tokens u32 count, each i32 ≥ 0 (version 2 only): the ids the
+//	        engine generated for an answer (backends.Message.Tokens)
 //	nothing after the last record.
 package chatstate
 
@@ -50,8 +52,16 @@ import (
 // Magic starts every chat file.
 const Magic = "MCPDCHT\x00"
 
-// Version is the layout this package writes and reads.
-const Version = 1
+// Version is the layout this package writes; it reads OldestVersion too.
+const Version = 2
+
+// OldestVersion is the oldest layout Read accepts: version 1 lacks the
+// answers' tokens, which only make the next turn slower to evaluate.
+const OldestVersion = 1
+
+// identityVersion is the version Identity names: the same in versions 1
+// and 2, so that a daemon upgraded from 1 keeps its conversations.
+const identityVersion = 1
 
 const headerSize = stateheader.Size
 
@@ -85,11 +95,16 @@ type Conversation struct {
 	Messages []backends.Message
 }
 
-// Size is the bytes c takes in a file.
-func (c Conversation) Size() int64 {
+// Size is the bytes c takes in a file of this Version.
+func (c Conversation) Size() int64 { return c.size(Version) }
+
+func (c Conversation) size(version uint16) int64 {
 	n := int64(4 + 1 + len(c.Owner) + 1 + len(c.DeviceID) + 16 + 8 + 2 + 4)
 	for _, m := range c.Messages {
 		n += 1 + 4 + int64(len(m.Content)) + 1
+		if version >= 2 {
+			n += 4 + 4*int64(len(m.Tokens))
+		}
 		if m.ToolCall != nil {
 			n += 4 + 2 + int64(len(m.ToolCall.Name)) + 4 + int64(len(m.ToolCall.Args))
 		}
@@ -100,7 +115,7 @@ func (c Conversation) Size() int64 {
 // Identity is the header identity of what the daemon serves with (the
 // backend and its model): a file written for another one is refused.
 func Identity(model string) [32]byte {
-	return sha256.Sum256([]byte(fmt.Sprintf("mcpd chats v%d\x00%s", Version, model)))
+	return sha256.Sum256([]byte(fmt.Sprintf("mcpd chats v%d\x00%s", identityVersion, model)))
 }
 
 var roles = []backends.Role{backends.RoleSystem, backends.RoleUser, backends.RoleAssistant, backends.RoleTool}
@@ -133,16 +148,27 @@ func (c Conversation) check() error {
 		if int64(len(m.Content)) > 0xffffffff {
 			return fmt.Errorf("%w: message of %d bytes", ErrCorrupt, len(m.Content))
 		}
+		for _, t := range m.Tokens {
+			if t < 0 {
+				return fmt.Errorf("%w: token id %d", ErrCorrupt, t)
+			}
+		}
 	}
 	return nil
 }
 
 // Write writes a chat file holding convs for identity id.
 func Write(w io.Writer, id [32]byte, convs []Conversation) error {
+	return write(w, id, convs, Version)
+}
+
+// write is Write in the layout of version (tests write version 1 too;
+// messages' tokens are left out of it).
+func write(w io.Writer, id [32]byte, convs []Conversation, version uint16) error {
 	if len(convs) > MaxRecords {
 		return fmt.Errorf("chat file: %d conversations, at most %d", len(convs), MaxRecords)
 	}
-	h := stateheader.Encode(Magic, Version, stateheader.Header{Records: uint32(len(convs)), Identity: id})
+	h := stateheader.Encode(Magic, version, stateheader.Header{Records: uint32(len(convs)), Identity: id})
 	if _, err := w.Write(h); err != nil {
 		return fmt.Errorf("chat file header: %w", err)
 	}
@@ -150,16 +176,16 @@ func Write(w io.Writer, id [32]byte, convs []Conversation) error {
 		if err := c.check(); err != nil {
 			return fmt.Errorf("chat file: %w", err)
 		}
-		if _, err := w.Write(encode(c)); err != nil {
+		if _, err := w.Write(encode(c, version)); err != nil {
 			return fmt.Errorf("chat file record: %w", err)
 		}
 	}
 	return nil
 }
 
-// encode is c's record: length, body, CRC.
-func encode(c Conversation) []byte {
-	b := make([]byte, 4, c.Size())
+// encode is c's record in the layout of version: length, body, CRC.
+func encode(c Conversation, version uint16) []byte {
+	b := make([]byte, 4, c.size(version))
 	b = append(b, byte(len(c.Owner)))
 	b = append(b, c.Owner...)
 	b = append(b, byte(len(c.DeviceID)))
@@ -182,16 +208,22 @@ func encode(c Conversation) []byte {
 			b = binary.LittleEndian.AppendUint32(b, uint32(len(tc.Args)))
 			b = append(b, tc.Args...)
 		}
+		if version >= 2 {
+			b = binary.LittleEndian.AppendUint32(b, uint32(len(m.Tokens)))
+			for _, t := range m.Tokens {
+				b = binary.LittleEndian.AppendUint32(b, uint32(t))
+			}
+		}
 	}
 	binary.LittleEndian.PutUint32(b, uint32(len(b)-4))
 	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
 }
 
-// Read reads a whole chat file of size bytes from r: it must be this
-// version's, written for identity id. Nothing is returned unless every
-// record checked.
+// Read reads a whole chat file of size bytes from r: it must be of a
+// version from OldestVersion to Version, written for identity id. Nothing
+// is returned unless every record checked.
 func Read(r io.Reader, size int64, id [32]byte) ([]Conversation, error) {
-	h, err := stateheader.Read(r, size, Magic, Version, headerErrors)
+	h, version, err := stateheader.ReadVersions(r, size, Magic, OldestVersion, Version, headerErrors)
 	switch {
 	case err != nil:
 		return nil, err
@@ -230,7 +262,7 @@ func Read(r io.Reader, size int64, id [32]byte) ([]Conversation, error) {
 		if crc32.Checksum(body, castagnoli) != sum {
 			return nil, fmt.Errorf("%w: record %d CRC", ErrCorrupt, i)
 		}
-		c, err := decode(body[4:])
+		c, err := decode(body[4:], version)
 		if err != nil {
 			return nil, fmt.Errorf("record %d: %w", i, err)
 		}
@@ -242,9 +274,9 @@ func Read(r io.Reader, size int64, id [32]byte) ([]Conversation, error) {
 	return convs, nil
 }
 
-// decode parses a record's body; it must be the canonical encoding of a
-// sound conversation.
-func decode(b []byte) (Conversation, error) {
+// decode parses a record's body of a file of version; it must be the
+// canonical encoding of a sound conversation.
+func decode(b []byte, version uint16) (Conversation, error) {
 	d := decoder{b: b}
 	var c Conversation
 	c.Owner = string(d.take(int(d.u8())))
@@ -272,6 +304,16 @@ func decode(b []byte) (Conversation, error) {
 			m.ToolCall = tc
 		default:
 			return c, fmt.Errorf("%w: tool call flag", ErrCorrupt)
+		}
+		if version >= 2 {
+			// The count is checked against the record's bytes before
+			// anything is allocated for it.
+			if raw := d.take4(d.u32()); len(raw) > 0 {
+				m.Tokens = make([]int32, len(raw)/4)
+				for i := range m.Tokens {
+					m.Tokens[i] = int32(binary.LittleEndian.Uint32(raw[4*i:]))
+				}
+			}
 		}
 		c.Messages = append(c.Messages, m)
 	}
@@ -302,6 +344,14 @@ func (d *decoder) take(n int) []byte {
 	v := d.b[:n:n]
 	d.b = d.b[n:]
 	return v
+}
+
+// take4 takes n fields of 4 bytes.
+func (d *decoder) take4(n uint32) []byte {
+	if d.err == nil && uint64(n) > uint64(len(d.b)/4) {
+		d.err = fmt.Errorf("%w: %d fields of 4 bytes, %d bytes left in the record", ErrCorrupt, n, len(d.b))
+	}
+	return d.take(4 * int(n))
 }
 
 func (d *decoder) u8() uint8 {

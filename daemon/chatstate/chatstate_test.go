@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/internal/stateheader"
 )
 
 var testID = Identity("llama.cpp|/models/tiny.gguf")
@@ -23,7 +24,7 @@ func testConvs() []Conversation {
 				{Role: backends.RoleUser, Content: "Which bed needs water?"},
 				{Role: backends.RoleAssistant, Content: "", ToolCall: &backends.ToolCall{Tool: 0, Name: "soil", Args: []byte(`{"bed":"east"}`)}},
 				{Role: backends.RoleTool, Content: "12 %"},
-				{Role: backends.RoleAssistant, Content: "The east bed: \xff\xfe its soil is at 12 %."},
+				{Role: backends.RoleAssistant, Content: "The east bed: \xff\xfe its soil is at 12 %.", Tokens: []int32{791, 11226, 0, 1 << 30}},
 			}},
 		{Owner: "port:/dev/ttyUSB0/pump", DeviceID: "pump", LastUsed: time.Unix(1764940000, 0),
 			Messages: []backends.Message{{Role: backends.RoleUser, Content: "On?"}, {Role: backends.RoleAssistant, Content: "Yes."}}},
@@ -102,7 +103,11 @@ func TestRefused(t *testing.T) {
 		{"record cut", good[:len(good)-3], ErrTruncated},
 		{"magic", patch(0, 'X'), ErrMagic},
 		{"kv file", append([]byte("MCPDKVC\x00"), good[8:]...), ErrMagic},
-		{"version 2", resum(patch(8, 2)), ErrVersion},
+		{"version 0", resum(patch(8, 0)), ErrVersion},
+		{"version 3", resum(patch(8, 3)), ErrVersion},
+		{"token count huge", badTokens(t, 0x40000001), ErrCorrupt},
+		{"token count past the record", badTokens(t, 3), ErrCorrupt},
+		{"negative token id", encodeRaw(t, testID, []Conversation{negativeToken()}), ErrCorrupt},
 		{"flags", resum(patch(10, 1)), ErrVersion},
 		{"reserved", resum(patch(50, 1)), ErrVersion},
 		{"header bit flip", patch(20, good[20]^1), ErrCorrupt},
@@ -172,6 +177,7 @@ func FuzzReader(f *testing.F) {
 	f.Add(good[:len(good)-3])
 	f.Add(good[:headerSize])
 	f.Add([]byte(Magic))
+	f.Add(encodeVersion(f, 1, testConvs()))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		convs, err := Read(bytes.NewReader(b), int64(len(b)), testID)
 		if err != nil {
@@ -180,15 +186,82 @@ func FuzzReader(f *testing.F) {
 			}
 			return
 		}
+		version := binary.LittleEndian.Uint16(b[8:])
 		var total int64 = headerSize
 		for _, c := range convs {
-			total += c.Size()
+			total += c.size(version)
 		}
 		if total != int64(len(b)) {
 			t.Fatalf("conversations of %d bytes from %d bytes", total, len(b))
 		}
-		if !bytes.Equal(b, encodeFile(t, testID, convs)) {
+		var buf bytes.Buffer
+		if err := write(&buf, testID, convs, version); err != nil || !bytes.Equal(b, buf.Bytes()) {
 			t.Fatal("accepted input that does not re-encode to itself")
 		}
 	})
+}
+
+func encodeVersion(t testing.TB, version uint16, convs []Conversation) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := write(&buf, testID, convs, version); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// encodeRaw encodes convs without Write's checks, as a damaged or hostile
+// writer could have.
+func encodeRaw(t testing.TB, id [32]byte, convs []Conversation) []byte {
+	t.Helper()
+	b := stateheader.Encode(Magic, Version, stateheader.Header{Records: uint32(len(convs)), Identity: id})
+	for _, c := range convs {
+		b = append(b, encode(c, Version)...)
+	}
+	return b
+}
+
+func negativeToken() Conversation {
+	return Conversation{Owner: "id:a", DeviceID: "a", LastUsed: time.Unix(0, 1),
+		Messages: []backends.Message{{Role: backends.RoleAssistant, Content: "hi", Tokens: []int32{5, -1}}}}
+}
+
+// badTokens is a file whose one answer claims count tokens and holds one,
+// its record's length and CRC correct.
+func badTokens(t testing.TB, count uint32) []byte {
+	t.Helper()
+	c := Conversation{Owner: "id:a", DeviceID: "a", LastUsed: time.Unix(0, 1),
+		Messages: []backends.Message{{Role: backends.RoleAssistant, Content: "hi", Tokens: []int32{5}}}}
+	rec := encode(c, Version)
+	body := rec[:len(rec)-4]
+	binary.LittleEndian.PutUint32(body[len(body)-8:], count)
+	rec = binary.LittleEndian.AppendUint32(body, crc32.Checksum(body, castagnoli))
+	return append(stateheader.Encode(Magic, Version, stateheader.Header{Records: 1, Identity: testID}), rec...)
+}
+
+// TestReadVersion1: a file of version 1 (before answers kept their tokens)
+// is read whole, its answers without tokens: a daemon upgraded from it
+// keeps its conversations.
+func TestReadVersion1(t *testing.T) {
+	b := encodeVersion(t, 1, testConvs())
+	if v := binary.LittleEndian.Uint16(b[8:]); v != 1 {
+		t.Fatalf("version %d written", v)
+	}
+	got, err := Read(bytes.NewReader(b), int64(len(b)), testID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := testConvs()
+	for i := range want {
+		for j := range want[i].Messages {
+			want[i].Messages[j].Tokens = nil
+		}
+		got[i].LastUsed = want[i].LastUsed
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %+v\nwant %+v", got, want)
+	}
+	if v2 := encodeFile(t, testID, testConvs()); bytes.Equal(v2, b) || len(v2) <= len(b) {
+		t.Fatal("version 2 wrote no tokens")
+	}
 }

@@ -51,26 +51,37 @@ func Encode(magic string, version uint16, h Header) []byte {
 // magic, this version, the CRC and no flags, in that order. Identity and
 // the format's own bytes are the caller's to check.
 func Read(r io.Reader, size int64, magic string, version uint16, errs Errors) (Header, error) {
+	h, _, err := ReadVersions(r, size, magic, version, version, errs)
+	return h, err
+}
+
+// ReadVersions is Read for a format that reads versions oldest..newest:
+// it also returns the file's version.
+func ReadVersions(r io.Reader, size int64, magic string, oldest, newest uint16, errs Errors) (Header, uint16, error) {
 	if size < Size {
-		return Header{}, fmt.Errorf("%w: %d bytes", errs.Truncated, size)
+		return Header{}, 0, fmt.Errorf("%w: %d bytes", errs.Truncated, size)
 	}
 	b := make([]byte, Size)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return Header{}, fmt.Errorf("%w: header: %w", errs.Truncated, err)
+		return Header{}, 0, fmt.Errorf("%w: header: %w", errs.Truncated, err)
 	}
-	switch v := binary.LittleEndian.Uint16(b[8:]); {
+	v := binary.LittleEndian.Uint16(b[8:])
+	switch {
 	case string(b[:8]) != magic:
-		return Header{}, errs.Magic
-	case v != version:
-		return Header{}, fmt.Errorf("%w: %d (this build reads %d)", errs.Version, v, version)
+		return Header{}, 0, errs.Magic
+	case v < oldest || v > newest:
+		if oldest == newest {
+			return Header{}, 0, fmt.Errorf("%w: %d (this build reads %d)", errs.Version, v, newest)
+		}
+		return Header{}, 0, fmt.Errorf("%w: %d (this build reads %d to %d)", errs.Version, v, oldest, newest)
 	case binary.LittleEndian.Uint32(b[60:]) != crc32.Checksum(b[:60], castagnoli):
-		return Header{}, fmt.Errorf("%w: header CRC", errs.Corrupt)
+		return Header{}, 0, fmt.Errorf("%w: header CRC", errs.Corrupt)
 	case binary.LittleEndian.Uint16(b[10:]) != 0:
-		return Header{}, fmt.Errorf("%w: flags %#x", errs.Version, binary.LittleEndian.Uint16(b[10:]))
+		return Header{}, 0, fmt.Errorf("%w: flags %#x", errs.Version, binary.LittleEndian.Uint16(b[10:]))
 	}
 	var h Header
 	h.Records = binary.LittleEndian.Uint32(b[12:])
 	copy(h.Identity[:], b[16:48])
 	copy(h.Own[:], b[48:60])
-	return h, nil
+	return h, v, nil
 }
