@@ -2,6 +2,8 @@ package llamacpp
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
@@ -131,5 +133,49 @@ func TestAnswerTokensSameAnswers(t *testing.T) {
 				i+1, res.PromptCached, res.PromptTokens, prev.PromptTokens, prev.Tokens)
 		}
 		prev = res
+	}
+}
+
+// BenchmarkTokenizePrompt: what building a 10-turn conversation's prompt
+// costs when its answers (128 tokens each) carry their ids, against the
+// same conversation with answers as text only.
+func BenchmarkTokenizePrompt(b *testing.B) {
+	e := newEngine(b, writeModel(b, gguf.TinySpec(1)), Config{Parallel: 1})
+	rng := rand.New(rand.NewPCG(1, 2))
+	var msgs []backends.Message
+	for turn := range 10 {
+		msgs = append(msgs, backends.Message{Role: backends.RoleUser, Content: fmt.Sprintf("turn %d: how warm is the east bed?", turn)})
+		ts := newTextStream(nil)
+		var text []byte
+		ids := make([]int32, 128)
+		for i := range ids {
+			ids[i] = int32(32 + rng.IntN(90)) // printable byte tokens of the tiny vocabulary
+			piece, err := e.model.TokenPiece(native.Token(ids[i]), false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			out, _ := ts.add(piece)
+			text = append(text, out...)
+		}
+		text = append(text, ts.flush()...)
+		msgs = append(msgs, backends.Message{Role: backends.RoleAssistant, Content: string(text), Tokens: ids})
+	}
+	msgs = append(msgs, backends.Message{Role: backends.RoleUser, Content: "and now?"})
+	asText := make([]backends.Message, len(msgs))
+	for i, m := range msgs {
+		m.Tokens = nil
+		asText[i] = m
+	}
+	for _, bc := range []struct {
+		name string
+		msgs []backends.Message
+	}{{"answers-as-ids", msgs}, {"answers-as-text", asText}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := e.tokenizePrompt(bc.msgs); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

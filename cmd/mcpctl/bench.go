@@ -343,7 +343,7 @@ func runScenario(ctx context.Context, sc scenario, o benchOptions) scenarioRepor
 					rep.Tokens += int64(done.Tokens)
 					ttfts = append(ttfts, first)
 					latencies = append(latencies, lat)
-				case runCtx.Err() != nil: // the run ended mid-request: not the daemon's error
+				case runEnded(runCtx, err): // the run ended mid-request: not the daemon's error
 				case errors.As(err, &perr):
 					rep.Errors[perr.Code.String()]++
 				default:
@@ -365,6 +365,15 @@ func runScenario(ctx context.Context, sc scenario, o benchOptions) scenarioRepor
 	rep.Latencyp50, rep.Latencyp95, rep.Latencyp99 = pct(latencies, 50), pct(latencies, 95), pct(latencies, 99)
 	rep.Latencies, rep.TTFTs = millis(latencies), millis(ttfts)
 	return rep
+}
+
+// runEnded says whether err ended a request because the run's time was up
+// (not the daemon's error nor the link's). The device returns its
+// context's error as soon as the deadline has passed, which may be before
+// the context's own timer has fired and runCtx.Err() says so: such a
+// request was counted as a transport error at the end of a run.
+func runEnded(runCtx context.Context, err error) bool {
+	return runCtx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)
 }
 
 // transportError names a failure that is not the daemon's ERROR.

@@ -85,7 +85,7 @@ func runChat(ctx context.Context, sc scenario, o benchOptions, turns int) scenar
 				byTurn[turn] = append(byTurn[turn], first)
 				ttfts = append(ttfts, first)
 				latencies = append(latencies, lat)
-			case runCtx.Err() != nil:
+			case runEnded(runCtx, err):
 				return false
 			case errors.As(err, &perr):
 				rep.Errors[perr.Code.String()]++

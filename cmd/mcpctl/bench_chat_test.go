@@ -3,14 +3,18 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mcpd-project/mcpd/backends"
+	"github.com/mcpd-project/mcpd/clients/device"
 )
 
 // historyEngine is wordEngine recording how many messages each request
@@ -69,5 +73,30 @@ func TestBenchChatScenario(t *testing.T) {
 	text, err := os.ReadFile(md)
 	if err != nil || !strings.Contains(string(text), "Turn 3 ÷ turn 1") {
 		t.Fatalf("markdown: %v\n%s", err, text)
+	}
+}
+
+// TestRunEnded: a request the device ended because the run's deadline had
+// passed is not an error, even before the run's context says it is done
+// (its timer may fire later than the device noticed the deadline).
+func TestRunEnded(t *testing.T) {
+	runCtx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	defer cancel()
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("ask: %w", context.DeadlineExceeded), true},
+		{context.Canceled, true},
+		{device.ErrTimeout, false},
+		{errors.New("read udp: connection refused"), false},
+	} {
+		if got := runEnded(runCtx, tc.err); got != tc.want {
+			t.Errorf("runEnded(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+	cancel()
+	if !runEnded(runCtx, device.ErrTimeout) {
+		t.Error("a request cut by the run's end counted as an error")
 	}
 }
