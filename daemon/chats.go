@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"cmp"
-	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -210,7 +209,8 @@ func (d *Daemon) chatSnapshot(budget int64) []chatstate.Conversation {
 
 // SaveChats writes the conversations devices may resume to ChatFile when
 // any changed since the last save (atomically: chatstate.Save). The
-// service calls it at reload; Run at its end and every SaveInterval.
+// service calls it at reload; Run at its end and the saver every
+// SaveInterval (saver.go).
 func (d *Daemon) SaveChats() error {
 	cfg := d.conf()
 	if cfg.ChatFile == "" {
@@ -262,36 +262,4 @@ func (d *Daemon) loadChats() {
 	d.chats.saved = d.chats.gen.Load() // the file holds them
 	d.chats.saveMu.Unlock()
 	d.log.Info("saved conversations loaded", "file", cfg.ChatFile, "conversations", len(convs))
-}
-
-// saver saves the conversations and the engine's warm cache every
-// SaveInterval while ctx lives, when they changed (each checks its own
-// changes), so a crash loses at most an interval of them. The interval is
-// read again after each wait: a reload may change it.
-func (d *Daemon) saver(ctx context.Context) {
-	for {
-		every := d.conf().SaveInterval
-		wait := every
-		if wait <= 0 {
-			wait = time.Minute // off: look again later, a reload may turn it on
-		}
-		t := d.clock.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C():
-		}
-		if every <= 0 || d.conf().SaveInterval <= 0 {
-			continue
-		}
-		d.SaveChats()
-		if w, ok := d.Backend().(backends.WarmSaver); ok {
-			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			if err := w.SaveWarm(sctx); err != nil && ctx.Err() == nil {
-				d.log.Warn("periodic save: the warm cache was not saved", "err", err)
-			}
-			cancel()
-		}
-	}
 }

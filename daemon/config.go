@@ -78,15 +78,17 @@ type Config struct {
 	// sessions and what is saved, in bytes (default 16 MiB); ChatFile is
 	// where the conversations are saved at stop and reload and loaded at
 	// start ("" none); ChatModel names what the daemon serves with, and a
-	// file saved for another is refused. SaveInterval saves them (and the
-	// engine's warm cache, backends.WarmSaver) that often when something
-	// changed; zero: only at stop and reload. ResumeUnsigned lets an
-	// unsigned UDP device resume by its id alone (a trusted network).
-	ChatFile       string
-	ChatModel      string
-	ChatBudget     int64
-	SaveInterval   time.Duration
-	ResumeUnsigned bool
+	// file saved for another is refused. SaveInterval saves them that
+	// often when they changed, WarmSaveInterval the engine's warm cache
+	// (backends.WarmSaver; saver.go); zero: only at stop and reload (the
+	// service saves both then). ResumeUnsigned lets an unsigned UDP device
+	// resume by its id alone (a trusted network).
+	ChatFile         string
+	ChatModel        string
+	ChatBudget       int64
+	SaveInterval     time.Duration
+	WarmSaveInterval time.Duration
+	ResumeUnsigned   bool
 }
 
 // WithDefaults returns c with every zero field set to its default.

@@ -51,6 +51,7 @@ type Daemon struct {
 	local     localRequests // local applications' requests (local.go)
 	tools     toolStore     // devices' tool declarations by device id (tools.go)
 	chats     chatStore     // conversations kept for devices to resume (chats.go)
+	saveWake  chan struct{} // Reconfigure wakes the saver when an interval changed (saver.go)
 }
 
 // New returns a daemon serving through b.
@@ -71,10 +72,11 @@ func newDaemon(cfg Config, b backends.Backend, log *slog.Logger, clk clock) (*Da
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &Daemon{
-		log:     log,
-		clock:   clk,
-		limiter: peerLimiter{rate: cfg.PeerRate, burst: float64(cfg.PeerBurst), max: cfg.MaxPeers},
-		links:   newLinkSet(),
+		log:      log,
+		clock:    clk,
+		limiter:  peerLimiter{rate: cfg.PeerRate, burst: float64(cfg.PeerBurst), max: cfg.MaxPeers},
+		links:    newLinkSet(),
+		saveWake: make(chan struct{}, 1),
 	}
 	d.cfg.Store(&cfg)
 	d.engine.Store(&engineRef{b: b})

@@ -52,6 +52,20 @@ func (c *fakeClock) tickers(p time.Duration) int {
 	return n
 }
 
+// timerAt reports whether a timer (not a ticker) is set to fire at at: a
+// goroutine that sets its next timer when it is done with a step shows the
+// test that it is, before the test moves the clock on.
+func (c *fakeClock) timerAt(at time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for w := range c.waiters {
+		if w.period == 0 && w.at.Equal(at) {
+			return true
+		}
+	}
+	return false
+}
+
 // Advance moves the clock forward by d and fires what fell due: a timer
 // once, a ticker once however many periods passed (a real ticker drops the
 // ticks its reader missed, too).

@@ -26,6 +26,12 @@ func (d *Daemon) Reconfigure(cfg Config) error {
 	if cfg.MaxConcurrent != old.MaxConcurrent {
 		d.admission.resize(cfg.MaxConcurrent)
 	}
+	if cfg.SaveInterval != old.SaveInterval || cfg.WarmSaveInterval != old.WarmSaveInterval {
+		select { // the saver may be waiting out the old interval
+		case d.saveWake <- struct{}{}:
+		default: // a wake is pending already
+		}
+	}
 	rekeyed := d.sessions.filter(func(s *session) bool {
 		was, had := old.Keys[s.deviceID]
 		now, has := cfg.Keys[s.deviceID]

@@ -18,7 +18,7 @@ import (
 )
 
 // Saving the warm file (docs/caching.md): at Close, at a reload and every
-// save_interval (backends.WarmSaver). While the engine serves, the
+// warm_save_interval (backends.WarmSaver). While the engine serves, the
 // sequences' states are copied between decode steps, one sequence per
 // step, so a save holds the scheduler for the largest sequence's copy
 // rather than for all of them; the file is written on the caller's

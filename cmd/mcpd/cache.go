@@ -37,10 +37,16 @@ type cacheSection struct {
 	// conversations' caches that fit are saved. It bounds the devices'
 	// saved conversations (ChatFileName) too.
 	WarmMiB int `toml:"warm_mib"`
-	// SaveInterval saves the warm file and the devices' conversations that
-	// often while serving, when they changed (default 5m; "0s": only at
-	// stop and reload), so a crash loses at most that much.
+	// SaveInterval saves the devices' conversations that often while
+	// serving, when they changed (default 5m; "0s": only at stop and
+	// reload), so a crash loses at most that much of them.
 	SaveInterval *duration `toml:"save_interval"`
+	// WarmSaveInterval saves the warm file that often while serving, when
+	// it changed (default 1h; "0s": only at stop and reload). Longer than
+	// SaveInterval: the file is the engine's KV caches, megabytes written
+	// whole at each save (flash wear), and a stale one still serves a
+	// resumed conversation's older turns (docs/caching.md §1d).
+	WarmSaveInterval *duration `toml:"warm_save_interval"`
 	// ResumeUnsigned lets an unsigned UDP device resume its conversation
 	// by its id alone (docs/protocol.md §10): only on a network where no
 	// one else can claim a device's id.
@@ -56,6 +62,10 @@ const (
 	// directory (daemon/chatstate).
 	ChatFileName        = "chats.mcpdch"
 	defaultSaveInterval = 5 * time.Minute
+	// defaultWarmSaveInterval: the 135M model's 12 MiB warm file rewritten
+	// every hour of activity is ≈ 0.3 GB a day, every 5 minutes ≈ 3.4 GB
+	// (docs/caching.md §1d).
+	defaultWarmSaveInterval = time.Hour
 )
 
 // chatFile is where the daemon saves the devices' conversations, "" when
@@ -67,12 +77,16 @@ func (c cacheSection) chatFile() string {
 	return filepath.Join(c.StateDir, ChatFileName)
 }
 
-// saveInterval is how often the warm state is saved while serving, 0 off.
+// saveInterval is how often the conversations are saved while serving, 0
+// off.
 func (c cacheSection) saveInterval() time.Duration {
-	if c.SaveInterval == nil {
-		return defaultSaveInterval
-	}
-	return c.SaveInterval.Duration
+	return c.SaveInterval.or(defaultSaveInterval)
+}
+
+// warmSaveInterval is how often the warm file is saved while serving, 0
+// off.
+func (c cacheSection) warmSaveInterval() time.Duration {
+	return c.WarmSaveInterval.or(defaultWarmSaveInterval)
 }
 
 // warmFile is the in-process engine's warm cache file, "" when off.
@@ -128,8 +142,11 @@ func (c cacheSection) validate() error {
 	if c.WarmMiB < 0 || c.WarmMiB > 1<<20 {
 		return fmt.Errorf("cache warm_mib %d: want 0..%d", c.WarmMiB, 1<<20)
 	}
-	if c.SaveInterval != nil && c.SaveInterval.Duration < 0 {
+	if c.SaveInterval.or(0) < 0 {
 		return fmt.Errorf("cache save_interval %v: want 0 (off) or more", c.SaveInterval.Duration)
+	}
+	if c.WarmSaveInterval.or(0) < 0 {
+		return fmt.Errorf("cache warm_save_interval %v: want 0 (off) or more", c.WarmSaveInterval.Duration)
 	}
 	if c.StateDir != "" && !filepath.IsAbs(c.StateDir) {
 		return fmt.Errorf("cache state_dir %q: want an absolute path", c.StateDir)
@@ -145,7 +162,8 @@ func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 	noKV := fs.Bool("no-kv-reuse", false, "evaluate every prompt whole instead of reusing the engine's KV cache (for comparisons)")
 	stateDir := fs.String("state-dir", "", "where the engine keeps its warm cache across restarts (default $STATE_DIRECTORY)")
 	noWarm := fs.Bool("no-warm", false, "start cold: do not save the engine's KV caches and the devices' conversations at exit nor load them at start")
-	every := fs.Duration("save-interval", defaultSaveInterval, "save the warm cache and the devices' conversations this often while serving, when they changed (0: only at stop and reload)")
+	every := fs.Duration("save-interval", defaultSaveInterval, "save the devices' conversations this often while serving, when they changed (0: only at stop and reload)")
+	warmEvery := fs.Duration("warm-save-interval", defaultWarmSaveInterval, "save the warm cache this often while serving, when it changed (0: only at stop and reload); each save writes the whole file")
 	history := fs.Int("max-history", 0, "chat messages (user and assistant) kept per device session (default 20)")
 	return func(cfg *config, set map[string]bool) {
 		if set["max-history"] {
@@ -165,6 +183,9 @@ func cacheFlags(fs *flag.FlagSet) func(cfg *config, set map[string]bool) {
 		}
 		if set["save-interval"] {
 			cfg.Cache.SaveInterval = &duration{*every}
+		}
+		if set["warm-save-interval"] {
+			cfg.Cache.WarmSaveInterval = &duration{*warmEvery}
 		}
 		if set["no-kv-reuse"] {
 			cfg.Cache.NoKVReuse = *noKV

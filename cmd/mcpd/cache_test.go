@@ -270,6 +270,7 @@ func TestEngineSettingsIgnoreDaemonCache(t *testing.T) {
 		same bool
 	}{
 		{"save_interval", func(c *config) { c.Cache.SaveInterval = &duration{time.Second} }, true},
+		{"warm_save_interval", func(c *config) { c.Cache.WarmSaveInterval = &duration{time.Second} }, true},
 		{"resume_unsigned", func(c *config) { c.Cache.ResumeUnsigned = true }, true},
 		{"warm_mib", func(c *config) { c.Cache.WarmMiB = 8 }, false},
 		{"no_warm", func(c *config) { c.Cache.NoWarm = true }, false},

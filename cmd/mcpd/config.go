@@ -135,6 +135,14 @@ func (m mqttSection) daemonConfig() (daemon.MQTTConfig, error) {
 // duration reads "5s", "2m" from TOML.
 type duration struct{ time.Duration }
 
+// or is d's duration, def when d is unset (nil).
+func (d *duration) or(def time.Duration) time.Duration {
+	if d == nil {
+		return def
+	}
+	return d.Duration
+}
+
 func (d *duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {

@@ -263,9 +263,8 @@ func writeEffective(w io.Writer, cfg config, d daemon.Config) error {
 	fillDur(&l.ShutdownDrain, d.ShutdownDrain)
 	fillDur(&l.EngineStall, d.StallTimeout)
 	fillDur(&l.MinRTO, d.MinRTO)
-	if cfg.Cache.SaveInterval == nil {
-		cfg.Cache.SaveInterval = &duration{defaultSaveInterval}
-	}
+	cfg.Cache.SaveInterval = &duration{cfg.Cache.saveInterval()}
+	cfg.Cache.WarmSaveInterval = &duration{cfg.Cache.warmSaveInterval()}
 	cfg.Policy.Networks = cfg.Policy.Networks[:0:0]
 	for _, n := range d.Policy.Networks {
 		cfg.Policy.Networks = append(cfg.Policy.Networks, n.String())

@@ -51,7 +51,7 @@ func prepare(cfg config) (prepared, error) {
 		MinRTO:     cfg.Limits.MinRTO.Duration,
 		MaxHistory: cfg.Limits.MaxHistory,
 		ChatFile:   cfg.Cache.chatFile(), ChatModel: chatModel(cfg), ChatBudget: cfg.Cache.warmBudget(),
-		SaveInterval: cfg.Cache.saveInterval(), ResumeUnsigned: cfg.Cache.ResumeUnsigned,
+		SaveInterval: cfg.Cache.saveInterval(), WarmSaveInterval: cfg.Cache.warmSaveInterval(), ResumeUnsigned: cfg.Cache.ResumeUnsigned,
 		ToolTimeout: cfg.Limits.ToolTimeout.Duration, MaxToolCalls: cfg.Limits.MaxToolCalls, ToolChoice: cfg.Limits.ToolChoice,
 	}
 	if err := cfg.applyGuard(&p.daemon); err != nil {
@@ -98,7 +98,7 @@ func engineSettings(cfg config) string {
 	// The daemon's own cache settings (how often to save, who may resume)
 	// need no new engine: a reload that changes them keeps it.
 	cache := cfg.Cache
-	cache.SaveInterval, cache.ResumeUnsigned = nil, false
+	cache.SaveInterval, cache.WarmSaveInterval, cache.ResumeUnsigned = nil, nil, false
 	return fmt.Sprintf("%s|%q|%+v|%s|%d|%d|%d|%+v|%s", cfg.Backend, cfg.Fallback, cfg.Ollama, cfg.Model,
 		cfg.Engine.Threads, cfg.Engine.ContextSize, cfg.Limits.MaxConcurrent, cache, fileState(cfg.Model))
 }

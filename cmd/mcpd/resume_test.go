@@ -22,7 +22,10 @@ import (
 // the same address: its third turn (NO_SESSION, HELLO with RESUME, the
 // question again) gives the reference's greedy answer with the same prompt
 // tokens — the model saw the earlier turns — most of them from the warm
-// file. Then a fourth turn saved by --save-interval survives SIGKILL.
+// file. Then a fourth turn saved by --save-interval survives SIGKILL
+// while the warm file is not saved periodically (--warm-save-interval 0s):
+// the turn after the crash is resumed with the earlier turns the stale
+// warm file holds cached (the engine reuses by common token prefix).
 func TestResumeAfterRestartSIGTERM(t *testing.T) {
 	key, udp, start := signedMcpd(t, "greenhouse", 0x5a)
 	stop := func(p *mcpdProcess) { stopMcpd(t, p) }
@@ -80,7 +83,7 @@ func TestResumeAfterRestartSIGTERM(t *testing.T) {
 		}
 	}
 
-	p, httpAddr := start(state, "--save-interval", "1s")
+	p, httpAddr := start(state, "--save-interval", "1s", "--warm-save-interval", "0s")
 	p.waitLog(t, "saved conversations loaded", 60*time.Second)
 	got := ask(c, 2) // the same client: NO_SESSION, HELLO with RESUME, the question again
 	if !c.Resumed() || got.text != want[2].text || got.done.PromptTokens != want[2].done.PromptTokens {
@@ -94,7 +97,8 @@ func TestResumeAfterRestartSIGTERM(t *testing.T) {
 	t.Logf("turn 3: time to first token %d ms resumed (%d of %d prompt tokens cached), %d ms in the run that never stopped",
 		got.done.TTFTMS, cached(httpAddr), got.done.PromptTokens, want[2].done.TTFTMS)
 
-	// The fourth turn reaches the disk within the interval; then a crash.
+	// The fourth turn's conversation reaches the disk within the interval,
+	// the warm file stays as the SIGTERM after turn 2 wrote it; a crash.
 	saves := func() (int, int) {
 		return strings.Count(p.logs.String(), "conversations saved"), strings.Count(p.logs.String(), "warm cache saved")
 	}
@@ -103,9 +107,10 @@ func TestResumeAfterRestartSIGTERM(t *testing.T) {
 	if got.text != want[3].text {
 		t.Fatalf("turn 4: %q, the reference %q", got.text, want[3].text)
 	}
-	time.Sleep(3 * time.Second) // the turn changed both: the next tick writes them
-	if c2, w2 := saves(); c2 == chats || w2 == warm {
-		t.Fatalf("no periodic save after the fourth turn (%d→%d conversations, %d→%d warm):\n%s", chats, c2, warm, w2, p.logs.String())
+	time.Sleep(3 * time.Second) // the turn changed both: the next tick writes the conversations
+	if c2, w2 := saves(); c2 == chats || w2 != warm {
+		t.Fatalf("after the fourth turn: %d→%d conversations saved, %d→%d warm (want the conversations only):\n%s",
+			chats, c2, warm, w2, p.logs.String())
 	}
 	p.signal(t, syscall.SIGKILL)
 	p.wait(t, 30*time.Second)
@@ -116,10 +121,15 @@ func TestResumeAfterRestartSIGTERM(t *testing.T) {
 	got = ask(c, 4)
 	n := cached(httpAddr)
 	stop(p)
-	if !c.Resumed() || got.done.PromptTokens <= want[3].done.PromptTokens || n < int64(want[3].done.PromptTokens) {
-		t.Fatalf("after SIGKILL: resumed %v, %d prompt tokens (turn 4 had %d), %d cached\n%s", c.Resumed(),
-			got.done.PromptTokens, want[3].done.PromptTokens, n, p.logs.String())
+	// The stale file holds turn 2 (its prompt and answer): turn 5's prompt
+	// starts with them; turns 3 and 4 are evaluated again.
+	if !c.Resumed() || got.done.PromptTokens <= want[3].done.PromptTokens ||
+		n < int64(want[1].done.PromptTokens) || n >= int64(want[3].done.PromptTokens) {
+		t.Fatalf("after SIGKILL: resumed %v, %d prompt tokens (turn 4 had %d), %d cached (want turn 2's %d to turn 4's %d)\n%s",
+			c.Resumed(), got.done.PromptTokens, want[3].done.PromptTokens, n, want[1].done.PromptTokens,
+			want[3].done.PromptTokens, p.logs.String())
 	}
+	t.Logf("after SIGKILL with the warm file of turn 2: %d of %d prompt tokens cached", n, got.done.PromptTokens)
 }
 
 // signedMcpd is the rig of the tests that restart mcpd under a signed
