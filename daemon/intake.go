@@ -193,9 +193,15 @@ func (d *Daemon) sendTo(p Peer, seq uint8, limit int, seal *sealer, m serialprot
 
 // unproven reports whether p's source address could be spoofed: a datagram
 // peer off loopback (the kernel drops packets from the network that claim
-// a loopback source), unless the configuration bounds loopback too.
+// a loopback source), unless the configuration bounds loopback too. A peer
+// its link vouches for (BoundDevice: on MQTT the broker authenticated the
+// publisher) is proven: the answers go to that device's own down topic,
+// which only its account reads, never to an address a spoofer chose. Taken
+// for unproven (it has no source address), its first answer stream spent
+// the bytes it sent: the first chunks waited for the device's repeated
+// ACKs, and a session's first request took about 1 s (§7.4).
 func (d *Daemon) unproven(p Peer) bool {
-	if p.ByteStream() {
+	if p.ByteStream() || p.BoundDevice() != "" {
 		return false
 	}
 	a := p.Addr()

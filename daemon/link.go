@@ -54,7 +54,8 @@ type Peer interface {
 	// BoundDevice is the device id the link vouches for, which HELLO must
 	// name (guard.go, admitPeer): on MQTT the id in the topic, whose
 	// publisher the broker authenticated and its ACL let publish there.
-	// Empty where the link knows no id (UDP, serial).
+	// Empty where the link knows no id (UDP, serial). A peer with a bound
+	// device is proven (Daemon.unproven): no reflection bound applies.
 	BoundDevice() string
 	// RTO is the initial retransmission timeout towards this peer, whose
 	// device announced window in its HELLO: fixed on UDP (§7.2); on a
