@@ -356,6 +356,26 @@ func TestCDeviceAgainstMcpd(t *testing.T) {
 		})
 	}
 
+	// A BYE of an earlier session still on the line — an earlier run's BYE,
+	// sent again as it exited — which mcpd answers with BYE while it has no
+	// session there: the next run reads that answer before its WELCOME. It
+	// must drop it unanswered: a BYE sent back reached mcpd after the HELLO
+	// and closed the session the HELLO opened (seq 2 is after the HELLO's 0:
+	// new, taken), and the run failed with "the daemon closed the session"
+	// (the serial-noisy flake of TestCDeviceAgainstMcpd).
+	t.Run("serial-after-stale-bye", func(t *testing.T) {
+		bye, err := serialproto.AppendFrame(nil, serialproto.Frame{Version: serialproto.Version1, Cmd: serialproto.CmdBye, Seq: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := master.Write(bye); err != nil {
+			t.Fatal(err)
+		}
+		if got := cAnswer(ctx, t, plain, []*os.File{master}, "--serial-fd", "3", "--device-id", "c-uart-stale", "--max-data", "64", "--window", "1"); got != want {
+			t.Errorf("C device's answer differs from the Go device's:\n got %q\nwant %q", got, want)
+		}
+	})
+
 	// The extended STATUS_REPLY (docs/protocol.md §11.11): the C device asks
 	// for it after its answer, twice with the same greedy question; the
 	// engine's KV cache counts each request as a hit or a miss, and the

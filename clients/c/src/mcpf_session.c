@@ -700,9 +700,14 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
             s->open = 0;
             return finish(s, ev, MCPF_EV_BYE);
         }
-        send_body(s, now, MCPF_BYE, f->seq, 0); /* answered even without a session (§10) */
+        /* Before our WELCOME it is stale: the answer to a BYE of an earlier
+         * session of ours still on the line (the daemon never closes a
+         * session it has not opened). It is dropped unanswered: our BYE
+         * would reach the daemon after our HELLO and close the session that
+         * HELLO opens (§10). */
         if (!s->open)
-            return MCPF_EV_NONE; /* a stale one, before our WELCOME */
+            return MCPF_EV_NONE;
+        send_body(s, now, MCPF_BYE, f->seq, 0);
         s->open = 0;
         return finish(s, ev, MCPF_EV_BYE);
     case MCPF_HELLO: case MCPF_INFER: case MCPF_CANCEL: case MCPF_STATUS:
