@@ -131,6 +131,13 @@ func (d *Daemon) Run(ctx context.Context, links ...Link) error {
 	return linkErr
 }
 
+// StopAccepting makes the daemon refuse new sessions and requests from now
+// on (SHUTTING_DOWN), as Run does when its context ends, while what runs
+// goes on. A service announcing its stop calls it first, so that what it
+// announces holds from then on: Run sees its context end on a goroutine of
+// its own, a moment later, and a HELLO in that moment was still taken.
+func (d *Daemon) StopAccepting() { d.admission.drain() }
+
 // drain refuses new work and gives in-flight requests time to finish.
 func (d *Daemon) drain() {
 	d.admission.drain()

@@ -83,6 +83,30 @@ func TestShutdownReleasesTheDaemon(t *testing.T) {
 	}
 }
 
+// TestStopAccepting: once StopAccepting returns, a HELLO is refused with
+// SHUTTING_DOWN although Run still runs (a service announces its stop only
+// after it, and mcpd's SIGTERM test saw a HELLO taken in the moment before
+// Run's own drain), while an open session's request still runs.
+func TestStopAccepting(t *testing.T) {
+	d, addr := startDaemon(t, Config{}, &testEngine{})
+	open := dial(t, addr, device.Config{DeviceID: "open"})
+	d.StopAccepting()
+	tr, err := device.DialUDP(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var e *serialproto.Error
+	if err := device.New(tr, device.Config{DeviceID: "late"}).Hello(ctx); !errors.As(err, &e) || e.Code != serialproto.CodeShuttingDown {
+		t.Fatalf("HELLO after StopAccepting: %v, want SHUTTING_DOWN", err)
+	}
+	if _, _, err := ask(t, open, "still there?"); !errors.As(err, &e) || e.Code != serialproto.CodeShuttingDown {
+		t.Fatalf("a new request after StopAccepting: %v, want SHUTTING_DOWN", err)
+	}
+}
+
 // TestCancelWithClosedWindow: a device with a one-frame window cancels
 // while TOKENs are still coming; the stream must end promptly.
 func TestCancelWithClosedWindow(t *testing.T) {

@@ -215,6 +215,7 @@ func (s *service) serve(ctx context.Context, d *daemon.Daemon, links []daemon.Li
 		case err := <-runDone:
 			return err
 		case <-ctx.Done():
+			d.StopAccepting() // before saying so: Run drains on its own goroutine
 			st := d.Stats()
 			running := st.Accepted.Load() - st.Done.Load() - st.Failed.Load() - st.Canceled.Load()
 			drain := d.Config().ShutdownDrain
