@@ -431,11 +431,16 @@ static int finish(mcpf_session *s, mcpf_event *ev, uint8_t type)
 static int may_reopen(const mcpf_session *s)
 {
     const uint8_t *b = s->body;
-    size_t i, end = (size_t)b[0] + 1u; /* the options: type, length, value (§11.4) */
+    size_t i, end;
     if (s->req != MCPF_REQ_INFER || s->accepted || s->reopen || s->text_bytes)
         return 0;
     if (!s->chat)
         return 1;
+    /* Read only now: a TOOLS request has no body (its message is read
+     * from the table), and an INFER's body may be empty. */
+    if (!b || !s->body_len)
+        return 0;
+    end = (size_t)b[0] + 1u; /* the options: type, length, value (§11.4) */
     for (i = 1; end <= s->body_len && i + 1u < end; i += 2u + b[i + 1])
         if (b[i] == MCPF_OPT_NEW_CHAT)
             return 1;

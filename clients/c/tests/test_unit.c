@@ -691,7 +691,6 @@ static void test_random_input(int iterations)
     cfg.device_id = "fuzz";
     cfg.max_data = 64;
     cfg.window = 3;
-    cfg.send = NULL;
 #if MCPF_DEVICE_TOOLS
     cfg.tools = test_tools; /* TOOL_CALLs reach the handlers */
     cfg.tool_count = 2;
@@ -700,6 +699,11 @@ static void test_random_input(int iterations)
     cfg.tool_buf_size = sizeof tool_buf;
 #endif
     mcpf_reasm_init(&r, rbuf, sizeof rbuf);
+    /* Set up before the loop too: the loop sets it up again every 64
+     * rounds, but only in a round whose input fits a frame, and a session
+     * is never used before mcpf_session_init. */
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 0);
     for (i = 0; i < iterations; i++) {
         size_t n = rnd(12) == 0 ? rnd(300) : rnd(40), k, body_len;
         mcpf_hello h; mcpf_welcome w; mcpf_infer inf; mcpf_token t; mcpf_done d;
@@ -1255,6 +1259,12 @@ static void test_session_reopens(void)
     nfresh = mcpf_put_infer(fresh, sizeof fresh, &m);
     CHECK(nfresh > 0 && mcpf_parse_infer(fresh, nfresh, &m) == 0 && (m.present & MCPF_HAS(MCPF_OPT_NEW_CHAT)), "the NEW_CHAT body parses");
     CHECK(mcpf_session_hello(&s, 0) == 0 && feed_welcome(&s, 1, s.seq, &ev) == MCPF_EV_WELCOME, "session open");
+    /* NO_SESSION to a request that is no INFER, before any INFER gave the
+     * session a body (a TOOLS request has none either): the application's,
+     * and nothing read through the absent body (make cfuzz found it). */
+    CHECK(mcpf_session_status(&s, 2) == 0 && feed_error(&s, 3, s.seq, 4, &ev) == MCPF_EV_ERROR && ev.u.error.code == 4 && !s.open,
+          "NO_SESSION to a STATUS: the application's");
+    CHECK(mcpf_session_hello(&s, 4) == 0 && feed_welcome(&s, 5, s.seq, &ev) == MCPF_EV_WELCOME, "session open again");
     /* Nothing answered yet, no chat held: reopened. */
     CHECK(mcpf_session_infer(&s, 10, more, sizeof more) == 0, "infer");
     seq = s.seq;
@@ -1618,6 +1628,11 @@ int main(int argc, char **argv)
     int iterations = argc > 1 ? atoi(argv[1]) : 400;
     if (argc > 2)
         rng = (uint32_t)strtoul(argv[2], NULL, 0);
+    /* Printed first: a sanitizer aborts the run, and make cfuzz seeds it
+     * from the clock, so this line is how a failure is reproduced. */
+    printf("random streams: %d, seed %lu (test_unit %d %lu reruns them)\n", iterations, (unsigned long)rng, iterations,
+           (unsigned long)rng);
+    fflush(stdout);
     test_decoder_differential(iterations);
     printf("decoder differential: %d streams\n", iterations);
     test_random_input(iterations * 50);
