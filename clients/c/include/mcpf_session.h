@@ -168,6 +168,8 @@ typedef struct mcpf_session {
 
 /* boot_nonce: fresh random bytes for this HELLO (§9.3). */
 void mcpf_session_init(mcpf_session *s, const mcpf_config *cfg, uint32_t boot_nonce);
+/* -1: busy, or a config outside its ranges (device_id 1..64 characters,
+ * window 1..255). */
 int mcpf_session_hello(mcpf_session *s, uint32_t now);
 int mcpf_session_ping(mcpf_session *s, uint32_t now, const uint8_t *data, uint8_t len);
 int mcpf_session_status(mcpf_session *s, uint32_t now);

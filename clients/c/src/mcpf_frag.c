@@ -110,6 +110,8 @@ int mcpf_reasm_add(mcpf_reasm *r, const mcpf_frame *f, size_t *body_len)
             at = 0;
         else if (r->piece)
             at = (size_t)(count - 1u) * r->piece;
+        else if (len > r->cap) /* cap - len would wrap, and at + len pass the check below */
+            return discard(r, -MCPF_ETOO_LARGE);
         else
             at = r->cap - len;
     }

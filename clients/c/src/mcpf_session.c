@@ -82,6 +82,8 @@ static void send_body(mcpf_session *s, uint32_t now, uint8_t cmd, uint8_t seq, s
 static uint16_t hold_slots(const mcpf_session *s)
 {
     uint16_t n = s->cfg->hold ? (uint16_t)(s->cfg->hold_size / MCPF_HOLD_SLOT(s->cfg->max_data)) : 0u;
+    if (s->cfg->window < 2u)
+        return 0; /* window − 1 would wrap at 0 */
     return n < s->cfg->window ? n : (uint16_t)(s->cfg->window - 1u);
 }
 
@@ -288,8 +290,23 @@ void mcpf_session_init(mcpf_session *s, const mcpf_config *cfg, uint32_t boot_no
     s->seq = 0xFF; /* the first request, HELLO, takes seq 0 */
 }
 
+/* What the HELLO carries from the config, within the header's ranges: a
+ * longer id would overrun the transmit buffer before the frame's length is
+ * checked, and a window of 0 takes no answer at all. */
+static int config_ok(const mcpf_config *c)
+{
+    size_t n = 0;
+    if (!c->device_id || c->window == 0)
+        return 0;
+    while (n <= 64u && c->device_id[n])
+        n++;
+    return n >= 1u && n <= 64u;
+}
+
 int mcpf_session_hello(mcpf_session *s, uint32_t now)
 {
+    if (!config_ok(s->cfg))
+        return -1;
     s->open = 0;
     return start(s, now, MCPF_REQ_HELLO);
 }
@@ -658,7 +675,8 @@ int mcpf_session_frame(mcpf_session *s, uint32_t now, mcpf_frame *f, mcpf_event 
     switch (f->cmd) {
     case MCPF_PING: /* the daemon checks on us */
         if (f->len <= 8) {
-            memmove(s->tx + MCPF_HEADER, f->data, f->len);
+            if (f->len) /* an empty frame a caller built may have no data pointer */
+                memmove(s->tx + MCPF_HEADER, f->data, f->len);
             send_body(s, now, MCPF_PONG, f->seq, f->len);
         }
         return MCPF_EV_NONE;

@@ -682,10 +682,10 @@ static void test_tool_result_fragments_and_sack(void)
  * and whatever a parser accepts must be rebuilt to the same bytes. */
 static void test_random_input(int iterations)
 {
-    static uint8_t b[300], out[300], rbuf[600], frame[MCPF_MAX_FRAME];
+    static uint8_t b[300], out[300], rbuf[600], rsmall[32], frame[MCPF_MAX_FRAME];
     static mcpf_session s;
     static mcpf_config cfg;
-    mcpf_reasm r;
+    mcpf_reasm r, rs; /* rs: a buffer smaller than one fragment */
     int i;
     memset(&cfg, 0, sizeof cfg);
     cfg.device_id = "fuzz";
@@ -699,6 +699,7 @@ static void test_random_input(int iterations)
     cfg.tool_buf_size = sizeof tool_buf;
 #endif
     mcpf_reasm_init(&r, rbuf, sizeof rbuf);
+    mcpf_reasm_init(&rs, rsmall, sizeof rsmall);
     /* Set up before the loop too: the loop sets it up again every 64
      * rounds, but only in a round whose input fits a frame, and a session
      * is never used before mcpf_session_init. */
@@ -760,6 +761,7 @@ static void test_random_input(int iterations)
             f.data = b;
             (void)mcpf_reasm_add(&r, &f, &body_len);
             (void)mcpf_reasm_missing(&r, out, 64);
+            (void)mcpf_reasm_add(&rs, &f, &body_len);
             /* As a frame from the daemon, to a session in some state. */
             if (i % 64 == 0) {
                 cfg.send = capture;
@@ -1229,6 +1231,65 @@ static int feed_error(mcpf_session *s, uint32_t now, uint8_t seq, uint8_t code, 
     return feed(s, now, MCPF_ERROR, seq, b, mcpf_put_error(b, &e), ev);
 }
 
+/* Edges a review found outside the random input's reach: a last fragment
+ * first and longer than a small reassembly buffer (cap - len wrapped and the
+ * copy landed before the buffer), a PING a caller built with no data
+ * pointer, and configs outside their ranges (a 65-character id overran the
+ * transmit buffer; window 0 made window - 1 SACK slots). */
+static void test_edges(void)
+{
+    static const char long_id[] = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyzabcdefghijklm"; /* 65 */
+    uint8_t data[44], *small = malloc(16); /* exact size: ASan sees a write outside it */
+    mcpf_reasm r;
+    mcpf_frame f;
+    mcpf_config cfg;
+    mcpf_session s;
+    mcpf_event ev;
+    size_t body_len = 0;
+    CHECK(small != NULL, "malloc");
+    memset(data, 'x', sizeof data);
+    data[0] = 1; /* index 1 of 2: the last, first */
+    data[1] = 2;
+    memset(&f, 0, sizeof f);
+    f.ver = 1;
+    f.cmd = MCPF_TOOL_CALL;
+    f.flags = MCPF_FRAGMENT;
+    f.len = sizeof data;
+    f.data = data;
+    mcpf_reasm_init(&r, small, 16);
+    CHECK(mcpf_reasm_add(&r, &f, &body_len) == -MCPF_ETOO_LARGE, "a last fragment larger than the buffer: TOO_LARGE");
+    f.len = 3 + 16 - 1; /* a piece of cap bytes still fits, parked at the end */
+    CHECK(mcpf_reasm_add(&r, &f, &body_len) == 0 && r.active, "a last fragment of cap bytes: parked");
+    free(small);
+
+    memset(&cfg, 0, sizeof cfg);
+    cfg.device_id = "edges";
+    cfg.max_data = 64;
+    cfg.window = 0;
+    cfg.send = capture;
+    mcpf_session_init(&s, &cfg, 1);
+    CHECK(mcpf_session_hello(&s, 0) == -1, "window 0: no HELLO");
+    cfg.window = 2;
+    cfg.device_id = long_id;
+    CHECK(mcpf_session_hello(&s, 0) == -1, "a 65-character id: no HELLO");
+    cfg.device_id = "";
+    CHECK(mcpf_session_hello(&s, 0) == -1, "an empty id: no HELLO");
+    cfg.device_id = NULL;
+    CHECK(mcpf_session_hello(&s, 0) == -1, "no id: no HELLO");
+    cfg.device_id = long_id + 1; /* 64 */
+    nsent = 0;
+    CHECK(mcpf_session_hello(&s, 0) == 0 && nsent == 1, "a 64-character id: HELLO");
+    CHECK(feed_welcome(&s, 1, s.seq, &ev) == MCPF_EV_WELCOME, "session open");
+    memset(&f, 0, sizeof f);
+    f.ver = 1;
+    f.cmd = MCPF_PING;
+    f.seq = 9;
+    nsent = 0;
+    CHECK(mcpf_session_frame(&s, 2, &f, &ev) == MCPF_EV_NONE && nsent == 1, "an empty PING with no data pointer: PONG");
+    f = decoded(sent[0], sent_len[0]);
+    CHECK(f.cmd == MCPF_PONG && f.seq == 9 && f.len == 0, "the PONG is empty");
+}
+
 /* NO_SESSION to an INFER of which nothing has come (§10): the session says
  * HELLO again (a new boot nonce) and asks the same INFER under a new seq,
  * once, and the application sees one answer. Not when the lost session
@@ -1647,6 +1708,7 @@ int main(int argc, char **argv)
     test_min_rto();
     test_give_up_horizon();
     test_session_reopens();
+    test_edges();
     test_serial_noise();
     test_reack_final();
     test_session_sack();

@@ -357,7 +357,10 @@ int main(int argc, char **argv)
     mcpf_dec_init(&dec);
     idle = mcpf_idle_ms(baud);
     started = now_ms();
-    mcpf_session_hello(&s, started);
+    if (mcpf_session_hello(&s, started) < 0) {
+        fprintf(stderr, "mcpf_ask: --device-id must be 1..64 characters and --window 1..255\n");
+        return 1;
+    }
     for (;;) {
         struct pollfd p;
         uint32_t now = now_ms(), wait = mcpf_session_wait_ms(&s, now);
