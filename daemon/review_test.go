@@ -83,26 +83,18 @@ func TestShutdownReleasesTheDaemon(t *testing.T) {
 	}
 }
 
-// TestStopAccepting: once StopAccepting returns, a HELLO is refused with
-// SHUTTING_DOWN although Run still runs (a service announces its stop only
-// after it, and mcpd's SIGTERM test saw a HELLO taken in the moment before
-// Run's own drain), while an open session's request still runs.
+// TestStopAccepting: once StopAccepting returns, a HELLO and an open
+// session's new request are refused with SHUTTING_DOWN although Run still
+// runs (a service announces its stop only after it, and mcpd's SIGTERM test
+// saw a HELLO taken in the moment before Run's own drain).
 func TestStopAccepting(t *testing.T) {
 	d, addr := startDaemon(t, Config{}, &testEngine{})
 	open := dial(t, addr, device.Config{DeviceID: "open"})
 	d.StopAccepting()
-	tr, err := device.DialUDP(addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	var e *serialproto.Error
-	if err := device.New(tr, device.Config{DeviceID: "late"}).Hello(ctx); !errors.As(err, &e) || e.Code != serialproto.CodeShuttingDown {
+	if _, err := hello(addr, device.Config{DeviceID: "late"}); errCode(err) != serialproto.CodeShuttingDown {
 		t.Fatalf("HELLO after StopAccepting: %v, want SHUTTING_DOWN", err)
 	}
-	if _, _, err := ask(t, open, "still there?"); !errors.As(err, &e) || e.Code != serialproto.CodeShuttingDown {
+	if _, _, err := ask(t, open, "still there?"); errCode(err) != serialproto.CodeShuttingDown {
 		t.Fatalf("a new request after StopAccepting: %v, want SHUTTING_DOWN", err)
 	}
 }

@@ -82,8 +82,6 @@ static void send_body(mcpf_session *s, uint32_t now, uint8_t cmd, uint8_t seq, s
 static uint16_t hold_slots(const mcpf_session *s)
 {
     uint16_t n = s->cfg->hold ? (uint16_t)(s->cfg->hold_size / MCPF_HOLD_SLOT(s->cfg->max_data)) : 0u;
-    if (s->cfg->window < 2u)
-        return 0; /* window − 1 would wrap at 0 */
     return n < s->cfg->window ? n : (uint16_t)(s->cfg->window - 1u);
 }
 
@@ -292,7 +290,9 @@ void mcpf_session_init(mcpf_session *s, const mcpf_config *cfg, uint32_t boot_no
 
 /* What the HELLO carries from the config, within the header's ranges: a
  * longer id would overrun the transmit buffer before the frame's length is
- * checked, and a window of 0 takes no answer at all. */
+ * checked, and a window of 0 takes no answer at all (and would wrap
+ * hold_slots' window − 1). Every session starts here, so what follows may
+ * rely on it. */
 static int config_ok(const mcpf_config *c)
 {
     size_t n = 0;
@@ -453,10 +453,9 @@ static int may_reopen(const mcpf_session *s)
         return 0;
     if (!s->chat)
         return 1;
-    /* Read only now: a TOOLS request has no body (its message is read
-     * from the table), and an INFER's body may be empty. */
-    if (!b || !s->body_len)
-        return 0;
+    /* Read only now that the request is known to be an INFER: other
+     * requests have no body (TOOLS reads its message from the table), and
+     * an INFER's is never empty (message() refuses that). */
     end = (size_t)b[0] + 1u; /* the options: type, length, value (§11.4) */
     for (i = 1; end <= s->body_len && i + 1u < end; i += 2u + b[i + 1])
         if (b[i] == MCPF_OPT_NEW_CHAT)
